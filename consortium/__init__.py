@@ -1,0 +1,3 @@
+"""consortium: a permissioned Byzantine-fault-tolerant ledger for supply-chain and patient records."""
+
+__version__ = "0.1.0"

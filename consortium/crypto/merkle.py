@@ -1,0 +1,97 @@
+"""Merkle trees over ordered leaves, RFC 6962 style, with inclusion proofs.
+
+Leaves and inner nodes are hashed with different prefixes (0x00 / 0x01) so that an inner node can
+never be presented as a leaf (second-preimage attack). The tree of n leaves splits at the largest
+power of two below n, which makes proofs for every index at most ceil(log2 n) hashes long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """Largest power of two strictly smaller than n (n >= 2)."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def root_of_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
+    """Root over already-hashed leaves."""
+    n = len(leaf_hashes)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return leaf_hashes[0]
+    k = _split(n)
+    return node_hash(root_of_hashes(leaf_hashes[:k]), root_of_hashes(leaf_hashes[k:]))
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    return root_of_hashes([leaf_hash(x) for x in leaves])
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """Audit path for leaf `index` in a tree of `size` leaves (siblings from the bottom up)."""
+
+    index: int
+    size: int
+    path: tuple[bytes, ...]
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
+    if not 0 <= index < len(leaves):
+        raise IndexError(f"leaf index {index} outside a tree of {len(leaves)} leaves")
+    hashes = [leaf_hash(x) for x in leaves]
+    path: list[bytes] = []
+
+    def walk(lo: int, hi: int) -> None:
+        if hi - lo == 1:
+            return
+        k = _split(hi - lo)
+        if index < lo + k:
+            walk(lo, lo + k)
+            path.append(root_of_hashes(hashes[lo + k : hi]))
+        else:
+            walk(lo + k, hi)
+            path.append(root_of_hashes(hashes[lo : lo + k]))
+
+    walk(0, len(hashes))
+    return InclusionProof(index=index, size=len(leaves), path=tuple(path))
+
+
+def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
+    """True when `leaf` sits at `proof.index` of a tree whose root is `root`."""
+    if not 0 <= proof.index < proof.size:
+        return False
+
+    def fold(lo: int, hi: int, depth: int) -> bytes | None:
+        # Recompute the root of [lo, hi) using the path entries from the top down.
+        if hi - lo == 1:
+            return leaf_hash(leaf) if depth == len(proof.path) else None
+        if depth >= len(proof.path):
+            return None
+        k = _split(hi - lo)
+        sibling = proof.path[len(proof.path) - 1 - depth]
+        if proof.index < lo + k:
+            left = fold(lo, lo + k, depth + 1)
+            return None if left is None else node_hash(left, sibling)
+        right = fold(lo + k, hi, depth + 1)
+        return None if right is None else node_hash(sibling, right)
+
+    return fold(0, proof.size, 0) == root

@@ -1,0 +1,265 @@
+"""Protocol messages: frozen, slotted dataclasses, validated on construction.
+
+Peer messages travel inside a `SignedMessage` (sender, body, Ed25519 signature). The signature
+covers a domain tag, the chain id, the sender and the canonical body bytes (see codec.py), so a
+message signed for one chain or one purpose can never be replayed as another.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
+from consortium.crypto.signing import SIGNATURE_BYTES
+from consortium.pbft.membership import Member
+
+CLIENT_ID_BYTES_MAX = 128
+NULL_DIGEST = bytes(DIGEST_BYTES)
+"""Digest of the null batch a new primary proposes for a sequence number nobody prepared."""
+
+
+class RequestKind(enum.IntEnum):
+    APPLICATION = 0
+    """An opaque application operation (a ledger record, a vote...)."""
+    RECONFIGURATION = 1
+    """A validator-set change; payload is an encoded `Reconfiguration` approved by a quorum."""
+
+
+def _check_digest(name: str, value: bytes) -> None:
+    if len(value) != DIGEST_BYTES:
+        raise ValueError(f"{name} must be {DIGEST_BYTES} bytes")
+
+
+def _check_u64(name: str, value: int) -> None:
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{name} out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client's signed operation. (client_id, nonce) identifies it; it executes at most once."""
+
+    client_id: str
+    nonce: int
+    kind: RequestKind
+    payload: bytes
+    signature: bytes
+    digest: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        raw_id = self.client_id.encode()
+        if not 1 <= len(raw_id) <= CLIENT_ID_BYTES_MAX:
+            raise ValueError(f"client id must be 1 to {CLIENT_ID_BYTES_MAX} bytes")
+        _check_u64("nonce", self.nonce)
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise ValueError("a request signature is 64 bytes")
+        object.__setattr__(self, "digest", request_digest(self.client_id, self.nonce,
+                                                          self.kind, self.payload))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.client_id, self.nonce)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.payload) + len(self.client_id) + 80
+
+
+def request_digest(client_id: str, nonce: int, kind: int, payload: bytes) -> bytes:
+    return tagged_hash(b"consortium/request", client_id.encode(), nonce.to_bytes(8, "big"),
+                       bytes([kind]), payload)
+
+
+def request_signing_bytes(chain_id: bytes, digest: bytes) -> bytes:
+    """What a client signs: the request digest bound to one chain."""
+    return tagged_hash(b"consortium/request-signature", chain_id, digest)
+
+
+# ----------------------------------------------------------------------------- peer message bodies
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare:
+    epoch: int
+    view: int
+    seq: int
+    digest: bytes
+    requests: tuple[Request, ...]
+
+    def __post_init__(self) -> None:
+        _check_u64("view", self.view)
+        _check_u64("seq", self.seq)
+        _check_digest("digest", self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    epoch: int
+    view: int
+    seq: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check_u64("view", self.view)
+        _check_u64("seq", self.seq)
+        _check_digest("digest", self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    epoch: int
+    view: int
+    seq: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check_u64("view", self.view)
+        _check_u64("seq", self.seq)
+        _check_digest("digest", self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    epoch: int
+    seq: int
+    digest: bytes
+    """Digest of the replica's `Snapshot` after executing `seq`."""
+
+    def __post_init__(self) -> None:
+        _check_u64("seq", self.seq)
+        _check_digest("digest", self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedProof:
+    """A pre-prepare plus a quorum of matching votes: either 2f PREPAREs from distinct backups, or
+    2f+1 COMMITs (each honest committer had prepared, so a commit quorum proves it too)."""
+
+    pre_prepare: SignedMessage
+    votes: tuple[SignedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    epoch: int
+    new_view: int
+    stable_seq: int
+    stable_proof: tuple[SignedMessage, ...]
+    """The 2f+1 CHECKPOINT messages that make `stable_seq` stable (empty for sequence 0 of an
+    epoch's start, which is certified by the epoch history)."""
+    prepared: tuple[PreparedProof, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    epoch: int
+    new_view: int
+    view_changes: tuple[SignedMessage, ...]
+    pre_prepares: tuple[SignedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Progress gossip; peers answer with what the sender lacks (retransmission)."""
+
+    epoch: int
+    view: int
+    view_active: bool
+    last_executed: int
+    stable_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestForward:
+    """Client requests relayed to the primary (and, on timeout, to everyone)."""
+
+    requests: tuple[Request, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEntry:
+    """Per-client replay state: executed nonces inside the window and where each executed."""
+
+    client_id: str
+    executed: tuple[tuple[int, int], ...]
+    """(nonce, seq) pairs, sorted by nonce."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """How one epoch was certified: the checkpoint that opened it, signed by the previous epoch.
+
+    `previous_state_digest` and `clients_digest` let a verifier recompute the checkpoint digest the
+    proof signs and check that it commits to `members`.
+    """
+
+    epoch: int
+    start_seq: int
+    members: tuple[Member, ...]
+    state_digest: bytes
+    clients_digest: bytes
+    proof: tuple[SignedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReconfiguration:
+    effective_seq: int
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The replicated state of the consensus layer after executing `seq`.
+
+    The state digest chains every executed batch digest, so it also pins the application's log.
+    """
+
+    seq: int
+    state_digest: bytes
+    epochs: tuple[EpochRecord, ...]
+    clients: tuple[ClientEntry, ...]
+    pending: PendingReconfiguration | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateResponse:
+    snapshot: Snapshot
+    proof: tuple[SignedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfiguration:
+    """A new validator set approved by a quorum of the current epoch's members."""
+
+    from_epoch: int
+    members: tuple[Member, ...]
+    approvals: tuple[tuple[int, bytes], ...]
+    """(replica_id, signature over `reconfiguration_signing_bytes`)."""
+
+
+def reconfiguration_signing_bytes(chain_id: bytes, from_epoch: int,
+                                  members: tuple[Member, ...]) -> bytes:
+    parts = [chain_id, from_epoch.to_bytes(8, "big")]
+    parts += [m.replica_id.to_bytes(4, "big") + m.public_key for m in members]
+    return tagged_hash(b"consortium/reconfiguration", *parts)
+
+
+Body = (PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Status
+        | RequestForward | StateRequest | StateResponse)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A peer message as it travels: `wire` is its exact encoding (see codec.py)."""
+
+    sender: int
+    body: Body
+    signature: bytes
+    body_bytes: bytes = field(repr=False)
+    wire: bytes = field(repr=False, compare=False)

@@ -1,0 +1,58 @@
+"""Protocol parameters. Every limit is named with its unit last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolParams:
+    """Tunables of one consortium. All replicas must use the same values (they are in genesis)."""
+
+    checkpoint_interval: int = 64
+    """K: a checkpoint is taken every K sequence numbers."""
+    log_window: int = 128
+    """L: the high watermark is the last stable checkpoint + L (the paper's log size)."""
+    pipeline_depth: int = 8
+    """How many sequence numbers the primary keeps in flight at once."""
+    batch_requests_max: int = 512
+    batch_bytes_max: int = 1 << 20
+    batch_delay_ms: int = 5
+    """How long the primary waits for a batch to fill before sending a partial one."""
+    request_bytes_max: int = 1 << 20
+    request_timeout_ms: int = 2000
+    """A backup starts a view change when a known request stays unexecuted this long."""
+    view_change_timeout_ms: int = 2000
+    """Time a replica waits for NEW-VIEW before moving to the next view (doubles each attempt)."""
+    view_change_timeout_max_ms: int = 60000
+    status_interval_ms: int = 500
+    """How often a replica gossips its progress so that peers can retransmit what it lacks."""
+    retransmit_seqs_max: int = 64
+    """Most sequence numbers a replica retransmits in answer to one STATUS."""
+    client_nonce_window: int = 1024
+    """Nonces this far below a client's highest executed nonce are stale; inside the window each
+    nonce executes at most once, so a client may pipeline requests."""
+    pending_requests_max: int = 100_000
+    """Most client requests a replica keeps waiting for ordering (beyond it, new ones are refused)."""
+    future_messages_max: int = 4096
+    """Most messages buffered for a later epoch or a sequence whose configuration is not known yet."""
+    message_bytes_max: int = 64 << 20
+    """Largest encoded consensus message accepted (a NEW-VIEW may carry a whole window of batches)."""
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval < 1:
+            raise ValueError("checkpoint_interval must be >= 1")
+        if self.log_window < 2 * self.checkpoint_interval:
+            raise ValueError("log_window must be at least 2 * checkpoint_interval")
+        if not 1 <= self.pipeline_depth <= self.log_window:
+            raise ValueError("pipeline_depth must be between 1 and log_window")
+        for name in ("batch_requests_max", "batch_bytes_max", "request_bytes_max",
+                     "request_timeout_ms", "view_change_timeout_ms", "status_interval_ms",
+                     "retransmit_seqs_max", "client_nonce_window", "pending_requests_max",
+                     "future_messages_max", "message_bytes_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.batch_delay_ms < 0:
+            raise ValueError("batch_delay_ms must be >= 0")
+        if self.view_change_timeout_max_ms < self.view_change_timeout_ms:
+            raise ValueError("view_change_timeout_max_ms must be >= view_change_timeout_ms")

@@ -1,0 +1,1209 @@
+"""The PBFT replica state machine: `step(event) -> list[Action]`, no I/O.
+
+Section numbers refer to Castro & Liskov, "Practical Byzantine Fault Tolerance" (OSDI 1999):
+4.2 normal case, 4.3 garbage collection / checkpoints, 4.4 view changes. Departures from the paper
+are listed in docs/consensus.md; the main ones:
+- a batch executes once its contents and 2f+1 matching COMMITs are known (a commit certificate),
+  which also lets a lagging replica execute from a retransmitted certificate;
+- STATUS gossip drives retransmission, so lost messages are recovered without a view change;
+- validator-set changes open a new epoch at a stable checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from consortium.crypto.signing import Signer, Verifier
+from consortium.pbft import codec
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig
+from consortium.pbft.params import ProtocolParams
+from consortium.pbft.state import (
+    GENESIS_STATE_DIGEST,
+    ClientTable,
+    NonceStatus,
+    batch_digest,
+    clients_digest,
+    next_state_digest,
+    signing_config,
+    snapshot_digest,
+    verify_checkpoint_proof,
+    verify_epoch_history,
+    verify_signed,
+)
+from consortium.pbft.viewchange import (
+    new_view_proposals,
+    verify_new_view,
+    verify_pre_prepare_msg,
+    verify_prepared_proof,
+    verify_view_change,
+)
+
+BATCHES_PER_SLOT_MAX = 8
+"""Distinct verified batches remembered per sequence number (one per view is enough for honest
+primaries; the bound stops an equivocating primary from filling memory)."""
+
+
+class ClientRegistry(Protocol):
+    """Who may submit requests: maps a client id to its Ed25519 public key."""
+
+    def client_key(self, client_id: str) -> bytes | None: ...
+
+
+class ReplicaBug(AssertionError):
+    """An invariant of our own code broke (never raised because of what a peer sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutedBatch:
+    """A batch the application durably applied, as the driver hands it back on recovery."""
+
+    seq: int
+    pre_prepare: m.SignedMessage
+    certificate: tuple[m.SignedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Everything a driver persisted, handed back when a replica restarts."""
+
+    snapshot: m.Snapshot | None = None
+    snapshot_proof: tuple[m.SignedMessage, ...] = ()
+    executed: tuple[ExecutedBatch, ...] = ()
+    messages: tuple[m.SignedMessage, ...] = ()
+
+
+@dataclass(slots=True)
+class Slot:
+    """What a replica knows about one sequence number."""
+
+    seq: int
+    pre_prepare: m.SignedMessage | None = None
+    """The accepted pre-prepare of the highest view seen for this sequence."""
+    batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(default_factory=dict)
+    """Verified batch contents by digest (from pre-prepares of any view)."""
+    prepares: dict[tuple[int, int], m.SignedMessage] = field(default_factory=dict)
+    commits: dict[tuple[int, int], m.SignedMessage] = field(default_factory=dict)
+    created_tick: int = 0
+
+    @property
+    def view(self) -> int:
+        if self.pre_prepare is None:
+            return -1
+        b = self.pre_prepare.body
+        assert isinstance(b, m.PrePrepare)
+        return b.view
+
+    @property
+    def digest(self) -> bytes | None:
+        if self.pre_prepare is None:
+            return None
+        b = self.pre_prepare.body
+        assert isinstance(b, m.PrePrepare)
+        return b.digest
+
+    def votes(self, table: dict[tuple[int, int], m.SignedMessage], view: int,
+              digest: bytes) -> list[m.SignedMessage]:
+        out = []
+        for (v, _sender), msg in table.items():
+            if v == view:
+                b = msg.body
+                assert isinstance(b, (m.Prepare, m.Commit))
+                if b.digest == digest:
+                    out.append(msg)
+        return out
+
+
+class Replica:
+    """One PBFT replica. Drive it with `start()` once, then `step(event)` for every event."""
+
+    def __init__(self, *, replica_id: int, signer: Signer, chain_id: bytes,
+                 genesis: EpochConfig, params: ProtocolParams, verifier: Verifier,
+                 clients: ClientRegistry, recovered: Recovered | None = None) -> None:
+        if genesis.epoch != 0 or genesis.start_seq != 0:
+            raise ValueError("the genesis configuration is epoch 0 starting at sequence 0")
+        self.id = replica_id
+        self._signer = signer
+        self.chain_id = chain_id
+        self.genesis = genesis
+        self.params = params
+        self._verifier = verifier
+        self._clients = clients
+
+        self.config = genesis
+        self._epoch_records: tuple[m.EpochRecord, ...] = ()
+        self.view = 0
+        self.view_active = True
+        self.last_executed = 0
+        self.state_digest = GENESIS_STATE_DIGEST
+        self._client_table = ClientTable(params.client_nonce_window)
+        self.pending_reconfiguration: m.PendingReconfiguration | None = None
+
+        self.stable_seq = 0
+        self._stable_proof: tuple[m.SignedMessage, ...] = ()
+        self._stable_snapshot: m.Snapshot | None = None
+        self._snapshots: dict[int, m.Snapshot] = {}
+        self._checkpoint_votes: dict[int, dict[int, m.SignedMessage]] = {}
+
+        self._slots: dict[int, Slot] = {}
+        self._next_seq = 1
+        self._pending: OrderedDict[tuple[str, int], tuple[m.Request, int]] = OrderedDict()
+        """Known requests not executed yet, oldest first, with the status tick they arrived."""
+        self._queue: OrderedDict[tuple[str, int], m.Request] = OrderedDict()
+        """Primary only: pending requests not yet in any live slot."""
+        self._in_flight: set[tuple[str, int]] = set()
+        self._verified_requests: OrderedDict[bytes, None] = OrderedDict()
+
+        self._view_changes: dict[int, dict[int, m.SignedMessage]] = {}
+        self._new_view_msg: m.SignedMessage | None = None
+        self._own: dict[tuple[int, int, int, int], bytes] = {}
+        """(message type, epoch, view, seq) -> digest this replica signed: never sign another."""
+        self._view_change_attempts = 0
+
+        self._timer_tokens: dict[ev.TimerKind, int] = {}
+        self._token_counter = 0
+        self._timed_request: tuple[str, int] | None = None
+        self._tick = 0
+        self._state_request_seq = 0
+        self._future: list[m.SignedMessage] = []
+        self._behind: tuple[int, tuple[int, ...]] = (0, ())
+
+        self._out: list[ev.Action] = []
+        if recovered is not None:
+            self._recover(recovered)
+
+    # ------------------------------------------------------------------------------ interface
+
+    @property
+    def primary(self) -> int:
+        return self.config.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    @property
+    def is_member(self) -> bool:
+        return self.config.is_member(self.id)
+
+    def start(self) -> list[ev.Action]:
+        """Arm the initial timers. Call once, after construction or recovery."""
+        self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
+        self._try_execute()
+        if not self.view_active:
+            self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
+        self._arm_request_timer()
+        return self._flush()
+
+    def step(self, event: ev.Event) -> list[ev.Action]:
+        if isinstance(event, ev.ClientRequest):
+            self._on_client_request(event.request, forwarded=False)
+        elif isinstance(event, ev.PeerMessage):
+            self._on_peer_bytes(event.data)
+        elif isinstance(event, ev.TimerFired):
+            self._on_timer(event.kind, event.token)
+        else:  # pragma: no cover - closed union
+            raise TypeError(f"not an event: {event!r}")
+        return self._flush()
+
+    def snapshot(self) -> m.Snapshot:
+        """The current consensus-layer state (for checkpoints, tests and the status command)."""
+        return m.Snapshot(self.last_executed, self.state_digest, self._epoch_records,
+                          self._client_table.entries(), self.pending_reconfiguration)
+
+    # ------------------------------------------------------------------------- output helpers
+
+    def _flush(self) -> list[ev.Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _sign(self, body: m.Body) -> m.SignedMessage:
+        return codec.sign_message(self._signer, self.chain_id, self.id, body)
+
+    def _peers(self) -> tuple[int, ...]:
+        return tuple(r for r in self.config.replica_ids if r != self.id)
+
+    def _broadcast(self, msg: m.SignedMessage) -> None:
+        peers = self._peers()
+        if peers:
+            self._out.append(ev.Send(peers, msg.wire))
+
+    def _send(self, to: int, msg: m.SignedMessage) -> None:
+        if to != self.id:
+            self._out.append(ev.Send((to,), msg.wire))
+
+    def _fault(self, sender: int | None, reason: str) -> None:
+        self._out.append(ev.PeerFault(sender, reason))
+
+    def _set_timer(self, kind: ev.TimerKind, delay_ms: int) -> None:
+        self._token_counter += 1
+        self._timer_tokens[kind] = self._token_counter
+        self._out.append(ev.SetTimer(kind, self._token_counter, delay_ms))
+
+    def _cancel_timer(self, kind: ev.TimerKind) -> None:
+        if self._timer_tokens.pop(kind, None) is not None:
+            self._out.append(ev.CancelTimer(kind))
+
+    def _timer_armed(self, kind: ev.TimerKind) -> bool:
+        return kind in self._timer_tokens
+
+    def _sign_vote(self, body: m.PrePrepare | m.Prepare | m.Commit) -> m.SignedMessage | None:
+        """Sign a vote unless this replica already signed a different digest for the same
+        (type, view, seq): the rule that makes equivocation impossible, across restarts too."""
+        t = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}[type(body)]
+        key = (t, body.epoch, body.view, body.seq)
+        previous = self._own.get(key)
+        if previous is not None and previous != body.digest:
+            return None
+        self._own[key] = body.digest
+        return self._sign(body)
+
+    # ------------------------------------------------------------------------ client requests
+
+    def _verify_request(self, r: m.Request) -> ev.RejectReason | None:
+        if r.size_bytes > self.params.request_bytes_max:
+            return ev.RejectReason.TOO_LARGE
+        if r.digest + r.signature in self._verified_requests:
+            return None
+        key = self._clients.client_key(r.client_id)
+        if key is None:
+            return ev.RejectReason.UNKNOWN_CLIENT
+        if not self._verifier.verify(key, m.request_signing_bytes(self.chain_id, r.digest),
+                                     r.signature):
+            return ev.RejectReason.BAD_SIGNATURE
+        self._verified_requests[r.digest + r.signature] = None
+        if len(self._verified_requests) > 4 * self.params.pending_requests_max:
+            self._verified_requests.popitem(last=False)
+        return None
+
+    def _on_client_request(self, r: m.Request, *, forwarded: bool) -> None:
+        if not self.is_member:
+            return
+        reason = self._verify_request(r)
+        if reason is not None:
+            if forwarded:
+                self._fault(None, f"forwarded request rejected: {reason.value}")
+            else:
+                self._out.append(ev.RejectRequest(r, reason))
+            return
+        status, seq = self._client_table.check(r.client_id, r.nonce)
+        if status is NonceStatus.EXECUTED:
+            if not forwarded:
+                self._out.append(ev.AlreadyExecuted(r, seq))
+            return
+        if status is NonceStatus.STALE:
+            if not forwarded:
+                self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
+            return
+        known = r.key in self._pending
+        if not known:
+            if len(self._pending) >= self.params.pending_requests_max:
+                if not forwarded:
+                    self._out.append(ev.RejectRequest(r, ev.RejectReason.OVERLOADED))
+                return
+            self._pending[r.key] = (r, self._tick)
+        if self.is_primary and self.view_active:
+            if r.key not in self._in_flight:
+                self._queue[r.key] = r
+            self._maybe_propose()
+        elif not forwarded:
+            # A client (re)submitted to a backup: relay to the primary; a retry means the client
+            # suspects the primary, so relay to everyone (paper 4.2, client retransmission).
+            body = m.RequestForward((r,))
+            if known:
+                self._broadcast(self._sign(body))
+            else:
+                self._send(self.primary, self._sign(body))
+        self._arm_request_timer()
+
+    def _arm_request_timer(self) -> None:
+        """Backups time the oldest pending request (paper 4.4): if it does not execute in time,
+        the primary is suspected, even if it keeps executing other clients' requests."""
+        if self.is_primary or not self.view_active or not self.is_member:
+            return
+        if not self._pending:
+            self._timed_request = None
+            self._cancel_timer(ev.TimerKind.REQUEST)
+            return
+        oldest = next(iter(self._pending))
+        if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
+            self._timed_request = oldest
+            self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+
+    # ------------------------------------------------------------------------ primary: batching
+
+    def _epoch_limit(self) -> int:
+        """Highest sequence number the current epoch may order."""
+        if self.pending_reconfiguration is not None:
+            return self.pending_reconfiguration.effective_seq
+        return 1 << 62
+
+    def _high_watermark(self) -> int:
+        return min(self.stable_seq + self.params.log_window, self._epoch_limit())
+
+    def _maybe_propose(self, *, force: bool = False) -> None:
+        """Paper 4.2: the primary assigns sequence numbers to batches, keeping at most
+        `pipeline_depth` batches in flight and never passing the high watermark."""
+        p = self.params
+        while (self.is_primary and self.view_active and self._queue
+               and self._next_seq <= self._high_watermark()
+               and self._next_seq - 1 - self.last_executed < p.pipeline_depth):
+            batch: list[m.Request] = []
+            size = 0
+            for r in self._queue.values():
+                if len(batch) >= p.batch_requests_max or size + r.size_bytes > p.batch_bytes_max:
+                    break
+                batch.append(r)
+                size += r.size_bytes
+            full = len(batch) >= p.batch_requests_max or len(batch) < len(self._queue)
+            if not full and not force and p.batch_delay_ms > 0:
+                if not self._timer_armed(ev.TimerKind.BATCH):
+                    self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
+                return
+            if not batch:  # one request larger than batch_bytes_max: refused at entry
+                raise ReplicaBug("queued request exceeds the batch size limit")
+            self._propose(tuple(batch))
+            force = False
+        if not self._queue:
+            self._cancel_timer(ev.TimerKind.BATCH)
+
+    def _propose(self, batch: tuple[m.Request, ...]) -> None:
+        seq = self._next_seq
+        body = m.PrePrepare(self.config.epoch, self.view, seq, batch_digest(batch), batch)
+        msg = self._sign_vote(body)
+        if msg is None:
+            raise ReplicaBug(f"primary already signed another batch for view {self.view} "
+                             f"seq {seq}")
+        self._next_seq += 1
+        for r in batch:
+            self._queue.pop(r.key, None)
+            self._in_flight.add(r.key)
+        slot = self._slot(seq)
+        slot.pre_prepare = msg
+        slot.batches[body.digest] = (batch, msg)
+        self._out.append(ev.Persist((msg,)))
+        self._broadcast(msg)
+        self._check_prepared(slot)
+
+    # ------------------------------------------------------------------------- peer messages
+
+    def _on_peer_bytes(self, data: bytes) -> None:
+        if len(data) > self.params.message_bytes_max:
+            self._fault(None, f"message of {len(data)} bytes exceeds the limit")
+            return
+        try:
+            msg = codec.decode_signed(data, self.chain_id)
+        except codec.DecodeError as exc:
+            self._fault(None, f"undecodable message: {exc}")
+            return
+        self._on_signed(msg)
+
+    def _message_epoch(self, b: m.Body) -> int | None:
+        if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit, m.Checkpoint, m.ViewChange,
+                          m.NewView, m.Status)):
+            return b.epoch
+        return None
+
+    def _buffer_future(self, msg: m.SignedMessage) -> None:
+        if len(self._future) >= self.params.future_messages_max:
+            self._future.pop(0)
+        self._future.append(msg)
+
+    def _replay_future(self) -> None:
+        future, self._future = self._future, []
+        for msg in future:
+            self._on_signed(msg)
+
+    def _on_signed(self, msg: m.SignedMessage) -> None:
+        b = msg.body
+        if isinstance(b, m.StateResponse):
+            self._on_state_response(msg.sender, b)  # self-certifying: checked against proofs
+            return
+        epoch = self._message_epoch(b)
+        if epoch is not None and epoch > self.config.epoch and not isinstance(b, m.Status):
+            self._buffer_future(msg)
+            return
+        if not verify_signed(msg, self.config, self.chain_id, self._verifier):
+            self._fault(msg.sender, f"{type(b).__name__} with a bad signature or from a "
+                                    "non-member")
+            return
+        if epoch is not None and epoch < self.config.epoch and not isinstance(b, m.Status):
+            return  # an old epoch's message: harmless, ignored
+        if not self.is_member and not isinstance(b, m.Status):
+            return
+        if isinstance(b, m.PrePrepare):
+            self._on_pre_prepare(msg, b)
+        elif isinstance(b, m.Prepare):
+            self._on_prepare(msg, b)
+        elif isinstance(b, m.Commit):
+            self._on_commit(msg, b)
+        elif isinstance(b, m.Checkpoint):
+            self._on_checkpoint(msg, b)
+        elif isinstance(b, m.ViewChange):
+            self._on_view_change(msg, b)
+        elif isinstance(b, m.NewView):
+            self._on_new_view(msg)
+        elif isinstance(b, m.Status):
+            self._on_status(msg.sender, b)
+        elif isinstance(b, m.RequestForward):
+            for r in b.requests[: self.params.batch_requests_max]:
+                self._on_client_request(r, forwarded=True)
+        elif isinstance(b, m.StateRequest):
+            self._on_state_request(msg.sender, b)
+
+    def _in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self._high_watermark()
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self._slots.get(seq)
+        if slot is None:
+            slot = Slot(seq, created_tick=self._tick)
+            self._slots[seq] = slot
+        return slot
+
+    def _accept_batch(self, msg: m.SignedMessage, b: m.PrePrepare) -> bool:
+        """Paper 4.2 acceptance checks that do not depend on the view: digest, limits, client
+        signatures. Records the batch contents in the slot."""
+        p = self.params
+        if b.digest != batch_digest(b.requests):
+            self._fault(msg.sender, f"pre-prepare digest mismatch at seq {b.seq}")
+            return False
+        if len(b.requests) > p.batch_requests_max or sum(
+                r.size_bytes for r in b.requests) > p.batch_bytes_max:
+            self._fault(msg.sender, f"oversized batch at seq {b.seq}")
+            return False
+        for r in b.requests:
+            if self._verify_request(r) is not None:
+                self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
+                return False
+        slot = self._slot(b.seq)
+        if b.digest not in slot.batches and len(slot.batches) < BATCHES_PER_SLOT_MAX:
+            slot.batches[b.digest] = (b.requests, msg)
+        return b.digest in slot.batches
+
+    def _on_pre_prepare(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
+        if b.seq <= self.last_executed or not self._in_window(b.seq):
+            return
+        if msg.sender != self.config.primary(b.view):
+            self._fault(msg.sender, f"pre-prepare for view {b.view} from a non-primary")
+            return
+        if b.view > self.view or (b.view == self.view and not self.view_active):
+            self._buffer_future(msg)
+            return
+        if b.view < self.view:
+            # An old view's pre-prepare is only useful as batch contents for a commit
+            # certificate (retransmitted to a lagging replica).
+            if self._accept_batch(msg, b):
+                self._try_execute()
+            return
+        slot = self._slot(b.seq)
+        if slot.pre_prepare is not None and slot.view == b.view:
+            if slot.digest != b.digest:
+                self._fault(msg.sender, f"primary equivocated at view {b.view} seq {b.seq}")
+            return
+        if not self._accept_batch(msg, b):
+            return
+        self._adopt_pre_prepare(slot, msg, b)
+        self._try_execute()
+
+    def _adopt_pre_prepare(self, slot: Slot, msg: m.SignedMessage, b: m.PrePrepare) -> None:
+        """Accept a pre-prepare of the current view; a backup answers with PREPARE."""
+        slot.pre_prepare = msg
+        for r in b.requests:
+            if self._client_table.check(r.client_id, r.nonce)[0] is NonceStatus.FRESH:
+                if r.key not in self._pending and len(self._pending) < \
+                        self.params.pending_requests_max:
+                    self._pending[r.key] = (r, self._tick)
+                self._queue.pop(r.key, None)
+                self._in_flight.add(r.key)
+        if msg.sender != self.id:
+            prepare = self._sign_vote(m.Prepare(b.epoch, b.view, b.seq, b.digest))
+            if prepare is None:
+                self._fault(msg.sender, f"pre-prepare conflicts with what this replica "
+                                        f"prepared at view {b.view} seq {b.seq}")
+                return
+            slot.prepares[(b.view, self.id)] = prepare
+            self._out.append(ev.Persist((prepare,)))
+            self._broadcast(prepare)
+        self._arm_request_timer()
+        self._check_prepared(slot)
+
+    def _store_vote(self, table: dict[tuple[int, int], m.SignedMessage], msg: m.SignedMessage,
+                    b: m.Prepare | m.Commit) -> bool:
+        key = (b.view, msg.sender)
+        existing = table.get(key)
+        if existing is not None:
+            eb = existing.body
+            assert isinstance(eb, (m.Prepare, m.Commit))
+            if eb.digest != b.digest:
+                self._fault(msg.sender, f"conflicting {type(b).__name__} at view {b.view} "
+                                        f"seq {b.seq}")
+            return False
+        table[key] = msg
+        return True
+
+    def _on_prepare(self, msg: m.SignedMessage, b: m.Prepare) -> None:
+        if b.seq <= self.last_executed or not self._in_window(b.seq):
+            return
+        if msg.sender == self.config.primary(b.view):
+            self._fault(msg.sender, "the primary sent a PREPARE")
+            return
+        if b.view > self.view or (b.view == self.view and not self.view_active):
+            self._buffer_future(msg)
+            return
+        if b.view < self.view:
+            return
+        slot = self._slot(b.seq)
+        if self._store_vote(slot.prepares, msg, b):
+            self._check_prepared(slot)
+
+    def _check_prepared(self, slot: Slot) -> None:
+        """Paper 4.2: prepared(m, v, n) = pre-prepare + 2f matching PREPAREs from distinct
+        backups; then multicast COMMIT, after persisting the proof it rests on."""
+        if slot.pre_prepare is None or slot.view != self.view or not self.view_active:
+            return
+        digest = slot.digest
+        assert digest is not None
+        if (3, self.config.epoch, slot.view, slot.seq) in self._own:
+            return
+        prepares = slot.votes(slot.prepares, slot.view, digest)
+        if len(prepares) < self.config.quorum - 1:
+            return
+        commit = self._sign_vote(m.Commit(self.config.epoch, slot.view, slot.seq, digest))
+        if commit is None:  # pragma: no cover - guarded by the membership test above
+            raise ReplicaBug("commit already signed for another digest")
+        slot.commits[(slot.view, self.id)] = commit
+        self._out.append(ev.Persist((slot.pre_prepare, *prepares, commit)))
+        self._broadcast(commit)
+        self._try_execute()
+
+    def _on_commit(self, msg: m.SignedMessage, b: m.Commit) -> None:
+        if b.seq <= self.last_executed or not self._in_window(b.seq):
+            return
+        if b.view > self.view:
+            self._buffer_future(msg)
+            return
+        slot = self._slot(b.seq)
+        if self._store_vote(slot.commits, msg, b):
+            self._try_execute()
+
+    # ---------------------------------------------------------------------------- execution
+
+    def _commit_certificate(self, slot: Slot) -> tuple[int, bytes, list[m.SignedMessage]] | None:
+        """(view, digest, commits) once 2f+1 matching COMMITs and the batch itself are known."""
+        counts: dict[tuple[int, bytes], list[m.SignedMessage]] = {}
+        for (view, _sender), msg in slot.commits.items():
+            b = msg.body
+            assert isinstance(b, m.Commit)
+            counts.setdefault((view, b.digest), []).append(msg)
+        for (view, digest), msgs in counts.items():
+            if len(msgs) >= self.config.quorum and digest in slot.batches:
+                return view, digest, msgs
+        return None
+
+    def _try_execute(self) -> None:
+        """Execute committed batches strictly in sequence order (paper 4.2)."""
+        while True:
+            seq = self.last_executed + 1
+            slot = self._slots.get(seq)
+            if slot is None or seq > self._epoch_limit():
+                return
+            cert = self._commit_certificate(slot)
+            if cert is None:
+                return
+            view, digest, commits = cert
+            requests, pp_msg = slot.batches[digest]
+            self._execute(seq, view, digest, requests, pp_msg,
+                          tuple(sorted(commits, key=lambda c: c.sender)))
+
+    def _execute(self, seq: int, view: int, digest: bytes, requests: tuple[m.Request, ...],
+                 pp_msg: m.SignedMessage, certificate: tuple[m.SignedMessage, ...],
+                 *, replay: bool = False) -> None:
+        if seq != self.last_executed + 1:
+            raise ReplicaBug(f"executing seq {seq} after {self.last_executed}")
+        executed = []
+        for r in requests:
+            status, _ = self._client_table.check(r.client_id, r.nonce)
+            if status is not NonceStatus.FRESH:
+                continue
+            if r.kind is m.RequestKind.RECONFIGURATION and not self._apply_reconfiguration(
+                    r, seq):
+                continue
+            self._client_table.record(r.client_id, r.nonce, seq)
+            executed.append(r)
+        self.last_executed = seq
+        self.state_digest = next_state_digest(self.state_digest, seq, digest)
+        for r in requests:
+            self._pending.pop(r.key, None)
+            self._queue.pop(r.key, None)
+            self._in_flight.discard(r.key)
+        self._slots.pop(seq, None)
+        if executed:
+            self._view_change_attempts = 0
+        if not replay:
+            self._out.append(ev.Execute(seq, view, self.config.epoch, digest, requests,
+                                        tuple(executed), pp_msg, certificate,
+                                        self.state_digest))
+        if seq % self.params.checkpoint_interval == 0 or (
+                self.pending_reconfiguration is not None
+                and seq == self.pending_reconfiguration.effective_seq):
+            self._take_checkpoint(seq, replay=replay)
+        if not replay:
+            if self._timed_request is not None and self._timed_request not in self._pending:
+                self._cancel_timer(ev.TimerKind.REQUEST)
+            self._arm_request_timer()
+            self._maybe_propose()
+
+    def _apply_reconfiguration(self, r: m.Request, seq: int) -> bool:
+        """A validator-set change takes effect at the first checkpoint at or after `seq`, for
+        every honest replica at the same point. Invalid proposals are skipped deterministically."""
+        if self.pending_reconfiguration is not None:
+            return False
+        try:
+            proposal = codec.decode_reconfiguration(r.payload)
+            EpochConfig(self.config.epoch + 1, seq, proposal.members)
+        except ValueError:
+            return False
+        if proposal.from_epoch != self.config.epoch:
+            return False
+        signed = m.reconfiguration_signing_bytes(self.chain_id, proposal.from_epoch,
+                                                 proposal.members)
+        approvers = set()
+        for rid, sig in proposal.approvals:
+            key = self.config.key_of(rid)
+            if key is not None and self._verifier.verify(key, signed, sig):
+                approvers.add(rid)
+        if len(approvers) < self.config.quorum:
+            return False
+        k = self.params.checkpoint_interval
+        effective = -(-seq // k) * k
+        self.pending_reconfiguration = m.PendingReconfiguration(effective, proposal.members)
+        for s in [s for s in self._slots if s > effective]:
+            self._drop_slot(s)
+        return True
+
+    def _drop_slot(self, seq: int) -> None:
+        slot = self._slots.pop(seq)
+        for requests, _ in slot.batches.values():
+            for r in requests:
+                if r.key in self._in_flight:
+                    self._in_flight.discard(r.key)
+                    if self.is_primary and r.key in self._pending:
+                        self._queue[r.key] = r
+        self._next_seq = min(self._next_seq, seq)
+
+    # -------------------------------------------------------------------- checkpoints (4.3)
+
+    def _take_checkpoint(self, seq: int, *, replay: bool) -> None:
+        records = self._epoch_records
+        pending = self.pending_reconfiguration
+        if pending is not None and pending.effective_seq == seq:
+            entries = self._client_table.entries()
+            records = records + (m.EpochRecord(self.config.epoch + 1, seq, pending.members,
+                                               self.state_digest, clients_digest(entries), ()),)
+            pending = None
+        snap = m.Snapshot(seq, self.state_digest, records, self._client_table.entries(), pending)
+        self._snapshots[seq] = snap
+        digest = snapshot_digest(self.genesis, snap)
+        vote = self._sign(m.Checkpoint(self.config.epoch, seq, digest))
+        self._checkpoint_votes.setdefault(seq, {})[self.id] = vote
+        if not replay:
+            self._broadcast(vote)
+        self._check_stable(seq, digest)
+
+    def _on_checkpoint(self, msg: m.SignedMessage, b: m.Checkpoint) -> None:
+        if b.seq <= self.stable_seq or b.seq > self.stable_seq + 4 * self.params.log_window:
+            return
+        if b.seq not in self._checkpoint_votes and len(self._checkpoint_votes) > 4 * (
+                self.params.log_window // self.params.checkpoint_interval) + 4:
+            return  # bounded: far-future checkpoints wait for retransmission
+        votes = self._checkpoint_votes.setdefault(b.seq, {})
+        if msg.sender in votes:
+            return
+        votes[msg.sender] = msg
+        self._check_stable(b.seq, b.digest)
+
+    def _check_stable(self, seq: int, digest: bytes) -> None:
+        votes = [v for v in self._checkpoint_votes.get(seq, {}).values()
+                 if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
+        if len(votes) < self.config.quorum or seq <= self.stable_seq:
+            return
+        proof = tuple(sorted(votes, key=lambda v: v.sender))
+        own = self._snapshots.get(seq)
+        if own is not None:
+            if snapshot_digest(self.genesis, own) != digest:
+                raise ReplicaBug(f"a quorum certified a different state at checkpoint {seq}")
+            self._make_stable(own, proof)
+        elif seq > self.last_executed:
+            self._note_behind(seq, tuple(v.sender for v in proof))
+
+    def _make_stable(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...]) -> None:
+        """The checkpoint is stable: garbage-collect the log below it (paper 4.3) and, at an
+        epoch boundary, switch to the new validator set."""
+        boundary = bool(snap.epochs) and snap.epochs[-1].start_seq == snap.seq and \
+            snap.epochs[-1].epoch == self.config.epoch + 1
+        if boundary:
+            last = snap.epochs[-1]
+            snap = m.Snapshot(snap.seq, snap.state_digest,
+                              snap.epochs[:-1] + (m.EpochRecord(
+                                  last.epoch, last.start_seq, last.members, last.state_digest,
+                                  last.clients_digest, proof),),
+                              snap.clients, snap.pending)
+        self.stable_seq = snap.seq
+        self._stable_proof = proof
+        self._stable_snapshot = snap
+        for s in [s for s in self._slots if s <= snap.seq]:
+            del self._slots[s]
+        for s in [s for s in self._snapshots if s <= snap.seq]:
+            del self._snapshots[s]
+        for s in [s for s in self._checkpoint_votes if s <= snap.seq]:
+            del self._checkpoint_votes[s]
+        self._out.append(ev.PersistSnapshot(snap, proof))
+        if boundary:
+            self._enter_epoch(snap)
+        self._maybe_propose()
+
+    def _enter_epoch(self, snap: m.Snapshot) -> None:
+        last = snap.epochs[-1]
+        self.config = EpochConfig(last.epoch, last.start_seq, last.members)
+        self._epoch_records = snap.epochs
+        self.pending_reconfiguration = None
+        self._checkpoint_votes.clear()
+        self._view_changes.clear()
+        self._new_view_msg = None
+        for s in list(self._slots):
+            self._drop_slot(s)
+        self._next_seq = snap.seq + 1
+        self._in_flight.clear()
+        self._reset_view_for_epoch()
+        self._after_leader_change()
+
+    def _reset_view_for_epoch(self) -> None:
+        """Views restart at 0 in every epoch, so that a replica that joins knows the primary
+        without needing a NEW-VIEW from an epoch it never belonged to."""
+        self.view = 0
+        self.view_active = True
+        self._view_change_attempts = 0
+        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
+        self._out.append(ev.EpochEntered(self.config))
+        self._out.append(ev.ViewEntered(0, self.primary))
+
+    def _after_leader_change(self) -> None:
+        """New primary (view or epoch change): hand it every pending request."""
+        self._queue.clear()
+        if self.is_primary:
+            for key, (r, _) in self._pending.items():
+                if key not in self._in_flight:
+                    self._queue[key] = r
+            self._cancel_timer(ev.TimerKind.REQUEST)
+            self._timed_request = None
+            self._maybe_propose()
+        else:
+            self._forward_pending(fresh_only=False)
+            self._cancel_timer(ev.TimerKind.REQUEST)
+            self._arm_request_timer()
+        self._replay_future()
+
+    def _forward_pending(self, *, fresh_only: bool) -> None:
+        if not self.is_member or self.is_primary:
+            return
+        batch = [r for key, (r, tick) in self._pending.items()
+                 if key not in self._in_flight and (not fresh_only or tick < self._tick - 1)]
+        batch = batch[: self.params.batch_requests_max]
+        if batch:
+            self._send(self.primary, self._sign(m.RequestForward(tuple(batch))))
+
+    # ----------------------------------------------------------------------- state transfer
+
+    def _note_behind(self, seq: int, holders: Iterable[int]) -> None:
+        """Others hold a stable checkpoint above our state. If we are still behind it at the
+        next status tick, we fetch it (normal execution usually catches up first)."""
+        if seq > self._behind[0]:
+            self._behind = (seq, tuple(holders))
+
+    def _request_state(self, seq: int, holders: Iterable[int]) -> None:
+        """We saw a stable checkpoint above our state: ask its holders for it."""
+        if seq <= self._state_request_seq:
+            return
+        self._state_request_seq = seq
+        msg = self._sign(m.StateRequest(seq))
+        for holder in holders:
+            self._send(holder, msg)
+
+    def _on_state_request(self, sender: int, b: m.StateRequest) -> None:
+        snap = self._stable_snapshot
+        if snap is not None and snap.seq >= b.seq:
+            self._send(sender, self._sign(m.StateResponse(snap, self._stable_proof)))
+
+    def _on_state_response(self, sender: int, b: m.StateResponse) -> None:
+        snap = b.snapshot
+        if snap.seq <= self.last_executed:
+            return
+        configs = verify_epoch_history(self.genesis, snap.epochs, self.chain_id, self._verifier)
+        if configs is None:
+            self._fault(sender, "state response with an unverifiable epoch history")
+            return
+        signer_config = signing_config(configs, snap.seq)
+        digest = snapshot_digest(self.genesis, snap)
+        if not verify_checkpoint_proof(b.proof, signer_config, snap.seq, digest, self.chain_id,
+                                       self._verifier):
+            self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
+            return
+        self._install_snapshot(snap, b.proof, configs[-1])
+
+    def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
+                          config: EpochConfig) -> None:
+        epoch_changed = config.epoch != self.config.epoch
+        self.last_executed = snap.seq
+        self.state_digest = snap.state_digest
+        self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
+                                                      snap.clients)
+        self.pending_reconfiguration = snap.pending
+        self.stable_seq = snap.seq
+        self._stable_proof = proof
+        self._stable_snapshot = snap
+        self._epoch_records = snap.epochs
+        for s in [s for s in self._slots if s <= snap.seq]:
+            self._drop_slot(s)
+        self._snapshots = {s: v for s, v in self._snapshots.items() if s > snap.seq}
+        self._checkpoint_votes = {s: v for s, v in self._checkpoint_votes.items()
+                                  if s > snap.seq}
+        self._next_seq = max(self._next_seq, snap.seq + 1)
+        for key in [k for k in self._pending
+                    if self._client_table.check(*k)[0] is not NonceStatus.FRESH]:
+            del self._pending[key]
+            self._queue.pop(key, None)
+            self._in_flight.discard(key)
+        self._out.append(ev.InstallSnapshot(snap, proof))
+        self._out.append(ev.PersistSnapshot(snap, proof))
+        if epoch_changed:
+            self.config = config
+            self._checkpoint_votes.clear()
+            self._view_changes.clear()
+            self._new_view_msg = None
+            for s in list(self._slots):
+                self._drop_slot(s)
+            self._next_seq = snap.seq + 1
+            self._in_flight.clear()
+            self._reset_view_for_epoch()
+            self._after_leader_change()
+        else:
+            self._try_execute()
+            self._arm_request_timer()
+            self._maybe_propose()
+            self._replay_future()
+
+    # ------------------------------------------------------------------------ view change (4.4)
+
+    def _view_change_timeout_ms(self) -> int:
+        base = self.params.view_change_timeout_ms << min(self._view_change_attempts, 16)
+        return min(base, self.params.view_change_timeout_max_ms)
+
+    def _prepared_proofs(self) -> tuple[m.PreparedProof, ...]:
+        """For each sequence above the stable checkpoint, the proof of the highest view in which
+        this replica saw the batch prepared (or committed)."""
+        proofs = []
+        quorum = self.config.quorum
+        for seq in sorted(self._slots):
+            slot = self._slots[seq]
+            best: m.PreparedProof | None = None
+            best_view = -1
+            for digest, (_, pp_msg) in slot.batches.items():
+                pp = pp_msg.body
+                assert isinstance(pp, m.PrePrepare)
+                if pp.view <= best_view:
+                    continue
+                primary = self.config.primary(pp.view)
+                prepares = [p for p in slot.votes(slot.prepares, pp.view, digest)
+                            if p.sender != primary]
+                commits = slot.votes(slot.commits, pp.view, digest)
+                if len(prepares) >= quorum - 1:
+                    best = m.PreparedProof(pp_msg, tuple(prepares[: quorum - 1]))
+                elif len(commits) >= quorum:
+                    best = m.PreparedProof(pp_msg, tuple(commits[:quorum]))
+                else:
+                    continue
+                best_view = pp.view
+            if best is not None:
+                proofs.append(best)
+        return tuple(proofs)
+
+    def _start_view_change(self, new_view: int) -> None:
+        if new_view <= self.view or not self.is_member:
+            return
+        self.view = new_view
+        self.view_active = False
+        self._new_view_msg = None
+        self._cancel_timer(ev.TimerKind.REQUEST)
+        self._cancel_timer(ev.TimerKind.BATCH)
+        self._timed_request = None
+        stable_proof = () if self.stable_seq == self.config.start_seq else self._stable_proof
+        vc = self._sign(m.ViewChange(self.config.epoch, new_view, self.stable_seq, stable_proof,
+                                     self._prepared_proofs()))
+        self._view_changes.setdefault(new_view, {})[self.id] = vc
+        self._out.append(ev.Persist((vc,)))
+        self._broadcast(vc)
+        self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
+        self._maybe_send_new_view()
+        self._replay_future()
+
+    def _on_view_change(self, msg: m.SignedMessage, b: m.ViewChange) -> None:
+        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
+            # A peer is behind us: help it by resending our NEW-VIEW.
+            if self._new_view_msg is not None and b.new_view <= self.view:
+                self._send(msg.sender, self._new_view_msg)
+            return
+        if b.new_view > self.view + 64 * self.config.n:
+            return  # absurdly far ahead: ignore rather than store
+        bucket = self._view_changes.setdefault(b.new_view, {})
+        if msg.sender in bucket:
+            return
+        if verify_view_change(msg, self.config, self.chain_id, self._verifier,
+                              self.params.log_window) is None:
+            self._fault(msg.sender, f"invalid VIEW-CHANGE for view {b.new_view}")
+            return
+        bucket[msg.sender] = msg
+        # Paper 4.5.2 liveness: join once f+1 replicas want a higher view.
+        higher = {s for v, vcs in self._view_changes.items() if v > self.view for s in vcs}
+        if len(higher) >= self.config.weak_quorum:
+            target = min(v for v, vcs in self._view_changes.items()
+                         if v > self.view and vcs)
+            if target > self.view or self.view_active:
+                self._start_view_change(target)
+        self._maybe_send_new_view()
+
+    def _maybe_send_new_view(self) -> None:
+        if self.view_active or self.config.primary(self.view) != self.id:
+            return
+        vcs = self._view_changes.get(self.view, {})
+        if self.id not in vcs or len(vcs) < self.config.quorum:
+            return
+        chosen = [vcs[self.id]] + [vcs[s] for s in sorted(vcs) if s != self.id]
+        chosen = chosen[: self.config.quorum]
+        bodies = [vc.body for vc in chosen]
+        assert all(isinstance(b, m.ViewChange) for b in bodies)
+        _, proposals = new_view_proposals([b for b in bodies if isinstance(b, m.ViewChange)])
+        pre_prepares = []
+        for p in proposals:
+            pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.digest,
+                                              p.requests))
+            if pp is None:
+                raise ReplicaBug(f"already pre-prepared seq {p.seq} in view {self.view}")
+            pre_prepares.append(pp)
+        nv = self._sign(m.NewView(self.config.epoch, self.view,
+                                  tuple(sorted(chosen, key=lambda c: c.sender)),
+                                  tuple(pre_prepares)))
+        self._out.append(ev.Persist((nv,)))
+        self._broadcast(nv)
+        self._install_new_view(nv)
+
+    def _on_new_view(self, msg: m.SignedMessage) -> None:
+        b = msg.body
+        assert isinstance(b, m.NewView)
+        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
+            return
+        if verify_new_view(msg, self.config, self.chain_id, self._verifier,
+                           self.params.log_window) is None:
+            self._fault(msg.sender, f"invalid NEW-VIEW for view {b.new_view}")
+            return
+        self._out.append(ev.Persist((msg,)))
+        self._install_new_view(msg)
+
+    def _install_new_view(self, nv_msg: m.SignedMessage) -> None:
+        nv = nv_msg.body
+        assert isinstance(nv, m.NewView)
+        vcs = [vc.body for vc in nv.view_changes if isinstance(vc.body, m.ViewChange)]
+        min_s = max(vc.stable_seq for vc in vcs)
+        self.view = nv.new_view
+        self.view_active = True
+        self._new_view_msg = nv_msg
+        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
+        self._view_changes = {v: s for v, s in self._view_changes.items() if v > self.view}
+        if min_s > self.stable_seq:
+            holder = next(vc for vc in nv.view_changes
+                          if isinstance(vc.body, m.ViewChange) and vc.body.stable_seq == min_s)
+            body = holder.body
+            assert isinstance(body, m.ViewChange)
+            own = self._snapshots.get(min_s)
+            proof = body.stable_proof
+            if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
+                    snapshot_digest(self.genesis, own) == proof[0].body.digest:
+                self._make_stable(own, proof)
+            elif min_s > self.last_executed:
+                self._request_state(min_s, [s.sender for s in proof] or [holder.sender])
+        max_s = max((pp.body.seq for pp in nv.pre_prepares if isinstance(pp.body, m.PrePrepare)),
+                    default=min_s)
+        for s in [s for s in self._slots if s > max_s]:
+            self._drop_slot(s)
+        self._next_seq = max(max_s, self.last_executed) + 1
+        self._in_flight.clear()
+        self._out.append(ev.ViewEntered(self.view, self.primary))
+        for pp_msg in nv.pre_prepares:
+            pp = pp_msg.body
+            assert isinstance(pp, m.PrePrepare)
+            if pp.seq <= self.last_executed or not self._in_window(pp.seq):
+                continue
+            slot = self._slot(pp.seq)
+            if pp.digest not in slot.batches:
+                slot.batches[pp.digest] = (pp.requests, pp_msg)
+            for r in pp.requests:
+                self._in_flight.add(r.key)
+            self._adopt_pre_prepare(slot, pp_msg, pp)
+        self._after_leader_change()
+        self._try_execute()
+
+    # ---------------------------------------------------------------------------- timers
+
+    def _on_timer(self, kind: ev.TimerKind, token: int) -> None:
+        if self._timer_tokens.get(kind) != token:
+            return  # stale: re-armed or cancelled since
+        del self._timer_tokens[kind]
+        if kind is ev.TimerKind.BATCH:
+            self._maybe_propose(force=True)
+        elif kind is ev.TimerKind.REQUEST:
+            if self._timed_request in self._pending and self.view_active:
+                self._start_view_change(self.view + 1)
+        elif kind is ev.TimerKind.VIEW_CHANGE:
+            if not self.view_active:
+                self._view_change_attempts += 1
+                self._start_view_change(self.view + 1)
+        elif kind is ev.TimerKind.STATUS:
+            self._tick += 1
+            self._state_request_seq = 0
+            if self._behind[0] > self.last_executed:
+                self._request_state(*self._behind)
+            if self.is_member or self.last_executed == 0:
+                status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
+                                             self.last_executed, self.stable_seq))
+                self._broadcast(status)
+            if self.view_active:
+                self._forward_pending(fresh_only=True)
+            self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
+
+    # ------------------------------------------------------------------- status: retransmission
+
+    def _on_status(self, sender: int, b: m.Status) -> None:
+        """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
+        if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
+            if b.stable_seq > self.last_executed:
+                self._note_behind(b.stable_seq, (sender,))
+            return
+        if b.epoch < self.config.epoch:
+            return
+        if b.last_executed < self.stable_seq:
+            return  # it will ask us for state after our own STATUS
+        if b.stable_seq < self.stable_seq and self._stable_proof:
+            for vote in self._stable_proof:
+                self._send(sender, vote)
+        budget = self.params.retransmit_seqs_max
+        # Decided batches it lacks: the pre-prepare plus a commit certificate.
+        seq = b.last_executed + 1
+        while seq <= self.last_executed and budget > 0:
+            slot = self._slots.get(seq)
+            if slot is None:
+                break
+            cert = self._commit_certificate(slot)
+            if cert is not None:
+                view, digest, commits = cert
+                self._send(sender, slot.batches[digest][1])
+                for c in commits:
+                    self._send(sender, c)
+            seq += 1
+            budget -= 1
+        if b.view < self.view or (b.view == self.view and not b.view_active):
+            if self.view_active and self._new_view_msg is not None:
+                self._send(sender, self._new_view_msg)
+            elif not self.view_active and self.id in self._view_changes.get(self.view, {}):
+                self._send(sender, self._view_changes[self.view][self.id])
+            return
+        if b.view != self.view or not self.view_active:
+            return
+        # Same view: resend our votes for in-progress sequences that have been stuck a tick.
+        for seq in sorted(self._slots):
+            if budget <= 0:
+                break
+            slot = self._slots[seq]
+            if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
+                continue
+            if slot.pre_prepare is not None and slot.view == self.view:
+                self._send(sender, slot.pre_prepare)
+            for table in (slot.prepares, slot.commits):
+                own = table.get((self.view, self.id))
+                if own is not None:
+                    self._send(sender, own)
+            budget -= 1
+
+    # ------------------------------------------------------------------------------ recovery
+
+    def _recover(self, rec: Recovered) -> None:
+        """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
+        and every message this replica signed (so it never signs a conflicting one)."""
+        if rec.snapshot is not None:
+            configs = verify_epoch_history(self.genesis, rec.snapshot.epochs, self.chain_id,
+                                           self._verifier)
+            if configs is None:
+                raise ValueError("persisted snapshot has an unverifiable epoch history")
+            snap = rec.snapshot
+            self.last_executed = snap.seq
+            self.state_digest = snap.state_digest
+            self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
+                                                          snap.clients)
+            self.pending_reconfiguration = snap.pending
+            self.stable_seq = snap.seq
+            self._stable_proof = rec.snapshot_proof
+            self._stable_snapshot = snap
+            self._epoch_records = snap.epochs
+            self.config = configs[-1]
+            self._next_seq = snap.seq + 1
+        for batch in sorted(rec.executed, key=lambda e: e.seq):
+            if batch.seq <= self.last_executed:
+                continue
+            pp = batch.pre_prepare.body
+            if not isinstance(pp, m.PrePrepare):
+                raise ValueError("persisted executed batch lacks its pre-prepare")
+            self._execute(batch.seq, pp.view, pp.digest, pp.requests, batch.pre_prepare,
+                          batch.certificate, replay=True)
+        self._out.clear()
+        max_view, active = 0, True
+        for msg in rec.messages:
+            b = msg.body
+            if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
+                if b.epoch != self.config.epoch:
+                    continue
+                if msg.sender == self.id:
+                    t = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}[type(b)]
+                    self._own[(t, b.epoch, b.view, b.seq)] = b.digest
+                    if b.view > max_view or (b.view == max_view and not active):
+                        max_view, active = b.view, True
+                    if isinstance(b, m.PrePrepare):
+                        self._next_seq = max(self._next_seq, b.seq + 1)
+                if b.seq <= self.last_executed or not self._in_window(b.seq):
+                    continue
+                slot = self._slot(b.seq)
+                if isinstance(b, m.PrePrepare):
+                    slot.batches.setdefault(b.digest, (b.requests, msg))
+                    if b.view >= slot.view:
+                        slot.pre_prepare = msg
+                elif isinstance(b, m.Prepare):
+                    slot.prepares.setdefault((b.view, msg.sender), msg)
+                else:
+                    slot.commits.setdefault((b.view, msg.sender), msg)
+            elif isinstance(b, m.ViewChange) and b.epoch == self.config.epoch:
+                if msg.sender == self.id and b.new_view > max_view:
+                    max_view, active = b.new_view, False
+                    self._view_changes.setdefault(b.new_view, {})[self.id] = msg
+            elif isinstance(b, m.NewView) and b.epoch == self.config.epoch:
+                if b.new_view > max_view or (b.new_view == max_view and not active):
+                    max_view, active = b.new_view, True
+                    self._new_view_msg = msg
+        self.view = max_view
+        self.view_active = active
+        if self.view_active and self._new_view_msg is not None:
+            nv = self._new_view_msg.body
+            if isinstance(nv, m.NewView) and nv.new_view != self.view:
+                self._new_view_msg = None
+        self._out.clear()

@@ -1,0 +1,169 @@
+"""Replicated consensus-layer state: client replay windows, state digests, snapshots and proofs.
+
+All of it is a deterministic function of the executed batches, so two honest replicas that
+executed the same sequence numbers hold equal state and produce equal checkpoint digests.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from consortium.crypto.hashing import tagged_hash
+from consortium.crypto.merkle import root_of_hashes
+from consortium.crypto.signing import Verifier
+from consortium.pbft import codec
+from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig, Member
+
+GENESIS_STATE_DIGEST = tagged_hash(b"consortium/genesis-state")
+
+
+def batch_digest(requests: Iterable[m.Request]) -> bytes:
+    """Merkle root of the request digests: the block's record root is this same value."""
+    return root_of_hashes([r.digest for r in requests])
+
+
+def next_state_digest(previous: bytes, seq: int, digest: bytes) -> bytes:
+    """Chain one executed batch into the state digest (it pins the whole ordered history)."""
+    return tagged_hash(b"consortium/state", previous, seq.to_bytes(8, "big"), digest)
+
+
+class NonceStatus(enum.Enum):
+    FRESH = "fresh"
+    EXECUTED = "executed"
+    STALE = "stale"
+
+
+class ClientTable:
+    """Per client, the nonces executed inside a sliding window below the highest one.
+
+    A nonce executes at most once; a nonce older than the window is stale. The window lets a
+    client keep several requests in flight that may be ordered out of nonce order.
+    """
+
+    __slots__ = ("_window", "_executed")
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._executed: dict[str, dict[int, int]] = {}
+
+    def check(self, client_id: str, nonce: int) -> tuple[NonceStatus, int]:
+        """(status, seq where it executed or 0)."""
+        done = self._executed.get(client_id)
+        if done is None:
+            return NonceStatus.FRESH, 0
+        seq = done.get(nonce)
+        if seq is not None:
+            return NonceStatus.EXECUTED, seq
+        if nonce <= max(done) - self._window:
+            return NonceStatus.STALE, 0
+        return NonceStatus.FRESH, 0
+
+    def record(self, client_id: str, nonce: int, seq: int) -> None:
+        done = self._executed.setdefault(client_id, {})
+        done[nonce] = seq
+        floor = max(done) - self._window
+        if min(done) <= floor:
+            for old in [n for n in done if n <= floor]:
+                del done[old]
+
+    def entries(self) -> tuple[m.ClientEntry, ...]:
+        return tuple(m.ClientEntry(cid, tuple(sorted(self._executed[cid].items())))
+                     for cid in sorted(self._executed))
+
+    @classmethod
+    def from_entries(cls, window: int, entries: Iterable[m.ClientEntry]) -> ClientTable:
+        table = cls(window)
+        for e in entries:
+            if e.executed:
+                table._executed[e.client_id] = dict(e.executed)
+        return table
+
+
+def clients_digest(entries: Iterable[m.ClientEntry]) -> bytes:
+    parts: list[bytes] = []
+    for e in entries:
+        parts.append(e.client_id.encode())
+        parts.append(b"".join(n.to_bytes(8, "big") + s.to_bytes(8, "big") for n, s in e.executed))
+    return tagged_hash(b"consortium/clients", *parts)
+
+
+def _epochs_digest(epochs: Iterable[tuple[int, int, tuple[Member, ...]]]) -> bytes:
+    return tagged_hash(b"consortium/epochs", *(
+        EpochConfig(e, start, members).digest() for e, start, members in epochs))
+
+
+def _pending_digest(p: m.PendingReconfiguration | None) -> bytes:
+    if p is None:
+        return b""
+    return EpochConfig(0, p.effective_seq, p.members).digest()
+
+
+def checkpoint_digest(seq: int, state_digest: bytes, clients: bytes,
+                      epochs: Iterable[tuple[int, int, tuple[Member, ...]]],
+                      pending: m.PendingReconfiguration | None) -> bytes:
+    return tagged_hash(b"consortium/checkpoint", seq.to_bytes(8, "big"), state_digest, clients,
+                       _epochs_digest(epochs), _pending_digest(pending))
+
+
+def snapshot_digest(genesis: EpochConfig, s: m.Snapshot) -> bytes:
+    """What CHECKPOINT messages sign. Epoch proofs are not covered (they come later)."""
+    epochs = [(genesis.epoch, genesis.start_seq, genesis.members)]
+    epochs += [(e.epoch, e.start_seq, e.members) for e in s.epochs]
+    return checkpoint_digest(s.seq, s.state_digest, clients_digest(s.clients), epochs, s.pending)
+
+
+def verify_signed(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
+                  verifier: Verifier) -> bool:
+    key = config.key_of(msg.sender)
+    if key is None:
+        return False
+    return verifier.verify(key, codec.signing_bytes(chain_id, msg.sender, msg.body_bytes),
+                           msg.signature)
+
+
+def verify_checkpoint_proof(proof: tuple[m.SignedMessage, ...], config: EpochConfig, seq: int,
+                            digest: bytes, chain_id: bytes, verifier: Verifier) -> bool:
+    """A quorum of distinct members of `config` signed CHECKPOINT(config.epoch, seq, digest)."""
+    signers: set[int] = set()
+    for msg in proof:
+        b = msg.body
+        if (isinstance(b, m.Checkpoint) and b.epoch == config.epoch and b.seq == seq
+                and b.digest == digest and msg.sender not in signers
+                and verify_signed(msg, config, chain_id, verifier)):
+            signers.add(msg.sender)
+    return len(signers) >= config.quorum
+
+
+def verify_epoch_history(genesis: EpochConfig, records: tuple[m.EpochRecord, ...],
+                         chain_id: bytes, verifier: Verifier) -> list[EpochConfig] | None:
+    """Follow the epoch chain from genesis; each epoch is certified by the one before it.
+
+    Returns every epoch's config (genesis first), or None if any link fails to verify.
+    """
+    configs = [genesis]
+    history = [(genesis.epoch, genesis.start_seq, genesis.members)]
+    for r in records:
+        prev = configs[-1]
+        if r.epoch != prev.epoch + 1 or r.start_seq <= prev.start_seq:
+            return None
+        try:
+            config = EpochConfig(r.epoch, r.start_seq, r.members)
+        except ValueError:
+            return None
+        history.append((r.epoch, r.start_seq, r.members))
+        digest = checkpoint_digest(r.start_seq, r.state_digest, r.clients_digest, history, None)
+        if not verify_checkpoint_proof(r.proof, prev, r.start_seq, digest, chain_id, verifier):
+            return None
+        configs.append(config)
+    return configs
+
+
+def signing_config(configs: list[EpochConfig], seq: int) -> EpochConfig:
+    """The epoch whose members sign the checkpoint at `seq`: the one in force for `seq` (a
+    boundary checkpoint is signed by the epoch it closes)."""
+    for config in reversed(configs):
+        if config.start_seq < seq or config.start_seq == 0:
+            return config
+    return configs[0]

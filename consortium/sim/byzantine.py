@@ -1,0 +1,178 @@
+"""Byzantine behaviours: transforms of a replica's outgoing actions.
+
+A Byzantine node runs the honest replica code and then lies on the way out: it holds its own
+private key, so everything it sends is validly signed. Honest replicas must stay safe anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from consortium.pbft import codec
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.replica import Replica
+from consortium.pbft.state import batch_digest
+from consortium.sim.cluster import CHAIN_ID, Behaviour, SimNode, Simulation
+
+
+def _decode(data: bytes) -> m.SignedMessage | None:
+    try:
+        return codec.decode_signed(data, CHAIN_ID)
+    except codec.DecodeError:
+        return None
+
+
+def _sign(node: SimNode, body: m.Body) -> bytes:
+    return codec.sign_message(node.signer, CHAIN_ID, node.replica_id, body).wire
+
+
+def _sends(actions: list[ev.Action]) -> list[ev.Action]:
+    return [a for a in actions if not isinstance(a, ev.Send)]
+
+
+def equivocating_primary(sim: Simulation) -> Behaviour:
+    """As primary, send different batches for the same sequence number to different backups."""
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for a in actions:
+            msg = _decode(a.data) if isinstance(a, ev.Send) else None
+            if isinstance(a, ev.Send) and msg is not None and isinstance(msg.body, m.PrePrepare) \
+                    and msg.sender == node.replica_id and len(a.to) > 1:
+                pp = msg.body
+                alt_requests = tuple(reversed(pp.requests)) if len(pp.requests) > 1 else ()
+                alt = replace(pp, requests=alt_requests, digest=batch_digest(alt_requests))
+                half = len(a.to) // 2
+                out.append(ev.Send(a.to[:half], a.data))
+                out.append(ev.Send(a.to[half:], _sign(node, alt)))
+                # ... and vote for both in the prepare/commit phases
+                for body in (m.Commit(alt.epoch, alt.view, alt.seq, alt.digest),):
+                    out.append(ev.Send(a.to, _sign(node, body)))
+            else:
+                out.append(a)
+        return out
+
+    return behave
+
+
+def silent_primary(sim: Simulation) -> Behaviour:
+    """Send nothing at all while primary (it still receives)."""
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        rep = node.replica
+        if rep is not None and rep.is_primary:
+            return _sends(actions)
+        return actions
+
+    return behave
+
+
+def conflicting_votes(sim: Simulation) -> Behaviour:
+    """Send PREPAREs and COMMITs for a random digest to some peers, the true ones to others."""
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for a in actions:
+            msg = _decode(a.data) if isinstance(a, ev.Send) else None
+            if isinstance(a, ev.Send) and msg is not None and isinstance(
+                    msg.body, (m.Prepare, m.Commit)) and len(a.to) > 1:
+                fake = replace(msg.body, digest=sim.rng.randbytes(32))
+                half = len(a.to) // 2
+                out.append(ev.Send(a.to[:half], a.data))
+                out.append(ev.Send(a.to[half:], _sign(node, fake)))
+            else:
+                out.append(a)
+        return out
+
+    return behave
+
+
+def forger(sim: Simulation) -> Behaviour:
+    """Corrupt signatures, impersonate other replicas, and send garbage bytes."""
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for a in actions:
+            if not isinstance(a, ev.Send):
+                out.append(a)
+                continue
+            msg = _decode(a.data)
+            roll = sim.rng.random()
+            if msg is None or roll < 0.3:
+                out.append(a)
+            elif roll < 0.5:  # flip a signature bit
+                sig = bytearray(msg.signature)
+                sig[sim.rng.randrange(64)] ^= 1
+                out.append(ev.Send(a.to, codec.resign_message(msg.sender, msg.body,
+                                                              bytes(sig)).wire))
+            elif roll < 0.7:  # claim to be another replica, signed with our own key
+                victim = sim.rng.randrange(sim.cfg.validators)
+                body_bytes = codec.encode_body(msg.body)
+                sig = node.signer.sign(codec.signing_bytes(CHAIN_ID, victim, body_bytes))
+                out.append(ev.Send(a.to, codec.resign_message(victim, msg.body, sig).wire))
+            elif roll < 0.85:  # truncated or bit-flipped bytes
+                data = bytearray(a.data)
+                if sim.rng.random() < 0.5:
+                    data = data[: sim.rng.randrange(len(data))]
+                else:
+                    data[sim.rng.randrange(len(data))] ^= 0xFF
+                out.append(ev.Send(a.to, bytes(data)))
+            else:
+                out.append(ev.Send(a.to, sim.rng.randbytes(sim.rng.randint(0, 300))))
+        return out
+
+    return behave
+
+
+def replayer(sim: Simulation) -> Behaviour:
+    """Remember every message sent, then replay old ones (old views included) at random."""
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        seen: list[bytes] = node.state.setdefault("seen", [])
+        out = list(actions)
+        for a in actions:
+            if isinstance(a, ev.Send):
+                seen.append(a.data)
+                if len(seen) > 2000:
+                    del seen[:1000]
+        if seen and sim.rng.random() < 0.3:
+            for _ in range(3):
+                old = seen[sim.rng.randrange(len(seen))]
+                out.append(ev.Send(tuple(range(sim.cfg.validators)), old))
+        return out
+
+    return behave
+
+
+def silent_then_replay(sim: Simulation, quiet_from_ms: int = 600) -> Behaviour:
+    """Primary of view 0 that goes silent after a while (forcing a view change), then replays
+    the messages it saw and sent in the old view into the new one."""
+    silent = silent_primary(sim)
+    replay = replayer(sim)
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        rep = node.replica
+        if sim.now_ms >= quiet_from_ms and rep is not None and rep.view == 0:
+            node.state.setdefault("seen", []).extend(
+                a.data for a in actions if isinstance(a, ev.Send))
+            return silent(node, actions)
+        return replay(node, actions)
+
+    return behave
+
+
+class CensoringReplica(Replica):
+    """A primary that never proposes one client's requests; otherwise it follows the protocol,
+    so only the view change (triggered by the backups' request timers) can rescue them."""
+
+    victim = "client-0"
+
+    def _propose(self, batch: tuple[m.Request, ...]) -> None:
+        kept = tuple(r for r in batch if r.client_id != self.victim)
+        for r in batch:
+            if r.client_id == self.victim:
+                self._queue.pop(r.key, None)
+                self._in_flight.add(r.key)  # pretend it is ordered: never propose it
+        if kept:
+            super()._propose(kept)

@@ -1,0 +1,58 @@
+"""Invariant checkers that watch every execution of every honest replica.
+
+Safety (checked at each step):
+- agreement: no two honest replicas execute different batches at the same sequence number;
+- validity: every executed request is one a client submitted (same digest);
+- at-most-once: a (client, nonce) executes at one sequence number only, everywhere;
+- certificate: each executed batch carries 2f+1 matching COMMITs from distinct replicas.
+Liveness is judged by the simulation (every request executed everywhere after faults heal).
+"""
+
+from __future__ import annotations
+
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.decided: dict[int, tuple[bytes, int]] = {}
+        """seq -> (digest, first replica that executed it)."""
+        self.executed_at: dict[tuple[str, int], int] = {}
+        self.per_replica: dict[int, set[tuple[str, int]]] = {}
+        self.violations: list[str] = []
+
+    def _violate(self, text: str) -> None:
+        self.violations.append(text)
+
+    def on_execute(self, replica_id: int, a: ev.Execute,
+                   submitted: dict[tuple[str, int], bytes], config: EpochConfig) -> None:
+        """`config` is the validator set of the epoch the batch executed in."""
+        first = self.decided.get(a.seq)
+        if first is None:
+            self.decided[a.seq] = (a.digest, replica_id)
+        elif first[0] != a.digest:
+            self._violate(f"agreement: replica {replica_id} executed digest {a.digest.hex()[:12]} "
+                          f"at seq {a.seq}, replica {first[1]} executed "
+                          f"{first[0].hex()[:12]}")
+        signers = set()
+        for c in a.certificate:
+            b = c.body
+            if isinstance(b, m.Commit) and (b.view, b.seq, b.digest) == (a.view, a.seq, a.digest):
+                signers.add(c.sender)
+        signers &= set(config.replica_ids)
+        if len(signers) < config.quorum:
+            self._violate(f"certificate: replica {replica_id} executed seq {a.seq} with only "
+                          f"{len(signers)} matching commits")
+        mine = self.per_replica.setdefault(replica_id, set())
+        for r in a.executed:
+            if submitted.get(r.key) != r.digest:
+                self._violate(f"validity: replica {replica_id} executed {r.key} at seq {a.seq}, "
+                              "which no client submitted")
+            if r.key in mine:
+                self._violate(f"at-most-once: replica {replica_id} executed {r.key} twice")
+            mine.add(r.key)
+            seq = self.executed_at.setdefault(r.key, a.seq)
+            if seq != a.seq:
+                self._violate(f"at-most-once: {r.key} executed at seq {seq} and at seq {a.seq}")

@@ -1,0 +1,485 @@
+"""A deterministic cluster simulation: simulated clock, seeded network, crash-restart, clients.
+
+Everything random comes from one `random.Random(seed)`, keys are derived from the seed, and
+Ed25519 signatures are deterministic, so a seed replays the same run bit for bit. Replicas are the
+production `Replica` class; the simulation only plays the driver's part (network, timers, storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier, Verifier
+from consortium.pbft import codec
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.params import ProtocolParams
+from consortium.pbft.replica import ExecutedBatch, Recovered, Replica
+from consortium.sim.checkers import SafetyChecker
+
+CHAIN_ID = b"sim-chain"
+
+
+def derive_seed(*parts: object) -> bytes:
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+@dataclass
+class NetworkFaults:
+    """How the simulated network misbehaves while faults are active."""
+
+    delay_ms_min: int = 1
+    delay_ms_max: int = 15
+    drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    reorder_rate: float = 0.0
+    """Share of messages held back by an extra delay (so later ones overtake them)."""
+    reorder_delay_ms_max: int = 200
+    partitions: list[tuple[int, int, list[set[int]]]] = field(default_factory=list)
+    """(start_ms, end_ms, groups): messages between different groups are lost meanwhile."""
+
+
+@dataclass
+class DurableStore:
+    """What survives a crash: what the driver persisted, as a validator's PostgreSQL would."""
+
+    snapshot: m.Snapshot | None = None
+    snapshot_proof: tuple[m.SignedMessage, ...] = ()
+    executed: list[ExecutedBatch] = field(default_factory=list)
+    messages: list[m.SignedMessage] = field(default_factory=list)
+
+    def recovered(self) -> Recovered:
+        return Recovered(self.snapshot, self.snapshot_proof, tuple(self.executed),
+                         tuple(self.messages))
+
+    def prune(self, seq: int) -> None:
+        self.executed = [e for e in self.executed if e.seq > seq]
+
+        def keep(msg: m.SignedMessage) -> bool:
+            b = msg.body
+            if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
+                return b.seq > seq
+            return True
+
+        self.messages = [x for x in self.messages if keep(x)]
+
+
+Behaviour = Callable[["SimNode", list[ev.Action]], list[ev.Action]]
+
+
+@dataclass
+class SimNode:
+    replica_id: int
+    signer: Ed25519Signer
+    replica: Replica | None
+    store: DurableStore = field(default_factory=DurableStore)
+    timers: dict[ev.TimerKind, int] = field(default_factory=dict)
+    incarnation: int = 0
+    byzantine: bool = False
+    behaviour: Behaviour | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    """Scratch space for a Byzantine behaviour."""
+    faults_seen: int = 0
+    installed_snapshots: int = 0
+    replica_class: type[Replica] | None = None
+    """A Byzantine replica may run modified protocol code instead of the honest class."""
+
+
+@dataclass
+class SimClient:
+    client_id: str
+    signer: Ed25519Signer
+    next_nonce: int = 1
+    outstanding: dict[int, tuple[m.Request, int, set[int]]] = field(default_factory=dict)
+    """nonce -> (request, retry deadline, replicas that replied)."""
+
+
+@dataclass
+class SimConfig:
+    validators: int = 4
+    params: ProtocolParams = field(default_factory=lambda: ProtocolParams(
+        checkpoint_interval=4, log_window=8, pipeline_depth=3, batch_requests_max=4,
+        batch_delay_ms=5, request_timeout_ms=500, view_change_timeout_ms=500,
+        view_change_timeout_max_ms=4000, status_interval_ms=100, retransmit_seqs_max=16,
+        client_nonce_window=64, future_messages_max=512))
+    clients: int = 3
+    requests_per_client: int = 8
+    submit_window_ms: int = 2000
+    client_retry_ms: int = 800
+    faults_end_ms: int = 3000
+    """Faults (network and Byzantine silence/crashes scheduled by the scenario) stop here."""
+    liveness_bound_ms: int = 30000
+    """After faults heal, every request must be executed everywhere within this time."""
+    faults: NetworkFaults = field(default_factory=NetworkFaults)
+    extra_nodes: int = 0
+    """Nodes outside genesis (joiners for reconfiguration scenarios)."""
+
+
+class StaticClients:
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self._keys = keys
+
+    def client_key(self, client_id: str) -> bytes | None:
+        return self._keys.get(client_id)
+
+
+class Simulation:
+    def __init__(self, seed: int, config: SimConfig, *, trace: bool = False,
+                 replica_factory: type[Replica] = Replica) -> None:
+        self.seed = seed
+        self.cfg = config
+        self.rng = random.Random(seed)
+        self.now_ms = 0
+        self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self._counter = 0
+        self.trace_enabled = trace
+        self.trace: list[str] = []
+        self.replica_factory = replica_factory
+        self.verifier: Verifier = Ed25519Verifier()
+
+        total = config.validators + config.extra_nodes
+        self.signers = {i: Ed25519Signer(derive_seed("replica", seed, i)) for i in range(total)}
+        self.genesis = EpochConfig(0, 0, tuple(Member(i, self.signers[i].public_key)
+                                               for i in range(config.validators)))
+        self.clients = [SimClient(f"client-{c}", Ed25519Signer(derive_seed("client", seed, c)))
+                        for c in range(config.clients)]
+        self.governor = Ed25519Signer(derive_seed("governor", seed))
+        keys = {c.client_id: c.signer.public_key for c in self.clients}
+        keys["governor"] = self.governor.public_key
+        self.client_registry = StaticClients(keys)
+        self.nodes = {i: SimNode(i, self.signers[i], None) for i in range(total)}
+        self.epoch_configs = {0: self.genesis}
+        self.liveness_condition: Callable[[Simulation], bool] | None = None
+        self.safety = SafetyChecker()
+        self.submitted: dict[tuple[str, int], bytes] = {}
+        self.stats = {"delivered": 0, "dropped": 0, "duplicated": 0, "faults": 0,
+                      "view_changes": 0, "state_transfers": 0}
+        self.hooks: list[tuple[int, Callable[[Simulation], None]]] = []
+
+    def boot_all(self) -> None:
+        """Start every node (after a scenario assigned Byzantine roles)."""
+        for i in self.nodes:
+            self._boot(i)
+
+    # -------------------------------------------------------------------------- scheduling
+
+    def schedule(self, at_ms: int, kind: str, *payload: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._queue, (at_ms, self._counter, kind, payload))
+
+    def at(self, at_ms: int, hook: Callable[[Simulation], None]) -> None:
+        self.schedule(at_ms, "hook", hook)
+
+    def log(self, text: str) -> None:
+        if self.trace_enabled:
+            self.trace.append(f"{self.now_ms:>7}ms {text}")
+
+    # ------------------------------------------------------------------------------- nodes
+
+    def _make_replica(self, i: int, recovered: Recovered | None) -> Replica:
+        cls = self.nodes[i].replica_class or self.replica_factory
+        return cls(
+            replica_id=i, signer=self.signers[i], chain_id=CHAIN_ID, genesis=self.genesis,
+            params=self.cfg.params, verifier=CachingVerifier(self.verifier, 4096),
+            clients=self.client_registry, recovered=recovered)
+
+    def _boot(self, i: int) -> None:
+        node = self.nodes[i]
+        node.replica = self._make_replica(i, node.store.recovered() if node.incarnation else None)
+        node.timers.clear()
+        self._apply(node, node.replica.start())
+
+    def crash(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.replica is None:
+            return
+        self.log(f"CRASH replica {i}")
+        node.replica = None
+        node.timers.clear()
+        node.incarnation += 1
+
+    def restart(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.replica is not None:
+            return
+        self.log(f"RESTART replica {i} from its durable store")
+        self._boot(i)
+
+    def honest_ids(self) -> list[int]:
+        return [i for i, n in self.nodes.items() if not n.byzantine]
+
+    # ------------------------------------------------------------------------------ actions
+
+    def _apply(self, node: SimNode, actions: list[ev.Action]) -> None:
+        if node.behaviour is not None:
+            actions = node.behaviour(node, actions)
+        for a in actions:
+            if isinstance(a, ev.Send):
+                for to in a.to:
+                    self.send(node.replica_id, to, a.data)
+            elif isinstance(a, ev.Persist):
+                node.store.messages.extend(a.messages)
+            elif isinstance(a, ev.PersistSnapshot):
+                node.store.snapshot = a.snapshot
+                node.store.snapshot_proof = a.proof
+                node.store.prune(a.snapshot.seq)
+            elif isinstance(a, ev.Execute):
+                node.store.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate))
+                if not node.byzantine:
+                    self.safety.on_execute(node.replica_id, a, self.submitted,
+                                           self.epoch_configs[a.epoch])
+                self.log(f"EXECUTE r{node.replica_id} seq={a.seq} view={a.view} "
+                         f"digest={a.digest.hex()[:8]} reqs={[r.key for r in a.executed]}")
+                for r in a.executed:
+                    self._reply(node.replica_id, r)
+            elif isinstance(a, ev.AlreadyExecuted):
+                self._reply(node.replica_id, a.request)
+            elif isinstance(a, ev.InstallSnapshot):
+                node.installed_snapshots += 1
+                self.stats["state_transfers"] += 1
+                node.store.executed = []
+                self.log(f"STATE-TRANSFER r{node.replica_id} to seq {a.snapshot.seq}")
+            elif isinstance(a, ev.SetTimer):
+                node.timers[a.kind] = a.token
+                self.schedule(self.now_ms + a.delay_ms, "timer", node.replica_id,
+                              node.incarnation, a.kind, a.token)
+            elif isinstance(a, ev.CancelTimer):
+                node.timers.pop(a.kind, None)
+            elif isinstance(a, ev.PeerFault):
+                node.faults_seen += 1
+                self.stats["faults"] += 1
+                self.log(f"FAULT seen by r{node.replica_id}: {a.reason}")
+            elif isinstance(a, ev.ViewEntered):
+                self.stats["view_changes"] += 1
+                self.log(f"VIEW r{node.replica_id} entered view {a.view} (primary {a.primary})")
+            elif isinstance(a, ev.EpochEntered):
+                self.epoch_configs.setdefault(a.config.epoch, a.config)
+                self.log(f"EPOCH r{node.replica_id} entered epoch {a.config.epoch} "
+                         f"members {a.config.replica_ids}")
+
+    def _reply(self, replica_id: int, r: m.Request) -> None:
+        delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
+        self.schedule(self.now_ms + delay, "reply", r.client_id, r.nonce, replica_id)
+
+    # ------------------------------------------------------------------------------ network
+
+    def _faulty_now(self) -> bool:
+        return self.now_ms < self.cfg.faults_end_ms
+
+    def _partitioned(self, a: int, b: int) -> bool:
+        for start, end, groups in self.cfg.faults.partitions:
+            if start <= self.now_ms < end:
+                ga = next((i for i, g in enumerate(groups) if a in g), -1)
+                gb = next((i for i, g in enumerate(groups) if b in g), -1)
+                if ga != gb:
+                    return True
+        return False
+
+    def send(self, src: int, dst: int, data: bytes) -> None:
+        f = self.cfg.faults
+        if dst not in self.nodes or src == dst:
+            return
+        if self._partitioned(src, dst) or (self._faulty_now() and self.rng.random() < f.drop_rate):
+            self.stats["dropped"] += 1
+            return
+        copies = 1
+        if self._faulty_now() and self.rng.random() < f.duplicate_rate:
+            copies = 2
+            self.stats["duplicated"] += 1
+        for _ in range(copies):
+            delay = self.rng.randint(f.delay_ms_min, f.delay_ms_max)
+            if self._faulty_now() and self.rng.random() < f.reorder_rate:
+                delay += self.rng.randint(1, f.reorder_delay_ms_max)
+            self.schedule(self.now_ms + delay, "deliver", src, dst, data)
+
+    def _describe(self, data: bytes) -> str:
+        try:
+            msg = codec.decode_signed(data, CHAIN_ID)
+        except codec.DecodeError as exc:
+            return f"<garbage: {exc}>"
+        b = msg.body
+        fields = {k: getattr(b, k) for k in ("epoch", "view", "new_view", "seq", "last_executed",
+                                            "stable_seq") if hasattr(b, k)}
+        if hasattr(b, "digest"):
+            fields["digest"] = getattr(b, "digest").hex()[:8]
+        return f"{type(b).__name__}(from={msg.sender} {fields})"
+
+    # ------------------------------------------------------------------------------ clients
+
+    def submit(self, client: SimClient, *, to_all: bool = False) -> None:
+        nonce = client.next_nonce
+        client.next_nonce += 1
+        payload = self.rng.randbytes(self.rng.randint(8, 64))
+        r = sign_request(client.signer, client.client_id, nonce, m.RequestKind.APPLICATION,
+                         payload)
+        self.submitted[r.key] = r.digest
+        client.outstanding[nonce] = (r, self.now_ms + self.cfg.client_retry_ms, set())
+        self._send_request(r, to_all=to_all)
+
+    def submit_request(self, r: m.Request) -> None:
+        self.submitted[r.key] = r.digest
+        self._send_request(r, to_all=True)
+
+    def _send_request(self, r: m.Request, *, to_all: bool) -> None:
+        targets = list(range(self.cfg.validators)) if to_all else [
+            self.rng.randrange(self.cfg.validators)]
+        for t in targets:
+            delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
+            self.schedule(self.now_ms + delay, "request", t, r)
+
+    # --------------------------------------------------------------------------------- run
+
+    def run(self) -> SimResult:
+        cfg = self.cfg
+        for client in self.clients:
+            for _ in range(cfg.requests_per_client):
+                self.schedule(self.rng.randint(0, cfg.submit_window_ms), "submit", client)
+        for at_ms, hook in self.hooks:
+            self.at(at_ms, hook)
+        self.schedule(cfg.faults_end_ms, "heal")
+        deadline = cfg.faults_end_ms + cfg.liveness_bound_ms
+        self.schedule(cfg.faults_end_ms, "check-live")
+        live_at: int | None = None
+        while self._queue:
+            at_ms, _, kind, payload = heapq.heappop(self._queue)
+            if at_ms > deadline:
+                break
+            self.now_ms = at_ms
+            self._dispatch(kind, payload)
+            if self.safety.violations:
+                break
+            if kind == "check-live":
+                if self._all_executed():
+                    live_at = self.now_ms
+                    break
+                self.schedule(self.now_ms + 50, "check-live")
+        liveness_failure = None
+        if not self.safety.violations and live_at is None:
+            liveness_failure = self._liveness_report()
+        return SimResult(self.seed, list(self.safety.violations), liveness_failure, live_at,
+                         dict(self.stats), self.trace)
+
+    def _dispatch(self, kind: str, payload: tuple[Any, ...]) -> None:
+        if kind == "deliver":
+            src, dst, data = payload
+            node = self.nodes[dst]
+            if node.replica is None:
+                return
+            self.stats["delivered"] += 1
+            if self.trace_enabled:
+                self.log(f"r{src} -> r{dst} {self._describe(data)}")
+            self._apply(node, node.replica.step(ev.PeerMessage(data)))
+        elif kind == "timer":
+            i, incarnation, timer_kind, token = payload
+            node = self.nodes[i]
+            if node.replica is None or node.incarnation != incarnation:
+                return
+            if node.timers.get(timer_kind) != token:
+                return
+            del node.timers[timer_kind]
+            self._apply(node, node.replica.step(ev.TimerFired(timer_kind, token)))
+        elif kind == "request":
+            i, r = payload
+            node = self.nodes[i]
+            if node.replica is not None:
+                self._apply(node, node.replica.step(ev.ClientRequest(r)))
+        elif kind == "submit":
+            (client,) = payload
+            self.submit(client)
+            self.schedule(self.now_ms + self.cfg.client_retry_ms, "client-retry", client)
+        elif kind == "client-retry":
+            (client,) = payload
+            for nonce, (r, due, replied) in list(client.outstanding.items()):
+                if due <= self.now_ms and len(replied) < self.genesis.weak_quorum:
+                    client.outstanding[nonce] = (r, self.now_ms + self.cfg.client_retry_ms,
+                                                 replied)
+                    self._send_request(r, to_all=True)
+            if client.outstanding:
+                self.schedule(self.now_ms + self.cfg.client_retry_ms, "client-retry", client)
+        elif kind == "reply":
+            client_id, nonce, replica_id = payload
+            client = next((c for c in self.clients if c.client_id == client_id), None)
+            if client is not None and nonce in client.outstanding:
+                r, due, replied = client.outstanding[nonce]
+                replied.add(replica_id)
+                if len(replied) >= self.genesis.weak_quorum:
+                    del client.outstanding[nonce]
+        elif kind == "hook":
+            (hook,) = payload
+            hook(self)
+        elif kind == "heal":
+            self.log("HEAL: network faults end")
+        elif kind == "check-live":
+            pass
+        else:  # pragma: no cover
+            raise ValueError(kind)
+
+    # ----------------------------------------------------------------------------- liveness
+
+    def live_honest_members(self) -> list[Replica]:
+        out = []
+        for i in self.honest_ids():
+            rep = self.nodes[i].replica
+            if rep is not None and rep.is_member:
+                out.append(rep)
+        return out
+
+    def _all_executed(self) -> bool:
+        reps = self.live_honest_members()
+        if not reps:
+            return False
+        target_epoch = max(r.config.epoch for r in reps)
+        for rep in reps:
+            if rep.config.epoch != target_epoch:
+                return False
+            table = rep._client_table
+            for client_id, nonce in self.submitted:
+                if table.check(client_id, nonce)[0].value != "executed":
+                    return False
+        return self.extra_liveness_ok()
+
+    def extra_liveness_ok(self) -> bool:
+        """Scenarios may require more (e.g. a reconfiguration reached its final epoch)."""
+        return self.liveness_condition is None or self.liveness_condition(self)
+
+    def _liveness_report(self) -> str:
+        lines = []
+        for i in self.honest_ids():
+            rep = self.nodes[i].replica
+            if rep is None:
+                lines.append(f"r{i}: crashed")
+                continue
+            missing = [k for k in self.submitted
+                       if rep._client_table.check(*k)[0].value != "executed"]
+            lines.append(f"r{i}: epoch {rep.config.epoch} view {rep.view} "
+                         f"active={rep.view_active} executed={rep.last_executed} "
+                         f"stable={rep.stable_seq} member={rep.is_member} "
+                         f"missing={len(missing)}")
+        return "; ".join(lines)
+
+
+@dataclass
+class SimResult:
+    seed: int
+    safety_violations: list[str]
+    liveness_failure: str | None
+    live_at_ms: int | None
+    stats: dict[str, int]
+    trace: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.safety_violations and self.liveness_failure is None
+
+
+def sign_request(signer: Ed25519Signer, client_id: str, nonce: int, kind: m.RequestKind,
+                 payload: bytes) -> m.Request:
+    digest = m.request_digest(client_id, nonce, kind, payload)
+    return m.Request(client_id, nonce, kind, payload,
+                     signer.sign(m.request_signing_bytes(CHAIN_ID, digest)))

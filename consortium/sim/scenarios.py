@@ -1,0 +1,283 @@
+"""The scenario catalogue: each builds a seeded `Simulation` with its faults.
+
+Network and crash scenarios have no Byzantine replica; Byzantine scenarios make `byzantine`
+replicas (at most f) misbehave in the named way; `swarm` mixes random faults of every kind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from consortium.crypto.signing import Ed25519Signer
+from consortium.pbft import codec
+from consortium.pbft import messages as m
+from consortium.pbft.membership import Member
+from consortium.pbft.quorum import faults_tolerated
+from consortium.pbft.replica import Replica
+from consortium.pbft.state import batch_digest
+from consortium.sim import byzantine as byz
+from consortium.sim.cluster import (
+    CHAIN_ID,
+    NetworkFaults,
+    SimConfig,
+    Simulation,
+    derive_seed,
+    sign_request,
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    byzantine: bool
+    build: Callable[[Simulation, random.Random, int], None]
+    """(sim, rng, number of Byzantine replicas) -> configure faults and roles."""
+    config: Callable[[SimConfig, random.Random, int], SimConfig] = lambda c, _r, _n: c
+
+
+def _pick(rng: random.Random, n: int, count: int, *, include: int | None = None) -> list[int]:
+    ids = list(range(n))
+    chosen = [] if include is None else [include]
+    rest = [i for i in ids if i not in chosen]
+    rng.shuffle(rest)
+    return (chosen + rest)[:count]
+
+
+def _no_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------- network
+
+def _lossy(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=30, drop_rate=rng.uniform(0.05, 0.2),
+                                             duplicate_rate=0.05, reorder_rate=0.2))
+
+
+def _partition(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    n = cfg.validators
+    parts = []
+    t = rng.randint(100, 600)
+    for _ in range(rng.randint(1, 3)):
+        length = rng.randint(200, 900)
+        if rng.random() < 0.5:  # isolate a minority of up to f replicas
+            minority = set(_pick(rng, n, rng.randint(1, faults_tolerated(n))))
+        else:  # split in two halves: no side has a quorum
+            minority = set(_pick(rng, n, n // 2))
+        parts.append((t, min(t + length, cfg.faults_end_ms),
+                      [minority, set(range(n + cfg.extra_nodes)) - minority]))
+        t += length + rng.randint(50, 300)
+        if t >= cfg.faults_end_ms:
+            break
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=20, partitions=parts))
+
+
+def _crash_schedule(sim: Simulation, rng: random.Random, victims: list[int]) -> None:
+    end = sim.cfg.faults_end_ms
+    for v in victims:
+        t = rng.randint(50, end // 2)
+        while t < end - 200:
+            down = rng.randint(100, 800)
+            sim.hooks.append((t, lambda s, v=v: s.crash(v)))
+            sim.hooks.append((min(t + down, end - 100), lambda s, v=v: s.restart(v)))
+            t += down + rng.randint(200, 900)
+
+
+def _crash_restart(sim: Simulation, rng: random.Random, b: int) -> None:
+    n = sim.cfg.validators
+    _crash_schedule(sim, rng, _pick(rng, n, rng.randint(1, faults_tolerated(n))))
+
+
+def _primary_crash(sim: Simulation, rng: random.Random, b: int) -> None:
+    sim.hooks.append((rng.randint(100, 800), lambda s: s.crash(0)))
+    sim.hooks.append((sim.cfg.faults_end_ms - 200, lambda s: s.restart(0)))
+
+
+# -------------------------------------------------------------------------------- byzantine
+
+def _assign(sim: Simulation, ids: list[int], make: Callable[[Simulation], byz.Behaviour]) -> None:
+    for i in ids:
+        sim.nodes[i].byzantine = True
+        sim.nodes[i].behaviour = make(sim)
+
+
+def _equivocating(sim: Simulation, rng: random.Random, b: int) -> None:
+    ids = _pick(rng, sim.cfg.validators, b, include=0)
+    _assign(sim, ids, byz.equivocating_primary)
+
+
+def _silent(sim: Simulation, rng: random.Random, b: int) -> None:
+    _assign(sim, _pick(rng, sim.cfg.validators, b, include=0), byz.silent_primary)
+
+
+def _conflicting(sim: Simulation, rng: random.Random, b: int) -> None:
+    _assign(sim, _pick(rng, sim.cfg.validators, b), byz.conflicting_votes)
+
+
+def _forged(sim: Simulation, rng: random.Random, b: int) -> None:
+    _assign(sim, _pick(rng, sim.cfg.validators, b), byz.forger)
+
+
+def _replay(sim: Simulation, rng: random.Random, b: int) -> None:
+    ids = _pick(rng, sim.cfg.validators, b, include=0)
+    _assign(sim, ids[:1], lambda s: byz.silent_then_replay(s, rng.randint(300, 1200)))
+    _assign(sim, ids[1:], byz.replayer)
+
+
+def _censoring(sim: Simulation, rng: random.Random, b: int) -> None:
+    ids = _pick(rng, sim.cfg.validators, b, include=0)
+    for i in ids:
+        sim.nodes[i].byzantine = True
+        sim.nodes[i].replica_class = byz.CensoringReplica
+
+
+def _non_member(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    return replace(cfg, extra_nodes=1)
+
+
+def _non_member_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    """A node outside the consortium (valid key, not in genesis) floods well-formed, validly
+    signed protocol messages, some impersonating members."""
+    outsider = sim.cfg.validators
+    node = sim.nodes[outsider]
+    node.byzantine = True
+    signer = node.signer
+
+    def flood(s: Simulation) -> None:
+        if s.now_ms >= s.cfg.faults_end_ms:
+            return
+        seq = rng.randint(1, 12)
+        view = rng.randint(0, 2)
+        reqs: tuple[m.Request, ...] = ()
+        digest = batch_digest(reqs)
+        bodies: list[m.Body] = [
+            m.PrePrepare(0, view, seq, digest, reqs), m.Prepare(0, view, seq, digest),
+            m.Commit(0, view, seq, digest), m.Checkpoint(0, 4, rng.randbytes(32)),
+            m.ViewChange(0, view + 1, 0, (), ()), m.Status(0, view + 5, True, 100, 96)]
+        for body in bodies:
+            sender = outsider if rng.random() < 0.5 else rng.randrange(s.cfg.validators)
+            wire = codec.sign_message(signer, CHAIN_ID, sender, body).wire
+            for dst in range(s.cfg.validators):
+                s.send(outsider, dst, wire)
+        s.at(s.now_ms + 40, flood)
+
+    sim.hooks.append((10, flood))
+
+
+# ------------------------------------------------------------------------------ reconfigure
+
+def _reconfig_config(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    return replace(cfg, extra_nodes=1, faults=NetworkFaults(delay_ms_max=20, drop_rate=0.02),
+                   requests_per_client=10, submit_window_ms=2500)
+
+
+def reconfiguration_request(sim: Simulation, from_epoch: int, members: tuple[Member, ...],
+                            approvers: list[int], nonce: int) -> m.Request:
+    signed = m.reconfiguration_signing_bytes(CHAIN_ID, from_epoch, members)
+    approvals = tuple((i, sim.signers[i].sign(signed)) for i in approvers)
+    payload = codec.encode_reconfiguration(m.Reconfiguration(from_epoch, members, approvals))
+    governor: Ed25519Signer = sim.governor
+    return sign_request(governor, "governor", nonce, m.RequestKind.RECONFIGURATION, payload)
+
+
+def _reconfig_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    """Grow n -> n+1 (a new replica joins by state transfer), then shrink back to n."""
+    n = sim.cfg.validators
+    joiner = n
+    grown = sim.genesis.members + (Member(joiner, sim.signers[joiner].public_key),)
+    done = {"grow": False, "shrink": False}
+
+    def epoch_reached(s: Simulation, epoch: int) -> bool:
+        reps = s.live_honest_members()
+        return bool(reps) and all(r.config.epoch >= epoch for r in reps)
+
+    def driver(s: Simulation) -> None:
+        if not done["grow"]:
+            done["grow"] = True
+            s.submit_request(reconfiguration_request(s, 0, grown, list(range(n)), 1))
+        elif not done["shrink"] and epoch_reached(s, 1):
+            done["shrink"] = True
+            s.submit_request(reconfiguration_request(s, 1, sim.genesis.members,
+                                                     list(range(n + 1)), 2))
+        if not done["shrink"]:
+            s.at(s.now_ms + 50, driver)
+
+    sim.hooks.append((rng.randint(100, 600), driver))
+
+    def joined_and_left(s: Simulation) -> bool:
+        joined = s.nodes[joiner].replica
+        return (done["shrink"] and epoch_reached(s, 2) and joined is not None
+                and joined.last_executed > 0)
+
+    sim.liveness_condition = joined_and_left
+
+
+# ------------------------------------------------------------------------------------ swarm
+
+SWARM_BEHAVIOURS = (byz.equivocating_primary, byz.silent_primary, byz.conflicting_votes,
+                    byz.forger, byz.replayer)
+
+
+def _swarm_config(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    return replace(cfg, faults=NetworkFaults(
+        delay_ms_max=rng.choice([5, 20, 60]), drop_rate=rng.choice([0.0, 0.05, 0.15]),
+        duplicate_rate=rng.choice([0.0, 0.05]), reorder_rate=rng.choice([0.0, 0.2])))
+
+
+def _swarm(sim: Simulation, rng: random.Random, b: int) -> None:
+    n = sim.cfg.validators
+    bad = _pick(rng, n, b)
+    for i in bad:
+        _assign(sim, [i], rng.choice(SWARM_BEHAVIOURS))
+    honest = [i for i in range(n) if i not in bad]
+    if rng.random() < 0.5 and faults_tolerated(n) > len(bad):
+        _crash_schedule(sim, rng, _pick(rng, len(honest), 1))
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("normal", "no faults: steady ordering, checkpoints, garbage collection", False,
+             _no_build),
+    Scenario("lossy-network", "drops, duplicates, reordering and delay", False, _no_build,
+             _lossy),
+    Scenario("partition", "partitions that isolate a minority or split the group, then heal",
+             False, _no_build, _partition),
+    Scenario("crash-restart", "up to f replicas crash and restart from durable state", False,
+             _crash_restart),
+    Scenario("primary-crash", "the primary crashes: view change, then it rejoins", False,
+             _primary_crash),
+    Scenario("reconfiguration", "a replica joins (n -> n+1) by state transfer, then leaves",
+             False, _reconfig_build, _reconfig_config),
+    Scenario("equivocating-primary", "primary sends different batches for one sequence", True,
+             _equivocating),
+    Scenario("silent-primary", "primary sends nothing: view change", True, _silent),
+    Scenario("conflicting-votes", "replicas send conflicting PREPAREs and COMMITs", True,
+             _conflicting),
+    Scenario("forged-signatures", "bad signatures, impersonation and garbage bytes", True,
+             _forged),
+    Scenario("non-member", "a node outside the consortium floods signed messages", False,
+             _non_member_build, _non_member),
+    Scenario("replay-old-view", "primary goes silent, then replays old-view messages", True,
+             _replay),
+    Scenario("censoring-primary", "primary never proposes one client's requests", True,
+             _censoring),
+    Scenario("swarm", "random network faults, crashes and Byzantine behaviours together", True,
+             _swarm, _swarm_config),
+]}
+
+
+def build(name: str, seed: int, validators: int, byzantine: int, *, trace: bool = False,
+          replica_factory: type[Replica] = Replica) -> Simulation:
+    scenario = SCENARIOS[name]
+    if byzantine > faults_tolerated(validators):
+        raise ValueError(f"{byzantine} Byzantine replicas exceed f = "
+                         f"{faults_tolerated(validators)} for n = {validators}")
+    rng = random.Random(int.from_bytes(derive_seed("scenario", name, seed)[:8], "big"))
+    b = byzantine if scenario.byzantine else 0
+    cfg = scenario.config(SimConfig(validators=validators), rng, b)
+    sim = Simulation(seed, cfg, trace=trace, replica_factory=replica_factory)
+    scenario.build(sim, rng, b)
+    sim.boot_all()
+    return sim
