@@ -86,8 +86,11 @@ class Slot:
     """The accepted pre-prepare of the highest view seen for this sequence."""
     batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(default_factory=dict)
     """Verified batch contents by digest (from pre-prepares of any view)."""
-    prepares: dict[tuple[int, int], m.SignedMessage] = field(default_factory=dict)
-    commits: dict[tuple[int, int], m.SignedMessage] = field(default_factory=dict)
+    prepares: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
+    """(view, sender, digest) -> PREPARE. Keyed by digest too: a Byzantine replica may send
+    different votes to different replicas, and its first (fake) vote must not hide the real one
+    that arrives later in a retransmitted certificate."""
+    commits: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
     created_tick: int = 0
 
     @property
@@ -106,16 +109,18 @@ class Slot:
         assert isinstance(b, m.PrePrepare)
         return b.digest
 
-    def votes(self, table: dict[tuple[int, int], m.SignedMessage], view: int,
+    @staticmethod
+    def votes(table: dict[tuple[int, int, bytes], m.SignedMessage], view: int,
               digest: bytes) -> list[m.SignedMessage]:
-        out = []
-        for (v, _sender), msg in table.items():
-            if v == view:
-                b = msg.body
-                assert isinstance(b, (m.Prepare, m.Commit))
-                if b.digest == digest:
-                    out.append(msg)
-        return out
+        return [msg for (v, _s, d), msg in table.items() if v == view and d == digest]
+
+    @staticmethod
+    def own_vote(table: dict[tuple[int, int, bytes], m.SignedMessage], view: int,
+                 me: int) -> m.SignedMessage | None:
+        for (v, s, _d), msg in table.items():
+            if v == view and s == me:
+                return msg
+        return None
 
 
 class Replica:
@@ -171,6 +176,7 @@ class Replica:
         self._state_request_seq = 0
         self._future: list[m.SignedMessage] = []
         self._behind: tuple[int, tuple[int, ...]] = (0, ())
+        self._new_view_sent: dict[int, int] = {}
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -504,6 +510,10 @@ class Replica:
         if slot.pre_prepare is not None and slot.view == b.view:
             if slot.digest != b.digest:
                 self._fault(msg.sender, f"primary equivocated at view {b.view} seq {b.seq}")
+                # Never vote for it, but keep the contents: if a quorum committed this batch,
+                # its certificate is all we need to execute it.
+                if self._accept_batch(msg, b):
+                    self._try_execute()
             return
         if not self._accept_batch(msg, b):
             return
@@ -526,23 +536,25 @@ class Replica:
                 self._fault(msg.sender, f"pre-prepare conflicts with what this replica "
                                         f"prepared at view {b.view} seq {b.seq}")
                 return
-            slot.prepares[(b.view, self.id)] = prepare
+            slot.prepares[(b.view, self.id, b.digest)] = prepare
             self._out.append(ev.Persist((prepare,)))
             self._broadcast(prepare)
         self._arm_request_timer()
         self._check_prepared(slot)
 
-    def _store_vote(self, table: dict[tuple[int, int], m.SignedMessage], msg: m.SignedMessage,
-                    b: m.Prepare | m.Commit) -> bool:
-        key = (b.view, msg.sender)
-        existing = table.get(key)
-        if existing is not None:
-            eb = existing.body
-            assert isinstance(eb, (m.Prepare, m.Commit))
-            if eb.digest != b.digest:
-                self._fault(msg.sender, f"conflicting {type(b).__name__} at view {b.view} "
-                                        f"seq {b.seq}")
+    def _store_vote(self, slot: Slot, table: dict[tuple[int, int, bytes], m.SignedMessage],
+                    msg: m.SignedMessage, b: m.Prepare | m.Commit) -> bool:
+        """Keep a vote. A sender's first vote in a view is always kept; a further, different
+        one only if it is for a batch we hold (bounded memory, and the real vote of an
+        equivocating replica still counts where it is real)."""
+        key = (b.view, msg.sender, b.digest)
+        if key in table:
             return False
+        if any(v == b.view and s == msg.sender for v, s, _d in table):
+            self._fault(msg.sender, f"conflicting {type(b).__name__} at view {b.view} "
+                                    f"seq {b.seq}")
+            if b.digest not in slot.batches:
+                return False
         table[key] = msg
         return True
 
@@ -558,7 +570,7 @@ class Replica:
         if b.view < self.view:
             return
         slot = self._slot(b.seq)
-        if self._store_vote(slot.prepares, msg, b):
+        if self._store_vote(slot, slot.prepares, msg, b):
             self._check_prepared(slot)
 
     def _check_prepared(self, slot: Slot) -> None:
@@ -576,7 +588,7 @@ class Replica:
         commit = self._sign_vote(m.Commit(self.config.epoch, slot.view, slot.seq, digest))
         if commit is None:  # pragma: no cover - guarded by the membership test above
             raise ReplicaBug("commit already signed for another digest")
-        slot.commits[(slot.view, self.id)] = commit
+        slot.commits[(slot.view, self.id, digest)] = commit
         self._out.append(ev.Persist((slot.pre_prepare, *prepares, commit)))
         self._broadcast(commit)
         self._try_execute()
@@ -588,7 +600,7 @@ class Replica:
             self._buffer_future(msg)
             return
         slot = self._slot(b.seq)
-        if self._store_vote(slot.commits, msg, b):
+        if self._store_vote(slot, slot.commits, msg, b):
             self._try_execute()
 
     # ---------------------------------------------------------------------------- execution
@@ -596,10 +608,8 @@ class Replica:
     def _commit_certificate(self, slot: Slot) -> tuple[int, bytes, list[m.SignedMessage]] | None:
         """(view, digest, commits) once 2f+1 matching COMMITs and the batch itself are known."""
         counts: dict[tuple[int, bytes], list[m.SignedMessage]] = {}
-        for (view, _sender), msg in slot.commits.items():
-            b = msg.body
-            assert isinstance(b, m.Commit)
-            counts.setdefault((view, b.digest), []).append(msg)
+        for (view, _sender, digest), msg in slot.commits.items():
+            counts.setdefault((view, digest), []).append(msg)
         for (view, digest), msgs in counts.items():
             if len(msgs) >= self.config.quorum and digest in slot.batches:
                 return view, digest, msgs
@@ -641,7 +651,6 @@ class Replica:
             self._pending.pop(r.key, None)
             self._queue.pop(r.key, None)
             self._in_flight.discard(r.key)
-        self._slots.pop(seq, None)
         if executed:
             self._view_change_attempts = 0
         if not replay:
@@ -694,7 +703,6 @@ class Replica:
                     self._in_flight.discard(r.key)
                     if self.is_primary and r.key in self._pending:
                         self._queue[r.key] = r
-        self._next_seq = min(self._next_seq, seq)
 
     # -------------------------------------------------------------------- checkpoints (4.3)
 
@@ -954,8 +962,8 @@ class Replica:
     def _on_view_change(self, msg: m.SignedMessage, b: m.ViewChange) -> None:
         if b.new_view < self.view or (b.new_view == self.view and self.view_active):
             # A peer is behind us: help it by resending our NEW-VIEW.
-            if self._new_view_msg is not None and b.new_view <= self.view:
-                self._send(msg.sender, self._new_view_msg)
+            if b.new_view <= self.view:
+                self._resend_new_view(msg.sender)
             return
         if b.new_view > self.view + 64 * self.config.n:
             return  # absurdly far ahead: ignore rather than store
@@ -1115,8 +1123,8 @@ class Replica:
             seq += 1
             budget -= 1
         if b.view < self.view or (b.view == self.view and not b.view_active):
-            if self.view_active and self._new_view_msg is not None:
-                self._send(sender, self._new_view_msg)
+            if self.view_active:
+                self._resend_new_view(sender)
             elif not self.view_active and self.id in self._view_changes.get(self.view, {}):
                 self._send(sender, self._view_changes[self.view][self.id])
             return
@@ -1132,10 +1140,18 @@ class Replica:
             if slot.pre_prepare is not None and slot.view == self.view:
                 self._send(sender, slot.pre_prepare)
             for table in (slot.prepares, slot.commits):
-                own = table.get((self.view, self.id))
+                own = Slot.own_vote(table, self.view, self.id)
                 if own is not None:
                     self._send(sender, own)
             budget -= 1
+
+    def _resend_new_view(self, peer: int) -> None:
+        """At most once per peer per status tick: a NEW-VIEW is large, and replayed old
+        messages must not turn this replica into an amplifier."""
+        if self._new_view_msg is None or self._new_view_sent.get(peer) == self._tick:
+            return
+        self._new_view_sent[peer] = self._tick
+        self._send(peer, self._new_view_msg)
 
     # ------------------------------------------------------------------------------ recovery
 
@@ -1189,9 +1205,9 @@ class Replica:
                     if b.view >= slot.view:
                         slot.pre_prepare = msg
                 elif isinstance(b, m.Prepare):
-                    slot.prepares.setdefault((b.view, msg.sender), msg)
+                    slot.prepares.setdefault((b.view, msg.sender, b.digest), msg)
                 else:
-                    slot.commits.setdefault((b.view, msg.sender), msg)
+                    slot.commits.setdefault((b.view, msg.sender, b.digest), msg)
             elif isinstance(b, m.ViewChange) and b.epoch == self.config.epoch:
                 if msg.sender == self.id and b.new_view > max_view:
                     max_view, active = b.new_view, False

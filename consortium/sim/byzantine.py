@@ -125,8 +125,9 @@ def forger(sim: Simulation) -> Behaviour:
     return behave
 
 
-def replayer(sim: Simulation) -> Behaviour:
-    """Remember every message sent, then replay old ones (old views included) at random."""
+def replayer(sim: Simulation, every_ms: int = 20) -> Behaviour:
+    """Remember every message sent, then replay old ones (old views included), a few at a time
+    at most every `every_ms`: a flood is bounded by the transport's rate limits in production."""
 
     def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
         seen: list[bytes] = node.state.setdefault("seen", [])
@@ -136,7 +137,8 @@ def replayer(sim: Simulation) -> Behaviour:
                 seen.append(a.data)
                 if len(seen) > 2000:
                     del seen[:1000]
-        if seen and sim.rng.random() < 0.3:
+        if seen and sim.now_ms >= node.state.get("next_replay_ms", 0):
+            node.state["next_replay_ms"] = sim.now_ms + every_ms
             for _ in range(3):
                 old = seen[sim.rng.randrange(len(seen))]
                 out.append(ev.Send(tuple(range(sim.cfg.validators)), old))
