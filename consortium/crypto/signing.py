@@ -81,7 +81,7 @@ class CachingVerifier:
     (key, message, signature) triple, so a cache hit can never turn a bad signature into a good one.
     """
 
-    __slots__ = ("_inner", "_ok", "_entries_max", "hits", "misses")
+    __slots__ = ("_entries_max", "_inner", "_ok", "hits", "misses")
 
     def __init__(self, inner: Verifier, entries_max: int = 65536) -> None:
         if entries_max <= 0:

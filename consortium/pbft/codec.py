@@ -224,7 +224,10 @@ def read_snapshot(rd: Reader, chain_id: bytes) -> m.Snapshot:
 
     clients = rd.items(client)
     pending = None
-    if rd.u8():
+    flag = rd.u8()
+    if flag > 1:
+        raise DecodeError("bad boolean")
+    if flag:
         pending = m.PendingReconfiguration(rd.u64(), _read_members(rd))
     return m.Snapshot(seq, state_digest, epochs, clients, pending)
 
@@ -413,13 +416,15 @@ def _wire(sender: int, body_bytes: bytes, signature: bytes) -> bytes:
 def sign_message(signer: Signer, chain_id: bytes, sender: int, body: m.Body) -> m.SignedMessage:
     body_bytes = encode_body(body)
     signature = signer.sign(signing_bytes(chain_id, sender, body_bytes))
-    return m.SignedMessage(sender, body, signature, body_bytes, _wire(sender, body_bytes, signature))
+    wire = _wire(sender, body_bytes, signature)
+    return m.SignedMessage(sender, body, signature, body_bytes, wire)
 
 
 def resign_message(sender: int, body: m.Body, signature: bytes) -> m.SignedMessage:
     """Assemble a message with a given signature (tests and Byzantine simulation use this)."""
     body_bytes = encode_body(body)
-    return m.SignedMessage(sender, body, signature, body_bytes, _wire(sender, body_bytes, signature))
+    wire = _wire(sender, body_bytes, signature)
+    return m.SignedMessage(sender, body, signature, body_bytes, wire)
 
 
 def decode_signed(data: bytes, chain_id: bytes) -> m.SignedMessage:

@@ -15,8 +15,6 @@ from consortium.crypto.signing import SIGNATURE_BYTES
 from consortium.pbft.membership import Member
 
 CLIENT_ID_BYTES_MAX = 128
-NULL_DIGEST = bytes(DIGEST_BYTES)
-"""Digest of the null batch a new primary proposes for a sequence number nobody prepared."""
 
 
 class RequestKind(enum.IntEnum):
@@ -63,7 +61,7 @@ class Request:
 
     @property
     def size_bytes(self) -> int:
-        return len(self.payload) + len(self.client_id) + 80
+        return len(self.payload) + len(self.client_id.encode()) + 80
 
 
 def request_digest(client_id: str, nonce: int, kind: int, payload: bytes) -> bytes:

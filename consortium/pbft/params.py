@@ -33,11 +33,12 @@ class ProtocolParams:
     """Nonces this far below a client's highest executed nonce are stale; inside the window each
     nonce executes at most once, so a client may pipeline requests."""
     pending_requests_max: int = 100_000
-    """Most client requests a replica keeps waiting for ordering (beyond it, new ones are refused)."""
+    """Most client requests a replica keeps waiting for ordering
+    (beyond it, new ones are refused)."""
     future_messages_max: int = 4096
-    """Most messages buffered for a later epoch or a sequence whose configuration is not known yet."""
+    """Most messages buffered for a later view or epoch, oldest dropped first."""
     message_bytes_max: int = 64 << 20
-    """Largest encoded consensus message accepted (a NEW-VIEW may carry a whole window of batches)."""
+    """Largest encoded consensus message accepted (a NEW-VIEW may carry a window of batches)."""
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1:
@@ -52,6 +53,9 @@ class ProtocolParams:
                      "future_messages_max", "message_bytes_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.request_bytes_max > self.batch_bytes_max:
+            raise ValueError("request_bytes_max must not exceed batch_bytes_max (a request "
+                             "must fit in a batch)")
         if self.batch_delay_ms < 0:
             raise ValueError("batch_delay_ms must be >= 0")
         if self.view_change_timeout_max_ms < self.view_change_timeout_ms:

@@ -11,6 +11,7 @@ are listed in docs/consensus.md; the main ones:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,14 +39,16 @@ from consortium.pbft.state import (
 from consortium.pbft.viewchange import (
     new_view_proposals,
     verify_new_view,
-    verify_pre_prepare_msg,
-    verify_prepared_proof,
     verify_view_change,
 )
 
 BATCHES_PER_SLOT_MAX = 8
 """Distinct verified batches remembered per sequence number (one per view is enough for honest
 primaries; the bound stops an equivocating primary from filling memory)."""
+
+
+VOTES_PER_SLOT_PER_MEMBER = 8
+"""PREPAREs (likewise COMMITs) kept per sequence number, per member of the epoch."""
 
 
 class ClientRegistry(Protocol):
@@ -84,7 +87,8 @@ class Slot:
     seq: int
     pre_prepare: m.SignedMessage | None = None
     """The accepted pre-prepare of the highest view seen for this sequence."""
-    batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(default_factory=dict)
+    batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(
+        default_factory=dict)
     """Verified batch contents by digest (from pre-prepares of any view)."""
     prepares: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
     """(view, sender, digest) -> PREPARE. Keyed by digest too: a Byzantine replica may send
@@ -121,6 +125,16 @@ class Slot:
             if v == view and s == me:
                 return msg
         return None
+
+
+def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
+                                 ) -> Iterable[m.SignedMessage]:
+    """Persisted messages, with the PRE-PREPAREs a NEW-VIEW carries listed after it: for a new
+    primary they are its own signatures, which a restart must honour like any other."""
+    for msg in messages:
+        yield msg
+        if isinstance(msg.body, m.NewView):
+            yield from msg.body.pre_prepares
 
 
 class Replica:
@@ -177,6 +191,7 @@ class Replica:
         self._future: list[m.SignedMessage] = []
         self._behind: tuple[int, tuple[int, ...]] = (0, ())
         self._new_view_sent: dict[int, int] = {}
+        self._state_sent: dict[int, int] = {}
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -429,6 +444,9 @@ class Replica:
         if isinstance(b, m.StateResponse):
             self._on_state_response(msg.sender, b)  # self-certifying: checked against proofs
             return
+        if isinstance(b, m.Status) and not self.config.is_member(msg.sender):
+            self._on_former_member_status(msg, b)
+            return
         epoch = self._message_epoch(b)
         if epoch is not None and epoch > self.config.epoch and not isinstance(b, m.Status):
             self._buffer_future(msg)
@@ -550,6 +568,9 @@ class Replica:
         key = (b.view, msg.sender, b.digest)
         if key in table:
             return False
+        if len(table) >= VOTES_PER_SLOT_PER_MEMBER * self.config.n and (
+                b.view != self.view or b.digest not in slot.batches):
+            return False  # bounded: old-view or unknown-batch votes beyond the cap are dropped
         if any(v == b.view and s == msg.sender for v, s, _d in table):
             self._fault(msg.sender, f"conflicting {type(b).__name__} at view {b.view} "
                                     f"seq {b.seq}")
@@ -711,8 +732,9 @@ class Replica:
         pending = self.pending_reconfiguration
         if pending is not None and pending.effective_seq == seq:
             entries = self._client_table.entries()
-            records = records + (m.EpochRecord(self.config.epoch + 1, seq, pending.members,
-                                               self.state_digest, clients_digest(entries), ()),)
+            opened = m.EpochRecord(self.config.epoch + 1, seq, pending.members,
+                                   self.state_digest, clients_digest(entries), ())
+            records = (*records, opened)
             pending = None
         snap = m.Snapshot(seq, self.state_digest, records, self._client_table.entries(), pending)
         self._snapshots[seq] = snap
@@ -756,11 +778,8 @@ class Replica:
             snap.epochs[-1].epoch == self.config.epoch + 1
         if boundary:
             last = snap.epochs[-1]
-            snap = m.Snapshot(snap.seq, snap.state_digest,
-                              snap.epochs[:-1] + (m.EpochRecord(
-                                  last.epoch, last.start_seq, last.members, last.state_digest,
-                                  last.clients_digest, proof),),
-                              snap.clients, snap.pending)
+            proven = dataclasses.replace(last, proof=proof)
+            snap = dataclasses.replace(snap, epochs=(*snap.epochs[:-1], proven))
         self.stable_seq = snap.seq
         self._stable_proof = proof
         self._stable_snapshot = snap
@@ -770,6 +789,8 @@ class Replica:
             del self._snapshots[s]
         for s in [s for s in self._checkpoint_votes if s <= snap.seq]:
             del self._checkpoint_votes[s]
+        self._own = {k: d for k, d in self._own.items()
+                     if k[3] > snap.seq and k[1] >= self.config.epoch}
         self._out.append(ev.PersistSnapshot(snap, proof))
         if boundary:
             self._enter_epoch(snap)
@@ -811,16 +832,18 @@ class Replica:
             self._timed_request = None
             self._maybe_propose()
         else:
-            self._forward_pending(fresh_only=False)
+            self._forward_pending(waited_only=False)
             self._cancel_timer(ev.TimerKind.REQUEST)
             self._arm_request_timer()
         self._replay_future()
 
-    def _forward_pending(self, *, fresh_only: bool) -> None:
+    def _forward_pending(self, *, waited_only: bool) -> None:
+        """Relay pending requests to the primary; with `waited_only`, only those that have
+        already waited a full status tick (their first forward may have been lost)."""
         if not self.is_member or self.is_primary:
             return
         batch = [r for key, (r, tick) in self._pending.items()
-                 if key not in self._in_flight and (not fresh_only or tick < self._tick - 1)]
+                 if key not in self._in_flight and (not waited_only or tick < self._tick - 1)]
         batch = batch[: self.params.batch_requests_max]
         if batch:
             self._send(self.primary, self._sign(m.RequestForward(tuple(batch))))
@@ -978,10 +1001,8 @@ class Replica:
         # Paper 4.5.2 liveness: join once f+1 replicas want a higher view.
         higher = {s for v, vcs in self._view_changes.items() if v > self.view for s in vcs}
         if len(higher) >= self.config.weak_quorum:
-            target = min(v for v, vcs in self._view_changes.items()
-                         if v > self.view and vcs)
-            if target > self.view or self.view_active:
-                self._start_view_change(target)
+            self._start_view_change(min(v for v, vcs in self._view_changes.items()
+                                        if v > self.view and vcs))
         self._maybe_send_new_view()
 
     def _maybe_send_new_view(self) -> None:
@@ -991,10 +1012,13 @@ class Replica:
         if self.id not in vcs or len(vcs) < self.config.quorum:
             return
         chosen = [vcs[self.id]] + [vcs[s] for s in sorted(vcs) if s != self.id]
-        chosen = chosen[: self.config.quorum]
-        bodies = [vc.body for vc in chosen]
-        assert all(isinstance(b, m.ViewChange) for b in bodies)
-        _, proposals = new_view_proposals([b for b in bodies if isinstance(b, m.ViewChange)])
+        # Sorted by sender, as carried in the NEW-VIEW: backups recompute the proposals over
+        # exactly this order, so ties between equal (view, digest) entries resolve alike.
+        chosen = sorted(chosen[: self.config.quorum], key=lambda c: c.sender)
+        bodies = [vc.body for vc in chosen if isinstance(vc.body, m.ViewChange)]
+        if len(bodies) != len(chosen):
+            raise ReplicaBug("a stored VIEW-CHANGE has another body type")
+        _, proposals = new_view_proposals(bodies)
         pre_prepares = []
         for p in proposals:
             pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.digest,
@@ -1002,8 +1026,7 @@ class Replica:
             if pp is None:
                 raise ReplicaBug(f"already pre-prepared seq {p.seq} in view {self.view}")
             pre_prepares.append(pp)
-        nv = self._sign(m.NewView(self.config.epoch, self.view,
-                                  tuple(sorted(chosen, key=lambda c: c.sender)),
+        nv = self._sign(m.NewView(self.config.epoch, self.view, tuple(chosen),
                                   tuple(pre_prepares)))
         self._out.append(ev.Persist((nv,)))
         self._broadcast(nv)
@@ -1089,7 +1112,7 @@ class Replica:
                                              self.last_executed, self.stable_seq))
                 self._broadcast(status)
             if self.view_active:
-                self._forward_pending(fresh_only=True)
+                self._forward_pending(waited_only=True)
             self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
 
     # ------------------------------------------------------------------- status: retransmission
@@ -1116,7 +1139,7 @@ class Replica:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
-                view, digest, commits = cert
+                _view, digest, commits = cert
                 self._send(sender, slot.batches[digest][1])
                 for c in commits:
                     self._send(sender, c)
@@ -1144,6 +1167,24 @@ class Replica:
                 if own is not None:
                     self._send(sender, own)
             budget -= 1
+
+    def _on_former_member_status(self, msg: m.SignedMessage, b: m.Status) -> None:
+        """A replica removed in an epoch change it did not witness keeps gossiping to us. Answer
+        (once per tick) with our stable checkpoint: its epoch history proves the removal, so the
+        former member learns it is out instead of waiting forever."""
+        if b.epoch >= self.config.epoch or self._stable_snapshot is None:
+            return
+        former = [self.genesis] + [EpochConfig(r.epoch, r.start_seq, r.members)
+                                   for r in self._epoch_records]
+        config = next((c for c in former if c.epoch == b.epoch), None)
+        if config is None or not verify_signed(msg, config, self.chain_id, self._verifier):
+            self._fault(msg.sender, "STATUS from a non-member")
+            return
+        if self._state_sent.get(msg.sender) == self._tick:
+            return
+        self._state_sent[msg.sender] = self._tick
+        self._send(msg.sender, self._sign(m.StateResponse(self._stable_snapshot,
+                                                          self._stable_proof)))
 
     def _resend_new_view(self, peer: int) -> None:
         """At most once per peer per status tick: a NEW-VIEW is large, and replayed old
@@ -1184,8 +1225,9 @@ class Replica:
             self._execute(batch.seq, pp.view, pp.digest, pp.requests, batch.pre_prepare,
                           batch.certificate, replay=True)
         self._out.clear()
+        self._next_seq = max(self._next_seq, self.last_executed + 1)
         max_view, active = 0, True
-        for msg in rec.messages:
+        for msg in _with_new_view_pre_prepares(rec.messages):
             b = msg.body
             if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
                 if b.epoch != self.config.epoch:
@@ -1212,14 +1254,13 @@ class Replica:
                 if msg.sender == self.id and b.new_view > max_view:
                     max_view, active = b.new_view, False
                     self._view_changes.setdefault(b.new_view, {})[self.id] = msg
-            elif isinstance(b, m.NewView) and b.epoch == self.config.epoch:
-                if b.new_view > max_view or (b.new_view == max_view and not active):
-                    max_view, active = b.new_view, True
-                    self._new_view_msg = msg
+            elif (isinstance(b, m.NewView) and b.epoch == self.config.epoch
+                  and (b.new_view > max_view or (b.new_view == max_view and not active))):
+                max_view, active = b.new_view, True
+                self._new_view_msg = msg
         self.view = max_view
         self.view_active = active
-        if self.view_active and self._new_view_msg is not None:
-            nv = self._new_view_msg.body
-            if isinstance(nv, m.NewView) and nv.new_view != self.view:
-                self._new_view_msg = None
+        nv = None if self._new_view_msg is None else self._new_view_msg.body
+        if isinstance(nv, m.NewView) and (not self.view_active or nv.new_view != self.view):
+            self._new_view_msg = None
         self._out.clear()

@@ -42,7 +42,7 @@ class ClientTable:
     client keep several requests in flight that may be ordered out of nonce order.
     """
 
-    __slots__ = ("_window", "_executed")
+    __slots__ = ("_executed", "_window")
 
     def __init__(self, window: int) -> None:
         self._window = window

@@ -102,10 +102,10 @@ def forger(sim: Simulation) -> Behaviour:
             if msg is None or roll < 0.3:
                 out.append(a)
             elif roll < 0.5:  # flip a signature bit
-                sig = bytearray(msg.signature)
-                sig[sim.rng.randrange(64)] ^= 1
+                flipped = bytearray(msg.signature)
+                flipped[sim.rng.randrange(64)] ^= 1
                 out.append(ev.Send(a.to, codec.resign_message(msg.sender, msg.body,
-                                                              bytes(sig)).wire))
+                                                              bytes(flipped)).wire))
             elif roll < 0.7:  # claim to be another replica, signed with our own key
                 victim = sim.rng.randrange(sim.cfg.validators)
                 body_bytes = codec.encode_body(msg.body)

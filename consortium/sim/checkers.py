@@ -4,27 +4,46 @@ Safety (checked at each step):
 - agreement: no two honest replicas execute different batches at the same sequence number;
 - validity: every executed request is one a client submitted (same digest);
 - at-most-once: a (client, nonce) executes at one sequence number only, everywhere;
-- certificate: each executed batch carries 2f+1 matching COMMITs from distinct replicas.
+- no equivocation: an honest replica never signs two different PRE-PREPAREs, PREPAREs or
+  COMMITs for the same (epoch, view, seq), restarts included;
+- certificate: each executed batch carries 2f+1 COMMITs for it, validly signed by distinct
+  members of the epoch it executed in (what an auditor checks offline).
 Liveness is judged by the simulation (every request executed everywhere after faults heal).
 """
 
 from __future__ import annotations
 
+from consortium.crypto.signing import Verifier
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
+from consortium.pbft.state import verify_signed
 
 
 class SafetyChecker:
-    def __init__(self) -> None:
+    def __init__(self, chain_id: bytes, verifier: Verifier) -> None:
+        self.chain_id = chain_id
+        self.verifier = verifier
         self.decided: dict[int, tuple[bytes, int]] = {}
         """seq -> (digest, first replica that executed it)."""
         self.executed_at: dict[tuple[str, int], int] = {}
         self.per_replica: dict[int, set[tuple[str, int]]] = {}
+        self.signed: dict[tuple[int, str, int, int, int], bytes] = {}
         self.violations: list[str] = []
 
     def _violate(self, text: str) -> None:
         self.violations.append(text)
+
+    def on_send(self, replica_id: int, msg: m.SignedMessage) -> None:
+        """Watch what an honest replica signs itself (relayed messages are someone else's)."""
+        b = msg.body
+        if msg.sender != replica_id or not isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
+            return
+        key = (replica_id, type(b).__name__, b.epoch, b.view, b.seq)
+        first = self.signed.setdefault(key, b.digest)
+        if first != b.digest:
+            self._violate(f"equivocation: replica {replica_id} signed two {key[1]}s for epoch "
+                          f"{b.epoch} view {b.view} seq {b.seq}")
 
     def on_execute(self, replica_id: int, a: ev.Execute,
                    submitted: dict[tuple[str, int], bytes], config: EpochConfig) -> None:
@@ -39,9 +58,10 @@ class SafetyChecker:
         signers = set()
         for c in a.certificate:
             b = c.body
-            if isinstance(b, m.Commit) and (b.view, b.seq, b.digest) == (a.view, a.seq, a.digest):
+            if (isinstance(b, m.Commit) and (b.epoch, b.view, b.seq, b.digest)
+                    == (config.epoch, a.view, a.seq, a.digest)
+                    and verify_signed(c, config, self.chain_id, self.verifier)):
                 signers.add(c.sender)
-        signers &= set(config.replica_ids)
         if len(signers) < config.quorum:
             self._violate(f"certificate: replica {replica_id} executed seq {a.seq} with only "
                           f"{len(signers)} matching commits")

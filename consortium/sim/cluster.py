@@ -43,6 +43,8 @@ class NetworkFaults:
     reorder_delay_ms_max: int = 200
     partitions: list[tuple[int, int, list[set[int]]]] = field(default_factory=list)
     """(start_ms, end_ms, groups): messages between different groups are lost meanwhile."""
+    drop_filter: Callable[[int, int, bytes, int], bool] | None = None
+    """(src, dst, wire bytes, now_ms) -> True to lose that message (targeted faults)."""
 
 
 @dataclass
@@ -106,7 +108,7 @@ class SimConfig:
     params: ProtocolParams = field(default_factory=lambda: ProtocolParams(
         checkpoint_interval=4, log_window=8, pipeline_depth=3, batch_requests_max=4,
         batch_delay_ms=5, request_timeout_ms=500, view_change_timeout_ms=500,
-        view_change_timeout_max_ms=4000, status_interval_ms=100, retransmit_seqs_max=16,
+        view_change_timeout_max_ms=4000, status_interval_ms=200, retransmit_seqs_max=16,
         client_nonce_window=64, future_messages_max=512))
     clients: int = 3
     requests_per_client: int = 8
@@ -119,6 +121,8 @@ class SimConfig:
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     extra_nodes: int = 0
     """Nodes outside genesis (joiners for reconfiguration scenarios)."""
+    notes: dict[str, int] = field(default_factory=dict)
+    """Scenario-specific choices made with the config and used when the scenario builds."""
 
 
 class StaticClients:
@@ -141,7 +145,10 @@ class Simulation:
         self.trace_enabled = trace
         self.trace: list[str] = []
         self.replica_factory = replica_factory
-        self.verifier: Verifier = Ed25519Verifier()
+        # One cache for the whole cluster: a broadcast is verified once, not once per receiver.
+        # Verification is a pure function and only successes are cached, so no replica can
+        # accept anything it would have rejected on its own.
+        self.verifier: Verifier = CachingVerifier(Ed25519Verifier(), 1 << 18)
 
         total = config.validators + config.extra_nodes
         self.signers = {i: Ed25519Signer(derive_seed("replica", seed, i)) for i in range(total)}
@@ -156,7 +163,7 @@ class Simulation:
         self.nodes = {i: SimNode(i, self.signers[i], None) for i in range(total)}
         self.epoch_configs = {0: self.genesis}
         self.liveness_condition: Callable[[Simulation], bool] | None = None
-        self.safety = SafetyChecker()
+        self.safety = SafetyChecker(CHAIN_ID, self.verifier)
         self.submitted: dict[tuple[str, int], bytes] = {}
         self.stats = {"delivered": 0, "dropped": 0, "duplicated": 0, "faults": 0,
                       "view_changes": 0, "state_transfers": 0}
@@ -186,7 +193,7 @@ class Simulation:
         cls = self.nodes[i].replica_class or self.replica_factory
         return cls(
             replica_id=i, signer=self.signers[i], chain_id=CHAIN_ID, genesis=self.genesis,
-            params=self.cfg.params, verifier=CachingVerifier(self.verifier, 4096),
+            params=self.cfg.params, verifier=self.verifier,
             clients=self.client_registry, recovered=recovered)
 
     def _boot(self, i: int) -> None:
@@ -221,6 +228,8 @@ class Simulation:
             actions = node.behaviour(node, actions)
         for a in actions:
             if isinstance(a, ev.Send):
+                if not node.byzantine:
+                    self.safety.on_send(node.replica_id, codec.decode_signed(a.data, CHAIN_ID))
                 for to in a.to:
                     self.send(node.replica_id, to, a.data)
             elif isinstance(a, ev.Persist):
@@ -285,7 +294,8 @@ class Simulation:
         f = self.cfg.faults
         if dst not in self.nodes or src == dst:
             return
-        if self._partitioned(src, dst) or (self._faulty_now() and self.rng.random() < f.drop_rate):
+        if self._partitioned(src, dst) or (self._faulty_now() and self.rng.random() < f.drop_rate) \
+                or (f.drop_filter is not None and f.drop_filter(src, dst, data, self.now_ms)):
             self.stats["dropped"] += 1
             return
         copies = 1
@@ -307,7 +317,7 @@ class Simulation:
         fields = {k: getattr(b, k) for k in ("epoch", "view", "new_view", "seq", "last_executed",
                                             "stable_seq") if hasattr(b, k)}
         if hasattr(b, "digest"):
-            fields["digest"] = getattr(b, "digest").hex()[:8]
+            fields["digest"] = b.digest.hex()[:8]
         return f"{type(b).__name__}(from={msg.sender} {fields})"
 
     # ------------------------------------------------------------------------------ clients

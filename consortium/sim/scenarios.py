@@ -6,6 +6,7 @@ replicas (at most f) misbehave in the named way; `swarm` mixes random faults of 
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from consortium.pbft.state import batch_digest
 from consortium.sim import byzantine as byz
 from consortium.sim.cluster import (
     CHAIN_ID,
+    Behaviour,
     NetworkFaults,
     SimConfig,
     Simulation,
@@ -81,8 +83,8 @@ def _crash_schedule(sim: Simulation, rng: random.Random, victims: list[int]) -> 
         t = rng.randint(50, end // 2)
         while t < end - 200:
             down = rng.randint(100, 800)
-            sim.hooks.append((t, lambda s, v=v: s.crash(v)))
-            sim.hooks.append((min(t + down, end - 100), lambda s, v=v: s.restart(v)))
+            sim.hooks.append((t, functools.partial(Simulation.crash, i=v)))
+            sim.hooks.append((min(t + down, end - 100), functools.partial(Simulation.restart, i=v)))
             t += down + rng.randint(200, 900)
 
 
@@ -91,14 +93,39 @@ def _crash_restart(sim: Simulation, rng: random.Random, b: int) -> None:
     _crash_schedule(sim, rng, _pick(rng, n, rng.randint(1, faults_tolerated(n))))
 
 
+def _commit_loss(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """COMMITs reach only one backup (the "lucky" one) for longer than the request timeout: it
+    alone executes, the others only prepared and start a view change; the lucky one crashes
+    meanwhile. The new view must re-propose what was prepared (paper 4.4), or the lucky replica
+    and the rest diverge when it comes back."""
+    lucky = rng.randrange(1, cfg.validators)
+    start = rng.randint(100, 400)
+    end = start + rng.randint(700, 1200)
+
+    def drop(src: int, dst: int, data: bytes, now_ms: int) -> bool:
+        if not start <= now_ms < end or dst == lucky:
+            return False
+        return len(data) > 7 and data[7] == codec.MsgType.COMMIT
+
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=10, drop_filter=drop),
+                   faults_end_ms=end + 1500, notes={"lucky": lucky, "crash_at_ms": end - 1})
+
+
+def _commit_loss_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    lucky, crash_at = sim.cfg.notes["lucky"], sim.cfg.notes["crash_at_ms"]
+    sim.hooks.append((crash_at, functools.partial(Simulation.crash, i=lucky)))
+    sim.hooks.append((sim.cfg.faults_end_ms - 100, functools.partial(Simulation.restart,
+                                                                     i=lucky)))
+
+
 def _primary_crash(sim: Simulation, rng: random.Random, b: int) -> None:
-    sim.hooks.append((rng.randint(100, 800), lambda s: s.crash(0)))
-    sim.hooks.append((sim.cfg.faults_end_ms - 200, lambda s: s.restart(0)))
+    sim.hooks.append((rng.randint(100, 800), functools.partial(Simulation.crash, i=0)))
+    sim.hooks.append((sim.cfg.faults_end_ms - 200, functools.partial(Simulation.restart, i=0)))
 
 
 # -------------------------------------------------------------------------------- byzantine
 
-def _assign(sim: Simulation, ids: list[int], make: Callable[[Simulation], byz.Behaviour]) -> None:
+def _assign(sim: Simulation, ids: list[int], make: Callable[[Simulation], Behaviour]) -> None:
     for i in ids:
         sim.nodes[i].byzantine = True
         sim.nodes[i].behaviour = make(sim)
@@ -187,18 +214,23 @@ def _reconfig_build(sim: Simulation, rng: random.Random, b: int) -> None:
     """Grow n -> n+1 (a new replica joins by state transfer), then shrink back to n."""
     n = sim.cfg.validators
     joiner = n
-    grown = sim.genesis.members + (Member(joiner, sim.signers[joiner].public_key),)
+    grown = (*sim.genesis.members, Member(joiner, sim.signers[joiner].public_key))
     done = {"grow": False, "shrink": False}
 
     def epoch_reached(s: Simulation, epoch: int) -> bool:
         reps = s.live_honest_members()
         return bool(reps) and all(r.config.epoch >= epoch for r in reps)
 
+    def joiner_synced(s: Simulation) -> bool:
+        joined = s.nodes[joiner].replica
+        return joined is not None and joined.is_member and joined.last_executed > 0
+
     def driver(s: Simulation) -> None:
         if not done["grow"]:
             done["grow"] = True
             s.submit_request(reconfiguration_request(s, 0, grown, list(range(n)), 1))
-        elif not done["shrink"] and epoch_reached(s, 1):
+        elif not done["shrink"] and epoch_reached(s, 1) and joiner_synced(s):
+            # as an operator would: remove it again only once it has caught up
             done["shrink"] = True
             s.submit_request(reconfiguration_request(s, 1, sim.genesis.members,
                                                      list(range(n + 1)), 2))
@@ -248,6 +280,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _crash_restart),
     Scenario("primary-crash", "the primary crashes: view change, then it rejoins", False,
              _primary_crash),
+    Scenario("commit-loss", "COMMITs reach one backup only; it crashes; the rest change view",
+             False,
+             _commit_loss_build, _commit_loss),
     Scenario("reconfiguration", "a replica joins (n -> n+1) by state transfer, then leaves",
              False, _reconfig_build, _reconfig_config),
     Scenario("equivocating-primary", "primary sends different batches for one sequence", True,

@@ -1,0 +1,74 @@
+"""The checkers must catch broken replicas: tests that plant a bug and expect a violation.
+
+If these stop failing the run, the simulator has gone blind, and every green matrix run means
+nothing. Each planted bug breaks a quorum rule of the PBFT paper.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import consortium.pbft.replica as replica_module
+import consortium.pbft.viewchange as viewchange_module
+from consortium.pbft import messages as m
+from consortium.pbft.replica import Replica, Slot
+from consortium.pbft.state import batch_digest
+from consortium.pbft.viewchange import Proposal
+from consortium.sim.scenarios import build
+
+
+class CommitsWithTwoF(Replica):
+    """Planted bug (paper 4.2, committed-local): executes after 2f matching COMMITs instead of
+    2f+1, so two replicas that saw different batches from an equivocating primary can each
+    gather "enough" commits for their own batch."""
+
+    def _commit_certificate(self, slot: Slot) -> tuple[int, bytes, list[m.SignedMessage]] | None:
+        counts: dict[tuple[int, bytes], list[m.SignedMessage]] = {}
+        for (view, _sender, digest), msg in slot.commits.items():
+            counts.setdefault((view, digest), []).append(msg)
+        for (view, digest), msgs in counts.items():
+            if len(msgs) >= self.config.quorum - 1 and digest in slot.batches:
+                return view, digest, msgs
+        return None
+
+
+def forgetful_proposals(view_changes: list[m.ViewChange]) -> tuple[int, list[Proposal]]:
+    """Planted bug (paper 4.4, NEW-VIEW): ignores the prepared certificates and re-proposes
+    null batches for every sequence, forgetting requests that may already have committed."""
+    min_s = max(vc.stable_seq for vc in view_changes)
+    max_s = max((p.pre_prepare.body.seq for vc in view_changes for p in vc.prepared
+                 if isinstance(p.pre_prepare.body, m.PrePrepare)), default=min_s)
+    return min_s, [Proposal(s, batch_digest(()), ()) for s in range(min_s + 1, max_s + 1)]
+
+
+def _first_violation(scenario: str, factory: type[Replica], seeds: range) -> tuple[int, str]:
+    for seed in seeds:
+        result = build(scenario, seed, 4, 1, replica_factory=factory).run()
+        if result.safety_violations:
+            return seed, result.safety_violations[0]
+    raise AssertionError(f"no seed in {seeds} exposed the planted bug in {scenario}")
+
+
+def test_checker_catches_commit_with_only_2f_commits() -> None:
+    """An equivocating primary plus a 2f commit quorum must produce an agreement violation."""
+    _seed, violation = _first_violation("equivocating-primary", CommitsWithTwoF, range(1, 40))
+    assert "agreement" in violation or "certificate" in violation, violation
+
+
+def test_checker_catches_view_change_that_forgets_prepared_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NEW-VIEW that drops prepared batches lets a null batch take the sequence number of one
+    that a (since crashed) replica already executed: the agreement checker must fire. Both the
+    new primary and the verifying backups run the forgetful computation, as a shared bug would."""
+    monkeypatch.setattr(replica_module, "new_view_proposals", forgetful_proposals)
+    monkeypatch.setattr(viewchange_module, "new_view_proposals", forgetful_proposals)
+    _seed, violation = _first_violation("commit-loss", Replica, range(1, 20))
+    assert "agreement" in violation or "at-most-once" in violation, violation
+
+
+def test_honest_replicas_pass_the_same_seeds() -> None:
+    """Control: the unmodified replica is safe on the seeds that expose the planted bugs."""
+    for scenario in ("equivocating-primary", "commit-loss"):
+        for seed in range(1, 6):
+            result = build(scenario, seed, 4, 1).run()
+            assert result.ok, (scenario, seed, result.safety_violations, result.liveness_failure)
