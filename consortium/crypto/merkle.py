@@ -76,7 +76,11 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
 
 
 def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
-    """True when `leaf` sits at `proof.index` of a tree whose root is `root`."""
+    """True when `leaf` sits at `proof.index` of a tree whose root is `root`.
+
+    As with RFC 9162, the root does not commit to the tree size: a proof can also verify with
+    another `proof.size` of the same path shape. Callers bind the size themselves (a block
+    header carries its record count; check `proof.size` against it)."""
     if not 0 <= proof.index < proof.size:
         return False
 

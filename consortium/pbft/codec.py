@@ -158,8 +158,14 @@ def _write_signed(w: Writer, s: m.SignedMessage) -> None:
     w.blob(s.wire)
 
 
-def _read_signed(rd: Reader, chain_id: bytes) -> m.SignedMessage:
-    return decode_signed(rd.blob(), chain_id)
+def _read_signed(rd: Reader, chain_id: bytes, *allowed: int) -> m.SignedMessage:
+    """A nested signed message of one of the `allowed` body types. Checking the type before
+    decoding caps nesting at the protocol's own depth (NEW-VIEW > VIEW-CHANGE > PRE-PREPARE),
+    so decoding memory stays linear in the message size."""
+    data = rd.blob()
+    if len(data) < 8 or data[7] not in allowed:
+        raise DecodeError("nested message of a type not allowed here")
+    return decode_signed(data, chain_id)
 
 
 def _write_members(w: Writer, members: tuple[Member, ...]) -> None:
@@ -213,7 +219,7 @@ def read_snapshot(rd: Reader, chain_id: bytes) -> m.Snapshot:
         return m.EpochRecord(
             epoch=rd.u32(), start_seq=rd.u64(), members=_read_members(rd),
             state_digest=rd.fixed(DIGEST_BYTES), clients_digest=rd.fixed(DIGEST_BYTES),
-            proof=rd.items(lambda: _read_signed(rd, chain_id)))
+            proof=rd.items(lambda: _read_signed(rd, chain_id, MsgType.CHECKPOINT)))
 
     epochs = rd.items(epoch_record)
 
@@ -374,17 +380,18 @@ def _decode_body(data: bytes, chain_id: bytes) -> m.Body:
         body = m.Checkpoint(rd.u32(), rd.u64(), rd.fixed(DIGEST_BYTES))
     elif t == MsgType.VIEW_CHANGE:
         epoch, new_view, stable_seq = rd.u32(), rd.u64(), rd.u64()
-        stable_proof = rd.items(lambda: _read_signed(rd, chain_id))
+        stable_proof = rd.items(lambda: _read_signed(rd, chain_id, MsgType.CHECKPOINT))
 
         def proof() -> m.PreparedProof:
-            pp = _read_signed(rd, chain_id)
-            return m.PreparedProof(pp, rd.items(lambda: _read_signed(rd, chain_id)))
+            pp = _read_signed(rd, chain_id, MsgType.PRE_PREPARE)
+            votes = rd.items(lambda: _read_signed(rd, chain_id, MsgType.PREPARE, MsgType.COMMIT))
+            return m.PreparedProof(pp, votes)
 
         body = m.ViewChange(epoch, new_view, stable_seq, stable_proof, rd.items(proof))
     elif t == MsgType.NEW_VIEW:
         epoch, new_view = rd.u32(), rd.u64()
-        vcs = rd.items(lambda: _read_signed(rd, chain_id))
-        pps = rd.items(lambda: _read_signed(rd, chain_id))
+        vcs = rd.items(lambda: _read_signed(rd, chain_id, MsgType.VIEW_CHANGE))
+        pps = rd.items(lambda: _read_signed(rd, chain_id, MsgType.PRE_PREPARE))
         body = m.NewView(epoch, new_view, vcs, pps)
     elif t == MsgType.STATUS:
         epoch, view, active = rd.u32(), rd.u64(), rd.u8()
@@ -397,7 +404,8 @@ def _decode_body(data: bytes, chain_id: bytes) -> m.Body:
         body = m.StateRequest(rd.u64())
     elif t == MsgType.STATE_RESPONSE:
         snap = read_snapshot(rd, chain_id)
-        body = m.StateResponse(snap, rd.items(lambda: _read_signed(rd, chain_id)))
+        body = m.StateResponse(snap, rd.items(lambda: _read_signed(rd, chain_id,
+                                                                   MsgType.CHECKPOINT)))
     else:
         raise DecodeError(f"unknown message type {t}")
     rd.end()

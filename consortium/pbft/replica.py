@@ -90,6 +90,9 @@ class Slot:
     batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(
         default_factory=dict)
     """Verified batch contents by digest (from pre-prepares of any view)."""
+    proposals: dict[tuple[int, bytes], m.SignedMessage] = field(default_factory=dict)
+    """Every verified pre-prepare by (view, digest): a prepared proof must pair the votes of a
+    view with that view's pre-prepare, also when the same batch was re-proposed later."""
     prepares: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
     """(view, sender, digest) -> PREPARE. Keyed by digest too: a Byzantine replica may send
     different votes to different replicas, and its first (fake) vote must not hide the real one
@@ -112,6 +115,16 @@ class Slot:
         b = self.pre_prepare.body
         assert isinstance(b, m.PrePrepare)
         return b.digest
+
+    def remember(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
+        if b.digest not in self.batches and len(self.batches) < BATCHES_PER_SLOT_MAX:
+            self.batches[b.digest] = (b.requests, msg)
+        if b.digest in self.batches and len(self.proposals) < 2 * BATCHES_PER_SLOT_MAX:
+            self.proposals.setdefault((b.view, b.digest), msg)
+
+    def proposal(self, view: int, digest: bytes) -> m.SignedMessage:
+        """The pre-prepare of `view` for `digest` if we hold it, else any with that digest."""
+        return self.proposals.get((view, digest)) or self.batches[digest][1]
 
     @staticmethod
     def votes(table: dict[tuple[int, int, bytes], m.SignedMessage], view: int,
@@ -192,6 +205,7 @@ class Replica:
         self._behind: tuple[int, tuple[int, ...]] = (0, ())
         self._new_view_sent: dict[int, int] = {}
         self._state_sent: dict[int, int] = {}
+        self._retransmitted: dict[int, int] = {}
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -215,8 +229,7 @@ class Replica:
         """Arm the initial timers. Call once, after construction or recovery."""
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
         self._try_execute()
-        if not self.view_active:
-            self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
+        self._arm_view_change_timer()
         self._arm_request_timer()
         return self._flush()
 
@@ -405,7 +418,7 @@ class Replica:
             self._in_flight.add(r.key)
         slot = self._slot(seq)
         slot.pre_prepare = msg
-        slot.batches[body.digest] = (batch, msg)
+        slot.remember(msg, body)
         self._out.append(ev.Persist((msg,)))
         self._broadcast(msg)
         self._check_prepared(slot)
@@ -448,10 +461,14 @@ class Replica:
             self._on_former_member_status(msg, b)
             return
         epoch = self._message_epoch(b)
+        verified = verify_signed(msg, self.config, self.chain_id, self._verifier)
         if epoch is not None and epoch > self.config.epoch and not isinstance(b, m.Status):
-            self._buffer_future(msg)
+            # Only a sender we can authenticate now may fill the buffer (a member that joins
+            # with the new epoch is heard again through retransmission once we switch).
+            if verified:
+                self._buffer_future(msg)
             return
-        if not verify_signed(msg, self.config, self.chain_id, self._verifier):
+        if not verified:
             self._fault(msg.sender, f"{type(b).__name__} with a bad signature or from a "
                                     "non-member")
             return
@@ -505,8 +522,7 @@ class Replica:
                 self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                 return False
         slot = self._slot(b.seq)
-        if b.digest not in slot.batches and len(slot.batches) < BATCHES_PER_SLOT_MAX:
-            slot.batches[b.digest] = (b.requests, msg)
+        slot.remember(msg, b)
         return b.digest in slot.batches
 
     def _on_pre_prepare(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
@@ -647,7 +663,8 @@ class Replica:
             if cert is None:
                 return
             view, digest, commits = cert
-            requests, pp_msg = slot.batches[digest]
+            requests = slot.batches[digest][0]
+            pp_msg = slot.proposal(view, digest)
             self._execute(seq, view, digest, requests, pp_msg,
                           tuple(sorted(commits, key=lambda c: c.sender)))
 
@@ -879,7 +896,11 @@ class Replica:
             self._fault(sender, "state response with an unverifiable epoch history")
             return
         signer_config = signing_config(configs, snap.seq)
-        digest = snapshot_digest(self.genesis, snap)
+        try:
+            digest = snapshot_digest(self.genesis, snap)
+        except ValueError as exc:  # e.g. a pending member list that is no valid validator set
+            self._fault(sender, f"state response with a malformed snapshot: {exc}")
+            return
         if not verify_checkpoint_proof(b.proof, signer_config, snap.seq, digest, self.chain_id,
                                        self._verifier):
             self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
@@ -941,26 +962,18 @@ class Replica:
         quorum = self.config.quorum
         for seq in sorted(self._slots):
             slot = self._slots[seq]
-            best: m.PreparedProof | None = None
-            best_view = -1
-            for digest, (_, pp_msg) in slot.batches.items():
-                pp = pp_msg.body
-                assert isinstance(pp, m.PrePrepare)
-                if pp.view <= best_view:
-                    continue
-                primary = self.config.primary(pp.view)
-                prepares = [p for p in slot.votes(slot.prepares, pp.view, digest)
+            for view, digest in sorted(slot.proposals, reverse=True):
+                pp_msg = slot.proposals[(view, digest)]
+                primary = self.config.primary(view)
+                prepares = [p for p in slot.votes(slot.prepares, view, digest)
                             if p.sender != primary]
-                commits = slot.votes(slot.commits, pp.view, digest)
+                commits = slot.votes(slot.commits, view, digest)
                 if len(prepares) >= quorum - 1:
-                    best = m.PreparedProof(pp_msg, tuple(prepares[: quorum - 1]))
-                elif len(commits) >= quorum:
-                    best = m.PreparedProof(pp_msg, tuple(commits[:quorum]))
-                else:
-                    continue
-                best_view = pp.view
-            if best is not None:
-                proofs.append(best)
+                    proofs.append(m.PreparedProof(pp_msg, tuple(prepares[: quorum - 1])))
+                    break
+                if len(commits) >= quorum:
+                    proofs.append(m.PreparedProof(pp_msg, tuple(commits[:quorum])))
+                    break
         return tuple(proofs)
 
     def _start_view_change(self, new_view: int) -> None:
@@ -978,9 +991,19 @@ class Replica:
         self._view_changes.setdefault(new_view, {})[self.id] = vc
         self._out.append(ev.Persist((vc,)))
         self._broadcast(vc)
-        self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
+        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
+        self._arm_view_change_timer()
         self._maybe_send_new_view()
         self._replay_future()
+
+    def _arm_view_change_timer(self) -> None:
+        """Paper 4.5.2: the timer for the new view starts once 2f+1 replicas (this one
+        included) want it, so that a replica alone in suspecting the primary does not climb
+        views by itself."""
+        if self.view_active or self._timer_armed(ev.TimerKind.VIEW_CHANGE):
+            return
+        if len(self._view_changes.get(self.view, {})) >= self.config.quorum:
+            self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
 
     def _on_view_change(self, msg: m.SignedMessage, b: m.ViewChange) -> None:
         if b.new_view < self.view or (b.new_view == self.view and self.view_active):
@@ -1003,6 +1026,7 @@ class Replica:
         if len(higher) >= self.config.weak_quorum:
             self._start_view_change(min(v for v, vcs in self._view_changes.items()
                                         if v > self.view and vcs))
+        self._arm_view_change_timer()
         self._maybe_send_new_view()
 
     def _maybe_send_new_view(self) -> None:
@@ -1079,8 +1103,7 @@ class Replica:
             if pp.seq <= self.last_executed or not self._in_window(pp.seq):
                 continue
             slot = self._slot(pp.seq)
-            if pp.digest not in slot.batches:
-                slot.batches[pp.digest] = (pp.requests, pp_msg)
+            slot.remember(pp_msg, pp)
             for r in pp.requests:
                 self._in_flight.add(r.key)
             self._adopt_pre_prepare(slot, pp_msg, pp)
@@ -1127,6 +1150,9 @@ class Replica:
             return
         if b.last_executed < self.stable_seq:
             return  # it will ask us for state after our own STATUS
+        if self._retransmitted.get(sender) == self._tick:
+            return  # once per peer per tick: a replayed STATUS must not make us a flood source
+        self._retransmitted[sender] = self._tick
         if b.stable_seq < self.stable_seq and self._stable_proof:
             for vote in self._stable_proof:
                 self._send(sender, vote)
@@ -1139,8 +1165,8 @@ class Replica:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
-                _view, digest, commits = cert
-                self._send(sender, slot.batches[digest][1])
+                view, digest, commits = cert
+                self._send(sender, slot.proposal(view, digest))
                 for c in commits:
                     self._send(sender, c)
             seq += 1
@@ -1243,7 +1269,7 @@ class Replica:
                     continue
                 slot = self._slot(b.seq)
                 if isinstance(b, m.PrePrepare):
-                    slot.batches.setdefault(b.digest, (b.requests, msg))
+                    slot.remember(msg, b)
                     if b.view >= slot.view:
                         slot.pre_prepare = msg
                 elif isinstance(b, m.Prepare):
