@@ -10,7 +10,7 @@ import enum
 from collections.abc import Iterable
 
 from consortium.crypto.hashing import tagged_hash
-from consortium.crypto.merkle import root_of_hashes
+from consortium.crypto.merkle import merkle_root
 from consortium.crypto.signing import Verifier
 from consortium.pbft import codec
 from consortium.pbft import messages as m
@@ -20,8 +20,9 @@ GENESIS_STATE_DIGEST = tagged_hash(b"consortium/genesis-state")
 
 
 def batch_digest(requests: Iterable[m.Request]) -> bytes:
-    """Merkle root of the request digests: the block's record root is this same value."""
-    return root_of_hashes([r.digest for r in requests])
+    """Merkle root (RFC 6962 leaves) over the request digests: the block's record root is this
+    same value, so a record's inclusion proof checks against what the COMMITs signed."""
+    return merkle_root([r.digest for r in requests])
 
 
 def next_state_digest(previous: bytes, seq: int, digest: bytes) -> bytes:

@@ -1,0 +1,136 @@
+"""Record submissions: what a client puts in a PBFT request's payload.
+
+A submission carries public metadata (for queries and audits) in clear and the payload only as
+ciphertext (see consortium/crypto/envelope.py). Its binary encoding is canonical (the codec's
+Writer/Reader): a client signs these exact bytes, and every validator decodes them alike.
+
+    submission = version:u8 | kind:text | subject_id:text | event_type:text | submitter_org:text
+                 | submitted_at_ms:u64 | metadata:[key:text value:text] (sorted by key)
+                 | ciphertext:blob | wrapped_keys:[org:text key:blob] (sorted by org)
+
+The associated data of the payload encryption is the encoding of the public part (everything up
+to and including metadata), so ciphertext cannot be re-attached to other metadata.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from consortium.pbft.codec import DecodeError, Reader, Writer
+
+SUBMISSION_VERSION = 1
+TEXT_BYTES_MAX = 256
+METADATA_ENTRIES_MAX = 32
+METADATA_VALUE_BYTES_MAX = 1024
+READERS_MAX = 64
+
+
+class RecordKind(enum.StrEnum):
+    PROVENANCE = "provenance"
+    PATIENT = "patient"
+
+
+PROVENANCE_EVENTS = frozenset({"manufactured", "shipped", "received", "inspected", "recalled",
+                               "destroyed"})
+PATIENT_RECORD_TYPES = frozenset({"lab-result", "prescription", "encounter", "imaging"})
+
+
+class InvalidRecord(ValueError):
+    """A submission that breaks the record rules (the submitter's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    kind: RecordKind
+    subject_id: str
+    """Product or lot id (provenance) or pseudonymous patient id (patient)."""
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    metadata: tuple[tuple[str, str], ...]
+    """Public fields: location, custodian_from, custodian_to, quantity, document hashes..."""
+    ciphertext: bytes
+    wrapped_keys: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        allowed = PROVENANCE_EVENTS if self.kind is RecordKind.PROVENANCE else PATIENT_RECORD_TYPES
+        if self.event_type not in allowed:
+            raise InvalidRecord(f"{self.kind.value} records take event types "
+                                f"{', '.join(sorted(allowed))}; got {self.event_type!r}")
+        for name in ("subject_id", "submitter_org"):
+            value = getattr(self, name)
+            if not 1 <= len(value.encode()) <= TEXT_BYTES_MAX:
+                raise InvalidRecord(f"{name} must be 1 to {TEXT_BYTES_MAX} bytes")
+        if not 0 <= self.submitted_at_ms < 1 << 63:
+            raise InvalidRecord("submitted_at_ms out of range")
+        keys = [k for k, _ in self.metadata]
+        if keys != sorted(set(keys)) or len(keys) > METADATA_ENTRIES_MAX:
+            raise InvalidRecord(f"metadata keys must be unique, sorted, at most "
+                                f"{METADATA_ENTRIES_MAX}")
+        for k, v in self.metadata:
+            if not 1 <= len(k.encode()) <= 64 or len(v.encode()) > METADATA_VALUE_BYTES_MAX:
+                raise InvalidRecord(f"metadata entry {k!r} is too long")
+        orgs = [o for o, _ in self.wrapped_keys]
+        if orgs != sorted(set(orgs)) or not 1 <= len(orgs) <= READERS_MAX:
+            raise InvalidRecord(f"wrapped keys: 1 to {READERS_MAX} distinct reader orgs, sorted")
+        if self.submitter_org not in orgs:
+            raise InvalidRecord("the submitter's organisation must be among the readers")
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        return tuple(o for o, _ in self.wrapped_keys)
+
+    def metadata_dict(self) -> dict[str, str]:
+        return dict(self.metadata)
+
+    def associated_data(self) -> bytes:
+        return public_part(self.kind, self.subject_id, self.event_type, self.submitter_org,
+                           self.submitted_at_ms, self.metadata)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.fixed(self.associated_data())
+        w.blob(self.ciphertext)
+        w.u32(len(self.wrapped_keys))
+        for org, key in self.wrapped_keys:
+            w.text(org)
+            w.blob(key)
+        return w.getvalue()
+
+
+def public_part(kind: RecordKind, subject_id: str, event_type: str, submitter_org: str,
+                submitted_at_ms: int, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    w = Writer()
+    w.u8(SUBMISSION_VERSION)
+    w.text(kind.value)
+    w.text(subject_id)
+    w.text(event_type)
+    w.text(submitter_org)
+    w.u64(submitted_at_ms)
+    w.u32(len(metadata))
+    for k, v in metadata:
+        w.text(k)
+        w.text(v)
+    return w.getvalue()
+
+
+def decode_submission(data: bytes) -> Submission:
+    """Parse and validate. Raises InvalidRecord (malformed bytes included)."""
+    rd = Reader(data)
+    try:
+        if rd.u8() != SUBMISSION_VERSION:
+            raise InvalidRecord("unsupported submission version")
+        kind = RecordKind(rd.text())
+        subject_id, event_type, org = rd.text(), rd.text(), rd.text()
+        submitted_at_ms = rd.u64()
+        metadata = rd.items(lambda: (rd.text(), rd.text()))
+        ciphertext = rd.blob()
+        wrapped = rd.items(lambda: (rd.text(), rd.blob()))
+        rd.end()
+    except DecodeError as exc:
+        raise InvalidRecord(f"malformed submission: {exc}") from exc
+    except ValueError as exc:  # an unknown kind
+        raise InvalidRecord(f"malformed submission: {exc}") from exc
+    return Submission(kind, subject_id, event_type, org, submitted_at_ms, metadata, ciphertext,
+                      wrapped)
