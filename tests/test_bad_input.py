@@ -38,10 +38,13 @@ FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def make_replica(params: ProtocolParams = PARAMS, replica_id: int = ME) -> Replica:
+def make_replica(params: ProtocolParams = PARAMS, replica_id: int = ME, *,
+                 start_actions: list[ev.Action] | None = None) -> Replica:
     rep = Replica(replica_id=replica_id, signer=SIGNERS[replica_id], chain_id=CHAIN_ID,
                   genesis=GENESIS, params=params, verifier=Ed25519Verifier(), clients=CLIENTS)
-    rep.start()
+    actions = rep.start()
+    if start_actions is not None:
+        start_actions.extend(actions)
     return rep
 
 
@@ -116,9 +119,9 @@ VALID_POOL: dict[str, m.SignedMessage] = {
 }
 
 
-def executed_replica() -> Replica:
+def executed_replica(start_actions: list[ev.Action] | None = None) -> Replica:
     """Replica ME after executing seq 1 through the normal case, with seq 2 pre-prepared."""
-    rep = make_replica()
+    rep = make_replica(start_actions=start_actions)
     for msg in (PP1, sign(1, m.Prepare(0, 0, 1, PP1_DIGEST)),
                 *(sign(s, m.Commit(0, 0, 1, PP1_DIGEST)) for s in (0, 1, 3)), PP2):
         rep.step(ev.PeerMessage(msg.wire))
@@ -163,25 +166,41 @@ leaf_bodies = st.one_of(
     st.builds(m.RequestForward, request_lists),
     st.builds(m.StateRequest, seqs),
 )
-inner_signed = st.builds(sign, st.integers(0, 3), leaf_bodies) | st.sampled_from(
-    list(VALID_POOL.values()))
-inner_lists = st.lists(inner_signed, max_size=3).map(tuple)
+# Nested messages follow the protocol's structure, the only nesting the codec decodes (NEW-VIEW >
+# VIEW-CHANGE > PRE-PREPARE / PREPARE / COMMIT; checkpoint proofs of CHECKPOINTs): anything else
+# is refused before it reaches the replica (see test_deeply_nested_message_does_not_crash).
+signed_checkpoints = st.builds(sign, st.integers(0, 3), st.builds(
+    m.Checkpoint, epochs, seqs, digests)) | st.just(VALID_POOL["Checkpoint"])
+checkpoint_lists = st.lists(signed_checkpoints, max_size=3).map(tuple)
+signed_pre_prepares = st.builds(sign, st.integers(0, 3), st.builds(
+    m.PrePrepare, epochs, views, seqs, digests, request_lists)) | st.sampled_from(
+    [PP1, PP2, VALID_POOL["PrePrepare-future-view"]])
+signed_votes = st.builds(sign, st.integers(0, 3), st.one_of(
+    st.builds(m.Prepare, epochs, views, seqs, digests),
+    st.builds(m.Commit, epochs, views, seqs, digests))) | st.sampled_from(
+    [VALID_POOL["Prepare"], VALID_POOL["Commit"]])
+prepared_proofs = st.builds(m.PreparedProof, signed_pre_prepares,
+                            st.lists(signed_votes, max_size=3).map(tuple))
+view_change_bodies = st.builds(m.ViewChange, epochs, views, seqs, checkpoint_lists,
+                               st.lists(prepared_proofs, max_size=2).map(tuple))
+signed_view_changes = st.builds(sign, st.integers(0, 3), view_change_bodies) | st.just(
+    VALID_POOL["ViewChange"])
 snapshots = st.builds(
     m.Snapshot, seqs, digests,
-    st.lists(st.builds(m.EpochRecord, epochs, seqs, any_members, digests, digests, inner_lists),
-             max_size=2).map(tuple),
+    st.lists(st.builds(m.EpochRecord, epochs, seqs, any_members, digests, digests,
+                       checkpoint_lists), max_size=2).map(tuple),
     st.lists(st.builds(m.ClientEntry, st.sampled_from(["alice", "bob"]),
                        st.lists(st.tuples(u64, seqs), max_size=2).map(tuple)),
              max_size=2).map(tuple),
-    # Invalid pending member sets crash the replica: see test_state_response_with_bad_pending.
-    st.none() | st.builds(m.PendingReconfiguration, seqs, valid_members))
+    # Invalid pending member sets (empty, unsorted) included: a peer fault, never a crash
+    # (test_state_response_with_bad_pending_does_not_crash).
+    st.none() | st.builds(m.PendingReconfiguration, seqs, valid_members | any_members))
 bodies = st.one_of(
     leaf_bodies,
-    st.builds(m.ViewChange, epochs, views, seqs, inner_lists,
-              st.lists(st.builds(m.PreparedProof, inner_signed, inner_lists), max_size=2)
-              .map(tuple)),
-    st.builds(m.NewView, epochs, views, inner_lists, inner_lists),
-    st.builds(m.StateResponse, snapshots, inner_lists),
+    view_change_bodies,
+    st.builds(m.NewView, epochs, views, st.lists(signed_view_changes, max_size=3).map(tuple),
+              st.lists(signed_pre_prepares, max_size=3).map(tuple)),
+    st.builds(m.StateResponse, snapshots, checkpoint_lists),
 )
 valid_messages = st.sampled_from(list(VALID_POOL.values())) | st.builds(
     sign, st.integers(0, 3), bodies)
@@ -229,14 +248,15 @@ def test_truncated_or_extended_valid_message(factory: Callable[[], Replica],
 
 @pytest.mark.parametrize("pending", [
     pytest.param(None, id="no-pending"),
-    pytest.param(PENDING, id="pending", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: same as test_state_response_with_bad_pending_does_not_crash: mutating a pending "
-        "member id of a certified response makes step() raise ValueError"))),
+    pytest.param(PENDING, id="pending"),
 ])
 def test_mutated_state_response(pending: m.PendingReconfiguration | None) -> None:
     """A StateResponse is not checked by its envelope signature but by its checkpoint proof, so
     a mutation either changes nothing or (in the envelope) installs exactly the certified
-    snapshot. Every single-byte mutation (one value per position) is tried."""
+    snapshot. Every single-byte mutation (one value per position) is tried.
+
+    regression (pending): as in test_state_response_with_bad_pending_does_not_crash, mutating a
+    pending member id of a certified response used to make step() raise ValueError."""
     valid = STATE_RESPONSE if pending is None else STATE_RESPONSE_PENDING
     assert isinstance(valid.body, m.StateResponse)
     certified = valid.body.snapshot
@@ -381,28 +401,50 @@ def test_status_from_an_up_to_date_peer_replayed_100_times() -> None:
     assert observable(rep) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (amplification): every copy of a replayed STATUS from a lagging peer makes the replica "
-    "retransmit up to retransmit_seqs_max pre-prepares plus their commit certificates to that "
-    "peer; unlike NEW-VIEW resends (_resend_new_view) this is not rate-limited per peer per "
-    "status tick, so anyone who recorded one STATUS can make replicas flood its sender"))
+def _status_token(actions: list[ev.Action]) -> int:
+    (token,) = [a.token for a in actions
+                if isinstance(a, ev.SetTimer) and a.kind is ev.TimerKind.STATUS]
+    return token
+
+
+def _sends(actions: list[ev.Action]) -> list[ev.Send]:
+    return [a for a in actions if isinstance(a, ev.Send)]
+
+
 def test_replayed_status_is_not_an_amplifier() -> None:
-    rep = executed_replica()
+    """A lagging peer's STATUS is answered (retransmission of what it misses) at most once per
+    status tick, however many copies arrive; after the next tick it is answered again.
+
+    regression (amplification): every copy of a replayed STATUS from a lagging peer used to make
+    the replica retransmit up to retransmit_seqs_max pre-prepares plus their commit
+    certificates to that peer, so anyone who recorded one STATUS could make replicas flood its
+    sender."""
+    started: list[ev.Action] = []
+    rep = executed_replica(started)
     status = sign(1, m.Status(0, 0, True, 0, 0))
-    first = rep.step(ev.PeerMessage(status.wire))
-    assert any(isinstance(a, ev.Send) for a in first)  # a real lagging peer does get help
+    first = _sends(rep.step(ev.PeerMessage(status.wire)))
+    assert first  # a real lagging peer does get help...
+    assert {s.to for s in first} == {(1,)}  # ...sent to it alone
     before = observable(rep)
     sends = 0
     for _ in range(99):
-        sends += sum(isinstance(a, ev.Send) for a in rep.step(ev.PeerMessage(status.wire)))
+        sends += len(_sends(rep.step(ev.PeerMessage(status.wire))))
     assert observable(rep) == before
     assert sends == 0
+    tick = rep.step(ev.TimerFired(ev.TimerKind.STATUS, _status_token(started)))
+    assert _status_token(tick)  # re-armed
+    assert _sends(rep.step(ev.PeerMessage(status.wire))) == first  # helped again, once
+    assert _sends(rep.step(ev.PeerMessage(status.wire))) == []
 
 
 # ------------------------------------------------------------------------- deep nesting
 
+NESTED_TYPE_FAULT = "undecodable message: nested message of a type not allowed here"
+
+
 def _nest(depth: int, inner: m.SignedMessage, signer: int | None = None) -> m.SignedMessage:
-    """ViewChange -> prepared proof -> NewView -> StateResponse proof -> ... `depth` levels."""
+    """ViewChange -> prepared proof -> NewView -> StateResponse proof -> ... `depth` levels:
+    nonsense at every level (the encoder does not check nesting, the decoder does)."""
     wrappers: list[Callable[[m.SignedMessage], m.Body]] = [
         lambda s: m.ViewChange(0, 1, 0, (), (m.PreparedProof(s, ()),)),
         lambda s: m.NewView(0, 1, (s,), ()),
@@ -428,28 +470,54 @@ def test_deeply_nested_message_does_not_crash(depth: int, top: str) -> None:
     for factory in (make_replica, executed_replica):
         rep = factory()
         actions = feed_garbage(rep, msg.wire)
-        assert actions  # rejected and reported, never silently half-processed
+        # Rejected by the decoder at the outermost nested message of a type not allowed there
+        # (a NEW-VIEW in a stable proof, a VIEW-CHANGE in a prepared proof...).
+        assert reasons(actions) == [NESTED_TYPE_FAULT], actions
 
 
 def test_deep_nesting_signed_by_the_new_primary_is_rejected() -> None:
     """The outermost message is a NEW-VIEW correctly signed by view 1's primary whose
-    view changes are themselves deeply nested: verification must fail cleanly."""
+    view changes are themselves deeply nested: the decoder refuses it (its "view changes" are
+    NEW-VIEWs), before any signature is checked."""
     inner = _nest(50, VALID_POOL["Checkpoint"])
+    assert isinstance(inner.body, m.NewView)
     nv = sign(1, m.NewView(0, 1, (inner, inner, inner), ()))
-    rep = make_replica()
-    actions = feed_garbage(rep, nv.wire)
-    assert any("NEW-VIEW" in r for r in reasons(actions)), actions
+    for factory in (make_replica, executed_replica):
+        actions = feed_garbage(factory(), nv.wire)
+        assert reasons(actions) == [NESTED_TYPE_FAULT], actions
 
 
-# -------------------------------------------------------------------- bugs found (xfail)
+def test_deepest_legal_nesting_with_bogus_proofs_is_rejected_by_verification() -> None:
+    """Nesting the decoder accepts (NEW-VIEW > VIEW-CHANGE > prepared proof), correctly signed
+    at every level, but whose prepared proofs hold one PREPARE instead of 2f: the NEW-VIEW is
+    rejected by verification and blamed on the new primary."""
+    proof = m.PreparedProof(PP1, (VALID_POOL["Prepare"],))
+    vcs = tuple(sign(s, m.ViewChange(0, 1, 0, (VALID_POOL["Checkpoint"],), (proof,)))
+                for s in (0, 1, 3))
+    nv = sign(1, m.NewView(0, 1, vcs, (_pp(1, 1, (REQ,)),)))
+    assert codec.decode_signed(nv.wire, CHAIN_ID) == nv  # legal nesting: it decodes
+    for factory in (make_replica, executed_replica):
+        actions = feed_garbage(factory(), nv.wire)
+        assert [(a.sender, a.reason) for a in actions if isinstance(a, ev.PeerFault)] == [
+            (1, "invalid NEW-VIEW for view 1")], actions
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: a StateResponse is processed before any signature check, and "
-    "_on_state_response calls snapshot_digest() -> _pending_digest() -> EpochConfig(...) on "
-    "the peer-supplied pending reconfiguration before verifying the proof; an empty or "
-    "unsorted member list raises ValueError out of Replica.step()"))
-@pytest.mark.parametrize("case", ["forged-from-scratch", "mutated-valid-response"])
-def test_state_response_with_bad_pending_does_not_crash(case: str) -> None:
+
+# ------------------------------------------------------------------------ regressions
+
+@pytest.mark.parametrize(("case", "sender", "problem"), [
+    ("forged-from-scratch", 9, "an epoch has 1 to 256 members"),
+    ("mutated-valid-response", 1,
+     "members must be sorted by replica id, without duplicates"),
+])
+def test_state_response_with_bad_pending_does_not_crash(case: str, sender: int,
+                                                        problem: str) -> None:
+    """A state response whose pending reconfiguration is no valid validator set (empty, or
+    unsorted ids) is a fault of its sender.
+
+    regression: a StateResponse is processed before any signature check, and
+    _on_state_response called snapshot_digest() -> _pending_digest() -> EpochConfig(...) on
+    the peer-supplied pending reconfiguration before verifying the proof; an empty or unsorted
+    member list raised ValueError out of Replica.step()."""
     if case == "forged-from-scratch":
         snap = m.Snapshot(4, D32, (), (), m.PendingReconfiguration(8, ()))
         data = codec.resign_message(9, m.StateResponse(snap, ()), bytes(64)).wire
@@ -459,7 +527,9 @@ def test_state_response_with_bad_pending_does_not_crash(case: str) -> None:
         first_id = (0).to_bytes(2, "big") + GENESIS.members[0].public_key
         at = wire.index(first_id)
         data = wire[:at] + (7).to_bytes(2, "big") + wire[at + 2:]
-    feed_garbage(make_replica(), data)
+    actions = feed_garbage(make_replica(), data)
+    assert actions == [ev.PeerFault(sender, f"state response with a malformed snapshot: "
+                                            f"{problem}")]
 
 
 def _flood_then_enter_view_1(flood: int) -> list[ev.Action]:
@@ -489,9 +559,11 @@ def test_buffered_future_view_pre_prepare_is_used_after_new_view() -> None:
     assert _prepared_view_1(_flood_then_enter_view_1(0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (DoS): _on_signed buffers any message claiming a future epoch before checking its "
-    "signature; the shared, FIFO-evicting future buffer then lets a non-member flush verified "
-    "future-view messages (here the view-1 PRE-PREPARE) with future_messages_max forgeries"))
 def test_unauthenticated_messages_cannot_evict_buffered_valid_ones() -> None:
+    """Future-epoch messages are buffered only if they verify against the current config, so
+    a non-member's forgeries cannot push a verified message out of the buffer.
+
+    regression (DoS): _on_signed buffered any message claiming a future epoch before checking
+    its signature; the shared, FIFO-evicting future buffer then let a non-member flush verified
+    future-view messages (here the view-1 PRE-PREPARE) with future_messages_max forgeries."""
     assert _prepared_view_1(_flood_then_enter_view_1(16))

@@ -184,22 +184,43 @@ def test_inclusion_fails_for_wrong_size_of_last_leaf_or_index_out_of_range(n: in
             assert not verify_inclusion(leaves[i], InclusionProof(i, size, proof.path), root)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SUSPECTED BUG / limitation: verify_inclusion does not bind proof.size; a proof for leaf i "
-    "of an n-leaf tree also verifies with any size n' giving the same path shape (e.g. n=3, "
-    "i=0 verifies with size 4). Same as RFC 9162 inclusion proofs, but the size field lies."))
-def test_inclusion_fails_for_any_wrong_size() -> None:
-    accepted = []
+def _verify_bound(leaf: bytes, proof: InclusionProof, root: bytes, record_count: int) -> bool:
+    """What a caller must do (see verify_inclusion's docstring): bind the size it knows (a block
+    header carries its record count) before trusting the path."""
+    return proof.size == record_count and verify_inclusion(leaf, proof, root)
+
+
+def test_inclusion_does_not_bind_the_size_so_callers_must() -> None:
+    """Like RFC 6962/9162 inclusion proofs, the root does not commit to the tree size: a proof
+    for leaf i of an n-leaf tree also verifies with another size n' of the same path shape.
+    Concretely n=3, i=0 verifies with size 4 (both paths are: leaf 1, then the right subtree).
+    Checking `proof.size` against the expected record count rejects every such size."""
+    leaves = _leaves(3)
+    root = merkle_root(leaves)
+    proof = inclusion_proof(leaves, 0)
+    assert proof.size == 3
+    wrong = InclusionProof(0, 4, proof.path)
+    assert verify_inclusion(leaves[0], wrong, root)  # the size field alone is not bound
+    assert not _verify_bound(leaves[0], wrong, root, record_count=3)
+    assert _verify_bound(leaves[0], proof, root, record_count=3)
+
+    unbound, bound = [], []
     for n in SIZES:
         leaves = _leaves(n)
         root = merkle_root(leaves)
         for i in range(n):
             proof = inclusion_proof(leaves, i)
+            assert _verify_bound(leaves[i], proof, root, record_count=n)
             for size in range(1, 2 * n + 3):
-                if size != n and verify_inclusion(leaves[i], InclusionProof(i, size, proof.path),
-                                                  root):
-                    accepted.append((n, i, size))
-    assert accepted == []
+                if size == n:
+                    continue
+                claimed = InclusionProof(i, size, proof.path)
+                if verify_inclusion(leaves[i], claimed, root):
+                    unbound.append((n, i, size))
+                if _verify_bound(leaves[i], claimed, root, record_count=n):
+                    bound.append((n, i, size))
+    assert (3, 0, 4) in unbound
+    assert bound == []
 
 
 def test_inclusion_proof_rejects_out_of_range_index() -> None:

@@ -120,7 +120,13 @@ def test_restart_after_view_change_timeout_comes_back_in_the_latest_view() -> No
     node = make_node(3)
     node.submit(request("alice", 1))
     node.fire(ev.TimerKind.REQUEST)
-    node.fire(ev.TimerKind.VIEW_CHANGE)
+    # The VIEW_CHANGE timer starts once 2f+1 VIEW-CHANGE(1) are in, its own included (4.5.2).
+    assert ev.TimerKind.VIEW_CHANGE not in node.timers
+    node.deliver(view_change(0, 1), view_change(2, 1))
+    assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) == 1000
+    actions = node.fire(ev.TimerKind.VIEW_CHANGE)
+    assert sent_bodies(actions, m.ViewChange) == [m.ViewChange(0, 2, 0, (), ())]
+    assert node.replica.view == 2
     node = restart(node)
     assert (node.replica.view, node.replica.view_active) == (2, False)
 

@@ -78,15 +78,16 @@ def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> No
     assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: VIEW-CHANGE reports the prepared certificate of the "
-                   "first view a digest was pre-prepared in, not the highest view where it "
-                   "prepared: a batch re-proposed in view 1 and prepared only there is omitted")
 def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in() -> None:
     """4.4: P must contain, for each seq, the prepared certificate of the *highest* view in which
     the replica prepared it. Replica 2 pre-prepared batch B in view 0 without preparing it;
     NEW-VIEW(1) re-proposes B and replica 2 prepares it in view 1. Its VIEW-CHANGE for view 2
     must carry the view-1 certificate (otherwise a batch that may have committed in view 1 can
-    be replaced by a null batch in view 2)."""
+    be replaced by a null batch in view 2).
+
+    regression: VIEW-CHANGE used to report the prepared certificate of the first view a digest
+    was pre-prepared in, not the highest view where it prepared, so a batch re-proposed in view
+    1 and prepared only there was omitted (slots now keep every pre-prepare by (view, digest))."""
     node = make_node(2)
     r = request("alice", 1)
     pp0 = pre_prepare(0, 1, [r])
@@ -170,6 +171,12 @@ def test_backup_accepts_valid_new_view_and_prepares_its_pre_prepares() -> None:
     node = _timed_out_backup(3)
     node.fire(ev.TimerKind.REQUEST)
     nv, pp1 = _valid_new_view_1()
+    assert isinstance(nv.body, m.NewView)
+    # 4.5.2: the timer runs once the backup holds 2f+1 VIEW-CHANGEs for view 1 (its own + 2).
+    others = [vc for vc in nv.body.view_changes if vc.sender in (0, 2)]
+    assert _vc_timer_delays(node.deliver(others[0])) == []
+    assert _vc_timer_delays(node.deliver(others[1])) == [1000]
+    assert node.replica.view == 1 and not node.replica.view_active
     actions = node.deliver(nv)
     own = prepare(3, 1, 1, digest_of(pp1))
     assert actions[0] == ev.Persist((nv,))
@@ -260,30 +267,45 @@ def _others_view_changes(node_id: int, view: int) -> list[m.SignedMessage]:
     return [view_change(s, view) for s in senders]
 
 
-def test_view_change_timer_expiry_moves_to_next_view_with_doubled_timeout() -> None:
+@pytest.mark.parametrize(("timeout_max_ms", "expected_delays"), [
+    (16000, [2000, 4000]),  # doubled each time: 2T, 4T
+    (3000, [2000, 3000]),  # doubled, then capped at view_change_timeout_max_ms (4T > max)
+])
+def test_view_change_timer_expiry_moves_to_next_view_with_doubled_timeout(
+        timeout_max_ms: int, expected_delays: list[int]) -> None:
     """4.5.2: a replica with 2f+1 VIEW-CHANGEs for v+1 waits T for NEW-VIEW; if the timer expires
-    it starts a view change for v+2 and waits 2T, then 4T... (capped at the maximum)."""
-    node = make_node(0, params(view_change_timeout_max_ms=6000))
-    actions = node.deliver(*_others_view_changes(0, 1))  # f+1: joins view 1
+    it starts a view change for v+2 and, once it again holds 2f+1 VIEW-CHANGEs for v+2, waits
+    2T, then 4T... (capped at the maximum). Replica 0 goes through views 1, 2, 3 (it would be
+    the primary of view 4, and would then send NEW-VIEW itself)."""
+    node = make_node(0, params(view_change_timeout_max_ms=timeout_max_ms))
+    actions = node.deliver(*_others_view_changes(0, 1))  # f+1: joins view 1, holds 2f+1
     assert node.replica.view == 1
     assert _vc_timer_delays(actions) == [1000]
     delays = []
-    for expected_view in (2, 3, 4):
+    for expected_view in (2, 3):
         actions = node.fire(ev.TimerKind.VIEW_CHANGE)
         vc = view_change(0, expected_view)
         assert actions[:2] == [ev.Persist((vc,)), ev.Send((1, 2, 3), vc.wire)]
         assert node.replica.view == expected_view and not node.replica.view_active
-        node.deliver(*_others_view_changes(0, expected_view))
+        # Alone in view `expected_view`: no timer yet (4.5.2), and one more VIEW-CHANGE is
+        # still only 2f.
+        assert _vc_timer_delays(actions) == []
+        assert ev.TimerKind.VIEW_CHANGE not in node.timers
+        first, second = _others_view_changes(0, expected_view)
+        assert _vc_timer_delays(node.deliver(first)) == []
+        actions = node.deliver(second)  # 2f+1 VIEW-CHANGEs for the view, its own included
         delays += _vc_timer_delays(actions)
-    assert delays == [2000, 4000, 6000]  # doubled, then capped at view_change_timeout_max_ms
+        assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) == delays[-1]
+    assert delays == expected_delays
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (4.5.2 departure): the VIEW_CHANGE timer is armed as "
-                   "soon as the replica sends its own VIEW-CHANGE, not when it holds 2f+1 "
-                   "VIEW-CHANGEs for the new view, so a lone replica escalates views by itself")
 def test_view_change_timer_starts_only_with_2f_plus_1_view_changes() -> None:
     """4.5.2: "when a replica receives 2f+1 valid VIEW-CHANGE messages for view v+1 it starts its
-    timer"; a replica alone in its suspicion must not escalate to v+2, v+3... on its own."""
+    timer"; a replica alone in its suspicion must not escalate to v+2, v+3... on its own.
+
+    regression (4.5.2 departure): the VIEW_CHANGE timer used to be armed as soon as the replica
+    sent its own VIEW-CHANGE, not when it held 2f+1 VIEW-CHANGEs for the new view, so a lone
+    replica escalated views by itself."""
     node = _timed_out_backup(2)
     actions = node.fire(ev.TimerKind.REQUEST)
     assert sent_bodies(actions, m.ViewChange) == [m.ViewChange(0, 1, 0, (), ())]
@@ -297,8 +319,11 @@ def test_view_change_timer_backoff_restarts_after_progress() -> None:
     new view, the next view change waits the base timeout again."""
     node = make_node(0)
     node.deliver(*_others_view_changes(0, 1))  # joins view 1
-    node.fire(ev.TimerKind.VIEW_CHANGE)  # no NEW-VIEW(1): view 2, waits 2T
+    assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) == 1000
+    node.fire(ev.TimerKind.VIEW_CHANGE)  # no NEW-VIEW(1): view 2...
     assert node.replica.view == 2
+    assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) is None
+    node.deliver(*_others_view_changes(0, 2))  # ...and with 2f+1 VIEW-CHANGE(2) waits 2T
     assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) == 2000
     nv = new_view(2, 2, [view_change(0, 2), view_change(1, 2), view_change(2, 2)], [])
     node.deliver(nv)
@@ -310,6 +335,7 @@ def test_view_change_timer_backoff_restarts_after_progress() -> None:
     node.submit(request("bob", 5))
     node.fire(ev.TimerKind.REQUEST)
     assert node.replica.view == 3
+    assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) is None
     node.deliver(*_others_view_changes(0, 3))
     assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) == 1000
 

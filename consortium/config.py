@@ -1,0 +1,195 @@
+"""Typed configuration: the genesis file every member shares, and each validator's own config.
+
+Both are JSON files. Loading validates everything and raises `ConfigError` with a message that
+names the file and the field, so that a typo never surfaces as a traceback deep in a validator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.params import ProtocolParams
+
+
+class ConfigError(ValueError):
+    """A configuration or genesis file is missing, malformed or inconsistent."""
+
+
+def _hex(value: Any, where: str, length: int) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} must be hex") from exc
+    if len(raw) != length:
+        raise ConfigError(f"{where} must be {length} bytes")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorInfo:
+    replica_id: int
+    org: str
+    public_key: bytes
+    peer_address: str
+    client_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrgInfo:
+    org_id: str
+    name: str
+    encryption_key: bytes
+    """X25519 public key: record keys are wrapped for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    client_id: str
+    org: str
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    chain_id: str
+    protocol: ProtocolParams
+    validators: tuple[ValidatorInfo, ...]
+    orgs: tuple[OrgInfo, ...]
+    clients: tuple[ClientInfo, ...]
+
+    @property
+    def chain_id_bytes(self) -> bytes:
+        return self.chain_id.encode()
+
+    def epoch0(self) -> EpochConfig:
+        return EpochConfig(0, 0, tuple(Member(v.replica_id, v.public_key)
+                                       for v in sorted(self.validators,
+                                                       key=lambda v: v.replica_id)))
+
+    def validator(self, replica_id: int) -> ValidatorInfo:
+        for v in self.validators:
+            if v.replica_id == replica_id:
+                return v
+        raise ConfigError(f"validator {replica_id} is not in the genesis file")
+
+    def org(self, org_id: str) -> OrgInfo:
+        for o in self.orgs:
+            if o.org_id == org_id:
+                return o
+        raise ConfigError(f"organisation {org_id!r} is not in the genesis file")
+
+    def client_keys(self) -> dict[str, bytes]:
+        return {c.client_id: c.public_key for c in self.clients}
+
+    def client_orgs(self) -> dict[str, str]:
+        return {c.client_id: c.org for c in self.clients}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "protocol": dataclasses.asdict(self.protocol),
+            "validators": [{"id": v.replica_id, "org": v.org, "public_key": v.public_key.hex(),
+                            "peer_address": v.peer_address,
+                            "client_address": v.client_address} for v in self.validators],
+            "organisations": [{"id": o.org_id, "name": o.name,
+                               "encryption_key": o.encryption_key.hex()} for o in self.orgs],
+            "clients": [{"id": c.client_id, "org": c.org, "public_key": c.public_key.hex()}
+                        for c in self.clients],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "genesis") -> Genesis:
+        try:
+            protocol = ProtocolParams(**data.get("protocol", {}))
+            validators = tuple(ValidatorInfo(int(v["id"]), str(v["org"]),
+                                             _hex(v["public_key"], f"{where}: validator key", 32),
+                                             str(v["peer_address"]), str(v["client_address"]))
+                               for v in data["validators"])
+            orgs = tuple(OrgInfo(str(o["id"]), str(o.get("name", o["id"])),
+                                 _hex(o["encryption_key"], f"{where}: org key", 32))
+                         for o in data["organisations"])
+            clients = tuple(ClientInfo(str(c["id"]), str(c["org"]),
+                                       _hex(c["public_key"], f"{where}: client key", 32))
+                            for c in data["clients"])
+            genesis = cls(str(data["chain_id"]), protocol, validators, orgs, clients)
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{where}: missing or malformed field: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        org_ids = {o.org_id for o in genesis.orgs}
+        for v in genesis.validators:
+            if v.org not in org_ids:
+                raise ConfigError(f"{where}: validator {v.replica_id} names unknown org {v.org}")
+        for c in genesis.clients:
+            if c.org not in org_ids:
+                raise ConfigError(f"{where}: client {c.client_id} names unknown org {c.org}")
+        try:
+            genesis.epoch0()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        return genesis
+
+    @classmethod
+    def load(cls, path: Path) -> Genesis:
+        return cls.from_json(_read_json(path), str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorConfig:
+    """One validator process. Paths are resolved relative to the config file."""
+
+    replica_id: int
+    genesis: Path
+    signing_key: Path
+    tls: TlsFiles
+    listen_peer: str
+    listen_client: str
+    listen_metrics: str
+    dsn: str
+    log_file: Path | None = None
+    submit_wait_ms_max: int = 30_000
+    drain_ms: int = 5_000
+    """How long a SIGTERM waits for in-flight requests before closing."""
+
+    @classmethod
+    def load(cls, path: Path) -> ValidatorConfig:
+        data = _read_json(path)
+        base = path.parent
+        try:
+            tls = data["tls"]
+            return cls(
+                replica_id=int(data["replica_id"]),
+                genesis=(base / data["genesis"]).resolve(),
+                signing_key=(base / data["signing_key"]).resolve(),
+                tls=TlsFiles((base / tls["ca_cert"]).resolve(), (base / tls["cert"]).resolve(),
+                             (base / tls["key"]).resolve()),
+                listen_peer=str(data["listen_peer"]), listen_client=str(data["listen_client"]),
+                listen_metrics=str(data["listen_metrics"]), dsn=str(data["dsn"]),
+                log_file=(base / data["log_file"]).resolve() if data.get("log_file") else None,
+                submit_wait_ms_max=int(data.get("submit_wait_ms_max", 30_000)),
+                drain_ms=int(data.get("drain_ms", 5_000)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: missing or malformed field: {exc}") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc

@@ -1,0 +1,158 @@
+"""A local consortium in one directory: key material, genesis and validator configs.
+
+    DIR/genesis.json                      shared by every member
+    DIR/ca/ca.crt, ca.key                 the consortium CA (issues validator TLS certificates)
+    DIR/validators/<id>/config.json       one validator's config (paths relative to it)
+    DIR/validators/<id>/signing.key       its Ed25519 seed (hex)
+    DIR/validators/<id>/tls.crt, tls.key  its TLS identity (SAN: localhost, 127.0.0.1)
+    DIR/orgs/<org>/encryption.key         the organisation's X25519 private key (hex)
+    DIR/orgs/<org>/client.key             the organisation's submitting client's Ed25519 seed
+
+Private keys are written with mode 0600. Nothing here starts processes (see process.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from consortium.config import ClientInfo, Genesis, OrgInfo, ValidatorInfo
+from consortium.crypto.envelope import OrgKeyPair
+from consortium.crypto.signing import Ed25519Signer
+from consortium.pbft.params import ProtocolParams
+
+CERT_VALIDITY_DAYS = 825
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    peer_base: int = 7100
+    client_base: int = 7200
+    metrics_base: int = 9100
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("CONSORTIUM_HOME", ".consortium"))
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "consortium"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_ca(chain_id: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(f"{chain_id} CA")).issuer_name(_name(f"{chain_id} CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                         crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str,
+               dns_names: list[str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS certificate usable as both server and client (validators dial each other)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    san = [x509.DNSName(d) for d in dns_names] + [x509.IPAddress(ipaddress.ip_address(
+        "127.0.0.1"))]
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def org_id(i: int) -> str:
+    return f"org{i}"
+
+
+def init(directory: Path, validators: int, *, ports: Ports = Ports(),
+         protocol: ProtocolParams | None = None, force: bool = False) -> Genesis:
+    """Create all key material and configs for `validators` member organisations."""
+    if validators < 1:
+        raise ValueError("a consortium needs at least one validator")
+    if (directory / "genesis.json").exists() and not force:
+        raise FileExistsError(f"{directory} already holds a consortium (genesis.json exists); "
+                              "use another --dir or --force")
+    chain_id = f"consortium-{secrets.token_hex(4)}"
+    ca_key, ca_cert = make_ca(chain_id)
+    _write_secret(directory / "ca" / "ca.key", _pem_key(ca_key))
+    (directory / "ca" / "ca.crt").write_bytes(_pem_cert(ca_cert))
+    infos, orgs, clients = [], [], []
+    for i in range(validators):
+        org = org_id(i)
+        signer = Ed25519Signer.generate()
+        vdir = directory / "validators" / str(i)
+        _write_secret(vdir / "signing.key", signer.seed.hex().encode())
+        tls_key, tls_cert = issue_cert(ca_key, ca_cert, f"validator-{i}",
+                                       ["localhost", f"validator-{i}"])
+        _write_secret(vdir / "tls.key", _pem_key(tls_key))
+        (vdir / "tls.crt").write_bytes(_pem_cert(tls_cert))
+        infos.append(ValidatorInfo(i, org, signer.public_key, f"127.0.0.1:{ports.peer_base + i}",
+                                   f"127.0.0.1:{ports.client_base + i}"))
+        enc = OrgKeyPair.generate()
+        _write_secret(directory / "orgs" / org / "encryption.key", enc.private_key.hex().encode())
+        orgs.append(OrgInfo(org, f"Organisation {i}", enc.public_key))
+        client = Ed25519Signer.generate()
+        _write_secret(directory / "orgs" / org / "client.key", client.seed.hex().encode())
+        clients.append(ClientInfo(f"{org}-client", org, client.public_key))
+        config = {
+            "replica_id": i, "genesis": "../../genesis.json", "signing_key": "signing.key",
+            "tls": {"ca_cert": "../../ca/ca.crt", "cert": "tls.crt", "key": "tls.key"},
+            "listen_peer": f"127.0.0.1:{ports.peer_base + i}",
+            "listen_client": f"127.0.0.1:{ports.client_base + i}",
+            "listen_metrics": f"127.0.0.1:{ports.metrics_base + i}",
+            "dsn": "", "log_file": "validator.log",
+        }
+        (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    genesis = Genesis(chain_id, protocol or ProtocolParams(), tuple(infos), tuple(orgs),
+                      tuple(clients))
+    (directory / "genesis.json").write_text(json.dumps(genesis.to_json(), indent=2) + "\n")
+    return genesis
+
+
+def read_seed(path: Path) -> bytes:
+    return bytes.fromhex(path.read_text().strip())
