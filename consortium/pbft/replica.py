@@ -1120,6 +1120,12 @@ class Replica:
             self._maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
             if self._timed_request in self._pending and self.view_active:
+                # The other backups may never have seen these requests (a client reaches one
+                # validator): relay them to everyone so that their timers run too, as the
+                # paper's client retransmission does; then vote to change the view.
+                waiting = [r for r, _ in self._pending.values()]
+                self._broadcast(self._sign(m.RequestForward(
+                    tuple(waiting[: self.params.batch_requests_max]))))
                 self._start_view_change(self.view + 1)
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
@@ -1250,6 +1256,13 @@ class Replica:
                 raise ValueError("persisted executed batch lacks its pre-prepare")
             self._execute(batch.seq, pp.view, pp.digest, pp.requests, batch.pre_prepare,
                           batch.certificate, replay=True)
+            # Keep what proves the batch until the next stable checkpoint: a lagging peer may
+            # need this certificate retransmitted, and a view change may need it as a proof.
+            slot = self._slot(batch.seq)
+            slot.remember(batch.pre_prepare, pp)
+            for c in batch.certificate:
+                if isinstance(c.body, m.Commit):
+                    slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)
         self._out.clear()
         self._next_seq = max(self._next_seq, self.last_executed + 1)
         max_view, active = 0, True

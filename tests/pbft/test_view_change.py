@@ -57,7 +57,12 @@ def test_request_timer_expiry_multicasts_view_change_for_next_view_after_persist
     node = _timed_out_backup(2)
     actions = node.fire(ev.TimerKind.REQUEST)
     vc = view_change(2, 1)
-    assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    # First the waiting request is relayed to everyone (so every backup times it), then the
+    # VIEW-CHANGE is persisted, then sent.
+    relay = sent(actions[:1])
+    assert len(relay) == 1 and relay[0][0] == (0, 1, 3)
+    assert relay[0][1].body == m.RequestForward((request("alice", 99),))
+    assert actions[1:3] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
     assert node.replica.view == 1 and not node.replica.view_active
     # In view change: a PRE-PREPARE of view 0 is no longer prepared.
     assert sent(node.deliver(pre_prepare(0, 1, [request("bob", 1)]))) == []
@@ -75,7 +80,8 @@ def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> No
     actions = node.fire(ev.TimerKind.REQUEST)
     proof = m.PreparedProof(pp1, (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
     vc = view_change(2, 1, [proof])
-    assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    assert isinstance(sent(actions[:1])[0][1].body, m.RequestForward)
+    assert actions[1:3] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
 
 
 def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in() -> None:

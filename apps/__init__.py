@@ -1,0 +1,1 @@
+"""User-facing programs (the `consortium` command), thin over the `consortium` library."""

@@ -1,0 +1,240 @@
+"""`consortium`: the command line of a local consortium (thin over the library).
+
+Every command takes --help; errors are one readable line on stderr and a non-zero exit code;
+--json output is stable for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from consortium.localnet import default_dir
+
+DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
+                          help="Consortium directory (default: $CONSORTIUM_HOME, else "
+                               "./.consortium).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _dir(directory: Path | None) -> Path:
+    return directory if directory is not None else default_dir()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"consortium: {message}", err=True)
+    sys.exit(code)
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Run and use a consortium ledger: a permissioned BFT ledger for provenance and patient
+    records."""
+
+
+@main.command()
+@DIR_OPTION
+@click.option("--validators", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Member organisations, one validator each.")
+@click.option("--force", is_flag=True, help="Overwrite an existing consortium in DIR.")
+@JSON_OPTION
+def init(directory: Path | None, validators: int, force: bool, as_json: bool) -> None:
+    """Create keys, the CA and TLS certificates, org and client keys, and genesis.json."""
+    from consortium.localnet import init as do_init
+
+    d = _dir(directory)
+    try:
+        genesis = do_init(d, validators, force=force)
+    except (FileExistsError, ValueError) as exc:
+        fail(str(exc))
+    emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": validators,
+          "orgs": [o.org_id for o in genesis.orgs]}, as_json,
+         f"initialised {genesis.chain_id} with {validators} validators in {d}")
+
+
+@main.command()
+@DIR_OPTION
+@click.option("--dsn", default=None, help="PostgreSQL server DSN (default: $CONSORTIUM_DSN, "
+                                          "else an embedded PostgreSQL in DIR/pgdata).")
+@click.option("--detach", is_flag=True, help="Return once every validator is healthy.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for health.")
+@JSON_OPTION
+def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
+       as_json: bool) -> None:
+    """Start every validator of DIR that is not running (idempotent)."""
+    from consortium import process
+
+    d = _dir(directory)
+    try:
+        started = process.up(d, dsn)
+        with click.progressbar(length=len(started), label="waiting for validators",
+                               file=sys.stderr) as bar:
+            process.wait_healthy(d, timeout, on_progress=lambda _rid: bar.update(1))
+    except process.ProcessError as exc:
+        fail(str(exc))
+    data = [{"id": s.replica_id, "pid": s.pid, "already_running": s.already_running}
+            for s in started]
+    emit(data, as_json, "\n".join(
+        f"validator {s.replica_id}: pid {s.pid}" + (" (already running)" if s.already_running
+                                                     else " started") for s in started))
+    if not detach:
+        click.echo("validators running; Ctrl-C stops them", err=True)
+        try:
+            while True:
+                import time
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            process.down(d)
+
+
+@main.command()
+@DIR_OPTION
+@JSON_OPTION
+def status(directory: Path | None, as_json: bool) -> None:
+    """Per validator: id, org, pid, address, database, height, view, last block hash, health."""
+    from consortium import process
+
+    try:
+        rows = process.status(_dir(directory))
+    except process.ProcessError as exc:
+        fail(str(exc))
+    lines = [f"{r['id']:>3} {r['org']:<8} pid={r['pid'] or '-':<8} height={r['height']!s:<7} "
+             f"view={r['view']!s:<4} healthy={r['healthy']!s:<5} {r['address']}  "
+             f"db={r['database']}" for r in rows]
+    emit({"validators": rows}, as_json, "\n".join(lines))
+
+
+@main.command()
+@DIR_OPTION
+@JSON_OPTION
+def down(directory: Path | None, as_json: bool) -> None:
+    """Stop the validators of DIR (SIGTERM, then SIGKILL after 15 s) and the embedded
+    PostgreSQL."""
+    from consortium import process
+
+    try:
+        stopped = process.down(_dir(directory))
+    except process.ProcessError as exc:
+        fail(str(exc))
+    emit({"stopped": stopped}, as_json, f"stopped validators {stopped}")
+
+
+@main.group()
+def submit() -> None:
+    """Submit a signed, encrypted record and wait for its verified receipt."""
+
+
+def _client(directory: Path | None, org: str) -> Any:
+    from consortium.client import ConsortiumClient, SubmitError
+    from consortium.config import ConfigError
+
+    try:
+        return ConsortiumClient.from_dir(_dir(directory), org)
+    except (SubmitError, ConfigError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@submit.command("provenance")
+@DIR_OPTION
+@click.option("--as", "org", required=True, help="Submitting organisation (e.g. org0).")
+@click.option("--product", required=True, help="Product or lot id.")
+@click.option("--event", required=True, type=click.Choice(
+    ["manufactured", "shipped", "received", "inspected", "recalled", "destroyed"]))
+@click.option("--location", default=None)
+@click.option("--from", "custodian_from", default=None, help="Custodian handing over.")
+@click.option("--to", "custodian_to", default=None, help="Custodian taking over.")
+@click.option("--quantity", type=click.IntRange(0), default=None)
+@click.option("--document", "documents", multiple=True, help="A document hash (repeatable).")
+@click.option("--readers", default="", help="Comma-separated orgs that may read the payload.")
+@JSON_OPTION
+def submit_provenance(directory: Path | None, org: str, product: str, event: str,
+                      location: str | None, custodian_from: str | None,
+                      custodian_to: str | None, quantity: int | None, documents: tuple[str, ...],
+                      readers: str, as_json: bool) -> None:
+    """A supply-chain provenance event."""
+    from consortium.client import SubmitError
+
+    with _client(directory, org) as client:
+        try:
+            r = client.submit_provenance(
+                product, event, location=location, custodian_from=custodian_from,
+                custodian_to=custodian_to, quantity=quantity, documents=documents,
+                readers=[x for x in readers.split(",") if x])
+        except SubmitError as exc:
+            fail(str(exc))
+    emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
+
+
+@submit.command("patient")
+@DIR_OPTION
+@click.option("--as", "org", required=True, help="Submitting organisation.")
+@click.option("--patient", required=True, help="Pseudonymous patient id.")
+@click.option("--type", "record_type", required=True,
+              type=click.Choice(["lab-result", "prescription", "encounter", "imaging"]))
+@click.option("--file", "payload_file", required=True, type=click.File("rb"),
+              help="Clinical payload (JSON), encrypted before it leaves this machine.")
+@click.option("--readers", default="", help="Comma-separated orgs that may read the payload.")
+@JSON_OPTION
+def submit_patient(directory: Path | None, org: str, patient: str, record_type: str,
+                   payload_file: Any, readers: str, as_json: bool) -> None:
+    """A patient record."""
+    from consortium.client import SubmitError
+
+    payload = payload_file.read()
+    try:
+        json.loads(payload)
+    except ValueError:
+        fail(f"{payload_file.name} is not valid JSON")
+    with _client(directory, org) as client:
+        try:
+            r = client.submit_patient(patient, record_type, payload,
+                                      readers=[x for x in readers.split(",") if x])
+        except SubmitError as exc:
+            fail(str(exc))
+    emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
+
+
+@main.command()
+@DIR_OPTION
+@click.argument("record_id")
+@click.option("--decrypt", is_flag=True, help="Decrypt the payload (needs --as, a reader).")
+@click.option("--as", "org", default=None, help="Organisation to read as.")
+@JSON_OPTION
+def get(directory: Path | None, record_id: str, decrypt: bool, org: str | None,
+        as_json: bool) -> None:
+    """Fetch a record: public metadata, and the payload when decrypting as a reader."""
+    from consortium.client import SubmitError
+
+    if decrypt and org is None:
+        fail("--decrypt needs --as ORG")
+    with _client(directory, org or "org0") as client:
+        try:
+            view = client.get(record_id, decrypt=decrypt)
+        except SubmitError as exc:
+            fail(str(exc))
+    data = view.to_json()
+    emit(data, as_json, json.dumps(data, indent=2, sort_keys=True))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--config", required=True, type=click.Path(path_type=Path, exists=True),
+              help="The validator's config.json.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def validator(config: Path, log_level: str) -> None:
+    """Run one validator in the foreground until SIGTERM."""
+    from consortium.node.__main__ import main as node_main
+
+    sys.exit(node_main(["--config", str(config), "--log-level", log_level]))
+
+
+if __name__ == "__main__":
+    main()

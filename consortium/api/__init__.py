@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code for the wire contract (see scripts/gen-proto)."""

@@ -1,0 +1,63 @@
+"""Nonce allocation for one client identity.
+
+Validators execute each (client, nonce) at most once and refuse nonces far below the highest
+they executed. So an identity needs one increasing sequence, even across processes and crashes:
+a `NonceFile` reserves blocks of nonces under an exclusive file lock and persists the end of the
+reserved block before handing any out, so a crash skips nonces but never reuses one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+RESERVE_BLOCK = 256
+
+
+class NonceFile:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._next = 0
+        self._end = 0
+
+    def next(self) -> int:
+        with self._lock:
+            if self._next >= self._end:
+                self._reserve()
+            n = self._next
+            self._next += 1
+            return n
+
+    def _reserve(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.read(fd, 64).decode().strip()
+            start = int(raw) if raw else 1
+            end = start + RESERVE_BLOCK
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(end).encode())
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._next, self._end = start, end
+
+
+class MemoryNonces:
+    """For a process that owns its identity alone and starts from a known nonce (tests)."""
+
+    def __init__(self, start: int = 1) -> None:
+        self._next = start
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            n = self._next
+            self._next += 1
+            return n

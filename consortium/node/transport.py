@@ -1,0 +1,96 @@
+"""Peer transport: one long-lived mutual-TLS gRPC stream from this validator to each peer.
+
+Sending never blocks the consensus loop: each link has a bounded queue, and when a peer is slow
+or down its oldest messages are dropped (PBFT recovers lost messages through STATUS-driven
+retransmission, so a drop costs time, never safety). Links reconnect with capped exponential
+back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from consortium.api.v1 import ledger_pb2 as pb
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.config import TlsFiles
+
+log = structlog.get_logger("consortium.transport")
+
+QUEUE_MESSAGES_MAX = 20_000
+RECONNECT_DELAY_S_MIN = 0.05
+RECONNECT_DELAY_S_MAX = 2.0
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    """Client side of mutual TLS: trust only the consortium CA and present our certificate."""
+    return grpc.ssl_channel_credentials(root_certificates=tls.ca_cert.read_bytes(),
+                                        private_key=tls.key.read_bytes(),
+                                        certificate_chain=tls.cert.read_bytes())
+
+
+def server_credentials(tls: TlsFiles, *, require_client_auth: bool) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())],
+                                       root_certificates=tls.ca_cert.read_bytes(),
+                                       require_client_auth=require_client_auth)
+
+
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20),
+                   ("grpc.max_receive_message_length", 64 << 20),
+                   ("grpc.keepalive_time_ms", 10_000)]
+
+
+class PeerLink:
+    def __init__(self, peer_id: int, address: str, credentials: grpc.ChannelCredentials,
+                 on_state: Callable[[int, bool], None]) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self._credentials = credentials
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MESSAGES_MAX)
+        self._on_state = on_state
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def send(self, data: bytes) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(data)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"peer-link-{self.peer_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _outgoing(self) -> AsyncIterator[pb.PeerMessage]:
+        while True:
+            data = await self._queue.get()
+            yield pb.PeerMessage(data=data)
+
+    async def _run(self) -> None:
+        delay = RECONNECT_DELAY_S_MIN
+        while True:
+            try:
+                async with grpc.aio.secure_channel(self.address, self._credentials,
+                                                   options=CHANNEL_OPTIONS) as channel:
+                    await asyncio.wait_for(channel.channel_ready(), timeout=2.0)
+                    self._on_state(self.peer_id, True)
+                    delay = RECONNECT_DELAY_S_MIN
+                    call = pb_grpc.ReplicaStub(channel).Connect(self._outgoing())
+                    async for _ack in call:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+                log.debug("peer link down", peer=self.peer_id, error=str(exc)[:200])
+            self._on_state(self.peer_id, False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAY_S_MAX)

