@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,11 +132,29 @@ class Started:
     already_running: bool
 
 
+def _check_ports_free(replica_id: int, config: dict[str, Any]) -> None:
+    """Fail early and clearly when another program (often another consortium) holds a port."""
+    for role in ("listen_peer", "listen_client", "listen_metrics"):
+        host, _, port = str(config[role]).rpartition(":")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's servers do
+            try:
+                s.bind((host, int(port)))
+            except OSError as exc:
+                raise ProcessError(
+                    f"validator {replica_id}: {role.removeprefix('listen_')} address "
+                    f"{config[role]} is in use ({exc.strerror}); is another consortium "
+                    "running? stop it with `consortium down --dir ITS_DIR`") from exc
+
+
 def up(directory: Path, dsn: str | None) -> list[Started]:
     directory = directory.resolve()
     genesis = Genesis.load(directory / "genesis.json")
     server_dsn = dsn or os.environ.get("CONSORTIUM_DSN") or ""
     started = []
+    to_start = [v for v in validator_dirs(directory) if read_pid(v) is None]
+    for vdir in to_start:  # all checks before anything starts
+        _check_ports_free(int(vdir.name), json.loads((vdir / "config.json").read_text()))
     for vdir in validator_dirs(directory):
         pid = read_pid(vdir)
         replica_id = int(vdir.name)

@@ -1,0 +1,1 @@
+"""End-to-end tests: real validator processes, gRPC over TLS, PostgreSQL and signatures."""
