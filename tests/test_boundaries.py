@@ -46,3 +46,30 @@ def test_production_code_does_not_import_the_simulator() -> None:
             continue
         bad = {n for n in _imports(path) if n.startswith("consortium.sim")}
         assert not bad, f"{path} imports the simulator: {bad}"
+
+
+def test_ledger_does_no_network_or_database_io() -> None:
+    for path in (ROOT / "ledger").rglob("*.py"):
+        bad = {n for n in _imports(path)
+               if n.split(".")[0] in {"grpc", "psycopg", "asyncio", "socket", "consortium"}
+               and not n.startswith(("consortium.ledger", "consortium.pbft", "consortium.crypto"))}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_generated_protobuf_stays_at_the_edges() -> None:
+    """Only the wire module, the servicers, the transport, the SDK and the process manager touch
+    generated code; the core, ledger, crypto and storage never do."""
+    allowed = {"node", "client", "api"}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in allowed or rel.name == "process.py":
+            continue
+        bad = {n for n in _imports(path) if n.startswith("consortium.api")}
+        assert not bad, f"{rel} imports generated protobuf code: {bad}"
+
+
+def test_storage_contains_no_consensus_logic() -> None:
+    for path in (ROOT / "storage").rglob("*.py"):
+        bad = {n for n in _imports(path) if n.split(".")[0] == "grpc"
+               or n in {"consortium.pbft.viewchange", "consortium.node"}}
+        assert not bad, f"{path.name} imports {bad}"
