@@ -404,6 +404,17 @@ class Replica:
             force = False
         if not self._queue:
             self._cancel_timer(ev.TimerKind.BATCH)
+            self._fill_to_epoch_boundary()
+
+    def _fill_to_epoch_boundary(self) -> None:
+        """A validator-set change takes effect at a checkpoint: with no client traffic to fill
+        the sequence numbers up to it, the primary fills them with empty batches, so that the
+        change never waits for traffic."""
+        pending = self.pending_reconfiguration
+        while (pending is not None and self.is_primary and self.view_active and not self._queue
+               and self._next_seq <= min(pending.effective_seq, self._high_watermark())
+               and self._next_seq - 1 - self.last_executed < self.params.pipeline_depth):
+            self._propose(())
 
     def _propose(self, batch: tuple[m.Request, ...]) -> None:
         seq = self._next_seq
@@ -1162,6 +1173,12 @@ class Replica:
         if b.stable_seq < self.stable_seq and self._stable_proof:
             for vote in self._stable_proof:
                 self._send(sender, vote)
+        # Our own votes for checkpoints it has not seen become stable: checkpoint messages
+        # lost in a partition would otherwise stall everyone at the high watermark.
+        for seq in sorted(self._checkpoint_votes):
+            own = self._checkpoint_votes[seq].get(self.id)
+            if seq > max(b.stable_seq, self.stable_seq) and own is not None:
+                self._send(sender, own)
         budget = self.params.retransmit_seqs_max
         # Decided batches it lacks: the pre-prepare plus a commit certificate.
         seq = b.last_executed + 1
