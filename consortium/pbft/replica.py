@@ -116,7 +116,14 @@ class Slot:
         assert isinstance(b, m.PrePrepare)
         return b.digest
 
-    def remember(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
+    def remember(self, msg: m.SignedMessage, b: m.PrePrepare, *, adopt: bool = False) -> None:
+        """Keep a verified batch. Bounded; but a batch this replica adopts in its current view
+        always fits (the oldest other one goes), so earlier views' batches, equivocated by a
+        Byzantine primary, can never block the current one."""
+        if b.digest not in self.batches and len(self.batches) >= BATCHES_PER_SLOT_MAX and adopt:
+            oldest = next(d for d in self.batches if d != self.digest)
+            del self.batches[oldest]
+            self.proposals = {k: v for k, v in self.proposals.items() if k[1] != oldest}
         if b.digest not in self.batches and len(self.batches) < BATCHES_PER_SLOT_MAX:
             self.batches[b.digest] = (b.requests, msg)
         if b.digest in self.batches and len(self.proposals) < 2 * BATCHES_PER_SLOT_MAX:
@@ -517,7 +524,8 @@ class Replica:
             self._slots[seq] = slot
         return slot
 
-    def _accept_batch(self, msg: m.SignedMessage, b: m.PrePrepare) -> bool:
+    def _accept_batch(self, msg: m.SignedMessage, b: m.PrePrepare, *,
+                      adopt: bool = False) -> bool:
         """Paper 4.2 acceptance checks that do not depend on the view: digest, limits, client
         signatures. Records the batch contents in the slot."""
         p = self.params
@@ -533,7 +541,7 @@ class Replica:
                 self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                 return False
         slot = self._slot(b.seq)
-        slot.remember(msg, b)
+        slot.remember(msg, b, adopt=adopt)
         return b.digest in slot.batches
 
     def _on_pre_prepare(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
@@ -560,7 +568,7 @@ class Replica:
                 if self._accept_batch(msg, b):
                     self._try_execute()
             return
-        if not self._accept_batch(msg, b):
+        if not self._accept_batch(msg, b, adopt=True):
             return
         self._adopt_pre_prepare(slot, msg, b)
         self._try_execute()
@@ -1114,7 +1122,7 @@ class Replica:
             if pp.seq <= self.last_executed or not self._in_window(pp.seq):
                 continue
             slot = self._slot(pp.seq)
-            slot.remember(pp_msg, pp)
+            slot.remember(pp_msg, pp, adopt=True)
             for r in pp.requests:
                 self._in_flight.add(r.key)
             self._adopt_pre_prepare(slot, pp_msg, pp)
