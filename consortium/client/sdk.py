@@ -192,6 +192,25 @@ class _Core:
                           r.submitter_org, r.submitted_at_ms, dict(r.metadata), readers,
                           r.status, payload)
 
+    def after_rpc_error(self, exc: Any, request: m.Request, address: str,
+                        errors: list[str]) -> VerifiedReceipt | None:
+        """Decide what a failed SubmitRecord means (the same for both transports): a receipt
+        (the request was already committed), a final error (raised), or try elsewhere (None)."""
+        code = exc.code()
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            reply = _receipt_from_trailers(exc.trailing_metadata())
+            if reply is not None:
+                return self.verify(reply, request, address)
+        if code not in RETRYABLE:
+            raise SubmitError(f"{address}: {exc.details()}", code) from exc
+        errors.append(f"{address}: {code.name} {exc.details()}")
+        return None
+
+    @staticmethod
+    def gave_up(errors: list[str]) -> SubmitError:
+        return SubmitError("no validator committed the request: " + "; ".join(errors[-4:]),
+                           grpc.StatusCode.UNAVAILABLE)
+
     def order(self) -> list[str]:
         addresses = list(self.addresses)
         random.shuffle(addresses)
@@ -273,19 +292,13 @@ class ConsortiumClient:
                         timeout=wait_s + 1)
                     return self._core.verify(reply, request, address)
                 except grpc.RpcError as exc:
-                    code = exc.code()
-                    if code == grpc.StatusCode.ALREADY_EXISTS:
-                        reply = _receipt_from_trailers(exc.trailing_metadata())
-                        if reply is not None:
-                            return self._core.verify(reply, request, address)
-                    if code not in RETRYABLE:
-                        raise SubmitError(f"{address}: {exc.details()}", code) from exc
-                    errors.append(f"{address}: {code.name} {exc.details()}")
+                    done = self._core.after_rpc_error(exc, request, address, errors)
+                    if done is not None:
+                        return done
                 except SubmitError as exc:
                     errors.append(str(exc))
             time.sleep(0.2 * (attempt + 1))
-        raise SubmitError("no validator committed the request: " + "; ".join(errors[-4:]),
-                          grpc.StatusCode.UNAVAILABLE)
+        raise self._core.gave_up(errors)
 
     def get(self, record_id: str, *, decrypt: bool = False) -> RecordView:
         last: Exception | None = None
@@ -355,19 +368,13 @@ class AsyncConsortiumClient:
                         timeout=wait_s + 1)
                     return self._core.verify(reply, request, address)
                 except grpc.aio.AioRpcError as exc:
-                    code = exc.code()
-                    if code == grpc.StatusCode.ALREADY_EXISTS:
-                        reply = _receipt_from_trailers(exc.trailing_metadata())
-                        if reply is not None:
-                            return self._core.verify(reply, request, address)
-                    if code not in RETRYABLE:
-                        raise SubmitError(f"{address}: {exc.details()}", code) from exc
-                    errors.append(f"{address}: {code.name} {exc.details()}")
+                    done = self._core.after_rpc_error(exc, request, address, errors)
+                    if done is not None:
+                        return done
                 except SubmitError as exc:
                     errors.append(str(exc))
             await asyncio.sleep(0.2 * (attempt + 1))
-        raise SubmitError("no validator committed the request: " + "; ".join(errors[-4:]),
-                          grpc.StatusCode.UNAVAILABLE)
+        raise self._core.gave_up(errors)
 
 
 def _receipt_from_trailers(trailers: Any) -> pb.Receipt | None:

@@ -83,12 +83,14 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str
 
 
 def dsn_with_password() -> str:
+    """The admin DSN with a password added (host part, port and query kept as they are)."""
     from urllib.parse import urlsplit, urlunsplit
     parts = urlsplit(ADMIN_DSN)
+    if parts.password is not None:
+        return ADMIN_DSN
     user = parts.username or "postgres"
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{user}:{PASSWORD}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{PASSWORD}@{host}"))
 
 
 def move_to_ports(directory: Path, lease: PortLease) -> None:
