@@ -278,7 +278,7 @@ class ConsortiumClient:
     def submit(self, request: m.Request) -> VerifiedReceipt:
         """Send to one validator after another until one returns a receipt that verifies."""
         data = codec.encode_request(request)
-        errors = []
+        errors: list[str] = []
         deadline = time.monotonic() + self._timeout_s
         for attempt in range(3):
             for address in self._core.order():
@@ -354,7 +354,7 @@ class AsyncConsortiumClient:
 
     async def submit(self, request: m.Request) -> VerifiedReceipt:
         data = codec.encode_request(request)
-        errors = []
+        errors: list[str] = []
         deadline = time.monotonic() + self._timeout_s
         for attempt in range(3):
             for address in self._core.order():
