@@ -55,6 +55,8 @@ def init(directory: Path | None, validators: int, force: bool, as_json: bool) ->
         genesis = do_init(d, validators, force=force)
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write {d}: {exc.strerror or exc}")
     emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": validators,
           "orgs": [o.org_id for o in genesis.orgs]}, as_json,
          f"initialised {genesis.chain_id} with {validators} validators in {d}")
@@ -72,6 +74,7 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
        as_json: bool) -> None:
     """Start every validator of DIR that is not running (idempotent)."""
     from consortium import process
+    from consortium.config import ConfigError
 
     d = _dir(directory)
     try:
@@ -79,8 +82,10 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
         with click.progressbar(length=len(started), label="waiting for validators",
                                file=sys.stderr) as bar:
             process.wait_healthy(d, timeout, on_progress=lambda _rid: bar.update(1))
-    except process.ProcessError as exc:
+    except (process.ProcessError, ConfigError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"{d}: {exc.strerror or exc}")
     data = [{"id": s.replica_id, "pid": s.pid, "already_running": s.already_running}
             for s in started]
     emit(data, as_json, "\n".join(

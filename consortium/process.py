@@ -117,8 +117,9 @@ def ensure_database(server_dsn: str, name: str) -> str:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProcessError(f"cannot reach PostgreSQL at {redact(server_dsn)}: "
-                           f"{str(exc).strip()}") from exc
+                           f"{first_line}") from exc
     parts = urlsplit(server_dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))
 

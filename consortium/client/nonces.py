@@ -13,7 +13,9 @@ import os
 import threading
 from pathlib import Path
 
-RESERVE_BLOCK = 256
+RESERVE_BLOCK = 32
+"""Small, so that many short-lived instances of one identity (CLI runs) stay inside the
+validators' replay window (`client_nonce_window`, 1,024 by default) of each other."""
 
 
 class NonceFile:
@@ -30,6 +32,12 @@ class NonceFile:
             n = self._next
             self._next += 1
             return n
+
+    def skip(self) -> None:
+        """Abandon the rest of the current block (after a STALE answer: other instances of this
+        identity have moved the sequence far ahead)."""
+        with self._lock:
+            self._reserve()
 
     def _reserve(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,3 +69,6 @@ class MemoryNonces:
             n = self._next
             self._next += 1
             return n
+
+    def skip(self) -> None:
+        """Nothing to skip: this process owns the sequence."""

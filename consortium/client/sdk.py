@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +50,8 @@ class SubmitError(Exception):
 
 class NonceSource(Protocol):
     def next(self) -> int: ...
+
+    def skip(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -267,13 +269,24 @@ class ConsortiumClient:
         meta = provenance_fields(product, event, location, custodian_from, custodian_to,
                                  quantity, documents)
         payload = json.dumps(details or {}, sort_keys=True).encode()
-        return self.submit(self._core.build(RecordKind.PROVENANCE, product, event, meta,
-                                            payload, readers))
+        return self._submit_fresh(lambda: self._core.build(RecordKind.PROVENANCE, product, event,
+                                                           meta, payload, readers))
 
     def submit_patient(self, patient: str, record_type: str, payload: bytes, *,
                        readers: Sequence[str] = ()) -> VerifiedReceipt:
-        return self.submit(self._core.build(RecordKind.PATIENT, patient, record_type, {},
-                                            payload, readers))
+        return self._submit_fresh(lambda: self._core.build(RecordKind.PATIENT, patient,
+                                                           record_type, {}, payload, readers))
+
+    def _submit_fresh(self, build: Callable[[], m.Request]) -> VerifiedReceipt:
+        """Submit; if the nonce was stale (other instances of this identity moved ahead), take
+        a fresh nonce and submit once more. Safe: a stale request never executes."""
+        try:
+            return self.submit(build())
+        except SubmitError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+        self._core.identity.nonces.skip()
+        return self.submit(build())
 
     def submit(self, request: m.Request) -> VerifiedReceipt:
         """Send to one validator after another until one returns a receipt that verifies."""
@@ -350,6 +363,12 @@ class AsyncConsortiumClient:
         return self._core.build(RecordKind.PROVENANCE, product, event, meta, payload, readers)
 
     async def submit_provenance(self, product: str, event: str, **kw: Any) -> VerifiedReceipt:
+        try:
+            return await self.submit(self.build_provenance(product, event, **kw))
+        except SubmitError as exc:  # stale nonce: see ConsortiumClient._submit_fresh
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+        self._core.identity.nonces.skip()
         return await self.submit(self.build_provenance(product, event, **kw))
 
     async def submit(self, request: m.Request) -> VerifiedReceipt:

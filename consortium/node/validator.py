@@ -338,8 +338,11 @@ class Validator:
                                      f"our chain at {self._ledger_height()}")
                 if not verify_certificate(header, blk.certificate, config, self.verifier):
                     raise ValueError(f"block {header.height} has no valid commit certificate")
-                await self.store.install_blocks([wire.block_from_wire(blk)])
+                block = wire.block_from_wire(blk)
+                await self.store.install_blocks([block])
                 self.head = header
+                for entry in block.entries:  # clients waiting here learn of it too
+                    self.waiters.resolve(entry.record_id, Outcome(height=header.height))
                 metrics.height.set(header.height)
                 progressed = True
             return progressed
@@ -399,6 +402,17 @@ class ReplicaService(pb_grpc.ReplicaServicer):
         for stored in await self.v.store.get_blocks(request.from_height, to,
                                                     STATE_TRANSFER_BATCH_BLOCKS):
             yield wire.stored_block_to_proto(stored)
+
+
+RECORD_ID_CHARS = frozenset("0123456789abcdef")
+
+
+async def _check_record_id(record_id: str, context: grpc.aio.ServicerContext) -> None:
+    """A record id is 64 lowercase hex digits; anything else is answered without echoing it."""
+    if len(record_id) != 64 or not set(record_id) <= RECORD_ID_CHARS:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"a record id is 64 lowercase hex digits (got {len(record_id)} "
+                            "characters)")
 
 
 class LedgerService(pb_grpc.LedgerServicer):
@@ -464,11 +478,13 @@ class LedgerService(pb_grpc.LedgerServicer):
         return wire.receipt_from_stored(stored, index, self.v.chain_id)
 
     async def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
+        await _check_record_id(request.record_id, context)
         if await self.v.store.find_entry(request.record_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
         return await self._receipt(request.record_id)
 
     async def GetRecord(self, request, context):  # type: ignore[no-untyped-def]
+        await _check_record_id(request.record_id, context)
         rec = await self.v.store.get_record(request.record_id)
         if rec is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")

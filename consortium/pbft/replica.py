@@ -206,6 +206,7 @@ class Replica:
         self._timer_tokens: dict[ev.TimerKind, int] = {}
         self._token_counter = 0
         self._timed_request: tuple[str, int] | None = None
+        self._request_relayed = False
         self._tick = 0
         self._state_request_seq = 0
         self._future: list[m.SignedMessage] = []
@@ -372,6 +373,8 @@ class Replica:
             return
         oldest = next(iter(self._pending))
         if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
+            if self._timed_request != oldest:
+                self._request_relayed = False
             self._timed_request = oldest
             self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
 
@@ -1139,13 +1142,19 @@ class Replica:
             self._maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
             if self._timed_request in self._pending and self.view_active:
-                # The other backups may never have seen these requests (a client reaches one
-                # validator): relay them to everyone so that their timers run too, as the
-                # paper's client retransmission does; then vote to change the view.
-                waiting = [r for r, _ in self._pending.values()]
-                self._broadcast(self._sign(m.RequestForward(
-                    tuple(waiting[: self.params.batch_requests_max]))))
-                self._start_view_change(self.view + 1)
+                if not self._request_relayed:
+                    # First expiry: the other backups may never have seen these requests (a
+                    # client reaches one validator). Relay them to everyone, as the paper's
+                    # client retransmission does, so that all backups time them; vote for a
+                    # view change only if they still wait one more period. A replica that is
+                    # merely slow thus does not leave the group alone.
+                    self._request_relayed = True
+                    waiting = [r for r, _ in self._pending.values()]
+                    self._broadcast(self._sign(m.RequestForward(
+                        tuple(waiting[: self.params.batch_requests_max]))))
+                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+                else:
+                    self._start_view_change(self.view + 1)
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
                 self._view_change_attempts += 1

@@ -225,12 +225,6 @@ def test_malformed_record_ids_get_a_client_error(cluster: Cluster) -> None:
                     f"{call}({rid!r}): {info.value.code()} {info.value.details()}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: LedgerService.GetRecord/GetReceipt echo the requested record_id unbounded in the "
-    "NOT_FOUND details ('no record <id>'); for a 20,000-character id the status message "
-    "exceeds gRPC's 16 KiB metadata limit and the client sees RESOURCE_EXHAUSTED 'Stream "
-    "removed (received metadata size exceeds hard limit)' instead of NOT_FOUND/"
-    "INVALID_ARGUMENT (ids that are not 64 hex characters should be refused without echo)"))
 def test_overlong_record_id_gets_a_client_error(cluster: Cluster) -> None:
     ledger = cluster.ledger(TARGET)
     with chain_unchanged(cluster):

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from consortium import process
-from consortium.client import ConsortiumClient, SubmitError
+from consortium.client import ConsortiumClient
 from consortium.config import Genesis
 from tests.e2e.conftest import (
     ACTIVE_DIRS,
@@ -263,10 +263,6 @@ def test_bad_inputs_give_one_line_errors(net: Net, tmp_path: Path) -> None:
         assert_one_line_error(cli(*args, "--dir", missing))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: apps/cli.py `up` catches only process.ProcessError, but process.up() starts with "
-    "Genesis.load(), which raises config.ConfigError for a missing genesis.json: a traceback "
-    "ending in 'ConfigError: .../genesis.json: no such file' instead of one error line"))
 def test_up_with_missing_genesis_dir_gives_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(cli("up", "--dir", str(tmp_path / "nothing"), "--detach", "--dsn",
                               ADMIN_DSN))
@@ -278,20 +274,12 @@ def test_init_into_an_existing_consortium_is_refused(net: Net) -> None:
     assert (net.directory / "genesis.json").read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: apps/cli.py `init` catches only FileExistsError and ValueError; an OSError from "
-    "creating the directory (here NotADirectoryError, a path under a regular file) escapes "
-    "as a traceback"))
 def test_init_into_an_unusable_path_gives_one_line_error(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     assert_one_line_error(cli("init", "--dir", str(a_file / "consortium")))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: process.ensure_database() puts psycopg's message into ProcessError verbatim; for a "
-    "refused connection it holds a newline and a tab-indented hint ('Is the server running on "
-    "that host...'), so `consortium up` prints a two-line error (the CLI promises one line)"))
 def test_up_with_unreachable_postgres_gives_one_line_error(tmp_path: Path) -> None:
     d = tmp_path / "c"
     ok_json("init", "--dir", str(d), "--validators", "1")
@@ -302,12 +290,6 @@ def test_up_with_unreachable_postgres_gives_one_line_error(tmp_path: Path) -> No
     assert process.read_pid(d / "validators" / "0") is None
 
 
-@pytest.mark.xfail(strict=True, raises=SubmitError, reason=(
-    "BUG: client/nonces.py NonceFile reserves 256 nonces per instance (per process), the "
-    "replicas reject nonces more than client_nonce_window (1024) below the highest executed "
-    "one (pbft/state.py ClientTable.check): after 5 CLI submissions of an org, a long-lived "
-    "SDK client of that org gets 'request rejected: stale' (FAILED_PRECONDITION) for its "
-    "remaining reserved nonces"))
 def test_sdk_client_keeps_working_while_the_cli_submits_as_its_org(net: Net) -> None:
     """A long-running SDK client and a user's CLI submissions share one identity (org3): each
     `consortium submit` reserves a fresh block of 256 nonces, so after five of them the SDK

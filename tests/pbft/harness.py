@@ -242,6 +242,16 @@ class Node:
         token, _ = self.timers.pop(kind)
         return self._record(self.replica.step(ev.TimerFired(kind, token)))
 
+    def suspect_primary(self) -> list[ev.Action]:
+        """Let the REQUEST timer expire twice (paper 4.4 with the two-phase timeout): the first
+        expiry only relays the waiting requests to everyone and re-arms the timer; the second
+        starts the view change. Returns the second expiry's actions."""
+        first = self.fire(ev.TimerKind.REQUEST)
+        relays = [a for a in first if isinstance(a, ev.Send)]
+        assert len(relays) == 1 and not any(isinstance(a, ev.Persist) for a in first), first
+        assert ev.TimerKind.REQUEST in self.timers, "first expiry must re-arm the REQUEST timer"
+        return self.fire(ev.TimerKind.REQUEST)
+
     def timer_delay(self, kind: ev.TimerKind) -> int | None:
         t = self.timers.get(kind)
         return None if t is None else t[1]

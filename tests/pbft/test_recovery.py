@@ -105,7 +105,7 @@ def test_restart_during_view_change_stays_in_view_change() -> None:
     NEW-VIEW (no PREPARE for view v), and accepts NEW-VIEW(v+1)."""
     node = make_node(2)
     node.submit(request("alice", 1))
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     node = restart(node)
     assert node.replica.view == 1 and not node.replica.view_active
     assert sent_bodies(node.deliver(pre_prepare(0, 1, [request("bob", 1)])), m.Prepare) == []
@@ -119,7 +119,7 @@ def test_restart_after_view_change_timeout_comes_back_in_the_latest_view() -> No
     is in view 2 (not 1) and still in view change."""
     node = make_node(3)
     node.submit(request("alice", 1))
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     # The VIEW_CHANGE timer starts once 2f+1 VIEW-CHANGE(1) are in, its own included (4.5.2).
     assert ev.TimerKind.VIEW_CHANGE not in node.timers
     node.deliver(view_change(0, 1), view_change(2, 1))

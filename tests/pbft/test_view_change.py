@@ -55,14 +55,18 @@ def test_request_timer_expiry_multicasts_view_change_for_next_view_after_persist
     accepting messages other than checkpoint/view-change/new-view and multicasts
     VIEW-CHANGE(v+1, n, C, P, i), persisted before it is sent; it then waits for NEW-VIEW."""
     node = _timed_out_backup(2)
-    actions = node.fire(ev.TimerKind.REQUEST)
-    vc = view_change(2, 1)
-    # First the waiting request is relayed to everyone (so every backup times it), then the
-    # VIEW-CHANGE is persisted, then sent.
-    relay = sent(actions[:1])
+    # First expiry: the waiting request is relayed to everyone (so every backup times it) and
+    # the timer re-armed; no view change yet.
+    first = node.fire(ev.TimerKind.REQUEST)
+    relay = sent(first)
     assert len(relay) == 1 and relay[0][0] == (0, 1, 3)
     assert relay[0][1].body == m.RequestForward((request("alice", 99),))
-    assert actions[1:3] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    assert node.replica.view == 0 and node.replica.view_active
+    assert ev.TimerKind.REQUEST in node.timers
+    # Second expiry: VIEW-CHANGE, persisted before it is sent.
+    actions = node.fire(ev.TimerKind.REQUEST)
+    vc = view_change(2, 1)
+    assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
     assert node.replica.view == 1 and not node.replica.view_active
     # In view change: a PRE-PREPARE of view 0 is no longer prepared.
     assert sent(node.deliver(pre_prepare(0, 1, [request("bob", 1)]))) == []
@@ -77,11 +81,10 @@ def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> No
     d1 = digest_of(pp1)
     node.deliver(pp1, prepare(3, 0, 1, d1))  # seq 1 prepared (own + replica 3)
     node.deliver(pp2)  # seq 2: own PREPARE only
-    actions = node.fire(ev.TimerKind.REQUEST)
+    actions = node.suspect_primary()
     proof = m.PreparedProof(pp1, (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
     vc = view_change(2, 1, [proof])
-    assert isinstance(sent(actions[:1])[0][1].body, m.RequestForward)
-    assert actions[1:3] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
 
 
 def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in() -> None:
@@ -99,7 +102,7 @@ def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in(
     pp0 = pre_prepare(0, 1, [r])
     d = digest_of(pp0)
     node.deliver(pp0)  # PREPARE in view 0, never prepared there
-    node.fire(ev.TimerKind.REQUEST)  # VIEW-CHANGE(1)
+    node.suspect_primary()  # VIEW-CHANGE(1)
     vcs = [view_change(0, 1, [prepared_proof(pp0, (1, 3))]), view_change(1, 1),
            view_change(3, 1)]
     pp1 = pre_prepare(1, 1, [r])  # re-proposed by replica 1, primary of view 1
@@ -107,7 +110,7 @@ def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in(
     assert sent_bodies(actions, m.Prepare) == [m.Prepare(0, 1, 1, d)]
     actions = node.deliver(prepare(3, 1, 1, d))  # prepared in view 1
     assert sent_bodies(actions, m.Commit) == [m.Commit(0, 1, 1, d)]
-    actions = node.fire(ev.TimerKind.REQUEST)  # the request still did not execute
+    actions = node.suspect_primary()  # the request still did not execute
     (vc,) = sent_bodies(actions, m.ViewChange)
     assert vc.new_view == 2
     assert [p.pre_prepare for p in vc.prepared] == [pp1]
@@ -148,7 +151,7 @@ def test_new_primary_sends_new_view_reproposing_highest_view_batch_and_null_fill
 def test_new_primary_waits_for_2f_plus_1_view_changes() -> None:
     """4.4: the new primary sends NEW-VIEW only once it holds 2f+1 VIEW-CHANGEs for its view."""
     node = _timed_out_backup(1)  # replica 1 will be primary of view 1
-    actions = node.fire(ev.TimerKind.REQUEST)
+    actions = node.suspect_primary()
     assert sent_bodies(actions, m.NewView) == []
     actions = node.deliver(view_change(2, 1))
     assert sent_bodies(actions, m.NewView) == []  # 2 of 3
@@ -175,7 +178,7 @@ def test_backup_accepts_valid_new_view_and_prepares_its_pre_prepares() -> None:
     """4.4: a backup accepts a correct NEW-VIEW for v+1, enters the view, and for each
     PRE-PREPARE in O multicasts a PREPARE (persisted first); the VIEW_CHANGE timer stops."""
     node = _timed_out_backup(3)
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     nv, pp1 = _valid_new_view_1()
     assert isinstance(nv.body, m.NewView)
     # 4.5.2: the timer runs once the backup holds 2f+1 VIEW-CHANGEs for view 1 (its own + 2).
@@ -221,7 +224,7 @@ def test_new_view_that_omits_a_prepared_request_is_rejected() -> None:
     """4.4: a backup checks that O is what the primary must compute from V; a NEW-VIEW that
     drops a prepared batch, or replaces it with a null batch, is rejected."""
     node = _timed_out_backup(3)
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     good, _ = _valid_new_view_1()
     body = good.body
     assert isinstance(body, m.NewView)
@@ -313,7 +316,7 @@ def test_view_change_timer_starts_only_with_2f_plus_1_view_changes() -> None:
     sent its own VIEW-CHANGE, not when it held 2f+1 VIEW-CHANGEs for the new view, so a lone
     replica escalated views by itself."""
     node = _timed_out_backup(2)
-    actions = node.fire(ev.TimerKind.REQUEST)
+    actions = node.suspect_primary()
     assert sent_bodies(actions, m.ViewChange) == [m.ViewChange(0, 1, 0, (), ())]
     assert _vc_timer_delays(actions) == []
     assert _vc_timer_delays(node.deliver(view_change(3, 1))) == []
@@ -339,7 +342,7 @@ def test_view_change_timer_backoff_restarts_after_progress() -> None:
     actions = node.deliver(pp, prepare(1, 2, 1, d), commit(1, 2, 1, d), commit(2, 2, 1, d))
     assert [e.executed for e in of_type(actions, ev.Execute)] == [(r,)]
     node.submit(request("bob", 5))
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     assert node.replica.view == 3
     assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) is None
     node.deliver(*_others_view_changes(0, 3))
@@ -383,7 +386,7 @@ def test_view_change_carries_the_stable_checkpoint_and_only_later_prepared_proof
     pp3 = pre_prepare(0, 3, [request("carol", 1)])
     d3 = digest_of(pp3)
     node.deliver(pp3, prepare(3, 0, 3, d3))
-    actions = node.fire(ev.TimerKind.REQUEST)
+    actions = node.suspect_primary()
     (vc,) = sent_bodies(actions, m.ViewChange)
     assert (vc.new_view, vc.stable_seq, vc.stable_proof) == (1, 2, proof)
     assert [p.pre_prepare for p in vc.prepared] == [pp3]
@@ -423,7 +426,7 @@ def test_new_primary_orders_pending_requests_after_new_view() -> None:
     """4.4: after NEW-VIEW the new primary proposes requests that were waiting, with sequence
     numbers after max-s."""
     node = _timed_out_backup(1)  # alice/99 is pending at replica 1
-    node.fire(ev.TimerKind.REQUEST)
+    node.suspect_primary()
     node.deliver(view_change(2, 1))
     actions = node.deliver(view_change(3, 1))
     i_nv = index_of(actions, is_send_of(m.NewView))
