@@ -61,11 +61,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_pid(vdir: Path) -> int | None:
+    """The pid of this directory's running validator, or None. A stale pid file whose pid
+    was reused by another program does not count (so `down` never signals a stranger)."""
     try:
         pid = int((vdir / "validator.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    if not _pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid  # no /proc: trust the pid file
+    config = str((vdir / "config.json").resolve()).encode()  # `up` passes this exact path
+    if b"consortium.node" not in cmdline or config not in cmdline:
+        return None
+    return pid
 
 
 def redact(dsn: str) -> str:

@@ -50,7 +50,7 @@ OUTSIDER = Ed25519Signer(b"\x77" * 32)
 GENESIS = EpochConfig(0, 0, tuple(Member(i, s.public_key) for i, s in enumerate(SIGNERS)))
 VERIFIER = Ed25519Verifier()
 CLIENT_KEYS = {"acme-1": Ed25519Signer(b"\x41" * 32), "mercy-1": Ed25519Signer(b"\x42" * 32)}
-ORGS = ClientOrgs({"acme-1": "acme", "mercy-1": "mercy"})
+ORGS = ClientOrgs({"acme-1": "acme", "mercy-1": "mercy"}, {"acme", "mercy", "auditor"})
 
 
 # ------------------------------------------------------------------------------ code generation

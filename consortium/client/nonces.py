@@ -47,10 +47,21 @@ class NonceFile:
             raw = os.read(fd, 64).decode().strip()
             start = int(raw) if raw else 1
             end = start + RESERVE_BLOCK
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(end).encode())
-            os.fsync(fd)
+            # Crash-safe: the new value goes to a temporary file that replaces the old one
+            # atomically, so the file is never empty or half-written.
+            tmp = self._path.with_suffix(".tmp")
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(tfd, str(end).encode())
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            os.replace(tmp, self._path)
+            dfd = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

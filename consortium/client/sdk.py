@@ -200,9 +200,16 @@ class _Core:
         (the request was already committed), a final error (raised), or try elsewhere (None)."""
         code = exc.code()
         if code == grpc.StatusCode.ALREADY_EXISTS:
-            reply = _receipt_from_trailers(exc.trailing_metadata())
-            if reply is not None:
-                return self.verify(reply, request, address)
+            # Trust nothing one validator says: a bad or missing receipt means "ask another".
+            try:
+                reply = _receipt_from_trailers(exc.trailing_metadata())
+                if reply is not None:
+                    return self.verify(reply, request, address)
+            except (SubmitError, ValueError) as bad:
+                errors.append(f"{address}: {bad}")
+                return None
+            errors.append(f"{address}: ALREADY_EXISTS without a receipt")
+            return None
         if code not in RETRYABLE:
             raise SubmitError(f"{address}: {exc.details()}", code) from exc
         errors.append(f"{address}: {code.name} {exc.details()}")

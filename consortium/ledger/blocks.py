@@ -108,10 +108,12 @@ class Block:
 
 
 class ClientOrgs:
-    """Which organisation each client identity belongs to (from genesis)."""
+    """Which organisation each client identity belongs to, and which organisations exist
+    (from genesis)."""
 
-    def __init__(self, orgs: dict[str, str]) -> None:
+    def __init__(self, orgs: dict[str, str], known_orgs: set[str] | None = None) -> None:
         self._orgs = orgs
+        self.known = frozenset(known_orgs if known_orgs is not None else orgs.values())
 
     def org_of(self, client_id: str) -> str | None:
         return self._orgs.get(client_id)
@@ -147,6 +149,11 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None,
         if orgs.org_of(r.client_id) != sub.submitter_org:
             entries.append(Entry(i, r, EntryStatus.INVALID, None,
                                  f"client {r.client_id} does not belong to {sub.submitter_org}"))
+            continue
+        unknown = [o for o in sub.readers if o not in orgs.known]
+        if unknown:
+            entries.append(Entry(i, r, EntryStatus.INVALID, None,
+                                 f"readers {unknown} are not member organisations"))
             continue
         entries.append(Entry(i, r, EntryStatus.RECORDED, sub))
         accepted.append(sub)

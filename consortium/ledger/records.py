@@ -40,6 +40,13 @@ class InvalidRecord(ValueError):
     """A submission that breaks the record rules (the submitter's fault)."""
 
 
+def _check_text(name: str, value: str) -> None:
+    """No control characters (NUL cannot even be stored in PostgreSQL text): a field that
+    could not be stored faithfully must be refused by every validator alike."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise InvalidRecord(f"{name} contains a control character")
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     kind: RecordKind
@@ -62,6 +69,7 @@ class Submission:
             value = getattr(self, name)
             if not 1 <= len(value.encode()) <= TEXT_BYTES_MAX:
                 raise InvalidRecord(f"{name} must be 1 to {TEXT_BYTES_MAX} bytes")
+            _check_text(name, value)
         if not 0 <= self.submitted_at_ms < 1 << 63:
             raise InvalidRecord("submitted_at_ms out of range")
         keys = [k for k, _ in self.metadata]
@@ -71,9 +79,15 @@ class Submission:
         for k, v in self.metadata:
             if not 1 <= len(k.encode()) <= 64 or len(v.encode()) > METADATA_VALUE_BYTES_MAX:
                 raise InvalidRecord(f"metadata entry {k!r} is too long")
+            _check_text("metadata key", k)
+            _check_text(f"metadata {k!r}", v)
         orgs = [o for o, _ in self.wrapped_keys]
         if orgs != sorted(set(orgs)) or not 1 <= len(orgs) <= READERS_MAX:
             raise InvalidRecord(f"wrapped keys: 1 to {READERS_MAX} distinct reader orgs, sorted")
+        for org in orgs:
+            if not 1 <= len(org.encode()) <= TEXT_BYTES_MAX:
+                raise InvalidRecord(f"reader org names are 1 to {TEXT_BYTES_MAX} bytes")
+            _check_text("reader org", org)
         if self.submitter_org not in orgs:
             raise InvalidRecord("the submitter's organisation must be among the readers")
 

@@ -91,6 +91,8 @@ class PeerLink:
                 raise
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
                 log.debug("peer link down", peer=self.peer_id, error=str(exc)[:200])
+            except Exception as exc:  # never let one peer's link die for good
+                log.warning("peer link error", peer=self.peer_id, error=repr(exc)[:200])
             self._on_state(self.peer_id, False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_DELAY_S_MAX)

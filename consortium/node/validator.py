@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import grpc
+import psycopg
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -45,10 +46,14 @@ from consortium.node.transport import (
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.replica import Replica
-from consortium.storage.store import LedgerStore
+from consortium.pbft.state import GENESIS_STATE_DIGEST, next_state_digest
+from consortium.pbft.viewchange import verify_pre_prepare_msg
+from consortium.storage.store import LedgerStore, StoreError
 
 log = structlog.get_logger("consortium.validator")
 
+EVENTS_QUEUED_MAX = 50_000
+"""Events waiting for the consensus loop before peers are slowed and clients refused."""
 EVENTS_PER_ROUND_MAX = 512
 """Events stepped before the resulting writes are flushed together (group commit)."""
 RECENT_BLOCKS_MAX = 256
@@ -106,7 +111,7 @@ class Validator:
                              f"{config.replica_id}'s key from the genesis file")
         self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
         self.clients = StaticClients(genesis.client_keys())
-        self.orgs = ClientOrgs(genesis.client_orgs())
+        self.orgs = ClientOrgs(genesis.client_orgs(), {o.org_id for o in genesis.orgs})
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.waiters = Waiters()
         self.recent: OrderedDict[int, Block] = OrderedDict()
@@ -142,6 +147,7 @@ class Validator:
             await self._fetch_missing_blocks(self.replica.last_executed)
         await self._carry_out(self.replica.start())
         self._loop_task = asyncio.create_task(self._run(), name="consensus-loop")
+        self._loop_task.add_done_callback(self._loop_ended)
         metrics.height.set(self._ledger_height())
         metrics.view.set(self.replica.view)
         metrics.epoch.set(self.replica.config.epoch)
@@ -150,6 +156,8 @@ class Validator:
         metrics.up.set(1)
 
     async def _start_servers(self) -> None:
+        # The health servicer starts SERVING: say NOT_SERVING until recovery is complete.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         peer = grpc.aio.server(options=CHANNEL_OPTIONS)
         pb_grpc.add_ReplicaServicer_to_server(ReplicaService(self), peer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, peer)
@@ -181,7 +189,7 @@ class Validator:
             await server.stop(grace=1.0)
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await self._loop_task
         for link in self.links.values():
             await link.stop()
@@ -215,12 +223,20 @@ class Validator:
             actions: list[ev.Action] = []
             for event in batch:
                 actions.extend(self.replica.step(event))
-            try:
-                await self._carry_out(actions)
-            except Exception:
-                log.exception("could not carry out actions; stopping")
-                self._stopping.set()
-                raise
+            await self._carry_out(actions)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The consensus loop only ends by cancellation; anything else is fatal: stop serving
+        and exit, so that the supervisor (`consortium up`, Kubernetes) restarts us from the
+        database instead of leaving a validator that looks healthy and does nothing."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("consensus loop died; stopping", error=repr(exc)[:500])
+            metrics.up.set(0)
+            self._accepting = False
+            self._stopping.set()
 
     def _ledger_height(self) -> int:
         return 0 if self.head is None else self.head.height
@@ -312,7 +328,8 @@ class Validator:
             for link in self.links.values():
                 try:
                     progressed |= await self._fetch_from(link.address, target)
-                except (grpc.aio.AioRpcError, wire.WireError, ValueError, TimeoutError) as exc:
+                except (grpc.aio.AioRpcError, wire.WireError, ValueError, TimeoutError,
+                        StoreError, psycopg.Error) as exc:
                     log.warning("state transfer from peer failed", peer=link.peer_id,
                                 error=str(exc)[:200])
                 if self._ledger_height() >= target:
@@ -334,6 +351,17 @@ class Validator:
             async for msg in stream:
                 blk = wire.block_from_proto(msg, self.chain_id)
                 header = blk.header
+                if header.height > target:
+                    break  # never run the ledger ahead of the consensus state
+                pp = blk.pre_prepare.body
+                assert isinstance(pp, m.PrePrepare)
+                if pp.view != header.view or verify_pre_prepare_msg(
+                        blk.pre_prepare, config, self.chain_id, self.verifier) is None:
+                    raise ValueError(f"block {header.height} carries an invalid pre-prepare")
+                prev_state = self.head.state_digest if self.head else GENESIS_STATE_DIGEST
+                if header.state_digest != next_state_digest(prev_state, header.height,
+                                                            header.merkle_root):
+                    raise ValueError(f"block {header.height} has a wrong state digest")
                 expected_prev = self.head.hash() if self.head else bytes(32)
                 if header.height != self._ledger_height() + 1 or header.prev_hash != \
                         expected_prev:
@@ -346,6 +374,8 @@ class Validator:
                 self.head = header
                 for entry in block.entries:  # clients waiting here learn of it too
                     self.waiters.resolve(entry.record_id, Outcome(height=header.height))
+                async with self.new_blocks:
+                    self.new_blocks.notify_all()
                 metrics.height.set(header.height)
                 progressed = True
             return progressed
@@ -371,6 +401,9 @@ def check_submission(req: m.Request, v: Validator) -> tuple[grpc.StatusCode, str
     if v.orgs.org_of(req.client_id) != sub.submitter_org:
         return (grpc.StatusCode.PERMISSION_DENIED,
                 f"client {req.client_id} may not submit as {sub.submitter_org}")
+    unknown = [o for o in sub.readers if o not in v.orgs.known]
+    if unknown:
+        return grpc.StatusCode.INVALID_ARGUMENT, f"readers {unknown} are not member organisations"
     return None
 
 
@@ -386,6 +419,8 @@ class ReplicaService(pb_grpc.ReplicaServicer):
         limit = self.v.genesis.protocol.message_bytes_max
         async for msg in request_iterator:
             received += 1
+            while self.v.events.qsize() >= EVENTS_QUEUED_MAX:
+                await asyncio.sleep(0.005)  # back-pressure: gRPC flow control slows the peer
             if len(msg.data) <= limit:
                 self.v.submit_event(ev.PeerMessage(msg.data))
             if received % 1024 == 0:
@@ -439,6 +474,9 @@ class LedgerService(pb_grpc.LedgerServicer):
         if problem is not None:
             code, text = problem
             await context.abort(code, text)
+        if v.events.qsize() >= EVENTS_QUEUED_MAX:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "validator is overloaded; retry later or elsewhere")
         record_id = req.digest.hex()
         found = await v.store.find_entry(record_id)
         if found is not None:
@@ -453,10 +491,11 @@ class LedgerService(pb_grpc.LedgerServicer):
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), wait_ms / 1000)
         except TimeoutError:
-            v.waiters.discard(record_id, fut)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"not committed within {wait_ms} ms; retrying the same request "
                                 "is safe (it executes at most once)")
+        finally:
+            v.waiters.discard(record_id, fut)
         if outcome.rejected is not None:
             code = {ev.RejectReason.BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
                     ev.RejectReason.UNKNOWN_CLIENT: grpc.StatusCode.UNAUTHENTICATED,
@@ -465,6 +504,11 @@ class LedgerService(pb_grpc.LedgerServicer):
                     ev.RejectReason.STALE: grpc.StatusCode.FAILED_PRECONDITION,
                     }[outcome.rejected]
             await context.abort(code, f"request rejected: {outcome.rejected.value}")
+        if await v.store.find_entry(record_id) is None:
+            # AlreadyExecuted names (client, nonce): another request used this nonce.
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"nonce {req.nonce} of {req.client_id} was already used by "
+                                "another request; submit again with a fresh nonce")
         metrics.submit_latency.observe(time.monotonic() - started)
         return await self._receipt(record_id)
 

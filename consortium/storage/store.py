@@ -186,6 +186,15 @@ class LedgerStore:
                 async with conn.cursor() as cur2:
                     await cur2.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)",
                                            missing)
+        # One process per validator: a second one would share its keys and could equivocate.
+        # A session-level advisory lock is held for as long as this connection lives.
+        lock_key = int.from_bytes(hashlib.sha256(chain_id + replica_id.to_bytes(4, "big")).digest()[:8],
+                             "big", signed=True)
+        cur3 = await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,))
+        row = await cur3.fetchone()
+        if row is None or not row[0]:
+            raise WrongDatabase(f"another process already runs validator {replica_id} on this "
+                                "database; refusing to start a second one")
 
     async def close(self) -> None:
         async with self._lock:

@@ -118,6 +118,37 @@ def test_well_signed_but_malformed_submission_is_invalid_argument(cluster: Clust
                     codec.encode_request(garbage))
 
 
+def test_unknown_reader_orgs_and_control_characters_are_invalid_argument(
+        cluster: Cluster) -> None:
+    """Regression (a client could halt every validator): reader org names that are no member
+    (here two that PostgreSQL would store alike, NUL vs U+FFFD) and control characters in any
+    text field are refused up front, and would be marked invalid in a block regardless."""
+    signer = org_signer(cluster, "org0")
+    org0_key = cluster.genesis.org("org0").encryption_key
+    now = int(time.time() * 1000)
+    meta = (("location", "Antwerp"),)
+    sealed = envelope.seal(b"{}", public_part(RecordKind.PROVENANCE, "lot-x", "shipped", "org0",
+                                              now, meta), {"org0": org0_key})
+    key = sealed.wrapped_keys["org0"]
+    bad_readers = Submission(RecordKind.PROVENANCE, "lot-x", "shipped", "org0", now, meta,
+                             sealed.ciphertext,
+                             (("org0", key), ("zX", key), ("z\ufffd", key))).encode()
+    bad_readers = bad_readers.replace(b"zX", b"z\x00")  # bypass the client-side checks
+    control = Submission(RecordKind.PROVENANCE, "lotXA", "shipped", "org0", now, meta,
+                         sealed.ciphertext, (("org0", key),)).encode().replace(b"lotXA",
+                                                                               b"lot\x07A")
+    unknown = Submission(RecordKind.PROVENANCE, "lot-y", "shipped", "org0", now, meta,
+                         sealed.ciphertext, (("nobody", key), ("org0", key))).encode()
+    with chain_unchanged(cluster):
+        for i, payload in enumerate((bad_readers, control, unknown)):
+            req = make_request(cluster.genesis, client_id="org0-client", signer=signer,
+                               org="org0", nonce=10**12 + 100 + i, payload=payload)
+            err = expect_code(grpc.StatusCode.INVALID_ARGUMENT, submit_raw, cluster,
+                              codec.encode_request(req))
+            assert "control character" in err.details() or "member" in err.details()
+    assert_keeps_committing(cluster)
+
+
 def test_request_over_the_size_limit_is_resource_exhausted(cluster: Cluster) -> None:
     limit = cluster.genesis.protocol.request_bytes_max
     with chain_unchanged(cluster):

@@ -42,7 +42,8 @@ T = TypeVar("T")
 CHAIN = h.CHAIN_ID
 ORG_KEYS = {org: OrgKeyPair(hashlib.sha256(org.encode()).digest())
             for org in ("acme", "globex", "regulator")}
-ORGS = ClientOrgs({"alice": "acme", "bob": "globex", "carol": "acme"})
+ORGS = ClientOrgs({"alice": "acme", "bob": "globex", "carol": "acme"},
+                 {"acme", "globex", "regulator"})
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -380,29 +381,28 @@ def test_records_and_wrapped_keys_are_queryable(dsn: str) -> None:
 
 
 def test_hostile_text_and_huge_nonces_cannot_stall_the_store(dsn: str) -> None:
-    """PostgreSQL text and jsonb cannot hold NUL, bigint not a u64 nonce: a client's odd but
-    well-signed request must still be stored (a failing append would halt the validator), and
-    read back exactly."""
-    s = submission("acme", "lot\x00A", metadata={"k\x00": "v\x00", "note": "caf\u00e9 \ufffd"})
-    r_nul = client_request("alice", 2**64 - 1, s.encode())
+    """A well-signed request whose record carries NUL or other control characters (which
+    PostgreSQL text cannot hold) becomes an INVALID entry on every validator alike, and the
+    block still stores (a failing append would halt the validator); a u64 nonce round-trips."""
+    clean = submission("acme", "lotXA", metadata={"kX": "vX", "note": "caf\u00e9 \ufffd"})
+    hostile = clean.encode().replace(b"lotXA", b"lot\x00A").replace(b"kX", b"k\x00")
+    r_nul = client_request("alice", 2**64 - 1, hostile)
     r_plain = client_request("carol", 3, submission("acme", "lot\ufffdA").encode())
     r_bad_client = client_request("mal\x00lory", 1, submission("acme", "lot-1").encode())
     blocks = chain([execute(1, [r_nul, r_plain, r_bad_client])])
 
     async def body(store: LedgerStore) -> None:
         await store.append_block(blocks[0])
-        rec = await store.get_record(r_nul.digest.hex())
-        assert rec is not None
-        assert rec.subject_id == "lot\x00A"
-        assert rec.metadata == {"k\x00": "v\x00", "note": "caf\u00e9 \ufffd"}
-        assert [r.record_id for r in await store.records_for_subject("provenance", "lot\x00A")
-                ] == [r_nul.digest.hex()]
+        found = await store.find_entry(r_nul.digest.hex())
+        assert found is not None and found[2] == "invalid" and "control character" in found[3]
+        assert await store.get_record(r_nul.digest.hex()) is None
         assert [r.record_id for r in await store.records_for_subject("provenance", "lot\ufffdA")
                 ] == [r_plain.digest.hex()]
         found = await store.find_entry(r_bad_client.digest.hex())
         assert found is not None and found[2] == "invalid"
         stored = await store.get_block(1)
         assert stored is not None
+        assert stored.requests[0] == codec.encode_request(r_nul)
         assert codec.decode_request(stored.requests[0]).nonce == 2**64 - 1
         assert codec.decode_request(stored.requests[2]).client_id == "mal\x00lory"
     with_store(dsn, body)
