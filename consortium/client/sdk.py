@@ -322,15 +322,20 @@ class ConsortiumClient:
 
     def get(self, record_id: str, *, decrypt: bool = False) -> RecordView:
         last: Exception | None = None
+        not_found = 0
         for address in self._core.order():
             try:
                 reply = self._stub(address).GetRecord(pb.GetRecordRequest(record_id=record_id),
                                                       timeout=self._timeout_s)
                 return self._core.record_view(reply, decrypt)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise SubmitError(str(exc.details()), exc.code()) from exc
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise SubmitError(f"no record {record_id}", exc.code()) from exc
+                    not_found += 1  # this validator may just be behind: ask the others
                 last = exc
+        if not_found:
+            raise SubmitError(f"no record {record_id}", grpc.StatusCode.NOT_FOUND)
         raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
 
 
