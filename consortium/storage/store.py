@@ -188,8 +188,8 @@ class LedgerStore:
                                            missing)
         # One process per validator: a second one would share its keys and could equivocate.
         # A session-level advisory lock is held for as long as this connection lives.
-        lock_key = int.from_bytes(hashlib.sha256(chain_id + replica_id.to_bytes(4, "big")).digest()[:8],
-                             "big", signed=True)
+        digest = hashlib.sha256(chain_id + replica_id.to_bytes(4, "big")).digest()
+        lock_key = int.from_bytes(digest[:8], "big", signed=True)
         cur3 = await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,))
         row = await cur3.fetchone()
         if row is None or not row[0]:
