@@ -45,21 +45,37 @@ def main() -> None:
 @click.option("--validators", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Member organisations, one validator each.")
 @click.option("--force", is_flag=True, help="Overwrite an existing consortium in DIR.")
+@click.option("--k8s", "k8s_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write Kubernetes Secrets and ConfigMaps for the material to this "
+                   "directory (never commit it; see docs/deploy.md).")
 @JSON_OPTION
-def init(directory: Path | None, validators: int, force: bool, as_json: bool) -> None:
+def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | None,
+         as_json: bool) -> None:
     """Create keys, the CA and TLS certificates, org and client keys, and genesis.json."""
     from consortium.localnet import init as do_init
 
     d = _dir(directory)
+    written: list[Path] = []
     try:
-        genesis = do_init(d, validators, force=force)
+        if (d / "genesis.json").exists() and k8s_dir is not None and not force:
+            genesis = None  # existing consortium: only (re)generate the Kubernetes material
+        else:
+            genesis = do_init(d, validators, force=force)
+        if k8s_dir is not None:
+            from consortium.k8s import write_k8s_material
+
+            written = write_k8s_material(d, k8s_dir)
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot write {d}: {exc.strerror or exc}")
-    emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": validators,
-          "orgs": [o.org_id for o in genesis.orgs]}, as_json,
-         f"initialised {genesis.chain_id} with {validators} validators in {d}")
+    from consortium.config import Genesis
+
+    genesis = genesis or Genesis.load(d / "genesis.json")
+    emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": len(genesis.validators),
+          "orgs": [o.org_id for o in genesis.orgs], "k8s": [str(p) for p in written]}, as_json,
+         f"initialised {genesis.chain_id} with {len(genesis.validators)} validators in {d}"
+         + (f"; Kubernetes material in {k8s_dir}" if k8s_dir is not None else ""))
 
 
 @main.command()
