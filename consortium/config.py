@@ -161,6 +161,9 @@ class ValidatorConfig:
     listen_metrics: str
     dsn: str
     log_file: Path | None = None
+    listen_health: str | None = None
+    """Optional plaintext port serving only gRPC health (for the kubelet's native `grpc:`
+    probes, which cannot speak TLS). It reveals a serving status and nothing else."""
     submit_wait_ms_max: int = 30_000
     drain_ms: int = 5_000
     """How long a SIGTERM waits for in-flight requests before closing."""
@@ -180,6 +183,7 @@ class ValidatorConfig:
                 listen_peer=str(data["listen_peer"]), listen_client=str(data["listen_client"]),
                 listen_metrics=str(data["listen_metrics"]), dsn=str(data["dsn"]),
                 log_file=(base / data["log_file"]).resolve() if data.get("log_file") else None,
+                listen_health=str(data["listen_health"]) if data.get("listen_health") else None,
                 submit_wait_ms_max=int(data.get("submit_wait_ms_max", 30_000)),
                 drain_ms=int(data.get("drain_ms", 5_000)))
         except (KeyError, TypeError, ValueError) as exc:

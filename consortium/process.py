@@ -144,7 +144,9 @@ class Started:
 
 def _check_ports_free(replica_id: int, config: dict[str, Any]) -> None:
     """Fail early and clearly when another program (often another consortium) holds a port."""
-    for role in ("listen_peer", "listen_client", "listen_metrics"):
+    for role in ("listen_peer", "listen_client", "listen_metrics", "listen_health"):
+        if not config.get(role):
+            continue
         host, _, port = str(config[role]).rpartition(":")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's servers do

@@ -180,18 +180,17 @@ def test_ports_probes_mounts_env_agree_with_config(
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             listen = {"peer": port_of(config["listen_peer"]),
                       "client": port_of(config["listen_client"]),
-                      "metrics": port_of(config["listen_metrics"])}
+                      "metrics": port_of(config["listen_metrics"]),
+                      "health": port_of(config["listen_health"])}
             assert ports == listen, name
             # every port listens beyond loopback, or no probe, peer or Prometheus reaches it
-            for key in ("listen_peer", "listen_client", "listen_metrics"):
+            for key in ("listen_peer", "listen_client", "listen_metrics", "listen_health"):
                 assert config[key].startswith("0.0.0.0:"), (name, key)
-            # probes: the health check of a port the validator serves gRPC health on
-            probed = set()
+            # probes: native gRPC probes on the plaintext health-only port the validator
+            # serves (ValidatorConfig.listen_health; consortium/node/validator.py)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                cmd = c[probe]["exec"]["command"]
-                assert cmd[0] == "consortium-healthcheck"
-                probed.add(cmd[cmd.index("--port") + 1])
-            assert probed == {"client", "peer"}, name
+                assert c[probe]["grpc"]["port"] == listen["health"], (name, probe)
+            # the image's HEALTHCHECK still checks the TLS ports themselves
             assert "listen_client" in healthcheck and "listen_peer" in healthcheck
             # the pod's Prometheus annotation names the metrics port
             annotations = sts["spec"]["template"]["metadata"]["annotations"]

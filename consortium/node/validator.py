@@ -173,7 +173,13 @@ class Validator:
              reflection.SERVICE_NAME), client)
         client.add_secure_port(self.config.listen_client,
                                server_credentials(self.config.tls, require_client_auth=False))
-        for server in (peer, client):
+        servers = [peer, client]
+        if self.config.listen_health:
+            probe = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+            probe.add_insecure_port(self.config.listen_health)
+            servers.append(probe)
+        for server in servers:
             await server.start()
             self._servers.append(server)
 

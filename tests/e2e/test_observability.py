@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from consortium import process
 from consortium.api.v1 import ledger_pb2 as pb
-from tests.e2e.conftest import Cluster, wait_for
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from tests.e2e.conftest import Cluster, kill9, wait_for
 
 
 def _metrics(cluster: Cluster, i: int) -> dict[str, float]:
@@ -59,3 +63,25 @@ def test_health_is_serving_on_both_ports(cluster: Cluster) -> None:
                 reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
                                                              timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, address
+
+
+def test_plaintext_health_port_serves_only_health(cluster: Cluster) -> None:
+    """`listen_health` (for the kubelet's native gRPC probes) answers the Health service in
+    plaintext and nothing else: the Ledger service is not there."""
+    vdir = cluster.vdir(0)
+    config_path = vdir / "config.json"
+    config = json.loads(config_path.read_text())
+    with socket.socket() as s:  # a port the OS says is free (leases cover only their ranges)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config["listen_health"] = f"127.0.0.1:{port}"
+    config_path.write_text(json.dumps(config, indent=2))
+    kill9(cluster.directory, 0)
+    process.up(cluster.directory, None)
+    process.wait_healthy(cluster.directory, 60)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.LedgerStub(ch).GetStatus(pb.GetStatusRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
