@@ -8,10 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
+import psycopg
 import structlog
 from prometheus_client import start_http_server
 
 from consortium.config import ConfigError, Genesis, ValidatorConfig
+from consortium.storage.store import StoreError
 
 
 def configure_logging(level: str = "info") -> None:
@@ -26,14 +28,17 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout), cache_logger_on_first_use=True)
 
 
-async def run(config: ValidatorConfig) -> None:
+async def run(config: ValidatorConfig) -> bool:
+    """Serve until SIGTERM; False when the validator stopped because of a fatal error."""
     from consortium.node.validator import Validator
     from consortium.storage.store import LedgerStore
 
     genesis = Genesis.load(config.genesis)
     store = await LedgerStore.open(config.dsn, chain_id=genesis.chain_id_bytes,
                                    replica_id=config.replica_id)
-    await Validator(config, genesis, store).serve_forever()
+    validator = Validator(config, genesis, store)
+    await validator.serve_forever()
+    return not validator.failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: no database DSN (start it with `consortium up`)")
         host, _, port = config.listen_metrics.rpartition(":")
         start_http_server(int(port), addr=host)
-        asyncio.run(run(config))
+        if not asyncio.run(run(config)):
+            return 1  # the supervisor restarts us; recovery starts from the database
     except ConfigError as exc:
+        print(f"consortium validator: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, psycopg.OperationalError) as exc:  # e.g. a twin, or no database
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"consortium validator: {first_line}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a port in use
         print(f"consortium validator: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

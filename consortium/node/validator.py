@@ -125,6 +125,8 @@ class Validator:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._accepting = True
+        self.failed = False
+        """Set when the consensus loop died: the process then exits non-zero."""
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -240,6 +242,7 @@ class Validator:
         exc = task.exception()
         if exc is not None:
             log.error("consensus loop died; stopping", error=repr(exc)[:500])
+            self.failed = True
             metrics.up.set(0)
             self._accepting = False
             self._stopping.set()
