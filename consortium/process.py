@@ -30,7 +30,7 @@ from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import ConfigError, Genesis
 
-EMBEDDED_MARKER = "embedded"
+PORT_WAIT_S = 5.0
 
 
 class ProcessError(RuntimeError):
@@ -70,9 +70,14 @@ def read_pid(vdir: Path) -> int | None:
     if not _pid_alive(pid):
         return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return pid  # no /proc: trust the pid file
+    if not raw:
+        # An exiting process has released its memory (empty cmdline) but may still hold its
+        # sockets: it is still ours until it is gone.
+        return pid
+    cmdline = raw.split(b"\0")
     config = str((vdir / "config.json").resolve()).encode()  # `up` passes this exact path
     if b"consortium.node" not in cmdline or config not in cmdline:
         return None
@@ -142,8 +147,22 @@ class Started:
     already_running: bool
 
 
-def _check_ports_free(replica_id: int, config: dict[str, Any]) -> None:
-    """Fail early and clearly when another program (often another consortium) holds a port."""
+def _check_ports_free(replica_id: int, config: dict[str, Any],
+                      wait_s: float = PORT_WAIT_S) -> None:
+    """Fail early and clearly when another program (often another consortium) holds a port.
+    A validator that just crashed may hold its ports for a moment: wait up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _bind_all(replica_id, config)
+            return
+        except ProcessError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _bind_all(replica_id: int, config: dict[str, Any]) -> None:
     for role in ("listen_peer", "listen_client", "listen_metrics", "listen_health"):
         if not config.get(role):
             continue
