@@ -55,12 +55,30 @@ class ClientInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DataPolicy:
+    """Consortium-wide rules for record data, fixed in genesis (every validator applies them
+    alike)."""
+
+    erasure_deletes_ciphertext: bool = True
+    """An erasure deletes the record's ciphertext as well as every wrapped key."""
+    access_ttl_ms: int = 300_000
+    """How long a committed Access lets its org fetch a patient record's key."""
+    read_clock_skew_ms: int = 300_000
+    """How far a signed read request's timestamp may be from the validator's clock."""
+
+    def __post_init__(self) -> None:
+        if self.access_ttl_ms < 1_000 or self.read_clock_skew_ms < 1_000:
+            raise ValueError("access_ttl_ms and read_clock_skew_ms are at least 1000")
+
+
+@dataclass(frozen=True, slots=True)
 class Genesis:
     chain_id: str
     protocol: ProtocolParams
     validators: tuple[ValidatorInfo, ...]
     orgs: tuple[OrgInfo, ...]
     clients: tuple[ClientInfo, ...]
+    policy: DataPolicy = DataPolicy()
 
     @property
     def chain_id_bytes(self) -> bytes:
@@ -100,6 +118,7 @@ class Genesis:
                                "encryption_key": o.encryption_key.hex()} for o in self.orgs],
             "clients": [{"id": c.client_id, "org": c.org, "public_key": c.public_key.hex()}
                         for c in self.clients],
+            "policy": dataclasses.asdict(self.policy),
         }
 
     @classmethod
@@ -116,7 +135,8 @@ class Genesis:
             clients = tuple(ClientInfo(str(c["id"]), str(c["org"]),
                                        _hex(c["public_key"], f"{where}: client key", 32))
                             for c in data["clients"])
-            genesis = cls(str(data["chain_id"]), protocol, validators, orgs, clients)
+            policy = DataPolicy(**data.get("policy", {}))
+            genesis = cls(str(data["chain_id"]), protocol, validators, orgs, clients, policy)
         except ConfigError:
             raise
         except (KeyError, TypeError, AttributeError) as exc:

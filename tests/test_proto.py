@@ -139,7 +139,7 @@ def _submission(org: str, n: int) -> bytes:
                      submitter_org=org, submitted_at_ms=1_700_000_000_000 + n,
                      metadata=(("location", f"dock {n}"), ("quantity", str(10 * n))),
                      ciphertext=bytes([n]) * 40,
-                     wrapped_keys=tuple(sorted({org: b"k" * 48, "auditor": b"a" * 48}.items())))
+                     wrapped_keys=tuple(sorted({org: b"k" * 80, "auditor": b"a" * 80}.items())))
     return sub.encode()
 
 

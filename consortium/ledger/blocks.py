@@ -14,16 +14,29 @@ height, root), check prev_hash against the previous block.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, inclusion_proof
 from consortium.crypto.signing import Verifier
-from consortium.ledger.records import InvalidRecord, Submission, decode_submission
+from consortium.ledger.records import InvalidRecord, RecordKind, Submission, decode_submission
+from consortium.ledger.transactions import (
+    Access,
+    Erase,
+    Grant,
+    InvalidTransaction,
+    RecordTx,
+    RequestView,
+    Revoke,
+    TxType,
+    decode_record_tx,
+)
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.codec import Reader, Writer
 from consortium.pbft.membership import EpochConfig
+from consortium.pbft.payload import split_segments
 from consortium.pbft.state import batch_digest, verify_signed
 
 GENESIS_PREV_HASH = bytes(DIGEST_BYTES)
@@ -71,31 +84,66 @@ class EntryStatus:
     DUPLICATE = "duplicate"
     """Already executed (a replay or retry): ordered, but without effect."""
     INVALID = "invalid"
-    """Well-signed request whose payload breaks the record rules."""
+    """Well-signed request whose payload breaks the ledger's rules: ordered, without effect."""
     GOVERNANCE = "governance"
     """A consensus-level request (validator-set change)."""
 
 
+ACCESS_DENIED = "not a reader of the record"
+"""The reason of a recorded Access by an org that may not read the record: the attempt is
+logged, no key is released."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One request of a committed batch, in batch order (its index is its Merkle leaf index)."""
+    """One request of a committed batch, in batch order (its index is its Merkle leaf index).
+
+    `request` is the full request, or None when only a view of it is kept (an erased record
+    or a grant of one): `view` then holds it with the erased segments withheld."""
 
     index: int
-    request: m.Request
+    request: m.Request | None
     status: str
-    submission: Submission | None
+    submission: Submission | None = None
+    """The record, for a recorded record submission with its full request."""
     reason: str = ""
+    action: RecordTx | None = None
+    """The grant/revoke/erase/access, for a request carrying one (any status)."""
+    redacted: RequestView | None = None
+    sender_org: str | None = None
+    """The organisation of the request's client, for a record transaction."""
+
+    @property
+    def digest(self) -> bytes:
+        if self.request is not None:
+            return self.request.digest
+        assert self.redacted is not None
+        return self.redacted.digest
 
     @property
     def record_id(self) -> str:
-        return self.request.digest.hex()
+        return self.digest.hex()
+
+    @property
+    def view(self) -> RequestView:
+        return self.redacted if self.request is None else RequestView.of(self.request)  # type: ignore[return-value]
+
+    @property
+    def client_id(self) -> str:
+        return self.request.client_id if self.request is not None else self.view.client_id
+
+    @property
+    def nonce(self) -> int:
+        return self.request.nonce if self.request is not None else self.view.nonce
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
     header: BlockHeader
     entries: tuple[Entry, ...]
-    pre_prepare: m.SignedMessage
+    pre_prepare: m.SignedMessage | None
+    """None once an entry of the block was erased (the pre-prepare carried the full request;
+    the commit certificate alone proves the block)."""
     certificate: tuple[m.SignedMessage, ...]
 
     @property
@@ -104,7 +152,7 @@ class Block:
 
     def proof(self, index: int) -> InclusionProof:
         """Inclusion proof of entry `index`: leaf = request digest, root = merkle_root."""
-        return inclusion_proof([e.request.digest for e in self.entries], index)
+        return inclusion_proof([e.digest for e in self.entries], index)
 
 
 class ClientOrgs:
@@ -119,6 +167,17 @@ class ClientOrgs:
         return self._orgs.get(client_id)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """What executing a record transaction needs to know about its record."""
+
+    kind: RecordKind
+    subject_id: str
+    submitter_org: str
+    readers: frozenset[str]
+    erased: bool = False
+
+
 def _timestamp(previous_ms: int, submissions: list[Submission]) -> int:
     """Deterministic block time: the median of the records' signed submission times, never
     earlier than the previous block (a lone lying client cannot move time in a busy block)."""
@@ -127,35 +186,77 @@ def _timestamp(previous_ms: int, submissions: list[Submission]) -> int:
     return max(previous_ms, int(statistics.median_low(s.submitted_at_ms for s in submissions)))
 
 
-def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None,
-                orgs: ClientOrgs) -> Block:
+def parse_action(r: m.Request) -> RecordTx | None:
+    """The record transaction a request carries, None for a record submission or a payload
+    that is not a record transaction (those are judged by `decode_submission`)."""
+    segments = split_segments(r.payload)
+    if segments is None or not segments[0] or segments[0][0] == TxType.RECORD:
+        return None
+    try:
+        return decode_record_tx(list(segments))
+    except InvalidTransaction:
+        return None
+
+
+def referenced_records(requests: Iterable[m.Request]) -> set[str]:
+    """Ids of the existing records a batch's transactions act on (the executor's state
+    lookups, fetched before `build_block`)."""
+    out = set()
+    for r in requests:
+        if r.kind is m.RequestKind.APPLICATION:
+            action = parse_action(r)
+            if action is not None:
+                out.add(action.record_id)
+    return out
+
+
+def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: ClientOrgs,
+                state: Mapping[str, RecordState] | None = None) -> Block:
     """Execute one committed batch into a block. Pure and deterministic: every honest validator
-    builds the same block from the same `Execute`."""
+    builds the same block from the same `Execute` and the same prior ledger state (`state`
+    holds, for every record the batch's transactions reference, its state before the batch)."""
     executed = {id(r) for r in a.executed}
+    records: dict[str, RecordState] = dict(state or {})
     entries = []
     accepted: list[Submission] = []
     for i, r in enumerate(a.requests):
         if id(r) not in executed:
-            entries.append(Entry(i, r, EntryStatus.DUPLICATE, None))
+            entries.append(Entry(i, r, EntryStatus.DUPLICATE))
             continue
         if r.kind is m.RequestKind.RECONFIGURATION:
-            entries.append(Entry(i, r, EntryStatus.GOVERNANCE, None))
+            entries.append(Entry(i, r, EntryStatus.GOVERNANCE))
+            continue
+        sender = orgs.org_of(r.client_id)
+        segments = split_segments(r.payload)
+        if segments is not None and segments[0] and segments[0][0] != TxType.RECORD:
+            try:
+                action = decode_record_tx(list(segments))
+            except InvalidTransaction as exc:
+                entries.append(Entry(i, r, EntryStatus.INVALID, reason=str(exc)))
+                continue
+            problem, records = _apply(action, sender, records, orgs)
+            status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED \
+                else EntryStatus.RECORDED
+            entries.append(Entry(i, r, status, reason=problem, action=action,
+                                 sender_org=sender))
             continue
         try:
             sub = decode_submission(r.payload)
         except InvalidRecord as exc:
-            entries.append(Entry(i, r, EntryStatus.INVALID, None, str(exc)))
+            entries.append(Entry(i, r, EntryStatus.INVALID, reason=str(exc)))
             continue
-        if orgs.org_of(r.client_id) != sub.submitter_org:
-            entries.append(Entry(i, r, EntryStatus.INVALID, None,
+        if sender != sub.submitter_org:
+            entries.append(Entry(i, r, EntryStatus.INVALID, reason=
                                  f"client {r.client_id} does not belong to {sub.submitter_org}"))
             continue
         unknown = [o for o in sub.readers if o not in orgs.known]
         if unknown:
-            entries.append(Entry(i, r, EntryStatus.INVALID, None,
-                                 f"readers {unknown} are not member organisations"))
+            entries.append(Entry(i, r, EntryStatus.INVALID,
+                                 reason=f"readers {unknown} are not member organisations"))
             continue
         entries.append(Entry(i, r, EntryStatus.RECORDED, sub))
+        records[r.digest.hex()] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
+                                              frozenset(sub.readers))
         accepted.append(sub)
     header = BlockHeader(
         chain_id=chain_id, height=a.seq, epoch=a.epoch, view=a.view,
@@ -165,6 +266,48 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None,
     if batch_digest(a.requests) != a.digest:
         raise AssertionError(f"batch digest mismatch at seq {a.seq}: a bug, not a peer fault")
     return Block(header, tuple(entries), a.pre_prepare, a.certificate)
+
+
+def _apply(action: RecordTx, sender: str | None, records: dict[str, RecordState],
+           orgs: ClientOrgs) -> tuple[str, dict[str, RecordState]]:
+    """Judge one record transaction against the state; returns (why not, or "" when it takes
+    effect; ACCESS_DENIED for a logged but refused access) and the state after it."""
+    rec = records.get(action.record_id)
+    if sender is None:
+        return "the client belongs to no member organisation", records
+    if rec is None:
+        return f"no record {action.record_id}", records
+    if rec.erased:
+        return "the record was erased", records
+    if isinstance(action, Access):
+        return ("" if sender in rec.readers else ACCESS_DENIED), records
+    if isinstance(action, Grant):
+        if sender != rec.submitter_org and sender not in rec.readers:
+            return f"{sender} is neither the submitter nor a reader of the record", records
+        if action.org not in orgs.known:
+            return f"{action.org} is not a member organisation", records
+        if action.org in rec.readers:
+            return f"{action.org} already reads the record", records
+        records[action.record_id] = replace(rec, readers=rec.readers | {action.org})
+        return "", records
+    if isinstance(action, Revoke):
+        if sender != rec.submitter_org:
+            return "only the submitter's organisation revokes readers", records
+        if action.org == rec.submitter_org:
+            return "the submitter's organisation cannot revoke itself", records
+        if action.org not in rec.readers:
+            return f"{action.org} does not read the record", records
+        records[action.record_id] = replace(rec, readers=rec.readers - {action.org})
+        return "", records
+    assert isinstance(action, Erase)
+    if rec.kind is not RecordKind.PATIENT:
+        return "only patient records are erased", records
+    if sender != rec.submitter_org:
+        return "only the submitter's organisation erases a record", records
+    if action.subject_id != rec.subject_id:
+        return "the erasure names another patient than the record's", records
+    records[action.record_id] = replace(rec, readers=frozenset(), erased=True)
+    return "", records
 
 
 def verify_certificate(header: BlockHeader, certificate: tuple[m.SignedMessage, ...],

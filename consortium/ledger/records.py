@@ -4,12 +4,16 @@ A submission carries public metadata (for queries and audits) in clear and the p
 ciphertext (see consortium/crypto/envelope.py). Its binary encoding is canonical (the codec's
 Writer/Reader): a client signs these exact bytes, and every validator decodes them alike.
 
-    submission = version:u8 | kind:text | subject_id:text | event_type:text | submitter_org:text
-                 | submitted_at_ms:u64 | metadata:[key:text value:text] (sorted by key)
-                 | ciphertext:blob | wrapped_keys:[org:text key:blob] (sorted by org)
+    submission = segments (consortium/pbft/payload.py):
+        seg0 = public part = version:u8 | kind:text | subject_id:text | event_type:text
+               | submitter_org:text | submitted_at_ms:u64 | metadata:[key:text value:text]
+        seg1 = ciphertext
+        seg2.. = one per reader, sorted by org: org:text | wrapped key:blob
 
-The associated data of the payload encryption is the encoding of the public part (everything up
-to and including metadata), so ciphertext cannot be re-attached to other metadata.
+The version byte doubles as the transaction type (transactions.py, TxType.RECORD). The
+associated data of the payload encryption is the public part, so ciphertext cannot be
+re-attached to other metadata. Keeping the ciphertext and each wrapped key in a segment of its
+own lets a validator withhold or erase them while the request digest stays verifiable.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from consortium.ledger.transactions import (
+    WRAPPED_KEY_BYTES,
+    InvalidTransaction,
+    key_segment,
+    parse_key_segment,
+)
 from consortium.pbft.codec import DecodeError, Reader, Writer
+from consortium.pbft.payload import encode_segments, split_segments
 
 SUBMISSION_VERSION = 1
 TEXT_BYTES_MAX = 256
@@ -36,7 +47,7 @@ PROVENANCE_EVENTS = frozenset({"manufactured", "shipped", "received", "inspected
 PATIENT_RECORD_TYPES = frozenset({"lab-result", "prescription", "encounter", "imaging"})
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(InvalidTransaction):
     """A submission that breaks the record rules (the submitter's fault)."""
 
 
@@ -84,6 +95,8 @@ class Submission:
         orgs = [o for o, _ in self.wrapped_keys]
         if orgs != sorted(set(orgs)) or not 1 <= len(orgs) <= READERS_MAX:
             raise InvalidRecord(f"wrapped keys: 1 to {READERS_MAX} distinct reader orgs, sorted")
+        if any(len(key) != WRAPPED_KEY_BYTES for _, key in self.wrapped_keys):
+            raise InvalidRecord(f"a wrapped key is {WRAPPED_KEY_BYTES} bytes")
         for org in orgs:
             if not 1 <= len(org.encode()) <= TEXT_BYTES_MAX:
                 raise InvalidRecord(f"reader org names are 1 to {TEXT_BYTES_MAX} bytes")
@@ -103,14 +116,8 @@ class Submission:
                            self.submitted_at_ms, self.metadata)
 
     def encode(self) -> bytes:
-        w = Writer()
-        w.fixed(self.associated_data())
-        w.blob(self.ciphertext)
-        w.u32(len(self.wrapped_keys))
-        for org, key in self.wrapped_keys:
-            w.text(org)
-            w.blob(key)
-        return w.getvalue()
+        return encode_segments([self.associated_data(), self.ciphertext,
+                                *(key_segment(org, key) for org, key in self.wrapped_keys)])
 
 
 def public_part(kind: RecordKind, subject_id: str, event_type: str, submitter_org: str,
@@ -129,9 +136,21 @@ def public_part(kind: RecordKind, subject_id: str, event_type: str, submitter_or
     return w.getvalue()
 
 
-def decode_submission(data: bytes) -> Submission:
-    """Parse and validate. Raises InvalidRecord (malformed bytes included)."""
-    rd = Reader(data)
+@dataclass(frozen=True, slots=True)
+class PublicRecord:
+    """A record's public part (segment 0): what anyone with the block can see."""
+
+    kind: RecordKind
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    metadata: tuple[tuple[str, str], ...]
+
+
+def decode_public(seg0: bytes) -> PublicRecord:
+    """Parse a submission's public part. Raises InvalidRecord."""
+    rd = Reader(seg0)
     try:
         if rd.u8() != SUBMISSION_VERSION:
             raise InvalidRecord("unsupported submission version")
@@ -139,12 +158,24 @@ def decode_submission(data: bytes) -> Submission:
         subject_id, event_type, org = rd.text(), rd.text(), rd.text()
         submitted_at_ms = rd.u64()
         metadata = rd.items(lambda: (rd.text(), rd.text()))
-        ciphertext = rd.blob()
-        wrapped = rd.items(lambda: (rd.text(), rd.blob()))
         rd.end()
     except DecodeError as exc:
         raise InvalidRecord(f"malformed submission: {exc}") from exc
     except ValueError as exc:  # an unknown kind
         raise InvalidRecord(f"malformed submission: {exc}") from exc
-    return Submission(kind, subject_id, event_type, org, submitted_at_ms, metadata, ciphertext,
-                      wrapped)
+    return PublicRecord(kind, subject_id, event_type, org, submitted_at_ms, metadata)
+
+
+def decode_submission(data: bytes) -> Submission:
+    """Parse and validate. Raises InvalidRecord (malformed bytes included)."""
+    segments = split_segments(data)
+    if segments is None or len(segments) < 3:
+        raise InvalidRecord("malformed submission: expected a public part, a ciphertext and "
+                            "at least one wrapped key")
+    p = decode_public(segments[0])
+    try:
+        wrapped = tuple(parse_key_segment(s) for s in segments[2:])
+    except InvalidTransaction as exc:
+        raise InvalidRecord(str(exc)) from exc
+    return Submission(p.kind, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
+                      p.metadata, segments[1], wrapped)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.signing import SIGNATURE_BYTES
 from consortium.pbft.membership import Member
+from consortium.pbft.payload import payload_digest
 
 CLIENT_ID_BYTES_MAX = 128
 
@@ -65,8 +66,14 @@ class Request:
 
 
 def request_digest(client_id: str, nonce: int, kind: int, payload: bytes) -> bytes:
+    """The request's identity and what its client signs (with the chain id). It commits to the
+    payload through `payload_digest`, so withheld payload segments keep it verifiable."""
+    return request_digest_from(client_id, nonce, kind, payload_digest(payload))
+
+
+def request_digest_from(client_id: str, nonce: int, kind: int, digest_of_payload: bytes) -> bytes:
     return tagged_hash(b"consortium/request", client_id.encode(), nonce.to_bytes(8, "big"),
-                       bytes([kind]), payload)
+                       bytes([kind]), digest_of_payload)
 
 
 def request_signing_bytes(chain_id: bytes, digest: bytes) -> bytes:

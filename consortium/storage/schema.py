@@ -99,6 +99,36 @@ CREATE TABLE checkpoint (
     proof      bytea[] NOT NULL
 );
 """),
+    # Access control and erasure (docs/audit.md): record transactions name the record they act
+    # on; an erased entry keeps a request view (key material withheld) in `request`; a block
+    # whose entry was erased drops its pre-prepare once a stable checkpoint covers it.
+    (2, """
+ALTER TABLE entries ADD COLUMN target_record_id text;
+ALTER TABLE entries ADD COLUMN redacted boolean NOT NULL DEFAULT false;
+CREATE INDEX entries_target_record_idx ON entries (target_record_id)
+    WHERE target_record_id IS NOT NULL;
+
+ALTER TABLE records ADD COLUMN erased_height bigint;
+ALTER TABLE records ADD COLUMN erased_by text;
+ALTER TABLE records ADD COLUMN erased_at_ms bigint;
+ALTER TABLE records ADD COLUMN erase_reason text;
+
+ALTER TABLE blocks ADD COLUMN redact_pre_prepare boolean NOT NULL DEFAULT false;
+
+CREATE TABLE access_log (
+    height     bigint  NOT NULL,
+    idx        integer NOT NULL,
+    record_id  text    NOT NULL,
+    client_id  text    NOT NULL,
+    org        text    NOT NULL,
+    purpose    text    NOT NULL,
+    granted    boolean NOT NULL,
+    at_ms      bigint  NOT NULL,
+    PRIMARY KEY (height, idx),
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+CREATE INDEX access_log_record_idx ON access_log (record_id, height);
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

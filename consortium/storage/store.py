@@ -19,15 +19,40 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from consortium.crypto.hashing import DIGEST_BYTES
-from consortium.ledger.blocks import GENESIS_PREV_HASH, Block, BlockHeader, EntryStatus
-from consortium.ledger.records import InvalidRecord, Submission, decode_submission
+from consortium.ledger.blocks import (
+    GENESIS_PREV_HASH,
+    Block,
+    BlockHeader,
+    Entry,
+    EntryStatus,
+    RecordState,
+)
+from consortium.ledger.records import (
+    InvalidRecord,
+    PublicRecord,
+    RecordKind,
+    Submission,
+    decode_public,
+    decode_submission,
+)
+from consortium.ledger.transactions import (
+    Access,
+    Erase,
+    Grant,
+    InvalidTransaction,
+    RequestView,
+    Revoke,
+    key_segment,
+    parse_key_segment,
+)
+from consortium.pbft.payload import segment_hash
 from consortium.pbft import messages as m
 from consortium.pbft.codec import (
     DecodeError,
@@ -74,11 +99,13 @@ class StoredBlock:
     header: bytes
     """`BlockHeader.encode()`, byte-exact."""
     requests: tuple[bytes, ...]
-    """`codec.encode_request` of every entry, in batch (Merkle leaf) order."""
+    """`codec.encode_request` of every entry, in batch (Merkle leaf) order; for an entry in
+    `redacted`, the `RequestView` encoding kept after an erasure instead."""
+    redacted: tuple[bool, ...]
     statuses: tuple[str, ...]
     reasons: tuple[str, ...]
     pre_prepare: bytes
-    """Wire bytes of the signed PRE-PREPARE."""
+    """Wire bytes of the signed PRE-PREPARE; empty once an erased entry's block dropped it."""
     certificate: tuple[bytes, ...]
     """Wire bytes of the 2f+1 signed COMMITs."""
 
@@ -100,9 +127,66 @@ class StoredRecord:
     wrapped_keys: dict[str, bytes]
     """Reader organisation -> record key sealed to it."""
     request: bytes
-    """The signed request exactly as ordered (`codec.encode_request`)."""
+    """The signed request exactly as ordered (`codec.encode_request`), or its `RequestView`
+    encoding when `redacted`."""
     status: str
     reason: str
+    redacted: bool = False
+    erasure: Erasure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    height: int
+    by_org: str
+    at_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRow:
+    height: int
+    idx: int
+    record_id: str
+    client_id: str
+    org: str
+    purpose: str
+    granted: bool
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry as stored, for histories: a record and the transactions that acted on it."""
+
+    height: int
+    idx: int
+    record_id: str
+    target_record_id: str | None
+    status: str
+    reason: str
+    request: bytes
+    redacted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """What a validator stores about one record outside the signed request, as an auditor
+    compares it with the request: hashes of the stored ciphertext and wrapped keys."""
+
+    height: int
+    idx: int
+    record_id: str
+    kind: str
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    metadata: dict[str, str]
+    ciphertext_segment_hash: bytes | None
+    """None when the ciphertext was deleted by an erasure."""
+    key_segment_hashes: dict[str, bytes]
+    erased_height: int | None
 
 
 def _pg_text(s: str) -> str:
@@ -139,6 +223,8 @@ class LedgerStore:
         writes, and interleaved transactions on one connection would nest or commit early."""
         self.chain_id = chain_id
         self.replica_id = replica_id
+        self.erasure_deletes_ciphertext = True
+        """Genesis policy (DataPolicy): the validator sets it after opening."""
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncCursor[Any]]:
@@ -245,6 +331,7 @@ class LedgerStore:
                 " SELECT epoch, view FROM consensus_log WHERE kind = ANY(%(kinds)s)"
                 " ORDER BY epoch DESC, view DESC LIMIT 1)",
                 {"kinds": list(_VIEW_KINDS)})
+            await self._drop_redacted_pre_prepares(cur)
 
     async def load_recovered(self) -> tuple[Recovered, BlockHeader | None]:
         """What a restarting replica needs: the stable checkpoint and its proof, every executed
@@ -265,11 +352,18 @@ class LedgerStore:
             await cur.execute(
                 "SELECT height, pre_prepare, certificate FROM blocks WHERE height > %s "
                 "ORDER BY height", (above,))
-            executed = tuple(
-                ExecutedBatch(int(h), self._decode_signed(bytes(pp), f"block {h} pre-prepare"),
-                              tuple(self._decode_signed(bytes(c), f"block {h} certificate")
-                                    for c in cert))
-                for h, pp, cert in await cur.fetchall())
+            batches = []
+            for h, pp, cert in await cur.fetchall():
+                if not pp:
+                    # Installed by state transfer from a peer that had dropped the pre-prepare
+                    # (an erased entry): the replica recovers up to here and the validator
+                    # recognises the rest as already stored.
+                    break
+                batches.append(ExecutedBatch(
+                    int(h), self._decode_signed(bytes(pp), f"block {h} pre-prepare"),
+                    tuple(self._decode_signed(bytes(c), f"block {h} certificate")
+                          for c in cert)))
+            executed = tuple(batches)
             await cur.execute("SELECT id, data FROM consensus_log ORDER BY id")
             messages = tuple(self._decode_signed(bytes(d), f"consensus log row {i}")
                              for i, d in await cur.fetchall())
@@ -334,29 +428,31 @@ class LedgerStore:
             h = block.header
             block_rows.append((h.height, block.hash, h.prev_hash, h.epoch, h.view, h.merkle_root,
                                h.state_digest, h.entry_count, h.timestamp_ms, h.encode(),
-                               block.pre_prepare.wire, [c.wire for c in block.certificate]))
+                               b"" if block.pre_prepare is None else block.pre_prepare.wire,
+                               [c.wire for c in block.certificate]))
             for e in block.entries:
-                r = e.request
                 record_id = e.record_id
-                entry_rows.append((h.height, e.index, record_id, _pg_text(r.client_id), r.nonce,
-                                   e.status, _pg_text(e.reason), encode_request(r)))
-                sub = e.submission
-                if e.status != EntryStatus.RECORDED or sub is None:
+                target = None if e.action is None else e.action.record_id
+                stored = encode_request(e.request) if e.request is not None else \
+                    e.view.encode()
+                entry_rows.append((h.height, e.index, record_id, _pg_text(e.client_id), e.nonce,
+                                   e.status, _pg_text(e.reason), stored, target,
+                                   e.request is None))
+                if e.status != EntryStatus.RECORDED or e.action is not None:
                     continue
-                record_rows.append((
-                    record_id, h.height, e.index, sub.kind.value, _pg_text(sub.subject_id),
-                    _pg_text(sub.event_type), _pg_text(sub.submitter_org), sub.submitted_at_ms,
-                    Jsonb({_pg_text(k): _pg_text(v) for k, v in sub.metadata}),
-                    sub.ciphertext, hashlib.sha256(sub.ciphertext).digest()))
-                key_rows.extend((record_id, _pg_text(org), key) for org, key in sub.wrapped_keys)
+                row = _record_row(h.height, e)
+                if row is None:
+                    continue
+                record_rows.append(row[0])
+                key_rows.extend(row[1])
         await cur.executemany(
             "INSERT INTO blocks (height, hash, prev_hash, epoch, view, merkle_root, "
             "state_digest, entry_count, timestamp_ms, header, pre_prepare, certificate) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bytea[])", block_rows)
         await _copy(cur, "entries", ("height", "idx", "record_id", "client_id", "nonce", "status",
-                                     "reason", "request"),
-                    ("int8", "int4", "text", "text", "numeric", "text", "text", "bytea"),
-                    entry_rows)
+                                     "reason", "request", "target_record_id", "redacted"),
+                    ("int8", "int4", "text", "text", "numeric", "text", "text", "bytea", "text",
+                     "bool"), entry_rows)
         await _copy(cur, "records", ("record_id", "height", "idx", "kind", "subject_id",
                                      "event_type", "submitter_org", "submitted_at_ms", "metadata",
                                      "ciphertext", "content_hash"),
@@ -364,6 +460,78 @@ class LedgerStore:
                      "bytea", "bytea"), record_rows)
         await _copy(cur, "wrapped_keys", ("record_id", "org", "wrapped_key"),
                     ("text", "text", "bytea"), key_rows)
+        for block in blocks:
+            for e in block.entries:
+                if e.status == EntryStatus.RECORDED and e.action is not None:
+                    await self._apply_action(cur, block.header, e)
+
+    async def _apply_action(self, cur: AsyncCursor[Any], header: BlockHeader, e: Entry) -> None:
+        """The effect of a recorded grant/revoke/erase/access (judged by `build_block`, or by
+        the peer a state-transferred block came from)."""
+        a = e.action
+        org = _pg_text(e.sender_org or "")
+        if isinstance(a, Grant):
+            if a.wrapped_key:  # withheld when the record was erased since
+                await cur.execute(
+                    "INSERT INTO wrapped_keys (record_id, org, wrapped_key) "
+                    "SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM records WHERE record_id = %s "
+                    "AND erased_height IS NULL) ON CONFLICT (record_id, org) DO NOTHING",
+                    (a.record_id, _pg_text(a.org), a.wrapped_key, a.record_id))
+        elif isinstance(a, Revoke):
+            await cur.execute("DELETE FROM wrapped_keys WHERE record_id = %s AND org = %s",
+                              (a.record_id, _pg_text(a.org)))
+        elif isinstance(a, Access):
+            await cur.execute(
+                "INSERT INTO access_log (height, idx, record_id, client_id, org, purpose, "
+                "granted, at_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (header.height, e.index, a.record_id, _pg_text(e.client_id), org,
+                 _pg_text(a.purpose), e.reason == "", header.timestamp_ms))
+        elif isinstance(a, Erase):
+            await self._erase(cur, a.record_id, header, org, _pg_text(a.reason))
+
+    async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
+                     by_org: str, reason: str) -> None:
+        """Right to be forgotten: delete the record's wrapped keys everywhere they are stored
+        (wrapped_keys, the record's entries, grants of it), and by policy its ciphertext; the
+        entries keep request views whose digests still verify. Blocks holding those requests
+        drop their pre-prepare once a stable checkpoint covers them (recovery replays the
+        pre-prepares above the checkpoint)."""
+        delete_ct = self.erasure_deletes_ciphertext
+        await cur.execute(
+            "UPDATE records SET erased_height = %s, erased_by = %s, erased_at_ms = %s, "
+            "erase_reason = %s, ciphertext = CASE WHEN %s THEN ''::bytea ELSE ciphertext END "
+            "WHERE record_id = %s AND erased_height IS NULL",
+            (header.height, by_org, header.timestamp_ms, reason, delete_ct, record_id))
+        await cur.execute("DELETE FROM wrapped_keys WHERE record_id = %s", (record_id,))
+        await cur.execute(
+            "SELECT height, idx, request, redacted, record_id = %s FROM entries "
+            "WHERE record_id = %s OR target_record_id = %s", (record_id, record_id, record_id))
+        updates = []
+        for height, idx, request, redacted, own in await cur.fetchall():
+            try:
+                view = RequestView.decode(bytes(request)) if redacted else \
+                    RequestView.of(decode_request(bytes(request)))
+            except DecodeError as exc:
+                raise StoreCorrupted(f"entry ({height}, {idx}) does not decode: {exc}") from exc
+            keep = frozenset({1}) if own and not delete_ct else frozenset()
+            new = view.withhold(keep)
+            if new != view or not redacted and len(view.segments) > 1:
+                updates.append((new.encode(), int(height), int(idx)))
+        if updates:
+            await cur.executemany(
+                "UPDATE entries SET request = %s, redacted = true WHERE height = %s AND idx = %s",
+                updates)
+            await cur.execute(
+                "UPDATE blocks SET redact_pre_prepare = true WHERE height = ANY(%s)",
+                (sorted({h for _, h, _ in updates}),))
+            await self._drop_redacted_pre_prepares(cur)
+
+    @staticmethod
+    async def _drop_redacted_pre_prepares(cur: AsyncCursor[Any]) -> None:
+        await cur.execute(
+            "UPDATE blocks SET pre_prepare = ''::bytea, redact_pre_prepare = false "
+            "WHERE redact_pre_prepare AND height <= (SELECT coalesce(max(seq), 0) "
+            "FROM checkpoint)")
 
     # ----------------------------------------------------------------------------- queries
 
@@ -399,18 +567,20 @@ class LedgerStore:
             if not rows:
                 return []
             await cur.execute(
-                "SELECT height, request, status, reason FROM entries "
+                "SELECT height, request, status, reason, redacted FROM entries "
                 "WHERE height BETWEEN %s AND %s ORDER BY height, idx",
                 (int(rows[0][0]), int(rows[-1][0])))
-            entries: dict[int, list[tuple[bytes, str, str]]] = {}
-            for h, req, status, reason in await cur.fetchall():
-                entries.setdefault(int(h), []).append((bytes(req), str(status), str(reason)))
+            entries: dict[int, list[tuple[bytes, str, str, bool]]] = {}
+            for h, req, status, reason, redacted in await cur.fetchall():
+                entries.setdefault(int(h), []).append((bytes(req), str(status), str(reason),
+                                                       bool(redacted)))
         out = []
         for h, block_hash, header, pp, cert in rows:
             es = entries.get(int(h), [])
             out.append(StoredBlock(
                 height=int(h), hash=bytes(block_hash), header=bytes(header),
-                requests=tuple(e[0] for e in es), statuses=tuple(e[1] for e in es),
+                requests=tuple(e[0] for e in es), redacted=tuple(e[3] for e in es),
+                statuses=tuple(e[1] for e in es),
                 reasons=tuple(e[2] for e in es), pre_prepare=bytes(pp),
                 certificate=tuple(bytes(c) for c in cert)))
         return out
@@ -437,6 +607,93 @@ class LedgerStore:
             row = await cur.fetchone()
         return None if row is None else _record_from_row(row)
 
+    async def record_states(self, record_ids: Iterable[str]) -> dict[str, RecordState]:
+        """The execution state (kind, subject, submitter, readers, erased) of existing records:
+        what `build_block` needs for the transactions of a batch."""
+        ids = [r for r in set(record_ids) if _is_record_id(r)]
+        if not ids:
+            return {}
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT r.record_id, r.kind, r.subject_id, r.submitter_org, "
+                "r.erased_height IS NOT NULL, coalesce((SELECT array_agg(w.org) "
+                "FROM wrapped_keys w WHERE w.record_id = r.record_id), '{}'), e.request, "
+                "e.redacted FROM records r JOIN entries e ON e.height = r.height "
+                "AND e.idx = r.idx WHERE r.record_id = ANY(%s)", (ids,))
+            rows = await cur.fetchall()
+        out = {}
+        for record_id, kind, subject, org, erased, readers, request, redacted in rows:
+            texts = (str(subject), str(org), *(str(o) for o in readers))
+            if any(_REPLACEMENT in t for t in texts):
+                exact = _exact_record(StoredRecord(
+                    str(record_id), 0, 0, str(kind), str(subject), "", str(org), 0, {}, b"",
+                    b"", {str(o): b"" for o in readers}, bytes(request), "", "",
+                    bool(redacted)))
+                subject, org, readers = exact.subject_id, exact.submitter_org, \
+                    list(exact.wrapped_keys)
+            out[str(record_id)] = RecordState(RecordKind(str(kind)), str(subject), str(org),
+                                              frozenset(str(o) for o in readers),
+                                              bool(erased))
+        return out
+
+    async def record_history(self, record_ids: Sequence[str]) -> list[StoredEntry]:
+        """The entries of these records and of every transaction that acted on them, in
+        ledger order (at most RECORDS_PER_QUERY_MAX)."""
+        ids = [r for r in record_ids if _is_record_id(r)]
+        if not ids:
+            return []
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT height, idx, record_id, target_record_id, status, reason, request, "
+                "redacted FROM entries WHERE record_id = ANY(%s) OR target_record_id = ANY(%s) "
+                "ORDER BY height, idx LIMIT %s", (ids, ids, RECORDS_PER_QUERY_MAX))
+            rows = await cur.fetchall()
+        return [StoredEntry(int(h), int(i), str(r), None if t is None else str(t), str(st),
+                            str(re), bytes(req), bool(red))
+                for h, i, r, t, st, re, req, red in rows]
+
+    async def access_log(self, record_id: str) -> list[AccessRow]:
+        if not _is_record_id(record_id):
+            return []
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT height, idx, record_id, client_id, org, purpose, granted, at_ms "
+                "FROM access_log WHERE record_id = %s ORDER BY height, idx LIMIT %s",
+                (record_id, RECORDS_PER_QUERY_MAX))
+            rows = await cur.fetchall()
+        return [AccessRow(int(h), int(i), str(r), str(c), str(o), str(p), bool(g), int(t))
+                for h, i, r, c, o, p, g, t in rows]
+
+    async def record_columns(self, from_h: int, to_h: int) -> list[RecordColumns]:
+        """The stored record columns of the records in blocks from_h..to_h, for audits."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT r.height, r.idx, r.record_id, r.kind, r.subject_id, r.event_type, "
+                "r.submitter_org, r.submitted_at_ms, r.metadata::text, r.ciphertext, "
+                "r.erased_height, coalesce((SELECT array_agg(w.org ORDER BY w.org) "
+                "FROM wrapped_keys w WHERE w.record_id = r.record_id), '{}'), "
+                "coalesce((SELECT array_agg(w.wrapped_key ORDER BY w.org) FROM wrapped_keys w "
+                "WHERE w.record_id = r.record_id), '{}') FROM records r "
+                "WHERE r.height BETWEEN %s AND %s ORDER BY r.height, r.idx LIMIT %s",
+                (from_h, to_h, RECORDS_PER_QUERY_MAX))
+            rows = await cur.fetchall()
+        out = []
+        for (h, i, rid, kind, subject, event, org, at_ms, meta, ct, erased_h, orgs,
+             keys) in rows:
+            try:
+                metadata = json.loads(meta)
+            except ValueError:
+                metadata = {}
+            erased = None if erased_h is None else int(erased_h)
+            ct_hash = None if erased is not None and not ct else segment_hash(bytes(ct))
+            out.append(RecordColumns(
+                int(h), int(i), str(rid), str(kind), str(subject), str(event), str(org),
+                int(at_ms), {str(k): str(v) for k, v in metadata.items()}
+                if isinstance(metadata, dict) else {}, ct_hash,
+                {str(o): segment_hash(key_segment(str(o), bytes(k)))
+                 for o, k in zip(orgs, keys, strict=True)}, erased))
+        return out
+
     async def records_for_subject(self, kind: str, subject_id: str) -> list[StoredRecord]:
         """Records of one product/lot or patient, in ledger order (height, idx); at most
         RECORDS_PER_QUERY_MAX."""
@@ -459,7 +716,8 @@ _RECORD_SELECT = (
     "          WHERE w.record_id = r.record_id), '{}'), "
     "coalesce((SELECT array_agg(w.wrapped_key ORDER BY w.org) FROM wrapped_keys w "
     "          WHERE w.record_id = r.record_id), '{}'), "
-    "e.request, e.status, e.reason "
+    "e.request, e.status, e.reason, e.redacted, r.erased_height, r.erased_by, r.erased_at_ms, "
+    "r.erase_reason "
     "FROM records r JOIN entries e ON e.height = r.height AND e.idx = r.idx ")
 
 
@@ -475,10 +733,13 @@ def _is_record_id(record_id: str) -> bool:
 
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
     (record_id, height, idx, kind, subject_id, event_type, submitter_org, submitted_at_ms,
-     metadata_json, ciphertext, content_hash, orgs, keys, request, status, reason) = row
+     metadata_json, ciphertext, content_hash, orgs, keys, request, status, reason, redacted,
+     erased_height, erased_by, erased_at_ms, erase_reason) = row
     metadata = json.loads(metadata_json)
     if not isinstance(metadata, dict):
         raise StoreCorrupted(f"record {record_id}: metadata is not an object")
+    erasure = None if erased_height is None else Erasure(
+        int(erased_height), str(erased_by), int(erased_at_ms), str(erase_reason))
     rec = StoredRecord(
         record_id=str(record_id), height=int(height), idx=int(idx), kind=str(kind),
         subject_id=str(subject_id), event_type=str(event_type),
@@ -486,7 +747,8 @@ def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
         metadata={str(k): str(v) for k, v in metadata.items()}, ciphertext=bytes(ciphertext),
         content_hash=bytes(content_hash),
         wrapped_keys={str(o): bytes(k) for o, k in zip(orgs, keys, strict=True)},
-        request=bytes(request), status=str(status), reason=str(reason))
+        request=bytes(request), status=str(status), reason=str(reason),
+        redacted=bool(redacted), erasure=erasure)
     texts: Iterable[str] = (rec.subject_id, rec.event_type, rec.submitter_org,
                             *rec.metadata, *rec.metadata.values(), *rec.wrapped_keys)
     if any(_REPLACEMENT in t for t in texts):
@@ -497,17 +759,49 @@ def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
 def _exact_record(rec: StoredRecord) -> StoredRecord:
     """The record's text fields as signed (the stored columns had NUL replaced)."""
     try:
-        sub: Submission = decode_submission(decode_request(rec.request).payload)
-    except (DecodeError, InvalidRecord) as exc:
+        view = RequestView.decode(rec.request) if rec.redacted else \
+            RequestView.of(decode_request(rec.request))
+        shown = view.present()
+        if not shown or shown[0] is None:
+            raise InvalidRecord("no public part")
+        p = decode_public(shown[0])
+        keys = dict(parse_key_segment(k) for k in shown[2:] if k is not None)
+    except (DecodeError, InvalidTransaction) as exc:
         raise StoreCorrupted(f"record {rec.record_id}: stored request does not decode: "
                              f"{exc}") from exc
-    return StoredRecord(
-        record_id=rec.record_id, height=rec.height, idx=rec.idx, kind=sub.kind.value,
-        subject_id=sub.subject_id, event_type=sub.event_type, submitter_org=sub.submitter_org,
-        submitted_at_ms=sub.submitted_at_ms, metadata=dict(sub.metadata),
-        ciphertext=rec.ciphertext, content_hash=rec.content_hash,
-        wrapped_keys=dict(sub.wrapped_keys), request=rec.request, status=rec.status,
-        reason=rec.reason)
+    return replace(rec, kind=p.kind.value, subject_id=p.subject_id, event_type=p.event_type,
+                   submitter_org=p.submitter_org, submitted_at_ms=p.submitted_at_ms,
+                   metadata=dict(p.metadata),
+                   wrapped_keys={o: k for o, k in keys.items() if o in rec.wrapped_keys})
+
+
+def _record_row(height: int, e: Entry) -> tuple[tuple[Any, ...], list[tuple[str, str, bytes]]] \
+        | None:
+    """The records row and wrapped-key rows of a recorded submission, from the full request
+    or, after an erasure, from what its view still shows."""
+    sub = e.submission
+    if sub is not None:
+        public = PublicRecord(sub.kind, sub.subject_id, sub.event_type, sub.submitter_org,
+                              sub.submitted_at_ms, sub.metadata)
+        ciphertext: bytes = sub.ciphertext
+        keys = list(sub.wrapped_keys)
+    else:
+        view = e.view
+        shown = view.present()
+        if not shown or shown[0] is None:
+            return None
+        try:
+            public = decode_public(shown[0])
+            keys = [parse_key_segment(k) for k in shown[2:] if k is not None]
+        except InvalidTransaction:
+            return None
+        ciphertext = shown[1] if len(shown) > 1 and shown[1] is not None else b""
+    record_id = e.record_id
+    row = (record_id, height, e.index, public.kind.value, _pg_text(public.subject_id),
+           _pg_text(public.event_type), _pg_text(public.submitter_org), public.submitted_at_ms,
+           Jsonb({_pg_text(k): _pg_text(v) for k, v in public.metadata}),
+           ciphertext, hashlib.sha256(ciphertext).digest())
+    return row, [(record_id, _pg_text(org), key) for org, key in keys]
 
 
 async def _copy(cur: AsyncCursor[Any], table: str, columns: tuple[str, ...],

@@ -1,0 +1,336 @@
+"""Ledger transactions and request views.
+
+Every application request's payload is segmented (consortium/pbft/payload.py). Segment 0 is
+the transaction's public header and always stays visible; its first byte names the type.
+Later segments carry what may be withheld or erased: a record's ciphertext and its key wrapped
+for each reader, or the key a grant wraps for a new reader.
+
+    record  seg0 = submission public part (type 1 = SUBMISSION_VERSION, records.py)
+            seg1 = ciphertext, seg2.. = key_segment(org, wrapped key) sorted by org
+    grant   seg0 = 2 | record_id:32 | org:text        seg1 = key_segment(org, wrapped key)
+    revoke  seg0 = 3 | record_id:32 | org:text
+    erase   seg0 = 4 | record_id:32 | subject_id:text | reason:text
+    access  seg0 = 5 | record_id:32 | purpose:text
+
+A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
+the request's digest, so its client signature and Merkle inclusion verify exactly as the full
+request's do. Validators serve views to clients (blocks never expose key material, so reading
+a key always goes through the access rules) and keep views in place of erased requests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from consortium.crypto.hashing import DIGEST_BYTES
+from consortium.crypto.signing import SIGNATURE_BYTES
+from consortium.pbft import messages as m
+from consortium.pbft.codec import DecodeError, Reader, Writer
+from consortium.pbft.payload import (
+    digest_of_segment_hashes,
+    encode_segments,
+    segment_hash,
+    split_segments,
+)
+
+TEXT_BYTES_MAX = 256
+WRAPPED_KEY_BYTES = 80
+"""A 32-byte record key in a libsodium sealed box (32-byte ephemeral key + 16-byte MAC)."""
+VIEW_VERSION = 1
+
+
+class TxType(enum.IntEnum):
+    RECORD = 1
+    GRANT = 2
+    REVOKE = 3
+    ERASE = 4
+    ACCESS = 5
+
+
+class InvalidTransaction(ValueError):
+    """A payload that breaks the transaction rules (the submitter's fault)."""
+
+
+def check_text(name: str, value: str, *, allow_empty: bool = False) -> None:
+    """Bounded, no control characters (NUL cannot even be stored in PostgreSQL text): a field
+    that could not be stored faithfully must be refused by every validator alike."""
+    size = len(value.encode())
+    if size > TEXT_BYTES_MAX or (size == 0 and not allow_empty):
+        raise InvalidTransaction(f"{name} must be {0 if allow_empty else 1} to "
+                                 f"{TEXT_BYTES_MAX} bytes")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise InvalidTransaction(f"{name} contains a control character")
+
+
+def key_segment(org: str, wrapped_key: bytes) -> bytes:
+    w = Writer()
+    w.text(org)
+    w.blob(wrapped_key)
+    return w.getvalue()
+
+
+def parse_key_segment(segment: bytes) -> tuple[str, bytes]:
+    rd = Reader(segment)
+    try:
+        org, key = rd.text(), rd.blob()
+        rd.end()
+    except DecodeError as exc:
+        raise InvalidTransaction(f"malformed wrapped key: {exc}") from exc
+    check_text("reader org", org)
+    if len(key) != WRAPPED_KEY_BYTES:
+        raise InvalidTransaction(f"a wrapped key is {WRAPPED_KEY_BYTES} bytes")
+    return org, key
+
+
+# ------------------------------------------------------------------------------ transactions
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Let `org` read a record: the record key wrapped for it (by a current reader)."""
+
+    record_id: str
+    org: str
+    wrapped_key: bytes
+
+    def segments(self) -> list[bytes]:
+        return [_header(TxType.GRANT, self.record_id, self.org),
+                key_segment(self.org, self.wrapped_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """Remove `org`'s wrapped key: no future reads through the ledger (what it already read,
+    it keeps; docs/audit.md)."""
+
+    record_id: str
+    org: str
+
+    def segments(self) -> list[bytes]:
+        return [_header(TxType.REVOKE, self.record_id, self.org)]
+
+
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """Right to be forgotten: delete every wrapped key of a patient record (and, by policy,
+    its ciphertext) on every validator. `subject_id` must be the record's patient id, so the
+    patient's history shows the erasure."""
+
+    record_id: str
+    subject_id: str
+    reason: str
+
+    def segments(self) -> list[bytes]:
+        return [_header(TxType.ERASE, self.record_id, self.subject_id, self.reason)]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A reader announces that it reads a patient record's key: validators release the key
+    only against a committed Access, so every read is on the ledger."""
+
+    record_id: str
+    purpose: str
+
+    def segments(self) -> list[bytes]:
+        return [_header(TxType.ACCESS, self.record_id, self.purpose)]
+
+
+RecordTx = Grant | Revoke | Erase | Access
+"""Transactions that act on an existing record."""
+
+
+def _header(kind: TxType, record_id: str, *texts: str) -> bytes:
+    w = Writer()
+    w.u8(int(kind))
+    w.fixed(_record_id_bytes(record_id))
+    for t in texts:
+        w.text(t)
+    return w.getvalue()
+
+
+def _record_id_bytes(record_id: str) -> bytes:
+    if len(record_id) != 2 * DIGEST_BYTES or record_id != record_id.lower():
+        raise InvalidTransaction("a record id is 64 lowercase hex digits")
+    try:
+        return bytes.fromhex(record_id)
+    except ValueError as exc:
+        raise InvalidTransaction("a record id is 64 lowercase hex digits") from exc
+
+
+def encode_tx(tx: RecordTx) -> bytes:
+    return encode_segments(tx.segments())
+
+
+def tx_type(seg0: bytes) -> TxType:
+    if not seg0:
+        raise InvalidTransaction("empty transaction header")
+    try:
+        return TxType(seg0[0])
+    except ValueError as exc:
+        raise InvalidTransaction(f"unknown transaction type {seg0[0]}") from exc
+
+
+def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
+    """Parse a grant/revoke/erase/access from its segments (a withheld segment is None).
+    Raises InvalidTransaction."""
+    if not segments or segments[0] is None:
+        raise InvalidTransaction("transaction header missing")
+    kind = tx_type(segments[0])
+    rd = Reader(segments[0])
+    try:
+        rd.u8()
+        record_id = rd.fixed(DIGEST_BYTES).hex()
+        texts = [rd.text() for _ in range(2 if kind is TxType.ERASE else 1)]
+        rd.end()
+    except DecodeError as exc:
+        raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
+    expected_segments = 2 if kind is TxType.GRANT else 1
+    if len(segments) != expected_segments:
+        raise InvalidTransaction(f"a {kind.name.lower()} transaction has {expected_segments} "
+                                 "segment(s)")
+    if kind is TxType.GRANT:
+        check_text("org", texts[0])
+        key_seg = segments[1]
+        if key_seg is None:  # withheld or erased: the grant's effect is gone with it
+            return Grant(record_id, texts[0], b"")
+        org, key = parse_key_segment(key_seg)
+        if org != texts[0]:
+            raise InvalidTransaction("the grant's key is wrapped for another org")
+        return Grant(record_id, org, key)
+    if kind is TxType.REVOKE:
+        check_text("org", texts[0])
+        return Revoke(record_id, texts[0])
+    if kind is TxType.ERASE:
+        check_text("subject_id", texts[0])
+        check_text("reason", texts[1], allow_empty=True)
+        return Erase(record_id, texts[0], texts[1])
+    if kind is TxType.ACCESS:
+        check_text("purpose", texts[0], allow_empty=True)
+        return Access(record_id, texts[0])
+    raise InvalidTransaction(f"{kind.name.lower()} is not a record transaction")
+
+
+# -------------------------------------------------------------------------------- views
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """A payload segment shown only by its hash."""
+
+    hash: bytes
+
+
+Segment = bytes | Withheld
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """A signed request with some payload segments withheld (see the module docstring).
+
+    `raw` holds a raw (unsegmented) payload, which is never withheld; otherwise `segments`."""
+
+    client_id: str
+    nonce: int
+    kind: m.RequestKind
+    signature: bytes
+    segments: tuple[Segment, ...]
+    raw: bytes | None = None
+
+    @classmethod
+    def of(cls, r: m.Request, keep: frozenset[int] | None = None) -> RequestView:
+        """The view of a full request showing segment 0 and the segments in `keep` (all of
+        them when keep is None)."""
+        segs = split_segments(r.payload)
+        if segs is None:
+            return cls(r.client_id, r.nonce, r.kind, r.signature, (), r.payload)
+        shown: list[Segment] = [
+            s if i == 0 or keep is None or i in keep else Withheld(segment_hash(s))
+            for i, s in enumerate(segs)]
+        return cls(r.client_id, r.nonce, r.kind, r.signature, tuple(shown))
+
+    def withhold(self, keep: frozenset[int]) -> RequestView:
+        """This view with every segment but 0 and `keep` withheld."""
+        if self.raw is not None:
+            return self
+        shown = tuple(s if i == 0 or i in keep or isinstance(s, Withheld)
+                      else Withheld(segment_hash(s)) for i, s in enumerate(self.segments))
+        return RequestView(self.client_id, self.nonce, self.kind, self.signature, shown)
+
+    @property
+    def digest(self) -> bytes:
+        if self.raw is not None:
+            return m.request_digest(self.client_id, self.nonce, self.kind, self.raw)
+        hashes = [s.hash if isinstance(s, Withheld) else segment_hash(s) for s in self.segments]
+        return m.request_digest_from(self.client_id, self.nonce, self.kind,
+                                     digest_of_segment_hashes(hashes))
+
+    @property
+    def record_id(self) -> str:
+        return self.digest.hex()
+
+    @property
+    def complete(self) -> bool:
+        return not any(isinstance(s, Withheld) for s in self.segments)
+
+    def present(self) -> list[bytes | None]:
+        """Segments with withheld ones as None."""
+        return [None if isinstance(s, Withheld) else s for s in self.segments]
+
+    def to_request(self) -> m.Request:
+        """The full request (only for a complete view)."""
+        if self.raw is not None:
+            return m.Request(self.client_id, self.nonce, self.kind, self.raw, self.signature)
+        if not self.complete:
+            raise ValueError("a view with withheld segments is not a full request")
+        return m.Request(self.client_id, self.nonce, self.kind,
+                         encode_segments([s for s in self.segments if isinstance(s, bytes)]),
+                         self.signature)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.u8(VIEW_VERSION)
+        w.text(self.client_id)
+        w.u64(self.nonce)
+        w.u8(int(self.kind))
+        w.fixed(self.signature)
+        if self.raw is not None:
+            w.u8(0)
+            w.blob(self.raw)
+            return w.getvalue()
+        w.u8(1)
+        w.u32(len(self.segments))
+        for s in self.segments:
+            if isinstance(s, Withheld):
+                w.u8(0)
+                w.fixed(s.hash)
+            else:
+                w.u8(1)
+                w.blob(s)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RequestView:
+        """Raises DecodeError on malformed bytes."""
+        rd = Reader(data)
+        if rd.u8() != VIEW_VERSION:
+            raise DecodeError("unsupported request view version")
+        client_id, nonce, kind_raw = rd.text(), rd.u64(), rd.u8()
+        signature = rd.fixed(SIGNATURE_BYTES)
+        try:
+            kind = m.RequestKind(kind_raw)
+        except ValueError as exc:
+            raise DecodeError(f"bad request kind {kind_raw}") from exc
+        form = rd.u8()
+        if form == 0:
+            raw = rd.blob()
+            rd.end()
+            return cls(client_id, nonce, kind, signature, (), raw)
+        if form != 1:
+            raise DecodeError("bad request view form")
+        segs: list[Segment] = []
+        for _ in range(rd.count()):
+            segs.append(rd.blob() if rd.u8() else Withheld(rd.fixed(DIGEST_BYTES)))
+        rd.end()
+        if not segs or isinstance(segs[0], Withheld):
+            raise DecodeError("a request view always shows segment 0")
+        return cls(client_id, nonce, kind, signature, tuple(segs))
