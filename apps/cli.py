@@ -259,3 +259,5 @@ def validator(config: Path, log_level: str) -> None:
 
 if __name__ == "__main__":
     main()
+from apps.bench import bench  # noqa: E402, I001
+main.add_command(bench)
