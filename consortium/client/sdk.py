@@ -10,6 +10,7 @@ validator is trusted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -26,7 +27,23 @@ from consortium.client.nonces import NonceFile
 from consortium.config import Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
-from consortium.ledger.records import RecordKind, Submission, public_part
+from consortium.ledger.records import (
+    InvalidRecord,
+    RecordKind,
+    Submission,
+    decode_public,
+    public_part,
+)
+from consortium.ledger.transactions import (
+    Access,
+    Erase,
+    Grant,
+    InvalidTransaction,
+    RecordTx,
+    RequestView,
+    Revoke,
+    encode_tx,
+)
 from consortium.localnet import read_seed
 from consortium.node import wire
 from consortium.pbft import codec
@@ -106,17 +123,31 @@ class RecordView:
     submitted_at_ms: int
     metadata: dict[str, str]
     readers: tuple[str, ...]
+    """The organisations whose wrapped key the validator returned (only the caller's own)."""
     status: str
     payload: Any | None = None
     """Decrypted payload (parsed JSON when it is JSON), when asked for and permitted."""
+    erasure: dict[str, Any] | None = None
+    key_withheld: str = ""
+    receipt: wire.Receipt | None = None
+    """The verified receipt of the record's commit (request view, certificate, proof)."""
+    access_id: str = ""
+    """The Access transaction this read was logged under (patient records)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("record_id", "height", "kind", "subject_id",
                                              "event_type", "submitter_org", "submitted_at_ms",
                                              "metadata", "status")}
         out["readers"] = list(self.readers)
+        out["verified"] = self.receipt is not None
         if self.payload is not None:
             out["payload"] = self.payload
+        if self.erasure is not None:
+            out["erased"] = self.erasure
+        if self.key_withheld:
+            out["key_withheld"] = self.key_withheld
+        if self.access_id:
+            out["access_id"] = self.access_id
         return out
 
 
@@ -156,6 +187,38 @@ class _Core:
         return m.Request(self.identity.client_id, nonce, m.RequestKind.APPLICATION, body,
                          signature)
 
+    def build_tx(self, tx: RecordTx) -> m.Request:
+        """Sign a grant/revoke/erase/access as this identity."""
+        body = encode_tx(tx)
+        nonce = self.identity.nonces.next()
+        digest = m.request_digest(self.identity.client_id, nonce, m.RequestKind.APPLICATION,
+                                  body)
+        signature = self.identity.signer.sign(m.request_signing_bytes(self.chain_id, digest))
+        return m.Request(self.identity.client_id, nonce, m.RequestKind.APPLICATION, body,
+                         signature)
+
+    def read_auth(self, method: str, argument: str) -> pb.ReadAuth:
+        """A signed ReadAuth for one read (validators refuse reads from non-members)."""
+        now = int(time.time() * 1000)
+        sig = self.identity.signer.sign(wire.read_signing_bytes(
+            self.chain_id, self.identity.client_id, now, method, argument))
+        return pb.ReadAuth(client_id=self.identity.client_id, timestamp_ms=now, signature=sig)
+
+    def verify_receipt_of(self, reply: pb.Receipt, record_id: str,
+                          address: str) -> wire.Receipt:
+        """Decode and verify a receipt for `record_id` against genesis; SubmitError if not."""
+        try:
+            receipt = wire.receipt_from_proto(reply, self.chain_id)
+        except wire.WireError as exc:
+            raise SubmitError(f"validator {address} sent a malformed receipt: {exc}") from exc
+        if receipt.record_id != record_id:
+            raise SubmitError(f"validator {address} sent a receipt for another record")
+        problem = wire.verify_receipt(receipt, self.genesis.epoch0(), self.verifier)
+        if problem is not None:
+            raise SubmitError(f"validator {address} sent a receipt that does not verify: "
+                              f"{problem}")
+        return receipt
+
     def verify(self, reply: pb.Receipt, request: m.Request, address: str) -> VerifiedReceipt:
         try:
             receipt = wire.receipt_from_proto(reply, self.chain_id)
@@ -170,29 +233,64 @@ class _Core:
         return VerifiedReceipt(receipt.record_id, receipt.height, receipt.status,
                                receipt.reason, receipt.header.hash().hex(), address, receipt)
 
-    def record_view(self, r: pb.RecordReply, decrypt: bool) -> RecordView:
+    def record_view(self, r: pb.RecordReply, record_id: str, decrypt: bool,
+                    address: str) -> RecordView:
+        """Check a GetRecord reply against genesis and return what it proves: everything shown
+        comes from the signed request view whose commit the receipt proves, not from the
+        validator's word (except erasure, status and which key it released)."""
+        if not r.HasField("receipt"):
+            raise SubmitError(f"validator {address} sent a record without its receipt")
+        receipt = self.verify_receipt_of(r.receipt, record_id, address)
+        view = receipt.request
+        shown = view.present() if isinstance(view, RequestView) else \
+            RequestView.of(view).present()
+        try:
+            if not shown or shown[0] is None:
+                raise InvalidRecord("no public part")
+            pub = decode_public(shown[0])
+        except InvalidTransaction as exc:
+            raise SubmitError(f"{record_id} is not a record: {exc}") from exc
+        ciphertext = shown[1] if len(shown) > 1 else None
         payload: Any | None = None
         readers = tuple(w.org for w in r.wrapped_keys)
         if decrypt:
             keys = self.identity.org_keys
             mine = next((w.wrapped_key for w in r.wrapped_keys if w.org == self.identity.org),
                         None)
-            if keys is None or mine is None:
-                raise SubmitError(f"organisation {self.identity.org} is not a reader of record "
-                                  f"{r.record_id}", grpc.StatusCode.PERMISSION_DENIED)
-            aad = public_part(RecordKind(r.kind), r.subject_id, r.event_type, r.submitter_org,
-                              r.submitted_at_ms, tuple(sorted(r.metadata.items())))
+            if keys is None or mine is None or ciphertext is None:
+                why = r.key_withheld or f"organisation {self.identity.org} is not a reader"
+                raise SubmitError(f"record {record_id}: {why}", grpc.StatusCode.PERMISSION_DENIED)
+            aad = public_part(pub.kind, pub.subject_id, pub.event_type, pub.submitter_org,
+                              pub.submitted_at_ms, pub.metadata)
             try:
-                raw = envelope.open_sealed(r.ciphertext, aad, mine, keys)
+                raw = envelope.open_sealed(ciphertext, aad, mine, keys)
             except envelope.DecryptionError as exc:
-                raise SubmitError(f"record {r.record_id} does not decrypt: {exc}") from exc
+                raise SubmitError(f"record {record_id} does not decrypt: {exc}") from exc
             try:
                 payload = json.loads(raw)
             except ValueError:
                 payload = raw.hex()
-        return RecordView(r.record_id, r.height, r.kind, r.subject_id, r.event_type,
-                          r.submitter_org, r.submitted_at_ms, dict(r.metadata), readers,
-                          r.status, payload)
+        erasure = None
+        if r.HasField("erasure"):
+            erasure = {"height": r.erasure.height, "by_org": r.erasure.by_org,
+                       "at_ms": r.erasure.at_ms, "reason": r.erasure.reason}
+        return RecordView(record_id, receipt.height, pub.kind.value, pub.subject_id,
+                          pub.event_type, pub.submitter_org, pub.submitted_at_ms,
+                          dict(pub.metadata), readers, receipt.status, payload, erasure,
+                          r.key_withheld, receipt)
+
+    def record_key(self, r: pb.RecordReply) -> bytes:
+        """This organisation's copy of a record's key (to grant it to another reader)."""
+        keys = self.identity.org_keys
+        mine = next((w.wrapped_key for w in r.wrapped_keys if w.org == self.identity.org), None)
+        if keys is None or mine is None:
+            raise SubmitError(f"record {r.record_id}: "
+                              f"{r.key_withheld or 'this organisation holds no key'}",
+                              grpc.StatusCode.PERMISSION_DENIED)
+        try:
+            return keys.unwrap(mine)
+        except envelope.DecryptionError as exc:
+            raise SubmitError(f"record {r.record_id}: {exc}") from exc
 
     def after_rpc_error(self, exc: Any, request: m.Request, address: str,
                         errors: list[str]) -> VerifiedReceipt | None:
@@ -320,23 +418,118 @@ class ConsortiumClient:
             time.sleep(0.2 * (attempt + 1))
         raise self._core.gave_up(errors)
 
-    def get(self, record_id: str, *, decrypt: bool = False) -> RecordView:
+    def _read(self, call: Callable[[pb_grpc.LedgerStub, str], Any],
+              address: str | None = None) -> tuple[Any, str]:
+        """Run a read at `address`, or at one validator after another until one answers
+        (NOT_FOUND from one may mean it is behind). Returns (reply, address)."""
         last: Exception | None = None
-        not_found = 0
-        for address in self._core.order():
+        not_found: grpc.RpcError | None = None
+        for addr in [address] if address else self._core.order():
             try:
-                reply = self._stub(address).GetRecord(pb.GetRecordRequest(record_id=record_id),
-                                                      timeout=self._timeout_s)
-                return self._core.record_view(reply, decrypt)
+                return call(self._stub(addr), addr), addr
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise SubmitError(str(exc.details()), exc.code()) from exc
+                if exc.code() in {grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED}:
+                    raise SubmitError(f"{addr}: {exc.details()}", exc.code()) from exc
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    not_found += 1  # this validator may just be behind: ask the others
+                    not_found = exc
                 last = exc
-        if not_found:
-            raise SubmitError(f"no record {record_id}", grpc.StatusCode.NOT_FOUND)
+        if not_found is not None:
+            raise SubmitError(str(not_found.details()), grpc.StatusCode.NOT_FOUND)
         raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
+
+    def get_record_reply(self, record_id: str, *, access_id: str = "",
+                         address: str | None = None) -> tuple[pb.RecordReply, str]:
+        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.RecordReply:
+            auth = self._core.read_auth("GetRecord", f"{record_id}/{access_id}")
+            out: pb.RecordReply = stub.GetRecord(
+                pb.GetRecordRequest(record_id=record_id, auth=auth, access_id=access_id),
+                timeout=self._timeout_s)
+            return out
+        reply, addr = self._read(call, address)
+        assert isinstance(reply, pb.RecordReply)
+        return reply, addr
+
+    def get(self, record_id: str, *, decrypt: bool = False, purpose: str = "read",
+            address: str | None = None) -> RecordView:
+        """A record, verified against genesis; with decrypt, its payload. Reading a patient
+        record's key first commits an Access transaction (the ledger logs every such read)."""
+        reply, addr = self.get_record_reply(record_id, address=address)
+        access_id = ""
+        if decrypt and reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
+            access_id = self.access(record_id, purpose).record_id
+            reply, addr = self.get_record_reply(record_id, access_id=access_id, address=addr)
+        view = self._core.record_view(reply, record_id, decrypt, addr)
+        return dataclasses.replace(view, access_id=access_id)
+
+    def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
+        """Commit an Access: the ledger's log entry that lets this org fetch a patient record's
+        key (refused reads are logged too)."""
+        return self._submit_fresh(lambda: self._core.build_tx(
+            Access(record_id, purpose, int(time.time() * 1000))))
+
+    def grant(self, record_id: str, org: str, *, purpose: str = "grant") -> VerifiedReceipt:
+        """Let `org` read a record: unwrap this org's copy of the key, wrap it for `org`."""
+        reply, addr = self.get_record_reply(record_id)
+        if reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
+            access_id = self.access(record_id, purpose).record_id
+            reply, _ = self.get_record_reply(record_id, access_id=access_id, address=addr)
+        key = self._core.record_key(reply)
+        try:
+            reader_key = self._core.genesis.org(org).encryption_key
+        except Exception as exc:
+            raise SubmitError(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from exc
+        wrapped = envelope.wrap_key(key, reader_key)
+        return self._submit_fresh(lambda: self._core.build_tx(Grant(record_id, org, wrapped)))
+
+    def revoke(self, record_id: str, org: str) -> VerifiedReceipt:
+        return self._submit_fresh(lambda: self._core.build_tx(Revoke(record_id, org)))
+
+    def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
+        return self._submit_fresh(lambda: self._core.build_tx(
+            Erase(record_id, subject_id, reason)))
+
+    def get_block(self, height: int, *, audit: bool = False,
+                  address: str | None = None) -> pb.Block:
+        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.Block:
+            auth = self._core.read_auth("GetBlock", str(height))
+            out: pb.Block = stub.GetBlock(
+                pb.GetBlockRequest(height=height, auth=auth, audit=audit),
+                timeout=self._timeout_s)
+            return out
+        reply, _ = self._read(call, address)
+        assert isinstance(reply, pb.Block)
+        return reply
+
+    def stream_blocks(self, from_height: int, to_height: int, *, audit: bool = False,
+                      address: str) -> Any:
+        """Blocks from_height..to_height from one validator, as they come (an iterator)."""
+        auth = self._core.read_auth("StreamBlocks", f"{from_height}-{to_height}")
+        return self._stub(address).StreamBlocks(
+            pb.StreamBlocksRequest(from_height=from_height, to_height=to_height, auth=auth,
+                                   audit=audit), timeout=max(self._timeout_s, 600))
+
+    def status(self, address: str) -> pb.StatusReply:
+        reply = self._stub(address).GetStatus(pb.GetStatusRequest(), timeout=self._timeout_s)
+        assert isinstance(reply, pb.StatusReply)
+        return reply
+
+    def list_subject(self, kind: str, subject_id: str, *,
+                     address: str | None = None) -> tuple[pb.SubjectReply, str]:
+        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.SubjectReply:
+            auth = self._core.read_auth("ListSubject", f"{kind}/{subject_id}")
+            out: pb.SubjectReply = stub.ListSubject(
+                pb.ListSubjectRequest(kind=kind, subject_id=subject_id, auth=auth),
+                timeout=self._timeout_s)
+            return out
+        reply, addr = self._read(call, address)
+        assert isinstance(reply, pb.SubjectReply)
+        return reply, addr
+
+    @property
+    def core(self) -> _Core:
+        return self._core
 
 
 class AsyncConsortiumClient:

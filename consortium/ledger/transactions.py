@@ -10,7 +10,7 @@ for each reader, or the key a grant wraps for a new reader.
     grant   seg0 = 2 | record_id:32 | org:text        seg1 = key_segment(org, wrapped key)
     revoke  seg0 = 3 | record_id:32 | org:text
     erase   seg0 = 4 | record_id:32 | subject_id:text | reason:text
-    access  seg0 = 5 | record_id:32 | purpose:text
+    access  seg0 = 5 | record_id:32 | purpose:text | requested_at_ms:u64
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -131,9 +131,15 @@ class Access:
 
     record_id: str
     purpose: str
+    requested_at_ms: int
+    """The reader's clock when it asked (signed): validators release the key only while this
+    is within the genesis policy's access_ttl_ms of their own clock."""
 
     def segments(self) -> list[bytes]:
-        return [_header(TxType.ACCESS, self.record_id, self.purpose)]
+        w = Writer()
+        w.fixed(_header(TxType.ACCESS, self.record_id, self.purpose))
+        w.u64(self.requested_at_ms)
+        return [w.getvalue()]
 
 
 RecordTx = Grant | Revoke | Erase | Access
@@ -182,6 +188,7 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
         rd.u8()
         record_id = rd.fixed(DIGEST_BYTES).hex()
         texts = [rd.text() for _ in range(2 if kind is TxType.ERASE else 1)]
+        at_ms = rd.u64() if kind is TxType.ACCESS else 0
         rd.end()
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
@@ -207,7 +214,9 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
         return Erase(record_id, texts[0], texts[1])
     if kind is TxType.ACCESS:
         check_text("purpose", texts[0], allow_empty=True)
-        return Access(record_id, texts[0])
+        if at_ms >= 1 << 63:
+            raise InvalidTransaction("requested_at_ms out of range")
+        return Access(record_id, texts[0], at_ms)
     raise InvalidTransaction(f"{kind.name.lower()} is not a record transaction")
 
 

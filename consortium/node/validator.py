@@ -31,10 +31,19 @@ from consortium.ledger.blocks import (
     Block,
     BlockHeader,
     ClientOrgs,
+    EntryStatus,
     build_block,
+    referenced_records,
     verify_certificate,
 )
-from consortium.ledger.records import InvalidRecord, decode_submission
+from consortium.ledger.records import InvalidRecord, RecordKind, decode_submission
+from consortium.ledger.transactions import (
+    Erase,
+    InvalidTransaction,
+    RequestView,
+    TxType,
+    decode_record_tx,
+)
 from consortium.localnet import read_seed
 from consortium.node import metrics, wire
 from consortium.node.transport import (
@@ -45,10 +54,11 @@ from consortium.node.transport import (
 )
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.payload import split_segments
 from consortium.pbft.replica import Replica
 from consortium.pbft.state import GENESIS_STATE_DIGEST, next_state_digest
 from consortium.pbft.viewchange import verify_pre_prepare_msg
-from consortium.storage.store import LedgerStore, StoreError
+from consortium.storage.store import LedgerStore, StoredBlock, StoreError
 
 log = structlog.get_logger("consortium.validator")
 
@@ -110,6 +120,7 @@ class Validator:
             raise ValueError(f"{config.signing_key} does not hold validator "
                              f"{config.replica_id}'s key from the genesis file")
         self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
+        store.erasure_deletes_ciphertext = genesis.policy.erasure_deletes_ciphertext
         self.clients = StaticClients(genesis.client_keys())
         self.orgs = ClientOrgs(genesis.client_orgs(), {o.org_id for o in genesis.orgs})
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
@@ -308,9 +319,21 @@ class Validator:
                 self.new_blocks.notify_all()
 
     async def _append(self, a: ev.Execute, persist: list[m.SignedMessage]) -> None:
-        block = build_block(a, self.chain_id, self.head, self.orgs)
+        if a.seq <= self._ledger_height():
+            # Installed already by state transfer (recovery stops at a block whose pre-prepare
+            # a peer had dropped after an erasure): it must be the same batch.
+            stored = await self.store.get_block(a.seq)
+            if stored is None or BlockHeader.decode(stored.header).merkle_root != a.digest:
+                raise AssertionError(f"stored block {a.seq} differs from the executed batch")
+            await self.store.persist_messages(persist)
+            return
+        state = await self.store.record_states(referenced_records(a.requests))
+        block = build_block(a, self.chain_id, self.head, self.orgs, state)
         await self.store.append_block(block, also_persist=persist)
         self.head = block.header
+        if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
+               for e in block.entries):
+            self.recent.clear()  # cached blocks may hold the erased request in full
         self.recent[a.seq] = block
         while len(self.recent) > RECENT_BLOCKS_MAX:
             self.recent.popitem(last=False)
@@ -362,11 +385,13 @@ class Validator:
                 header = blk.header
                 if header.height > target:
                     break  # never run the ledger ahead of the consensus state
-                pp = blk.pre_prepare.body
-                assert isinstance(pp, m.PrePrepare)
-                if pp.view != header.view or verify_pre_prepare_msg(
-                        blk.pre_prepare, config, self.chain_id, self.verifier) is None:
-                    raise ValueError(f"block {header.height} carries an invalid pre-prepare")
+                if blk.pre_prepare is not None:  # dropped from blocks with erased entries
+                    pp = blk.pre_prepare.body
+                    assert isinstance(pp, m.PrePrepare)
+                    if pp.view != header.view or verify_pre_prepare_msg(
+                            blk.pre_prepare, config, self.chain_id, self.verifier) is None:
+                        raise ValueError(f"block {header.height} carries an invalid "
+                                         "pre-prepare")
                 prev_state = self.head.state_digest if self.head else GENESIS_STATE_DIGEST
                 if header.state_digest != next_state_digest(prev_state, header.height,
                                                             header.merkle_root):
@@ -378,7 +403,7 @@ class Validator:
                                      f"our chain at {self._ledger_height()}")
                 if not verify_certificate(header, blk.certificate, config, self.verifier):
                     raise ValueError(f"block {header.height} has no valid commit certificate")
-                block = wire.block_from_wire(blk)
+                block = wire.block_from_wire(blk, self.orgs.org_of)
                 await self.store.install_blocks([block])
                 self.head = header
                 for entry in block.entries:  # clients waiting here learn of it too
@@ -403,6 +428,13 @@ def check_submission(req: m.Request, v: Validator) -> tuple[grpc.StatusCode, str
     if not v.verifier.verify(key, m.request_signing_bytes(v.chain_id, req.digest),
                              req.signature):
         return grpc.StatusCode.UNAUTHENTICATED, "bad request signature (or another chain)"
+    segments = split_segments(req.payload)
+    if segments is not None and segments[0] and segments[0][0] != TxType.RECORD:
+        try:
+            decode_record_tx(list(segments))
+        except InvalidTransaction as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return None  # judged against the record's state when executed (see the receipt)
     try:
         sub = decode_submission(req.payload)
     except InvalidRecord as exc:
@@ -522,6 +554,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         return await self._receipt(record_id)
 
     async def _receipt(self, record_id: str) -> pb.Receipt:
+        """The receipt a submitter gets: its own request in full."""
         found = await self.v.store.find_entry(record_id)
         if found is None:
             raise LookupError(record_id)
@@ -531,39 +564,145 @@ class LedgerService(pb_grpc.LedgerServicer):
             return wire.receipt_to_proto(wire.receipt_from_block(block, index))
         stored = await self.v.store.get_block(height)
         assert stored is not None
-        return wire.receipt_from_stored(stored, index, self.v.chain_id)
+        item = stored.requests[index]
+        show = RequestView.decode(item) if stored.redacted[index] else None
+        return wire.receipt_from_stored(stored, index, self.v.chain_id,
+                                        show=show or wire._request("stored request", item))
+
+    async def _authorize(self, auth: pb.ReadAuth, method: str, argument: str,
+                         context: grpc.aio.ServicerContext) -> str:
+        """The organisation of the member whose signed ReadAuth this is, or abort with
+        UNAUTHENTICATED."""
+        v = self.v
+        key = v.clients.client_key(auth.client_id) if auth.client_id else None
+        org = v.orgs.org_of(auth.client_id) if auth.client_id else None
+        if key is None or org is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "reads need a signed ReadAuth from a member's client key")
+        assert key is not None and org is not None
+        skew = abs(int(time.time() * 1000) - auth.timestamp_ms)
+        if skew > v.genesis.policy.read_clock_skew_ms:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"read timestamp is {skew} ms away from the validator's clock "
+                                f"(limit {v.genesis.policy.read_clock_skew_ms} ms)")
+        signed = wire.read_signing_bytes(v.chain_id, auth.client_id, auth.timestamp_ms, method,
+                                         argument)
+        if len(auth.signature) != 64 or not v.verifier.verify(key, signed, auth.signature):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad read signature")
+        return org
 
     async def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
         await _check_record_id(request.record_id, context)
-        if await self.v.store.find_entry(request.record_id) is None:
+        await self._authorize(request.auth, "GetReceipt", request.record_id, context)
+        found = await self.v.store.find_entry(request.record_id)
+        if found is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
-        return await self._receipt(request.record_id)
+        assert found is not None
+        stored = await self.v.store.get_block(found[0])
+        assert stored is not None
+        return wire.receipt_from_stored(stored, found[1], self.v.chain_id)
 
     async def GetRecord(self, request, context):  # type: ignore[no-untyped-def]
         await _check_record_id(request.record_id, context)
+        org = await self._authorize(request.auth, "GetRecord",
+                                    f"{request.record_id}/{request.access_id}", context)
         rec = await self.v.store.get_record(request.record_id)
         if rec is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
         assert rec is not None
-        return wire.record_to_proto(rec)
+        view = wire.record_view(rec)
+        keys: dict[str, bytes] = {}
+        withheld = ""
+        if rec.erasure is not None:
+            withheld = "the record was erased"
+        elif org not in rec.wrapped_keys:
+            withheld = f"{org} is not a reader of this record"
+        elif rec.kind == RecordKind.PATIENT.value:
+            withheld = await self._access_problem(request.access_id, rec.record_id, org)
+        if not withheld:
+            keys = {org: rec.wrapped_keys[org]}
+        stored = await self.v.store.get_block(rec.height)
+        assert stored is not None
+        receipt = wire.receipt_from_stored(stored, rec.idx, self.v.chain_id, show=view)
+        return wire.record_to_proto(rec, view, keys, receipt, withheld)
+
+    async def _access_problem(self, access_id: str, record_id: str, org: str) -> str:
+        """Why a committed Access does not (or no longer) let `org` read `record_id`'s key;
+        "" when it does."""
+        if not access_id:
+            return ("a patient record's key is released only against a committed Access "
+                    "transaction (access_id)")
+        rows = [a for a in await self.v.store.access_log(record_id) if a.record_id == record_id]
+        for row in rows:
+            found = await self.v.store.find_entry(access_id)
+            if found is None or (found[0], found[1]) != (row.height, row.idx):
+                continue
+            if row.org != org:
+                return "the access was made by another organisation"
+            if not row.granted:
+                return f"{org} is not a reader of this record"
+            age = abs(int(time.time() * 1000) - row.at_ms)
+            if age > self.v.genesis.policy.access_ttl_ms:
+                return (f"the access is {age // 1000} s old; the limit is "
+                        f"{self.v.genesis.policy.access_ttl_ms // 1000} s: access again")
+            return ""
+        return f"no committed access {access_id} to this record"
+
+    async def _block_proto(self, stored: StoredBlock, audit: bool) -> pb.Block:
+        msg = wire.stored_block_to_proto(stored, for_client=True)
+        if audit:
+            msg.stored_hash = stored.hash
+            for c in await self.v.store.record_columns(stored.height, stored.height):
+                msg.records.append(wire.record_columns_to_proto(c))
+        return msg
 
     async def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
+        await self._authorize(request.auth, "GetBlock", str(request.height), context)
         stored = await self.v.store.get_block(request.height)
         if stored is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no block at height {request.height}")
         assert stored is not None
-        return wire.stored_block_to_proto(stored)
+        return await self._block_proto(stored, request.audit)
 
     async def StreamBlocks(self, request, context):  # type: ignore[no-untyped-def]
+        await self._authorize(request.auth, "StreamBlocks",
+                              f"{request.from_height}-{request.to_height}", context)
         height = max(1, request.from_height)
-        while True:
-            blocks = await self.v.store.get_blocks(height, height + 255, 256)
+        last = request.to_height or (1 << 63)
+        while height <= last:
+            blocks = await self.v.store.get_blocks(height, min(last, height + 255), 256)
             for stored in blocks:
-                yield wire.stored_block_to_proto(stored)
+                yield await self._block_proto(stored, request.audit)
                 height += 1
             if not blocks:
+                if request.to_height and height > self.v._ledger_height():
+                    return  # a bounded range past the head: nothing more to send
                 async with self.v.new_blocks:
                     await self.v.new_blocks.wait()
+
+    async def ListSubject(self, request, context):  # type: ignore[no-untyped-def]
+        if request.kind not in {k.value for k in RecordKind}:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "kind is provenance or patient")
+        if not 1 <= len(request.subject_id.encode()) <= 256:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "subject_id must be 1 to 256 bytes")
+        await self._authorize(request.auth, "ListSubject",
+                              f"{request.kind}/{request.subject_id}", context)
+        records = await self.v.store.records_for_subject(request.kind, request.subject_id)
+        history = await self.v.store.record_history([r.record_id for r in records])
+        blocks: dict[int, StoredBlock] = {}
+        reply = pb.SubjectReply()
+        for entry in history:
+            if entry.height not in blocks:
+                got = await self.v.store.get_block(entry.height)
+                assert got is not None
+                blocks[entry.height] = got
+            receipt = wire.receipt_from_stored(blocks[entry.height], entry.idx,
+                                               self.v.chain_id)
+            reply.entries.append(pb.SubjectEntry(receipt=receipt,
+                                                 target_record_id=entry.target_record_id or ""))
+        return reply
 
     async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
         r = self.v.replica

@@ -38,9 +38,7 @@ from consortium.ledger.records import (
     InvalidRecord,
     PublicRecord,
     RecordKind,
-    Submission,
     decode_public,
-    decode_submission,
 )
 from consortium.ledger.transactions import (
     Access,
@@ -52,7 +50,6 @@ from consortium.ledger.transactions import (
     key_segment,
     parse_key_segment,
 )
-from consortium.pbft.payload import segment_hash
 from consortium.pbft import messages as m
 from consortium.pbft.codec import (
     DecodeError,
@@ -62,6 +59,7 @@ from consortium.pbft.codec import (
     encode_request,
     encode_snapshot,
 )
+from consortium.pbft.payload import segment_hash
 from consortium.pbft.replica import ExecutedBatch, Recovered
 from consortium.storage.schema import migrate
 
@@ -485,7 +483,7 @@ class LedgerStore:
                 "INSERT INTO access_log (height, idx, record_id, client_id, org, purpose, "
                 "granted, at_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (header.height, e.index, a.record_id, _pg_text(e.client_id), org,
-                 _pg_text(a.purpose), e.reason == "", header.timestamp_ms))
+                 _pg_text(a.purpose), e.reason == "", a.requested_at_ms))
         elif isinstance(a, Erase):
             await self._erase(cur, a.record_id, header, org, _pg_text(a.reason))
 
@@ -515,7 +513,7 @@ class LedgerStore:
                 raise StoreCorrupted(f"entry ({height}, {idx}) does not decode: {exc}") from exc
             keep = frozenset({1}) if own and not delete_ct else frozenset()
             new = view.withhold(keep)
-            if new != view or not redacted and len(view.segments) > 1:
+            if new != view:
                 updates.append((new.encode(), int(height), int(idx)))
         if updates:
             await cur.executemany(

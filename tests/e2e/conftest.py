@@ -266,6 +266,10 @@ class Cluster:
             self._clients[org] = c
         return c
 
+    def auth(self, method: str, argument: str, org: str = "org0") -> pb.ReadAuth:
+        """A signed ReadAuth of `org`'s client (validators refuse unauthenticated reads)."""
+        return self.client(org).core.read_auth(method, argument)
+
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
@@ -335,8 +339,10 @@ class Cluster:
         out: list[pb.Block] = []
         if upto < from_height:
             return out
-        call = self.ledger(i).StreamBlocks(pb.StreamBlocksRequest(from_height=from_height),
-                                           timeout=timeout_s)
+        call = self.ledger(i).StreamBlocks(
+            pb.StreamBlocksRequest(from_height=from_height,
+                                   auth=self.auth("StreamBlocks", f"{from_height}-0")),
+            timeout=timeout_s)
         try:
             for blk in call:
                 out.append(blk)
@@ -380,8 +386,10 @@ class Cluster:
         for i in ids[1:]:
             for h, (a, b) in enumerate(zip(first, chains[i], strict=True), start=1):
                 if a != b:
-                    ha = header_of(self.ledger(ids[0]).GetBlock(pb.GetBlockRequest(height=h)))
-                    hb = header_of(self.ledger(i).GetBlock(pb.GetBlockRequest(height=h)))
+                    ha = header_of(self.ledger(ids[0]).GetBlock(pb.GetBlockRequest(
+                        height=h, auth=self.auth("GetBlock", str(h)))))
+                    hb = header_of(self.ledger(i).GetBlock(pb.GetBlockRequest(
+                        height=h, auth=self.auth("GetBlock", str(h)))))
                     raise AssertionError(
                         f"validators {ids[0]} and {i} disagree at height {h}: {a.hex()[:16]} "
                         f"vs {b.hex()[:16]}\n  v{ids[0]}: {ha}\n  v{i}: {hb}")

@@ -223,8 +223,9 @@ def test_replayed_request_is_already_exists_with_the_original_receipt(cluster: C
             assert (replayed.record_id, replayed.height, replayed.header.hash()) == \
                 (original.record_id, original.height, original.header.hash())
         # GetReceipt returns the same proof.
-        got = cluster.ledger(0).GetReceipt(pb.GetRecordRequest(record_id=original.record_id),
-                                           timeout=5)
+        got = cluster.ledger(0).GetReceipt(pb.GetRecordRequest(
+            record_id=original.record_id,
+            auth=cluster.auth("GetReceipt", original.record_id)), timeout=5)
         assert wire.verify_receipt(wire.receipt_from_proto(got, chain_id), config,
                                    Ed25519Verifier()) is None
 
@@ -235,12 +236,14 @@ def test_unknown_record_and_future_block_are_not_found(cluster: Cluster) -> None
     with chain_unchanged(cluster):
         for rid in ("00" * 32, "ab" * 32):
             expect_code(grpc.StatusCode.NOT_FOUND, ledger.GetRecord,
-                        pb.GetRecordRequest(record_id=rid))
+                        pb.GetRecordRequest(record_id=rid,
+                                            auth=cluster.auth("GetRecord", f"{rid}/")))
             expect_code(grpc.StatusCode.NOT_FOUND, ledger.GetReceipt,
-                        pb.GetRecordRequest(record_id=rid))
+                        pb.GetRecordRequest(record_id=rid,
+                                            auth=cluster.auth("GetReceipt", rid)))
         for h in (height + 1, height + 1000, 2**63 - 1):
             expect_code(grpc.StatusCode.NOT_FOUND, ledger.GetBlock,
-                        pb.GetBlockRequest(height=h))
+                        pb.GetBlockRequest(height=h, auth=cluster.auth("GetBlock", str(h))))
 
 
 def test_malformed_record_ids_get_a_client_error(cluster: Cluster) -> None:
@@ -270,7 +273,7 @@ def test_overlong_record_id_gets_a_client_error(cluster: Cluster) -> None:
 def test_block_zero_is_not_found(cluster: Cluster) -> None:
     with chain_unchanged(cluster):
         expect_code(grpc.StatusCode.NOT_FOUND, cluster.ledger(TARGET).GetBlock,
-                    pb.GetBlockRequest(height=0))
+                    pb.GetBlockRequest(height=0, auth=cluster.auth("GetBlock", "0")))
 
 
 # ---------------------------------------------------------------------------- peer port

@@ -6,6 +6,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReadAuth(_message.Message):
+    __slots__ = ("client_id", "timestamp_ms", "signature")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    timestamp_ms: int
+    signature: bytes
+    def __init__(self, client_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class SubmitRecordRequest(_message.Message):
     __slots__ = ("request", "wait_ms")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -15,10 +25,38 @@ class SubmitRecordRequest(_message.Message):
     def __init__(self, request: _Optional[bytes] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class GetRecordRequest(_message.Message):
-    __slots__ = ("record_id",)
+    __slots__ = ("record_id", "auth", "access_id")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
     record_id: str
-    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+    auth: ReadAuth
+    access_id: str
+    def __init__(self, record_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., access_id: _Optional[str] = ...) -> None: ...
+
+class ListSubjectRequest(_message.Message):
+    __slots__ = ("kind", "subject_id", "auth")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    subject_id: str
+    auth: ReadAuth
+    def __init__(self, kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+
+class SubjectEntry(_message.Message):
+    __slots__ = ("receipt", "target_record_id")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    receipt: Receipt
+    target_record_id: str
+    def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., target_record_id: _Optional[str] = ...) -> None: ...
+
+class SubjectReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[SubjectEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[SubjectEntry, _Mapping]]] = ...) -> None: ...
 
 class InclusionProof(_message.Message):
     __slots__ = ("index", "size", "path")
@@ -31,7 +69,7 @@ class InclusionProof(_message.Message):
     def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("record_id", "height", "block_header", "certificate", "proof", "request", "status", "reason")
+    __slots__ = ("record_id", "height", "block_header", "certificate", "proof", "request", "status", "reason", "request_view")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +78,7 @@ class Receipt(_message.Message):
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VIEW_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     height: int
     block_header: bytes
@@ -48,7 +87,8 @@ class Receipt(_message.Message):
     request: bytes
     status: str
     reason: str
-    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., block_header: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., proof: _Optional[_Union[InclusionProof, _Mapping]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_view: bytes
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., block_header: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., proof: _Optional[_Union[InclusionProof, _Mapping]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., request_view: _Optional[bytes] = ...) -> None: ...
 
 class WrappedKey(_message.Message):
     __slots__ = ("org", "wrapped_key")
@@ -59,7 +99,7 @@ class WrappedKey(_message.Message):
     def __init__(self, org: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
 
 class RecordReply(_message.Message):
-    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "request", "status")
+    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "request", "status", "request_view", "erasure", "receipt", "key_withheld")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +119,10 @@ class RecordReply(_message.Message):
     WRAPPED_KEYS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VIEW_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    KEY_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     height: int
     kind: str
@@ -91,33 +135,107 @@ class RecordReply(_message.Message):
     wrapped_keys: _containers.RepeatedCompositeFieldContainer[WrappedKey]
     request: bytes
     status: str
-    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ...) -> None: ...
+    request_view: bytes
+    erasure: Erasure
+    receipt: Receipt
+    key_withheld: str
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., request_view: _Optional[bytes] = ..., erasure: _Optional[_Union[Erasure, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., key_withheld: _Optional[str] = ...) -> None: ...
+
+class Erasure(_message.Message):
+    __slots__ = ("height", "by_org", "at_ms", "reason")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BY_ORG_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    by_org: str
+    at_ms: int
+    reason: str
+    def __init__(self, height: _Optional[int] = ..., by_org: _Optional[str] = ..., at_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetBlockRequest(_message.Message):
-    __slots__ = ("height",)
+    __slots__ = ("height", "auth", "audit")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     height: int
-    def __init__(self, height: _Optional[int] = ...) -> None: ...
+    auth: ReadAuth
+    audit: bool
+    def __init__(self, height: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., audit: _Optional[bool] = ...) -> None: ...
 
 class StreamBlocksRequest(_message.Message):
-    __slots__ = ("from_height",)
+    __slots__ = ("from_height", "auth", "audit", "to_height")
     FROM_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    TO_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     from_height: int
-    def __init__(self, from_height: _Optional[int] = ...) -> None: ...
+    auth: ReadAuth
+    audit: bool
+    to_height: int
+    def __init__(self, from_height: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., audit: _Optional[bool] = ..., to_height: _Optional[int] = ...) -> None: ...
 
 class Block(_message.Message):
-    __slots__ = ("header", "requests", "statuses", "pre_prepare", "certificate")
+    __slots__ = ("header", "requests", "statuses", "pre_prepare", "certificate", "views", "reasons", "stored_hash", "records")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     PRE_PREPARE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    STORED_HASH_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     header: bytes
     requests: _containers.RepeatedScalarFieldContainer[bytes]
     statuses: _containers.RepeatedScalarFieldContainer[str]
     pre_prepare: bytes
     certificate: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, header: _Optional[bytes] = ..., requests: _Optional[_Iterable[bytes]] = ..., statuses: _Optional[_Iterable[str]] = ..., pre_prepare: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    views: _containers.RepeatedScalarFieldContainer[int]
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    stored_hash: bytes
+    records: _containers.RepeatedCompositeFieldContainer[RecordColumns]
+    def __init__(self, header: _Optional[bytes] = ..., requests: _Optional[_Iterable[bytes]] = ..., statuses: _Optional[_Iterable[str]] = ..., pre_prepare: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., views: _Optional[_Iterable[int]] = ..., reasons: _Optional[_Iterable[str]] = ..., stored_hash: _Optional[bytes] = ..., records: _Optional[_Iterable[_Union[RecordColumns, _Mapping]]] = ...) -> None: ...
+
+class RecordColumns(_message.Message):
+    __slots__ = ("index", "record_id", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext_segment_hash", "key_segment_hashes", "erased_height")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class KeySegmentHashesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_ORG_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SEGMENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_SEGMENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    ERASED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    record_id: str
+    kind: str
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    metadata: _containers.ScalarMap[str, str]
+    ciphertext_segment_hash: bytes
+    key_segment_hashes: _containers.ScalarMap[str, bytes]
+    erased_height: int
+    def __init__(self, index: _Optional[int] = ..., record_id: _Optional[str] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext_segment_hash: _Optional[bytes] = ..., key_segment_hashes: _Optional[_Mapping[str, bytes]] = ..., erased_height: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

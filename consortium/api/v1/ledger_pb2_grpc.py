@@ -31,6 +31,12 @@ class LedgerStub:
     The client-facing service of every validator. Any validator accepts submissions and relays
     them to the primary; reads answer from the validator's own copy of the ledger (clients verify
     what they get against the genesis file, trusting no single validator).
+
+    Reads require a member: every read request carries a ReadAuth signed with a client key from
+    genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
+    payload segments other than the public header are withheld (shown by hash), except that
+    GetRecord shows a record's ciphertext and the wrapped key of the caller's own organisation,
+    and for a patient record that key only against a committed Access transaction (access_id).
     """
 
     def __init__(self, channel):
@@ -69,6 +75,11 @@ class LedgerStub:
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_ledger__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.ListSubject = channel.unary_unary(
+                '/consortium.v1.Ledger/ListSubject',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.SubjectReply.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -77,6 +88,12 @@ class LedgerServicer:
     The client-facing service of every validator. Any validator accepts submissions and relays
     them to the primary; reads answer from the validator's own copy of the ledger (clients verify
     what they get against the genesis file, trusting no single validator).
+
+    Reads require a member: every read request carries a ReadAuth signed with a client key from
+    genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
+    payload segments other than the public header are withheld (shown by hash), except that
+    GetRecord shows a record's ciphertext and the wrapped key of the caller's own organisation,
+    and for a patient record that key only against a committed Access transaction (access_id).
     """
 
     def SubmitRecord(self, request, context):
@@ -120,7 +137,16 @@ class LedgerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """Validator status: height, view, epoch, last block hash.
+        """Validator status: height, view, epoch, last block hash. (No authentication: like health.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubject(self, request, context):
+        """Every entry of a subject's records (a product's chain of custody, a patient's records)
+        and of the transactions that acted on them (grants, revocations, erasures, accesses),
+        each with its receipt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +185,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     request_deserializer=consortium_dot_v1_dot_ledger__pb2.GetStatusRequest.FromString,
                     response_serializer=consortium_dot_v1_dot_ledger__pb2.StatusReply.SerializeToString,
             ),
+            'ListSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubject,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.SubjectReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'consortium.v1.Ledger', rpc_method_handlers)
@@ -173,6 +204,12 @@ class Ledger:
     The client-facing service of every validator. Any validator accepts submissions and relays
     them to the primary; reads answer from the validator's own copy of the ledger (clients verify
     what they get against the genesis file, trusting no single validator).
+
+    Reads require a member: every read request carries a ReadAuth signed with a client key from
+    genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
+    payload segments other than the public header are withheld (shown by hash), except that
+    GetRecord shows a record's ciphertext and the wrapped key of the caller's own organisation,
+    and for a patient record that key only against a committed Access transaction (access_id).
     """
 
     @staticmethod
@@ -327,6 +364,33 @@ class Ledger:
             '/consortium.v1.Ledger/GetStatus',
             consortium_dot_v1_dot_ledger__pb2.GetStatusRequest.SerializeToString,
             consortium_dot_v1_dot_ledger__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Ledger/ListSubject',
+            consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.SubjectReply.FromString,
             options,
             channel_credentials,
             insecure,
