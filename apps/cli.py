@@ -257,7 +257,13 @@ def validator(config: Path, log_level: str) -> None:
     sys.exit(node_main(["--config", str(config), "--log-level", log_level]))
 
 
-if __name__ == "__main__":
-    main()
 from apps.bench import bench  # noqa: E402, I001
 main.add_command(bench)
+from apps.access import access  # noqa: E402
+from apps.audit import audit  # noqa: E402
+
+main.add_command(audit)
+main.add_command(access)
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
     ClientTable,
     NonceStatus,
+    approved_reconfiguration,
     batch_digest,
     clients_digest,
     next_state_digest,
@@ -732,25 +733,13 @@ class Replica:
         every honest replica at the same point. Invalid proposals are skipped deterministically."""
         if self.pending_reconfiguration is not None:
             return False
-        try:
-            proposal = codec.decode_reconfiguration(r.payload)
-            EpochConfig(self.config.epoch + 1, seq, proposal.members)
-        except ValueError:
+        pending = approved_reconfiguration(r.payload, self.config, seq,
+                                           self.params.checkpoint_interval, self.chain_id,
+                                           self._verifier)
+        if pending is None:
             return False
-        if proposal.from_epoch != self.config.epoch:
-            return False
-        signed = m.reconfiguration_signing_bytes(self.chain_id, proposal.from_epoch,
-                                                 proposal.members)
-        approvers = set()
-        for rid, sig in proposal.approvals:
-            key = self.config.key_of(rid)
-            if key is not None and self._verifier.verify(key, signed, sig):
-                approvers.add(rid)
-        if len(approvers) < self.config.quorum:
-            return False
-        k = self.params.checkpoint_interval
-        effective = -(-seq // k) * k
-        self.pending_reconfiguration = m.PendingReconfiguration(effective, proposal.members)
+        self.pending_reconfiguration = pending
+        effective = pending.effective_seq
         for s in [s for s in self._slots if s > effective]:
             self._drop_slot(s)
         return True

@@ -168,3 +168,29 @@ def signing_config(configs: list[EpochConfig], seq: int) -> EpochConfig:
         if config.start_seq < seq or config.start_seq == 0:
             return config
     return configs[0]
+
+
+def approved_reconfiguration(payload: bytes, config: EpochConfig, seq: int,
+                             checkpoint_interval: int, chain_id: bytes,
+                             verifier: Verifier) -> m.PendingReconfiguration | None:
+    """The validator-set change a RECONFIGURATION request executed at `seq` makes: approved by
+    a quorum of `config`'s members, it takes effect at the first checkpoint at or after `seq`.
+    None for an invalid or unapproved proposal (skipped alike by every honest replica, and by
+    auditors replaying the chain)."""
+    try:
+        proposal = codec.decode_reconfiguration(payload)
+        EpochConfig(config.epoch + 1, seq, proposal.members)
+    except ValueError:
+        return None
+    if proposal.from_epoch != config.epoch:
+        return None
+    signed = m.reconfiguration_signing_bytes(chain_id, proposal.from_epoch, proposal.members)
+    approvers = set()
+    for rid, sig in proposal.approvals:
+        key = config.key_of(rid)
+        if key is not None and verifier.verify(key, signed, sig):
+            approvers.add(rid)
+    if len(approvers) < config.quorum:
+        return None
+    effective = -(-seq // checkpoint_interval) * checkpoint_interval
+    return m.PendingReconfiguration(effective, proposal.members)

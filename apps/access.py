@@ -1,0 +1,89 @@
+"""`consortium access`: grant and revoke readers of a record, erase a patient record.
+
+Each is a signed transaction ordered by the validators and judged the same way by all of them
+(docs/audit.md): only the submitter's organisation or a current reader grants; only the
+submitter's organisation revokes or erases. The command prints the verified receipt; a
+transaction the ledger refused comes back with status "invalid" and the reason (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client, _fail
+
+
+def _done(receipt: Any, as_json: bool) -> None:
+    data = receipt.to_json()
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else
+               f"{data['status']} at height {data['height']}"
+               + (f": {data['reason']}" if data["reason"] else ""))
+    sys.exit(0 if data["status"] == "recorded" else 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def access() -> None:
+    """Grant, revoke and erase access to records (signed ledger transactions)."""
+
+
+@access.command()
+@DIR_OPTION
+@click.argument("record_id")
+@click.option("--to", "to_org", required=True, help="Organisation that may read from now on.")
+@AS_OPTION
+@JSON_OPTION
+def grant(directory: Path | None, record_id: str, to_org: str, org: str, as_json: bool) -> None:
+    """Let another organisation read a record: your copy of its key, wrapped for it."""
+    from consortium.client import SubmitError
+
+    with _client(directory, org) as client:
+        try:
+            receipt = client.grant(record_id, to_org)
+        except SubmitError as exc:
+            _fail(str(exc), 1)
+    _done(receipt, as_json)
+
+
+@access.command()
+@DIR_OPTION
+@click.argument("record_id")
+@click.option("--org", "target", required=True, help="Organisation to remove as a reader.")
+@AS_OPTION
+@JSON_OPTION
+def revoke(directory: Path | None, record_id: str, target: str, org: str,
+           as_json: bool) -> None:
+    """Remove a reader's wrapped key (what it already read, it keeps)."""
+    from consortium.client import SubmitError
+
+    with _client(directory, org) as client:
+        try:
+            receipt = client.revoke(record_id, target)
+        except SubmitError as exc:
+            _fail(str(exc), 1)
+    _done(receipt, as_json)
+
+
+@access.command()
+@DIR_OPTION
+@click.argument("record_id")
+@click.option("--patient", required=True, help="The record's patient id (must match).")
+@click.option("--reason", default="", help="Recorded with the erasure.")
+@AS_OPTION
+@JSON_OPTION
+def erase(directory: Path | None, record_id: str, patient: str, reason: str, org: str,
+          as_json: bool) -> None:
+    """Right to be forgotten: delete every wrapped key of a patient record (and, by policy, its
+    ciphertext) on every validator. The chain still verifies."""
+    from consortium.client import SubmitError
+
+    with _client(directory, org) as client:
+        try:
+            receipt = client.erase(record_id, patient, reason)
+        except SubmitError as exc:
+            _fail(str(exc), 1)
+    _done(receipt, as_json)
