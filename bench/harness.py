@@ -162,6 +162,8 @@ def _summarise(cfg: BenchConfig, c: Consortium, load: workload.LoadResult,
         "records_failed": len(samples) - len(committed),
         "errors": load.errors,
         "throughput_rps": round(n_window / seconds, 1),
+        "offered_rps": round(sum(1 for s in samples if warm_t <= s.start <= end_t) / seconds, 1),
+        "failed_in_window": sum(1 for s in samples if warm_t <= s.start <= end_t and not s.ok),
         "latency_ms": {"p50": _ms(_percentile(started, 50)), "p95": _ms(_percentile(started, 95)),
                        "p99": _ms(_percentile(started, 99)),
                        "max": _ms(started[-1]) if started else math.nan},
@@ -315,7 +317,9 @@ def describe_run(run: dict[str, Any]) -> str:
     lat = run["latency_ms"]
     cpu = run["cpu_ms_per_record"]
     wire = run["wire_bytes_per_record"] or {}
-    return (f"n={run['validators']}: {run['throughput_rps']:.1f} committed records/s over "
+    offered = (f" at {run['offered_rps']:.0f}/s offered ({run['failed_in_window']} failed)"
+               if run["rate"] else "")
+    return (f"n={run['validators']}: {run['throughput_rps']:.1f} committed records/s{offered} over "
             f"{run['window']['seconds']:.1f} s ({run['records_committed']}/"
             f"{run['records_submitted']} committed); latency p50 {lat['p50']} ms, p95 "
             f"{lat['p95']} ms, p99 {lat['p99']} ms; CPU/record: validator "
