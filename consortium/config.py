@@ -79,6 +79,9 @@ class Genesis:
     orgs: tuple[OrgInfo, ...]
     clients: tuple[ClientInfo, ...]
     policy: DataPolicy = DataPolicy()
+    admission_client: str | None = None
+    """The client id of the admission service (its key and pseudo-organisation are in
+    `clients` and `orgs`): the only signer of verdicts. None: records are accepted unscreened."""
 
     @property
     def chain_id_bytes(self) -> bytes:
@@ -102,10 +105,22 @@ class Genesis:
         raise ConfigError(f"organisation {org_id!r} is not in the genesis file")
 
     def client_keys(self) -> dict[str, bytes]:
-        return {c.client_id: c.public_key for c in self.clients}
+        """Every request signer: the clients, and each validator as `validator-<id>` (its
+        validator key signs its governance votes; requests use their own signature domain)."""
+        keys = {c.client_id: c.public_key for c in self.clients}
+        keys.update({validator_client_id(v.replica_id): v.public_key for v in self.validators})
+        return keys
 
     def client_orgs(self) -> dict[str, str]:
-        return {c.client_id: c.org for c in self.clients}
+        orgs = {c.client_id: c.org for c in self.clients}
+        orgs.update({validator_client_id(v.replica_id): v.org for v in self.validators})
+        return orgs
+
+    @property
+    def admission_org(self) -> str | None:
+        if self.admission_client is None:
+            return None
+        return self.client_orgs().get(self.admission_client)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +134,7 @@ class Genesis:
             "clients": [{"id": c.client_id, "org": c.org, "public_key": c.public_key.hex()}
                         for c in self.clients],
             "policy": dataclasses.asdict(self.policy),
+            **({"admission_client": self.admission_client} if self.admission_client else {}),
         }
 
     @classmethod
@@ -136,7 +152,9 @@ class Genesis:
                                        _hex(c["public_key"], f"{where}: client key", 32))
                             for c in data["clients"])
             policy = DataPolicy(**data.get("policy", {}))
-            genesis = cls(str(data["chain_id"]), protocol, validators, orgs, clients, policy)
+            admission = data.get("admission_client")
+            genesis = cls(str(data["chain_id"]), protocol, validators, orgs, clients, policy,
+                          None if admission is None else str(admission))
         except ConfigError:
             raise
         except (KeyError, TypeError, AttributeError) as exc:
@@ -150,6 +168,12 @@ class Genesis:
         for c in genesis.clients:
             if c.org not in org_ids:
                 raise ConfigError(f"{where}: client {c.client_id} names unknown org {c.org}")
+            if c.client_id.startswith("validator-"):
+                raise ConfigError(f"{where}: client ids validator-* are reserved for validators")
+        if genesis.admission_client is not None and genesis.admission_client not in {
+                c.client_id for c in genesis.clients}:
+            raise ConfigError(f"{where}: admission_client {genesis.admission_client!r} is not "
+                              "a client")
         try:
             genesis.epoch0()
         except ValueError as exc:
@@ -159,6 +183,10 @@ class Genesis:
     @classmethod
     def load(cls, path: Path) -> Genesis:
         return cls.from_json(_read_json(path), str(path))
+
+
+def validator_client_id(replica_id: int) -> str:
+    return f"validator-{replica_id}"
 
 
 @dataclass(frozen=True, slots=True)

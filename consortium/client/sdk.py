@@ -24,7 +24,7 @@ import grpc
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client.nonces import NonceFile
-from consortium.config import Genesis
+from consortium.config import Genesis, validator_client_id
 from consortium.crypto import envelope
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.records import (
@@ -41,7 +41,9 @@ from consortium.ledger.transactions import (
     InvalidTransaction,
     RecordTx,
     RequestView,
+    ReviewVote,
     Revoke,
+    Verdict,
     encode_tx,
 )
 from consortium.localnet import read_seed
@@ -91,6 +93,19 @@ class Identity:
                    envelope.OrgKeyPair(read_seed(odir / "encryption.key")),
                    NonceFile(odir / "client.nonce"))
 
+    @classmethod
+    def validator(cls, directory: Path, org: str) -> Identity:
+        """The validator of `org` as a client (`validator-<id>`, signing with its validator
+        key): the identity that casts governance votes."""
+        genesis = Genesis.load(directory / "genesis.json")
+        mine = [v for v in genesis.validators if v.org == org]
+        if not mine:
+            raise SubmitError(f"organisation {org!r} runs no validator")
+        vdir = directory / "validators" / str(mine[0].replica_id)
+        return cls(validator_client_id(mine[0].replica_id), org,
+                   Ed25519Signer(read_seed(vdir / "signing.key")), None,
+                   NonceFile(vdir / "client.nonce"))
+
 
 @dataclass(frozen=True)
 class VerifiedReceipt:
@@ -133,6 +148,9 @@ class RecordView:
     """The verified receipt of the record's commit (request view, certificate, proof)."""
     access_id: str = ""
     """The Access transaction this read was logged under (patient records)."""
+    screening: str = ""
+    """pending-screening | accepted | quarantined | rejected: a rejected record stays on the
+    ledger, marked; only `accepted` records are vouched for by the consortium."""
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("record_id", "height", "kind", "subject_id",
@@ -148,6 +166,8 @@ class RecordView:
             out["key_withheld"] = self.key_withheld
         if self.access_id:
             out["access_id"] = self.access_id
+        if self.screening:
+            out["screening"] = self.screening
         return out
 
 
@@ -461,7 +481,7 @@ class ConsortiumClient:
             access_id = self.access(record_id, purpose).record_id
             reply, addr = self.get_record_reply(record_id, access_id=access_id, address=addr)
         view = self._core.record_view(reply, record_id, decrypt, addr)
-        return dataclasses.replace(view, access_id=access_id)
+        return dataclasses.replace(view, access_id=access_id, screening=reply.screening)
 
     def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
         """Commit an Access: the ledger's log entry that lets this org fetch a patient record's
@@ -489,6 +509,28 @@ class ConsortiumClient:
     def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
         return self._submit_fresh(lambda: self._core.build_tx(
             Erase(record_id, subject_id, reason)))
+
+    def review_vote(self, record_id: str, accept: bool) -> VerifiedReceipt:
+        """A validator's vote on a quarantined record (this identity must be a validator's)."""
+        return self._submit_fresh(lambda: self._core.build_tx(ReviewVote(record_id, accept)))
+
+    def verdict(self, record_id: str, decision: str, risk: float,
+                verdict_json: str) -> VerifiedReceipt:
+        """The admission service's advice on a record (this identity must be the service)."""
+        return self._submit_fresh(lambda: self._core.build_tx(
+            Verdict(record_id, decision, round(risk * 1000), verdict_json)))
+
+    def list_screening(self, screening: str, *, after_height: int = 0, limit: int = 1000,
+                       address: str | None = None) -> pb.ScreeningReply:
+        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.ScreeningReply:
+            auth = self._core.read_auth("ListScreening", f"{screening}/{after_height}")
+            out: pb.ScreeningReply = stub.ListScreening(
+                pb.ListScreeningRequest(screening=screening, after_height=after_height,
+                                        limit=limit, auth=auth), timeout=self._timeout_s)
+            return out
+        reply, _ = self._read(call, address)
+        assert isinstance(reply, pb.ScreeningReply)
+        return reply
 
     def get_block(self, height: int, *, audit: bool = False,
                   address: str | None = None) -> pb.Block:

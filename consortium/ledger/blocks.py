@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, inclusion_proof
@@ -28,8 +28,10 @@ from consortium.ledger.transactions import (
     InvalidTransaction,
     RecordTx,
     RequestView,
+    ReviewVote,
     Revoke,
     TxType,
+    Verdict,
     decode_record_tx,
 )
 from consortium.pbft import events as ev
@@ -167,6 +169,20 @@ class ClientOrgs:
         return self._orgs.get(client_id)
 
 
+class Screening:
+    """A record's screening status (docs/admission.md)."""
+
+    PENDING = "pending-screening"
+    ACCEPTED = "accepted"
+    QUARANTINED = "quarantined"
+    REJECTED = "rejected"
+
+
+SCREENING_OUTCOME = "screening: "
+"""A recorded verdict or review vote that changes a record's screening status says so in its
+entry's reason ("screening: quarantined"): receipts show it, and state transfer applies it."""
+
+
 @dataclass(frozen=True, slots=True)
 class RecordState:
     """What executing a record transaction needs to know about its record."""
@@ -176,6 +192,24 @@ class RecordState:
     submitter_org: str
     readers: frozenset[str]
     erased: bool = False
+    screening: str = Screening.ACCEPTED
+    votes: frozenset[tuple[int, bool]] = frozenset()
+    """(replica id, accept) of the review votes so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class Governance:
+    """Who may advise and who may vote, as of the batch being executed."""
+
+    admission_client: str | None = None
+    """The admission service's client id (genesis); None: records are accepted unscreened."""
+    voters: Mapping[str, int] = field(default_factory=dict)
+    """Client id (`validator-<id>`) -> replica id, for the members of the current epoch."""
+    quorum: int = 1
+
+    @property
+    def initial_screening(self) -> str:
+        return Screening.ACCEPTED if self.admission_client is None else Screening.PENDING
 
 
 def _timestamp(previous_ms: int, submissions: list[Submission]) -> int:
@@ -211,7 +245,8 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
 
 
 def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: ClientOrgs,
-                state: Mapping[str, RecordState] | None = None) -> Block:
+                state: Mapping[str, RecordState] | None = None,
+                gov: Governance = Governance()) -> Block:
     """Execute one committed batch into a block. Pure and deterministic: every honest validator
     builds the same block from the same `Execute` and the same prior ledger state (`state`
     holds, for every record the batch's transactions reference, its state before the batch)."""
@@ -234,9 +269,9 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
             except InvalidTransaction as exc:
                 entries.append(Entry(i, r, EntryStatus.INVALID, reason=str(exc)))
                 continue
-            problem, records = _apply(action, sender, records, orgs)
-            status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED \
-                else EntryStatus.RECORDED
+            problem, records = _apply(action, r.client_id, sender, records, orgs, gov)
+            status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
+                not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
             entries.append(Entry(i, r, status, reason=problem, action=action,
                                  sender_org=sender))
             continue
@@ -249,6 +284,10 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
             entries.append(Entry(i, r, EntryStatus.INVALID, reason=
                                  f"client {r.client_id} does not belong to {sub.submitter_org}"))
             continue
+        if r.client_id == gov.admission_client or r.client_id in gov.voters:
+            entries.append(Entry(i, r, EntryStatus.INVALID, reason=
+                                 f"{r.client_id} advises or votes; it does not submit records"))
+            continue
         unknown = [o for o in sub.readers if o not in orgs.known]
         if unknown:
             entries.append(Entry(i, r, EntryStatus.INVALID,
@@ -256,7 +295,8 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
             continue
         entries.append(Entry(i, r, EntryStatus.RECORDED, sub))
         records[r.digest.hex()] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
-                                              frozenset(sub.readers))
+                                              frozenset(sub.readers),
+                                              screening=gov.initial_screening)
         accepted.append(sub)
     header = BlockHeader(
         chain_id=chain_id, height=a.seq, epoch=a.epoch, view=a.view,
@@ -268,15 +308,42 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
     return Block(header, tuple(entries), a.pre_prepare, a.certificate)
 
 
-def _apply(action: RecordTx, sender: str | None, records: dict[str, RecordState],
-           orgs: ClientOrgs) -> tuple[str, dict[str, RecordState]]:
+def _apply(action: RecordTx, client_id: str, sender: str | None,
+           records: dict[str, RecordState], orgs: ClientOrgs,
+           gov: Governance) -> tuple[str, dict[str, RecordState]]:
     """Judge one record transaction against the state; returns (why not, or "" when it takes
-    effect; ACCESS_DENIED for a logged but refused access) and the state after it."""
+    effect; ACCESS_DENIED for a logged but refused access; SCREENING_OUTCOME... for a verdict
+    or vote that changed the record's screening status) and the state after it."""
     rec = records.get(action.record_id)
     if sender is None:
         return "the client belongs to no member organisation", records
+    if isinstance(action, Verdict) and client_id != gov.admission_client:
+        return "verdicts come only from the admission service named in genesis", records
+    if isinstance(action, ReviewVote) and client_id not in gov.voters:
+        return "review votes come only from current validators (validator-<id>)", records
+    if client_id == gov.admission_client and not isinstance(action, (Verdict, Access)):
+        return "the admission service only advises and reads", records
     if rec is None:
         return f"no record {action.record_id}", records
+    if isinstance(action, Verdict):
+        if rec.screening != Screening.PENDING:
+            return "", records  # kept on the ledger as advice; the status was decided before
+        new = Screening.ACCEPTED if action.decision == "ok" else Screening.QUARANTINED
+        records[action.record_id] = replace(rec, screening=new)
+        return SCREENING_OUTCOME + new, records
+    if isinstance(action, ReviewVote):
+        if rec.screening != Screening.QUARANTINED:
+            return f"the record is {rec.screening}, not quarantined", records
+        voter = gov.voters[client_id]
+        if any(v == voter for v, _ in rec.votes):
+            return f"validator {voter} already voted on this record", records
+        votes = rec.votes | {(voter, action.accept)}
+        accepts = sum(1 for _, a in votes if a)
+        rejects = len(votes) - accepts
+        new = Screening.ACCEPTED if accepts >= gov.quorum else \
+            Screening.REJECTED if rejects >= gov.quorum else rec.screening
+        records[action.record_id] = replace(rec, votes=votes, screening=new)
+        return (SCREENING_OUTCOME + new if new != rec.screening else ""), records
     if rec.erased:
         return "the record was erased", records
     if isinstance(action, Access):

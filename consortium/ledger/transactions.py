@@ -11,6 +11,8 @@ for each reader, or the key a grant wraps for a new reader.
     revoke  seg0 = 3 | record_id:32 | org:text
     erase   seg0 = 4 | record_id:32 | subject_id:text | reason:text
     access  seg0 = 5 | record_id:32 | purpose:text | requested_at_ms:u64
+    verdict seg0 = 6 | record_id:32 | decision:text | risk_milli:u16   seg1 = verdict JSON
+    review  seg0 = 7 | record_id:32 | accept:u8
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -46,6 +48,8 @@ class TxType(enum.IntEnum):
     REVOKE = 3
     ERASE = 4
     ACCESS = 5
+    VERDICT = 6
+    REVIEW_VOTE = 7
 
 
 class InvalidTransaction(ValueError):
@@ -142,7 +146,44 @@ class Access:
         return [w.getvalue()]
 
 
-RecordTx = Grant | Revoke | Erase | Access
+VERDICT_JSON_BYTES_MAX = 16 << 10
+SCREENING_DECISIONS = frozenset({"ok", "flag"})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The admission service's advice on a record (ok / flag), with the full verdict as
+    canonical JSON (consortium/admission/model.py). Only the service named in genesis may
+    submit one; it only moves a record out of pending-screening (docs/admission.md)."""
+
+    record_id: str
+    decision: str
+    risk_milli: int
+    verdict_json: str
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.fixed(_header(TxType.VERDICT, self.record_id, self.decision))
+        w.u16(self.risk_milli)
+        return [w.getvalue(), self.verdict_json.encode()]
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewVote:
+    """A validator's vote on a quarantined record: 2f+1 accepts accept it, 2f+1 rejects
+    reject it. Signed as the validator's own client (`validator-<id>`, its validator key)."""
+
+    record_id: str
+    accept: bool
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.fixed(_header(TxType.REVIEW_VOTE, self.record_id))
+        w.u8(1 if self.accept else 0)
+        return [w.getvalue()]
+
+
+RecordTx = Grant | Revoke | Erase | Access | Verdict | ReviewVote
 """Transactions that act on an existing record."""
 
 
@@ -187,12 +228,15 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
     try:
         rd.u8()
         record_id = rd.fixed(DIGEST_BYTES).hex()
-        texts = [rd.text() for _ in range(2 if kind is TxType.ERASE else 1)]
+        texts = [rd.text() for _ in range({TxType.ERASE: 2, TxType.REVIEW_VOTE: 0}.get(
+            kind, 1))]
         at_ms = rd.u64() if kind is TxType.ACCESS else 0
+        risk_milli = rd.u16() if kind is TxType.VERDICT else 0
+        accept = rd.u8() if kind is TxType.REVIEW_VOTE else 0
         rd.end()
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
-    expected_segments = 2 if kind is TxType.GRANT else 1
+    expected_segments = 2 if kind in (TxType.GRANT, TxType.VERDICT) else 1
     if len(segments) != expected_segments:
         raise InvalidTransaction(f"a {kind.name.lower()} transaction has {expected_segments} "
                                  "segment(s)")
@@ -217,6 +261,25 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
         if at_ms >= 1 << 63:
             raise InvalidTransaction("requested_at_ms out of range")
         return Access(record_id, texts[0], at_ms)
+    if kind is TxType.VERDICT:
+        if texts[0] not in SCREENING_DECISIONS:
+            raise InvalidTransaction(f"a record verdict decides ok or flag, not {texts[0]!r}")
+        if risk_milli > 1000:
+            raise InvalidTransaction("risk is 0..1000 thousandths")
+        verdict_json = segments[1]
+        if verdict_json is None:  # withheld (a block view): the decision is in the header
+            return Verdict(record_id, texts[0], risk_milli, "")
+        if len(verdict_json) > VERDICT_JSON_BYTES_MAX:
+            raise InvalidTransaction(f"verdict JSON over {VERDICT_JSON_BYTES_MAX} bytes")
+        try:
+            text = verdict_json.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidTransaction("verdict JSON is not UTF-8") from exc
+        return Verdict(record_id, texts[0], risk_milli, text)
+    if kind is TxType.REVIEW_VOTE:
+        if accept not in (0, 1):
+            raise InvalidTransaction("a review vote accepts (1) or rejects (0)")
+        return ReviewVote(record_id, accept == 1)
     raise InvalidTransaction(f"{kind.name.lower()} is not a record transaction")
 
 

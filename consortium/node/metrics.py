@@ -13,6 +13,9 @@ records_committed = Counter("consortium_records_committed_total", "Records commi
 view_changes = Counter("consortium_view_changes_total", "Views entered after the first")
 peer_faults = Counter("consortium_peer_faults_total",
                       "Invalid messages received from peers (ignored)")
+screening = Gauge("consortium_records_screening",
+                  "Records by screening status (pending-screening is the screening backlog)",
+                  ["status"])
 peer_connected = Gauge("consortium_peer_connected", "1 while the link to a peer is up", ["peer"])
 submit_latency = Histogram("consortium_submit_latency_seconds",
                            "SubmitRecord: request received to commit receipt",

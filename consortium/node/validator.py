@@ -25,13 +25,15 @@ from grpc_reflection.v1alpha import reflection
 
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.config import Genesis, ValidatorConfig
+from consortium.config import Genesis, ValidatorConfig, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.blocks import (
     Block,
     BlockHeader,
     ClientOrgs,
     EntryStatus,
+    Governance,
+    Screening,
     build_block,
     referenced_records,
     verify_certificate,
@@ -121,6 +123,8 @@ class Validator:
                              f"{config.replica_id}'s key from the genesis file")
         self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
         store.erasure_deletes_ciphertext = genesis.policy.erasure_deletes_ciphertext
+        store.initial_screening = Screening.ACCEPTED if genesis.admission_client is None \
+            else Screening.PENDING
         self.clients = StaticClients(genesis.client_keys())
         self.orgs = ClientOrgs(genesis.client_orgs(), {o.org_id for o in genesis.orgs})
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
@@ -134,6 +138,7 @@ class Validator:
         self.health = health_aio.HealthServicer()
         self._servers: list[grpc.aio.Server] = []
         self._loop_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._accepting = True
         self.failed = False
@@ -160,6 +165,8 @@ class Validator:
             await self._fetch_missing_blocks(self.replica.last_executed)
         await self._carry_out(self.replica.start())
         self._loop_task = asyncio.create_task(self._run(), name="consensus-loop")
+        if self.genesis.admission_client is not None:
+            self._gauge_task = asyncio.create_task(self._screening_gauges(), name="gauges")
         self._loop_task.add_done_callback(self._loop_ended)
         metrics.height.set(self._ledger_height())
         metrics.view.set(self.replica.view)
@@ -206,6 +213,8 @@ class Validator:
             await asyncio.sleep(0.05)
         for server in self._servers:
             await server.stop(grace=1.0)
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(BaseException):
@@ -243,6 +252,20 @@ class Validator:
             for event in batch:
                 actions.extend(self.replica.step(event))
             await self._carry_out(actions)
+
+    async def _screening_gauges(self) -> None:
+        """Export the screening backlog (records waiting for the admission service) and the
+        review queue as gauges, every few seconds."""
+        while True:
+            try:
+                counts = await self.store.screening_counts()
+            except (StoreError, psycopg.Error) as exc:
+                log.warning("screening gauges failed", error=str(exc)[:200])
+                counts = None
+            if counts is not None:
+                for status in (Screening.PENDING, Screening.QUARANTINED, Screening.REJECTED):
+                    metrics.screening.labels(status=status).set(counts.get(status, 0))
+            await asyncio.sleep(5)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """The consensus loop only ends by cancellation; anything else is fatal: stop serving
@@ -328,7 +351,12 @@ class Validator:
             await self.store.persist_messages(persist)
             return
         state = await self.store.record_states(referenced_records(a.requests))
-        block = build_block(a, self.chain_id, self.head, self.orgs, state)
+        assert self.replica is not None
+        members = self.replica.config
+        gov = Governance(self.genesis.admission_client,
+                         {validator_client_id(r): r for r in members.replica_ids},
+                         members.quorum)
+        block = build_block(a, self.chain_id, self.head, self.orgs, state, gov)
         await self.store.append_block(block, also_persist=persist)
         self.head = block.header
         if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
@@ -624,7 +652,9 @@ class LedgerService(pb_grpc.LedgerServicer):
         stored = await self.v.store.get_block(rec.height)
         assert stored is not None
         receipt = wire.receipt_from_stored(stored, rec.idx, self.v.chain_id, show=view)
-        return wire.record_to_proto(rec, view, keys, receipt, withheld)
+        reply = wire.record_to_proto(rec, view, keys, receipt, withheld)
+        reply.screening = rec.screening
+        return reply
 
     async def _access_problem(self, access_id: str, record_id: str, org: str) -> str:
         """Why a committed Access does not (or no longer) let `org` read `record_id`'s key;
@@ -679,6 +709,32 @@ class LedgerService(pb_grpc.LedgerServicer):
                     return  # a bounded range past the head: nothing more to send
                 async with self.v.new_blocks:
                     await self.v.new_blocks.wait()
+
+    async def ListScreening(self, request, context):  # type: ignore[no-untyped-def]
+        if request.screening not in {Screening.PENDING, Screening.ACCEPTED,
+                                     Screening.QUARANTINED, Screening.REJECTED}:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "screening is pending-screening, accepted, quarantined or "
+                                "rejected")
+        org = await self._authorize(request.auth, "ListScreening",
+                                    f"{request.screening}/{request.after_height}", context)
+        v = self.v
+        records = await v.store.records_by_screening(request.screening, request.after_height,
+                                                     request.limit or 1000)
+        assert v.replica is not None
+        reply = pb.ScreeningReply(quorum=v.replica.config.quorum)
+        for rec in records:
+            votes, verdicts = await v.store.review_state(rec.record_id)
+            readable = rec.kind != RecordKind.PATIENT.value or org in rec.wrapped_keys
+            reply.records.append(pb.ScreeningEntry(
+                record_id=rec.record_id, height=rec.height, kind=rec.kind,
+                subject_id=rec.subject_id, event_type=rec.event_type,
+                submitter_org=rec.submitter_org, screening=rec.screening,
+                verdicts=[pb.VerdictInfo(decision=d, risk_milli=r,
+                                         verdict_json=j if readable else "")
+                          for d, r, j in verdicts],
+                votes=[pb.ReviewVoteInfo(replica_id=r, accept=a) for r, a in votes]))
+        return reply
 
     async def ListSubject(self, request, context):  # type: ignore[no-untyped-def]
         if request.kind not in {k.value for k in RecordKind}:

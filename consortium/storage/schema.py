@@ -129,6 +129,36 @@ CREATE TABLE access_log (
 );
 CREATE INDEX access_log_record_idx ON access_log (record_id, height);
 """),
+    # Screening (docs/admission.md): every record has a screening status; verdicts of the
+    # admission service and validators' review votes are kept with the entry that carried them.
+    (3, """
+ALTER TABLE records ADD COLUMN screening text NOT NULL DEFAULT 'accepted'
+    CHECK (screening IN ('pending-screening', 'accepted', 'quarantined', 'rejected'));
+CREATE INDEX records_screening_idx ON records (screening, height)
+    WHERE screening <> 'accepted';
+
+CREATE TABLE verdicts (
+    height      bigint   NOT NULL,
+    idx         integer  NOT NULL,
+    record_id   text     NOT NULL,
+    decision    text     NOT NULL,
+    risk_milli  integer  NOT NULL,
+    verdict     text     NOT NULL,
+    PRIMARY KEY (height, idx),
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+CREATE INDEX verdicts_record_idx ON verdicts (record_id, height);
+
+CREATE TABLE review_votes (
+    record_id   text     NOT NULL,
+    replica_id  integer  NOT NULL,
+    accept      boolean  NOT NULL,
+    height      bigint   NOT NULL,
+    idx         integer  NOT NULL,
+    PRIMARY KEY (record_id, replica_id),
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -28,11 +28,13 @@ from psycopg.types.json import Jsonb
 from consortium.crypto.hashing import DIGEST_BYTES
 from consortium.ledger.blocks import (
     GENESIS_PREV_HASH,
+    SCREENING_OUTCOME,
     Block,
     BlockHeader,
     Entry,
     EntryStatus,
     RecordState,
+    Screening,
 )
 from consortium.ledger.records import (
     InvalidRecord,
@@ -46,7 +48,9 @@ from consortium.ledger.transactions import (
     Grant,
     InvalidTransaction,
     RequestView,
+    ReviewVote,
     Revoke,
+    Verdict,
     key_segment,
     parse_key_segment,
 )
@@ -131,6 +135,7 @@ class StoredRecord:
     reason: str
     redacted: bool = False
     erasure: Erasure | None = None
+    screening: str = Screening.ACCEPTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +228,9 @@ class LedgerStore:
         self.replica_id = replica_id
         self.erasure_deletes_ciphertext = True
         """Genesis policy (DataPolicy): the validator sets it after opening."""
+        self.initial_screening = Screening.ACCEPTED
+        """pending-screening when genesis names an admission service (the validator sets
+        it)."""
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncCursor[Any]]:
@@ -453,9 +461,10 @@ class LedgerStore:
                      "bool"), entry_rows)
         await _copy(cur, "records", ("record_id", "height", "idx", "kind", "subject_id",
                                      "event_type", "submitter_org", "submitted_at_ms", "metadata",
-                                     "ciphertext", "content_hash"),
+                                     "ciphertext", "content_hash", "screening"),
                     ("text", "int8", "int4", "text", "text", "text", "text", "int8", "jsonb",
-                     "bytea", "bytea"), record_rows)
+                     "bytea", "bytea", "text"),
+                    [(*row, self.initial_screening) for row in record_rows])
         await _copy(cur, "wrapped_keys", ("record_id", "org", "wrapped_key"),
                     ("text", "text", "bytea"), key_rows)
         for block in blocks:
@@ -486,6 +495,21 @@ class LedgerStore:
                  _pg_text(a.purpose), e.reason == "", a.requested_at_ms))
         elif isinstance(a, Erase):
             await self._erase(cur, a.record_id, header, org, _pg_text(a.reason))
+        elif isinstance(a, Verdict):
+            await cur.execute(
+                "INSERT INTO verdicts (height, idx, record_id, decision, risk_milli, verdict) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (header.height, e.index, a.record_id, a.decision, a.risk_milli,
+                 _pg_text(a.verdict_json)))
+        elif isinstance(a, ReviewVote):
+            voter = int(e.client_id.removeprefix("validator-"))
+            await cur.execute(
+                "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (a.record_id, voter, a.accept, header.height, e.index))
+        if e.reason.startswith(SCREENING_OUTCOME) and a is not None:
+            await cur.execute("UPDATE records SET screening = %s WHERE record_id = %s",
+                              (e.reason.removeprefix(SCREENING_OUTCOME), a.record_id))
 
     async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
                      by_org: str, reason: str) -> None:
@@ -616,11 +640,14 @@ class LedgerStore:
                 "SELECT r.record_id, r.kind, r.subject_id, r.submitter_org, "
                 "r.erased_height IS NOT NULL, coalesce((SELECT array_agg(w.org) "
                 "FROM wrapped_keys w WHERE w.record_id = r.record_id), '{}'), e.request, "
-                "e.redacted FROM records r JOIN entries e ON e.height = r.height "
+                "e.redacted, r.screening, coalesce((SELECT array_agg(v.replica_id || ':' || "
+                "v.accept::int) FROM review_votes v WHERE v.record_id = r.record_id), '{}') "
+                "FROM records r JOIN entries e ON e.height = r.height "
                 "AND e.idx = r.idx WHERE r.record_id = ANY(%s)", (ids,))
             rows = await cur.fetchall()
         out = {}
-        for record_id, kind, subject, org, erased, readers, request, redacted in rows:
+        for (record_id, kind, subject, org, erased, readers, request, redacted, screening,
+             votes) in rows:
             texts = (str(subject), str(org), *(str(o) for o in readers))
             if any(_REPLACEMENT in t for t in texts):
                 exact = _exact_record(StoredRecord(
@@ -629,10 +656,42 @@ class LedgerStore:
                     bool(redacted)))
                 subject, org, readers = exact.subject_id, exact.submitter_org, \
                     list(exact.wrapped_keys)
-            out[str(record_id)] = RecordState(RecordKind(str(kind)), str(subject), str(org),
-                                              frozenset(str(o) for o in readers),
-                                              bool(erased))
+            out[str(record_id)] = RecordState(
+                RecordKind(str(kind)), str(subject), str(org),
+                frozenset(str(o) for o in readers), bool(erased), str(screening),
+                frozenset((int(v.split(":")[0]), v.split(":")[1] == "1") for v in votes))
         return out
+
+    async def screening_counts(self) -> dict[str, int]:
+        """Records per screening status other than accepted (the backlog is a metric)."""
+        async with self._cursor() as cur:
+            await cur.execute("SELECT screening, count(*) FROM records "
+                              "WHERE screening <> 'accepted' GROUP BY screening")
+            rows = await cur.fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    async def records_by_screening(self, screening: str, after_height: int,
+                                   limit: int) -> list[StoredRecord]:
+        """Records in one screening status, in ledger order from after_height."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                _RECORD_SELECT + "WHERE r.screening = %s AND r.height > %s "
+                "ORDER BY r.height, r.idx LIMIT %s",
+                (screening, after_height, min(limit, RECORDS_PER_QUERY_MAX)))
+            rows = await cur.fetchall()
+        return [_record_from_row(row) for row in rows]
+
+    async def review_state(self, record_id: str) -> tuple[list[tuple[int, bool]],
+                                                          list[tuple[str, int, str]]]:
+        """(votes as (replica id, accept), verdicts as (decision, risk_milli, verdict json))."""
+        async with self._cursor() as cur:
+            await cur.execute("SELECT replica_id, accept FROM review_votes WHERE record_id = %s "
+                              "ORDER BY height, idx", (record_id,))
+            votes = [(int(r), bool(a)) for r, a in await cur.fetchall()]
+            await cur.execute("SELECT decision, risk_milli, verdict FROM verdicts "
+                              "WHERE record_id = %s ORDER BY height, idx", (record_id,))
+            verdicts = [(str(d), int(r), str(v)) for d, r, v in await cur.fetchall()]
+        return votes, verdicts
 
     async def record_history(self, record_ids: Sequence[str]) -> list[StoredEntry]:
         """The entries of these records and of every transaction that acted on them, in
@@ -715,7 +774,7 @@ _RECORD_SELECT = (
     "coalesce((SELECT array_agg(w.wrapped_key ORDER BY w.org) FROM wrapped_keys w "
     "          WHERE w.record_id = r.record_id), '{}'), "
     "e.request, e.status, e.reason, e.redacted, r.erased_height, r.erased_by, r.erased_at_ms, "
-    "r.erase_reason "
+    "r.erase_reason, r.screening "
     "FROM records r JOIN entries e ON e.height = r.height AND e.idx = r.idx ")
 
 
@@ -732,7 +791,7 @@ def _is_record_id(record_id: str) -> bool:
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
     (record_id, height, idx, kind, subject_id, event_type, submitter_org, submitted_at_ms,
      metadata_json, ciphertext, content_hash, orgs, keys, request, status, reason, redacted,
-     erased_height, erased_by, erased_at_ms, erase_reason) = row
+     erased_height, erased_by, erased_at_ms, erase_reason, screening) = row
     metadata = json.loads(metadata_json)
     if not isinstance(metadata, dict):
         raise StoreCorrupted(f"record {record_id}: metadata is not an object")
@@ -746,7 +805,7 @@ def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
         content_hash=bytes(content_hash),
         wrapped_keys={str(o): bytes(k) for o, k in zip(orgs, keys, strict=True)},
         request=bytes(request), status=str(status), reason=str(reason),
-        redacted=bool(redacted), erasure=erasure)
+        redacted=bool(redacted), erasure=erasure, screening=str(screening))
     texts: Iterable[str] = (rec.subject_id, rec.event_type, rec.submitter_org,
                             *rec.metadata, *rec.metadata.values(), *rec.wrapped_keys)
     if any(_REPLACEMENT in t for t in texts):

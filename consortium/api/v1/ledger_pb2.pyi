@@ -6,6 +6,66 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListScreeningRequest(_message.Message):
+    __slots__ = ("screening", "after_height", "limit", "auth")
+    SCREENING_FIELD_NUMBER: _ClassVar[int]
+    AFTER_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    screening: str
+    after_height: int
+    limit: int
+    auth: ReadAuth
+    def __init__(self, screening: _Optional[str] = ..., after_height: _Optional[int] = ..., limit: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+
+class ReviewVoteInfo(_message.Message):
+    __slots__ = ("replica_id", "accept")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    accept: bool
+    def __init__(self, replica_id: _Optional[int] = ..., accept: _Optional[bool] = ...) -> None: ...
+
+class VerdictInfo(_message.Message):
+    __slots__ = ("decision", "risk_milli", "verdict_json")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RISK_MILLI_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_JSON_FIELD_NUMBER: _ClassVar[int]
+    decision: str
+    risk_milli: int
+    verdict_json: str
+    def __init__(self, decision: _Optional[str] = ..., risk_milli: _Optional[int] = ..., verdict_json: _Optional[str] = ...) -> None: ...
+
+class ScreeningEntry(_message.Message):
+    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "screening", "verdicts", "votes")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_ORG_FIELD_NUMBER: _ClassVar[int]
+    SCREENING_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    height: int
+    kind: str
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    screening: str
+    verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
+    votes: _containers.RepeatedCompositeFieldContainer[ReviewVoteInfo]
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., screening: _Optional[str] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[ReviewVoteInfo, _Mapping]]] = ...) -> None: ...
+
+class ScreeningReply(_message.Message):
+    __slots__ = ("records", "quorum")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ScreeningEntry]
+    quorum: int
+    def __init__(self, records: _Optional[_Iterable[_Union[ScreeningEntry, _Mapping]]] = ..., quorum: _Optional[int] = ...) -> None: ...
+
 class ReadAuth(_message.Message):
     __slots__ = ("client_id", "timestamp_ms", "signature")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -99,7 +159,7 @@ class WrappedKey(_message.Message):
     def __init__(self, org: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
 
 class RecordReply(_message.Message):
-    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "request", "status", "request_view", "erasure", "receipt", "key_withheld")
+    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "request", "status", "request_view", "erasure", "receipt", "key_withheld", "screening")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +183,7 @@ class RecordReply(_message.Message):
     ERASURE_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     KEY_WITHHELD_FIELD_NUMBER: _ClassVar[int]
+    SCREENING_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     height: int
     kind: str
@@ -139,7 +200,8 @@ class RecordReply(_message.Message):
     erasure: Erasure
     receipt: Receipt
     key_withheld: str
-    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., request_view: _Optional[bytes] = ..., erasure: _Optional[_Union[Erasure, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., key_withheld: _Optional[str] = ...) -> None: ...
+    screening: str
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., request_view: _Optional[bytes] = ..., erasure: _Optional[_Union[Erasure, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., key_withheld: _Optional[str] = ..., screening: _Optional[str] = ...) -> None: ...
 
 class Erasure(_message.Message):
     __slots__ = ("height", "by_org", "at_ms", "reason")

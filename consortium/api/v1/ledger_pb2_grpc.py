@@ -80,6 +80,11 @@ class LedgerStub:
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_ledger__pb2.SubjectReply.FromString,
                 _registered_method=True)
+        self.ListScreening = channel.unary_unary(
+                '/consortium.v1.Ledger/ListScreening',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.ScreeningReply.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -152,6 +157,14 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListScreening(self, request, context):
+        """Records in one screening status (pending-screening, quarantined, rejected...) with their
+        verdicts and review votes, in ledger order: the review queue and the screening backlog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +202,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.ListSubject,
                     request_deserializer=consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.FromString,
                     response_serializer=consortium_dot_v1_dot_ledger__pb2.SubjectReply.SerializeToString,
+            ),
+            'ListScreening': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScreening,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.ScreeningReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +409,33 @@ class Ledger:
             '/consortium.v1.Ledger/ListSubject',
             consortium_dot_v1_dot_ledger__pb2.ListSubjectRequest.SerializeToString,
             consortium_dot_v1_dot_ledger__pb2.SubjectReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScreening(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Ledger/ListScreening',
+            consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.ScreeningReply.FromString,
             options,
             channel_credentials,
             insecure,
