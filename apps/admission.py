@@ -1,0 +1,139 @@
+"""`consortium admission`: the admission service's judgement, offline.
+
+`eval` runs a backend over the evaluation set and reports precision, recall and F1 per task,
+injection attempts that changed a verdict, and latency per verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+DEFAULT_SET = Path("tests/data/admission")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"consortium: {message}", err=True)
+    sys.exit(1)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Warnings only, on stderr, so --json output stays parseable; the previous structlog
+    configuration comes back afterwards (the command may run inside a larger process)."""
+    old = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        cache_logger_on_first_use=False)
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**old)
+
+
+@click.group()
+def admission() -> None:
+    """The LLM admission service's rules, models and evaluation."""
+
+
+@admission.command("eval")
+@click.option("--backend", type=click.Choice(["embedded", "openai", "rules"]),
+              default="embedded", show_default=True, help="Who judges after the rules.")
+@click.option("--model", default=None,
+              help="Embedded: qwen2.5-coder-1.5b (default), qwen2.5-coder-0.5b, smollm2-135m. "
+                   "OpenAI: the model name the endpoint expects.")
+@click.option("--url", default=None, help="OpenAI-compatible endpoint base URL.")
+@click.option("--api-key-env", default="CONSORTIUM_ADMISSION_API_KEY", show_default=True,
+              help="Environment variable holding the endpoint's API key.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds one model call may take.")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Embedded: CPU threads for llama.cpp.")
+@click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Verdicts in flight (embedded: llama.cpp slots).")
+@click.option("--sample", "per_task", type=click.IntRange(min=1), default=None,
+              help="Only this many items per task (evenly spread; injection bases added).")
+@click.option("--set", "set_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=DEFAULT_SET, show_default=True, help="Evaluation set directory.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the joined model file is kept (default: $CONSORTIUM_ADMISSION_CACHE "
+                   "or ~/.cache/consortium/admission).")
+@click.option("--allow-remote-patient-data", is_flag=True,
+              help="Send patient payloads to a non-loopback endpoint.")
+@click.option("--verdicts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write every verdict (JSON lines) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
+             timeout: float, threads: int, parallel: int, per_task: int | None,
+             set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
+             verdicts: Path | None, as_json: bool) -> None:
+    """Score a backend on the evaluation set."""
+    from consortium.admission import backends as b
+    from consortium.admission.eval import load_eval_set, run_eval, sample
+    from consortium.admission.review import Reviewer
+
+    if not (set_dir / "joins.jsonl").exists():
+        _fail(f"no evaluation set in {set_dir} (give --set DIR)")
+    try:
+        items = load_eval_set(set_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"cannot read the evaluation set: {exc}")
+    if per_task is not None:
+        items = sample(items, per_task)
+    engine: b.Backend
+    try:
+        if backend == "rules":
+            engine = b.RulesBackend()
+        elif backend == "openai":
+            if not url or not model:
+                _fail("--backend openai needs --url and --model")
+            assert url is not None and model is not None
+            engine = b.OpenAIBackend(b.OpenAIConfig(url, model, api_key_env=api_key_env,
+                                                    timeout_s=timeout))
+        else:
+            engine = b.EmbeddedBackend(model or b.DEFAULT_MODEL, cache_dir=cache_dir,
+                                       threads=threads, parallel=parallel, timeout_s=timeout)
+    except (b.ModelUnavailable, b.ModelIntegrityError, ValueError) as exc:
+        _fail(str(exc))
+    out = verdicts.open("w", encoding="utf-8") if verdicts is not None else None
+    try:
+        with _quiet_logs():
+            reviewer = Reviewer(engine, allow_remote_patient_data=allow_remote_patient_data)
+
+        def progress(item: Any, verdict: Any) -> None:
+            if out is not None:
+                out.write(json.dumps({"item": item.id, "bad": item.bad,
+                                      "verdict": json.loads(verdict.to_json())},
+                                     sort_keys=True) + "\n")
+                out.flush()
+
+        with _quiet_logs():
+            report = run_eval(reviewer, items, parallel=parallel, progress=progress)
+    finally:
+        engine.close()
+        if out is not None:
+            out.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(f"backend {report['backend']} {report['model']}: {report['items']} items in "
+               f"{report['wall_s']} s")
+    for task, m in report["tasks"].items():
+        click.echo(f"  {task:7} n={m['n']:3} bad={m['bad']:3} precision={m['precision']:.3f} "
+                   f"recall={m['recall']:.3f} f1={m['f1']:.3f} model errors="
+                   f"{m['model_errors']}")
+    inj = report["injection"]
+    click.echo(f"  injection attempts {inj['attempts']}, changed a verdict "
+               f"{inj['changed_verdict']}, got through {len(inj['got_through'])}")
+    lat = report["latency_ms"]
+    click.echo(f"  latency per verdict: mean {lat['all'].get('mean', 0)} ms; with the model "
+               f"mean {lat['model'].get('mean', 0)} ms, p95 {lat['model'].get('p95', 0)} ms")

@@ -1,0 +1,362 @@
+"""What the admission service reviews, and the verdict it gives.
+
+The input types are plain frozen dataclasses, independent of the ledger: whoever follows the
+block stream maps ledger records and join requests onto them (`ProvenanceEvent.from_metadata`
+reads the public metadata the SDK writes). Keeping them ledger-free lets the rules, the prompts
+and the evaluation set run without a consortium.
+
+A `Verdict` is advice, never a decision of the consortium: validators vote on what it flags.
+It carries enough to audit it later: which backend and model file (by sha256), which prompt
+template (by hash), which input (by hash), the rule findings, and how long it took.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+VERDICT_VERSION = 1
+
+
+class Task(enum.StrEnum):
+    JOIN = "join"
+    RECORD = "record"
+
+
+class JoinDecision(enum.StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    REVIEW = "review"
+
+
+class RecordDecision(enum.StrEnum):
+    OK = "ok"
+    FLAG = "flag"
+
+
+DECISIONS: dict[Task, tuple[str, ...]] = {
+    Task.JOIN: tuple(d.value for d in JoinDecision),
+    Task.RECORD: tuple(d.value for d in RecordDecision),
+}
+
+PERMISSIVENESS: dict[str, int] = {"approve": 0, "review": 1, "reject": 2, "ok": 0, "flag": 2}
+"""Lower is more permissive. Used to combine advice (the stricter wins) and to tell whether an
+injection attempt moved a verdict towards what the attacker wanted."""
+
+
+class Severity(enum.StrEnum):
+    CERTAIN = "certain"
+    """The rule is sure: it rejects or flags by itself and no model can clear it."""
+    SUSPECT = "suspect"
+    """A warning sign a reviewer weighs; the rules backend alone treats it as review/flag."""
+    INFO = "info"
+    """Context only (e.g. a check that could not run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    rule: str
+    """Stable rule id, e.g. ``custody.received-without-shipment``."""
+    severity: Severity
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "severity": self.severity.value, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(str(data["rule"]), Severity(data["severity"]), str(data["message"]))
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """An organisation asking to become a member (and run a validator)."""
+
+    request_id: str
+    org_name: str
+    endpoint: str
+    """host:port of the applicant's validator."""
+    sector: str
+    """What the applicant says it is: manufacturer, distributor, pharmacy, hospital, lab..."""
+    country: str
+    contact_email: str
+    statement: str
+    """The applicant's own free text: data to judge, never instructions."""
+    sponsors: tuple[str, ...] = ()
+    """Existing members the applicant says vouch for it."""
+    submitted_at_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "org_name": self.org_name,
+                "endpoint": self.endpoint, "sector": self.sector, "country": self.country,
+                "contact_email": self.contact_email, "statement": self.statement,
+                "sponsors": list(self.sponsors), "submitted_at_ms": self.submitted_at_ms}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JoinRequest:
+        return cls(str(d["request_id"]), str(d["org_name"]), str(d["endpoint"]),
+                   str(d["sector"]), str(d["country"]), str(d["contact_email"]),
+                   str(d["statement"]), tuple(str(s) for s in d.get("sponsors", ())),
+                   int(d.get("submitted_at_ms", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class JoinContext:
+    """What the consortium already is, for the join rules."""
+
+    members: frozenset[str] = frozenset()
+    member_endpoints: frozenset[str] = frozenset()
+    now_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": sorted(self.members), "member_endpoints": sorted(
+            self.member_endpoints), "now_ms": self.now_ms}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JoinContext:
+        return cls(frozenset(d.get("members", ())), frozenset(d.get("member_endpoints", ())),
+                   int(d.get("now_ms", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceEvent:
+    """One provenance record: an event in the life of a product lot (`subject_id`)."""
+
+    record_id: str
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    location: str | None = None
+    custodian_from: str | None = None
+    custodian_to: str | None = None
+    quantity: int | None = None
+    quantity_raw: str | None = None
+    """The metadata text when it is not a whole number (a rule flags it)."""
+    documents: tuple[str, ...] = ()
+    notes: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    """Any other public metadata, sorted by key."""
+
+    KNOWN_KEYS = frozenset({"location", "custodian_from", "custodian_to", "quantity",
+                            "documents", "notes"})
+
+    @classmethod
+    def from_metadata(cls, record_id: str, subject_id: str, event_type: str,
+                      submitter_org: str, submitted_at_ms: int,
+                      metadata: Mapping[str, str]) -> ProvenanceEvent:
+        """Map a ledger record's public metadata (as the SDK writes it) onto an event."""
+        raw_q = metadata.get("quantity")
+        quantity: int | None = None
+        if raw_q is not None and raw_q.strip().lstrip("-").isdigit():
+            quantity = int(raw_q.strip())
+            raw_q = None
+        docs = tuple(d for d in (metadata.get("documents") or "").split(",") if d)
+        extra = tuple(sorted((k, v) for k, v in metadata.items() if k not in cls.KNOWN_KEYS))
+        return cls(record_id, subject_id, event_type, submitter_org, submitted_at_ms,
+                   metadata.get("location"), metadata.get("custodian_from"),
+                   metadata.get("custodian_to"), quantity, raw_q, docs, metadata.get("notes"),
+                   extra)
+
+    def metadata(self) -> dict[str, str]:
+        out = dict(self.extra)
+        for k in ("location", "custodian_from", "custodian_to", "notes"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        if self.quantity is not None:
+            out["quantity"] = str(self.quantity)
+        elif self.quantity_raw is not None:
+            out["quantity"] = self.quantity_raw
+        if self.documents:
+            out["documents"] = ",".join(self.documents)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"record_id": self.record_id, "subject_id": self.subject_id,
+                "event_type": self.event_type, "submitter_org": self.submitter_org,
+                "submitted_at_ms": self.submitted_at_ms, "metadata": self.metadata()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProvenanceEvent:
+        return cls.from_metadata(str(d["record_id"]), str(d["subject_id"]),
+                                 str(d["event_type"]), str(d["submitter_org"]),
+                                 int(d["submitted_at_ms"]),
+                                 {str(k): str(v) for k, v in d.get("metadata", {}).items()})
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecordInput:
+    """A patient record: public metadata plus, when the service may read it, the payload.
+
+    `payload` is the decrypted JSON (see schema.PATIENT_PAYLOAD_SCHEMA), or None when the
+    submitter did not wrap the record key for the service: then only the metadata is screened.
+    """
+
+    record_id: str
+    subject_id: str
+    """Pseudonymous patient id."""
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    metadata: tuple[tuple[str, str], ...] = ()
+    payload: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    ciphertext_sha256: str = ""
+    """Hash of the record's ciphertext: binds the verdict to the record without putting a hash
+    of the plaintext (a guessing oracle for small payloads) into a public verdict."""
+
+    def payload_digest(self) -> str | None:
+        """Plaintext digest for duplicate detection inside the service (never published)."""
+        if self.payload is None:
+            return None
+        return hashlib.sha256(canonical_json(self.payload).encode()).hexdigest()
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"record_id": self.record_id, "subject_id": self.subject_id,
+                "event_type": self.event_type, "submitter_org": self.submitter_org,
+                "submitted_at_ms": self.submitted_at_ms, "metadata": dict(self.metadata),
+                "ciphertext_sha256": self.ciphertext_sha256}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.public_dict()
+        out["payload"] = None if self.payload is None else dict(self.payload)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PatientRecordInput:
+        payload = d.get("payload")
+        return cls(str(d["record_id"]), str(d["subject_id"]), str(d["event_type"]),
+                   str(d["submitter_org"]), int(d["submitted_at_ms"]),
+                   tuple(sorted((str(k), str(v)) for k, v in d.get("metadata", {}).items())),
+                   None if payload is None else dict(payload),
+                   str(d.get("ciphertext_sha256", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class RecentSubmission:
+    """A patient record the service saw recently (for duplicate and burst checks)."""
+
+    record_id: str
+    subject_id: str
+    event_type: str
+    submitter_org: str
+    submitted_at_ms: int
+    payload_digest: str | None = None
+
+    @classmethod
+    def of(cls, record: PatientRecordInput) -> RecentSubmission:
+        return cls(record.record_id, record.subject_id, record.event_type,
+                   record.submitter_org, record.submitted_at_ms, record.payload_digest())
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """Parties and places the consortium knows. An empty set switches that check off."""
+
+    known_orgs: frozenset[str] = frozenset()
+    known_locations: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"known_orgs": sorted(self.known_orgs),
+                "known_locations": sorted(self.known_locations)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Registry:
+        return cls(frozenset(d.get("known_orgs", ())), frozenset(d.get("known_locations", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """What a record is judged against.
+
+    `history`: earlier provenance records of the same lot, in ledger order. `recent`: patient
+    records the service saw in the burst window (any subject). `now_ms`: the service's clock
+    (0 switches the future-date checks off)."""
+
+    history: tuple[ProvenanceEvent, ...] = ()
+    recent: tuple[RecentSubmission, ...] = ()
+    registry: Registry = Registry()
+    now_ms: int = 0
+
+
+Record = ProvenanceEvent | PatientRecordInput
+
+
+def canonical_json(data: Any) -> str:
+    """One byte string per value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The admission service's advice on one join request or record."""
+
+    subject: str
+    """The join request id or the record id."""
+    task: Task
+    decision: str
+    """approve / reject / review (joins); ok / flag (records)."""
+    risk: float
+    reasons: tuple[str, ...]
+    findings: tuple[Finding, ...]
+    backend: str
+    model: str
+    model_sha256: str
+    prompt_sha256: str
+    input_sha256: str
+    latency_ms: int
+    model_decision: str | None = None
+    """What the model itself answered (None: not asked, or no usable answer)."""
+    model_error: str | None = None
+    """Why the model's answer was not used (timeout, unparsable, inconsistent...)."""
+    version: int = VERDICT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.decision not in DECISIONS[self.task]:
+            raise ValueError(f"{self.task.value} verdicts decide one of "
+                             f"{', '.join(DECISIONS[self.task])}; got {self.decision!r}")
+        if not 0.0 <= self.risk <= 1.0:
+            raise ValueError("risk must be within 0..1")
+
+    @property
+    def permissive(self) -> bool:
+        return self.decision in ("approve", "ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "subject": self.subject, "task": self.task.value,
+                "decision": self.decision, "risk": self.risk, "reasons": list(self.reasons),
+                "findings": [f.to_dict() for f in self.findings], "backend": self.backend,
+                "model": self.model, "model_sha256": self.model_sha256,
+                "prompt_sha256": self.prompt_sha256, "input_sha256": self.input_sha256,
+                "latency_ms": self.latency_ms, "model_decision": self.model_decision,
+                "model_error": self.model_error}
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal verdicts give equal bytes."""
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Verdict:
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("version") != VERDICT_VERSION:
+            raise ValueError("not a version-1 verdict")
+        return cls(str(d["subject"]), Task(d["task"]), str(d["decision"]), float(d["risk"]),
+                   tuple(str(r) for r in d["reasons"]),
+                   tuple(Finding.from_dict(f) for f in d["findings"]), str(d["backend"]),
+                   str(d["model"]), str(d["model_sha256"]), str(d["prompt_sha256"]),
+                   str(d["input_sha256"]), int(d["latency_ms"]),
+                   None if d.get("model_decision") is None else str(d["model_decision"]),
+                   None if d.get("model_error") is None else str(d["model_error"]))
+
+
+def strictest(decisions: Sequence[str]) -> str:
+    return max(decisions, key=lambda d: PERMISSIVENESS[d])

@@ -1,0 +1,155 @@
+"""Rules first, then the model; the stricter advice wins.
+
+How a verdict comes about:
+1. The deterministic rules run. A `certain` finding decides (reject / flag) and the model is not
+   asked: nothing it could say would change the outcome.
+2. Otherwise the model is asked (unless the backend is `rules`). Its answer must parse against
+   the strict schema and be consistent (approve/ok with risk <= 0.5, reject/flag with risk >=
+   0.5). An unusable answer (timeout, server error, bad JSON, contradiction) becomes review
+   (joins) or flag (records): a failure never approves.
+3. The model cannot clear what the rules flagged: certain findings decide before it is asked.
+   Suspect findings go to the model as evidence and its answer decides (the rules backend
+   alone resolves them to review/flag).
+4. A patient payload goes to the model only when the backend is on loopback or the operator
+   allowed remote endpoints explicitly; otherwise the record is judged by the rules alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from consortium.admission.backends import Backend, BackendError
+from consortium.admission.model import (
+    Finding,
+    JoinContext,
+    JoinRequest,
+    PatientRecordInput,
+    ProvenanceEvent,
+    RecordContext,
+    Severity,
+    Task,
+    Verdict,
+    canonical_json,
+    sha256_hex,
+    strictest,
+)
+from consortium.admission.prompts import (
+    Prompt,
+    join_prompt,
+    patient_prompt,
+    provenance_prompt,
+    template_sha256,
+)
+from consortium.admission.rules import check_join, check_patient, check_provenance, rules_outcome
+from consortium.admission.schema import Answer, AnswerError, parse_answer
+
+log = structlog.get_logger("consortium.admission")
+
+FALLBACK = {Task.JOIN: "review", Task.RECORD: "flag"}
+FALLBACK_RISK = 0.5
+
+
+class Reviewer:
+    """Turns join requests and records into verdicts. Thread-safe when the backend is (all
+    backends here are), so an embedded server with several slots can be fed in parallel."""
+
+    def __init__(self, backend: Backend, *, allow_remote_patient_data: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.allow_remote_patient_data = allow_remote_patient_data
+        self._clock = clock
+        if backend.uses_model and not backend.is_loopback() and not allow_remote_patient_data:
+            log.warning("admission.remote_endpoint", backend=backend.name,
+                        note="patient payloads will not be sent; those records get the "
+                             "rules alone")
+
+    def review_join(self, request: JoinRequest, context: JoinContext) -> Verdict:
+        """Advice on a join request: approve / reject / review."""
+        start = self._clock()
+        findings = check_join(request, context)
+        input_doc = {"request": request.to_dict(), "context": context.to_dict()}
+        prompt = join_prompt(request, context, findings)
+        return self._decide(Task.JOIN, request.request_id, findings, prompt, input_doc, start)
+
+    def screen_record(self, record: ProvenanceEvent | PatientRecordInput,
+                      context: RecordContext) -> Verdict:
+        """Advice on a new record: ok / flag."""
+        start = self._clock()
+        if isinstance(record, ProvenanceEvent):
+            findings = check_provenance(record, context)
+            input_doc = {"record": record.to_dict(),
+                         "history": [h.to_dict() for h in context.history],
+                         "registry": context.registry.to_dict(), "now_ms": context.now_ms}
+            prompt: Prompt | None = provenance_prompt(record, context, findings)
+        else:
+            findings = check_patient(record, context)
+            # No plaintext in the hash: the verdict is public to the members.
+            input_doc = {"record": record.public_dict(), "payload_read": record.payload
+                         is not None, "recent": sorted(s.record_id for s in context.recent),
+                         "now_ms": context.now_ms}
+            prompt = patient_prompt(record, findings)
+            if record.payload is not None and self.backend.uses_model \
+                    and not self.backend.is_loopback() and not self.allow_remote_patient_data:
+                findings = [*findings, Finding(
+                    "policy.remote-endpoint", Severity.INFO,
+                    "patient payload not sent to a non-loopback model endpoint")]
+                prompt = None
+        return self._decide(Task.RECORD, record.record_id, findings, prompt, input_doc, start,
+                            kind="provenance" if isinstance(record, ProvenanceEvent)
+                            else "patient")
+
+    def _decide(self, task: Task, subject: str, findings: Sequence[Finding],
+                prompt: Prompt | None, input_doc: object, start: float,
+                kind: str = "join") -> Verdict:
+        rule_decision, rule_risk = rules_outcome(task, findings)
+        certain = [f for f in findings if f.severity is Severity.CERTAIN]
+        answer: Answer | None = None
+        error: str | None = None
+        model_decision: str | None = None
+        if certain:
+            decision, risk = rule_decision, rule_risk
+            reasons = [f.message for f in certain[:3]]
+        elif not self.backend.uses_model or prompt is None:
+            decision, risk = rule_decision, rule_risk
+            reasons = [f.message for f in findings if f.severity is Severity.SUSPECT][:3] or [
+                "no rule finding" if decision in ("approve", "ok")
+                else "rule findings need a human look"]
+            if prompt is None and self.backend.uses_model:
+                reasons = [*reasons[:2], "judged by the rules alone (patient data policy)"]
+        else:
+            answer, error = self._ask(task, prompt)
+            if answer is None:
+                decision = strictest([FALLBACK[task], rule_decision])
+                risk = max(FALLBACK_RISK, rule_risk)
+                reasons = [f"model gave no usable answer ({error})"]
+            else:
+                model_decision = answer.decision
+                decision, risk = answer.decision, answer.risk
+                reasons = list(answer.reasons)
+        latency_ms = int((self._clock() - start) * 1000)
+        verdict = Verdict(
+            subject=subject, task=task, decision=decision,
+            risk=round(min(max(risk, 0.0), 1.0), 4),
+            reasons=tuple(r[:200] for r in reasons[:3]), findings=tuple(findings),
+            backend=self.backend.name, model=self.backend.model,
+            model_sha256=self.backend.model_sha256,
+            prompt_sha256=template_sha256(kind) if self.backend.uses_model else "",
+            input_sha256=sha256_hex(canonical_json(input_doc)), latency_ms=latency_ms,
+            model_decision=model_decision, model_error=error)
+        log.info("admission.verdict", subject=subject, task=task.value, decision=decision,
+                 model_decision=model_decision, model_error=error, latency_ms=latency_ms,
+                 findings=[f.rule for f in findings])
+        return verdict
+
+    def _ask(self, task: Task, prompt: Prompt) -> tuple[Answer | None, str | None]:
+        try:
+            text = self.backend.complete(prompt)
+        except BackendError as exc:
+            return None, str(exc)[:200]
+        try:
+            return parse_answer(task, text), None
+        except AnswerError as exc:
+            return None, f"unusable answer: {exc}"[:200]
