@@ -43,35 +43,46 @@ class ClientTable:
     client keep several requests in flight that may be ordered out of nonce order.
     """
 
-    __slots__ = ("_executed", "_window")
+    __slots__ = ("_executed", "_high", "_window")
 
     def __init__(self, window: int) -> None:
         self._window = window
         self._executed: dict[str, dict[int, int]] = {}
+        self._high: dict[str, int] = {}
+        """Highest executed nonce per client: checks are O(1), not a scan of the window.
+        Nonces at or below high - window are pruned lazily (when a client's map holds twice
+        the window), and never observable: `check` calls them stale first, `entries` omits
+        them, so every replica's view is the same whenever it prunes."""
 
     def check(self, client_id: str, nonce: int) -> tuple[NonceStatus, int]:
         """(status, seq where it executed or 0)."""
         done = self._executed.get(client_id)
         if done is None:
             return NonceStatus.FRESH, 0
+        if nonce <= self._high[client_id] - self._window:
+            return NonceStatus.STALE, 0
         seq = done.get(nonce)
         if seq is not None:
             return NonceStatus.EXECUTED, seq
-        if nonce <= max(done) - self._window:
-            return NonceStatus.STALE, 0
         return NonceStatus.FRESH, 0
 
     def record(self, client_id: str, nonce: int, seq: int) -> None:
         done = self._executed.setdefault(client_id, {})
         done[nonce] = seq
-        floor = max(done) - self._window
-        if min(done) <= floor:
+        high = max(self._high.get(client_id, nonce), nonce)
+        self._high[client_id] = high
+        if len(done) > 2 * self._window:
+            floor = high - self._window
             for old in [n for n in done if n <= floor]:
                 del done[old]
 
     def entries(self) -> tuple[m.ClientEntry, ...]:
-        return tuple(m.ClientEntry(cid, tuple(sorted(self._executed[cid].items())))
-                     for cid in sorted(self._executed))
+        out = []
+        for cid in sorted(self._executed):
+            floor = self._high[cid] - self._window
+            out.append(m.ClientEntry(cid, tuple(sorted(
+                (n, s) for n, s in self._executed[cid].items() if n > floor))))
+        return tuple(out)
 
     @classmethod
     def from_entries(cls, window: int, entries: Iterable[m.ClientEntry]) -> ClientTable:
@@ -79,6 +90,7 @@ class ClientTable:
         for e in entries:
             if e.executed:
                 table._executed[e.client_id] = dict(e.executed)
+                table._high[e.client_id] = max(n for n, _ in e.executed)
         return table
 
 
