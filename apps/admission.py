@@ -60,8 +60,10 @@ def admission() -> None:
               help="Embedded: CPU threads for llama.cpp.")
 @click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Verdicts in flight (embedded: llama.cpp slots).")
-@click.option("--sample", "per_task", type=click.IntRange(min=1), default=None,
+@click.option("--sample", "per_task", type=click.IntRange(min=0), default=None,
               help="Only this many items per task (evenly spread; injection bases added).")
+@click.option("--ids", default="", help="Also (or, with --sample 0, only) these items, "
+                                        "comma-separated.")
 @click.option("--set", "set_dir", type=click.Path(path_type=Path, file_okay=False),
               default=DEFAULT_SET, show_default=True, help="Evaluation set directory.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -73,7 +75,7 @@ def admission() -> None:
               help="Also write every verdict (JSON lines) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
-             timeout: float, threads: int, parallel: int, per_task: int | None,
+             timeout: float, threads: int, parallel: int, per_task: int | None, ids: str,
              set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
              verdicts: Path | None, as_json: bool) -> None:
     """Score a backend on the evaluation set."""
@@ -87,8 +89,13 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
         items = load_eval_set(set_dir)
     except (OSError, ValueError, KeyError) as exc:
         _fail(f"cannot read the evaluation set: {exc}")
-    if per_task is not None:
-        items = sample(items, per_task)
+    wanted = [x.strip() for x in ids.split(",") if x.strip()]
+    if per_task is not None or wanted:
+        try:
+            items = sample(items, per_task if per_task is not None else 0 if wanted else None,
+                           wanted)
+        except ValueError as exc:
+            _fail(str(exc))
     engine: b.Backend
     try:
         if backend == "rules":

@@ -264,6 +264,9 @@ from apps.audit import audit  # noqa: E402
 
 main.add_command(audit)
 main.add_command(access)
+from apps.admission import admission  # noqa: E402
+
+main.add_command(admission)
 
 if __name__ == "__main__":
     main()

@@ -88,20 +88,24 @@ def load_eval_set(directory: Path) -> list[EvalItem]:
     return items
 
 
-def sample(items: Sequence[EvalItem], per_task: int) -> list[EvalItem]:
-    """An evenly spread, deterministic subset of `per_task` items per task, plus the bases of
-    any injection items in it (so the injection metric stays meaningful)."""
+def sample(items: Sequence[EvalItem], per_task: int | None,
+           ids: Iterable[str] = ()) -> list[EvalItem]:
+    """An evenly spread, deterministic subset of `per_task` items per task (all of them when
+    None), plus the items named in `ids`, plus the bases of any injection items chosen (so
+    the injection metric stays meaningful)."""
     by_id = {i.id: i for i in items}
-    chosen: dict[str, EvalItem] = {}
+    unknown = sorted(set(ids) - set(by_id))
+    if unknown:
+        raise ValueError(f"no such items: {', '.join(unknown)}")
+    chosen = set(ids)
     for task in Task:
         pool = [i for i in items if i.task is task]
-        if not pool or per_task <= 0:
-            continue
-        step = max(1, len(pool) // per_task)
-        for i in pool[::step][:per_task]:
-            chosen[i.id] = i
-            if i.base is not None:
-                chosen[i.base] = by_id[i.base]
+        if per_task is None:
+            chosen.update(i.id for i in pool)
+        elif pool and per_task > 0:
+            step = max(1, len(pool) // per_task)
+            chosen.update(i.id for i in pool[::step][:per_task])
+    chosen.update(b for i in list(chosen) if (b := by_id[i].base) is not None)
     return [i for i in items if i.id in chosen]
 
 
