@@ -65,6 +65,8 @@ class BenchConfig:
     """A running consortium to target instead of starting one."""
     out: Path | None = None
     client_inline: bool = False
+    stream: int = 0
+    """Records per SubmitStream call in closed loop (0: one unary SubmitRecord each)."""
     baseline: bool = True
     progress: bool = True
     protocol: ProtocolParams = field(default_factory=ProtocolParams)
@@ -243,7 +245,7 @@ async def _measure(cfg: BenchConfig, c: Consortium, say: Say) -> tuple[dict[str,
         load = await workload.run(clients, records, None if records else factory, cfg.records,
                                   rate=cfg.rate, duration_s=cfg.duration_s,
                                   on_done=lambda s: bar.update(1),
-                                  on_steady_end=steady_end.set)
+                                  on_steady_end=steady_end.set, stream=cfg.stream)
         steady_end.set()
         await mon
     finally:

@@ -124,7 +124,7 @@ def prepare(factory: RecordFactory, count: int,
 async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | None,
               factory: RecordFactory | None, count: int, *, rate: float | None,
               duration_s: float | None, on_done: Callable[[Sample], None],
-              on_steady_end: Callable[[], None]) -> LoadResult:
+              on_steady_end: Callable[[], None], stream: int = 0) -> LoadResult:
     """Submit up to `count` records (prepared `records`, or built by `factory` inline) until
     they are exhausted or `duration_s` has passed; wait for every started submission."""
     samples: list[Sample] = []
@@ -170,7 +170,41 @@ async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | N
         s.done = time.perf_counter()
         on_done(s)
 
-    if rate is None:
+    async def submit_batch(client: AsyncConsortiumClient, indexes: list[int]) -> None:
+        """`stream` records on one SubmitStream: each sample runs from the batch's start to
+        its own verified receipt."""
+        start = time.perf_counter()
+        reqs = [record(i) for i in indexes]
+        pending: dict[str, Sample] = {}
+        for r in reqs:
+            s = Sample(start)
+            s.request_bytes = len(codec.encode_request(r))
+            samples.append(s)
+            pending[r.digest.hex()] = s
+        async for r, result in client.submit_stream(reqs):
+            s = pending.pop(r.digest.hex())
+            if isinstance(result, SubmitError):
+                s.error = str(result)[:200]
+                key = result.code.name if result.code is not None else "ERROR"
+                errors[key] = errors.get(key, 0) + 1
+            else:
+                s.ok = True
+            s.done = time.perf_counter()
+            on_done(s)
+
+    if rate is None and stream:
+        async def stream_worker(k: int) -> None:
+            client = clients[k]
+            while True:
+                batch: list[int] = []
+                while len(batch) < stream and (i := take()) is not None:
+                    batch.append(i)
+                if not batch:
+                    return
+                await submit_batch(client, batch)
+
+        await asyncio.gather(*(stream_worker(k) for k in range(len(clients))))
+    elif rate is None:
         async def worker(k: int) -> None:
             client = clients[k]
             while (i := take()) is not None:

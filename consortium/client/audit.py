@@ -59,7 +59,7 @@ class Problem:
     kind: str
     """malformed | missing-block | height | hash-link | merkle-root | stored-hash | epoch |
     state-digest | certificate | request-signature | record-columns | record-missing |
-    ciphertext | keys | erasure | fork | status | unreachable"""
+    ciphertext | keys | erasure | fork | status | reason | unreachable"""
     detail: str
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +128,7 @@ class ChainVerifier:
         self.hashes: dict[int, bytes] = {}
         """Height -> hash of every block that verified."""
         self.statuses: dict[tuple[int, int], str] = {}
+        self.reasons: dict[tuple[int, int], str] = {}
         self.problems: list[Problem] = []
         self.blocks = 0
         self._keys: dict[str, _RecordKeys] = {}
@@ -152,6 +153,7 @@ class ChainVerifier:
             self.next_height += 1
             self.prev_hash = None
             self.prev_state = None
+            self.blocks += 1  # it was fed: a bundle's end line counts it
             return False
         h = header.height
         if h != self.next_height:
@@ -206,8 +208,10 @@ class ChainVerifier:
 
     def _check_entries(self, wb: wire.WireBlock) -> None:
         h = wb.header.height
-        for i, (item, status) in enumerate(zip(wb.items, wb.statuses, strict=True)):
+        for i, (item, status, reason) in enumerate(zip(wb.items, wb.statuses, wb.reasons,
+                                                       strict=True)):
             self.statuses[(h, i)] = status
+            self.reasons[(h, i)] = reason
             if item.kind is m.RequestKind.RECONFIGURATION:
                 if status == EntryStatus.GOVERNANCE and isinstance(item, m.Request) and \
                         self.pending is None:
@@ -354,15 +358,18 @@ def compare_validators(chains: dict[str, ChainVerifier]) -> list[Problem]:
                                             f"a validly certified block {c.hashes[h].hex()[:16]}…"
                                             f" differs from the others' "
                                             f"{majority.hex()[:16]}…"))
-    keys = sorted({k for c in chains.values() for k in c.statuses})
-    for k in keys:
-        votes2 = Counter(c.statuses[k] for c in chains.values() if k in c.statuses)
-        if len(votes2) > 1:
-            majority2, _ = votes2.most_common(1)[0]
-            for name, c in chains.items():
-                if k in c.statuses and c.statuses[k] != majority2:
-                    problems.append(Problem(name, k[0], "status",
-                                            f"entry {k[1]} is {c.statuses[k]!r}, the others "
-                                            f"say {majority2!r}"))
+    # Statuses and reasons ("not a reader", "screening: accepted", why invalid) are execution
+    # results: the majority of honest validators sets them.
+    for kind, table in (("status", lambda c: c.statuses), ("reason", lambda c: c.reasons)):
+        keys = sorted({k for c in chains.values() for k in table(c)})
+        for k in keys:
+            votes2 = Counter(table(c)[k] for c in chains.values() if k in table(c))
+            if len(votes2) > 1:
+                majority2, _ = votes2.most_common(1)[0]
+                for name, c in chains.items():
+                    if k in table(c) and table(c)[k] != majority2:
+                        problems.append(Problem(name, k[0], kind,
+                                                f"entry {k[1]} {kind} is {table(c)[k]!r}, the "
+                                                f"others say {majority2!r}"))
     return problems
 

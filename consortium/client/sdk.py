@@ -14,7 +14,7 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -459,12 +459,13 @@ class ConsortiumClient:
             raise SubmitError(str(not_found.details()), grpc.StatusCode.NOT_FOUND)
         raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
 
-    def get_record_reply(self, record_id: str, *, access_id: str = "",
+    def get_record_reply(self, record_id: str, *, access_id: str = "", min_height: int = 0,
                          address: str | None = None) -> tuple[pb.RecordReply, str]:
         def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.RecordReply:
             auth = self._core.read_auth("GetRecord", f"{record_id}/{access_id}")
             out: pb.RecordReply = stub.GetRecord(
-                pb.GetRecordRequest(record_id=record_id, auth=auth, access_id=access_id),
+                pb.GetRecordRequest(record_id=record_id, auth=auth, access_id=access_id,
+                                    min_height=min_height),
                 timeout=self._timeout_s)
             return out
         reply, addr = self._read(call, address)
@@ -478,8 +479,24 @@ class ConsortiumClient:
         reply, addr = self.get_record_reply(record_id, address=address)
         access_id = ""
         if decrypt and reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
-            access_id = self.access(record_id, purpose).record_id
-            reply, addr = self.get_record_reply(record_id, access_id=access_id, address=addr)
+            access = self.access(record_id, purpose)
+            access_id = access.record_id
+            # The access (and any grant before it) is committed at access.height: read from a
+            # validator that has executed that far.
+            reply, addr = self.get_record_reply(record_id, access_id=access_id,
+                                                min_height=access.height, address=address)
+        if decrypt and reply.key_withheld and not access_id and address is None:
+            # A validator behind a recent grant says "not a reader": ask the others.
+            for other in self._core.order():
+                if other == addr:
+                    continue
+                try:
+                    again, _ = self.get_record_reply(record_id, address=other)
+                except SubmitError:
+                    continue
+                if not again.key_withheld:
+                    reply, addr = again, other
+                    break
         view = self._core.record_view(reply, record_id, decrypt, addr)
         return dataclasses.replace(view, access_id=access_id, screening=reply.screening)
 
@@ -491,10 +508,11 @@ class ConsortiumClient:
 
     def grant(self, record_id: str, org: str, *, purpose: str = "grant") -> VerifiedReceipt:
         """Let `org` read a record: unwrap this org's copy of the key, wrap it for `org`."""
-        reply, addr = self.get_record_reply(record_id)
+        reply, _ = self.get_record_reply(record_id)
         if reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
-            access_id = self.access(record_id, purpose).record_id
-            reply, _ = self.get_record_reply(record_id, access_id=access_id, address=addr)
+            access = self.access(record_id, purpose)
+            reply, _ = self.get_record_reply(record_id, access_id=access.record_id,
+                                             min_height=access.height)
         key = self._core.record_key(reply)
         try:
             reader_key = self._core.genesis.org(org).encryption_key
@@ -641,6 +659,61 @@ class AsyncConsortiumClient:
                     errors.append(str(exc))
             await asyncio.sleep(0.2 * (attempt + 1))
         raise self._core.gave_up(errors)
+
+
+    async def submit_stream(self, requests: Sequence[m.Request], *,
+                            address: str | None = None,
+                            wait_s: float = ATTEMPT_WAIT_S) -> AsyncIterator[
+                                tuple[m.Request, VerifiedReceipt | SubmitError]]:
+        """Submit many requests on one stream to one validator, yielding each with its verified
+        receipt (or its error) as it commits. Requests the stream could not settle (the
+        validator failed, timed out, or answered a retryable error) are retried one by one
+        through `submit`, which moves between validators. Every receipt is verified."""
+        by_id = {r.digest.hex(): r for r in requests}
+        settled: set[str] = set()
+        addr = address or self._core.order()[0]
+
+        async def outgoing() -> AsyncIterator[pb.SubmitRecordRequest]:
+            for r in requests:
+                yield pb.SubmitRecordRequest(request=codec.encode_request(r),
+                                             wait_ms=int(wait_s * 1000))
+
+        call = self._stub(addr).SubmitStream(outgoing(),
+                                             timeout=wait_s + 5 + len(requests) / 100)
+        retry: list[m.Request] = []
+        try:
+            async for reply in call:
+                request = by_id.get(reply.record_id)
+                if request is None or reply.record_id in settled:
+                    continue  # not ours, or answered twice: ignore what we did not ask
+                code = grpc.StatusCode.OK
+                for c in grpc.StatusCode:
+                    if c.value[0] == reply.code:
+                        code = c
+                if reply.code == 0 or code == grpc.StatusCode.ALREADY_EXISTS:
+                    try:
+                        result: VerifiedReceipt | SubmitError = self._core.verify(
+                            reply.receipt, request, addr)
+                    except SubmitError:
+                        retry.append(request)
+                        settled.add(reply.record_id)
+                        continue
+                elif code in RETRYABLE:
+                    retry.append(request)
+                    settled.add(reply.record_id)
+                    continue
+                else:
+                    result = SubmitError(f"{addr}: {reply.error}", code)
+                settled.add(reply.record_id)
+                yield request, result
+        except grpc.aio.AioRpcError:
+            pass  # whatever is unsettled is retried below
+        retry.extend(r for rid, r in by_id.items() if rid not in settled)
+        for r in retry:
+            try:
+                yield r, await self.submit(r)
+            except SubmitError as exc:
+                yield r, exc
 
 
 def _receipt_from_trailers(trailers: Any) -> pb.Receipt | None:

@@ -58,7 +58,7 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.payload import split_segments
 from consortium.pbft.replica import Replica
-from consortium.pbft.state import GENESIS_STATE_DIGEST, next_state_digest
+from consortium.pbft.state import GENESIS_STATE_DIGEST, NonceStatus, next_state_digest
 from consortium.pbft.viewchange import verify_pre_prepare_msg
 from consortium.storage.store import LedgerStore, StoredBlock, StoreError
 
@@ -69,6 +69,9 @@ EVENTS_QUEUED_MAX = 50_000
 EVENTS_PER_ROUND_MAX = 512
 """Events stepped before the resulting writes are flushed together (group commit)."""
 RECENT_BLOCKS_MAX = 256
+MIN_HEIGHT_WAIT_S = 5.0
+STREAM_IN_FLIGHT_MAX = 4096
+"""Submissions one SubmitStream may have waiting for their commit."""
 STATE_TRANSFER_BATCH_BLOCKS = 256
 
 
@@ -130,6 +133,9 @@ class Validator:
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.waiters = Waiters()
         self.recent: OrderedDict[int, Block] = OrderedDict()
+        self.recent_entries: dict[str, tuple[int, int]] = {}
+        """record id -> (height, index) of the entries of `recent` that took effect (not
+        duplicates): receipts for just-committed requests come from memory, not PostgreSQL."""
         self.head: BlockHeader | None = None
         self.replica: Replica | None = None
         self.links: dict[int, PeerLink] = {}
@@ -281,6 +287,18 @@ class Validator:
             self._accepting = False
             self._stopping.set()
 
+    async def wait_height(self, height: int, timeout_s: float) -> bool:
+        """Wait until the ledger reaches `height` (at most timeout_s); whether it did."""
+        deadline = time.monotonic() + timeout_s
+        while self._ledger_height() < height:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            async with self.new_blocks:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.new_blocks.wait(), left)
+        return True
+
     def _ledger_height(self) -> int:
         return 0 if self.head is None else self.head.height
 
@@ -362,9 +380,16 @@ class Validator:
         if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
                for e in block.entries):
             self.recent.clear()  # cached blocks may hold the erased request in full
+            self.recent_entries.clear()
         self.recent[a.seq] = block
+        for e in block.entries:
+            if e.status != EntryStatus.DUPLICATE:
+                self.recent_entries[e.record_id] = (a.seq, e.index)
         while len(self.recent) > RECENT_BLOCKS_MAX:
-            self.recent.popitem(last=False)
+            _, old = self.recent.popitem(last=False)
+            for e in old.entries:
+                if self.recent_entries.get(e.record_id, (0, 0))[0] == old.header.height:
+                    del self.recent_entries[e.record_id]
         metrics.height.set(a.seq)
         metrics.blocks_committed.inc()
         metrics.records_committed.inc(sum(1 for e in block.entries if e.status == "recorded"))
@@ -522,6 +547,18 @@ async def _check_record_id(record_id: str, context: grpc.aio.ServicerContext) ->
                             "characters)")
 
 
+class SubmitFailed(Exception):
+    """A submission answered with a non-OK status (and, for ALREADY_EXISTS, the receipt)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, record_id: str = "",
+                 receipt: pb.Receipt | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.record_id = record_id
+        self.receipt = receipt
+
+
 class LedgerService(pb_grpc.LedgerServicer):
     """Client-facing. Every input is validated and answered with a precise status."""
 
@@ -529,40 +566,92 @@ class LedgerService(pb_grpc.LedgerServicer):
         self.v = v
 
     async def SubmitRecord(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return await self._submit(request)
+        except SubmitFailed as exc:
+            if exc.receipt is not None:
+                context.set_trailing_metadata((("receipt-bin",
+                                                exc.receipt.SerializeToString()),))
+            await context.abort(exc.code, exc.message)
+
+    async def SubmitStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """Many submissions on one stream, answered as they commit (in commit order, each
+        naming its record): what a busy submitter uses instead of one call per record."""
+        replies: asyncio.Queue[pb.SubmitReply | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(msg: pb.SubmitRecordRequest) -> None:
+            try:
+                receipt = await self._submit(msg)
+                await replies.put(pb.SubmitReply(record_id=receipt.record_id, receipt=receipt))
+            except SubmitFailed as exc:
+                reply = pb.SubmitReply(record_id=exc.record_id, code=exc.code.value[0],
+                                       error=exc.message)
+                if exc.receipt is not None:
+                    reply.receipt.CopyFrom(exc.receipt)
+                await replies.put(reply)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    await slots.acquire()  # back-pressure: gRPC flow control slows the client
+                    task = asyncio.create_task(one(msg))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                await replies.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _submit(self, request: pb.SubmitRecordRequest) -> pb.Receipt:
+        """One submission, up to its receipt; raises SubmitFailed with the status to answer."""
         v = self.v
         started = time.monotonic()
         if not v._accepting:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "validator is shutting down")
+            raise SubmitFailed(grpc.StatusCode.UNAVAILABLE, "validator is shutting down")
         try:
             req = wire.submit_request_from_proto(request, v.genesis.protocol.request_bytes_max)
         except wire.TooLarge as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         except wire.WireError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise SubmitFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        record_id = req.digest.hex()
         problem = check_submission(req, v)
         if problem is not None:
-            code, text = problem
-            await context.abort(code, text)
+            raise SubmitFailed(problem[0], problem[1], record_id)
         if v.events.qsize() >= EVENTS_QUEUED_MAX:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "validator is overloaded; retry later or elsewhere")
-        record_id = req.digest.hex()
-        found = await v.store.find_entry(record_id)
+            raise SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "validator is overloaded; retry later or elsewhere", record_id)
+        assert v.replica is not None
+        fresh = v.replica._client_table.check(req.client_id, req.nonce)[0] is NonceStatus.FRESH
+        # A nonce the replica never executed cannot be in the ledger: no database lookup.
+        found = None if fresh else await v.store.find_entry(record_id)
         if found is not None:
-            receipt = await self._receipt(record_id)
-            context.set_trailing_metadata((("receipt-bin", receipt.SerializeToString()),))
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                f"request {record_id} was already committed at height "
-                                f"{found[0]}; the original receipt is in the trailers")
+            raise SubmitFailed(grpc.StatusCode.ALREADY_EXISTS,
+                               f"request {record_id} was already committed at height "
+                               f"{found[0]}; the original receipt is in the trailers",
+                               record_id, await self._receipt(record_id))
         fut = v.waiters.add(record_id)
         v.submit_event(ev.ClientRequest(req))
         wait_ms = min(request.wait_ms or v.config.submit_wait_ms_max, v.config.submit_wait_ms_max)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), wait_ms / 1000)
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"not committed within {wait_ms} ms; retrying the same request "
-                                "is safe (it executes at most once)")
+        except TimeoutError as exc:
+            raise SubmitFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"not committed within {wait_ms} ms; retrying the same request "
+                               "is safe (it executes at most once)", record_id) from exc
         finally:
             v.waiters.discard(record_id, fut)
         if outcome.rejected is not None:
@@ -572,17 +661,21 @@ class LedgerService(pb_grpc.LedgerServicer):
                     ev.RejectReason.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
                     ev.RejectReason.STALE: grpc.StatusCode.FAILED_PRECONDITION,
                     }[outcome.rejected]
-            await context.abort(code, f"request rejected: {outcome.rejected.value}")
-        if await v.store.find_entry(record_id) is None:
+            raise SubmitFailed(code, f"request rejected: {outcome.rejected.value}", record_id)
+        if record_id not in v.recent_entries and await v.store.find_entry(record_id) is None:
             # AlreadyExecuted names (client, nonce): another request used this nonce.
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"nonce {req.nonce} of {req.client_id} was already used by "
-                                "another request; submit again with a fresh nonce")
+            raise SubmitFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"nonce {req.nonce} of {req.client_id} was already used by "
+                               "another request; submit again with a fresh nonce", record_id)
         metrics.submit_latency.observe(time.monotonic() - started)
         return await self._receipt(record_id)
 
     async def _receipt(self, record_id: str) -> pb.Receipt:
         """The receipt a submitter gets: its own request in full."""
+        cached = self.v.recent_entries.get(record_id)
+        if cached is not None and cached[0] in self.v.recent:
+            return wire.receipt_to_proto(wire.receipt_from_block(self.v.recent[cached[0]],
+                                                                 cached[1]))
         found = await self.v.store.find_entry(record_id)
         if found is None:
             raise LookupError(record_id)
@@ -634,6 +727,11 @@ class LedgerService(pb_grpc.LedgerServicer):
         await _check_record_id(request.record_id, context)
         org = await self._authorize(request.auth, "GetRecord",
                                     f"{request.record_id}/{request.access_id}", context)
+        if request.min_height and not await self.v.wait_height(request.min_height,
+                                                               MIN_HEIGHT_WAIT_S):
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"this validator is at height {self.v._ledger_height()}, below "
+                                f"{request.min_height}: ask another or retry")
         rec = await self.v.store.get_record(request.record_id)
         if rec is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
@@ -703,7 +801,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             blocks = await self.v.store.get_blocks(height, min(last, height + 255), 256)
             for stored in blocks:
                 yield await self._block_proto(stored, request.audit)
-                height += 1
+                height = stored.height + 1  # a gap (a deleted block) is skipped
             if not blocks:
                 if request.to_height and height > self.v._ledger_height():
                     return  # a bounded range past the head: nothing more to send

@@ -19,6 +19,12 @@ class ProtocolParams:
     batch_bytes_max: int = 1 << 20
     batch_delay_ms: int = 5
     """How long the primary waits for a batch to fill before sending a partial one."""
+    partial_batches_in_flight_max: int = 2
+    """A partial (not full) batch is proposed only while fewer batches than this are in
+    flight; otherwise requests accumulate until one executes (Nagle-style). Under load this
+    grows batches instead of cutting one per batch_delay_ms, which is what makes per-block
+    costs (signatures, fsync) shared by many records; full batches still use the whole
+    pipeline_depth."""
     request_bytes_max: int = 1 << 20
     request_timeout_ms: int = 2000
     """A backup starts a view change when a known request stays unexecuted this long."""
@@ -41,6 +47,8 @@ class ProtocolParams:
     """Largest encoded consensus message accepted (a NEW-VIEW may carry a window of batches)."""
 
     def __post_init__(self) -> None:
+        if self.partial_batches_in_flight_max < 1:
+            raise ValueError("partial_batches_in_flight_max must be >= 1")
         if self.checkpoint_interval < 1:
             raise ValueError("checkpoint_interval must be >= 1")
         if self.log_window < 2 * self.checkpoint_interval:

@@ -405,6 +405,10 @@ class Replica:
                 batch.append(r)
                 size += r.size_bytes
             full = len(batch) >= p.batch_requests_max or len(batch) < len(self._queue)
+            in_flight = self._next_seq - 1 - self.last_executed
+            if not full and in_flight >= min(p.partial_batches_in_flight_max,
+                                             p.pipeline_depth):
+                return  # the next execution proposes what has accumulated by then
             if not full and not force and p.batch_delay_ms > 0:
                 if not self._timer_armed(ev.TimerKind.BATCH):
                     self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)

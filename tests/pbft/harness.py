@@ -65,6 +65,9 @@ def params(**overrides: int) -> ProtocolParams:
     base.update(overrides)
     if "pipeline_depth" not in overrides:
         base["pipeline_depth"] = min(base["pipeline_depth"], base["log_window"])
+    if "partial_batches_in_flight_max" not in overrides:
+        # The message-level tests follow the paper: every batch goes out at once.
+        base["partial_batches_in_flight_max"] = base["pipeline_depth"]
     return ProtocolParams(**base)  # type: ignore[arg-type]
 
 

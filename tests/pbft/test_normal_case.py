@@ -151,6 +151,23 @@ def test_primary_never_proposes_above_the_high_watermark() -> None:
     assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 5, reqs[4:6]).body]
 
 
+def test_partial_batches_wait_for_an_execution_when_enough_are_in_flight() -> None:
+    """Batching under load (not in the paper): with partial_batches_in_flight_max batches in
+    flight, a partial batch is held, and the next execution proposes everything that
+    accumulated as one batch (so per-batch costs are shared by many requests)."""
+    p = params(pipeline_depth=8, partial_batches_in_flight_max=2)
+    node = make_node(0, p)
+    reqs = [request("alice", i) for i in range(1, 7)]
+    first = node.submit(reqs[0])
+    second = node.submit(reqs[1])
+    assert sent_bodies(first, m.PrePrepare) == [pre_prepare(0, 1, [reqs[0]]).body]
+    assert sent_bodies(second, m.PrePrepare) == [pre_prepare(0, 2, [reqs[1]]).body]
+    for r in reqs[2:]:  # two in flight: these wait
+        assert sent_bodies(node.submit(r), m.PrePrepare) == []
+    actions = _commit_at_primary(node, 1, pre_prepare(0, 1, [reqs[0]]))
+    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 3, reqs[2:]).body]
+
+
 # ---------------------------------------------------------------------- backup: pre-prepare
 
 def test_backup_accepts_pre_prepare_and_multicasts_prepare_after_persisting_it() -> None:

@@ -84,15 +84,29 @@ class SubmitRecordRequest(_message.Message):
     wait_ms: int
     def __init__(self, request: _Optional[bytes] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
+class SubmitReply(_message.Message):
+    __slots__ = ("record_id", "receipt", "code", "error")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    receipt: Receipt
+    code: int
+    error: str
+    def __init__(self, record_id: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
 class GetRecordRequest(_message.Message):
-    __slots__ = ("record_id", "auth", "access_id")
+    __slots__ = ("record_id", "auth", "access_id", "min_height")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     auth: ReadAuth
     access_id: str
-    def __init__(self, record_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., access_id: _Optional[str] = ...) -> None: ...
+    min_height: int
+    def __init__(self, record_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., access_id: _Optional[str] = ..., min_height: _Optional[int] = ...) -> None: ...
 
 class ListSubjectRequest(_message.Message):
     __slots__ = ("kind", "subject_id", "auth")

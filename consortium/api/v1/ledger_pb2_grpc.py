@@ -50,6 +50,11 @@ class LedgerStub:
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_ledger__pb2.Receipt.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/consortium.v1.Ledger/SubmitStream',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.SubmitReply.FromString,
+                _registered_method=True)
         self.GetRecord = channel.unary_unary(
                 '/consortium.v1.Ledger/GetRecord',
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.GetRecordRequest.SerializeToString,
@@ -108,6 +113,16 @@ class LedgerServicer:
         UNAUTHENTICATED (bad signature or unknown client), ALREADY_EXISTS (replayed nonce; the
         original receipt is in the error details), DEADLINE_EXCEEDED (not committed in time; safe
         to retry with the same request at any validator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Many submissions on one stream, each answered when it commits (any order; each reply names
+        its record): a busy submitter's way to keep hundreds in flight at the cost of one stream
+        message each instead of one call each. Errors come per record in the reply (code = the
+        gRPC status code SubmitRecord would have returned).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +187,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.SubmitRecord,
                     request_deserializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.FromString,
                     response_serializer=consortium_dot_v1_dot_ledger__pb2.Receipt.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.SubmitReply.SerializeToString,
             ),
             'GetRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRecord,
@@ -247,6 +267,33 @@ class Ledger:
             '/consortium.v1.Ledger/SubmitRecord',
             consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
             consortium_dot_v1_dot_ledger__pb2.Receipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/consortium.v1.Ledger/SubmitStream',
+            consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,
