@@ -49,9 +49,12 @@ def main() -> None:
               help="Also write Kubernetes Secrets and ConfigMaps for the material to this "
                    "directory (never commit it; see docs/deploy.md).")
 @JSON_OPTION
+@click.option("--no-admission", is_flag=True,
+              help="No admission service: records are accepted without screening.")
 def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | None,
-         as_json: bool) -> None:
-    """Create keys, the CA and TLS certificates, org and client keys, and genesis.json."""
+         no_admission: bool, as_json: bool) -> None:
+    """Create keys, the CA and TLS certificates, org and client keys, the admission service's
+    identity, and genesis.json."""
     from consortium.localnet import init as do_init
 
     d = _dir(directory)
@@ -60,7 +63,7 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
         if (d / "genesis.json").exists() and k8s_dir is not None and not force:
             genesis = None  # existing consortium: only (re)generate the Kubernetes material
         else:
-            genesis = do_init(d, validators, force=force)
+            genesis = do_init(d, validators, force=force, admission=not no_admission)
         if k8s_dir is not None:
             from consortium.k8s import write_k8s_material
 
@@ -73,7 +76,9 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
 
     genesis = genesis or Genesis.load(d / "genesis.json")
     emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": len(genesis.validators),
-          "orgs": [o.org_id for o in genesis.orgs], "k8s": [str(p) for p in written]}, as_json,
+          "orgs": [o.org_id for o in genesis.orgs if o.org_id != genesis.admission_org],
+          "admission_client": genesis.admission_client, "k8s": [str(p) for p in written]},
+         as_json,
          f"initialised {genesis.chain_id} with {len(genesis.validators)} validators in {d}"
          + (f"; Kubernetes material in {k8s_dir}" if k8s_dir is not None else ""))
 
@@ -85,10 +90,14 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
 @click.option("--detach", is_flag=True, help="Return once every validator is healthy.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for health.")
+@click.option("--no-admission", is_flag=True,
+              help="Do not start the admission service (records then wait in "
+                   "pending-screening).")
 @JSON_OPTION
 def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
-       as_json: bool) -> None:
-    """Start every validator of DIR that is not running (idempotent)."""
+       no_admission: bool, as_json: bool) -> None:
+    """Start every validator of DIR that is not running, then the admission service
+    (idempotent)."""
     from consortium import process
     from consortium.config import ConfigError
 
@@ -98,15 +107,20 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
         with click.progressbar(length=len(started), label="waiting for validators",
                                file=sys.stderr) as bar:
             process.wait_healthy(d, timeout, on_progress=lambda _rid: bar.update(1))
+        admission_pid = None if no_admission else process.admission_up(d)
     except (process.ProcessError, ConfigError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{d}: {exc.strerror or exc}")
     data = [{"id": s.replica_id, "pid": s.pid, "already_running": s.already_running}
             for s in started]
-    emit(data, as_json, "\n".join(
-        f"validator {s.replica_id}: pid {s.pid}" + (" (already running)" if s.already_running
-                                                     else " started") for s in started))
+    text = "\n".join(f"validator {s.replica_id}: pid {s.pid}"
+                     + (" (already running)" if s.already_running else " started")
+                     for s in started)
+    if admission_pid is not None:
+        text += f"\nadmission service: pid {admission_pid} (log: {d}/admission/admission.log)"
+    emit({"validators": data, "admission_pid": admission_pid} if as_json else data, as_json,
+         text)
     if not detach:
         click.echo("validators running; Ctrl-C stops them", err=True)
         try:

@@ -39,6 +39,7 @@ class Ports:
     peer_base: int = 7100
     client_base: int = 7200
     metrics_base: int = 9100
+    admission: int = 7400
 
 
 def default_dir() -> Path:
@@ -109,9 +110,16 @@ def org_id(i: int) -> str:
     return f"org{i}"
 
 
+ADMISSION_ORG = "admission"
+ADMISSION_CLIENT = "admission-client"
+
+
 def init(directory: Path, validators: int, *, ports: Ports = Ports(),
-         protocol: ProtocolParams | None = None, force: bool = False) -> Genesis:
-    """Create all key material and configs for `validators` member organisations."""
+         protocol: ProtocolParams | None = None, force: bool = False,
+         admission: bool = True) -> Genesis:
+    """Create all key material and configs for `validators` member organisations, and (with
+    `admission`) the admission service's identity: records then wait in pending-screening
+    until it posts a verdict."""
     if validators < 1:
         raise ValueError("a consortium needs at least one validator")
     if (directory / "genesis.json").exists() and not force:
@@ -148,10 +156,42 @@ def init(directory: Path, validators: int, *, ports: Ports = Ports(),
             "dsn": "", "log_file": "validator.log",
         }
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    admission_client = None
+    if admission:
+        adir = directory / "admission"
+        enc = OrgKeyPair.generate()
+        _write_secret(adir / "encryption.key", enc.private_key.hex().encode())
+        orgs.append(OrgInfo(ADMISSION_ORG, "Admission service", enc.public_key))
+        client = Ed25519Signer.generate()
+        _write_secret(adir / "client.key", client.seed.hex().encode())
+        clients.append(ClientInfo(ADMISSION_CLIENT, ADMISSION_ORG, client.public_key))
+        admission_client = ADMISSION_CLIENT
+        tls_key, tls_cert = issue_cert(ca_key, ca_cert, "admission", ["localhost", "admission"])
+        _write_secret(adir / "tls.key", _pem_key(tls_key))
+        (adir / "tls.crt").write_bytes(_pem_cert(tls_cert))
+        (adir / "config.json").write_text(json.dumps({
+            "directory": "..", "backend": default_admission_backend(),
+            "listen": f"127.0.0.1:{ports.admission}", "poll_ms": 500}, indent=2) + "\n")
     genesis = Genesis(chain_id, protocol or ProtocolParams(), tuple(infos), tuple(orgs),
-                      tuple(clients))
+                      tuple(clients), admission_client=admission_client)
     (directory / "genesis.json").write_text(json.dumps(genesis.to_json(), indent=2) + "\n")
     return genesis
+
+
+def default_admission_backend() -> str:
+    """`embedded` when llama.cpp and the default model are installed (the `embedded-model`
+    extra, docs/admission.md), else `rules`: a local consortium starts either way."""
+    import importlib.util
+
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "rules"
+    from consortium.admission import backends
+
+    try:
+        backends.locate_parts(backends.MODELS[backends.DEFAULT_MODEL])
+    except backends.ModelUnavailable:
+        return "rules"
+    return "embedded"
 
 
 def read_seed(path: Path) -> bytes:

@@ -220,6 +220,69 @@ def up(directory: Path, dsn: str | None) -> list[Started]:
     return started
 
 
+def admission_pid(directory: Path) -> int | None:
+    """The pid of DIR's running admission service, or None (same stale-pid care as
+    `read_pid`)."""
+    adir = directory / "admission"
+    try:
+        pid = int((adir / "admission.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    if raw and b"consortium.admission" not in raw.split(b"\0"):
+        return None
+    return pid
+
+
+def admission_up(directory: Path) -> int | None:
+    """Start DIR's admission service when it has one (admission/config.json) and it is not
+    running; returns its pid, or None when the consortium has no admission service."""
+    directory = directory.resolve()
+    adir = directory / "admission"
+    config = adir / "config.json"
+    if not config.exists():
+        return None
+    pid = admission_pid(directory)
+    if pid is not None:
+        return pid
+    listen = str(json.loads(config.read_text()).get("listen", "127.0.0.1:7400"))
+    host, _, port = listen.rpartition(":")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError as exc:
+            raise ProcessError(f"admission service: {listen} is in use ({exc.strerror})") from exc
+    log = open(adir / "admission.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consortium.admission", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, cwd=adir)
+    log.close()
+    (adir / "admission.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def admission_down(directory: Path, timeout_s: float = 10.0) -> bool:
+    """Stop DIR's admission service (SIGTERM, then SIGKILL); whether one was running."""
+    pid = admission_pid(directory)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    (directory / "admission" / "admission.pid").unlink(missing_ok=True)
+    return True
+
+
 def healthy(address: str, ca_cert: bytes, timeout_s: float = 1.0) -> bool:
     creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
     try:
@@ -252,7 +315,9 @@ def wait_healthy(directory: Path, timeout_s: float, on_progress: Any = None) -> 
 
 
 def down(directory: Path, timeout_s: float = 15.0) -> list[int]:
-    """SIGTERM every running validator (graceful), SIGKILL what is left after the timeout."""
+    """SIGTERM every running validator (graceful), SIGKILL what is left after the timeout;
+    the admission service first."""
+    admission_down(directory)
     stopped = []
     pids = {}
     for vdir in validator_dirs(directory):

@@ -360,16 +360,18 @@ def compare_validators(chains: dict[str, ChainVerifier]) -> list[Problem]:
                                             f"{majority.hex()[:16]}…"))
     # Statuses and reasons ("not a reader", "screening: accepted", why invalid) are execution
     # results: the majority of honest validators sets them.
-    for kind, table in (("status", lambda c: c.statuses), ("reason", lambda c: c.reasons)):
-        keys = sorted({k for c in chains.values() for k in table(c)})
+    for kind in ("status", "reason"):
+        tables = {name: c.statuses if kind == "status" else c.reasons
+                  for name, c in chains.items()}
+        keys = sorted({k for t in tables.values() for k in t})
         for k in keys:
-            votes2 = Counter(table(c)[k] for c in chains.values() if k in table(c))
+            votes2 = Counter(t[k] for t in tables.values() if k in t)
             if len(votes2) > 1:
                 majority2, _ = votes2.most_common(1)[0]
-                for name, c in chains.items():
-                    if k in table(c) and table(c)[k] != majority2:
+                for name, t in tables.items():
+                    if k in t and t[k] != majority2:
                         problems.append(Problem(name, k[0], kind,
-                                                f"entry {k[1]} {kind} is {table(c)[k]!r}, the "
+                                                f"entry {k[1]} {kind} is {t[k]!r}, the "
                                                 f"others say {majority2!r}"))
     return problems
 

@@ -372,3 +372,55 @@ class FetchBlocksRequest(_message.Message):
     from_height: int
     to_height: int
     def __init__(self, from_height: _Optional[int] = ..., to_height: _Optional[int] = ...) -> None: ...
+
+class ReviewJoinRequest(_message.Message):
+    __slots__ = ("request_id", "org", "endpoint", "statement", "auth")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    org: str
+    endpoint: str
+    statement: str
+    auth: ReadAuth
+    def __init__(self, request_id: _Optional[str] = ..., org: _Optional[str] = ..., endpoint: _Optional[str] = ..., statement: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+
+class ScreenRecordRequest(_message.Message):
+    __slots__ = ("record_id", "auth")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    auth: ReadAuth
+    def __init__(self, record_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+
+class VerdictReply(_message.Message):
+    __slots__ = ("verdict_json", "decision", "risk")
+    VERDICT_JSON_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RISK_FIELD_NUMBER: _ClassVar[int]
+    verdict_json: str
+    decision: str
+    risk: float
+    def __init__(self, verdict_json: _Optional[str] = ..., decision: _Optional[str] = ..., risk: _Optional[float] = ...) -> None: ...
+
+class GetBacklogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BacklogReply(_message.Message):
+    __slots__ = ("pending", "verdicts_posted", "errors", "backend", "model", "last_error")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    verdicts_posted: int
+    errors: int
+    backend: str
+    model: str
+    last_error: str
+    def __init__(self, pending: _Optional[int] = ..., verdicts_posted: _Optional[int] = ..., errors: _Optional[int] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...

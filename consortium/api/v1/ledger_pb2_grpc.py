@@ -666,3 +666,179 @@ class Replica:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdmissionStub:
+    """---------------------------------------------------------------------------- admission service
+
+    The LLM admission service (docs/admission.md). It advises; only validators' votes decide.
+    Served by `consortium admission serve` over TLS with the consortium CA's certificate; its
+    verdicts on records go to the ledger as signed Verdict transactions.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReviewJoin = channel.unary_unary(
+                '/consortium.v1.Admission/ReviewJoin',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.ReviewJoinRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.VerdictReply.FromString,
+                _registered_method=True)
+        self.ScreenRecord = channel.unary_unary(
+                '/consortium.v1.Admission/ScreenRecord',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.ScreenRecordRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.VerdictReply.FromString,
+                _registered_method=True)
+        self.GetBacklog = channel.unary_unary(
+                '/consortium.v1.Admission/GetBacklog',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.GetBacklogRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.BacklogReply.FromString,
+                _registered_method=True)
+
+
+class AdmissionServicer:
+    """---------------------------------------------------------------------------- admission service
+
+    The LLM admission service (docs/admission.md). It advises; only validators' votes decide.
+    Served by `consortium admission serve` over TLS with the consortium CA's certificate; its
+    verdicts on records go to the ledger as signed Verdict transactions.
+    """
+
+    def ReviewJoin(self, request, context):
+        """Review a join request now (nothing is written to the ledger).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScreenRecord(self, request, context):
+        """Screen a committed record now (dry run: the verdict is returned, not posted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBacklog(self, request, context):
+        """Records waiting for screening, verdicts posted, the backend in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdmissionServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReviewJoin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewJoin,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.ReviewJoinRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.VerdictReply.SerializeToString,
+            ),
+            'ScreenRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScreenRecord,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.ScreenRecordRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.VerdictReply.SerializeToString,
+            ),
+            'GetBacklog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBacklog,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.GetBacklogRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.BacklogReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'consortium.v1.Admission', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('consortium.v1.Admission', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admission:
+    """---------------------------------------------------------------------------- admission service
+
+    The LLM admission service (docs/admission.md). It advises; only validators' votes decide.
+    Served by `consortium admission serve` over TLS with the consortium CA's certificate; its
+    verdicts on records go to the ledger as signed Verdict transactions.
+    """
+
+    @staticmethod
+    def ReviewJoin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Admission/ReviewJoin',
+            consortium_dot_v1_dot_ledger__pb2.ReviewJoinRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.VerdictReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScreenRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Admission/ScreenRecord',
+            consortium_dot_v1_dot_ledger__pb2.ScreenRecordRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.VerdictReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBacklog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Admission/GetBacklog',
+            consortium_dot_v1_dot_ledger__pb2.GetBacklogRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.BacklogReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
