@@ -275,9 +275,11 @@ from apps.bench import bench  # noqa: E402, I001
 main.add_command(bench)
 from apps.access import access  # noqa: E402
 from apps.audit import audit  # noqa: E402
+from apps.review import review  # noqa: E402
 
 main.add_command(audit)
 main.add_command(access)
+main.add_command(review)
 from apps.admission import admission  # noqa: E402
 
 main.add_command(admission)

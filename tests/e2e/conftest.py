@@ -428,7 +428,8 @@ def running_consortium(directory: Path, validators: int = VALIDATORS,
         genesis = localnet.init(directory, validators,
                                 ports=localnet.Ports(peer_base=lease.base,
                                                      client_base=lease.base + 100,
-                                                     metrics_base=lease.base + 200),
+                                                     metrics_base=lease.base + 200,
+                                                     admission=lease.base + 9),
                                 protocol=protocol)
         cluster = Cluster(directory, genesis, (directory / "ca" / "ca.crt").read_bytes(), lease)
         process.up(directory, ADMIN_DSN)
