@@ -401,7 +401,10 @@ class RequestView:
             raise DecodeError("bad request view form")
         segs: list[Segment] = []
         for _ in range(rd.count()):
-            segs.append(rd.blob() if rd.u8() else Withheld(rd.fixed(DIGEST_BYTES)))
+            shown = rd.u8()
+            if shown > 1:  # only 0 and 1 encode: one view, one encoding
+                raise DecodeError("bad request view segment flag")
+            segs.append(rd.blob() if shown else Withheld(rd.fixed(DIGEST_BYTES)))
         rd.end()
         if not segs or isinstance(segs[0], Withheld):
             raise DecodeError("a request view always shows segment 0")
