@@ -11,11 +11,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client, _fail
+from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client
+
+BAD_INPUT = {"INVALID_ARGUMENT", "NOT_FOUND"}
+
+
+def _failed(exc: Any) -> NoReturn:
+    """One line; exit 2 for bad input (malformed id, unknown record or org), else 1."""
+    click.echo(f"consortium access: {exc}", err=True)
+    code = getattr(exc, "code", None)
+    sys.exit(2 if code is not None and code.name in BAD_INPUT else 1)
 
 
 def _done(receipt: Any, as_json: bool) -> None:
@@ -45,7 +54,7 @@ def grant(directory: Path | None, record_id: str, to_org: str, org: str, as_json
         try:
             receipt = client.grant(record_id, to_org)
         except SubmitError as exc:
-            _fail(str(exc), 1)
+            _failed(exc)
     _done(receipt, as_json)
 
 
@@ -64,7 +73,7 @@ def revoke(directory: Path | None, record_id: str, target: str, org: str,
         try:
             receipt = client.revoke(record_id, target)
         except SubmitError as exc:
-            _fail(str(exc), 1)
+            _failed(exc)
     _done(receipt, as_json)
 
 
@@ -85,5 +94,5 @@ def erase(directory: Path | None, record_id: str, patient: str, reason: str, org
         try:
             receipt = client.erase(record_id, patient, reason)
         except SubmitError as exc:
-            _fail(str(exc), 1)
+            _failed(exc)
     _done(receipt, as_json)

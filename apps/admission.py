@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,12 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
         with _quiet_logs():
             reviewer = Reviewer(engine, allow_remote_patient_data=allow_remote_patient_data)
 
+        lock = threading.Lock()  # verdicts arrive from --parallel threads
+
         def progress(item: Any, verdict: Any) -> None:
-            if out is not None:
+            if out is None:
+                return
+            with lock:
                 out.write(json.dumps({"item": item.id, "bad": item.bad,
                                       "verdict": json.loads(verdict.to_json())},
                                      sort_keys=True) + "\n")

@@ -50,6 +50,7 @@ from consortium.pbft.state import (
     next_state_digest,
     verify_signed,
 )
+from consortium.pbft.viewchange import verify_pre_prepare_msg
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class Problem:
     height: int
     kind: str
     """malformed | missing-block | height | hash-link | merkle-root | stored-hash | epoch |
-    state-digest | certificate | request-signature | record-columns | record-missing |
+    state-digest | certificate | pre-prepare | request-signature | record-columns | record-missing |
     ciphertext | keys | erasure | fork | status | reason | unreachable"""
     detail: str
 
@@ -189,6 +190,12 @@ class ChainVerifier:
             problem = certificate_problem(header, wb.certificate, self.config, self.verifier)
             if problem is not None:
                 self._problem(h, "certificate", problem)
+            pp = wb.pre_prepare
+            if pp is not None and (verify_pre_prepare_msg(pp, self.config, self.chain_id,
+                                                          self.verifier) is None
+                                   or getattr(pp.body, "view", None) != header.view):
+                self._problem(h, "pre-prepare", "the block carries a pre-prepare that the "
+                                                "primary of its view did not sign")
             self._check_entries(wb)
             self._check_columns(wb)
         self.next_height = h + 1

@@ -156,4 +156,8 @@ def verify_bundle(path: Path, genesis: Genesis, verifier: Verifier) -> dict[str,
     return {"ok": not problems, "from_height": header["from_height"],
             "to_height": header["to_height"], "blocks": chain.blocks,
             "head_hash": chain.hashes[last].hex() if last is not None else None,
+            "statuses_verified": False,
+            "statuses_note": "entry statuses and reasons are the exporting validator's "
+                             "execution results, not covered by commit certificates; compare "
+                             "validators with `consortium audit verify --all`",
             "problems": [p.to_json() for p in problems]}

@@ -22,6 +22,9 @@ from consortium.config import TlsFiles
 log = structlog.get_logger("consortium.transport")
 
 QUEUE_MESSAGES_MAX = 20_000
+COALESCE_MESSAGES_MAX = 1024
+COALESCE_BYTES_MAX = 8 << 20
+"""Most queued messages (and bytes, checked before adding one) sent in one stream message."""
 RECONNECT_DELAY_S_MIN = 0.05
 RECONNECT_DELAY_S_MAX = 2.0
 
@@ -71,9 +74,18 @@ class PeerLink:
                 await self._task
 
     async def _outgoing(self) -> AsyncIterator[pb.PeerMessage]:
+        """One stream message per wake-up, carrying everything queued by then (bounded):
+        a consensus round's votes to a peer cost one gRPC message, not one each."""
         while True:
             data = await self._queue.get()
-            yield pb.PeerMessage(data=data)
+            batch: list[bytes] = []
+            size = len(data)
+            while (not self._queue.empty() and len(batch) < COALESCE_MESSAGES_MAX
+                   and size < COALESCE_BYTES_MAX):
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item)
+            yield pb.PeerMessage(data=data, batch=batch)
 
     async def _run(self) -> None:
         delay = RECONNECT_DELAY_S_MIN

@@ -50,6 +50,7 @@ from consortium.localnet import read_seed
 from consortium.node import metrics, wire
 from consortium.node.transport import (
     CHANNEL_OPTIONS,
+    COALESCE_MESSAGES_MAX,
     PeerLink,
     channel_credentials,
     server_credentials,
@@ -303,28 +304,45 @@ class Validator:
         return 0 if self.head is None else self.head.height
 
     async def _carry_out(self, actions: list[ev.Action]) -> None:
-        """Everything durable first, in order; then everything that speaks."""
+        """Everything durable first, in order; then everything that speaks. The blocks a round
+        executes and the messages it persists go to PostgreSQL in one transaction (one fsync
+        per round, not per block), unless a block's transactions need the state a previous
+        block of the round leaves (then that one is written first)."""
         pending: list[m.SignedMessage] = []
+        blocks: list[Block] = []
         executed: list[Block] = []
+
+        async def flush() -> None:
+            nonlocal pending, blocks
+            if blocks:
+                await self.store.append_blocks(blocks, also_persist=pending)
+                for block in blocks:
+                    self._remember(block)
+            elif pending:
+                await self.store.persist_messages(pending)
+            pending, blocks = [], []
+
         for a in actions:
             if isinstance(a, ev.Persist):
                 pending.extend(a.messages)
             elif isinstance(a, ev.Execute):
-                await self._append(a, pending)
-                pending = []
-                executed.append(self.recent[a.seq])
+                if a.seq <= self._ledger_height():
+                    await flush()
+                    await self._check_stored(a)
+                    continue
+                refs = referenced_records(a.requests)
+                if refs and blocks:
+                    await flush()
+                block = await self._build(a, blocks[-1].header if blocks else self.head, refs)
+                blocks.append(block)
+                executed.append(block)
             elif isinstance(a, ev.PersistSnapshot):
-                if pending:
-                    await self.store.persist_messages(pending)
-                    pending = []
+                await flush()
                 await self.store.persist_snapshot(a.snapshot, a.proof)
             elif isinstance(a, ev.InstallSnapshot):
-                if pending:
-                    await self.store.persist_messages(pending)
-                    pending = []
+                await flush()
                 await self._fetch_missing_blocks(a.snapshot.seq)
-        if pending:
-            await self.store.persist_messages(pending)
+        await flush()
         # --- durable from here on: speak
         for a in actions:
             if isinstance(a, ev.Send):
@@ -359,38 +377,41 @@ class Validator:
             async with self.new_blocks:
                 self.new_blocks.notify_all()
 
-    async def _append(self, a: ev.Execute, persist: list[m.SignedMessage]) -> None:
-        if a.seq <= self._ledger_height():
-            # Installed already by state transfer (recovery stops at a block whose pre-prepare
-            # a peer had dropped after an erasure): it must be the same batch.
-            stored = await self.store.get_block(a.seq)
-            if stored is None or BlockHeader.decode(stored.header).merkle_root != a.digest:
-                raise AssertionError(f"stored block {a.seq} differs from the executed batch")
-            await self.store.persist_messages(persist)
-            return
-        state = await self.store.record_states(referenced_records(a.requests))
+    async def _check_stored(self, a: ev.Execute) -> None:
+        """A batch the ledger already holds (installed by state transfer: recovery stops at a
+        block whose pre-prepare a peer had dropped after an erasure) must be the same batch."""
+        stored = await self.store.get_block(a.seq)
+        if stored is None or BlockHeader.decode(stored.header).merkle_root != a.digest:
+            raise AssertionError(f"stored block {a.seq} differs from the executed batch")
+
+    async def _build(self, a: ev.Execute, prev: BlockHeader | None,
+                     refs: set[str]) -> Block:
+        state = await self.store.record_states(refs) if refs else {}
         assert self.replica is not None
         members = self.replica.config
         gov = Governance(self.genesis.admission_client,
                          {validator_client_id(r): r for r in members.replica_ids},
                          members.quorum)
-        block = build_block(a, self.chain_id, self.head, self.orgs, state, gov)
-        await self.store.append_block(block, also_persist=persist)
+        return build_block(a, self.chain_id, prev, self.orgs, state, gov)
+
+    def _remember(self, block: Block) -> None:
+        """A block is durable: it becomes the head and serves receipts from memory."""
+        seq = block.header.height
         self.head = block.header
         if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
                for e in block.entries):
             self.recent.clear()  # cached blocks may hold the erased request in full
             self.recent_entries.clear()
-        self.recent[a.seq] = block
+        self.recent[seq] = block
         for e in block.entries:
             if e.status != EntryStatus.DUPLICATE:
-                self.recent_entries[e.record_id] = (a.seq, e.index)
+                self.recent_entries[e.record_id] = (seq, e.index)
         while len(self.recent) > RECENT_BLOCKS_MAX:
             _, old = self.recent.popitem(last=False)
             for e in old.entries:
                 if self.recent_entries.get(e.record_id, (0, 0))[0] == old.header.height:
                     del self.recent_entries[e.record_id]
-        metrics.height.set(a.seq)
+        metrics.height.set(seq)
         metrics.blocks_committed.inc()
         metrics.records_committed.inc(sum(1 for e in block.entries if e.status == "recorded"))
 
@@ -515,8 +536,9 @@ class ReplicaService(pb_grpc.ReplicaServicer):
             received += 1
             while self.v.events.qsize() >= EVENTS_QUEUED_MAX:
                 await asyncio.sleep(0.005)  # back-pressure: gRPC flow control slows the peer
-            if len(msg.data) <= limit:
-                self.v.submit_event(ev.PeerMessage(msg.data))
+            for data in (msg.data, *msg.batch[:COALESCE_MESSAGES_MAX]):  # honest peers: <=
+                if data and len(data) <= limit:
+                    self.v.submit_event(ev.PeerMessage(data))
             if received % 1024 == 0:
                 yield pb.PeerAck(received=received)
 

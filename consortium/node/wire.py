@@ -147,8 +147,10 @@ def _block_proto(header: bytes, items: list[Item], statuses: list[str], reasons:
     views = [n for n, i in enumerate(items) if isinstance(i, RequestView)]
     encoded = [i.encode() if isinstance(i, RequestView) else codec.encode_request(i)
                for i in items]
+    # Clients get no pre-prepare: the certificate proves the block, and an unverified
+    # signature in a reply would only invite trusting it.
     return pb.Block(header=header, requests=encoded, statuses=statuses, reasons=reasons,
-                    views=views, pre_prepare=b"" if views or pre_prepare is None
+                    views=views, pre_prepare=b"" if views or pre_prepare is None or for_client
                     else pre_prepare, certificate=certificate)
 
 

@@ -396,6 +396,19 @@ class LedgerStore:
             await self._insert_blocks(cur, [block])
             await self._insert_messages(cur, rows)
 
+    async def append_blocks(self, blocks: Sequence[Block], *,
+                            also_persist: Sequence[m.SignedMessage] = ()) -> None:
+        """Several consecutive executed blocks and consensus messages in one transaction (a
+        consensus round's worth: one commit, one fsync). Same checks as `append_block`."""
+        rows = [_message_row(msg) for msg in also_persist]
+        async with self._transaction() as cur:
+            prev = await self._head(cur)
+            for b in blocks:
+                self._check_extends(prev, b)
+                prev = b.header
+            await self._insert_blocks(cur, blocks)
+            await self._insert_messages(cur, rows)
+
     async def install_blocks(self, blocks: Sequence[Block]) -> None:
         """State transfer: write fetched blocks (already verified by the caller) in one
         transaction, with the same chain checks as `append_block`."""

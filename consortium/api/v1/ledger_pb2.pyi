@@ -340,10 +340,12 @@ class StatusReply(_message.Message):
     def __init__(self, replica_id: _Optional[int] = ..., org: _Optional[str] = ..., height: _Optional[int] = ..., view: _Optional[int] = ..., epoch: _Optional[int] = ..., view_active: _Optional[bool] = ..., last_block_hash: _Optional[bytes] = ..., stable_checkpoint: _Optional[int] = ..., primary: _Optional[int] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "batch")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    batch: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, data: _Optional[bytes] = ..., batch: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PeerAck(_message.Message):
     __slots__ = ("received",)
