@@ -43,6 +43,14 @@ DECISIONS: dict[Task, tuple[str, ...]] = {
     Task.RECORD: tuple(d.value for d in RecordDecision),
 }
 
+MODEL_DECISIONS: dict[Task, tuple[str, ...]] = {
+    Task.JOIN: ("approve", "reject"),
+    Task.RECORD: ("ok", "flag"),
+}
+"""What the model may answer. Small models use a third option as a hedge whatever the
+evidence, so the model chooses between two and expresses doubt through its risk; review comes
+from the rules, from failures and from the combination in review.py."""
+
 PERMISSIVENESS: dict[str, int] = {"approve": 0, "review": 1, "reject": 2, "ok": 0, "flag": 2}
 """Lower is more permissive. Used to combine advice (the stricter wins) and to tell whether an
 injection attempt moved a verdict towards what the attacker wanted."""

@@ -36,8 +36,8 @@ HISTORY_IN_PROMPT = 8
 MEMBERS_IN_PROMPT = 40
 
 _ANSWER_JOIN = (
-    'Reply with one JSON object and nothing else: {"decision": "approve" or "reject" or '
-    '"review", "risk": a number from 0 (harmless) to 1 (certainly bad), "reasons": 1 to 3 short '
+    'Reply with one JSON object and nothing else: {"decision": "approve" or "reject", "risk": '
+    'a number from 0 (harmless) to 1 (certainly bad), "reasons": 1 to 3 short '
     "phrases of at most 10 words each, your own words}. Approve only with risk at "
     "most 0.5; reject only with risk at least 0.5.")
 _ANSWER_RECORD = (
@@ -68,8 +68,8 @@ SYSTEM: dict[str, str] = {
         "statement itself reveals a purpose outside medicine supply and care (marketing, "
         "advertising, selling data, trading, crypto, gambling), a wish for data the applicant "
         "has no care or custody role for, deception about what the applicant is, or pressure "
-        "on the members. Answer review only when you cannot tell. Each reason must point at "
-        "something in the statement.\n\n" + _ANSWER_JOIN),
+        "on the members. When unsure, decide anyway and let the risk show your doubt. Each "
+        "reason must point at something in the statement.\n\n" + _ANSWER_JOIN),
     "provenance": (
         "You screen records of a pharmaceutical supply-chain ledger. Each record is one event "
         "in the life of a product lot (manufactured, shipped, received, inspected, recalled or "

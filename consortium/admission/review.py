@@ -8,8 +8,9 @@ How a verdict comes about:
    0.5). An unusable answer (timeout, server error, bad JSON, contradiction) becomes review
    (joins) or flag (records): a failure never approves.
 3. The model cannot clear what the rules flagged: certain findings decide before it is asked.
-   Suspect findings go to the model as evidence and its answer decides (the rules backend
-   alone resolves them to review/flag).
+   Suspect findings go to the model as evidence. For a record its answer (ok / flag) decides;
+   for a join a suspect finding keeps an approval at review (joins are rare and admit a
+   validator). The rules backend alone resolves suspect findings to review / flag.
 4. A patient payload goes to the model only when the backend is on loopback or the operator
    allowed remote endpoints explicitly; otherwise the record is judged by the rules alone.
 """
@@ -129,6 +130,10 @@ class Reviewer:
                 model_decision = answer.decision
                 decision, risk = answer.decision, answer.risk
                 reasons = list(answer.reasons)
+                if task is Task.JOIN and rule_decision == "review" and decision == "approve":
+                    # joins are rare and admit a validator: a rule's doubt gets a human look
+                    decision = "review"
+                    reasons = [*reasons[:2], "rule findings need a human look"]
         latency_ms = int((self._clock() - start) * 1000)
         verdict = Verdict(
             subject=subject, task=task, decision=decision,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from consortium.admission.model import DECISIONS, Task
+from consortium.admission.model import MODEL_DECISIONS, Task
 
 REASONS_MIN = 1
 REASONS_MAX = 3
@@ -27,11 +27,12 @@ pretty-printing some models insist on), so the object can close before the limit
 
 
 def answer_schema(task: Task) -> dict[str, Any]:
-    """The tight output schema for one task (enum decision, bounded risk, 1-3 short reasons)."""
+    """The tight output schema for the model's answer (enum decision, bounded risk, 1-3 short
+    reasons)."""
     return {
         "type": "object",
         "properties": {
-            "decision": {"type": "string", "enum": list(DECISIONS[task])},
+            "decision": {"type": "string", "enum": list(MODEL_DECISIONS[task])},
             "risk": {"type": "number", "minimum": 0, "maximum": 1},
             "reasons": {"type": "array", "minItems": REASONS_MIN, "maxItems": REASONS_MAX,
                         "items": {"type": "string", "minLength": 1,
@@ -78,8 +79,8 @@ def parse_answer(task: Task, text: str) -> Answer:
     if set(data) != {"decision", "risk", "reasons"}:
         raise AnswerError("answer must have exactly decision, risk and reasons")
     decision, risk, reasons = data["decision"], data["risk"], data["reasons"]
-    if not isinstance(decision, str) or decision not in DECISIONS[task]:
-        raise AnswerError(f"decision must be one of {', '.join(DECISIONS[task])}")
+    if not isinstance(decision, str) or decision not in MODEL_DECISIONS[task]:
+        raise AnswerError(f"decision must be one of {', '.join(MODEL_DECISIONS[task])}")
     if isinstance(risk, bool) or not isinstance(risk, int | float) or not math.isfinite(risk) \
             or not 0 <= risk <= 1:
         raise AnswerError("risk must be a number within 0..1")

@@ -35,7 +35,7 @@ def test_request_is_strict_json_schema_with_key_from_env(monkeypatch: pytest.Mon
     rf = body["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     schema = rf["json_schema"]["schema"]
-    assert schema["properties"]["decision"]["enum"] == ["approve", "reject", "review"]
+    assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
     assert schema["properties"]["risk"] == {"type": "number", "minimum": 0, "maximum": 1}
     assert schema["properties"]["reasons"]["maxItems"] == 3
     assert schema["additionalProperties"] is False

@@ -34,14 +34,14 @@ def test_valid_answers() -> None:
     a = parse_answer(Task.JOIN, ok())
     assert (a.decision, a.risk, a.reasons) == ("approve", 0.1, ("fine",))
     assert parse_answer(Task.RECORD, ok("flag", 0.8, ["a", "b", "c"])).decision == "flag"
-    assert parse_answer(Task.JOIN, ok("review", 0.9)).decision == "review"
-    assert parse_answer(Task.JOIN, ok("review", 0.0)).decision == "review"
+    assert parse_answer(Task.JOIN, ok("reject", 0.5)).decision == "reject"
 
 
 @pytest.mark.parametrize("text", [
     "", "approve", "not json {", "[]", "null", '"approve"',
     ok("ok"),  # a record decision for a join
     ok("maybe"),
+    ok("review", 0.5),  # the model decides; review comes from rules and failures
     json.dumps({"decision": "approve", "risk": 0.1}),
     json.dumps({"decision": "approve", "risk": 0.1, "reasons": ["x"], "note": "extra"}),
     ok(risk=1.5), ok(risk=-0.1),
@@ -215,6 +215,17 @@ def test_model_may_flag_what_rules_passed() -> None:
                                     "vitals": {"heart_rate_bpm": 70}})
     v = Reviewer(Scripted(ok("flag", 0.8, ["odd"]))).screen_record(r, RecordContext())
     assert (v.decision, v.model_decision, v.reasons) == ("flag", "flag", ("odd",))
+
+
+def test_a_suspect_join_finding_keeps_a_model_approval_at_review() -> None:
+    odd = JoinRequest(**{**REQ.to_dict(), "sponsors": ("Northwind Pharma",),
+                         "contact_email": "alder@gmail.com"})
+    v = Reviewer(Scripted(ok("approve", 0.1))).review_join(odd, JoinContext(
+        frozenset({"Northwind Pharma"})))
+    assert (v.decision, v.model_decision) == ("review", "approve")
+    v = Reviewer(Scripted(ok("reject", 0.9))).review_join(odd, JoinContext(
+        frozenset({"Northwind Pharma"})))
+    assert v.decision == "reject"
 
 
 def test_unparsable_model_output_flags_a_record() -> None:
