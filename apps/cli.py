@@ -76,7 +76,7 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
 
     genesis = genesis or Genesis.load(d / "genesis.json")
     emit({"dir": str(d), "chain_id": genesis.chain_id, "validators": len(genesis.validators),
-          "orgs": [o.org_id for o in genesis.orgs if o.org_id != genesis.admission_org],
+          "orgs": [o.org_id for o in genesis.member_orgs],
           "admission_client": genesis.admission_client, "k8s": [str(p) for p in written]},
          as_json,
          f"initialised {genesis.chain_id} with {len(genesis.validators)} validators in {d}"

@@ -211,7 +211,7 @@ async def _measure(cfg: BenchConfig, c: Consortium, say: Say) -> tuple[dict[str,
     ids = workload.identities(c.directory, c.genesis, c.fresh)
     clients = workload.make_clients(c.directory, c.genesis, ids, cfg.clients)
     builders = workload.make_clients(c.directory, c.genesis, ids, len(ids))
-    factory = workload.RecordFactory(builders, [o.org_id for o in c.genesis.orgs],
+    factory = workload.RecordFactory(builders, [o.org_id for o in c.genesis.member_orgs],
                                      cfg.payload_bytes)
     records = None
     prepare_cpu = 0.0

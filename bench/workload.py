@@ -71,7 +71,7 @@ def identities(directory: Path, genesis: Genesis, fresh: bool) -> list[Identity]
     """One identity per organisation. A fresh consortium's nonces start at 1 in memory (this
     process owns them); a running one's come from its nonce files, as the CLI's do."""
     out = []
-    for org in genesis.orgs:
+    for org in genesis.member_orgs:
         if not fresh:
             out.append(Identity.from_dir(directory, org.org_id))
             continue

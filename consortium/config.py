@@ -117,6 +117,11 @@ class Genesis:
         return orgs
 
     @property
+    def member_orgs(self) -> tuple[OrgInfo, ...]:
+        """The member organisations (the admission service's pseudo-organisation is not one)."""
+        return tuple(o for o in self.orgs if o.org_id != self.admission_org)
+
+    @property
     def admission_org(self) -> str | None:
         if self.admission_client is None:
             return None

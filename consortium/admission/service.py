@@ -136,8 +136,7 @@ class Screener:
                  known_locations: tuple[str, ...] = ()) -> None:
         self.client = client
         self.reviewer = reviewer
-        self.registry = Registry(frozenset(o.org_id for o in genesis.orgs
-                                           if o.org_id != genesis.admission_org),
+        self.registry = Registry(frozenset(o.org_id for o in genesis.member_orgs),
                                  frozenset(known_locations))
         self.recent: collections.deque[RecentSubmission] = collections.deque()
         self.posted = 0
@@ -246,7 +245,7 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
         if not request.request_id or not request.org or len(request.statement) > 16_384:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "request_id and org are required; statement at most 16 KiB")
-        members = frozenset(o.org_id for o in self.genesis.orgs)
+        members = frozenset(o.org_id for o in self.genesis.member_orgs)
         endpoints = frozenset(v.peer_address for v in self.genesis.validators)
         verdict = self.screener.reviewer.review_join(
             JoinRequest(request.request_id, request.org, request.endpoint, "", "", "",
