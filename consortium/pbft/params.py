@@ -27,7 +27,13 @@ class ProtocolParams:
     pipeline_depth."""
     request_bytes_max: int = 1 << 20
     request_timeout_ms: int = 2000
-    """A backup starts a view change when a known request stays unexecuted this long."""
+    """A backup starts a view change when a known request stays unexecuted this long (after
+    relaying it once), unless the primary is making progress: see request_patience."""
+    request_patience: int = 4
+    """While batches keep executing, a backup re-arms the request timer up to this many more
+    times before suspecting the primary: a deep but draining queue under load is not a fault,
+    while a primary that censors one request is still replaced after
+    (request_patience + 2) * request_timeout_ms."""
     view_change_timeout_ms: int = 2000
     """Time a replica waits for NEW-VIEW before moving to the next view (doubles each attempt)."""
     view_change_timeout_max_ms: int = 60000
@@ -47,6 +53,8 @@ class ProtocolParams:
     """Largest encoded consensus message accepted (a NEW-VIEW may carry a window of batches)."""
 
     def __post_init__(self) -> None:
+        if self.request_patience < 0:
+            raise ValueError("request_patience must be >= 0")
         if self.partial_batches_in_flight_max < 1:
             raise ValueError("partial_batches_in_flight_max must be >= 1")
         if self.checkpoint_interval < 1:

@@ -208,6 +208,10 @@ class Replica:
         self._token_counter = 0
         self._timed_request: tuple[str, int] | None = None
         self._request_relayed = False
+        self._request_patience_used = 0
+        self._request_progress_mark = 0
+        """last_executed when the request timer was last armed: progress since then earns
+        patience (see ProtocolParams.request_patience)."""
         self._tick = 0
         self._state_request_seq = 0
         self._future: list[m.SignedMessage] = []
@@ -376,7 +380,9 @@ class Replica:
         if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
             if self._timed_request != oldest:
                 self._request_relayed = False
+                self._request_patience_used = 0
             self._timed_request = oldest
+            self._request_progress_mark = self.last_executed
             self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
 
     # ------------------------------------------------------------------------ primary: batching
@@ -1145,6 +1151,13 @@ class Replica:
                     waiting = [r for r, _ in self._pending.values()]
                     self._broadcast(self._sign(m.RequestForward(
                         tuple(waiting[: self.params.batch_requests_max]))))
+                    self._request_progress_mark = self.last_executed
+                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+                elif (self.last_executed > self._request_progress_mark
+                      and self._request_patience_used < self.params.request_patience):
+                    # The primary is executing batches: a deep queue drains, give it time.
+                    self._request_patience_used += 1
+                    self._request_progress_mark = self.last_executed
                     self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
                 else:
                     self._start_view_change(self.view + 1)

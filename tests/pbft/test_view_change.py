@@ -72,6 +72,24 @@ def test_request_timer_expiry_multicasts_view_change_for_next_view_after_persist
     assert sent(node.deliver(pre_prepare(0, 1, [request("bob", 1)]))) == []
 
 
+def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
+    """Not in the paper (request_patience): a deep queue under load keeps the oldest request
+    waiting while the primary executes other batches; that progress re-arms the timer up to
+    request_patience times, and only then does the backup vote. Without progress it votes on
+    the second expiry (previous test)."""
+    node = make_node(2, params(request_patience=2))
+    node.submit(request("alice", 99))
+    node.fire(ev.TimerKind.REQUEST)  # relayed
+    for seq in (1, 2):
+        commit_batch(node, seq, [request("bob", seq)])  # other requests execute
+        actions = node.fire(ev.TimerKind.REQUEST)
+        assert not sent_bodies(actions, m.ViewChange), f"voted despite progress ({seq})"
+        assert node.replica.view_active and ev.TimerKind.REQUEST in node.timers
+    commit_batch(node, 3, [request("bob", 3)])
+    actions = node.fire(ev.TimerKind.REQUEST)  # patience used up: the censored request
+    assert sent_bodies(actions, m.ViewChange) and node.replica.view == 1
+
+
 def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> None:
     """4.4: P holds, for every request prepared at i with seq > n (the stable checkpoint), a
     PRE-PREPARE and 2f matching PREPAREs; a sequence with fewer PREPAREs is left out."""
