@@ -15,7 +15,7 @@ from pathlib import Path
 
 RESERVE_BLOCK = 32
 """Small, so that many short-lived instances of one identity (CLI runs) stay inside the
-validators' replay window (`client_nonce_window`, 1,024 by default) of each other."""
+validators' replay window (`client_nonce_window`, 16,384 by default) of each other."""
 
 
 class NonceFile:

@@ -41,9 +41,10 @@ class ProtocolParams:
     """How often a replica gossips its progress so that peers can retransmit what it lacks."""
     retransmit_seqs_max: int = 64
     """Most sequence numbers a replica retransmits in answer to one STATUS."""
-    client_nonce_window: int = 1024
+    client_nonce_window: int = 16384
     """Nonces this far below a client's highest executed nonce are stale; inside the window each
-    nonce executes at most once, so a client may pipeline requests."""
+    nonce executes at most once, so a client may pipeline requests (a streaming submitter keeps
+    thousands in flight, in any order)."""
     pending_requests_max: int = 100_000
     """Most client requests a replica keeps waiting for ordering
     (beyond it, new ones are refused)."""

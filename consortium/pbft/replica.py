@@ -372,6 +372,7 @@ class Replica:
         the primary is suspected, even if it keeps executing other clients' requests."""
         if self.is_primary or not self.view_active or not self.is_member:
             return
+        self._drop_stale_pending()
         if not self._pending:
             self._timed_request = None
             self._cancel_timer(ev.TimerKind.REQUEST)
@@ -384,6 +385,19 @@ class Replica:
             self._timed_request = oldest
             self._request_progress_mark = self.last_executed
             self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+
+    def _drop_stale_pending(self) -> None:
+        """Requests whose nonce fell out of their client's window (it executed newer ones)
+        can never execute: drop them from the front of the waiting list, telling their
+        client, instead of timing them and suspecting an honest primary."""
+        while self._pending:
+            key = next(iter(self._pending))
+            if self._client_table.check(*key)[0] is not NonceStatus.STALE:
+                return
+            r, _ = self._pending.pop(key)
+            self._queue.pop(key, None)
+            self._in_flight.discard(key)
+            self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
 
     # ------------------------------------------------------------------------ primary: batching
 
@@ -1140,7 +1154,10 @@ class Replica:
         if kind is ev.TimerKind.BATCH:
             self._maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
-            if self._timed_request in self._pending and self.view_active:
+            if self._timed_request is not None and self._client_table.check(
+                    *self._timed_request)[0] is NonceStatus.STALE:
+                self._arm_request_timer()  # it can never execute: time the next one
+            elif self._timed_request in self._pending and self.view_active:
                 if not self._request_relayed:
                     # First expiry: the other backups may never have seen these requests (a
                     # client reaches one validator). Relay them to everyone, as the paper's
