@@ -1158,22 +1158,23 @@ class Replica:
                     *self._timed_request)[0] is NonceStatus.STALE:
                 self._arm_request_timer()  # it can never execute: time the next one
             elif self._timed_request in self._pending and self.view_active:
-                if not self._request_relayed:
-                    # First expiry: the other backups may never have seen these requests (a
-                    # client reaches one validator). Relay them to everyone, as the paper's
-                    # client retransmission does, so that all backups time them; vote for a
-                    # view change only if they still wait one more period. A replica that is
-                    # merely slow thus does not leave the group alone.
+                if (self.last_executed > self._request_progress_mark
+                        and self._request_patience_used < self.params.request_patience):
+                    # The primary is executing batches: a deep queue drains, give it time
+                    # (and do not flood peers with relays of requests it is getting to).
+                    self._request_patience_used += 1
+                    self._request_progress_mark = self.last_executed
+                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+                elif not self._request_relayed:
+                    # First expiry without progress: the other backups may never have seen
+                    # these requests (a client reaches one validator). Relay them to everyone,
+                    # as the paper's client retransmission does, so that all backups time
+                    # them; vote for a view change only if they still wait one more period. A
+                    # replica that is merely slow thus does not leave the group alone.
                     self._request_relayed = True
                     waiting = [r for r, _ in self._pending.values()]
                     self._broadcast(self._sign(m.RequestForward(
                         tuple(waiting[: self.params.batch_requests_max]))))
-                    self._request_progress_mark = self.last_executed
-                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-                elif (self.last_executed > self._request_progress_mark
-                      and self._request_patience_used < self.params.request_patience):
-                    # The primary is executing batches: a deep queue drains, give it time.
-                    self._request_patience_used += 1
                     self._request_progress_mark = self.last_executed
                     self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
                 else:

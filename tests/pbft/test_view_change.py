@@ -74,19 +74,21 @@ def test_request_timer_expiry_multicasts_view_change_for_next_view_after_persist
 
 def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
     """Not in the paper (request_patience): a deep queue under load keeps the oldest request
-    waiting while the primary executes other batches; that progress re-arms the timer up to
-    request_patience times, and only then does the backup vote. Without progress it votes on
-    the second expiry (previous test)."""
+    waiting while the primary executes other batches; each expiry after progress re-arms the
+    timer (no relay, no vote), up to request_patience times. Then the backup relays the
+    request and, one period later, votes: a primary censoring one request is still replaced.
+    Without progress the backup relays on the first expiry and votes on the second (above)."""
     node = make_node(2, params(request_patience=2))
     node.submit(request("alice", 99))
-    node.fire(ev.TimerKind.REQUEST)  # relayed
     for seq in (1, 2):
         commit_batch(node, seq, [request("bob", seq)])  # other requests execute
         actions = node.fire(ev.TimerKind.REQUEST)
-        assert not sent_bodies(actions, m.ViewChange), f"voted despite progress ({seq})"
+        assert sent(actions) == [], f"relayed or voted despite progress ({seq})"
         assert node.replica.view_active and ev.TimerKind.REQUEST in node.timers
     commit_batch(node, 3, [request("bob", 3)])
-    actions = node.fire(ev.TimerKind.REQUEST)  # patience used up: the censored request
+    relay = sent(node.fire(ev.TimerKind.REQUEST))  # patience used up: relay it to everyone
+    assert [msg.body for _, msg in relay] == [m.RequestForward((request("alice", 99),))]
+    actions = node.fire(ev.TimerKind.REQUEST)  # still not executed: vote
     assert sent_bodies(actions, m.ViewChange) and node.replica.view == 1
 
 
