@@ -218,7 +218,10 @@ class Replica:
         self._behind: tuple[int, tuple[int, ...]] = (0, ())
         self._new_view_sent: dict[int, int] = {}
         self._state_sent: dict[int, int] = {}
-        self._retransmitted: dict[int, int] = {}
+        self._retransmitted: dict[int, tuple[int, bool]] = {}
+        self._peer_executed: dict[int, int] = {}
+        """Each peer's last_executed in its previous STATUS: a peer that advanced since is
+        catching up by itself and gets no retransmission of batches (they are large)."""
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -1208,9 +1211,12 @@ class Replica:
             return
         if b.last_executed < self.stable_seq:
             return  # it will ask us for state after our own STATUS
-        if self._retransmitted.get(sender) == self._tick:
+        previous = self._peer_executed.get(sender)
+        self._peer_executed[sender] = b.last_executed
+        stuck = previous is not None and b.last_executed <= previous
+        if self._retransmitted.get(sender) == (self._tick, stuck):
             return  # once per peer per tick: a replayed STATUS must not make us a flood source
-        self._retransmitted[sender] = self._tick
+        self._retransmitted[sender] = (self._tick, stuck)
         if b.stable_seq < self.stable_seq and self._stable_proof:
             for vote in self._stable_proof:
                 self._send(sender, vote)
@@ -1221,16 +1227,21 @@ class Replica:
             if seq > max(b.stable_seq, self.stable_seq) and own is not None:
                 self._send(sender, own)
         budget = self.params.retransmit_seqs_max
-        # Decided batches it lacks: the pre-prepare plus a commit certificate.
+        bytes_left = self.params.retransmit_bytes_max
+        # Decided batches it lacks, only when it made no progress since its last STATUS (a
+        # replica merely behind under load catches up by itself; resending batches to it each
+        # tick would multiply the traffic): the pre-prepare plus a commit certificate.
         seq = b.last_executed + 1
-        while seq <= self.last_executed and budget > 0:
+        while stuck and seq <= self.last_executed and budget > 0 and bytes_left > 0:
             slot = self._slots.get(seq)
             if slot is None:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
                 view, digest, commits = cert
-                self._send(sender, slot.proposal(view, digest))
+                proposal = slot.proposal(view, digest)
+                self._send(sender, proposal)
+                bytes_left -= len(proposal.wire)
                 for c in commits:
                     self._send(sender, c)
             seq += 1
@@ -1241,17 +1252,19 @@ class Replica:
             elif not self.view_active and self.id in self._view_changes.get(self.view, {}):
                 self._send(sender, self._view_changes[self.view][self.id])
             return
-        if b.view != self.view or not self.view_active:
+        if b.view != self.view or not self.view_active or not stuck:
             return
-        # Same view: resend our votes for in-progress sequences that have been stuck a tick.
+        # Same view, and it is stuck: resend our votes for in-progress sequences that have
+        # been stuck a tick.
         for seq in sorted(self._slots):
-            if budget <= 0:
+            if budget <= 0 or bytes_left <= 0:
                 break
             slot = self._slots[seq]
             if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
                 continue
             if slot.pre_prepare is not None and slot.view == self.view:
                 self._send(sender, slot.pre_prepare)
+                bytes_left -= len(slot.pre_prepare.wire)
             for table in (slot.prepares, slot.commits):
                 own = Slot.own_vote(table, self.view, self.id)
                 if own is not None:
