@@ -7,10 +7,9 @@ How a verdict comes about:
    the strict schema and be consistent (approve/ok with risk <= 0.5, reject/flag with risk >=
    0.5). An unusable answer (timeout, server error, bad JSON, contradiction) becomes review
    (joins) or flag (records): a failure never approves.
-3. The model cannot clear what the rules flagged: certain findings decide before it is asked.
-   Suspect findings go to the model as evidence. For a record its answer (ok / flag) decides;
-   for a join a suspect finding keeps an approval at review (joins are rare and admit a
-   validator). The rules backend alone resolves suspect findings to review / flag.
+3. The model cannot clear what the rules flagged: certain findings decide before it is asked;
+   suspect findings go to the model as evidence, and the final decision is the stricter of
+   the model's and the rules' (suspect alone: review / flag). The model can only add.
 4. A patient payload goes to the model only when the backend is on loopback or the operator
    allowed remote endpoints explicitly; otherwise the record is judged by the rules alone.
 """
@@ -130,9 +129,9 @@ class Reviewer:
                 model_decision = answer.decision
                 decision, risk = answer.decision, answer.risk
                 reasons = list(answer.reasons)
-                if task is Task.JOIN and rule_decision == "review" and decision == "approve":
-                    # joins are rare and admit a validator: a rule's doubt gets a human look
-                    decision = "review"
+                stricter = strictest([decision, rule_decision])
+                if stricter != decision:  # a suspect finding: the model cannot clear it
+                    decision, risk = stricter, max(risk, rule_risk)
                     reasons = [*reasons[:2], "rule findings need a human look"]
         latency_ms = int((self._clock() - start) * 1000)
         verdict = Verdict(

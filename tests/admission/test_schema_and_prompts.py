@@ -228,6 +228,14 @@ def test_a_suspect_join_finding_keeps_a_model_approval_at_review() -> None:
     assert v.decision == "reject"
 
 
+def test_a_suspect_record_finding_is_not_cleared_by_the_model() -> None:
+    r = PatientRecordInput("p1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
+                           payload={"age_years": 30, "observed_at": "2026-02-28",
+                                    "vitals": {"heart_rate_bpm": 70}, "colour": "blue"})
+    v = Reviewer(Scripted(ok("ok", 0.1, ["fine"]))).screen_record(r, RecordContext())
+    assert (v.decision, v.model_decision) == ("flag", "ok") and v.risk >= 0.5
+
+
 def test_unparsable_model_output_flags_a_record() -> None:
     r = PatientRecordInput("p1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
                            payload={"age_years": 30, "observed_at": "2026-02-28",
