@@ -1213,7 +1213,7 @@ class Replica:
             return  # it will ask us for state after our own STATUS
         previous = self._peer_executed.get(sender)
         self._peer_executed[sender] = b.last_executed
-        stuck = previous is not None and b.last_executed <= previous
+        stuck = previous is None or b.last_executed <= previous
         if self._retransmitted.get(sender) == (self._tick, stuck):
             return  # once per peer per tick: a replayed STATUS must not make us a flood source
         self._retransmitted[sender] = (self._tick, stuck)
