@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,6 +26,19 @@ def _failed(exc: Any) -> NoReturn:
     click.echo(f"consortium access: {exc}", err=True)
     code = getattr(exc, "code", None)
     sys.exit(2 if code is not None and code.name in BAD_INPUT else 1)
+
+
+def _transact(directory: Path | None, org: str, as_json: bool,
+              call: Callable[[Any], Any]) -> None:
+    """Run one access transaction as `org` and report its verified receipt."""
+    from consortium.client import SubmitError
+
+    with _client(directory, org) as client:
+        try:
+            receipt = call(client)
+        except SubmitError as exc:
+            _failed(exc)
+    _done(receipt, as_json)
 
 
 def _done(receipt: Any, as_json: bool) -> None:
@@ -48,14 +62,7 @@ def access() -> None:
 @JSON_OPTION
 def grant(directory: Path | None, record_id: str, to_org: str, org: str, as_json: bool) -> None:
     """Let another organisation read a record: your copy of its key, wrapped for it."""
-    from consortium.client import SubmitError
-
-    with _client(directory, org) as client:
-        try:
-            receipt = client.grant(record_id, to_org)
-        except SubmitError as exc:
-            _failed(exc)
-    _done(receipt, as_json)
+    _transact(directory, org, as_json, lambda c: c.grant(record_id, to_org))
 
 
 @access.command()
@@ -67,14 +74,7 @@ def grant(directory: Path | None, record_id: str, to_org: str, org: str, as_json
 def revoke(directory: Path | None, record_id: str, target: str, org: str,
            as_json: bool) -> None:
     """Remove a reader's wrapped key (what it already read, it keeps)."""
-    from consortium.client import SubmitError
-
-    with _client(directory, org) as client:
-        try:
-            receipt = client.revoke(record_id, target)
-        except SubmitError as exc:
-            _failed(exc)
-    _done(receipt, as_json)
+    _transact(directory, org, as_json, lambda c: c.revoke(record_id, target))
 
 
 @access.command()
@@ -88,11 +88,4 @@ def erase(directory: Path | None, record_id: str, patient: str, reason: str, org
           as_json: bool) -> None:
     """Right to be forgotten: delete every wrapped key of a patient record (and, by policy, its
     ciphertext) on every validator. The chain still verifies."""
-    from consortium.client import SubmitError
-
-    with _client(directory, org) as client:
-        try:
-            receipt = client.erase(record_id, patient, reason)
-        except SubmitError as exc:
-            _failed(exc)
-    _done(receipt, as_json)
+    _transact(directory, org, as_json, lambda c: c.erase(record_id, patient, reason))

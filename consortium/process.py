@@ -60,11 +60,12 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def read_pid(vdir: Path) -> int | None:
-    """The pid of this directory's running validator, or None. A stale pid file whose pid
-    was reused by another program does not count (so `down` never signals a stranger)."""
+def _our_pid(pid_file: Path, module: bytes, config: Path) -> int | None:
+    """The pid in `pid_file` if that process is alive and is `python -m module --config
+    config`, else None: a stale pid file whose pid was reused by another program does not
+    count (so `down` never signals a stranger)."""
     try:
-        pid = int((vdir / "validator.pid").read_text().strip())
+        pid = int(pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
     if not _pid_alive(pid):
@@ -78,10 +79,15 @@ def read_pid(vdir: Path) -> int | None:
         # sockets: it is still ours until it is gone.
         return pid
     cmdline = raw.split(b"\0")
-    config = str((vdir / "config.json").resolve()).encode()  # `up` passes this exact path
-    if b"consortium.node" not in cmdline or config not in cmdline:
+    # `up` passes this exact config path
+    if module not in cmdline or str(config.resolve()).encode() not in cmdline:
         return None
     return pid
+
+
+def read_pid(vdir: Path) -> int | None:
+    """The pid of this directory's running validator, or None."""
+    return _our_pid(vdir / "validator.pid", b"consortium.node", vdir / "config.json")
 
 
 def redact(dsn: str) -> str:
@@ -221,22 +227,9 @@ def up(directory: Path, dsn: str | None) -> list[Started]:
 
 
 def admission_pid(directory: Path) -> int | None:
-    """The pid of DIR's running admission service, or None (same stale-pid care as
-    `read_pid`)."""
+    """The pid of DIR's running admission service, or None."""
     adir = directory / "admission"
-    try:
-        pid = int((adir / "admission.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not _pid_alive(pid):
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid
-    if raw and b"consortium.admission" not in raw.split(b"\0"):
-        return None
-    return pid
+    return _our_pid(adir / "admission.pid", b"consortium.admission", adir / "config.json")
 
 
 def admission_up(directory: Path) -> int | None:

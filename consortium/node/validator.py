@@ -782,21 +782,21 @@ class LedgerService(pb_grpc.LedgerServicer):
         if not access_id:
             return ("a patient record's key is released only against a committed Access "
                     "transaction (access_id)")
-        rows = [a for a in await self.v.store.access_log(record_id) if a.record_id == record_id]
-        for row in rows:
-            found = await self.v.store.find_entry(access_id)
-            if found is None or (found[0], found[1]) != (row.height, row.idx):
-                continue
-            if row.org != org:
-                return "the access was made by another organisation"
-            if not row.granted:
-                return f"{org} is not a reader of this record"
-            age = abs(int(time.time() * 1000) - row.at_ms)
-            if age > self.v.genesis.policy.access_ttl_ms:
-                return (f"the access is {age // 1000} s old; the limit is "
-                        f"{self.v.genesis.policy.access_ttl_ms // 1000} s: access again")
-            return ""
-        return f"no committed access {access_id} to this record"
+        found = await self.v.store.find_entry(access_id)
+        row = None if found is None else next(
+            (a for a in await self.v.store.access_log(record_id)
+             if (a.height, a.idx) == (found[0], found[1])), None)
+        if row is None:
+            return f"no committed access {access_id} to this record"
+        if row.org != org:
+            return "the access was made by another organisation"
+        if not row.granted:
+            return f"{org} is not a reader of this record"
+        age = abs(int(time.time() * 1000) - row.at_ms)
+        if age > self.v.genesis.policy.access_ttl_ms:
+            return (f"the access is {age // 1000} s old; the limit is "
+                    f"{self.v.genesis.policy.access_ttl_ms // 1000} s: access again")
+        return ""
 
     async def _block_proto(self, stored: StoredBlock, audit: bool) -> pb.Block:
         msg = wire.stored_block_to_proto(stored, for_client=True)
