@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,6 +51,22 @@ def _client(directory: Path | None, org: str) -> Any:
 
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def validator_client(directory: Path | None, org: str,
+                     fail: Callable[[str], NoReturn] = _fail) -> Any:
+    """A client signing as `org`'s validator (`validator-<id>`): governance votes."""
+    from consortium.client import ConsortiumClient, SubmitError
+    from consortium.client.sdk import Identity
+    from consortium.config import ConfigError, Genesis
+
+    d = directory if directory is not None else default_dir()
+    try:
+        genesis = Genesis.load(d / "genesis.json")
+        return ConsortiumClient(genesis, Identity.validator(d, org),
+                                (d / "ca" / "ca.crt").read_bytes())
+    except (ConfigError, SubmitError, OSError) as exc:
+        fail(str(exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

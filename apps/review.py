@@ -14,8 +14,7 @@ from typing import Any
 
 import click
 
-from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client, _fail
-from consortium.localnet import default_dir
+from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client, _fail, validator_client
 
 STATUSES = ["pending-screening", "quarantined", "accepted", "rejected"]
 
@@ -85,17 +84,9 @@ def list_cmd(directory: Path | None, screening: str, limit: int, org: str,
 def vote(directory: Path | None, record_id: str, accept: bool, org: str,
          as_json: bool) -> None:
     """Vote on a quarantined record as your organisation's validator."""
-    from consortium.client import ConsortiumClient, SubmitError
-    from consortium.client.sdk import Identity
-    from consortium.config import ConfigError, Genesis
+    from consortium.client import SubmitError
 
-    d = directory if directory is not None else default_dir()
-    try:
-        genesis = Genesis.load(d / "genesis.json")
-        client = ConsortiumClient(genesis, Identity.validator(d, org),
-                                  (d / "ca" / "ca.crt").read_bytes())
-    except (ConfigError, SubmitError, OSError) as exc:
-        _fail(str(exc))
+    client = validator_client(directory, org)
     with client:
         try:
             receipt = client.review_vote(record_id, accept)

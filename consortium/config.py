@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consortium.ledger.membership import validator_client_id as validator_client_id
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
 
@@ -190,10 +191,6 @@ class Genesis:
         return cls.from_json(_read_json(path), str(path))
 
 
-def validator_client_id(replica_id: int) -> str:
-    return f"validator-{replica_id}"
-
-
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     ca_cert: Path
@@ -220,6 +217,8 @@ class ValidatorConfig:
     submit_wait_ms_max: int = 30_000
     drain_ms: int = 5_000
     """How long a SIGTERM waits for in-flight requests before closing."""
+    org: str | None = None
+    """The organisation of a validator admitted after genesis (genesis names the others')."""
 
     @classmethod
     def load(cls, path: Path) -> ValidatorConfig:
@@ -238,7 +237,8 @@ class ValidatorConfig:
                 log_file=(base / data["log_file"]).resolve() if data.get("log_file") else None,
                 listen_health=str(data["listen_health"]) if data.get("listen_health") else None,
                 submit_wait_ms_max=int(data.get("submit_wait_ms_max", 30_000)),
-                drain_ms=int(data.get("drain_ms", 5_000)))
+                drain_ms=int(data.get("drain_ms", 5_000)),
+                org=str(data["org"]) if data.get("org") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: missing or malformed field: {exc}") from exc
 

@@ -171,11 +171,83 @@ def init(directory: Path, validators: int, *, ports: Ports = Ports(),
         (adir / "tls.crt").write_bytes(_pem_cert(tls_cert))
         (adir / "config.json").write_text(json.dumps({
             "directory": "..", "backend": default_admission_backend(),
-            "listen": f"127.0.0.1:{ports.admission}", "poll_ms": 500}, indent=2) + "\n")
+            "listen": f"127.0.0.1:{ports.admission}", "poll_ms": 500,
+            "local_endpoints": True}, indent=2) + "\n")
     genesis = Genesis(chain_id, protocol or ProtocolParams(), tuple(infos), tuple(orgs),
                       tuple(clients), admission_client=admission_client)
     (directory / "genesis.json").write_text(json.dumps(genesis.to_json(), indent=2) + "\n")
     return genesis
+
+
+@dataclass(frozen=True, slots=True)
+class Applicant:
+    """The key material of an organisation applying to join (see `init_applicant`)."""
+
+    org: str
+    replica_id: int
+    key_dir: Path
+    signer: Ed25519Signer
+    client: Ed25519Signer
+    encryption: OrgKeyPair
+    peer_address: str
+    client_address: str
+
+
+def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str,
+                   client_address: str, metrics_address: str,
+                   key_dir: Path | None = None) -> Applicant:
+    """Create an applicant's keys: its validator (DIR/validators/<id>: signing key, TLS
+    identity from the local consortium CA, config.json, so that `consortium up` starts it) and
+    its organisation's client and encryption keys (DIR/orgs/<org>). Existing keys are kept, so
+    applying again after a refusal reuses them. In a real consortium the applicant generates
+    these itself and gets its TLS certificate from the consortium CA out of band."""
+    vdir = key_dir or directory / "validators" / str(replica_id)
+    odir = directory / "orgs" / org
+    if (vdir / "config.json").exists():
+        existing = json.loads((vdir / "config.json").read_text())
+        if existing.get("org") != org or int(existing.get("replica_id", -1)) != replica_id:
+            raise FileExistsError(f"{vdir} already holds validator {existing.get('replica_id')}"
+                                  f" of {existing.get('org')!r}")
+    seeds = {}
+    for path in (vdir / "signing.key", odir / "client.key"):
+        if path.exists():
+            seeds[path] = read_seed(path)
+        else:
+            seeds[path] = Ed25519Signer.generate().seed
+            _write_secret(path, seeds[path].hex().encode())
+    enc_path = odir / "encryption.key"
+    if enc_path.exists():
+        enc = OrgKeyPair(read_seed(enc_path))
+    else:
+        enc = OrgKeyPair.generate()
+        _write_secret(enc_path, enc.private_key.hex().encode())
+    if not (vdir / "tls.crt").exists():
+        ca_key_path = directory / "ca" / "ca.key"
+        if not ca_key_path.exists():
+            raise FileNotFoundError(f"{ca_key_path} is missing: get a TLS certificate for the "
+                                    f"validator from the consortium CA into {vdir}/tls.crt "
+                                    "and tls.key")
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_cert = x509.load_pem_x509_certificate((directory / "ca" / "ca.crt").read_bytes())
+        tls_key, tls_cert = issue_cert(ca_key, ca_cert, f"validator-{replica_id}",
+                                       ["localhost", f"validator-{replica_id}"])
+        _write_secret(vdir / "tls.key", _pem_key(tls_key))
+        (vdir / "tls.crt").write_bytes(_pem_cert(tls_cert))
+    genesis_rel = os.path.relpath(directory / "genesis.json", vdir)
+    ca_rel = os.path.relpath(directory / "ca" / "ca.crt", vdir)
+    config = {
+        "replica_id": replica_id, "org": org, "genesis": genesis_rel,
+        "signing_key": "signing.key",
+        "tls": {"ca_cert": ca_rel, "cert": "tls.crt", "key": "tls.key"},
+        "listen_peer": peer_address, "listen_client": client_address,
+        "listen_metrics": metrics_address, "dsn": "", "log_file": "validator.log",
+    }
+    if not (vdir / "config.json").exists():
+        (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Applicant(org, replica_id, vdir, Ed25519Signer(seeds[vdir / "signing.key"]),
+                     Ed25519Signer(seeds[odir / "client.key"]), enc, peer_address,
+                     client_address)
 
 
 def default_admission_backend() -> str:

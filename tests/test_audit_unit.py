@@ -453,8 +453,8 @@ def test_a_request_not_signed_by_a_genesis_client_is_named() -> None:
               lg.sign("bob", b"raw op 2", signer=CLIENT_KEYS["alice"]))
     _, problems = verify_all(lg.protos())
     assert [(p.height, p.kind) for p in problems] == [(1, "request-signature")] * 2
-    assert "entry 1: not signed by genesis client 'mallory'" in problems[0].detail
-    assert "entry 2: not signed by genesis client 'bob'" in problems[1].detail
+    assert "entry 1: not signed by a known client 'mallory'" in problems[0].detail
+    assert "entry 2: not signed by a known client 'bob'" in problems[1].detail
 
 
 def _column(blocks: list[pb.Block], height: int, index: int) -> pb.RecordColumns:
@@ -1040,7 +1040,7 @@ MALFORMED: dict[str, tuple[list[bytes | None], str]] = {
     "no segments": ([], "transaction header missing"),
     "header withheld": ([None], "transaction header missing"),
     "empty header": ([b""], "empty transaction header"),
-    "unknown type": ([_header_with(9, _text("x"))], "unknown transaction type 9"),
+    "unknown type": ([_header_with(42, _text("x"))], "unknown transaction type 42"),
     "record type": ([_header_with(1, _text("x"))], "record is not a record transaction"),
     "truncated record id": ([bytes([2]) + bytes(10)], "malformed grant transaction"),
     "trailing bytes": ([_header_with(3, _text("globex"), b"\x00")], "malformed revoke"),

@@ -75,7 +75,8 @@ def test_services_have_the_expected_methods() -> None:
     ledger = {m.name: m for m in services["Ledger"].methods}
     replica = {m.name: m for m in services["Replica"].methods}
     assert set(ledger) == {"SubmitRecord", "GetRecord", "GetBlock", "StreamBlocks", "GetReceipt",
-                           "GetStatus", "ListSubject", "ListScreening", "SubmitStream"}
+                           "GetStatus", "ListSubject", "ListScreening", "SubmitStream",
+                           "ListMembers", "GetEpochs"}
     assert set(replica) == {"Connect", "FetchCheckpoint", "FetchBlocks"}
     streaming = {name: (d.client_streaming, d.server_streaming)
                  for name, d in (ledger | replica).items()}

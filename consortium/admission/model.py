@@ -119,6 +119,8 @@ class JoinContext:
     members: frozenset[str] = frozenset()
     member_endpoints: frozenset[str] = frozenset()
     now_ms: int = 0
+    loopback_ok: bool = False
+    """A local consortium (all validators on loopback): loopback endpoints are reachable."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"members": sorted(self.members), "member_endpoints": sorted(

@@ -162,8 +162,9 @@ def check_join(req: JoinRequest, ctx: JoinContext) -> list[Finding]:
             ip = ipaddress.ip_address(host)
         except ValueError:
             ip = None
-        if host == "localhost" or (ip is not None and (ip.is_loopback or ip.is_unspecified
-                                                       or ip.is_link_local or ip.is_multicast)):
+        loopback = host == "localhost" or (ip is not None and ip.is_loopback)
+        if (loopback and not ctx.loopback_ok) or (ip is not None and (
+                ip.is_unspecified or ip.is_link_local or ip.is_multicast)):
             f.append(Finding("join.endpoint-unreachable", CERTAIN,
                              "endpoint is a loopback, unspecified, link-local or multicast "
                              "address other validators cannot reach"))

@@ -20,6 +20,7 @@ every such read is an Access transaction on the ledger first (the SDK's `get(dec
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import signal
@@ -79,6 +80,9 @@ class ServiceConfig:
     poll_ms: int = 500
     allow_remote_patient_data: bool = False
     known_locations: tuple[str, ...] = ()
+    local_endpoints: bool = False
+    """Validators of this consortium run on loopback addresses (a local consortium): the join
+    rule that refuses unreachable endpoints accepts them."""
 
     @classmethod
     def load(cls, path: Path) -> ServiceConfig:
@@ -95,7 +99,8 @@ class ServiceConfig:
                 listen=str(data.get("listen", "127.0.0.1:7400")),
                 poll_ms=int(data.get("poll_ms", 500)),
                 allow_remote_patient_data=bool(data.get("allow_remote_patient_data", False)),
-                known_locations=tuple(str(x) for x in data.get("known_locations", ())))
+                known_locations=tuple(str(x) for x in data.get("known_locations", ())),
+                local_endpoints=bool(data.get("local_endpoints", False)))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: no such file") from exc
         except (ValueError, TypeError, AttributeError) as exc:
@@ -133,8 +138,10 @@ class Screener:
     """Judges records from the ledger's pending-screening queue and posts the verdicts."""
 
     def __init__(self, client: ConsortiumClient, reviewer: Reviewer, genesis: Genesis,
-                 known_locations: tuple[str, ...] = ()) -> None:
+                 known_locations: tuple[str, ...] = (), loopback_ok: bool = False) -> None:
         self.client = client
+        self.loopback_ok = loopback_ok
+        """A local consortium: validators on loopback addresses are reachable."""
         self.reviewer = reviewer
         self.registry = Registry(frozenset(o.org_id for o in genesis.member_orgs),
                                  frozenset(known_locations))
@@ -167,6 +174,56 @@ class Screener:
                 log.warning("screening failed; the record stays pending", record=entry.record_id,
                             error=self.last_error)
         return done
+
+    def review_joins(self) -> int:
+        """Review the join requests on the ledger that have no verdict yet; post the advice
+        (approve / reject / review) as a verdict on the request."""
+        reply = self.client.list_members()
+        admitted = {p.org for p in reply.proposals
+                    if p.kind == "join" and p.status == "approved"}
+        if not admitted <= self.registry.known_orgs:  # their records name known parties now
+            self.registry = dataclasses.replace(
+                self.registry, known_orgs=self.registry.known_orgs | admitted)
+        done = 0
+        for p in reversed(reply.proposals):  # oldest first
+            if p.kind != "join" or p.status != "pending" or p.verdicts:
+                continue
+            try:
+                verdict = self.judge_join(p, reply)
+                receipt = self.client.verdict(p.proposal_id, verdict.decision, verdict.risk,
+                                              verdict.to_json())
+            except (SubmitError, b.BackendError, ValueError) as exc:
+                self.errors += 1
+                self.last_error = str(exc)[:300]
+                log.warning("join review failed; the request stays unreviewed",
+                            request=p.proposal_id, error=self.last_error)
+                continue
+            log.info("join verdict posted", request=p.proposal_id[:16], org=p.org,
+                     decision=verdict.decision, risk=verdict.risk,
+                     latency_ms=verdict.latency_ms, height=receipt.height)
+            self.posted += 1
+            done += 1
+        return done
+
+    def judge_join(self, p: pb.ProposalInfo, members: pb.MembersReply) -> Verdict:
+        """The applicant's statement is its own words: free text, or a JSON application
+        ({"statement", "sector", "country", "contact_email", "sponsors"}); either way data for
+        the reviewer, never instructions."""
+        fields: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(p.statement)
+            if isinstance(parsed, dict):
+                fields = parsed
+        now = int(time.time() * 1000)
+        request = JoinRequest(
+            p.proposal_id, p.name or p.org, p.peer_address, str(fields.get("sector", "")),
+            str(fields.get("country", "")), str(fields.get("contact_email", "")),
+            str(fields.get("statement", p.statement)),
+            tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now)
+        orgs = set(self.registry.known_orgs) | {x.org for x in members.validators if x.org}
+        endpoints = frozenset(x.peer_address for x in members.validators if x.peer_address)
+        return self.reviewer.review_join(
+            request, JoinContext(frozenset(orgs), endpoints, now, self.loopback_ok))
 
     def judge(self, record_id: str, kind: str) -> Verdict:
         now_ms = int(time.time() * 1000)
@@ -281,7 +338,8 @@ def serve(config: ServiceConfig) -> int:
     backend = config.make_backend()
     reviewer = Reviewer(backend, allow_remote_patient_data=config.allow_remote_patient_data)
     client = ConsortiumClient(genesis, identity, ca)
-    screener = Screener(client, reviewer, genesis, config.known_locations)
+    screener = Screener(client, reviewer, genesis, config.known_locations,
+                        config.local_endpoints)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -299,7 +357,7 @@ def serve(config: ServiceConfig) -> int:
     try:
         while not stop.is_set():
             try:
-                posted = screener.once()
+                posted = screener.once() + screener.review_joins()
             except SubmitError as exc:  # no validator answered: keep trying
                 screener.last_error = str(exc)[:300]
                 posted = 0

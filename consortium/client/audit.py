@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.api.v1 import ledger_pb2 as pb
-from consortium.config import Genesis
+from consortium.config import Genesis, validator_client_id
 from consortium.crypto.signing import Verifier
 from consortium.ledger.blocks import GENESIS_PREV_HASH, BlockHeader, EntryStatus
 from consortium.ledger.records import InvalidRecord, decode_public
@@ -34,10 +34,14 @@ from consortium.ledger.transactions import (
     Erase,
     Grant,
     InvalidTransaction,
+    JoinRequest,
     RequestView,
     Revoke,
     TxType,
     Withheld,
+    applicant_client_id,
+    applicant_key,
+    decode_governance_tx,
     decode_record_tx,
 )
 from consortium.node import wire
@@ -120,6 +124,7 @@ class ChainVerifier:
         self.source = source
         self.chain_id = genesis.chain_id_bytes
         self.client_keys = genesis.client_keys()
+        self.genesis_clients = frozenset(self.client_keys)
         self.configs = [genesis.epoch0()]
         self.pending: m.PendingReconfiguration | None = None
         self.k = genesis.protocol.checkpoint_interval
@@ -225,14 +230,37 @@ class ChainVerifier:
                     self.pending = approved_reconfiguration(
                         item.payload, self.config, h, self.k, self.chain_id, self.verifier)
                 continue
-            key = self.client_keys.get(item.client_id)
+            key = self.client_keys.get(item.client_id) or applicant_key(item.client_id)
             if key is None or not self.verifier.verify(
                     key, m.request_signing_bytes(self.chain_id, item.digest), item.signature):
                 self._problem(h, "request-signature",
-                              f"entry {i}: not signed by genesis client {item.client_id!r}")
+                              f"entry {i}: not signed by a known client {item.client_id!r} "
+                              "(genesis, or named by an earlier join request)")
                 continue
             if status == EntryStatus.RECORDED:
+                self._learn_identities(item)
                 self._track(h, i, item)
+
+    def _learn_identities(self, item: wire.Item) -> None:
+        """A recorded join request names its organisation's client and validator keys: later
+        requests signed by them verify (as validators accept them; what they may do is the
+        ledger's judgement, replayed in statuses)."""
+        view = item if isinstance(item, RequestView) else RequestView.of(item)
+        if view.raw is not None or not view.segments:
+            return
+        seg0 = view.segments[0]
+        if not isinstance(seg0, bytes) or seg0[:1] != bytes([TxType.JOIN]):
+            return
+        try:
+            tx = decode_governance_tx(view.present())
+        except InvalidTransaction:
+            return
+        if isinstance(tx, JoinRequest) and item.client_id == applicant_client_id(
+                tx.validator_key):
+            for client_id, key in ((f"{tx.org}-client", tx.client_key),
+                                   (validator_client_id(tx.replica_id), tx.validator_key)):
+                if client_id not in self.genesis_clients:
+                    self.client_keys[client_id] = key
 
     def _track(self, h: int, i: int, item: wire.Item) -> None:
         """Follow what the chain says about records' keys (checked against the stored

@@ -10,6 +10,7 @@ validator is trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -37,19 +38,27 @@ from consortium.ledger.records import (
 from consortium.ledger.transactions import (
     Access,
     Erase,
+    GovernanceTx,
     Grant,
     InvalidTransaction,
+    JoinRequest,
+    MemberVote,
     RecordTx,
+    RemoveRequest,
     RequestView,
     ReviewVote,
     Revoke,
     Verdict,
+    decode_governance_tx,
+    encode_governance_tx,
     encode_tx,
 )
 from consortium.localnet import read_seed
 from consortium.node import wire
 from consortium.pbft import codec
 from consortium.pbft import messages as m
+from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.state import verify_epoch_history
 
 ATTEMPT_WAIT_S = 10.0
 """How long one validator may take before the client also tries another (a view change after
@@ -98,11 +107,17 @@ class Identity:
         """The validator of `org` as a client (`validator-<id>`, signing with its validator
         key): the identity that casts governance votes."""
         genesis = Genesis.load(directory / "genesis.json")
-        mine = [v for v in genesis.validators if v.org == org]
-        if not mine:
+        ids = [v.replica_id for v in genesis.validators if v.org == org]
+        vroot = directory / "validators"
+        if not ids and vroot.is_dir():  # a validator admitted after genesis
+            for config in sorted(vroot.glob("*/config.json")):
+                with contextlib.suppress(ValueError, OSError):
+                    if json.loads(config.read_text()).get("org") == org:
+                        ids.append(int(config.parent.name))
+        if not ids:
             raise SubmitError(f"organisation {org!r} runs no validator")
-        vdir = directory / "validators" / str(mine[0].replica_id)
-        return cls(validator_client_id(mine[0].replica_id), org,
+        vdir = vroot / str(ids[0])
+        return cls(validator_client_id(ids[0]), org,
                    Ed25519Signer(read_seed(vdir / "signing.key")), None,
                    NonceFile(vdir / "client.nonce"))
 
@@ -174,19 +189,92 @@ class RecordView:
 class _Core:
     """Everything that is not transport: building, sealing, signing, verifying."""
 
-    def __init__(self, genesis: Genesis, identity: Identity) -> None:
+    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes = b"") -> None:
         self.genesis = genesis
         self.identity = identity
         self.chain_id = genesis.chain_id_bytes
         self.verifier = CachingVerifier(Ed25519Verifier(), 4096)
         self.addresses = [v.client_address for v in genesis.validators]
+        self.ca_cert = ca_cert
+        self._org_keys: dict[str, bytes] = {}
+        self.epochs: dict[int, EpochConfig] = {0: genesis.epoch0()}
+        """Validator sets verified from genesis (GetEpochs + verify_epoch_history)."""
+
+    def epoch_config(self, epoch: int, address: str) -> EpochConfig:
+        """The validator set of `epoch`; learnt (once) from `address` and verified link by link
+        from genesis, so a validator can only tell us what 2f+1 of each previous set signed."""
+        config = self.epochs.get(epoch)
+        if config is not None:
+            return config
+        if not self.ca_cert:
+            raise SubmitError(f"a receipt from epoch {epoch}: the validator set has changed "
+                              "since genesis, and this client cannot fetch the epoch history")
+        try:
+            with grpc.secure_channel(address, grpc.ssl_channel_credentials(
+                    root_certificates=self.ca_cert)) as channel:
+                reply = pb_grpc.LedgerStub(channel).GetEpochs(pb.GetEpochsRequest(), timeout=10)
+            records = codec.decode_epoch_records(reply.epochs, self.chain_id)
+        except (grpc.RpcError, codec.DecodeError) as exc:
+            raise SubmitError(f"validator {address}: epoch history unavailable: {exc}") from exc
+        configs = verify_epoch_history(self.genesis.epoch0(), records, self.chain_id,
+                                       self.verifier)
+        if configs is None:
+            raise SubmitError(f"validator {address} sent an epoch history that does not verify "
+                              "from genesis")
+        for c in configs:
+            self.epochs[c.epoch] = c
+        if epoch not in self.epochs:
+            raise SubmitError(f"validator {address} sent a receipt from epoch {epoch}, which "
+                              "its own epoch history does not reach")
+        return self.epochs[epoch]
 
     def readers_keys(self, readers: Sequence[str]) -> dict[str, bytes]:
-        names = sorted({self.identity.org, *readers})
-        try:
-            return {o: self.genesis.org(o).encryption_key for o in names}
-        except Exception as exc:
-            raise SubmitError(str(exc)) from exc
+        return {o: self.org_key(o) for o in sorted({self.identity.org, *readers})}
+
+    def org_key(self, org: str) -> bytes:
+        """An organisation's encryption key: from genesis, or for an organisation admitted
+        later from its join request, whose inclusion and commit certificate we verify (the key
+        is the applicant's own signed words; that the request was approved is the answering
+        validator's word, and the ledger refuses a record naming a reader that is not a
+        member)."""
+        for o in self.genesis.orgs:
+            if o.org_id == org:
+                return o.encryption_key
+        cached = self._org_keys.get(org)
+        if cached is not None:
+            return cached
+        if not self.ca_cert:
+            raise SubmitError(f"organisation {org!r} is not in the genesis file")
+        errors = []
+        for address in self.order():
+            try:
+                with grpc.secure_channel(address, grpc.ssl_channel_credentials(
+                        root_certificates=self.ca_cert)) as channel:
+                    stub = pb_grpc.LedgerStub(channel)
+                    members = stub.ListMembers(pb.ListMembersRequest(
+                        auth=self.read_auth("ListMembers", "")), timeout=10)
+                    found = next((p for p in members.proposals if p.kind == "join"
+                                  and p.org == org and p.status == "approved"), None)
+                    if found is None:
+                        errors.append(f"{address}: not a member")
+                        continue
+                    reply = stub.GetReceipt(pb.GetRecordRequest(
+                        record_id=found.proposal_id,
+                        auth=self.read_auth("GetReceipt", found.proposal_id)), timeout=10)
+                receipt = self.verify_receipt_of(reply, found.proposal_id, address)
+                view = receipt.request if isinstance(receipt.request, RequestView) else \
+                    RequestView.of(receipt.request)
+                tx = decode_governance_tx(view.present())
+                if not isinstance(tx, JoinRequest) or tx.org != org:
+                    errors.append(f"{address}: the proposal is not {org}'s join request")
+                    continue
+            except (grpc.RpcError, SubmitError, InvalidTransaction) as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            self._org_keys[org] = tx.encryption_key
+            return tx.encryption_key
+        raise SubmitError(f"organisation {org!r} is neither in the genesis file nor an "
+                          f"admitted member ({'; '.join(errors[-2:])})")
 
     def build(self, kind: RecordKind, subject_id: str, event_type: str,
               metadata: dict[str, str], payload: bytes, readers: Sequence[str]) -> m.Request:
@@ -207,9 +295,10 @@ class _Core:
         return m.Request(self.identity.client_id, nonce, m.RequestKind.APPLICATION, body,
                          signature)
 
-    def build_tx(self, tx: RecordTx) -> m.Request:
-        """Sign a grant/revoke/erase/access as this identity."""
-        body = encode_tx(tx)
+    def build_tx(self, tx: RecordTx | GovernanceTx) -> m.Request:
+        """Sign a record or governance transaction as this identity."""
+        body = encode_tx(tx) if not isinstance(tx, JoinRequest | MemberVote | RemoveRequest) \
+            else encode_governance_tx(tx)
         nonce = self.identity.nonces.next()
         digest = m.request_digest(self.identity.client_id, nonce, m.RequestKind.APPLICATION,
                                   body)
@@ -233,7 +322,8 @@ class _Core:
             raise SubmitError(f"validator {address} sent a malformed receipt: {exc}") from exc
         if receipt.record_id != record_id:
             raise SubmitError(f"validator {address} sent a receipt for another record")
-        problem = wire.verify_receipt(receipt, self.genesis.epoch0(), self.verifier)
+        problem = wire.verify_receipt(receipt, self.epoch_config(receipt.header.epoch, address),
+                                      self.verifier)
         if problem is not None:
             raise SubmitError(f"validator {address} sent a receipt that does not verify: "
                               f"{problem}")
@@ -246,7 +336,8 @@ class _Core:
             raise SubmitError(f"validator {address} sent a malformed receipt: {exc}") from exc
         if receipt.request.digest != request.digest:
             raise SubmitError(f"validator {address} sent a receipt for another request")
-        problem = wire.verify_receipt(receipt, self.genesis.epoch0(), self.verifier)
+        problem = wire.verify_receipt(receipt, self.epoch_config(receipt.header.epoch, address),
+                                      self.verifier)
         if problem is not None:
             raise SubmitError(f"validator {address} sent a receipt that does not verify: "
                               f"{problem}")
@@ -359,7 +450,7 @@ class ConsortiumClient:
 
     def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
                  timeout_s: float = 30.0) -> None:
-        self._core = _Core(genesis, identity)
+        self._core = _Core(genesis, identity, ca_cert)
         self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.Channel] = {}
@@ -515,7 +606,7 @@ class ConsortiumClient:
                                              min_height=access.height)
         key = self._core.record_key(reply)
         try:
-            reader_key = self._core.genesis.org(org).encryption_key
+            reader_key = self._core.org_key(org)
         except Exception as exc:
             raise SubmitError(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from exc
         wrapped = envelope.wrap_key(key, reader_key)
@@ -537,6 +628,44 @@ class ConsortiumClient:
         """The admission service's advice on a record (this identity must be the service)."""
         return self._submit_fresh(lambda: self._core.build_tx(
             Verdict(record_id, decision, round(risk * 1000), verdict_json)))
+
+    def governance(self, tx: GovernanceTx) -> VerifiedReceipt:
+        """Submit a join request (as an applicant identity), a removal proposal or a member
+        vote (as a validator identity)."""
+        return self._submit_fresh(lambda: self._core.build_tx(tx))
+
+    def member_vote(self, proposal_id: str, approve: bool) -> VerifiedReceipt:
+        """This validator's vote on a membership proposal. An approval signs the validator-set
+        change with the validator key (the identity's signer), for the current epoch as the
+        validators report it; the ledger checks the signature against the real set, so a
+        validator that lied about it only gets the vote refused."""
+        members = self.list_members()
+        proposal = next((p for p in members.proposals if p.proposal_id == proposal_id), None)
+        if proposal is None:
+            raise SubmitError(f"no membership proposal {proposal_id}",
+                              grpc.StatusCode.NOT_FOUND)
+        approval = b""
+        if approve:
+            current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
+            if proposal.kind == "join":
+                new = tuple(sorted((*current, Member(proposal.replica_id,
+                                                     proposal.validator_key)),
+                                   key=lambda x: x.replica_id))
+            else:
+                new = tuple(x for x in current if x.replica_id != proposal.replica_id)
+            approval = self._core.identity.signer.sign(m.reconfiguration_signing_bytes(
+                self._core.chain_id, members.epoch, new))
+        return self.governance(MemberVote(proposal_id, approve, members.epoch, approval))
+
+    def list_members(self, *, address: str | None = None) -> pb.MembersReply:
+        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.MembersReply:
+            auth = self._core.read_auth("ListMembers", "")
+            out: pb.MembersReply = stub.ListMembers(pb.ListMembersRequest(auth=auth),
+                                                    timeout=self._timeout_s)
+            return out
+        reply, _ = self._read(call, address)
+        assert isinstance(reply, pb.MembersReply)
+        return reply
 
     def list_screening(self, screening: str, *, after_height: int = 0, limit: int = 1000,
                        address: str | None = None) -> pb.ScreeningReply:
@@ -597,7 +726,7 @@ class AsyncConsortiumClient:
 
     def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
                  timeout_s: float = 30.0) -> None:
-        self._core = _Core(genesis, identity)
+        self._core = _Core(genesis, identity, ca_cert)
         self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -14,24 +14,32 @@ height, root), check prev_hash against the previous block.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, inclusion_proof
 from consortium.crypto.signing import Verifier
+from consortium.ledger import membership as ms
 from consortium.ledger.records import InvalidRecord, RecordKind, Submission, decode_submission
 from consortium.ledger.transactions import (
+    GOVERNANCE_TYPES,
+    JOIN_DECISIONS,
     Access,
     Erase,
     Grant,
     InvalidTransaction,
+    JoinRequest,
+    MemberVote,
     RecordTx,
+    RemoveRequest,
     RequestView,
     ReviewVote,
     Revoke,
+    Tx,
     TxType,
     Verdict,
+    decode_governance_tx,
     decode_record_tx,
 )
 from consortium.pbft import events as ev
@@ -109,8 +117,8 @@ class Entry:
     submission: Submission | None = None
     """The record, for a recorded record submission with its full request."""
     reason: str = ""
-    action: RecordTx | None = None
-    """The grant/revoke/erase/access, for a request carrying one (any status)."""
+    action: Tx | None = None
+    """The record or governance transaction, for a request carrying one (any status)."""
     redacted: RequestView | None = None
     sender_org: str | None = None
     """The organisation of the request's client, for a record transaction."""
@@ -168,6 +176,10 @@ class ClientOrgs:
     def org_of(self, client_id: str) -> str | None:
         return self._orgs.get(client_id)
 
+    @property
+    def clients(self) -> frozenset[str]:
+        return frozenset(self._orgs)
+
 
 class Screening:
     """A record's screening status (docs/admission.md)."""
@@ -206,6 +218,9 @@ class Governance:
     voters: Mapping[str, int] = field(default_factory=dict)
     """Client id (`validator-<id>`) -> replica id, for the members of the current epoch."""
     quorum: int = 1
+    config: EpochConfig | None = None
+    """The validator set of the batch's epoch (membership votes are judged against it)."""
+    verifier: Verifier | None = None
 
     @property
     def initial_screening(self) -> str:
@@ -246,12 +261,15 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
 
 def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: ClientOrgs,
                 state: Mapping[str, RecordState] | None = None,
-                gov: Governance = Governance()) -> Block:
+                gov: Governance = Governance(),
+                members: ms.MembershipState = ms.EMPTY) -> Block:
     """Execute one committed batch into a block. Pure and deterministic: every honest validator
     builds the same block from the same `Execute` and the same prior ledger state (`state`
-    holds, for every record the batch's transactions reference, its state before the batch)."""
+    holds, for every record the batch's transactions reference, its state before the batch;
+    `members` the membership proposals)."""
     executed = {id(r) for r in a.executed}
     records: dict[str, RecordState] = dict(state or {})
+    proposals: dict[str, ms.Proposal] = dict(members.proposals)
     entries = []
     accepted: list[Submission] = []
     for i, r in enumerate(a.requests):
@@ -263,6 +281,15 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
             continue
         sender = orgs.org_of(r.client_id)
         segments = split_segments(r.payload)
+        if segments is not None and segments[0] and (
+                segments[0][0] in GOVERNANCE_TYPES or _verdict_on(segments, proposals)):
+            gtx, problem = _judge_governance(list(segments), r, sender, proposals, orgs, gov,
+                                             chain_id)
+            outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
+            entries.append(Entry(i, r, EntryStatus.RECORDED if outcome or not problem
+                                 else EntryStatus.INVALID, reason=problem, action=gtx,
+                                 sender_org=sender))
+            continue
         if segments is not None and segments[0] and segments[0][0] != TxType.RECORD:
             try:
                 action = decode_record_tx(list(segments))
@@ -306,6 +333,60 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
     if batch_digest(a.requests) != a.digest:
         raise AssertionError(f"batch digest mismatch at seq {a.seq}: a bug, not a peer fault")
     return Block(header, tuple(entries), a.pre_prepare, a.certificate)
+
+
+def changes_membership(block: Block) -> bool:
+    """Whether executing this block changed the membership proposals (a join request, a
+    removal proposal or a vote took effect)."""
+    return any(e.status == EntryStatus.RECORDED
+               and isinstance(e.action, JoinRequest | RemoveRequest | MemberVote)
+               for e in block.entries)
+
+
+def _verdict_on(segments: Sequence[bytes], proposals: Mapping[str, ms.Proposal]) -> bool:
+    """Whether these segments are a verdict on a membership proposal (not on a record)."""
+    if segments[0][0] != TxType.VERDICT or len(segments[0]) < 33:
+        return False
+    return segments[0][1:33].hex() in proposals
+
+
+def _judge_governance(segments: list[bytes | None], r: m.Request, sender: str | None,
+                      proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
+                      chain_id: bytes) -> tuple[Tx | None, str]:
+    """Judge a join request, removal proposal, member vote or a verdict on a join request;
+    returns the transaction (None if it does not parse) and why not ("" when it took effect,
+    MEMBERSHIP_OUTCOME... when a vote decided its proposal)."""
+    try:
+        tx: Tx = decode_record_tx(segments) if segments[0] and \
+            segments[0][0] == TxType.VERDICT else decode_governance_tx(segments)
+    except InvalidTransaction as exc:
+        return None, str(exc)
+    if gov.config is None or gov.verifier is None:
+        return tx, "membership changes are not enabled on this ledger"
+    ctx = ms.Context(chain_id, gov.config, gov.voters, orgs.known, gov.verifier,
+                     orgs.clients)
+    if isinstance(tx, Verdict):
+        if r.client_id != gov.admission_client:
+            return tx, "verdicts come only from the admission service named in genesis"
+        if tx.decision not in JOIN_DECISIONS:
+            return tx, "a verdict on a join request decides approve, reject or review"
+        return tx, ""  # advice, kept on the ledger with the proposal; only votes decide
+    if isinstance(tx, JoinRequest):
+        return tx, ms.judge_join(tx, r.client_id, r.digest.hex(), proposals, ctx)
+    if isinstance(tx, RemoveRequest):
+        return tx, ms.judge_remove(tx, r.client_id, r.digest.hex(), proposals,
+                                   _validator_orgs(orgs, gov), ctx)
+    assert isinstance(tx, MemberVote)
+    return tx, ms.judge_vote(tx, r.client_id, proposals, ctx)
+
+
+def _validator_orgs(orgs: ClientOrgs, gov: Governance) -> dict[str, str]:
+    out = {}
+    for client_id in gov.voters:
+        org = orgs.org_of(client_id)
+        if org is not None:
+            out[client_id] = org
+    return out
 
 
 def _apply(action: RecordTx, client_id: str, sender: str | None,

@@ -13,6 +13,11 @@ for each reader, or the key a grant wraps for a new reader.
     access  seg0 = 5 | record_id:32 | purpose:text | requested_at_ms:u64
     verdict seg0 = 6 | record_id:32 | decision:text | risk_milli:u16   seg1 = verdict JSON
     review  seg0 = 7 | record_id:32 | accept:u8
+    join    seg0 = 8 | org:text | name:text | replica_id:u32 | validator_key:32 | client_key:32
+                   | encryption_key:32 | peer_address:text | client_address:text
+            seg1 = statement (UTF-8)
+    vote    seg0 = 9 | proposal_id:32 | approve:u8 | from_epoch:u32 | approval:64
+    remove  seg0 = 10 | replica_id:u32 | reason:text
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -23,6 +28,7 @@ a key always goes through the access rules) and keep views in place of erased re
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from consortium.crypto.hashing import DIGEST_BYTES
@@ -50,6 +56,9 @@ class TxType(enum.IntEnum):
     ACCESS = 5
     VERDICT = 6
     REVIEW_VOTE = 7
+    JOIN = 8
+    MEMBER_VOTE = 9
+    REMOVE = 10
 
 
 class InvalidTransaction(ValueError):
@@ -148,6 +157,7 @@ class Access:
 
 VERDICT_JSON_BYTES_MAX = 16 << 10
 SCREENING_DECISIONS = frozenset({"ok", "flag"})
+JOIN_DECISIONS = frozenset({"approve", "reject", "review"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +272,9 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
             raise InvalidTransaction("requested_at_ms out of range")
         return Access(record_id, texts[0], at_ms)
     if kind is TxType.VERDICT:
-        if texts[0] not in SCREENING_DECISIONS:
-            raise InvalidTransaction(f"a record verdict decides ok or flag, not {texts[0]!r}")
+        if texts[0] not in SCREENING_DECISIONS | JOIN_DECISIONS:
+            raise InvalidTransaction("a verdict decides ok or flag (a record) or approve, "
+                                     f"reject or review (a join request), not {texts[0]!r}")
         if risk_milli > 1000:
             raise InvalidTransaction("risk is 0..1000 thousandths")
         verdict_json = segments[1]
@@ -281,6 +292,191 @@ def decode_record_tx(segments: list[bytes | None]) -> RecordTx:
             raise InvalidTransaction("a review vote accepts (1) or rejects (0)")
         return ReviewVote(record_id, accept == 1)
     raise InvalidTransaction(f"{kind.name.lower()} is not a record transaction")
+
+
+# ---------------------------------------------------------------------------- governance
+
+ORG_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+"""A new organisation's id: short, lowercase, usable as a DNS label and a directory name."""
+STATEMENT_BYTES_MAX = 4096
+APPROVAL_BYTES = SIGNATURE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """An organisation asks to join and run validator `replica_id`. Signed by the applicant's
+    own validator key (client id `applicant_client_id(validator_key)`), which proves it holds
+    the key it asks the consortium to trust. The statement is the applicant's own words: data
+    for the reviewers, never instructions."""
+
+    org: str
+    name: str
+    replica_id: int
+    validator_key: bytes
+    client_key: bytes
+    encryption_key: bytes
+    peer_address: str
+    client_address: str
+    statement: str
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.JOIN))
+        w.text(self.org)
+        w.text(self.name)
+        w.u32(self.replica_id)
+        w.fixed(self.validator_key)
+        w.fixed(self.client_key)
+        w.fixed(self.encryption_key)
+        w.text(self.peer_address)
+        w.text(self.client_address)
+        return [w.getvalue(), self.statement.encode()]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberVote:
+    """A validator's vote on a membership proposal (a join or a removal), signed as its own
+    client `validator-<id>`. An approval also carries the validator's replica-key signature
+    over the reconfiguration it approves (`reconfiguration_signing_bytes(chain, from_epoch,
+    new members)`): 2f+1 of them are the quorum approval the consensus layer requires, so the
+    validator-set change assembles itself from committed votes."""
+
+    proposal_id: str
+    approve: bool
+    from_epoch: int
+    approval: bytes
+    """64-byte signature for an approval; empty for a rejection."""
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.fixed(_header(TxType.MEMBER_VOTE, self.proposal_id))
+        w.u8(1 if self.approve else 0)
+        w.u32(self.from_epoch)
+        w.fixed(self.approval if self.approve else bytes(APPROVAL_BYTES))
+        return [w.getvalue()]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRequest:
+    """A current validator proposes removing member `replica_id` (voted on like a join)."""
+
+    replica_id: int
+    reason: str
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.REMOVE))
+        w.u32(self.replica_id)
+        w.text(self.reason)
+        return [w.getvalue()]
+
+
+GovernanceTx = JoinRequest | MemberVote | RemoveRequest
+GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE})
+APPLICANT_PREFIX = "applicant-"
+
+
+def applicant_client_id(validator_key: bytes) -> str:
+    """The self-certifying client id a join request is signed under: the key is in the id, so
+    any validator can check the signature before the applicant is known to anyone."""
+    return APPLICANT_PREFIX + validator_key.hex()
+
+
+def applicant_key(client_id: str) -> bytes | None:
+    """The key of an applicant client id, None for any other id."""
+    if not client_id.startswith(APPLICANT_PREFIX):
+        return None
+    raw = client_id.removeprefix(APPLICANT_PREFIX)
+    if len(raw) != 64 or raw != raw.lower():
+        return None
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        return None
+
+
+def encode_governance_tx(tx: GovernanceTx) -> bytes:
+    return encode_segments(tx.segments())
+
+
+def _check_statement(raw: bytes) -> str:
+    if not 1 <= len(raw) <= STATEMENT_BYTES_MAX:
+        raise InvalidTransaction(f"a statement is 1 to {STATEMENT_BYTES_MAX} bytes")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidTransaction("the statement is not UTF-8") from exc
+    if any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise InvalidTransaction("the statement contains a control character")
+    return text
+
+
+def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
+    """Parse a join request, member vote or removal proposal. Raises InvalidTransaction."""
+    if not segments or segments[0] is None:
+        raise InvalidTransaction("transaction header missing")
+    kind = tx_type(segments[0])
+    rd = Reader(segments[0])
+    try:
+        rd.u8()
+        if kind is TxType.JOIN:
+            org, name, replica_id = rd.text(), rd.text(), rd.u32()
+            keys = [rd.fixed(32) for _ in range(3)]
+            peer, client = rd.text(), rd.text()
+            rd.end()
+            if len(segments) != 2:
+                raise InvalidTransaction("a join request has 2 segments")
+            if not ORG_ID_PATTERN.fullmatch(org):
+                raise InvalidTransaction("an organisation id is 1 to 32 characters of a-z, "
+                                         "0-9 and '-', starting with a letter or digit")
+            check_text("name", name)
+            check_text("peer_address", peer)
+            check_text("client_address", client)
+            if not 0 <= replica_id < 1 << 16:
+                raise InvalidTransaction("replica id out of range")
+            raw = segments[1]
+            statement = "" if raw is None else _check_statement(raw)
+            return JoinRequest(org, name, replica_id, keys[0], keys[1], keys[2], peer, client,
+                               statement)
+        if kind is TxType.MEMBER_VOTE:
+            proposal_id = rd.fixed(DIGEST_BYTES).hex()
+            approve, from_epoch, approval = rd.u8(), rd.u32(), rd.fixed(APPROVAL_BYTES)
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a member vote has 1 segment")
+            if approve not in (0, 1):
+                raise InvalidTransaction("a member vote approves (1) or rejects (0)")
+            return MemberVote(proposal_id, approve == 1, from_epoch,
+                              approval if approve else b"")
+        if kind is TxType.REMOVE:
+            replica_id, reason = rd.u32(), rd.text()
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a removal proposal has 1 segment")
+            check_text("reason", reason, allow_empty=True)
+            return RemoveRequest(replica_id, reason)
+    except DecodeError as exc:
+        raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
+    raise InvalidTransaction(f"{kind.name.lower()} is not a governance transaction")
+
+
+Tx = RecordTx | GovernanceTx
+
+
+def decode_tx(segments: list[bytes | None]) -> Tx:
+    """Any non-record transaction, by its type byte. Raises InvalidTransaction."""
+    if segments and segments[0] and segments[0][0] in GOVERNANCE_TYPES:
+        return decode_governance_tx(segments)
+    return decode_record_tx(segments)
+
+
+def target_of(tx: Tx) -> str | None:
+    """The id of the record or proposal a transaction acts on (None: it creates one)."""
+    if isinstance(tx, MemberVote):
+        return tx.proposal_id
+    if isinstance(tx, JoinRequest | RemoveRequest):
+        return None
+    return tx.record_id
 
 
 # -------------------------------------------------------------------------------- views

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,8 +25,10 @@ from grpc_reflection.v1alpha import reflection
 
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.config import Genesis, ValidatorConfig, validator_client_id
+from consortium.client.nonces import NonceFile
+from consortium.config import Genesis, ValidatorConfig, ValidatorInfo, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
     BlockHeader,
@@ -35,6 +37,7 @@ from consortium.ledger.blocks import (
     Governance,
     Screening,
     build_block,
+    changes_membership,
     referenced_records,
     verify_certificate,
 )
@@ -42,9 +45,12 @@ from consortium.ledger.records import InvalidRecord, RecordKind, decode_submissi
 from consortium.ledger.transactions import (
     Erase,
     InvalidTransaction,
+    JoinRequest,
+    MemberVote,
     RequestView,
     TxType,
-    decode_record_tx,
+    applicant_key,
+    decode_tx,
 )
 from consortium.localnet import read_seed
 from consortium.node import metrics, wire
@@ -57,6 +63,7 @@ from consortium.node.transport import (
 )
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.codec import encode_epoch_records
 from consortium.pbft.payload import split_segments
 from consortium.pbft.replica import Replica
 from consortium.pbft.state import GENESIS_STATE_DIGEST, NonceStatus, next_state_digest
@@ -74,14 +81,44 @@ MIN_HEIGHT_WAIT_S = 5.0
 STREAM_IN_FLIGHT_MAX = 4096
 """Submissions one SubmitStream may have waiting for their commit."""
 STATE_TRANSFER_BATCH_BLOCKS = 256
+APPLICANT_REQUESTS_PER_MINUTE = 30
+"""Join requests (from applicants, who need no standing) one validator accepts per minute."""
 
 
-class StaticClients:
+class RateLimit:
+    """At most `limit` events in any `window_s` seconds."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        while self._times and self._times[0] <= now - self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+
+class ClientKeys:
+    """Who may sign requests: the genesis clients and validators, the identities named by join
+    requests on the ledger (`MembershipState.client_keys`), and applicants, whose client id
+    carries their key (what each identity may do is decided at execution)."""
+
     def __init__(self, keys: dict[str, bytes]) -> None:
-        self._keys = keys
+        self._genesis = keys
+        self._ledger: dict[str, bytes] = {}
+
+    def update(self, keys: dict[str, bytes]) -> None:
+        self._ledger = {k: v for k, v in keys.items() if k not in self._genesis}
 
     def client_key(self, client_id: str) -> bytes | None:
-        return self._keys.get(client_id)
+        key = self._genesis.get(client_id)
+        if key is None:
+            key = self._ledger.get(client_id)
+        return key if key is not None else applicant_key(client_id)
 
 
 @dataclass
@@ -120,17 +157,28 @@ class Validator:
         self.genesis = genesis
         self.store = store
         self.chain_id = genesis.chain_id_bytes
-        self.me = genesis.validator(config.replica_id)
         self.signer = Ed25519Signer(read_seed(config.signing_key))
-        if self.signer.public_key != self.me.public_key:
-            raise ValueError(f"{config.signing_key} does not hold validator "
-                             f"{config.replica_id}'s key from the genesis file")
+        self.joining = config.replica_id not in {v.replica_id for v in genesis.validators}
+        """Not in genesis: a validator admitted later (a join request approved by the
+        members), which catches up by state transfer (docs/admission.md)."""
+        if self.joining:
+            self.me = ValidatorInfo(config.replica_id, config.org or "", self.signer.public_key,
+                                    config.listen_peer, config.listen_client)
+        else:
+            self.me = genesis.validator(config.replica_id)
+            if self.signer.public_key != self.me.public_key:
+                raise ValueError(f"{config.signing_key} does not hold validator "
+                                 f"{config.replica_id}'s key from the genesis file")
+        self.nonces = NonceFile(config.signing_key.parent / "client.nonce")
+        """This validator's own client (`validator-<id>`): reconfigurations it submits."""
         self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
         store.erasure_deletes_ciphertext = genesis.policy.erasure_deletes_ciphertext
         store.initial_screening = Screening.ACCEPTED if genesis.admission_client is None \
             else Screening.PENDING
-        self.clients = StaticClients(genesis.client_keys())
+        self.clients = ClientKeys(genesis.client_keys())
         self.orgs = ClientOrgs(genesis.client_orgs(), {o.org_id for o in genesis.orgs})
+        self.membership = ms.EMPTY
+        self.applicant_quota = RateLimit(APPLICANT_REQUESTS_PER_MINUTE, 60.0)
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.waiters = Waiters()
         self.recent: OrderedDict[int, Block] = OrderedDict()
@@ -161,12 +209,7 @@ class Validator:
                                clients=self.clients, recovered=recovered)
         log.info("recovered", height=self.head.height if self.head else 0,
                  replica_executed=self.replica.last_executed, view=self.replica.view)
-        creds = channel_credentials(self.config.tls)
-        for v in self.genesis.validators:
-            if v.replica_id != self.me.replica_id:
-                link = PeerLink(v.replica_id, v.peer_address, creds, metrics.peer_state)
-                self.links[v.replica_id] = link
-                link.start()
+        await self._load_membership()
         await self._start_servers()
         if self._ledger_height() < self.replica.last_executed:
             await self._fetch_missing_blocks(self.replica.last_executed)
@@ -181,6 +224,52 @@ class Validator:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("consortium.v1.Ledger", health_pb2.HealthCheckResponse.SERVING)
         metrics.up.set(1)
+
+    async def _load_membership(self) -> None:
+        """Membership from the ledger: who may sign, which organisations are members, and a
+        peer link to every validator we know of (genesis and admitted ones)."""
+        self.membership = await self.store.membership()
+        self.clients.update(self.membership.client_keys())
+        self.orgs = ClientOrgs({**self.genesis.client_orgs(), **self.membership.client_orgs()},
+                               {o.org_id for o in self.genesis.orgs}
+                               | {p.org for p in self.membership.joined()})
+        addresses = {v.replica_id: v.peer_address for v in self.genesis.validators}
+        addresses.update({p.replica_id: p.peer_address for p in self.membership.joined()})
+        creds: grpc.ChannelCredentials | None = None
+        for rid, address in sorted(addresses.items()):
+            if rid == self.me.replica_id or rid in self.links:
+                continue
+            creds = creds or channel_credentials(self.config.tls)
+            link = PeerLink(rid, address, creds, metrics.peer_state)
+            self.links[rid] = link
+            link.start()
+
+    def _submit_reconfigurations(self, block: Block) -> None:
+        """A vote in this block approved a membership proposal: submit the validator-set change
+        it carries (every member does; the consensus layer executes the first and skips the
+        rest), signed as this validator's own client."""
+        assert self.replica is not None
+        config = self.replica.epoch_configs().get(block.header.epoch)
+        if config is None or not config.is_member(self.me.replica_id):
+            return
+        for e in block.entries:
+            if not (isinstance(e.action, MemberVote)
+                    and e.reason == ms.MEMBERSHIP_OUTCOME + ms.ProposalStatus.APPROVED):
+                continue
+            proposal = self.membership.proposals.get(e.action.proposal_id)
+            if proposal is None:
+                continue
+            payload = ms.reconfiguration_payload(proposal, config)
+            client_id = validator_client_id(self.me.replica_id)
+            nonce = self.nonces.next()
+            digest = m.request_digest(client_id, nonce, m.RequestKind.RECONFIGURATION, payload)
+            request = m.Request(client_id, nonce, m.RequestKind.RECONFIGURATION, payload,
+                                self.signer.sign(m.request_signing_bytes(self.chain_id,
+                                                                         digest)))
+            log.info("membership approved; submitting the validator-set change",
+                     proposal=proposal.proposal_id, kind=proposal.kind,
+                     replica=proposal.replica_id, from_epoch=config.epoch)
+            self.submit_event(ev.ClientRequest(request))
 
     async def _start_servers(self) -> None:
         # The health servicer starts SERVING: say NOT_SERVING until recovery is complete.
@@ -336,6 +425,10 @@ class Validator:
                 block = await self._build(a, blocks[-1].header if blocks else self.head, refs)
                 blocks.append(block)
                 executed.append(block)
+                if changes_membership(block):
+                    await flush()  # later blocks are judged against the new membership
+                    await self._load_membership()
+                    self._submit_reconfigurations(block)
             elif isinstance(a, ev.PersistSnapshot):
                 await flush()
                 await self.store.persist_snapshot(a.snapshot, a.proof)
@@ -366,7 +459,8 @@ class Validator:
                 log.info("view entered", view=a.view, primary=a.primary)
             elif isinstance(a, ev.EpochEntered):
                 metrics.epoch.set(a.config.epoch)
-                log.info("epoch entered", epoch=a.config.epoch, members=a.config.replica_ids)
+                log.info("epoch entered", epoch=a.config.epoch, members=a.config.replica_ids,
+                         member=a.config.is_member(self.me.replica_id))
             elif isinstance(a, ev.PeerFault):
                 metrics.peer_faults.inc()
                 log.warning("peer fault", sender=a.sender, reason=a.reason)
@@ -388,11 +482,11 @@ class Validator:
                      refs: set[str]) -> Block:
         state = await self.store.record_states(refs) if refs else {}
         assert self.replica is not None
-        members = self.replica.config
+        members = self.replica.epoch_configs().get(a.epoch, self.replica.config)
         gov = Governance(self.genesis.admission_client,
                          {validator_client_id(r): r for r in members.replica_ids},
-                         members.quorum)
-        return build_block(a, self.chain_id, prev, self.orgs, state, gov)
+                         members.quorum, members, self.verifier)
+        return build_block(a, self.chain_id, prev, self.orgs, state, gov, self.membership)
 
     def _remember(self, block: Block) -> None:
         """A block is durable: it becomes the head and serves receipts from memory."""
@@ -427,7 +521,8 @@ class Validator:
 
     async def _fetch_missing_blocks(self, target: int) -> None:
         """Fetch blocks (head, target] from peers and verify them (hash links and commit
-        certificates against the genesis keys) before storing them."""
+        certificates against the validator set of each block's epoch, from the verified epoch
+        history) before storing them."""
         attempts = 0
         while self._ledger_height() < target:
             progressed = False
@@ -445,7 +540,8 @@ class Validator:
                 await asyncio.sleep(min(0.1 * 2 ** attempts, 5.0))
 
     async def _fetch_from(self, address: str, target: int) -> bool:
-        config = self.genesis.epoch0()
+        assert self.replica is not None
+        configs = self.replica.epoch_configs()  # verified (snapshot epoch history)
         start = self._ledger_height() + 1
         async with grpc.aio.secure_channel(address, channel_credentials(self.config.tls),
                                            options=CHANNEL_OPTIONS) as channel:
@@ -459,6 +555,10 @@ class Validator:
                 header = blk.header
                 if header.height > target:
                     break  # never run the ledger ahead of the consensus state
+                config = configs.get(header.epoch)
+                if config is None:
+                    raise ValueError(f"block {header.height} is from epoch {header.epoch}, "
+                                     "which our verified epoch history does not hold")
                 if blk.pre_prepare is not None:  # dropped from blocks with erased entries
                     pp = blk.pre_prepare.body
                     assert isinstance(pp, m.PrePrepare)
@@ -479,6 +579,8 @@ class Validator:
                     raise ValueError(f"block {header.height} has no valid commit certificate")
                 block = wire.block_from_wire(blk, self.orgs.org_of)
                 await self.store.install_blocks([block])
+                if changes_membership(block):
+                    await self._load_membership()
                 self.head = header
                 for entry in block.entries:  # clients waiting here learn of it too
                     self.waiters.resolve(entry.record_id, Outcome(height=header.height))
@@ -502,13 +604,22 @@ def check_submission(req: m.Request, v: Validator) -> tuple[grpc.StatusCode, str
     if not v.verifier.verify(key, m.request_signing_bytes(v.chain_id, req.digest),
                              req.signature):
         return grpc.StatusCode.UNAUTHENTICATED, "bad request signature (or another chain)"
+    applicant = applicant_key(req.client_id) is not None
     segments = split_segments(req.payload)
     if segments is not None and segments[0] and segments[0][0] != TxType.RECORD:
         try:
-            decode_record_tx(list(segments))
+            tx = decode_tx(list(segments))
         except InvalidTransaction as exc:
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        return None  # judged against the record's state when executed (see the receipt)
+        if applicant and not isinstance(tx, JoinRequest):
+            return grpc.StatusCode.PERMISSION_DENIED, "applicants submit join requests only"
+        if applicant and not v.applicant_quota.take(time.monotonic()):
+            return (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this validator takes at most {APPLICANT_REQUESTS_PER_MINUTE} join "
+                    "requests a minute; retry later")
+        return None  # judged against the ledger's state when executed (see the receipt)
+    if applicant:
+        return grpc.StatusCode.PERMISSION_DENIED, "applicants submit join requests only"
     try:
         sub = decode_submission(req.payload)
     except InvalidRecord as exc:
@@ -723,6 +834,16 @@ class LedgerService(pb_grpc.LedgerServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "reads need a signed ReadAuth from a member's client key")
         assert key is not None and org is not None
+        await self._check_read_signature(auth, method, argument, context, key)
+        return org
+
+    async def _check_read_signature(self, auth: pb.ReadAuth, method: str, argument: str,
+                                    context: grpc.aio.ServicerContext,
+                                    key: bytes | None) -> None:
+        v = self.v
+        if key is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad read signature")
+        assert key is not None
         skew = abs(int(time.time() * 1000) - auth.timestamp_ms)
         if skew > v.genesis.policy.read_clock_skew_ms:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
@@ -732,7 +853,6 @@ class LedgerService(pb_grpc.LedgerServicer):
                                          argument)
         if len(auth.signature) != 64 or not v.verifier.verify(key, signed, auth.signature):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad read signature")
-        return org
 
     async def GetReceipt(self, request, context):  # type: ignore[no-untyped-def]
         await _check_record_id(request.record_id, context)
@@ -879,6 +999,49 @@ class LedgerService(pb_grpc.LedgerServicer):
             reply.entries.append(pb.SubjectEntry(receipt=receipt,
                                                  target_record_id=entry.target_record_id or ""))
         return reply
+
+    async def ListMembers(self, request, context):  # type: ignore[no-untyped-def]
+        v = self.v
+        auth = request.auth
+        if applicant_key(auth.client_id) is not None:
+            # An applicant may see the queue (to pick a free replica id and follow its own
+            # request), without other applicants' statements.
+            await self._check_read_signature(auth, "ListMembers", "", context,
+                                             applicant_key(auth.client_id))
+            org = None
+        else:
+            org = await self._authorize(auth, "ListMembers", "", context)
+        assert v.replica is not None
+        config = v.replica.config
+        proposals = await v.store.proposals()
+        reply = pb.MembersReply(epoch=config.epoch, quorum=config.quorum)
+        addresses = {x.replica_id: (x.org, x.peer_address, x.client_address)
+                     for x in v.genesis.validators}
+        for p in reversed(proposals):  # oldest first: addresses of admitted validators
+            if p.kind == "join" and p.status == ms.ProposalStatus.APPROVED:
+                addresses[p.replica_id] = (p.org, p.peer_address, p.client_address)
+        for p in proposals:
+            reply.proposals.append(pb.ProposalInfo(
+                proposal_id=p.proposal_id, kind=p.kind, replica_id=p.replica_id,
+                org=p.org or addresses.get(p.replica_id, ("",))[0],
+                name=p.name, peer_address=p.peer_address, client_address=p.client_address,
+                statement=p.statement if org is not None else "", reason=p.reason,
+                status=p.status, height=p.height, decided_height=p.decided_height or 0,
+                validator_key=p.validator_key, client_key=p.client_key,
+                encryption_key=p.encryption_key,
+                verdicts=[pb.VerdictInfo(decision=d, risk_milli=r) for d, r in p.verdicts],
+                votes=[pb.MemberVoteInfo(epoch=x.epoch, replica_id=x.replica_id,
+                                         approve=x.approve) for x in p.votes]))
+        for member in config.members:
+            org_name, peer, client = addresses.get(member.replica_id, ("", "", ""))
+            reply.validators.append(pb.MemberInfo(
+                replica_id=member.replica_id, org=org_name, public_key=member.public_key,
+                peer_address=peer, client_address=client))
+        return reply
+
+    async def GetEpochs(self, request, context):  # type: ignore[no-untyped-def]
+        assert self.v.replica is not None
+        return pb.EpochsReply(epochs=encode_epoch_records(self.v.replica.epoch_records))
 
     async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
         r = self.v.replica

@@ -27,7 +27,7 @@ from consortium.ledger.transactions import (
     InvalidTransaction,
     RequestView,
     TxType,
-    decode_record_tx,
+    decode_tx,
 )
 from consortium.pbft import codec
 from consortium.pbft import messages as m
@@ -412,7 +412,7 @@ def block_from_wire(w: WireBlock, org_of: Callable[[str], str | None]) -> Block:
                 split_segments(item.payload)
             try:
                 if segments and segments[0] and segments[0][0] != TxType.RECORD:
-                    action = decode_record_tx(list(segments))
+                    action = decode_tx(list(segments))
                 elif request is not None:
                     sub = decode_submission(request.payload)
                 elif not segments or segments[0] is None:

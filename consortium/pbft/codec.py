@@ -183,11 +183,9 @@ def _read_members(rd: Reader) -> tuple[Member, ...]:
     return rd.items(one)
 
 
-def write_snapshot(w: Writer, s: m.Snapshot) -> None:
-    w.u64(s.seq)
-    w.fixed(s.state_digest)
-    w.u32(len(s.epochs))
-    for e in s.epochs:
+def _write_epoch_records(w: Writer, records: tuple[m.EpochRecord, ...]) -> None:
+    w.u32(len(records))
+    for e in records:
         w.u32(e.epoch)
         w.u64(e.start_seq)
         _write_members(w, e.members)
@@ -196,6 +194,42 @@ def write_snapshot(w: Writer, s: m.Snapshot) -> None:
         w.u32(len(e.proof))
         for p in e.proof:
             _write_signed(w, p)
+
+
+def _read_epoch_records(rd: Reader, chain_id: bytes) -> tuple[m.EpochRecord, ...]:
+    def epoch_record() -> m.EpochRecord:
+        return m.EpochRecord(
+            epoch=rd.u32(), start_seq=rd.u64(), members=_read_members(rd),
+            state_digest=rd.fixed(DIGEST_BYTES), clients_digest=rd.fixed(DIGEST_BYTES),
+            proof=rd.items(lambda: _read_signed(rd, chain_id, MsgType.CHECKPOINT)))
+
+    return rd.items(epoch_record)
+
+
+def encode_epoch_records(records: tuple[m.EpochRecord, ...]) -> bytes:
+    """The epoch history (each epoch's set and the checkpoint proof that opened it)."""
+    w = Writer()
+    _write_epoch_records(w, records)
+    return w.getvalue()
+
+
+def decode_epoch_records(data: bytes, chain_id: bytes) -> tuple[m.EpochRecord, ...]:
+    """Raises DecodeError on malformed bytes."""
+    rd = Reader(data)
+    try:
+        records = _read_epoch_records(rd, chain_id)
+    except ValueError as exc:
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(str(exc)) from exc
+    rd.end()
+    return records
+
+
+def write_snapshot(w: Writer, s: m.Snapshot) -> None:
+    w.u64(s.seq)
+    w.fixed(s.state_digest)
+    _write_epoch_records(w, s.epochs)
     w.u32(len(s.clients))
     for c in s.clients:
         w.text(c.client_id)
@@ -215,13 +249,7 @@ def read_snapshot(rd: Reader, chain_id: bytes) -> m.Snapshot:
     seq = rd.u64()
     state_digest = rd.fixed(DIGEST_BYTES)
 
-    def epoch_record() -> m.EpochRecord:
-        return m.EpochRecord(
-            epoch=rd.u32(), start_seq=rd.u64(), members=_read_members(rd),
-            state_digest=rd.fixed(DIGEST_BYTES), clients_digest=rd.fixed(DIGEST_BYTES),
-            proof=rd.items(lambda: _read_signed(rd, chain_id, MsgType.CHECKPOINT)))
-
-    epochs = rd.items(epoch_record)
+    epochs = _read_epoch_records(rd, chain_id)
 
     def client() -> m.ClientEntry:
         cid = rd.text()

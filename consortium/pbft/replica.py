@@ -238,6 +238,18 @@ class Replica:
         return self.primary == self.id
 
     @property
+    def epoch_records(self) -> tuple[m.EpochRecord, ...]:
+        """How each epoch after genesis was opened (verifiable from genesis alone)."""
+        return self._epoch_records
+
+    def epoch_configs(self) -> dict[int, EpochConfig]:
+        """Every validator set this replica knows, by epoch (genesis included)."""
+        out = {self.genesis.epoch: self.genesis}
+        for r in self._epoch_records:
+            out[r.epoch] = EpochConfig(r.epoch, r.start_seq, r.members)
+        return out
+
+    @property
     def is_member(self) -> bool:
         return self.config.is_member(self.id)
 

@@ -159,6 +159,43 @@ CREATE TABLE review_votes (
     FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
 );
 """),
+    # Membership governance (docs/admission.md): join requests and removal proposals, and the
+    # validators' votes on them (an approval carries the voter's signature over the
+    # validator-set change, so the change assembles from the stored votes).
+    (4, """
+CREATE TABLE proposals (
+    proposal_id     text     PRIMARY KEY,
+    kind            text     NOT NULL CHECK (kind IN ('join', 'remove')),
+    replica_id      integer  NOT NULL,
+    org             text     NOT NULL,
+    name            text     NOT NULL DEFAULT '',
+    validator_key   bytea    NOT NULL DEFAULT '',
+    client_key      bytea    NOT NULL DEFAULT '',
+    encryption_key  bytea    NOT NULL DEFAULT '',
+    peer_address    text     NOT NULL DEFAULT '',
+    client_address  text     NOT NULL DEFAULT '',
+    statement       text     NOT NULL DEFAULT '',
+    reason          text     NOT NULL DEFAULT '',
+    status          text     NOT NULL DEFAULT 'pending'
+                             CHECK (status IN ('pending', 'approved', 'rejected')),
+    height          bigint   NOT NULL,
+    idx             integer  NOT NULL,
+    decided_height  bigint,
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+
+CREATE TABLE member_votes (
+    proposal_id  text     NOT NULL REFERENCES proposals (proposal_id),
+    epoch        integer  NOT NULL,
+    replica_id   integer  NOT NULL,
+    approve      boolean  NOT NULL,
+    approval     bytea    NOT NULL,
+    height       bigint   NOT NULL,
+    idx          integer  NOT NULL,
+    PRIMARY KEY (proposal_id, epoch, replica_id),
+    FOREIGN KEY (height, idx) REFERENCES entries (height, idx)
+);
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

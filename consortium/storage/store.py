@@ -36,6 +36,7 @@ from consortium.ledger.blocks import (
     RecordState,
     Screening,
 )
+from consortium.ledger.membership import MEMBERSHIP_OUTCOME, MembershipState, Proposal, Vote
 from consortium.ledger.records import (
     InvalidRecord,
     PublicRecord,
@@ -47,12 +48,16 @@ from consortium.ledger.transactions import (
     Erase,
     Grant,
     InvalidTransaction,
+    JoinRequest,
+    MemberVote,
+    RemoveRequest,
     RequestView,
     ReviewVote,
     Revoke,
     Verdict,
     key_segment,
     parse_key_segment,
+    target_of,
 )
 from consortium.pbft import messages as m
 from consortium.pbft.codec import (
@@ -92,6 +97,28 @@ class BlockRejected(StoreError):
 
 class StoreCorrupted(StoreError):
     """Stored bytes that do not decode: the database was damaged or edited."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProposal:
+    proposal_id: str
+    kind: str
+    replica_id: int
+    org: str
+    name: str
+    peer_address: str
+    client_address: str
+    statement: str
+    reason: str
+    status: str
+    height: int
+    decided_height: int | None
+    validator_key: bytes
+    client_key: bytes
+    encryption_key: bytes
+    verdicts: list[tuple[str, int]]
+    """(decision, risk in thousandths) of the admission service's verdicts, oldest first."""
+    votes: list[Vote]
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +478,7 @@ class LedgerStore:
                                [c.wire for c in block.certificate]))
             for e in block.entries:
                 record_id = e.record_id
-                target = None if e.action is None else e.action.record_id
+                target = None if e.action is None else target_of(e.action)
                 stored = encode_request(e.request) if e.request is not None else \
                     e.view.encode()
                 entry_rows.append((h.height, e.index, record_id, _pg_text(e.client_id), e.nonce,
@@ -520,9 +547,87 @@ class LedgerStore:
                 "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (a.record_id, voter, a.accept, header.height, e.index))
-        if e.reason.startswith(SCREENING_OUTCOME) and a is not None:
+        elif isinstance(a, JoinRequest | RemoveRequest):
+            await self._insert_proposal(cur, header, e, a)
+        elif isinstance(a, MemberVote):
+            voter = int(e.client_id.removeprefix("validator-"))
+            epoch = a.from_epoch
+            await cur.execute(
+                "INSERT INTO member_votes (proposal_id, epoch, replica_id, approve, approval, "
+                "height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (a.proposal_id, epoch, voter, a.approve, a.approval, header.height, e.index))
+            if e.reason.startswith(MEMBERSHIP_OUTCOME):
+                await cur.execute(
+                    "UPDATE proposals SET status = %s, decided_height = %s "
+                    "WHERE proposal_id = %s",
+                    (e.reason.removeprefix(MEMBERSHIP_OUTCOME), header.height, a.proposal_id))
+        if e.reason.startswith(SCREENING_OUTCOME) and isinstance(a, Verdict | ReviewVote):
             await cur.execute("UPDATE records SET screening = %s WHERE record_id = %s",
                               (e.reason.removeprefix(SCREENING_OUTCOME), a.record_id))
+
+    @staticmethod
+    async def _insert_proposal(cur: AsyncCursor[Any], header: BlockHeader, e: Entry,
+                               a: JoinRequest | RemoveRequest) -> None:
+        if isinstance(a, JoinRequest):
+            row: tuple[Any, ...] = (
+                e.record_id, "join", a.replica_id, a.org, _pg_text(a.name), a.validator_key,
+                a.client_key, a.encryption_key, _pg_text(a.peer_address),
+                _pg_text(a.client_address), _pg_text(a.statement), "")
+        else:
+            await cur.execute("SELECT org FROM proposals WHERE kind = 'join' AND replica_id = %s "
+                              "AND status = 'approved'", (a.replica_id,))
+            found = await cur.fetchone()
+            org = str(found[0]) if found else ""
+            row = (e.record_id, "remove", a.replica_id, org, "", b"", b"", b"", "", "", "",
+                   _pg_text(a.reason))
+        await cur.execute(
+            "INSERT INTO proposals (proposal_id, kind, replica_id, org, name, validator_key, "
+            "client_key, encryption_key, peer_address, client_address, statement, reason, "
+            "height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING", (*row, header.height, e.index))
+
+    async def membership(self) -> MembershipState:
+        """Every membership proposal with its votes (what executing a governance transaction
+        needs; a handful of rows)."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT proposal_id, kind, replica_id, org, name, validator_key, client_key, "
+                "encryption_key, peer_address, client_address, status FROM proposals")
+            rows = await cur.fetchall()
+            await cur.execute("SELECT proposal_id, epoch, replica_id, approve, approval "
+                              "FROM member_votes ORDER BY height, idx")
+            votes: dict[str, list[Vote]] = {}
+            for pid, epoch, rid, approve, approval in await cur.fetchall():
+                votes.setdefault(str(pid), []).append(
+                    Vote(int(epoch), int(rid), bool(approve), bytes(approval)))
+        return MembershipState({
+            str(pid): Proposal(str(pid), str(kind), int(rid), str(org), str(name), bytes(vk),
+                               bytes(ck), bytes(ek), str(peer), str(client), str(status),
+                               tuple(votes.get(str(pid), ())))
+            for pid, kind, rid, org, name, vk, ck, ek, peer, client, status in rows})
+
+    async def proposals(self) -> list[StoredProposal]:
+        """Membership proposals for display (newest first), with verdicts and votes."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT p.proposal_id, p.kind, p.replica_id, p.org, p.name, p.peer_address, "
+                "p.client_address, p.statement, p.reason, p.status, p.height, "
+                "p.decided_height, p.validator_key, p.client_key, p.encryption_key, "
+                "coalesce((SELECT array_agg(v.decision || ':' || v.risk_milli ORDER BY "
+                "v.height, v.idx) FROM verdicts v WHERE v.record_id = p.proposal_id), '{}') "
+                "FROM proposals p ORDER BY p.height DESC, p.idx DESC")
+            rows = await cur.fetchall()
+        state = await self.membership()
+        out = []
+        for (pid, kind, rid, org, name, peer, client, statement, reason, status, height,
+             decided, vk, ck, ek, verdicts) in rows:
+            out.append(StoredProposal(
+                str(pid), str(kind), int(rid), str(org), str(name), str(peer), str(client),
+                str(statement), str(reason), str(status), int(height),
+                None if decided is None else int(decided), bytes(vk), bytes(ck), bytes(ek),
+                [(str(v).rsplit(":", 1)[0], int(str(v).rsplit(":", 1)[1])) for v in verdicts],
+                list(state.proposals[str(pid)].votes)))
+        return out
 
     async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
                      by_org: str, reason: str) -> None:

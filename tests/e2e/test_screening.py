@@ -52,8 +52,10 @@ def test_a_record_submitted_while_the_service_is_down_waits_then_is_screened(
     r = net.client("org0").submit_provenance("lot-down", "manufactured", location="Basel",
                                              quantity=5)
     assert screening(net, r.record_id) == "pending-screening"  # never silently accepted
-    queue = net.client("org1").list_screening("pending-screening")
-    assert r.record_id in {e.record_id for e in queue.records}
+    # Any validator answers; one that has not executed the block yet lists it a moment later.
+    wait_for("the record in the pending queue", lambda: r.record_id in {
+        e.record_id for e in net.client("org1").list_screening("pending-screening").records},
+        10)
     pid = process.admission_up(net.directory)
     assert pid is not None and process.admission_pid(net.directory) == pid
     wait_screening(net, r.record_id, "accepted")

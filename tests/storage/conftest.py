@@ -20,7 +20,8 @@ from psycopg import sql
 
 ADMIN_DSN = os.environ.get("CONSORTIUM_TEST_PG_ADMIN_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("consensus_log", "checkpoint", "access_log", "verdicts", "review_votes",
+TABLES = ("consensus_log", "checkpoint", "access_log", "verdicts", "review_votes", "member_votes",
+          "proposals",
           "wrapped_keys", "records", "entries", "blocks", "meta")
 
 

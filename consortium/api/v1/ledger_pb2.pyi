@@ -6,6 +6,96 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListMembersRequest(_message.Message):
+    __slots__ = ("auth",)
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    auth: ReadAuth
+    def __init__(self, auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+
+class MemberVoteInfo(_message.Message):
+    __slots__ = ("epoch", "replica_id", "approve")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    replica_id: int
+    approve: bool
+    def __init__(self, epoch: _Optional[int] = ..., replica_id: _Optional[int] = ..., approve: _Optional[bool] = ...) -> None: ...
+
+class ProposalInfo(_message.Message):
+    __slots__ = ("proposal_id", "kind", "replica_id", "org", "name", "peer_address", "client_address", "statement", "reason", "status", "height", "decided_height", "validator_key", "client_key", "encryption_key", "verdicts", "votes")
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATOR_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
+    proposal_id: str
+    kind: str
+    replica_id: int
+    org: str
+    name: str
+    peer_address: str
+    client_address: str
+    statement: str
+    reason: str
+    status: str
+    height: int
+    decided_height: int
+    validator_key: bytes
+    client_key: bytes
+    encryption_key: bytes
+    verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
+    votes: _containers.RepeatedCompositeFieldContainer[MemberVoteInfo]
+    def __init__(self, proposal_id: _Optional[str] = ..., kind: _Optional[str] = ..., replica_id: _Optional[int] = ..., org: _Optional[str] = ..., name: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., statement: _Optional[str] = ..., reason: _Optional[str] = ..., status: _Optional[str] = ..., height: _Optional[int] = ..., decided_height: _Optional[int] = ..., validator_key: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[MemberVoteInfo, _Mapping]]] = ...) -> None: ...
+
+class MemberInfo(_message.Message):
+    __slots__ = ("replica_id", "org", "public_key", "peer_address", "client_address")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    org: str
+    public_key: bytes
+    peer_address: str
+    client_address: str
+    def __init__(self, replica_id: _Optional[int] = ..., org: _Optional[str] = ..., public_key: _Optional[bytes] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ...) -> None: ...
+
+class MembersReply(_message.Message):
+    __slots__ = ("proposals", "validators", "epoch", "quorum")
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATORS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    proposals: _containers.RepeatedCompositeFieldContainer[ProposalInfo]
+    validators: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    epoch: int
+    quorum: int
+    def __init__(self, proposals: _Optional[_Iterable[_Union[ProposalInfo, _Mapping]]] = ..., validators: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., epoch: _Optional[int] = ..., quorum: _Optional[int] = ...) -> None: ...
+
+class GetEpochsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EpochsReply(_message.Message):
+    __slots__ = ("epochs",)
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    epochs: bytes
+    def __init__(self, epochs: _Optional[bytes] = ...) -> None: ...
+
 class ListScreeningRequest(_message.Message):
     __slots__ = ("screening", "after_height", "limit", "auth")
     SCREENING_FIELD_NUMBER: _ClassVar[int]

@@ -90,6 +90,16 @@ class LedgerStub:
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_ledger__pb2.ScreeningReply.FromString,
                 _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/consortium.v1.Ledger/ListMembers',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.MembersReply.FromString,
+                _registered_method=True)
+        self.GetEpochs = channel.unary_unary(
+                '/consortium.v1.Ledger/GetEpochs',
+                request_serializer=consortium_dot_v1_dot_ledger__pb2.GetEpochsRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.EpochsReply.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -180,6 +190,24 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMembers(self, request, context):
+        """Membership proposals (join requests, removals) with the admission service's verdicts and
+        the validators' votes, newest first; and the current validator set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEpochs(self, request, context):
+        """The epoch history since genesis (each epoch's validator set with the 2f+1 CHECKPOINT
+        signatures of the previous epoch that opened it): with the genesis file alone, a client
+        verifies it and then receipts of any epoch. (No authentication: it is public key material
+        and signatures.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +255,16 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.ListScreening,
                     request_deserializer=consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.FromString,
                     response_serializer=consortium_dot_v1_dot_ledger__pb2.ScreeningReply.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.ListMembersRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.MembersReply.SerializeToString,
+            ),
+            'GetEpochs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEpochs,
+                    request_deserializer=consortium_dot_v1_dot_ledger__pb2.GetEpochsRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.EpochsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +521,60 @@ class Ledger:
             '/consortium.v1.Ledger/ListScreening',
             consortium_dot_v1_dot_ledger__pb2.ListScreeningRequest.SerializeToString,
             consortium_dot_v1_dot_ledger__pb2.ScreeningReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Ledger/ListMembers',
+            consortium_dot_v1_dot_ledger__pb2.ListMembersRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.MembersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEpochs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Ledger/GetEpochs',
+            consortium_dot_v1_dot_ledger__pb2.GetEpochsRequest.SerializeToString,
+            consortium_dot_v1_dot_ledger__pb2.EpochsReply.FromString,
             options,
             channel_credentials,
             insecure,
