@@ -74,6 +74,11 @@ class Proposal:
                                 key=lambda mem: mem.replica_id))
         return tuple(mem for mem in config.members if mem.replica_id != self.replica_id)
 
+    @property
+    def decided_epoch(self) -> int:
+        """The epoch of the vote that decided it (the latest vote's; -1 without votes)."""
+        return max((v.epoch for v in self.votes), default=-1)
+
     def approvals(self, epoch: int) -> tuple[tuple[int, bytes], ...]:
         return tuple(sorted((v.replica_id, v.approval) for v in self.votes
                             if v.epoch == epoch and v.approve))
@@ -87,6 +92,16 @@ class Proposal:
 def validator_client_id(replica_id: int) -> str:
     """A validator's own client identity (its validator key signs its governance votes)."""
     return f"validator-{replica_id}"
+
+
+RECONFIG_PREFIX = "reconfig-"
+
+
+def reconfig_client_id(replica_id: int) -> str:
+    """The identity a validator submits an approved validator-set change under: its validator
+    key, in a nonce space of its own (time-based, so it needs no state and never collides
+    with the votes its operator signs as `validator-<id>`)."""
+    return f"{RECONFIG_PREFIX}{replica_id}"
 
 
 def org_client_id(org: str) -> str:
@@ -114,6 +129,16 @@ class MembershipState:
                 out[org_client_id(p.org)] = p.client_key
                 out[validator_client_id(p.replica_id)] = p.validator_key
         return out
+
+    def removed(self) -> frozenset[int]:
+        """Validators removed by an approved removal."""
+        return frozenset(p.replica_id for p in self.proposals.values()
+                         if p.kind == "remove" and p.status == ProposalStatus.APPROVED)
+
+    def pending_change(self, epoch: int) -> Proposal | None:
+        """The proposal approved in `epoch`, whose validator-set change opens the next one."""
+        return next((p for p in self.proposals.values() if p.status == ProposalStatus.APPROVED
+                     and p.decided_epoch == epoch), None)
 
     def client_orgs(self) -> dict[str, str]:
         """Client id -> organisation, for approved joins."""
@@ -213,6 +238,12 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
     if any(v.replica_id == voter and v.epoch == config.epoch for v in p.votes):
         return f"validator {voter} already voted on this proposal"
     if tx.approve:
+        waiting = MembershipState(state).pending_change(config.epoch)
+        if waiting is not None:
+            # The consensus layer carries out one validator-set change per epoch, and
+            # approvals are bound to the set they were cast for.
+            return (f"membership change {waiting.proposal_id[:16]} was approved in this epoch "
+                    "and takes effect at the next checkpoint: vote again after it")
         key = config.key_of(voter)
         signed = approval_signing_bytes(ctx.chain_id, config.epoch, p.new_members(config))
         if key is None or not ctx.verifier.verify(key, signed, tx.approval):

@@ -446,6 +446,8 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("a member vote has 1 segment")
             if approve not in (0, 1):
                 raise InvalidTransaction("a member vote approves (1) or rejects (0)")
+            if not approve and approval != bytes(APPROVAL_BYTES):
+                raise InvalidTransaction("a rejection carries no approval (zeros)")
             return MemberVote(proposal_id, approve == 1, from_epoch,
                               approval if approve else b"")
         if kind is TxType.REMOVE:

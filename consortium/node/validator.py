@@ -25,7 +25,6 @@ from grpc_reflection.v1alpha import reflection
 
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.client.nonces import NonceFile
 from consortium.config import Genesis, ValidatorConfig, ValidatorInfo, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger import membership as ms
@@ -64,6 +63,7 @@ from consortium.node.transport import (
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.codec import encode_epoch_records
+from consortium.pbft.membership import EpochConfig
 from consortium.pbft.payload import split_segments
 from consortium.pbft.replica import Replica
 from consortium.pbft.state import GENESIS_STATE_DIGEST, NonceStatus, next_state_digest
@@ -115,6 +115,8 @@ class ClientKeys:
         self._ledger = {k: v for k, v in keys.items() if k not in self._genesis}
 
     def client_key(self, client_id: str) -> bytes | None:
+        if client_id.startswith(ms.RECONFIG_PREFIX):
+            client_id = "validator-" + client_id.removeprefix(ms.RECONFIG_PREFIX)
         key = self._genesis.get(client_id)
         if key is None:
             key = self._ledger.get(client_id)
@@ -169,8 +171,8 @@ class Validator:
             if self.signer.public_key != self.me.public_key:
                 raise ValueError(f"{config.signing_key} does not hold validator "
                                  f"{config.replica_id}'s key from the genesis file")
-        self.nonces = NonceFile(config.signing_key.parent / "client.nonce")
-        """This validator's own client (`validator-<id>`): reconfigurations it submits."""
+        self._reconfig_nonce = 0
+        """Last nonce of `reconfig-<id>` (time-based: no state to keep, restarts move on)."""
         self.verifier = CachingVerifier(Ed25519Verifier(), 1 << 17)
         store.erasure_deletes_ciphertext = genesis.policy.erasure_deletes_ciphertext
         store.initial_screening = Screening.ACCEPTED if genesis.admission_client is None \
@@ -214,6 +216,7 @@ class Validator:
         if self._ledger_height() < self.replica.last_executed:
             await self._fetch_missing_blocks(self.replica.last_executed)
         await self._carry_out(self.replica.start())
+        self._resubmit_pending_change()
         self._loop_task = asyncio.create_task(self._run(), name="consensus-loop")
         if self.genesis.admission_client is not None:
             self._gauge_task = asyncio.create_task(self._screening_gauges(), name="gauges")
@@ -230,9 +233,14 @@ class Validator:
         peer link to every validator we know of (genesis and admitted ones)."""
         self.membership = await self.store.membership()
         self.clients.update(self.membership.client_keys())
-        self.orgs = ClientOrgs({**self.genesis.client_orgs(), **self.membership.client_orgs()},
-                               {o.org_id for o in self.genesis.orgs}
-                               | {p.org for p in self.membership.joined()})
+        # A removed validator's organisation is no longer a member: its clients may not act.
+        validator_orgs = {v.replica_id: v.org for v in self.genesis.validators}
+        validator_orgs.update({p.replica_id: p.org for p in self.membership.joined()})
+        removed = {validator_orgs[r] for r in self.membership.removed() if r in validator_orgs}
+        client_orgs = {**self.genesis.client_orgs(), **self.membership.client_orgs()}
+        self.orgs = ClientOrgs({c: o for c, o in client_orgs.items() if o not in removed},
+                               ({o.org_id for o in self.genesis.orgs}
+                                | {p.org for p in self.membership.joined()}) - removed)
         addresses = {v.replica_id: v.peer_address for v in self.genesis.validators}
         addresses.update({p.replica_id: p.peer_address for p in self.membership.joined()})
         creds: grpc.ChannelCredentials | None = None
@@ -247,29 +255,40 @@ class Validator:
     def _submit_reconfigurations(self, block: Block) -> None:
         """A vote in this block approved a membership proposal: submit the validator-set change
         it carries (every member does; the consensus layer executes the first and skips the
-        rest), signed as this validator's own client."""
+        rest)."""
         assert self.replica is not None
         config = self.replica.epoch_configs().get(block.header.epoch)
-        if config is None or not config.is_member(self.me.replica_id):
-            return
         for e in block.entries:
-            if not (isinstance(e.action, MemberVote)
+            if (config is not None and isinstance(e.action, MemberVote)
                     and e.reason == ms.MEMBERSHIP_OUTCOME + ms.ProposalStatus.APPROVED):
-                continue
-            proposal = self.membership.proposals.get(e.action.proposal_id)
-            if proposal is None:
-                continue
-            payload = ms.reconfiguration_payload(proposal, config)
-            client_id = validator_client_id(self.me.replica_id)
-            nonce = self.nonces.next()
-            digest = m.request_digest(client_id, nonce, m.RequestKind.RECONFIGURATION, payload)
-            request = m.Request(client_id, nonce, m.RequestKind.RECONFIGURATION, payload,
-                                self.signer.sign(m.request_signing_bytes(self.chain_id,
-                                                                         digest)))
-            log.info("membership approved; submitting the validator-set change",
-                     proposal=proposal.proposal_id, kind=proposal.kind,
-                     replica=proposal.replica_id, from_epoch=config.epoch)
-            self.submit_event(ev.ClientRequest(request))
+                proposal = self.membership.proposals.get(e.action.proposal_id)
+                if proposal is not None:
+                    self._submit_change(proposal, config)
+
+    def _resubmit_pending_change(self) -> None:
+        """After a restart: a change approved in the current epoch that the consensus layer
+        has not taken up yet (every member may have crashed before submitting it)."""
+        assert self.replica is not None
+        config = self.replica.config
+        proposal = self.membership.pending_change(config.epoch)
+        if proposal is not None and self.replica.pending_reconfiguration is None:
+            self._submit_change(proposal, config)
+
+    def _submit_change(self, proposal: ms.Proposal, config: EpochConfig) -> None:
+        """Submit the quorum-approved Reconfiguration, signed with this validator's key as
+        client `reconfig-<id>` (a nonce space of its own, time-based)."""
+        if not config.is_member(self.me.replica_id):
+            return
+        payload = ms.reconfiguration_payload(proposal, config)
+        client_id = ms.reconfig_client_id(self.me.replica_id)
+        nonce = self._reconfig_nonce = max(self._reconfig_nonce + 1, time.time_ns() // 1000)
+        digest = m.request_digest(client_id, nonce, m.RequestKind.RECONFIGURATION, payload)
+        request = m.Request(client_id, nonce, m.RequestKind.RECONFIGURATION, payload,
+                            self.signer.sign(m.request_signing_bytes(self.chain_id, digest)))
+        log.info("membership approved; submitting the validator-set change",
+                 proposal=proposal.proposal_id, kind=proposal.kind,
+                 replica=proposal.replica_id, from_epoch=config.epoch)
+        self.submit_event(ev.ClientRequest(request))
 
     async def _start_servers(self) -> None:
         # The health servicer starts SERVING: say NOT_SERVING until recovery is complete.
