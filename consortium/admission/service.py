@@ -63,6 +63,11 @@ log = structlog.get_logger("consortium.admission")
 RECENT_WINDOW_MS = 10 * 60_000
 """Patient records remembered for the duplicate and burst rules."""
 BATCH_MAX = 32
+HEALTH_SERVICE = "consortium.v1.Admission"
+"""Health of the screening itself ("" is the process): NOT_SERVING while no validator answers
+or while the backlog has stayed above one batch for BEHIND_GRACE_S (records wait, never lost:
+an alert, not a failure)."""
+BEHIND_GRACE_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,6 +156,18 @@ class Screener:
         self.pending = 0
         self.last_error = ""
         self._in_flight: set[str] = set()
+        self.reached_ledger = True
+        self._behind_since: float | None = None
+
+    def keeping_up(self, now: float) -> bool:
+        """The health signal: the ledger answers, and the backlog has not stayed above one
+        batch for longer than BEHIND_GRACE_S."""
+        if self.pending < BATCH_MAX:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
+        behind = self._behind_since is not None and now - self._behind_since > BEHIND_GRACE_S
+        return self.reached_ledger and not behind
 
     def once(self) -> int:
         """Screen what is pending now; returns how many verdicts were posted."""
@@ -353,14 +370,20 @@ def serve(config: ServiceConfig) -> int:
     server.add_secure_port(config.listen, creds)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info("admission service serving", listen=config.listen, backend=backend.name)
     try:
         while not stop.is_set():
             try:
                 posted = screener.once() + screener.review_joins()
+                screener.reached_ledger = True
             except SubmitError as exc:  # no validator answered: keep trying
                 screener.last_error = str(exc)[:300]
+                screener.reached_ledger = False
                 posted = 0
+            health_servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING
+                                if screener.keeping_up(time.monotonic())
+                                else health_pb2.HealthCheckResponse.NOT_SERVING)
             if not posted:
                 stop.wait(config.poll_ms / 1000)
     finally:

@@ -122,6 +122,11 @@ def test_admission_grpc_service_answers_members_only(net: Cluster) -> None:
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
                                                       timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        screening_health = wait_for("the screening health signal", lambda: (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(
+                service="consortium.v1.Admission"), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING), 10)
+        assert screening_health  # the ledger answers and the backlog is small
         stub = pb_grpc.AdmissionStub(ch)
         backlog = stub.GetBacklog(pb.GetBacklogRequest(), timeout=10)
         assert backlog.backend == "rules"
