@@ -12,6 +12,7 @@ from consortium.crypto.hashing import tagged_hash
 from consortium.crypto.merkle import (
     EMPTY_ROOT,
     InclusionProof,
+    MerkleTree,
     inclusion_proof,
     leaf_hash,
     merkle_root,
@@ -108,6 +109,33 @@ def test_inclusion_proofs_verify_for_every_index(n: int) -> None:
         assert proof.index == i and proof.size == n
         assert len(proof.path) <= max(0, (n - 1).bit_length())
         assert verify_inclusion(leaves[i], proof, root), (n, i)
+
+
+def _reference_path(hashes: list[bytes], index: int) -> list[bytes]:
+    """RFC 6962 PATH(m, D[n]), computed from scratch (no shared subtree roots)."""
+    n = len(hashes)
+    if n == 1:
+        return []
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if index < k:
+        return [*_reference_path(hashes[:k], index), root_of_hashes(hashes[k:])]
+    return [*_reference_path(hashes[k:], index - k), root_of_hashes(hashes[:k])]
+
+
+@pytest.mark.parametrize("n", [*SIZES, 500, 513])
+def test_one_tree_serves_every_proof_of_a_block_exactly(n: int) -> None:
+    """A MerkleTree caches subtree roots across proofs (a block's receipts): the proofs, asked
+    in any order, are exactly RFC 6962's audit paths and its root is the block's root."""
+    leaves = _leaves(n)
+    tree = MerkleTree(leaves)
+    hashes = [_h(b"\x00" + x) for x in leaves]
+    for i in [*range(n - 1, -1, -3), *range(n)]:
+        assert tree.proof(i) == InclusionProof(i, n, tuple(_reference_path(hashes, i)))
+    assert tree.root() == merkle_root(leaves)
+    with pytest.raises(IndexError):
+        tree.proof(n)
 
 
 @pytest.mark.parametrize("n", SIZES)

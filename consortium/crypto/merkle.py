@@ -54,25 +54,53 @@ class InclusionProof:
     path: tuple[bytes, ...]
 
 
-def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
-    if not 0 <= index < len(leaves):
-        raise IndexError(f"leaf index {index} outside a tree of {len(leaves)} leaves")
-    hashes = [leaf_hash(x) for x in leaves]
-    path: list[bytes] = []
+class MerkleTree:
+    """A tree whose subtree roots are computed once: every proof of a block costs O(log n)
+    after the first, instead of rehashing all n leaves per proof (a 500-record block's receipts
+    cost ~1 ms each that way)."""
 
-    def walk(lo: int, hi: int) -> None:
+    __slots__ = ("_hashes", "_roots")
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self._hashes = [leaf_hash(x) for x in leaves]
+        self._roots: dict[tuple[int, int], bytes] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._hashes)
+
+    def _root(self, lo: int, hi: int) -> bytes:
         if hi - lo == 1:
-            return
-        k = _split(hi - lo)
-        if index < lo + k:
-            walk(lo, lo + k)
-            path.append(root_of_hashes(hashes[lo + k : hi]))
-        else:
-            walk(lo + k, hi)
-            path.append(root_of_hashes(hashes[lo : lo + k]))
+            return self._hashes[lo]
+        got = self._roots.get((lo, hi))
+        if got is None:
+            k = _split(hi - lo)
+            got = node_hash(self._root(lo, lo + k), self._root(lo + k, hi))
+            self._roots[(lo, hi)] = got
+        return got
 
-    walk(0, len(hashes))
-    return InclusionProof(index=index, size=len(leaves), path=tuple(path))
+    def root(self) -> bytes:
+        return EMPTY_ROOT if not self._hashes else self._root(0, len(self._hashes))
+
+    def proof(self, index: int) -> InclusionProof:
+        n = len(self._hashes)
+        if not 0 <= index < n:
+            raise IndexError(f"leaf index {index} outside a tree of {n} leaves")
+        path: list[bytes] = []
+        lo, hi = 0, n
+        while hi - lo > 1:  # top-down; the path is listed bottom-up
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._root(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._root(lo, lo + k))
+                lo = lo + k
+        return InclusionProof(index=index, size=n, path=tuple(reversed(path)))
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
+    return MerkleTree(leaves).proof(index)
 
 
 def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:

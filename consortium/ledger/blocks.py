@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
-from consortium.crypto.merkle import InclusionProof, inclusion_proof
+from consortium.crypto.merkle import InclusionProof, MerkleTree
 from consortium.crypto.signing import Verifier
 from consortium.ledger import membership as ms
 from consortium.ledger.records import InvalidRecord, RecordKind, Submission, decode_submission
@@ -155,6 +155,10 @@ class Block:
     """None once an entry of the block was erased (the pre-prepare carried the full request;
     the commit certificate alone proves the block)."""
     certificate: tuple[m.SignedMessage, ...]
+    _tree: list[MerkleTree] = field(default_factory=list, init=False, repr=False,
+                                    compare=False)
+    """The block's Merkle tree, built on the first proof asked for (receipts of a block share
+    its subtree roots)."""
 
     @property
     def hash(self) -> bytes:
@@ -162,7 +166,9 @@ class Block:
 
     def proof(self, index: int) -> InclusionProof:
         """Inclusion proof of entry `index`: leaf = request digest, root = merkle_root."""
-        return inclusion_proof([e.digest for e in self.entries], index)
+        if not self._tree:
+            self._tree.append(MerkleTree([e.digest for e in self.entries]))
+        return self._tree[0].proof(index)
 
 
 class ClientOrgs:
