@@ -46,6 +46,21 @@ def admission() -> None:
     """The LLM admission service's rules, models and evaluation."""
 
 
+@admission.command("serve")
+@click.option("--config", "config", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The service's config.json (DIR/admission/config.json).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
+              show_default=True)
+def serve(config: Path, log_level: str) -> None:
+    """Run the admission service until SIGTERM: screen committed records and review join
+    requests, post signed verdicts, serve the Admission gRPC API (what `consortium up`
+    starts)."""
+    from consortium.admission.__main__ import main as service_main
+
+    sys.exit(service_main(["--config", str(config), "--log-level", log_level]))
+
+
 @admission.command("eval")
 @click.option("--backend", type=click.Choice(["embedded", "openai", "rules"]),
               default="embedded", show_default=True, help="Who judges after the rules.")

@@ -10,6 +10,8 @@
     OUT/validator-<id>/db-secret.json          Secret validator-db (libpq PG* settings for the
                                                in-cluster PostgreSQL; the password is kept when
                                                the file already exists)
+    OUT/admission/keys-secret.json             Secret admission-keys (components/admission), in
+                                               the first organisation's namespace
 
 Pure: reads files and writes files, no cluster access. Manifests are JSON (valid YAML).
 """
@@ -123,7 +125,35 @@ def write_k8s_material(consortium_dir: Path, out_dir: Path, *,
             "namespace": namespace_template.format(org=v.org, id=v.replica_id),
             "resources": ["genesis-configmap.json", "keys-secret.json", "db-secret.json"]}))
         dirs.append(name)
+    admission = _admission_material(consortium_dir, genesis, out_dir, namespace_template)
+    if admission:
+        written.extend(admission)
+        dirs.append("admission")
     written.append(_write(out_dir / "kustomization.yaml", {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": dirs}))
     return written
+
+
+def _admission_material(consortium_dir: Path, genesis: Genesis, out_dir: Path,
+                        namespace_template: str) -> list[Path]:
+    """Secret admission-keys for components/admission, in the namespace of the first
+    validator's organisation (the host; move it by editing the kustomization)."""
+    adir = consortium_dir / "admission"
+    files = {key: adir / key for key in ("client.key", "encryption.key", "tls.crt", "tls.key")}
+    files["ca.crt"] = consortium_dir / "ca" / "ca.crt"
+    if genesis.admission_client is None or not all(p.is_file() for p in files.values()):
+        return []
+    host = min(genesis.validators, key=lambda v: v.replica_id)
+    labels = {"app.kubernetes.io/name": "consortium", "app.kubernetes.io/component": "admission"}
+    return [
+        _write(out_dir / "admission" / "keys-secret.json", {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "admission-keys", "labels": labels},
+            "data": {key: _b64(path.read_bytes()) for key, path in files.items()}},
+            private=True),
+        _write(out_dir / "admission" / "kustomization.yaml", {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "namespace": namespace_template.format(org=host.org, id=host.replica_id),
+            "resources": ["keys-secret.json"]}),
+    ]

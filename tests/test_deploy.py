@@ -342,6 +342,39 @@ def test_write_k8s_material_refuses_a_mismatched_key(demo_dir: Path, tmp_path: P
         write_k8s_material(bad, tmp_path / "out")
 
 
+def test_admission_component_runs_the_service_with_the_generated_material(
+        demo_dir: Path, tmp_path: Path, with_components: list[dict[str, Any]]) -> None:
+    """components/admission mounts what `consortium admission serve` reads (genesis, CA, the
+    service's keys from write_k8s_material's Secret) and its config names that layout."""
+    write_k8s_material(demo_dir, tmp_path / "generated")
+    material = kustomize(tmp_path / "generated")
+    (secret,) = [d for d in of_kind(material, "Secret")
+                 if d["metadata"]["name"] == "admission-keys"]
+    assert secret["metadata"]["namespace"] == "consortium-org0"
+    assert set(secret["data"]) == {"client.key", "encryption.key", "tls.crt", "tls.key",
+                                   "ca.crt"}
+    (deployment,) = [d for d in of_kind(with_components, "Deployment")
+                     if d["metadata"]["name"] == "admission"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["admission", "serve"]
+    (cmap,) = [d for d in of_kind(with_components, "ConfigMap")
+               if d["metadata"]["name"] == "admission-config"]
+    config = json.loads(cmap["data"]["config.json"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert config["directory"] == mounts["consortium-dir"]
+    assert container["args"][3] == mounts["config"] + "/config.json"
+    (projected,) = [v["projected"] for v in pod["volumes"] if v["name"] == "consortium-dir"]
+    paths = {i["path"] for src in projected["sources"] for kind in ("secret", "configMap")
+             if kind in src for i in src[kind]["items"]}
+    assert paths == {"genesis.json", "ca/ca.crt", "admission/client.key",
+                     "admission/encryption.key", "admission/tls.crt", "admission/tls.key"}
+    for src in projected["sources"]:
+        if "secret" in src:
+            assert {i["key"] for i in src["secret"]["items"]} == set(secret["data"])
+    assert deployment["spec"]["template"]["metadata"]["labels"]["consortium/client"] == "true"
+
+
 def test_demo4_matches_its_genesis(demo_dir: Path, tmp_path: Path,
                                    rendered: dict[str, list[dict[str, Any]]]) -> None:
     """demo-4 together with the material of a 4-validator `consortium init`: one validator per
@@ -357,8 +390,10 @@ def test_demo4_matches_its_genesis(demo_dir: Path, tmp_path: Path,
         ns = f"consortium-{v.org}"
         assert [s for s in sts if s["metadata"]["namespace"] == ns]
         assert config_of(docs, ns)["replica_id"] == v.replica_id
+        host = v.replica_id == min(w.replica_id for w in genesis.validators)
         assert {d["metadata"]["name"] for d in material if d["metadata"]["namespace"] == ns} == {
-            "consortium-genesis", "validator-keys", "validator-db"}
+            "consortium-genesis", "validator-keys", "validator-db",
+            *(["admission-keys"] if host else [])}
         (gmap,) = [d for d in of_kind(material, "ConfigMap") if d["metadata"]["namespace"] == ns]
         k8s_genesis = Genesis.from_json(json.loads(gmap["data"]["genesis.json"]))
         names = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")

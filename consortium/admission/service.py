@@ -48,7 +48,7 @@ from consortium.admission.model import (
 from consortium.admission.review import Reviewer
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.client.nonces import NonceFile
+from consortium.client.nonces import ClockNonces
 from consortium.client.sdk import ConsortiumClient, Identity, SubmitError
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
@@ -127,7 +127,9 @@ class ServiceConfig:
 
 
 def service_identity(directory: Path, genesis: Genesis) -> Identity:
-    """The admission service's client identity (DIR/admission/: client.key, encryption.key)."""
+    """The admission service's client identity (DIR/admission/: client.key, encryption.key).
+    Its nonces come from the clock: the service is the identity's only user and may run with
+    a read-only directory (a container)."""
     if genesis.admission_client is None:
         raise ConfigError("genesis names no admission service (admission_client)")
     adir = directory / "admission"
@@ -136,7 +138,7 @@ def service_identity(directory: Path, genesis: Genesis) -> Identity:
     return Identity(genesis.admission_client, org,
                     Ed25519Signer(read_seed(adir / "client.key")),
                     envelope.OrgKeyPair(read_seed(adir / "encryption.key")),
-                    NonceFile(adir / "client.nonce"))
+                    ClockNonces())
 
 
 class Screener:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 
 RESERVE_BLOCK = 32
@@ -83,3 +84,23 @@ class MemoryNonces:
 
     def skip(self) -> None:
         """Nothing to skip: this process owns the sequence."""
+
+
+class ClockNonces:
+    """Microseconds since the epoch, strictly increasing: for a process that owns its identity
+    alone and has no writable state (the admission service in a container). A restart moves
+    on past every nonce it used, as long as the clock does not go back by more than the
+    replay window's worth of submissions."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1000)
+            return self._last
+
+    def skip(self) -> None:
+        """Nothing to skip to: the clock is already ahead of every earlier nonce."""
+
