@@ -338,21 +338,29 @@ def status(directory: Path) -> list[dict[str, Any]]:
     ca = (directory / "ca" / "ca.crt").read_bytes()
     creds = grpc.ssl_channel_credentials(root_certificates=ca)
     out = []
-    for v in genesis.validators:
-        vdir = directory / "validators" / str(v.replica_id)
+    rows = [(v.replica_id, v.org, v.client_address, v.peer_address)
+            for v in genesis.validators]
+    known = {v.replica_id for v in genesis.validators}
+    for vdir in validator_dirs(directory):  # validators admitted after genesis (members apply)
+        if int(vdir.name) not in known:
+            extra = json.loads((vdir / "config.json").read_text())
+            rows.append((int(vdir.name), str(extra.get("org", "")),
+                         str(extra["listen_client"]), str(extra["listen_peer"])))
+    for replica_id, org, client_address, peer_address in rows:
+        vdir = directory / "validators" / str(replica_id)
         config = json.loads((vdir / "config.json").read_text())
-        row: dict[str, Any] = {"id": v.replica_id, "org": v.org, "pid": read_pid(vdir),
-                               "address": v.client_address, "peer_address": v.peer_address,
+        row: dict[str, Any] = {"id": replica_id, "org": org, "pid": read_pid(vdir),
+                               "address": client_address, "peer_address": peer_address,
                                "database": redact(config.get("dsn") or ""), "height": None,
                                "view": None, "epoch": None, "primary": None,
                                "last_block_hash": None, "healthy": False}
         if row["pid"] is not None:
             try:
-                with grpc.secure_channel(v.client_address, creds) as ch:
+                with grpc.secure_channel(client_address, creds) as ch:
                     s = pb_grpc.LedgerStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
                 row.update(height=s.height, view=s.view, epoch=s.epoch, primary=s.primary,
                            last_block_hash=s.last_block_hash.hex() or None,
-                           healthy=healthy(v.client_address, ca))
+                           healthy=healthy(client_address, ca))
             except grpc.RpcError:
                 pass
         out.append(row)

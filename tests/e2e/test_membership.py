@@ -170,6 +170,10 @@ def test_the_new_validator_catches_up_and_takes_part_in_consensus(net: Cluster) 
     joined = wait_for("the new validator to catch up", lambda: (
         s if (s := joiner_status(net)) is not None and s.height >= target else None), 60)
     assert joined.epoch == 1 and joined.org == "acme"
+    out = cli("status", "--dir", str(net.directory), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)["validators"]}
+    assert rows[JOINER]["org"] == "acme" and rows[JOINER]["epoch"] == 1
     # Its chain is the others' chain, block for block.
     for h in range(1, target + 1):
         mine = BlockHeader.decode(stub.GetBlock(pb.GetBlockRequest(
