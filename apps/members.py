@@ -75,14 +75,14 @@ def _proposal_json(p: Any) -> dict[str, Any]:
 @JSON_OPTION
 def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
           client_endpoint: str | None, metrics_endpoint: str | None, statement_file: Path,
-          key_dir: Path | None,
-          replica_id: int | None, as_json: bool) -> None:
+          key_dir: Path | None, replica_id: int | None, as_json: bool) -> None:
     """Ask to join: create the validator's keys and submit a signed join request."""
     from consortium.client import ConsortiumClient, Identity, SubmitError
     from consortium.client.nonces import NonceFile
     from consortium.config import ConfigError, Genesis
     from consortium.ledger.transactions import (
         ORG_ID_PATTERN,
+        STATEMENT_BYTES_MAX,
         JoinRequest,
         applicant_client_id,
     )
@@ -102,6 +102,9 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
         ca = (d / "ca" / "ca.crt").read_bytes()
     except (OSError, UnicodeDecodeError, ConfigError) as exc:
         _fail(str(exc))
+    if not 1 <= len(statement.encode()) <= STATEMENT_BYTES_MAX:
+        _fail(f"the statement is 1 to {STATEMENT_BYTES_MAX} bytes, not "
+              f"{len(statement.encode())}")
     if replica_id is None:
         replica_id = _next_replica_id(d, genesis, ca)
     try:
