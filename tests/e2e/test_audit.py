@@ -354,6 +354,10 @@ READS: dict[str, Callable[[Cluster, Base, pb.ReadAuth | None], Any]] = {
     "ListSubject": lambda c, b, auth: c.ledger(1).ListSubject(
         pb.ListSubjectRequest(kind="provenance", subject_id=c_subject(c, b), auth=auth),
         timeout=10),
+    "ListScreening": lambda c, b, auth: c.ledger(1).ListScreening(
+        pb.ListScreeningRequest(screening="accepted", auth=auth), timeout=10),
+    "ListMembers": lambda c, b, auth: c.ledger(1).ListMembers(
+        pb.ListMembersRequest(auth=auth), timeout=10),
 }
 
 
@@ -365,7 +369,8 @@ def read_argument(method: str, cluster: Cluster, base: Base) -> str:
     """What the caller signs for each read (see LedgerService)."""
     return {"GetRecord": f"{base.a.record_id}/", "GetBlock": str(base.a.height),
             "StreamBlocks": "1-2", "GetReceipt": base.a.record_id,
-            "ListSubject": f"provenance/{c_subject(cluster, base)}"}[method]
+            "ListSubject": f"provenance/{c_subject(cluster, base)}",
+            "ListScreening": "accepted/0", "ListMembers": ""}[method]
 
 
 @pytest.mark.parametrize("method", list(READS))

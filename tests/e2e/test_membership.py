@@ -191,6 +191,12 @@ def test_the_new_validator_catches_up_and_takes_part_in_consensus(net: Cluster) 
     finally:
         net.up()
     wait_for("validator 3 back in step", lambda: net.status(3).height >= r.height, 60)
+    # The new validator restarts from its own database (membership, epochs, links).
+    net.kill9(JOINER)
+    process.up(net.directory, ADMIN_DSN)
+    after = c.submit_provenance("lot-after-restart", "manufactured", location="Basel")
+    wait_for("the restarted new validator in step", lambda: (
+        s := joiner_status(net)) is not None and s.height >= after.height and s.epoch == 1, 60)
 
 
 def test_the_new_member_submits_and_reads(net: Cluster) -> None:
@@ -222,6 +228,19 @@ def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:
     assert late["status"] == "invalid" and "already rejected" in late["reason"]
     assert epochs(net) == {1}
     assert len(members(net)["validators"]) == 5
+
+
+def test_an_applicant_reads_the_queue_without_statements(net: Cluster) -> None:
+    """An applicant (no standing yet) may list the proposals, to pick a free validator id and
+    follow its own request, but sees no applicant's statement; members see them."""
+    vdir = net.directory / "validators" / str(JOINER + 1)
+    signer = Ed25519Signer(read_seed(vdir / "signing.key"))
+    applicant = Identity(applicant_client_id(signer.public_key), "shady", signer, None,
+                         NonceFile(vdir / "test.nonce"))
+    with ConsortiumClient(net.genesis, applicant, net.ca) as client:
+        seen = client.list_members()
+    assert seen.proposals and all(p.statement == "" for p in seen.proposals)
+    assert any(p.statement for p in net.client("org0").list_members().proposals)
 
 
 def test_an_applicant_submits_join_requests_only(net: Cluster) -> None:
