@@ -103,8 +103,12 @@ def sample(items: Sequence[EvalItem], per_task: int | None,
         if per_task is None:
             chosen.update(i.id for i in pool)
         elif pool and per_task > 0:
-            step = max(1, len(pool) // per_task)
-            chosen.update(i.id for i in pool[::step][:per_task])
+            step = len(pool) // per_task
+            if step >= 2:  # every step-th item (what the documented subset runs used)
+                chosen.update(i.id for i in pool[::step][:per_task])
+            else:  # more than half of the pool: spread over all of it, not its first items
+                count = min(per_task, len(pool))
+                chosen.update(pool[k * len(pool) // count].id for k in range(count))
     chosen.update(b for i in list(chosen) if (b := by_id[i].base) is not None)
     return [i for i in items if i.id in chosen]
 
