@@ -22,6 +22,7 @@ import enum
 from dataclasses import dataclass
 
 from consortium.ledger.transactions import (
+    CONTROL_CHARACTER,
     WRAPPED_KEY_BYTES,
     InvalidTransaction,
     key_segment,
@@ -54,7 +55,7 @@ class InvalidRecord(InvalidTransaction):
 def _check_text(name: str, value: str) -> None:
     """No control characters (NUL cannot even be stored in PostgreSQL text): a field that
     could not be stored faithfully must be refused by every validator alike."""
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+    if CONTROL_CHARACTER.search(value):
         raise InvalidRecord(f"{name} contains a control character")
 
 
