@@ -289,8 +289,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         segments = split_segments(r.payload)
         if segments is not None and segments[0] and (
                 segments[0][0] in GOVERNANCE_TYPES or _verdict_on(segments, proposals)):
-            gtx, problem = _judge_governance(list(segments), r, sender, proposals, orgs, gov,
-                                             chain_id)
+            gtx, problem = _judge_governance(list(segments), r, proposals, orgs, gov, chain_id)
             outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
             entries.append(Entry(i, r, EntryStatus.RECORDED if outcome or not problem
                                  else EntryStatus.INVALID, reason=problem, action=gtx,
@@ -356,7 +355,7 @@ def _verdict_on(segments: Sequence[bytes], proposals: Mapping[str, ms.Proposal])
     return segments[0][1:33].hex() in proposals
 
 
-def _judge_governance(segments: list[bytes | None], r: m.Request, sender: str | None,
+def _judge_governance(segments: list[bytes | None], r: m.Request,
                       proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
                       chain_id: bytes) -> tuple[Tx | None, str]:
     """Judge a join request, removal proposal, member vote or a verdict on a join request;

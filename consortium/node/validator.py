@@ -236,7 +236,9 @@ class Validator:
         # A removed validator's organisation is no longer a member: its clients may not act.
         validator_orgs = {v.replica_id: v.org for v in self.genesis.validators}
         validator_orgs.update({p.replica_id: p.org for p in self.membership.joined()})
-        removed = {validator_orgs[r] for r in self.membership.removed() if r in validator_orgs}
+        gone = self.membership.removed()
+        removed = {validator_orgs[r] for r in gone if r in validator_orgs} - {
+            org for r, org in validator_orgs.items() if r not in gone}  # unless it rejoined
         client_orgs = {**self.genesis.client_orgs(), **self.membership.client_orgs()}
         self.orgs = ClientOrgs({c: o for c, o in client_orgs.items() if o not in removed},
                                ({o.org_id for o in self.genesis.orgs}
