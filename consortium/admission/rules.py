@@ -66,6 +66,16 @@ _INJECTION_CERTAIN = [re.compile(p) for p in (
     r"<\|?\s*(im_start|im_end|system|endoftext)\s*\|?>",
     r"\[/?inst\]|###\s*(instruction|system|response)",
     r"\bnew\s+instructions?\b",
+    # Text telling the reviewer what the outcome is, or that the review already happened:
+    # an applicant or a record has no reason to speak about its own screening.
+    r"\b(correct|proper|agreed)\s+(screening\s+|review\s+)?(outcome|decision|verdict)\b",
+    r"\bexpected\s+(screening|review)\s+(outcome|decision|verdict|result)\b",
+    r"\b(agreed|discussed|settled|arranged|cleared)\b.{0,40}\bwith\s+the\s+(consortium|"
+    r"validators?|chair|reviewers?|screeners?|board)\b",
+    r"\bnothing\s+(further\s+|else\s+|here\s+|more\s+)?(to\s+(look\s+at|check|review)|"
+    r"(needs|requires)\s+(attention|review|checking|a\s+look))\b",
+    r"\b(go|goes|pass|passes)\s+straight\s+through\b",
+    r"\breviewers?\s+(have|has)\s+already\b",
 )]
 _INJECTION_SUSPECT = [re.compile(p) for p in (
     r"\bpre-?(approved|cleared|verified)\b",
