@@ -168,14 +168,25 @@ def verify(directory: Path | None, validator_id: int | None, all_validators: boo
 # ------------------------------------------------------------------------------------ trace
 
 def _receipt_status(client: Any, receipt: Any) -> tuple[Any, str]:
-    """(decoded receipt or None, "verified" or why not) against genesis."""
+    """(decoded receipt or None, "verified" or why not) against the validator set of its
+    block's epoch (the epoch history is verified from genesis, SDK `epoch_config`)."""
+    from consortium.client import SubmitError
     from consortium.node import wire
 
     try:
         r = wire.receipt_from_proto(receipt, client.core.chain_id)
     except wire.WireError as exc:
         return None, f"malformed: {exc}"
-    problem = wire.verify_receipt(r, client.core.genesis.epoch0(), client.core.verifier)
+    config, why = None, ""
+    for address in client.core.order():  # any validator: the history is checked from genesis
+        try:
+            config = client.core.epoch_config(r.header.epoch, address)
+            break
+        except SubmitError as exc:
+            why = str(exc)
+    if config is None:
+        return r, f"epoch {r.header.epoch}: {why}"
+    problem = wire.verify_receipt(r, config, client.core.verifier)
     return r, "verified" if problem is None else problem
 
 
@@ -230,14 +241,16 @@ def _subject_entries(client: Any, kind: str, subject: str) -> list[dict[str, Any
 @click.option("--product", required=True, help="Product or lot id.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
 @AS_OPTION
-def trace(directory: Path | None, product: str, fmt: str, org: str) -> None:
+def trace(directory: Path | None, product: str, fmt: str, as_json: bool, org: str) -> None:
     """A product's chain of custody in ledger order, each event with its block and proof
     status, and the inconsistencies found (received before shipped, custody gaps, events
     after a recall or destruction, quantities that grow...)."""
     from consortium.admission.model import ProvenanceEvent, RecordContext
     from consortium.admission.rules import check_provenance
 
+    fmt = "json" if as_json else fmt
     client = _client(directory, org)
     entries = [e for e in _subject_entries(client, "provenance", product)
                if e.get("type") == "record" and e.get("status") == "recorded"]
@@ -384,9 +397,11 @@ def check_proof(proof_file: Any, genesis_path: Path, as_json: bool) -> None:
 @AS_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def patient(directory: Path | None, patient: str, org: str, fmt: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
+def patient(directory: Path | None, patient: str, org: str, fmt: str, as_json: bool) -> None:
     """A patient's records and everything that happened to them: who was granted or revoked
     access, who read the keys (the access log on the ledger), erasures (when, by whom)."""
+    fmt = "json" if as_json else fmt
     client = _client(directory, org)
     entries = _subject_entries(client, "patient", patient)
     client.close()

@@ -261,6 +261,12 @@ def test_the_ledger_verifies_from_genesis_across_epochs(net: Cluster) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True
+    # Receipts of epoch-1 blocks (signed by the five validators) verify from genesis too.
+    out = cli("audit", "trace", "--dir", str(net.directory), "--product",
+              "lot-needs-the-joiner", "--json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    events = json.loads(out.stdout)["events"]
+    assert events and all(e["proof"] == "verified" for e in events)
 
 
 def test_a_member_is_removed_by_vote(net: Cluster) -> None:
