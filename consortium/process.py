@@ -291,7 +291,7 @@ def wait_healthy(directory: Path, timeout_s: float, on_progress: Any = None) -> 
     genesis = Genesis.load(directory / "genesis.json")
     ca = (directory / "ca" / "ca.crt").read_bytes()
     deadline = time.monotonic() + timeout_s
-    pending = {v.replica_id: v.client_address for v in genesis.validators}
+    pending = {rid: address for rid, _, address, _ in _validators(directory, genesis)}
     while pending:
         for rid, address in list(pending.items()):
             if read_pid(directory / "validators" / str(rid)) is None:
@@ -330,6 +330,20 @@ def down(directory: Path, timeout_s: float = 15.0) -> list[int]:
     return stopped
 
 
+def _validators(directory: Path, genesis: Genesis) -> list[tuple[int, str, str, str]]:
+    """(replica id, org, client address, peer address) of the genesis validators and of the
+    validators admitted later that have a directory in DIR (`consortium members apply`)."""
+    rows = [(v.replica_id, v.org, v.client_address, v.peer_address)
+            for v in genesis.validators]
+    known = {v.replica_id for v in genesis.validators}
+    for vdir in validator_dirs(directory):
+        if int(vdir.name) not in known:
+            extra = json.loads((vdir / "config.json").read_text())
+            rows.append((int(vdir.name), str(extra.get("org", "")),
+                         str(extra["listen_client"]), str(extra["listen_peer"])))
+    return rows
+
+
 def status(directory: Path) -> list[dict[str, Any]]:
     try:
         genesis = Genesis.load(directory / "genesis.json")
@@ -338,15 +352,7 @@ def status(directory: Path) -> list[dict[str, Any]]:
     ca = (directory / "ca" / "ca.crt").read_bytes()
     creds = grpc.ssl_channel_credentials(root_certificates=ca)
     out = []
-    rows = [(v.replica_id, v.org, v.client_address, v.peer_address)
-            for v in genesis.validators]
-    known = {v.replica_id for v in genesis.validators}
-    for vdir in validator_dirs(directory):  # validators admitted after genesis (members apply)
-        if int(vdir.name) not in known:
-            extra = json.loads((vdir / "config.json").read_text())
-            rows.append((int(vdir.name), str(extra.get("org", "")),
-                         str(extra["listen_client"]), str(extra["listen_peer"])))
-    for replica_id, org, client_address, peer_address in rows:
+    for replica_id, org, client_address, peer_address in _validators(directory, genesis):
         vdir = directory / "validators" / str(replica_id)
         config = json.loads((vdir / "config.json").read_text())
         row: dict[str, Any] = {"id": replica_id, "org": org, "pid": read_pid(vdir),
