@@ -189,8 +189,6 @@ class Applicant:
     signer: Ed25519Signer
     client: Ed25519Signer
     encryption: OrgKeyPair
-    peer_address: str
-    client_address: str
 
 
 def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str,
@@ -246,8 +244,7 @@ def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str
     if not (vdir / "config.json").exists():
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Applicant(org, replica_id, vdir, Ed25519Signer(seeds[vdir / "signing.key"]),
-                     Ed25519Signer(seeds[odir / "client.key"]), enc, peer_address,
-                     client_address)
+                     Ed25519Signer(seeds[odir / "client.key"]), enc)
 
 
 def default_admission_backend() -> str:

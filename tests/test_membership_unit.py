@@ -426,7 +426,7 @@ def test_join_accepted_when_signed_by_the_applicants_validator_key() -> None:
     assert (p.validator_key, p.client_key) == (a.validator.public_key, a.client.public_key)
     assert (p.name, p.peer_address, p.client_address) == \
         ("Newco B.V.", "newco.example:7100", "newco.example:7200")
-    assert p.client_id == "newco-client"
+    assert ms.org_client_id(p.org) == "newco-client"
 
 
 @pytest.mark.parametrize("signer", ["another applicant", "genesis client", "validator"])

@@ -29,6 +29,7 @@ from consortium.api.v1 import ledger_pb2 as pb
 from consortium.config import Genesis, validator_client_id
 from consortium.crypto.signing import Verifier
 from consortium.ledger.blocks import GENESIS_PREV_HASH, BlockHeader, EntryStatus
+from consortium.ledger.membership import org_client_id
 from consortium.ledger.records import InvalidRecord, decode_public
 from consortium.ledger.transactions import (
     Erase,
@@ -257,7 +258,7 @@ class ChainVerifier:
             return
         if isinstance(tx, JoinRequest) and item.client_id == applicant_client_id(
                 tx.validator_key):
-            for client_id, key in ((f"{tx.org}-client", tx.client_key),
+            for client_id, key in ((org_client_id(tx.org), tx.client_key),
                                    (validator_client_id(tx.replica_id), tx.validator_key)):
                 if client_id not in self.genesis_clients:
                     self.client_keys[client_id] = key

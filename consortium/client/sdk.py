@@ -15,7 +15,7 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +28,7 @@ from consortium.client.nonces import NonceFile
 from consortium.config import Genesis, validator_client_id
 from consortium.crypto import envelope
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from consortium.ledger.membership import changed_members
 from consortium.ledger.records import (
     InvalidRecord,
     RecordKind,
@@ -74,6 +75,14 @@ class SubmitError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UnknownEpoch(SubmitError):
+    """A receipt is from an epoch whose validator set this client has not fetched yet."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"receipt from epoch {epoch}, not fetched yet")
+        self.epoch = epoch
 
 
 class NonceSource(Protocol):
@@ -189,7 +198,11 @@ class RecordView:
 class _Core:
     """Everything that is not transport: building, sealing, signing, verifying."""
 
-    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes = b"") -> None:
+    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes = b"", *,
+                 fetch_inline: bool = True) -> None:
+        self.fetch_inline = fetch_inline
+        """Fetch an unknown epoch's history (a blocking gRPC call) when a receipt needs it;
+        the asyncio client sets False and fetches in a thread on `UnknownEpoch`."""
         self.genesis = genesis
         self.identity = identity
         self.chain_id = genesis.chain_id_bytes
@@ -206,6 +219,13 @@ class _Core:
         config = self.epochs.get(epoch)
         if config is not None:
             return config
+        if not self.fetch_inline:
+            raise UnknownEpoch(epoch)
+        return self.fetch_epoch(epoch, address)
+
+    def fetch_epoch(self, epoch: int, address: str) -> EpochConfig:
+        """Fetch the epoch history from `address` (blocking), verify it from genesis, and
+        return the validator set of `epoch`."""
         if not self.ca_cert:
             raise SubmitError(f"a receipt from epoch {epoch}: the validator set has changed "
                               "since genesis, and this client cannot fetch the epoch history")
@@ -230,6 +250,11 @@ class _Core:
 
     def readers_keys(self, readers: Sequence[str]) -> dict[str, bytes]:
         return {o: self.org_key(o) for o in sorted({self.identity.org, *readers})}
+
+    def unknown_orgs(self, orgs: Iterable[str]) -> list[str]:
+        """Organisations whose encryption key needs a lookup on the ledger."""
+        genesis = {o.org_id for o in self.genesis.orgs}
+        return [o for o in orgs if o not in genesis and o not in self._org_keys]
 
     def org_key(self, org: str) -> bytes:
         """An organisation's encryption key: from genesis, or for an organisation admitted
@@ -647,12 +672,8 @@ class ConsortiumClient:
         approval = b""
         if approve:
             current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
-            if proposal.kind == "join":
-                new = tuple(sorted((*current, Member(proposal.replica_id,
-                                                     proposal.validator_key)),
-                                   key=lambda x: x.replica_id))
-            else:
-                new = tuple(x for x in current if x.replica_id != proposal.replica_id)
+            new = changed_members(current, proposal.kind, proposal.replica_id,
+                                  proposal.validator_key)
             approval = self._core.identity.signer.sign(m.reconfiguration_signing_bytes(
                 self._core.chain_id, members.epoch, new))
         return self.governance(MemberVote(proposal_id, approve, members.epoch, approval))
@@ -726,10 +747,20 @@ class AsyncConsortiumClient:
 
     def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
                  timeout_s: float = 30.0) -> None:
-        self._core = _Core(genesis, identity, ca_cert)
+        self._core = _Core(genesis, identity, ca_cert, fetch_inline=False)
         self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _verify(self, reply: pb.Receipt, request: m.Request,
+                      address: str) -> VerifiedReceipt:
+        """Verify a receipt; the first one from a new epoch fetches (in a thread, off the event
+        loop) and verifies that epoch's history first."""
+        try:
+            return self._core.verify(reply, request, address)
+        except UnknownEpoch as exc:
+            await asyncio.to_thread(self._core.fetch_epoch, exc.epoch, address)
+            return self._core.verify(reply, request, address)
 
     @classmethod
     def from_dir(cls, directory: Path, org: str, **kw: Any) -> AsyncConsortiumClient:
@@ -748,6 +779,8 @@ class AsyncConsortiumClient:
         return pb_grpc.LedgerStub(ch)
 
     def build_provenance(self, product: str, event: str, **kw: Any) -> m.Request:
+        """Build and sign (no I/O once the readers' keys are known: genesis organisations, or
+        ones an earlier `submit_provenance` looked up)."""
         details = kw.pop("details", None)
         readers = kw.pop("readers", ())
         meta = provenance_fields(product, event, kw.get("location"), kw.get("custodian_from"),
@@ -757,6 +790,9 @@ class AsyncConsortiumClient:
         return self._core.build(RecordKind.PROVENANCE, product, event, meta, payload, readers)
 
     async def submit_provenance(self, product: str, event: str, **kw: Any) -> VerifiedReceipt:
+        # Readers admitted after genesis: their keys are fetched once, off the event loop.
+        if self._core.unknown_orgs(kw.get("readers", ())):
+            await asyncio.to_thread(self._core.readers_keys, kw.get("readers", ()))
         try:
             return await self.submit(self.build_provenance(product, event, **kw))
         except SubmitError as exc:  # stale nonce: see ConsortiumClient._submit_fresh
@@ -779,7 +815,7 @@ class AsyncConsortiumClient:
                     reply = await self._stub(address).SubmitRecord(
                         pb.SubmitRecordRequest(request=data, wait_ms=int(wait_s * 1000)),
                         timeout=wait_s + 1)
-                    return self._core.verify(reply, request, address)
+                    return await self._verify(reply, request, address)
                 except grpc.aio.AioRpcError as exc:
                     done = self._core.after_rpc_error(exc, request, address, errors)
                     if done is not None:
@@ -821,7 +857,7 @@ class AsyncConsortiumClient:
                         code = c
                 if reply.code == 0 or code == grpc.StatusCode.ALREADY_EXISTS:
                     try:
-                        result: VerifiedReceipt | SubmitError = self._core.verify(
+                        result: VerifiedReceipt | SubmitError = await self._verify(
                             reply.receipt, request, addr)
                     except SubmitError:
                         retry.append(request)

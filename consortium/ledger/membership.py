@@ -49,6 +49,15 @@ class Vote:
     approval: bytes
 
 
+def changed_members(members: tuple[Member, ...], kind: str, replica_id: int,
+                    validator_key: bytes) -> tuple[Member, ...]:
+    """The validator set after a join ("join": add the member, in id order) or a removal."""
+    if kind == "join":
+        return tuple(sorted((*members, Member(replica_id, validator_key)),
+                            key=lambda mem: mem.replica_id))
+    return tuple(mem for mem in members if mem.replica_id != replica_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Proposal:
     """A join request or a removal proposal, with the votes cast on it so far."""
@@ -69,10 +78,7 @@ class Proposal:
 
     def new_members(self, config: EpochConfig) -> tuple[Member, ...]:
         """The validator set this proposal turns `config` into."""
-        if self.kind == "join":
-            return tuple(sorted((*config.members, Member(self.replica_id, self.validator_key)),
-                                key=lambda mem: mem.replica_id))
-        return tuple(mem for mem in config.members if mem.replica_id != self.replica_id)
+        return changed_members(config.members, self.kind, self.replica_id, self.validator_key)
 
     @property
     def decided_epoch(self) -> int:
@@ -82,11 +88,6 @@ class Proposal:
     def approvals(self, epoch: int) -> tuple[tuple[int, bytes], ...]:
         return tuple(sorted((v.replica_id, v.approval) for v in self.votes
                             if v.epoch == epoch and v.approve))
-
-    @property
-    def client_id(self) -> str:
-        """The new organisation's submitting client."""
-        return f"{self.org}-client"
 
 
 def validator_client_id(replica_id: int) -> str:
@@ -150,11 +151,6 @@ class MembershipState:
 
 
 EMPTY = MembershipState({})
-
-
-def approval_signing_bytes(chain_id: bytes, from_epoch: int,
-                           members: tuple[Member, ...]) -> bytes:
-    return m.reconfiguration_signing_bytes(chain_id, from_epoch, members)
 
 
 def reconfiguration_payload(p: Proposal, config: EpochConfig) -> bytes:
@@ -245,7 +241,8 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
             return (f"membership change {waiting.proposal_id[:16]} was approved in this epoch "
                     "and takes effect at the next checkpoint: vote again after it")
         key = config.key_of(voter)
-        signed = approval_signing_bytes(ctx.chain_id, config.epoch, p.new_members(config))
+        signed = m.reconfiguration_signing_bytes(ctx.chain_id, config.epoch,
+                                                 p.new_members(config))
         if key is None or not ctx.verifier.verify(key, signed, tx.approval):
             return "the approval is not the voter's signature over this validator-set change"
     votes = (*p.votes, Vote(config.epoch, voter, tx.approve, tx.approval))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import signal
@@ -447,6 +448,18 @@ def running_consortium(directory: Path, validators: int = VALIDATORS,
             drop_databases(process.database_name(genesis, i) for i in range(validators))
         ACTIVE_DIRS.remove(directory)
         lease.release()
+
+
+def use_rules_backend(directory: Path) -> None:
+    """Point the consortium's admission service at the rules backend (no model: fast and
+    deterministic); a running service is restarted with it."""
+    config = directory / "admission" / "config.json"
+    data = json.loads(config.read_text())
+    data["backend"] = "rules"
+    config.write_text(json.dumps(data))
+    if process.admission_pid(directory) is not None:
+        process.admission_down(directory)
+        process.admission_up(directory)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     Cluster,
     drop_databases,
     running_consortium,
+    use_rules_backend,
     wait_for,
 )
 from tests.e2e.test_cli import cli
@@ -49,11 +50,7 @@ STATEMENT = {
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_consortium(tmp_path_factory.mktemp("membership")) as c:
-        config = c.directory / "admission" / "config.json"
-        data = json.loads(config.read_text())
-        data["backend"] = "rules"
-        config.write_text(json.dumps(data))
-        process.admission_down(c.directory)
+        use_rules_backend(c.directory)
         process.admission_up(c.directory)
         try:
             yield c

@@ -18,7 +18,7 @@ from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client import ConsortiumClient
 from consortium.client.sdk import Identity
-from tests.e2e.conftest import Cluster, running_consortium, wait_for
+from tests.e2e.conftest import Cluster, running_consortium, use_rules_backend, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +26,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_consortium(tmp_path_factory.mktemp("screening")) as c:
-        config = c.directory / "admission" / "config.json"
-        data = json.loads(config.read_text())
-        data["backend"] = "rules"
-        config.write_text(json.dumps(data))
+        use_rules_backend(c.directory)
         yield c
 
 
