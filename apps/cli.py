@@ -285,6 +285,9 @@ main.add_command(members)
 from apps.admission import admission  # noqa: E402
 
 main.add_command(admission)
+from apps.chaos import chaos  # noqa: E402
+
+main.add_command(chaos)
 
 if __name__ == "__main__":
     main()
