@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from consortium.chaos import checker, schedule
 from consortium.chaos.faults import Applied, Injector
 from consortium.chaos.harness import Harness
@@ -66,10 +64,10 @@ def run_campaign(config: CampaignConfig, progress: Callable[[str], None]) -> dic
                  + "; stopping the load")
         harness.stop_load()
         load_end = time.time()
-        converged = _wait_converged(harness, config.converge_timeout_s, crashes, t0_wall)
+        converged = harness.wait_converged(
+            config.converge_timeout_s, lambda: _note_crashes(harness, crashes, t0_wall))
         events = checker.read_events(harness.events_file)
-        ledgers = {i: checker.read_ledger(db.dsn("consortium"), [a.record_id for a in events.acks])
-                   for i, db in harness.databases.items()}
+        ledgers = harness.ledgers([a.record_id for a in events.acks])
         verdict = checker.check(events.acks, ledgers)
         progress(f"chaos: checked {verdict.acknowledged} acknowledged records on "
                  f"{len(ledgers)} validators; running audit verify --all")
@@ -159,24 +157,3 @@ def _wait_recovery(harness: Harness, tail: checker.EventTail, heal_wall: float,
         _note_crashes(harness, crashes, t0_wall)
         time.sleep(TICK_S)
     return None
-
-
-def _wait_converged(harness: Harness, timeout_s: float, crashes: list[dict[str, Any]],
-                    t0_wall: float) -> bool:
-    """Wait until every validator's database holds the same head block."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        heads: set[tuple[int, bytes] | None] = set()
-        for db in harness.databases.values():
-            try:
-                hashes = checker.read_ledger(db.dsn("consortium"), []).hashes
-            except psycopg.Error:  # a server still restarting: not converged yet
-                heads.add(None)
-                continue
-            heads.add((len(hashes), hashes[-1] if hashes else b""))
-        if len(heads) == 1 and None not in heads:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        _note_crashes(harness, crashes, t0_wall)
-        time.sleep(1.0)

@@ -162,26 +162,28 @@ class Injector:
         fault = applied.fault
         h = self.harness
         try:
-            if applied.error is None:
-                victim = applied.victim
-                k = fault.kind
-                if k in (Kind.ISOLATE_PRIMARY, Kind.ISOLATE_BACKUP):
-                    assert h.topology is not None
-                    h.topology.set_link(f"v{victim}", True)
-                elif k == Kind.SIGSTOP_PRIMARY:
-                    h.nodes[victim].sigcont()
-                elif k == Kind.KILL9:
-                    h.nodes[victim].start()
-                elif k == Kind.PG_STOP:
+            # undone even when injecting failed half-way (a disk half filled, a server that
+            # stopped but timed out): each undo is harmless when there is nothing to undo
+            victim = applied.victim
+            k = fault.kind
+            if k in (Kind.ISOLATE_PRIMARY, Kind.ISOLATE_BACKUP):
+                assert h.topology is not None
+                h.topology.set_link(f"v{victim}", True)
+            elif k == Kind.SIGSTOP_PRIMARY:
+                h.nodes[victim].sigcont()
+            elif k == Kind.KILL9:
+                h.nodes[victim].start()
+            elif k == Kind.PG_STOP:
+                if not h.databases[victim].running():
                     h.databases[victim].start()
-                elif k == Kind.DISK_FULL:
-                    db = h.databases[victim]
-                    db.free()
-                    if not db.running():  # the server died of it: start it, as systemd would
-                        applied.notes["postgres_restarted"] = True
-                        db.start()
-                else:
-                    self._withdraw(fault.index)
+            elif k == Kind.DISK_FULL:
+                db = h.databases[victim]
+                db.free()
+                if not db.running():  # the server died of it: start it, as systemd would
+                    applied.notes["postgres_restarted"] = True
+                    db.start()
+            else:
+                self._withdraw(fault.index)
         except Exception as exc:
             applied.error = (applied.error or "") + f" heal: {type(exc).__name__}: {exc}"[:300]
         applied.healed_at_s = self.now_s()

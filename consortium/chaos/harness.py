@@ -22,7 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from consortium.chaos import layout, netns, pg
+import psycopg
+
+from consortium.chaos import checker, layout, netns, pg
 from consortium.chaos.nodes import ValidatorProcess, consortium_command
 from consortium.chaos.proxy import ProxyControl
 
@@ -103,7 +105,9 @@ class Harness:
         reason = unavailable_reason()
         if reason is not None:
             raise HarnessError(reason)
+        _check_reachable(self.workdir)
         self.run_dir.mkdir(parents=True)
+        self.run_dir.chmod(0o755)
         names = [f"v{i}" for i in range(self.validators)] + ["client"]
         self.log(f"run {self.run_id}: namespaces {netns.PREFIX}{self.run_id}-*")
         self.topology = netns.Topology(self.run_id, names)
@@ -262,6 +266,36 @@ class Harness:
                 out.append((i, exit_.returncode))
         return out
 
+    def ledgers(self, record_ids: list[str]) -> dict[int, checker.Ledger]:
+        """Every validator's chain and which of `record_ids` it stores, from its database."""
+        return {i: checker.read_ledger(db.dsn(DATABASE), record_ids)
+                for i, db in self.databases.items()}
+
+    def check(self) -> checker.Verdict:
+        """The checker's verdict on the acknowledged records so far."""
+        acks = checker.read_events(self.events_file).acks
+        return checker.check(acks, self.ledgers([a.record_id for a in acks]))
+
+    def wait_converged(self, timeout_s: float,
+                       on_tick: Callable[[], None] = lambda: None) -> bool:
+        """Wait (supervising) until every validator's database holds the same head block."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            heads: set[tuple[int, bytes] | None] = set()
+            for db in self.databases.values():
+                try:
+                    hashes = checker.read_ledger(db.dsn(DATABASE), []).hashes
+                except psycopg.Error:  # a server still restarting: not converged yet
+                    heads.add(None)
+                    continue
+                heads.add((len(hashes), hashes[-1] if hashes else b""))
+            if len(heads) == 1 and None not in heads:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            on_tick()
+            time.sleep(1.0)
+
     def run_in_client(self, argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
         assert self.topology is not None
         return subprocess.run([*self.topology.hosts["client"].exec_prefix(), *argv],
@@ -285,6 +319,15 @@ class Harness:
             return {"ok": False, "exit": proc.returncode, "problems": lines[-1:]}
         return {"ok": proc.returncode == 0 and bool(data.get("ok")),
                 "height": data.get("height"), "problems": list(data.get("problems", []))[:10]}
+
+
+def _check_reachable(workdir: Path) -> None:
+    """PostgreSQL runs as its own user: it must be able to traverse down to the run
+    directory (pytest's and mktemp's private directories are 0700)."""
+    for path in [workdir.resolve(), *workdir.resolve().parents]:
+        if path.exists() and not path.stat().st_mode & 0o001:
+            raise HarnessError(f"--workdir {workdir}: {path} is not reachable by the "
+                               f"{pg.PG_USER} user (needs o+x); use another directory")
 
 
 def cleanup_stale(workdir: Path = Path("/tmp"), prefix: str = netns.PREFIX) -> dict[str, Any]:

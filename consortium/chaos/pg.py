@@ -25,6 +25,7 @@ PG_USER = "postgres"
 FS_SIZE_MIB_DEFAULT = 1024
 START_TIMEOUT_S = 60
 FILLER = "disk-full.filler"
+FILL_MARGIN_BYTES = 1 << 20
 
 
 class PgError(RuntimeError):
@@ -143,17 +144,41 @@ class HostDatabase:
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
 
+    def dump(self, database: str, path: Path) -> None:
+        """A consistent snapshot of `database` (pg_dump custom format, one transaction) to
+        `path`, taken while the validator keeps writing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        import pwd
+
+        pw = pwd.getpwnam(PG_USER)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+        _run(self._as_postgres([str(PG_BIN / "pg_dump"), "-h", str(self.socket_dir), "-U",
+                                PG_USER, "-Fc", "-f", str(path), database]),
+             f"pg_dump {database}")
+
+    def restore(self, database: str, path: Path) -> None:
+        """Replace `database` by the dump at `path` (drop, create, pg_restore)."""
+        with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                      .format(sql.Identifier(database)))
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        _run(self._as_postgres([str(PG_BIN / "pg_restore"), "-h", str(self.socket_dir), "-U",
+                                PG_USER, "-d", database, "--exit-on-error", str(path)]),
+             f"pg_restore {path}")
+
     def free_bytes(self) -> int:
         st = os.statvfs(self.mount_point)
         return st.f_bavail * st.f_frsize
 
     def fill(self) -> int:
-        """Fill the host's filesystem to the last byte; returns the bytes taken."""
+        """Fill the host's filesystem to the last byte; returns the bytes taken. Most of it
+        is allocated at once (fallocate of everything free fails with ENOSPC on tmpfs, so a
+        margin is left), the margin is then written until the filesystem refuses."""
         filler = self.mount_point / FILLER
-        size = self.free_bytes()
+        size = self.free_bytes() - FILL_MARGIN_BYTES
         if size > 0:
             _run(["fallocate", "-l", str(size), str(filler)], f"fallocate {filler}")
-        # fallocate rounds to pages: whatever is left goes too
         with contextlib.suppress(OSError), filler.open("ab") as f:
             while True:
                 f.write(b"\0" * 4096)

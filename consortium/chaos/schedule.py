@@ -166,14 +166,14 @@ def generate(seed: int, duration_s: float, validators: int) -> list[Fault]:
     while True:
         t += node_rng.uniform(*NODE_GAP_S)
         kind = _weighted(node_rng, NODE_WEIGHTS)
-        if kind in UNAVAILABLE_KINDS and t > duration_s * SPLIT_NOT_AFTER:
-            kind = Kind.KILL9
-        duration = round(node_rng.uniform(*NODE_DURATION_S[kind]), 1)
         busy_until = [end for end in busy_until if end > t]
         if kind in UNAVAILABLE_KINDS:
             t = max([t, *busy_until])  # alone: after every other node fault
-        elif len(busy_until) >= f:
-            t = sorted(busy_until)[len(busy_until) - f]
+            if t > duration_s * SPLIT_NOT_AFTER:
+                kind = Kind.KILL9
+        if kind not in UNAVAILABLE_KINDS and len(busy_until) >= f:
+            t = max(t, sorted(busy_until)[len(busy_until) - f])
+        duration = round(node_rng.uniform(*NODE_DURATION_S[kind]), 1)
         t = _ceil_ds(t)
         if t + duration > duration_s:
             break
