@@ -127,9 +127,11 @@ def crash_text(h: Harness, replica_id: int) -> str:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "the validator exits (return code 1, 'consensus loop died') when its PostgreSQL stops, "
-    "and every restart exits with code 2 ('connection ... failed') until the database is "
-    "back: it is unreachable instead of NOT_SERVING and crash-loops under its supervisor"))
+    "when its PostgreSQL stops the validator's consensus loop dies (\"AdminShutdown("
+    "'terminating connection due to administrator command')\") and it exits with code 1; "
+    "each restart then exits with code 2 (\"connection is bad: connection to server on "
+    "socket ... failed: No such file or directory\") until the database is back: a crash "
+    "loop instead of NOT_SERVING"))
 def test_postgres_outage_makes_it_not_serving_and_it_recovers_by_itself(chaos: Harness) -> None:
     h = chaos
     victim = a_backup(h)
@@ -197,9 +199,10 @@ def test_slow_but_alive_primary_is_replaced(chaos: Harness) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "on a full disk the validator's write fails, its consensus loop dies and it exits "
-    "(return code 1), then crash-loops while PostgreSQL cannot write: it never reports "
-    "NOT_SERVING with the reason"))
+    "on a full disk the validator's consensus loop dies (\"DiskFull('could not extend file "
+    "... No space left on device')\") and it exits with code 1; restarted, it reports SERVING "
+    "while every state transfer fails with the same error, so it neither stops accepting "
+    "nor says why through its health"))
 def test_full_disk_stops_one_validator_clearly_and_it_recovers(chaos: Harness) -> None:
     h = chaos
     victim = a_backup(h)
