@@ -121,6 +121,8 @@ class Injector:
         else:
             victim = -1
         applied.victim = victim
+        if fault.node_fault:
+            applied.notes["primary_before"] = f"v{h.primary()}"
         applied.resolved = f"v{victim}" if victim >= 0 else fault.target
         assert h.topology is not None and h.proxy is not None
         if k in (Kind.ISOLATE_PRIMARY, Kind.ISOLATE_BACKUP):
