@@ -71,14 +71,14 @@ def chaos(seed: int | None, duration: str, validators: int, workers: int, rate: 
     if seed is None:
         _fail("--seed is required (or --cleanup)")
     seconds = _duration(duration)
-    reason = harness.unavailable_reason()
-    if reason is not None:
-        _fail(f"cannot run a campaign here: {reason}")
     from consortium.chaos.campaign import CampaignConfig, run_campaign
     from consortium.chaos.schedule import WARMUP_S
 
     if seconds < 2 * WARMUP_S:
         _fail(f"--duration must be at least {2 * WARMUP_S:.0f} s")
+    reason = harness.unavailable_reason()
+    if reason is not None:
+        _fail(f"cannot run a campaign here: {reason}")
     config = CampaignConfig(seed, seconds, validators, workers, rate, recovery_bound,
                             workdir=workdir, keep=keep)
     try:
