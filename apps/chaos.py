@@ -84,7 +84,8 @@ def chaos(seed: int | None, duration: str, validators: int, workers: int, rate: 
     try:
         report = run_campaign(config, _say)
     except KeyboardInterrupt:
-        _fail("interrupted; everything the run made was removed", 130)
+        _fail("interrupted; everything the run made was removed (--keep keeps its "
+              "directory)", 130)
     except (harness.HarnessError, OSError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else _summary(report))

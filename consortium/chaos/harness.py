@@ -13,10 +13,12 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,7 +101,8 @@ class Harness:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.teardown(failed=exc is not None)
+        # an interrupted run is not a failed one: its directory goes too (unless kept)
+        self.teardown(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
 
     def build(self) -> None:
         reason = unavailable_reason()
@@ -201,7 +204,12 @@ class Harness:
             proc.wait(timeout=10)
 
     def teardown(self, failed: bool = False) -> None:
-        """Stop and remove everything this run made. Never raises; safe to call twice."""
+        """Stop and remove everything this run made. Never raises; safe to call twice; a
+        second Ctrl-C or SIGTERM meanwhile does not cut it short."""
+        with _signals_deferred():
+            self._teardown(failed)
+
+    def _teardown(self, failed: bool) -> None:
         for name in ("load", "observer"):
             with contextlib.suppress(Exception):
                 self._stop_process(name, 30.0)
@@ -319,6 +327,22 @@ class Harness:
             return {"ok": False, "exit": proc.returncode, "problems": lines[-1:]}
         return {"ok": proc.returncode == 0 and bool(data.get("ok")),
                 "height": data.get("height"), "problems": list(data.get("problems", []))[:10]}
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ignore SIGINT, SIGTERM and SIGHUP meanwhile (main thread only: elsewhere signals cannot
+    be set, and are not delivered anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN)
+             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _check_reachable(workdir: Path) -> None:

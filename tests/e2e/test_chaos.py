@@ -4,12 +4,16 @@ schedule has, on 4 validators on their own hosts, and nothing acknowledged may b
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from consortium.chaos import schedule
+from consortium.chaos import netns, pg, schedule
 from consortium.chaos.harness import unavailable_reason
 
 UNAVAILABLE = unavailable_reason()
@@ -45,3 +49,33 @@ def test_two_minute_campaign_loses_nothing() -> None:
     assert report["recovered_within_s"] <= report["recovery_bound_s"]
     assert report["ok"] and proc.returncode == 0
     assert report["elapsed_s"] <= WALL_S_MAX
+
+
+def test_sigterm_mid_run_removes_everything() -> None:
+    """A campaign stopped with SIGTERM while validators run leaves no namespace, server,
+    mount or directory behind, and says so in one line."""
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "chaos", "--seed", "3",
+                             "--duration", "300"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        found = re.search(r"run ([0-9a-f]{6}):", line)
+        run_id = run_id or (found.group(1) if found else None)
+        if "chaos:" in line and "faults" in line:
+            break
+    assert run_id is not None, "".join(lines)
+    assert netns.stale_namespaces(f"{netns.PREFIX}{run_id}-")
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert rest.strip().splitlines()[-1].startswith("consortium chaos: interrupted")
+    assert netns.stale_namespaces(f"{netns.PREFIX}{run_id}-") == []
+    assert pg.mounts_under(f"{netns.PREFIX}{run_id}") == []
+    assert not (Path("/tmp") / f"{netns.PREFIX}{run_id}").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"{netns.PREFIX}{run_id}" not in ps
