@@ -19,9 +19,10 @@ from consortium.pbft.membership import EpochConfig, Member
 GENESIS_STATE_DIGEST = tagged_hash(b"consortium/genesis-state")
 
 
-def batch_digest(requests: Iterable[m.Request]) -> bytes:
-    """Merkle root (RFC 6962 leaves) over the request digests: the block's record root is this
-    same value, so a record's inclusion proof checks against what the COMMITs signed."""
+def batch_root(requests: Iterable[m.Request]) -> bytes:
+    """Merkle root (RFC 6962 leaves) over the request digests: a PRE-PREPARE's `root` and the
+    block's `merkle_root`, so a request's inclusion proof checks against what the COMMITs signed
+    (through `messages.proposal_digest`)."""
     return merkle_root([r.digest for r in requests])
 
 

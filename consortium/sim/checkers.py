@@ -17,7 +17,7 @@ from consortium.crypto.signing import Verifier
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.state import verify_signed
+from consortium.pbft.state import batch_root, verify_signed
 
 
 class SafetyChecker:
@@ -55,6 +55,11 @@ class SafetyChecker:
             self._violate(f"agreement: replica {replica_id} executed digest {a.digest.hex()[:12]} "
                           f"at seq {a.seq}, replica {first[1]} executed "
                           f"{first[0].hex()[:12]}")
+        pp = a.pre_prepare.body
+        if not isinstance(pp, m.PrePrepare) or pp.digest != a.digest or (
+                pp.root, pp.count) != (batch_root(a.requests), len(a.requests)):
+            self._violate(f"validity: replica {replica_id} executed at seq {a.seq} a batch that "
+                          "does not match its proposal header")
         signers = set()
         for c in a.certificate:
             b = c.body

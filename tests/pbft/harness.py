@@ -23,14 +23,14 @@ from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.replica import ExecutedBatch, Recovered, Replica
-from consortium.pbft.state import batch_digest
+from consortium.pbft.state import batch_root
 
 CHAIN_ID = b"pbft-paper-tests"
 N = 4
 F = 1
 QUORUM = 2 * F + 1
 IDS = tuple(range(N))
-NULL_BATCH_DIGEST = batch_digest(())
+NULL_BATCH_DIGEST = m.NULL_DIGEST
 
 T = TypeVar("T")
 
@@ -97,11 +97,29 @@ def primary_of(view: int) -> int:
 
 
 def pre_prepare(view: int, seq: int, requests: Sequence[m.Request], *, sender: int | None = None,
-                digest: bytes | None = None, epoch: int = 0) -> m.SignedMessage:
+                root: bytes | None = None, epoch: int = 0, timestamp_ms: int = 0,
+                attach: bool = True) -> m.SignedMessage:
+    """A signed proposal header for `requests`, with the batch attached (`msg.batch`; `wire_of`
+    sends both) unless `attach` is False. `root` forges the header's Merkle root."""
     reqs = tuple(requests)
-    d = batch_digest(reqs) if digest is None else digest
-    return sign(primary_of(view) if sender is None else sender,
-                m.PrePrepare(epoch, view, seq, d, reqs))
+    body = m.PrePrepare(epoch, view, seq, batch_root(reqs) if root is None else root, len(reqs),
+                        timestamp_ms)
+    msg = sign(primary_of(view) if sender is None else sender, body)
+    if not attach:
+        return msg
+    return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(reqs)), CHAIN_ID)
+
+
+def header_of(msg: m.SignedMessage) -> m.SignedMessage:
+    """The proposal header alone (as a view change or the log carries it)."""
+    return codec.decode_signed(msg.wire, CHAIN_ID)
+
+
+def wire_of(msg: m.SignedMessage) -> bytes:
+    """What travels: the signed message, with its batch attached if it has one."""
+    if msg.batch is None:
+        return msg.wire
+    return codec.wire_with_batch(msg, codec.encode_batch(msg.batch))
 
 
 def digest_of(pp: m.SignedMessage) -> bytes:
@@ -126,7 +144,8 @@ def prepared_proof(pp: m.SignedMessage, backups: Iterable[int]) -> m.PreparedPro
     """A PREPARE certificate: the pre-prepare plus PREPAREs from the given backups."""
     b = pp.body
     assert isinstance(b, m.PrePrepare)
-    return m.PreparedProof(pp, tuple(prepare(s, b.view, b.seq, b.digest) for s in backups))
+    return m.PreparedProof(header_of(pp), tuple(prepare(s, b.view, b.seq, b.digest)
+                                                for s in backups))
 
 
 def view_change(sender: int, new_view: int, prepared: Sequence[m.PreparedProof] = (), *,
@@ -138,7 +157,8 @@ def view_change(sender: int, new_view: int, prepared: Sequence[m.PreparedProof] 
 
 def new_view(sender: int, view: int, view_changes: Sequence[m.SignedMessage],
              pre_prepares: Sequence[m.SignedMessage]) -> m.SignedMessage:
-    return sign(sender, m.NewView(0, view, tuple(view_changes), tuple(pre_prepares)))
+    return sign(sender, m.NewView(0, view, tuple(view_changes),
+                                  tuple(header_of(pp) for pp in pre_prepares)))
 
 
 # ------------------------------------------------------------------------------ action helpers
@@ -220,7 +240,8 @@ class Node:
             elif isinstance(a, ev.Persist):
                 self.persisted.extend(a.messages)
             elif isinstance(a, ev.Execute):
-                self.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate))
+                self.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate,
+                                                   a.requests))
             elif isinstance(a, ev.PersistSnapshot):
                 self.snapshot, self.snapshot_proof = a.snapshot, a.proof
         self.log.extend(actions)
@@ -230,14 +251,16 @@ class Node:
         """Deliver peer messages in order; returns all resulting actions."""
         out: list[ev.Action] = []
         for msg in msgs:
-            out += self._record(self.replica.step(ev.PeerMessage(msg.wire)))
+            out += self._record(self.replica.step(ev.PeerMessage(wire_of(msg))))
         return out
 
     def deliver_bytes(self, data: bytes) -> list[ev.Action]:
         return self._record(self.replica.step(ev.PeerMessage(data)))
 
-    def submit(self, r: m.Request) -> list[ev.Action]:
-        return self._record(self.replica.step(ev.ClientRequest(r)))
+    def submit(self, r: m.Request, *, retry: bool = False) -> list[ev.Action]:
+        """A client submission (`retry`: the client already sent it and suspects the
+        primary)."""
+        return self._record(self.replica.step(ev.ClientRequest(r, retry=retry)))
 
     def fire(self, kind: ev.TimerKind) -> list[ev.Action]:
         """Fire the armed timer of this kind (the test fails if none is armed)."""
@@ -321,8 +344,8 @@ class Cluster:
                 for to in a.to:
                     self._queue.append((src, to, a.data))
 
-    def submit(self, to: int, r: m.Request) -> None:
-        self._enqueue(to, self.nodes[to].submit(r))
+    def submit(self, to: int, r: m.Request, *, retry: bool = False) -> None:
+        self._enqueue(to, self.nodes[to].submit(r, retry=retry))
 
     def fire(self, i: int, kind: ev.TimerKind) -> None:
         self._enqueue(i, self.nodes[i].fire(kind))
