@@ -4,11 +4,17 @@ A submission carries public metadata (for queries and audits) in clear and the p
 ciphertext (see consortium/crypto/envelope.py). Its binary encoding is canonical (the codec's
 Writer/Reader): a client signs these exact bytes, and every validator decodes them alike.
 
-    submission = segments (consortium/pbft/payload.py):
+    submission = segments (consortium/pbft/payload.py), one item of a client's envelope:
         seg0 = public part = version:u8 | kind:text | subject_id:text | event_type:text
                | submitter_org:text | submitted_at_ms:u64 | metadata:[key:text value:text]
+               | also:[text] | document:blob
         seg1 = ciphertext
         seg2.. = one per reader, sorted by org: org:text | wrapped key:blob
+
+`subject_id` is the record's main subject (a product, lot or shipment; a pseudonymous patient);
+`also` lists further subjects it concerns (an aggregation's children, a transformation's inputs)
+so traces find it under each; `document` is a public structured document (a provenance record's
+GS1 EPCIS event as canonical JSON), empty when the record has none.
 
 The version byte doubles as the transaction type (transactions.py, TxType.RECORD). The
 associated data of the payload encryption is the public part, so ciphertext cannot be
@@ -36,6 +42,10 @@ TEXT_BYTES_MAX = 256
 METADATA_ENTRIES_MAX = 32
 METADATA_VALUE_BYTES_MAX = 1024
 READERS_MAX = 64
+SUBJECTS_MAX = 64
+"""Further subjects one record may name (`also`)."""
+DOCUMENT_BYTES_MAX = 32 << 10
+"""Largest public document (an EPCIS event's canonical JSON)."""
 
 
 class RecordKind(enum.StrEnum):
@@ -71,6 +81,10 @@ class Submission:
     """Public fields: location, custodian_from, custodian_to, quantity, document hashes..."""
     ciphertext: bytes
     wrapped_keys: tuple[tuple[str, bytes], ...]
+    also: tuple[str, ...] = ()
+    """Further subjects the record concerns (sorted, distinct, not the main subject)."""
+    document: bytes = b""
+    """A public document (canonical JSON), empty when none."""
 
     def __post_init__(self) -> None:
         allowed = PROVENANCE_EVENTS if self.kind is RecordKind.PROVENANCE else PATIENT_RECORD_TYPES
@@ -104,6 +118,9 @@ class Submission:
             _check_text("reader org", org)
         if self.submitter_org not in orgs:
             raise InvalidRecord("the submitter's organisation must be among the readers")
+        check_subjects(self.subject_id, self.also)
+        if len(self.document) > DOCUMENT_BYTES_MAX:
+            raise InvalidRecord(f"the public document is over {DOCUMENT_BYTES_MAX} bytes")
 
     @property
     def readers(self) -> tuple[str, ...]:
@@ -112,17 +129,32 @@ class Submission:
     def metadata_dict(self) -> dict[str, str]:
         return dict(self.metadata)
 
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return (self.subject_id, *self.also)
+
     def associated_data(self) -> bytes:
         return public_part(self.kind, self.subject_id, self.event_type, self.submitter_org,
-                           self.submitted_at_ms, self.metadata)
+                           self.submitted_at_ms, self.metadata, self.also, self.document)
 
     def encode(self) -> bytes:
         return encode_segments([self.associated_data(), self.ciphertext,
                                 *(key_segment(org, key) for org, key in self.wrapped_keys)])
 
 
+def check_subjects(subject_id: str, also: tuple[str, ...]) -> None:
+    if list(also) != sorted(set(also)) or subject_id in also or len(also) > SUBJECTS_MAX:
+        raise InvalidRecord(f"further subjects must be distinct, sorted, other than the main "
+                            f"subject, at most {SUBJECTS_MAX}")
+    for s in also:
+        if not 1 <= len(s.encode()) <= TEXT_BYTES_MAX:
+            raise InvalidRecord(f"a subject id is 1 to {TEXT_BYTES_MAX} bytes")
+        _check_text("subject id", s)
+
+
 def public_part(kind: RecordKind, subject_id: str, event_type: str, submitter_org: str,
-                submitted_at_ms: int, metadata: tuple[tuple[str, str], ...]) -> bytes:
+                submitted_at_ms: int, metadata: tuple[tuple[str, str], ...],
+                also: tuple[str, ...] = (), document: bytes = b"") -> bytes:
     w = Writer()
     w.u8(SUBMISSION_VERSION)
     w.text(kind.value)
@@ -134,6 +166,10 @@ def public_part(kind: RecordKind, subject_id: str, event_type: str, submitter_or
     for k, v in metadata:
         w.text(k)
         w.text(v)
+    w.u32(len(also))
+    for a in also:
+        w.text(a)
+    w.blob(document)
     return w.getvalue()
 
 
@@ -147,6 +183,12 @@ class PublicRecord:
     submitter_org: str
     submitted_at_ms: int
     metadata: tuple[tuple[str, str], ...]
+    also: tuple[str, ...] = ()
+    document: bytes = b""
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return (self.subject_id, *self.also)
 
 
 def decode_public(seg0: bytes) -> PublicRecord:
@@ -159,17 +201,24 @@ def decode_public(seg0: bytes) -> PublicRecord:
         subject_id, event_type, org = rd.text(), rd.text(), rd.text()
         submitted_at_ms = rd.u64()
         metadata = rd.items(lambda: (rd.text(), rd.text()))
+        also = rd.items(rd.text)
+        document = rd.blob()
         rd.end()
     except DecodeError as exc:
         raise InvalidRecord(f"malformed submission: {exc}") from exc
     except ValueError as exc:  # an unknown kind
         raise InvalidRecord(f"malformed submission: {exc}") from exc
-    return PublicRecord(kind, subject_id, event_type, org, submitted_at_ms, metadata)
+    return PublicRecord(kind, subject_id, event_type, org, submitted_at_ms, metadata, also,
+                        document)
 
 
 def decode_submission(data: bytes) -> Submission:
     """Parse and validate. Raises InvalidRecord (malformed bytes included)."""
-    segments = split_segments(data)
+    return submission_from_segments(split_segments(data))
+
+
+def submission_from_segments(segments: list[bytes] | None) -> Submission:
+    """`decode_submission` for an item already split into segments."""
     if segments is None or len(segments) < 3:
         raise InvalidRecord("malformed submission: expected a public part, a ciphertext and "
                             "at least one wrapped key")
@@ -179,4 +228,4 @@ def decode_submission(data: bytes) -> Submission:
     except InvalidTransaction as exc:
         raise InvalidRecord(str(exc)) from exc
     return Submission(p.kind, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
-                      p.metadata, segments[1], wrapped)
+                      p.metadata, segments[1], wrapped, p.also, p.document)

@@ -46,6 +46,8 @@ class Request:
     payload: bytes
     signature: bytes
     digest: bytes = field(init=False, repr=False, compare=False)
+    payload_digest: bytes = field(init=False, repr=False, compare=False)
+    """`payload.payload_digest(payload)`: an envelope's digest over its items' Merkle root."""
     memo: dict[str, object] = field(init=False, repr=False, compare=False)
     """What the application derived from the payload (the ledger's decoded envelope items),
     computed once per validator when the request is admitted or decoded and handed on to
@@ -59,8 +61,28 @@ class Request:
         _check_u64("nonce", self.nonce)
         if len(self.signature) != SIGNATURE_BYTES:
             raise ValueError("a request signature is 64 bytes")
-        object.__setattr__(self, "digest", request_digest(self.client_id, self.nonce,
-                                                          self.kind, self.payload))
+        pd = payload_digest(self.payload)
+        object.__setattr__(self, "payload_digest", pd)
+        object.__setattr__(self, "digest", request_digest_from(self.client_id, self.nonce,
+                                                               self.kind, pd))
+
+    @classmethod
+    def stub(cls, client_id: str, nonce: int, kind: RequestKind, payload_digest_: bytes,
+             signature: bytes) -> Request:
+        """A request known by its payload digest only (a ledger keeps no payload for a
+        replayed envelope or for an erased item): enough to replay execution after a restart
+        (keys, kinds and digests), never to be sent or re-proposed (`is_stub`)."""
+        r = cls(client_id, nonce, kind, b"", signature)
+        _check_digest("payload digest", payload_digest_)
+        object.__setattr__(r, "payload_digest", payload_digest_)
+        object.__setattr__(r, "digest", request_digest_from(client_id, nonce, kind,
+                                                            payload_digest_))
+        r.memo["stub"] = True
+        return r
+
+    @property
+    def is_stub(self) -> bool:
+        return "stub" in self.memo
 
     @property
     def key(self) -> tuple[str, int]:

@@ -1483,7 +1483,8 @@ class Replica:
             # need this certificate retransmitted, and a view change may need it as a proof.
             slot = self._slot(batch.seq)
             slot.remember_header(batch.pre_prepare)
-            slot.remember_batch(pp.root, batch.requests)
+            if not any(r.is_stub for r in batch.requests):  # stubs are never sent on
+                slot.remember_batch(pp.root, batch.requests)
             for c in batch.certificate:
                 if isinstance(c.body, m.Commit):
                     slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)

@@ -137,6 +137,22 @@ def verify_signed(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                            msg.signature)
 
 
+def certificate_signers(votes: Iterable[m.SignedMessage], config: EpochConfig,
+                        expected: tuple[int, int, int, bytes], kind: type[m.Commit | m.Prepare],
+                        chain_id: bytes, verifier: Verifier) -> set[int]:
+    """The distinct members of `config` whose valid `kind` votes in `votes` match
+    (epoch, view, seq, digest) = `expected`. The one place quorum certificates are counted for
+    offline checks: block certificates (clients, auditors, state transfer) and the simulator's
+    checker call it; a certificate holds when `len(...) >= config.quorum`."""
+    signers: set[int] = set()
+    for msg in votes:
+        b = msg.body
+        if (isinstance(b, kind) and (b.epoch, b.view, b.seq, b.digest) == expected
+                and msg.sender not in signers and verify_signed(msg, config, chain_id, verifier)):
+            signers.add(msg.sender)
+    return signers
+
+
 def verify_checkpoint_proof(proof: tuple[m.SignedMessage, ...], config: EpochConfig, seq: int,
                             digest: bytes, chain_id: bytes, verifier: Verifier) -> bool:
     """A quorum of distinct members of `config` signed CHECKPOINT(config.epoch, seq, digest)."""
