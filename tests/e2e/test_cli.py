@@ -357,12 +357,16 @@ def stop_postmaster(pgdata: Path) -> None:
         time.sleep(0.1)
 
 
-def test_down_stops_what_up_started_including_the_embedded_postgres(tmp_path: Path) -> None:
+@pytest.mark.parametrize("long_path", [False, True], ids=["socket-in-pgdata", "long-path"])
+def test_down_stops_what_up_started_including_the_embedded_postgres(
+        tmp_path: Path, long_path: bool) -> None:
     """Issue 12: `consortium down` left the embedded PostgreSQL of the directory running (one
     postgres per directory after every up/down). Now `down` stops the admission service, the
     validators and that server; a second `down` has nothing left to stop; `up` again starts
-    the same server on the same data, and `down` stops it again."""
-    directory = tmp_path / "c"
+    the same server on the same data, and `down` stops it again. With a directory whose path
+    is too long for a socket in DIR/pgdata the server's socket lives elsewhere: `up` still
+    knows the validator's DSN for the embedded server's and starts it again."""
+    directory = tmp_path / ("d" * 90 if long_path else "") / "c"
     pgdata = directory.resolve() / "pgdata"
     lease = lease_ports(1)
     try:
@@ -382,14 +386,15 @@ def test_down_stops_what_up_started_including_the_embedded_postgres(tmp_path: Pa
             assert postmaster in running and len(running) > 1, running
             # The validator keeps its ledger on that server.
             dsn = json.loads((directory / "validators" / "0" / "config.json").read_text())["dsn"]
-            assert str(pgdata) in dsn
+            assert process.on_embedded_server(directory.resolve(), dsn)
+            assert (str(pgdata) in dsn) is not long_path, dsn
 
             stopped = ok_json("down", "--dir", str(directory))
             assert postgres_processes(pgdata) == [], "the embedded PostgreSQL is still running"
             assert not (pgdata / "postmaster.pid").exists()
             assert stopped == {"stopped": [0], "admission": True,
                                "embedded_postgres_pid": postmaster}
-            assert not (directory / process.EMBEDDED_PID_FILE).exists()
+            assert process.embedded_pid(directory) is None
             for pid in (validator, admission, postmaster):
                 assert not process._pid_alive(pid), pid
             again = ok_json("down", "--dir", str(directory))
@@ -402,7 +407,7 @@ def test_down_stops_what_up_started_including_the_embedded_postgres(tmp_path: Pa
 
 
 def test_down_leaves_a_server_in_pgdata_that_up_did_not_start(tmp_path: Path) -> None:
-    """`down` stops only the server `up` started (DIR/embedded-postgres.pid names its
+    """`down` stops only the server `up` started (DIR/embedded-postgres.json names its
     postmaster): one run on DIR/pgdata by someone else keeps running."""
     from consortium.process import _embedded_server
 
@@ -416,8 +421,9 @@ def test_down_leaves_a_server_in_pgdata_that_up_did_not_start(tmp_path: Path) ->
         stopped = ok_json("down", "--dir", str(directory))
         assert stopped == {"stopped": [], "admission": False, "embedded_postgres_pid": None}
         assert pid in postgres_processes(pgdata)
-        # A pid file naming another process (a reused pid) does not make it `up`'s either.
-        (directory / process.EMBEDDED_PID_FILE).write_text(f"{os.getpid()}\n")
+        # A state naming another process (a reused pid) does not make it `up`'s either.
+        (directory / process.EMBEDDED_STATE_FILE).write_text(json.dumps(
+            {"socket_dir": str(pgdata), "pid": os.getpid()}))
         assert ok_json("down", "--dir", str(directory))["embedded_postgres_pid"] is None
         assert pid in postgres_processes(pgdata)
     finally:
