@@ -152,15 +152,22 @@ def status(directory: Path | None, as_json: bool) -> None:
 @DIR_OPTION
 @JSON_OPTION
 def down(directory: Path | None, as_json: bool) -> None:
-    """Stop the validators of DIR (SIGTERM, then SIGKILL after 15 s) and the embedded
-    PostgreSQL."""
+    """Stop what `up` started in DIR: the admission service, the validators (SIGTERM, then
+    SIGKILL after 15 s) and the embedded PostgreSQL when `up` started it (a server given with
+    --dsn or CONSORTIUM_DSN keeps running). Idempotent."""
     from consortium import process
 
     try:
         stopped = process.down(_dir(directory))
     except process.ProcessError as exc:
         fail(str(exc))
-    emit({"stopped": stopped}, as_json, f"stopped validators {stopped}")
+    text = f"stopped validators {stopped.validators}"
+    if stopped.admission:
+        text += "; the admission service"
+    if stopped.embedded_postgres is not None:
+        text += f"; the embedded PostgreSQL (pid {stopped.embedded_postgres})"
+    emit({"stopped": stopped.validators, "admission": stopped.admission,
+          "embedded_postgres_pid": stopped.embedded_postgres}, as_json, text)
 
 
 @main.group()

@@ -12,13 +12,16 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from consortium import process
@@ -307,10 +310,121 @@ def test_sdk_client_keeps_working_while_the_cli_submits_as_its_org(net: Net) -> 
 
 
 def test_down_stops_every_validator(net: Net) -> None:
-    """Last in this module: the fixture's consortium is stopped here."""
+    """Last in this module: the fixture's consortium is stopped here. Its validators keep
+    their ledgers on the server given with --dsn: `down` leaves that server running."""
     stopped = ok_json("down", "--dir", net.d)
     assert sorted(stopped["stopped"]) == list(range(VALIDATORS))
+    assert stopped["embedded_postgres_pid"] is None
     rows = ok_json("status", "--dir", net.d)["validators"]
     assert all(r["pid"] is None and r["healthy"] is False for r in rows), rows
     again = ok_json("down", "--dir", net.d)
     assert again["stopped"] == []
+    with psycopg.connect(ADMIN_DSN, connect_timeout=5) as conn:  # the user's server
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# ------------------------------------------------------------------ the embedded PostgreSQL
+
+def postgres_processes(pgdata: Path) -> list[int]:
+    """The processes of the PostgreSQL server whose data is `pgdata`: its postmaster
+    (`postgres -D pgdata ...`) and the postmaster's children (checkpointer, walwriter...)."""
+    procs: dict[int, tuple[list[bytes], int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        procs[int(entry.name)] = (argv, ppid)
+    masters = {pid for pid, (argv, _) in procs.items()
+               if argv[0].endswith(b"postgres") and str(pgdata).encode() in argv}
+    return sorted(masters | {pid for pid, (_, ppid) in procs.items() if ppid in masters})
+
+
+def stop_postmaster(pgdata: Path) -> None:
+    """Test cleanup: stop a server that this test started and left running (by its pid)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    if pid not in postgres_processes(pgdata):
+        return
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + 10
+    while postgres_processes(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("long_path", [False, True], ids=["socket-in-pgdata", "long-path"])
+def test_down_stops_what_up_started_including_the_embedded_postgres(
+        tmp_path: Path, long_path: bool) -> None:
+    """Issue 12: `consortium down` left the embedded PostgreSQL of the directory running (one
+    postgres per directory after every up/down). Now `down` stops the admission service, the
+    validators and that server; a second `down` has nothing left to stop; `up` again starts
+    the same server on the same data, and `down` stops it again. With a directory whose path
+    is too long for a socket in DIR/pgdata the server's socket lives elsewhere: `up` still
+    knows the validator's DSN for the embedded server's and starts it again."""
+    directory = tmp_path / ("d" * 90 if long_path else "") / "c"
+    pgdata = directory.resolve() / "pgdata"
+    lease = lease_ports(1)
+    try:
+        ok_json("init", "--dir", str(directory), "--validators", "1")
+        move_to_ports(directory, lease)
+        config = directory / "admission" / "config.json"
+        data = json.loads(config.read_text())
+        data.update(listen=f"127.0.0.1:{lease.base + 9}", backend="rules")
+        config.write_text(json.dumps(data))
+        for _ in range(2):
+            up = ok_json("up", "--dir", str(directory), "--detach", "--timeout", "60")
+            validator = up["validators"][0]["pid"]
+            admission = up["admission_pid"]
+            assert isinstance(admission, int)
+            postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+            running = postgres_processes(pgdata)
+            assert postmaster in running and len(running) > 1, running
+            # The validator keeps its ledger on that server.
+            dsn = json.loads((directory / "validators" / "0" / "config.json").read_text())["dsn"]
+            assert process.on_embedded_server(directory.resolve(), dsn)
+            assert (str(pgdata) in dsn) is not long_path, dsn
+
+            stopped = ok_json("down", "--dir", str(directory))
+            assert postgres_processes(pgdata) == [], "the embedded PostgreSQL is still running"
+            assert not (pgdata / "postmaster.pid").exists()
+            assert stopped == {"stopped": [0], "admission": True,
+                               "embedded_postgres_pid": postmaster}
+            assert process.embedded_pid(directory) is None
+            for pid in (validator, admission, postmaster):
+                assert not process._pid_alive(pid), pid
+            again = ok_json("down", "--dir", str(directory))
+            assert again == {"stopped": [], "admission": False, "embedded_postgres_pid": None}
+    finally:
+        with contextlib.suppress(process.ProcessError, OSError):
+            process.down(directory)
+        stop_postmaster(pgdata)
+        lease.release()
+
+
+def test_down_leaves_a_server_in_pgdata_that_up_did_not_start(tmp_path: Path) -> None:
+    """`down` stops only the server `up` started (DIR/embedded-postgres.json names its
+    postmaster): one run on DIR/pgdata by someone else keeps running."""
+    from consortium.process import _embedded_server
+
+    directory = tmp_path / "c"
+    ok_json("init", "--dir", str(directory), "--validators", "1")
+    pgdata = directory.resolve() / "pgdata"
+    pgdata.mkdir()
+    try:
+        server = _embedded_server(pgdata)  # started directly, not by `up`
+        pid = server.get_pid()
+        stopped = ok_json("down", "--dir", str(directory))
+        assert stopped == {"stopped": [], "admission": False, "embedded_postgres_pid": None}
+        assert pid in postgres_processes(pgdata)
+        # A state naming another process (a reused pid) does not make it `up`'s either.
+        (directory / process.EMBEDDED_STATE_FILE).write_text(json.dumps(
+            {"socket_dir": str(pgdata), "pid": os.getpid()}))
+        assert ok_json("down", "--dir", str(directory))["embedded_postgres_pid"] is None
+        assert pid in postgres_processes(pgdata)
+    finally:
+        stop_postmaster(pgdata)

@@ -138,6 +138,108 @@ def test_admission_grpc_service_answers_members_only(net: Cluster) -> None:
         assert reply.decision in ("review", "reject")  # an injection never approves
 
 
+PATIENT_PAYLOAD = {"age_years": 131, "sex": "female", "observed_at": "2026-01-05",
+                   "medications": [{"name": "oxycodone", "dose_mg": 80,
+                                    "frequency_per_day": 4}]}
+
+
+def admission_stub(c: Cluster) -> tuple[grpc.Channel, pb_grpc.AdmissionStub]:
+    listen = json.loads((c.directory / "admission" / "config.json").read_text())["listen"]
+    ch = grpc.secure_channel(listen, grpc.ssl_channel_credentials(root_certificates=c.ca),
+                             options=[("grpc.ssl_target_name_override", "localhost")])
+    return ch, pb_grpc.AdmissionStub(ch)
+
+
+def access_log(c: Cluster, patient: str, record_id: str) -> list[tuple[str, str, bool]]:
+    """(client id, purpose, granted) of every Access to `record_id` on the ledger, in order,
+    as `consortium audit patient` reads it (ListSubject, receipts verified)."""
+    from consortium.ledger.transactions import Access, RequestView, decode_record_tx
+    from consortium.node import wire
+
+    client = c.client("org0")
+    reply, addr = client.list_subject("patient", patient)
+    out = []
+    for e in reply.entries:
+        r = client.core.verify_receipt_of(e.receipt, e.receipt.record_id, addr)
+        view = r.request if isinstance(r.request, RequestView) else RequestView.of(r.request)
+        assert isinstance(r, wire.Receipt)
+        if e.target_record_id != record_id or r.status != "recorded":
+            continue
+        tx = decode_record_tx(view.present())
+        if isinstance(tx, Access):
+            out.append((view.client_id, tx.purpose, r.reason == ""))
+    return out
+
+
+def test_screen_record_answers_readers_only_and_logs_the_callers_read(net: Cluster) -> None:
+    """Finding 3 of issue 12: org3, not a reader of a patient record wrapped for org0 and the
+    service only, got the record's payload findings from ScreenRecord. Now a non-reader is
+    refused, with or without an Access of its own (its refused Access is logged); a reader
+    gets the findings against its own committed Access, which the answer uses up, and the
+    service's own read of the payload names the caller and that Access."""
+    process.admission_up(net.directory)
+    patient = "P-9"
+    rec = net.client("org0").submit_patient(patient, "prescription",
+                                            json.dumps(PATIENT_PAYLOAD).encode(),
+                                            readers=["admission"])
+    wait_for("the service to screen the record",
+             lambda: screening(net, rec.record_id) != "pending-screening", 30)
+    before = access_log(net, patient, rec.record_id)
+    ch, stub = admission_stub(net)
+    with ch:
+        # A non-reader without an Access of its own: refused, nothing derived from the payload.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ScreenRecord(pb.ScreenRecordRequest(
+                record_id=rec.record_id, auth=net.auth("ScreenRecord", rec.record_id, "org3")),
+                timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Access" in (info.value.details() or "")
+        assert "age" not in (info.value.details() or "")
+        # With one: the ledger logs the attempt as refused, and so does the service.
+        from consortium.admission.service import screen_record
+        with pytest.raises(grpc.RpcError) as info:
+            screen_record(net.client("org3"), stub, rec.record_id)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "not a reader" in (info.value.details() or "")
+        assert "age" not in (info.value.details() or "")
+        # The reader: findings, against its own read on the ledger.
+        reply = screen_record(net.client("org0"), stub, rec.record_id, purpose="second opinion")
+        assert reply.decision == "flag"
+        findings = json.loads(reply.verdict_json)["findings"]
+        assert any("age 131 is impossible" in f["message"] for f in findings), findings
+        assert any("oxycodone" in f["message"] for f in findings), findings
+        # One Access, one answer: the same Access does not buy a second one.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ScreenRecord(pb.ScreenRecordRequest(
+                record_id=rec.record_id, auth=net.auth("ScreenRecord", rec.record_id, "org0")),
+                timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    log = access_log(net, patient, rec.record_id)[len(before):]
+    org0 = net.client("org0").core.identity.client_id
+    org3 = net.client("org3").core.identity.client_id
+    service = net.genesis.admission_client
+    assert (org3, "screening", False) in log  # the refused read, attributable to org3
+    reads = [x for x in log if x[0] == org0]
+    assert reads == [(org0, "second opinion", True)], log
+    answers = [x for x in log if x[0] == service]
+    assert len(answers) == 1 and answers[0][2], log  # the service's own read of the payload
+    assert org0 in answers[0][1], log  # names whom it answered
+
+
+def test_screen_record_of_a_provenance_record_needs_no_access(net: Cluster) -> None:
+    """A provenance record is screened from its public metadata and its lot's: any member
+    gets the verdict (the same as ListScreening shows every member)."""
+    process.admission_up(net.directory)
+    r = net.client("org1").submit_provenance("lot-dry", "manufactured", location="Basel",
+                                             quantity=3)
+    ch, stub = admission_stub(net)
+    with ch:
+        reply = stub.ScreenRecord(pb.ScreenRecordRequest(
+            record_id=r.record_id, auth=net.auth("ScreenRecord", r.record_id, "org3")),
+            timeout=30)
+    assert reply.decision == "ok"
+
+
 def test_down_stops_the_admission_service(net: Cluster, tmp_path: Path) -> None:
     process.admission_up(net.directory)
     assert process.admission_down(net.directory)
