@@ -40,9 +40,8 @@ class ProtocolParams:
     status_interval_ms: int = 500
     """How often a replica gossips its progress so that peers can retransmit what it lacks."""
     retransmit_seqs_max: int = 64
-    """Most sequence numbers a replica retransmits in answer to one STATUS."""
-    retransmit_bytes_max: int = 8 << 20
-    """Most bytes of batches a replica retransmits in answer to one STATUS."""
+    """Most sequence numbers a replica retransmits (headers and votes, never batches) in
+    answer to one STATUS."""
     client_nonce_window: int = 16384
     """Nonces this far below a client's highest executed nonce are stale; inside the window each
     nonce executes at most once, so a client may pipeline requests (a streaming submitter keeps

@@ -605,10 +605,10 @@ class Replica:
         slot = self._slot(b.seq)
         requests = msg.batch
         if requests is None:
-            if b.count == 0 or b.root in slot.batches:
-                slot.remember_header(msg, adopt=adopt)
-                return True
-            return False
+            # A header alone (retransmitted, or from a log): keep it, so a certificate for
+            # its digest knows what batch to fetch and from whom.
+            slot.remember_header(msg, adopt=adopt)
+            return b.count == 0 or b.root in slot.batches
         if len(requests) != b.count or batch_root(requests) != b.root:
             self._fault(msg.sender, f"pre-prepare batch does not match its root at seq {b.seq}")
             return False
@@ -1376,20 +1376,20 @@ class Replica:
             if seq > max(b.stable_seq, self.stable_seq) and own is not None:
                 self._send(sender, own)
         budget = self.params.retransmit_seqs_max
-        bytes_left = self.params.retransmit_bytes_max
-        # Decided batches it lacks, only when it made no progress since its last STATUS (a
-        # replica merely behind under load catches up by itself; resending batches to it each
-        # tick would multiply the traffic): the proposal with its batch plus a certificate.
+        # Decided sequence numbers it lacks, only when it made no progress since its last
+        # STATUS (a replica merely behind under load catches up by itself): the proposal
+        # header and a commit certificate. Never the batch: the peer most likely has it
+        # already (it lost a vote, not the proposal), and if not it asks (BATCH-REQUEST), so
+        # retransmission costs a few hundred bytes per sequence number, whatever batches hold.
         seq = b.last_executed + 1
-        while stuck and seq <= self.last_executed and budget > 0 and bytes_left > 0:
+        while stuck and seq <= self.last_executed and budget > 0:
             slot = self._slots.get(seq)
             if slot is None:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
                 view, digest, commits = cert
-                bytes_left -= self._send_with_batch((sender,), slot.proposal(view, digest),
-                                                    slot.contents(digest))
+                self._send(sender, slot.proposal(view, digest))
                 for c in commits:
                     self._send(sender, c)
             seq += 1
@@ -1403,17 +1403,15 @@ class Replica:
         if b.view != self.view or not self.view_active or not stuck:
             return
         # Same view, and it is stuck: resend our votes for in-progress sequences that have
-        # been stuck a tick.
+        # been stuck a tick (headers only, as above).
         for seq in sorted(self._slots):
-            if budget <= 0 or bytes_left <= 0:
+            if budget <= 0:
                 break
             slot = self._slots[seq]
             if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
                 continue
             if slot.pre_prepare is not None and slot.view == self.view:
-                digest = header(slot.pre_prepare).digest
-                bytes_left -= self._send_with_batch((sender,), slot.pre_prepare,
-                                                    slot.contents(digest))
+                self._send(sender, slot.pre_prepare)
             for table in (slot.prepares, slot.commits):
                 own = Slot.own_vote(table, self.view, self.id)
                 if own is not None:
