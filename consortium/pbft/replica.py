@@ -177,6 +177,10 @@ class Replica:
         self._batches_sent: dict[tuple[int, int], int] = {}
         """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
         self._retransmitted: dict[int, tuple[int, bool]] = {}
+        self._lags: dict[int, list[int]] = {}
+        """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
+        slow-primary monitor."""
+        self._slow_ticks = 0
         self._peer_executed: dict[int, int] = {}
         """Each peer's last_executed in its previous STATUS: a peer that advanced since is
         catching up by itself and gets no retransmission of batches (they are large)."""
@@ -1341,8 +1345,10 @@ class Replica:
             self._request_state(holders)
         if self.is_member or self.last_executed == 0:
             status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
-                                         self.last_executed, self.stable_seq))
+                                         self.last_executed, self.stable_seq,
+                                         0 if self._clock is None else self._clock.now_ms()))
             self._broadcast(status)
+        self._watch_primary()
         if self.view_active:
             self._forward_pending(waited_only=True)
         self._fetch_missing_batches()
@@ -1350,8 +1356,39 @@ class Replica:
 
     # ------------------------------------------------------------------- status: retransmission
 
+    def _watch_primary(self) -> None:
+        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms)."""
+        limit = self.params.slow_primary_lag_ms
+        if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
+                or not self.is_member):
+            self._slow_ticks = 0
+            return
+        def median(xs: list[int]) -> int:
+            return sorted(xs)[len(xs) // 2]
+        primary = self._lags.get(self.primary, [])
+        others = [median(v) for p, v in self._lags.items()
+                  if p != self.primary and p != self.id and len(v) >= 3]
+        if len(primary) < 3 or not others:
+            self._slow_ticks = 0
+            return
+        lag, usual = median(primary), median(others)
+        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
+            self._slow_ticks += 1
+        else:
+            self._slow_ticks = 0
+        if self._slow_ticks >= self.params.slow_primary_ticks:
+            self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
+                                      f"{lag} ms late, the others' {usual} ms")
+            self._slow_ticks = 0
+            self._lags.pop(self.primary, None)
+            self._start_view_change(self.view + 1)
+
     def _on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
+        if b.sent_ms and self._clock is not None:
+            lags = self._lags.setdefault(sender, [])
+            lags.append(self._clock.now_ms() - b.sent_ms)
+            del lags[:-8]
         if b.epoch >= self.config.epoch:
             self._catchup.claim(sender, b.stable_seq)
         if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
