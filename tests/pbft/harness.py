@@ -110,6 +110,13 @@ def pre_prepare(view: int, seq: int, requests: Sequence[m.Request], *, sender: i
     return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(reqs)), CHAIN_ID)
 
 
+def with_batch(msg: m.SignedMessage, requests: Sequence[m.Request]) -> m.SignedMessage:
+    """`msg` (a PRE-PREPARE header) with `requests` attached, whatever its root says (a forged
+    or mismatched attachment; decoding still checks the count)."""
+    return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(tuple(requests))),
+                               CHAIN_ID)
+
+
 def header_of(msg: m.SignedMessage) -> m.SignedMessage:
     """The proposal header alone (as a view change or the log carries it)."""
     return codec.decode_signed(msg.wire, CHAIN_ID)
@@ -226,6 +233,7 @@ class Node:
     snapshot_proof: tuple[m.SignedMessage, ...] = ()
     log: list[ev.Action] = field(default_factory=list)
     start_actions: list[ev.Action] = field(default_factory=list)
+    clock: FakeClock | None = None
 
     @property
     def id(self) -> int:
@@ -287,21 +295,35 @@ class Node:
                          tuple(self.persisted))
 
 
+@dataclass
+class FakeClock:
+    """A clock the test sets by hand (`Replica`'s injected `Clock`)."""
+
+    ms: int = 0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
 def make_node(replica_id: int, p: ProtocolParams | None = None, *,
-              recovered: Recovered | None = None) -> Node:
-    """A started replica; its start() actions are in `node.start_actions`."""
+              recovered: Recovered | None = None, clock: FakeClock | None = None) -> Node:
+    """A started replica; its start() actions are in `node.start_actions`. Without `clock` the
+    replica has none (proposals are stamped 0 and stamps are not checked)."""
     rep = Replica(replica_id=replica_id, signer=SIGNERS[replica_id], chain_id=CHAIN_ID,
                   genesis=GENESIS, params=p if p is not None else params(), verifier=VERIFIER,
-                  clients=Clients(), recovered=recovered)
-    node = Node(rep)
+                  clients=Clients(), recovered=recovered, clock=clock)
+    node = Node(rep, clock=clock)
     node.start_actions = node._record(rep.start())
     return node
 
 
-def restart(node: Node, p: ProtocolParams | None = None) -> Node:
-    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot)."""
+def restart(node: Node, p: ProtocolParams | None = None, *,
+            clock: FakeClock | None = None) -> Node:
+    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot); it
+    keeps its clock unless `clock` gives another."""
     fresh = make_node(node.id, p if p is not None else node.replica.params,
-                      recovered=node.recovered())
+                      recovered=node.recovered(),
+                      clock=clock if clock is not None else node.clock)
     fresh.persisted = list(node.persisted)
     fresh.executed = list(node.executed)
     fresh.snapshot, fresh.snapshot_proof = node.snapshot, node.snapshot_proof
