@@ -19,6 +19,7 @@ from tests.pbft.harness import (
     commit,
     commit_batch,
     digest_of,
+    header_of,
     index_of,
     is_send_of,
     make_node,
@@ -37,9 +38,10 @@ from tests.pbft.harness import (
 
 
 def _timed_out_backup(node_id: int = 2) -> Node:
-    """A backup with a pending request whose REQUEST timer is armed."""
+    """A backup with a pending request whose REQUEST timer is armed (v2: the client retried at
+    the backup; a first submission would be redirected to the primary)."""
     node = make_node(node_id)
-    node.submit(request("alice", 99))
+    node.submit(request("alice", 99), retry=True)
     assert ev.TimerKind.REQUEST in node.timers
     return node
 
@@ -79,7 +81,7 @@ def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
     request and, one period later, votes: a primary censoring one request is still replaced.
     Without progress the backup relays on the first expiry and votes on the second (above)."""
     node = make_node(2, params(request_patience=2))
-    node.submit(request("alice", 99))
+    node.submit(request("alice", 99), retry=True)
     for seq in (1, 2):
         commit_batch(node, seq, [request("bob", seq)])  # other requests execute
         actions = node.fire(ev.TimerKind.REQUEST)
@@ -94,7 +96,9 @@ def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
 
 def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> None:
     """4.4: P holds, for every request prepared at i with seq > n (the stable checkpoint), a
-    PRE-PREPARE and 2f matching PREPAREs; a sequence with fewer PREPAREs is left out."""
+    PRE-PREPARE and 2f matching PREPAREs; a sequence with fewer PREPAREs is left out.
+
+    v2 (deliberate change): the PRE-PREPARE in P is the signed header alone, never its batch."""
     node = make_node(2)
     pp1 = pre_prepare(0, 1, [request("alice", 1)])
     pp2 = pre_prepare(0, 2, [request("bob", 1)])
@@ -102,9 +106,12 @@ def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> No
     node.deliver(pp1, prepare(3, 0, 1, d1))  # seq 1 prepared (own + replica 3)
     node.deliver(pp2)  # seq 2: own PREPARE only
     actions = node.suspect_primary()
-    proof = m.PreparedProof(pp1, (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
+    proof = m.PreparedProof(header_of(pp1), (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
     vc = view_change(2, 1, [proof])
     assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    (sent_vc,) = sent_bodies(actions, m.ViewChange)
+    assert sent_vc.prepared[0].pre_prepare.batch is None
+    assert request("alice", 1).payload not in vc.wire
 
 
 def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in() -> None:
@@ -361,7 +368,7 @@ def test_view_change_timer_backoff_restarts_after_progress() -> None:
     d = digest_of(pp)
     actions = node.deliver(pp, prepare(1, 2, 1, d), commit(1, 2, 1, d), commit(2, 2, 1, d))
     assert [e.executed for e in of_type(actions, ev.Execute)] == [(r,)]
-    node.submit(request("bob", 5))
+    node.submit(request("bob", 5), retry=True)
     node.suspect_primary()
     assert node.replica.view == 3
     assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) is None
@@ -430,16 +437,23 @@ def test_new_view_with_a_higher_min_s_makes_an_executed_checkpoint_stable() -> N
 
 
 def test_new_view_with_min_s_above_the_replica_state_triggers_state_transfer() -> None:
-    """4.4 + 4.3: a replica whose state is below min-s fetches the checkpoint from its signers."""
+    """4.4 + 4.3: a replica whose state is below min-s fetches the checkpoint from its signers.
+
+    v2: STATE-REQUEST names the asker's last executed sequence (any peer above it answers), and
+    the proven holders are asked two at a time, in rotation, one round per STATUS tick."""
     _, proof = _stable_at_2(1)
     node = make_node(3, params(checkpoint_interval=2, log_window=4))
     vcs = [view_change(0, 1, stable_seq=2, stable_proof=proof), view_change(1, 1),
            view_change(2, 1)]
     actions = node.deliver(new_view(1, 1, vcs, []))
-    req = sign(3, m.StateRequest(2))
-    assert [(to, msg) for to, msg in sent(actions) if isinstance(msg.body, m.StateRequest)] == [
-        ((0,), req), ((1,), req), ((2,), req)]
+    req = sign(3, m.StateRequest(0))
+
+    def state_requests(acts: list[ev.Action]) -> list[tuple[tuple[int, ...], m.SignedMessage]]:
+        return [(to, msg) for to, msg in sent(acts) if isinstance(msg.body, m.StateRequest)]
+
+    assert state_requests(actions) == [((0,), req), ((1,), req)]
     assert node.replica.view == 1 and node.replica.view_active
+    assert state_requests(node.fire(ev.TimerKind.STATUS)) == [((1,), req), ((2,), req)]
 
 
 def test_new_primary_orders_pending_requests_after_new_view() -> None:
