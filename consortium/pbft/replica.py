@@ -766,13 +766,20 @@ class Replica:
     # -------------------------------------------------------------------------- batch fetch
 
     def _ask_batch(self, slot: Slot, digest: bytes, candidates: Iterable[int]) -> None:
-        """Ask one peer for the batch behind `digest` (the next candidate each time)."""
+        """Ask one peer for the batch behind `digest`: the first candidate not asked yet in this
+        round (candidates first, then the other peers), so a silent peer is not asked again
+        before every other one was."""
         preferred = [p for p in dict.fromkeys(candidates) if p != self.id and
                      self.config.is_member(p)]
         peers = preferred + [p for p in self._peers() if p not in preferred]
         if not peers:
             return
-        peer = peers[slot.fetch_attempts % len(peers)]
+        fresh = [p for p in peers if p not in slot.fetch_asked]
+        if not fresh:
+            slot.fetch_asked.clear()
+            fresh = peers
+        peer = fresh[0]
+        slot.fetch_asked.add(peer)
         slot.fetch_attempts += 1
         self._send(peer, self._sign(m.BatchRequest(self.config.epoch, slot.seq, digest)))
 
