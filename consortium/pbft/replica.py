@@ -659,7 +659,13 @@ class Replica:
             return
         problem = self._clock_problem(b)
         if problem is not None:
+            # Never vote for it, but keep its batch (checked like any other): if a quorum
+            # commits this digest anyway (our clock is off, or the proposal reached us late),
+            # the batch is what we need to execute, and a fetch would only bring this header
+            # back to this same check.
             self._fault(msg.sender, problem)
+            if self._accept_batch(msg, b):
+                self._try_execute()
             return
         if msg.batch is None and not (b.count == 0 or b.root in slot.batches):
             self._ask_batch(slot, b.digest, (msg.sender,))
