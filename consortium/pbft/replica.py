@@ -148,6 +148,9 @@ class Replica:
         self._slots: dict[int, Slot] = {}
         self._next_seq = 1
         self._last_proposal_ms = 0
+        self._held_for_execution = False
+        """Primary: a partial batch was held because `partial_batches_in_flight_max` batches
+        were in flight; the next execution proposes it without a further batch delay."""
         self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
                                 params.client_pending_bytes_max)
         """Known requests not executed yet (read-only outside the replica)."""
@@ -424,8 +427,11 @@ class Replica:
             in_flight = self._next_seq - 1 - self.last_executed
             if not full:
                 if in_flight >= min(p.partial_batches_in_flight_max, p.pipeline_depth):
-                    return  # the next execution proposes what has accumulated by then
-                if in_flight > 0 and not force and p.batch_delay_ms > 0:
+                    # The next execution proposes what has accumulated by then.
+                    self._held_for_execution = True
+                    return
+                if in_flight > 0 and not force and not self._held_for_execution \
+                        and p.batch_delay_ms > 0:
                     if not self._timer_armed(ev.TimerKind.BATCH):
                         self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
                     return
@@ -440,7 +446,9 @@ class Replica:
                 raise ReplicaBug("queued request exceeds the batch size limit")
             self._propose(tuple(batch))
             force = False
+            self._held_for_execution = False
         if not queue:
+            self._held_for_execution = False
             self._cancel_timer(ev.TimerKind.BATCH)
             self._fill_to_epoch_boundary()
 
