@@ -68,7 +68,7 @@ def params(**overrides: int) -> ProtocolParams:
     if "partial_batches_in_flight_max" not in overrides:
         # The message-level tests follow the paper: every batch goes out at once.
         base["partial_batches_in_flight_max"] = base["pipeline_depth"]
-    return ProtocolParams(**base)  # type: ignore[arg-type]
+    return ProtocolParams(**base)
 
 
 # ----------------------------------------------------------------------------- signing helpers
