@@ -6,6 +6,9 @@ to it is really signed with the sender's Ed25519 key, and the tests assert the e
 
 from __future__ import annotations
 
+import struct
+
+from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.state import (
@@ -15,8 +18,10 @@ from consortium.pbft.state import (
     snapshot_digest,
 )
 from tests.pbft.harness import (
+    CHAIN_ID,
     CLIENT_SIGNERS,
     GENESIS,
+    SIGNERS,
     Node,
     checkpoint,
     commit,
@@ -279,6 +284,38 @@ def test_backup_rejects_pre_prepare_whose_root_does_not_match_the_batch() -> Non
     # A correct pre-prepare for the same slot is still accepted afterwards.
     actions = node.deliver(pre_prepare(0, 1, [r1]))
     assert [b.seq for b in sent_bodies(actions, m.Prepare)] == [1]
+
+
+def _raw_pre_prepare(root: bytes, count: int) -> bytes:
+    """A PRE-PREPARE header signed by primary 0, encoded by hand (the dataclass refuses to
+    build a malformed one), without an attachment."""
+    w = codec.Writer()
+    w.u8(codec.MsgType.PRE_PREPARE)
+    w.u32(0)
+    w.u64(0)
+    w.u64(1)
+    w.fixed(root)
+    w.u32(count)
+    w.u64(0)
+    body = w.getvalue()
+    signature = SIGNERS[0].sign(codec.signing_bytes(CHAIN_ID, 0, body))
+    return bytes([codec.WIRE_VERSION]) + struct.pack(">HI", 0, len(body)) + body + signature
+
+
+def test_backup_rejects_an_empty_header_whose_root_is_not_the_empty_root() -> None:
+    """4.2 "d is the digest for m", v2: an empty batch needs no attachment, so its header must
+    carry the empty Merkle root; a primary's header-only PRE-PREPARE claiming count 0 under
+    another root is undecodable (it would otherwise be prepared and executed as an empty
+    batch whose certified root matches no contents).
+
+    regression: such a header was prepared, committed and executed, its block certifying a
+    root no batch has."""
+    node = make_node(2)
+    actions = node.deliver_bytes(_raw_pre_prepare(b"\x09" * 32, 0))
+    assert sent(actions) == [] and of_type(actions, ev.Persist) == []
+    assert "empty Merkle root" in of_type(actions, ev.PeerFault)[0].reason
+    actions = node.deliver_bytes(_raw_pre_prepare(batch_root([]), 0))  # the null batch
+    assert sent_bodies(actions, m.Prepare) == [m.Prepare(0, 0, 1, m.NULL_DIGEST)]
 
 
 def test_backup_rejects_pre_prepare_carrying_a_badly_signed_request() -> None:
