@@ -179,6 +179,9 @@ class Replica:
         self._state_sent: dict[int, int] = {}
         self._batches_sent: dict[tuple[int, int], int] = {}
         """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
+        self._batch_bytes_sent: dict[int, tuple[int, int]] = {}
+        """peer -> (tick, bytes of batches sent to it in answer to BATCH-REQUESTs that tick):
+        bounded by `retransmit_bytes_max` per peer per tick, like retransmission on STATUS."""
         self._retransmitted: dict[int, tuple[int, bool]] = {}
         self._peer_executed: dict[int, int] = {}
         """Each peer's last_executed in its previous STATUS: a peer that advanced since is
@@ -829,7 +832,8 @@ class Replica:
 
     def _on_batch_request(self, sender: int, b: m.BatchRequest) -> None:
         """Answer with a proposal header for that digest and its batch, at most once per peer
-        and sequence number per tick."""
+        and sequence number per tick, and (like retransmission on STATUS) for at most
+        `retransmit_bytes_max` bytes per peer per tick."""
         slot = self._slots.get(b.seq)
         if slot is None or self._batches_sent.get((sender, b.seq)) == self._tick:
             return
@@ -837,11 +841,17 @@ class Replica:
         msg = slot.header_for(b.digest)
         if requests is None or msg is None:
             return
+        tick, used = self._batch_bytes_sent.get(sender, (self._tick, 0))
+        if tick != self._tick:
+            used = 0
+        if used >= self.params.retransmit_bytes_max:
+            return  # a small request must not buy a window of full batches every tick
         self._batches_sent[(sender, b.seq)] = self._tick
         if len(self._batches_sent) > 4 * self.params.log_window * max(1, self.config.n):
             self._batches_sent = {k: t for k, t in self._batches_sent.items()
                                   if t >= self._tick - 1}
-        self._send_with_batch((sender,), msg, requests)
+        used += self._send_with_batch((sender,), msg, requests)
+        self._batch_bytes_sent[sender] = (self._tick, used)
 
     # ---------------------------------------------------------------------------- execution
 

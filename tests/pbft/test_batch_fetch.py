@@ -231,3 +231,24 @@ def test_size_bounds_for_the_documented_configurations() -> None:
     assert view_change_bytes_max(g7, 128) == 101_056
     assert new_view_bytes_max(g7, 128) == 523_316
     assert params().message_bytes_max > new_view_bytes_max(g7, 128)
+
+
+def test_batch_answers_to_one_peer_are_bounded_by_bytes_per_tick() -> None:
+    """A BATCH-REQUEST is a few dozen bytes and its answer up to a full batch: a peer asking
+    for every sequence of the window each tick gets at most `retransmit_bytes_max` bytes of
+    batches per tick (the budget STATUS retransmission has), other peers keep theirs."""
+    size = 2_000
+    node = make_node(2, params(retransmit_bytes_max=3_000))
+    pps = []
+    for seq in (1, 2, 3):
+        r = _big(seq, size)
+        commit_batch(node, seq, [r])
+        pps.append(pre_prepare(0, seq, [r]))
+    asks = [sign(3, m.BatchRequest(0, seq, digest_of(pp))) for seq, pp in zip((1, 2, 3), pps,
+                                                                            strict=True)]
+    answered = [bool(sent(node.deliver(ask))) for ask in asks]
+    assert answered == [True, True, False]  # the second answer passes the 3 000-byte budget
+    other = sign(1, m.BatchRequest(0, 3, digest_of(pps[2])))
+    assert sent(node.deliver(other))  # another peer has its own budget
+    node.fire(ev.TimerKind.STATUS)
+    assert sent(node.deliver(asks[2]))  # a new tick, a new budget
