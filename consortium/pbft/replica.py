@@ -617,13 +617,14 @@ class Replica:
         requests = msg.batch
         if requests is None:
             if b.count == 0 or b.root in slot.batches:
-                slot.remember_header(msg, adopt=adopt)
+                slot.remember_header(msg, adopt=adopt or self._vouched(slot, b.digest))
                 return True
             return False
         if len(requests) != b.count or batch_root(requests) != b.root:
             self._fault(msg.sender, f"pre-prepare batch does not match its root at seq {b.seq}")
             return False
-        if not self._vouched(slot, b.digest):
+        vouched = self._vouched(slot, b.digest)
+        if not vouched:
             p = self.params
             if len(requests) > p.batch_requests_max or sum(
                     r.size_bytes for r in requests) > p.batch_bytes_max:
@@ -633,8 +634,12 @@ class Replica:
                 if self._verify_request(r) is not None:
                     self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                     return False
-        slot.remember_header(msg, adopt=adopt)
-        slot.remember_batch(b.root, requests, adopt=adopt)
+        # A vouched batch always fits, like the adopted one: an equivocating primary may have
+        # filled the slot's bounded tables with other batches of its own, and the one a quorum
+        # decided must not be the one left out.
+        keep = adopt or vouched
+        slot.remember_header(msg, adopt=keep)
+        slot.remember_batch(b.root, requests, adopt=keep)
         return slot.has_contents(b.digest)
 
     def _clock_problem(self, b: m.PrePrepare) -> str | None:

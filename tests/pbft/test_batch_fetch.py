@@ -8,8 +8,11 @@ large requests (section 5.1 of the OSDI paper), applied to every batch.
 
 from __future__ import annotations
 
+from itertools import islice, permutations
+
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.slots import BATCHES_PER_SLOT_MAX, HEADERS_PER_SLOT_MAX
 from consortium.pbft.viewchange import new_view_bytes_max, view_change_bytes_max
 from tests.pbft.harness import (
     GENESIS,
@@ -252,3 +255,28 @@ def test_batch_answers_to_one_peer_are_bounded_by_bytes_per_tick() -> None:
     assert sent(node.deliver(other))  # another peer has its own budget
     node.fire(ev.TimerKind.STATUS)
     assert sent(node.deliver(asks[2]))  # a new tick, a new budget
+
+
+def test_the_decided_batch_fits_even_when_an_equivocating_primary_filled_the_slot() -> None:
+    """4.2 with bounded slots: an equivocating primary sends this backup one batch and then many
+    other orderings of the same requests for seq 1, filling the slot's headers and batches; a
+    quorum commits yet another one. Its batch (vouched for by the COMMITs) must still be kept,
+    or the backup could never execute seq 1.
+
+    regression: a vouched batch was refused when the slot was full, so the fetched answer was
+    dropped and the backup asked again forever."""
+    node = make_node(2)
+    reqs = [request("alice", i) for i in range(1, 5)]
+    orders = [list(o) for o in islice(permutations(reqs), HEADERS_PER_SLOT_MAX + 3)]
+    for o in orders[:-1]:
+        node.deliver(pre_prepare(0, 1, o))
+    slot = node.replica._slots[1]
+    assert len(slot.batches) == BATCHES_PER_SLOT_MAX
+    assert len(slot.proposals) == HEADERS_PER_SLOT_MAX
+    decided = pre_prepare(0, 1, orders[-1])
+    d = digest_of(decided)
+    node.deliver(*(commit(s, 0, 1, d) for s in (0, 1, 3)))
+    actions = node.deliver(decided)  # the answer to its BATCH-REQUEST
+    (e,) = of_type(actions, ev.Execute)
+    assert (e.seq, e.digest, e.requests) == (1, d, tuple(orders[-1]))
+    assert len(slot.batches) == BATCHES_PER_SLOT_MAX
