@@ -41,6 +41,7 @@ from consortium.pbft.state import (
     NonceStatus,
     approved_reconfiguration,
     batch_root,
+    checkpoint_quorum,
     clients_digest,
     next_state_digest,
     signing_config,
@@ -982,7 +983,9 @@ class Replica:
                  if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
         if len(votes) < self.config.quorum or seq <= self.stable_seq:
             return
-        proof = tuple(sorted(votes, key=lambda v: v.sender))
+        # A quorum exactly (more may have arrived before our own vote): what VIEW-CHANGEs and
+        # state responses carry stays within their size bounds.
+        proof = tuple(sorted(votes, key=lambda v: v.sender))[: self.config.quorum]
         own = self._snapshots.get(seq)
         if own is not None:
             if snapshot_digest(self.genesis, own) != digest:
@@ -1120,7 +1123,9 @@ class Replica:
                                        self._verifier):
             self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
             return
-        self._install_snapshot(snap, b.proof, configs[-1])
+        proof = checkpoint_quorum(b.proof, signer_config, snap.seq, digest, self.chain_id,
+                                  self._verifier)
+        self._install_snapshot(snap, proof, configs[-1])
 
     def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
                           config: EpochConfig) -> None:
@@ -1295,7 +1300,9 @@ class Replica:
             proof = body.stable_proof
             if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
                     snapshot_digest(self.genesis, own) == proof[0].body.digest:
-                self._make_stable(own, proof)
+                self._make_stable(own, checkpoint_quorum(
+                    proof, self.config, min_s, proof[0].body.digest, self.chain_id,
+                    self._verifier))
             elif min_s > self.last_executed:
                 holders = tuple(s.sender for s in proof) or (holder.sender,)
                 self._catchup.prove(min_s, holders)

@@ -258,3 +258,37 @@ def test_isolated_replica_catches_up_by_state_transfer_in_a_real_cluster() -> No
     assert lagging.replica.last_executed == 5
     assert lagging.replica.state_digest == leader.state_digest
     assert [e.seq for e in of_type(lagging.log, ev.Execute)] == [5]
+
+
+def test_a_stable_proof_holds_exactly_a_quorum_of_checkpoints() -> None:
+    """4.3: the proof of a stable checkpoint is 2f+1 CHECKPOINTs. When all the others' votes
+    arrived before the replica executed (its own vote makes n), it keeps a quorum: the proof
+    travels in every VIEW-CHANGE and STATE-RESPONSE, whose sizes are bounded with a quorum.
+
+    regression: the proof kept every matching vote (n), so a VIEW-CHANGE could pass
+    `view_change_bytes_max`."""
+    node = make_node(2, P)
+    commit_batch(node, 1, [request("alice", 1)])
+    other = make_node(3, P)
+    commit_batch(other, 1, [request("alice", 1)])
+    commit_batch(other, 2, [request("bob", 1)])
+    digest = snapshot_digest(GENESIS, other.replica.snapshot())
+    node.deliver(*(checkpoint(i, 2, digest) for i in (0, 1, 3)))
+    actions = commit_batch(node, 2, [request("bob", 1)])
+    (ps,) = of_type(actions, ev.PersistSnapshot)
+    assert [v.sender for v in ps.proof] == [0, 1, 2]
+    assert node.replica.stable_checkpoint[1] == ps.proof
+
+
+def test_a_padded_state_response_proof_is_installed_as_a_quorum() -> None:
+    """4.3: a STATE-RESPONSE proof with extra entries (all four votes, a duplicate, a forged
+    one) is still a valid proof; the replica keeps a quorum of valid votes of it."""
+    node = make_node(3, P)
+    snap, proof = _proven_snapshot()
+    d = snapshot_digest(GENESIS, snap)
+    forged = sign(1, m.Checkpoint(0, 4, d), key_of=0)
+    padded = (forged, proof[2], proof[2], checkpoint(3, 4, d), proof[1], proof[0])
+    actions = node.deliver(sign(1, m.StateResponse(snap, padded)))
+    (inst,) = of_type(actions, ev.InstallSnapshot)
+    assert inst.proof == proof  # replicas 0, 1, 2: sorted, distinct, valid, a quorum
+    assert node.replica.stable_checkpoint[1] == proof

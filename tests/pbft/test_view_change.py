@@ -11,6 +11,7 @@ import pytest
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.state import snapshot_digest
+from consortium.pbft.viewchange import new_view_bytes_max, view_change_bytes_max
 from tests.pbft.harness import (
     GENESIS,
     NULL_BATCH_DIGEST,
@@ -467,3 +468,35 @@ def test_new_primary_orders_pending_requests_after_new_view() -> None:
     i_pp = index_of(actions, is_send_of(m.PrePrepare))
     assert i_nv < i_pp
     assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(1, 1, [request("alice", 99)]).body]
+
+
+# ------------------------------------------------------------------- view-change size bounds
+
+def test_a_padded_view_change_is_rejected_and_the_new_view_stays_bounded() -> None:
+    """4.4 with bounded messages: an honest VIEW-CHANGE is never larger than
+    `view_change_bytes_max` (headers and a quorum of votes per sequence), so a larger one is
+    padded: here a Byzantine replica 0 repeats one valid PREPARE thousands of times in its
+    prepared proof (distinct senders are counted, so it would otherwise verify). The new
+    primary refuses it and builds its NEW-VIEW from honest VIEW-CHANGEs, within
+    `new_view_bytes_max`.
+
+    regression: the padded VIEW-CHANGE was accepted and an honest new primary embedded it,
+    making its NEW-VIEW as large as the attacker liked (up to `message_bytes_max`)."""
+    p = params()
+    pp = pre_prepare(0, 1, [request("alice", 1)])
+    proof = prepared_proof(pp, (2, 3))
+    padded = view_change(0, 1, [m.PreparedProof(proof.pre_prepare, proof.votes * 2000)])
+    assert len(padded.wire) > view_change_bytes_max(GENESIS, p.log_window)
+    node = make_node(1, p)  # primary of view 1
+    actions = node.deliver(padded)
+    assert [f.sender for f in of_type(actions, ev.PeerFault)] == [0]
+    actions = node.deliver(view_change(2, 1, [proof]), view_change(3, 1))
+    (nv_msg,) = [msg for _to, msg in sent(actions) if isinstance(msg.body, m.NewView)]
+    assert isinstance(nv_msg.body, m.NewView)
+    assert [vc.sender for vc in nv_msg.body.view_changes] == [1, 2, 3]
+    assert len(nv_msg.wire) <= new_view_bytes_max(GENESIS, p.log_window)
+    # A backup refuses a NEW-VIEW that carries the padded VIEW-CHANGE.
+    backup = make_node(3, p)
+    bad = new_view(1, 1, [padded, view_change(2, 1), view_change(3, 1)], [pre_prepare(1, 1, [
+        request("alice", 1)])])
+    _assert_rejected(backup, bad, 1)
