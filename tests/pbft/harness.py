@@ -7,6 +7,10 @@ itself would produce. That lets tests assert exact action lists.
 Conventions: a 4-replica genesis (f = 1, quorum 2f+1 = 3, weak quorum f+1 = 2); the primary of view
 v is replica v mod 4. `Node` wraps one `Replica` under test, records what it persisted and which
 timers are armed; `Cluster` drives several replicas by hand when a test needs real peers.
+
+Protocol v2: `pre_prepare()` returns a signed header with its batch attached (`msg.batch`;
+`wire_of` is what travels, `header_of` the header alone, `with_batch` attaches any batch). Replicas
+have no clock unless a test passes a `FakeClock` (then proposals are stamped and checked).
 """
 
 from __future__ import annotations
