@@ -56,7 +56,7 @@ def _sign(sender: int, body: m.Body) -> m.SignedMessage:
     return codec.sign_message(SIGNERS[sender], CHAIN, sender, body)
 
 
-pre_prepares = st.builds(m.PrePrepare, u32, u64, u64, digests, u32, u64)
+pre_prepares = st.builds(m.PrePrepare, u32, u64, u64, digests, u32.filter(bool), u64)
 prepares = st.builds(m.Prepare, u32, u64, u64, digests)
 commits = st.builds(m.Commit, u32, u64, u64, digests)
 checkpoints = st.builds(m.Checkpoint, u32, u64, digests)
@@ -177,7 +177,7 @@ def test_every_body_type_has_a_distinct_type_byte() -> None:
     d = bytes(32)
     snap = m.Snapshot(0, d, (), (), None)
     bodies: list[m.Body] = [
-        m.PrePrepare(0, 0, 1, d, 0, 0), m.Prepare(0, 0, 1, d), m.Commit(0, 0, 1, d),
+        m.PrePrepare(0, 0, 1, d, 1, 0), m.Prepare(0, 0, 1, d), m.Commit(0, 0, 1, d),
         m.Checkpoint(0, 1, d), m.ViewChange(0, 1, 0, (), ()), m.NewView(0, 1, (), ()),
         m.Status(0, 0, True, 0, 0), m.RequestForward(()), m.StateRequest(1),
         m.StateResponse(snap, ()), m.BatchRequest(0, 1, d)]
@@ -435,7 +435,7 @@ def test_unknown_version_and_type_are_rejected() -> None:
 
 EMPTY_SNAPSHOT = m.Snapshot(1, D32, (), (), None)
 SAMPLES: dict[str, m.SignedMessage] = {
-    "PrePrepare": _sign(0, m.PrePrepare(0, 1, 1, D32, 0, 0)),
+    "PrePrepare": _sign(0, m.PrePrepare(0, 1, 1, D32, 1, 0)),
     "Prepare": _sign(1, m.Prepare(0, 1, 1, D32)),
     "Commit": _sign(2, m.Commit(0, 1, 1, D32)),
     "Checkpoint": _sign(3, m.Checkpoint(0, 4, D32)),

@@ -425,6 +425,17 @@ def test_block_rejects_a_proposal_that_disagrees_with_the_header(big_block: Bloc
                                                                                        CHAIN)))
 
 
+def test_block_accepts_an_earlier_views_proposal_for_the_same_digest(big_block: Block) -> None:
+    """A replica that fetched a batch after missing a NEW-VIEW holds the first primary's header
+    for the same digest; it proves the same contents and time, so the block (certified in the
+    later view) is well formed. A header of a later view than the certificate's is not."""
+    later = dataclasses.replace(big_block.header, view=big_block.header.view + 1)
+    msg = _copy(wire.block_to_proto(big_block))
+    msg.header = later.encode()
+    got = wire.block_from_proto(msg, CHAIN)
+    assert got.header.view == later.view and got.pre_prepare.wire == big_block.pre_prepare.wire
+
+
 # ----------------------------------------------------------------------------------- receipts
 
 def _executed_entries(block: Block) -> list[int]:

@@ -155,6 +155,11 @@ class PrePrepare:
         _check_digest("root", self.root)
         if not 0 <= self.count <= BATCH_COUNT_MAX:
             raise ValueError("batch count out of range")
+        if self.count == 0 and self.root != EMPTY_ROOT:
+            # An empty batch needs no attachment to be "held", so its root must be the one an
+            # empty batch has: otherwise a primary could have a block certified whose root
+            # matches no contents.
+            raise ValueError("an empty batch has the empty Merkle root")
         object.__setattr__(self, "digest", proposal_digest(self.root, self.count,
                                                            self.timestamp_ms))
 

@@ -58,6 +58,9 @@ class ProtocolParams:
     clock_skew_ms_max: int = 30_000
     """A backup refuses to prepare a proposal whose timestamp is further than this from its own
     clock (the primary's time becomes the block's certified time; no one moves it far)."""
+    batch_answer_bytes_max: int = 8 << 20
+    """Most bytes of batches a replica sends one peer per STATUS tick in answer to its
+    BATCH-REQUESTs (a small request must not buy a window of full batches every tick)."""
     slow_primary_lag_ms: int = 400
     """A backup suspects a primary that is slow but alive (Indy's RBFT monitors throughput for
     the same reason: request timeouts only catch a primary that stops): when the primary's
@@ -89,7 +92,7 @@ class ProtocolParams:
                      "request_timeout_ms", "view_change_timeout_ms", "status_interval_ms",
                      "retransmit_seqs_max", "client_nonce_window", "pending_requests_max",
                      "future_messages_max", "message_bytes_max", "pending_bytes_max",
-                     "client_pending_bytes_max", "batch_fetch_seqs_max"):
+                     "client_pending_bytes_max", "batch_fetch_seqs_max", "batch_answer_bytes_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.request_bytes_max > self.batch_bytes_max:

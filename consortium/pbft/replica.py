@@ -41,6 +41,7 @@ from consortium.pbft.state import (
     NonceStatus,
     approved_reconfiguration,
     batch_root,
+    checkpoint_quorum,
     clients_digest,
     next_state_digest,
     signing_config,
@@ -58,6 +59,11 @@ from consortium.pbft.viewchange import (
 FUTURE_BATCHES_BYTES = 8
 """The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
 batches are the big ones), besides its count limit `future_messages_max`."""
+LAG_SAMPLES = 64
+"""STATUS arrival lags remembered per member (about half a minute of ticks): the fastest is its
+baseline in the slow-primary monitor."""
+LAG_RECENT = 8
+"""The slow-primary monitor judges the median of a member's last this-many lags."""
 
 
 class ClientRegistry(Protocol):
@@ -148,6 +154,9 @@ class Replica:
         self._slots: dict[int, Slot] = {}
         self._next_seq = 1
         self._last_proposal_ms = 0
+        self._held_for_execution = False
+        """Primary: a partial batch was held because `partial_batches_in_flight_max` batches
+        were in flight; the next execution proposes it without a further batch delay."""
         self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
                                 params.client_pending_bytes_max)
         """Known requests not executed yet (read-only outside the replica)."""
@@ -176,6 +185,9 @@ class Replica:
         self._state_sent: dict[int, int] = {}
         self._batches_sent: dict[tuple[int, int], int] = {}
         """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
+        self._batch_bytes_sent: dict[int, tuple[int, int]] = {}
+        """peer -> (tick, bytes of batches sent to it in answer to BATCH-REQUESTs that tick):
+        bounded by `batch_answer_bytes_max` per peer per tick."""
         self._retransmitted: dict[int, tuple[int, bool]] = {}
         self._lags: dict[int, list[int]] = {}
         """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
@@ -428,8 +440,11 @@ class Replica:
             in_flight = self._next_seq - 1 - self.last_executed
             if not full:
                 if in_flight >= min(p.partial_batches_in_flight_max, p.pipeline_depth):
-                    return  # the next execution proposes what has accumulated by then
-                if in_flight > 0 and not force and p.batch_delay_ms > 0:
+                    # The next execution proposes what has accumulated by then.
+                    self._held_for_execution = True
+                    return
+                if in_flight > 0 and not force and not self._held_for_execution \
+                        and p.batch_delay_ms > 0:
                     if not self._timer_armed(ev.TimerKind.BATCH):
                         self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
                     return
@@ -444,7 +459,9 @@ class Replica:
                 raise ReplicaBug("queued request exceeds the batch size limit")
             self._propose(tuple(batch))
             force = False
+            self._held_for_execution = False
         if not queue:
+            self._held_for_execution = False
             self._cancel_timer(ev.TimerKind.BATCH)
             self._fill_to_epoch_boundary()
 
@@ -611,12 +628,13 @@ class Replica:
         if requests is None:
             # A header alone (retransmitted, or from a log): keep it, so a certificate for
             # its digest knows what batch to fetch and from whom.
-            slot.remember_header(msg, adopt=adopt)
+            slot.remember_header(msg, adopt=adopt or self._vouched(slot, b.digest))
             return b.count == 0 or b.root in slot.batches
         if len(requests) != b.count or batch_root(requests) != b.root:
             self._fault(msg.sender, f"pre-prepare batch does not match its root at seq {b.seq}")
             return False
-        if not self._vouched(slot, b.digest):
+        vouched = self._vouched(slot, b.digest)
+        if not vouched:
             p = self.params
             if len(requests) > p.batch_requests_max or sum(
                     r.size_bytes for r in requests) > p.batch_bytes_max:
@@ -626,8 +644,12 @@ class Replica:
                 if self._verify_request(r) is not None:
                     self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                     return False
-        slot.remember_header(msg, adopt=adopt)
-        slot.remember_batch(b.root, requests, adopt=adopt)
+        # A vouched batch always fits, like the adopted one: an equivocating primary may have
+        # filled the slot's bounded tables with other batches of its own, and the one a quorum
+        # decided must not be the one left out.
+        keep = adopt or vouched
+        slot.remember_header(msg, adopt=keep)
+        slot.remember_batch(b.root, requests, adopt=keep)
         return slot.has_contents(b.digest)
 
     def _clock_problem(self, b: m.PrePrepare) -> str | None:
@@ -663,7 +685,13 @@ class Replica:
             return
         problem = self._clock_problem(b)
         if problem is not None:
+            # Never vote for it, but keep its batch (checked like any other): if a quorum
+            # commits this digest anyway (our clock is off, or the proposal reached us late),
+            # the batch is what we need to execute, and a fetch would only bring this header
+            # back to this same check.
             self._fault(msg.sender, problem)
+            if self._accept_batch(msg, b):
+                self._try_execute()
             return
         if msg.batch is None and not (b.count == 0 or b.root in slot.batches):
             self._ask_batch(slot, b.digest, (msg.sender,))
@@ -770,13 +798,20 @@ class Replica:
     # -------------------------------------------------------------------------- batch fetch
 
     def _ask_batch(self, slot: Slot, digest: bytes, candidates: Iterable[int]) -> None:
-        """Ask one peer for the batch behind `digest` (the next candidate each time)."""
+        """Ask one peer for the batch behind `digest`: the first candidate not asked yet in this
+        round (candidates first, then the other peers), so a silent peer is not asked again
+        before every other one was."""
         preferred = [p for p in dict.fromkeys(candidates) if p != self.id and
                      self.config.is_member(p)]
         peers = preferred + [p for p in self._peers() if p not in preferred]
         if not peers:
             return
-        peer = peers[slot.fetch_attempts % len(peers)]
+        fresh = [p for p in peers if p not in slot.fetch_asked]
+        if not fresh:
+            slot.fetch_asked.clear()
+            fresh = peers
+        peer = fresh[0]
+        slot.fetch_asked.add(peer)
         slot.fetch_attempts += 1
         self._send(peer, self._sign(m.BatchRequest(self.config.epoch, slot.seq, digest)))
 
@@ -812,7 +847,8 @@ class Replica:
 
     def _on_batch_request(self, sender: int, b: m.BatchRequest) -> None:
         """Answer with a proposal header for that digest and its batch, at most once per peer
-        and sequence number per tick."""
+        and sequence number per tick, and for at most `batch_answer_bytes_max` bytes per peer
+        per tick."""
         slot = self._slots.get(b.seq)
         if slot is None or self._batches_sent.get((sender, b.seq)) == self._tick:
             return
@@ -820,11 +856,17 @@ class Replica:
         msg = slot.header_for(b.digest)
         if requests is None or msg is None:
             return
+        tick, used = self._batch_bytes_sent.get(sender, (self._tick, 0))
+        if tick != self._tick:
+            used = 0
+        if used >= self.params.batch_answer_bytes_max:
+            return  # a small request must not buy a window of full batches every tick
         self._batches_sent[(sender, b.seq)] = self._tick
         if len(self._batches_sent) > 4 * self.params.log_window * max(1, self.config.n):
             self._batches_sent = {k: t for k, t in self._batches_sent.items()
                                   if t >= self._tick - 1}
-        self._send_with_batch((sender,), msg, requests)
+        used += self._send_with_batch((sender,), msg, requests)
+        self._batch_bytes_sent[sender] = (self._tick, used)
 
     # ---------------------------------------------------------------------------- execution
 
@@ -950,7 +992,9 @@ class Replica:
                  if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
         if len(votes) < self.config.quorum or seq <= self.stable_seq:
             return
-        proof = tuple(sorted(votes, key=lambda v: v.sender))
+        # A quorum exactly (more may have arrived before our own vote): what VIEW-CHANGEs and
+        # state responses carry stays within their size bounds.
+        proof = tuple(sorted(votes, key=lambda v: v.sender))[: self.config.quorum]
         own = self._snapshots.get(seq)
         if own is not None:
             if snapshot_digest(self.genesis, own) != digest:
@@ -1088,7 +1132,9 @@ class Replica:
                                        self._verifier):
             self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
             return
-        self._install_snapshot(snap, b.proof, configs[-1])
+        proof = checkpoint_quorum(b.proof, signer_config, snap.seq, digest, self.chain_id,
+                                  self._verifier)
+        self._install_snapshot(snap, proof, configs[-1])
 
     def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
                           config: EpochConfig) -> None:
@@ -1263,7 +1309,9 @@ class Replica:
             proof = body.stable_proof
             if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
                     snapshot_digest(self.genesis, own) == proof[0].body.digest:
-                self._make_stable(own, proof)
+                self._make_stable(own, checkpoint_quorum(
+                    proof, self.config, min_s, proof[0].body.digest, self.chain_id,
+                    self._verifier))
             elif min_s > self.last_executed:
                 holders = tuple(s.sender for s in proof) or (holder.sender,)
                 self._catchup.prove(min_s, holders)
@@ -1357,28 +1405,36 @@ class Replica:
     # ------------------------------------------------------------------- status: retransmission
 
     def _watch_primary(self) -> None:
-        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms)."""
+        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms).
+
+        A member's delay is how much later than its fastest STATUS of the last
+        `LAG_SAMPLES` its recent STATUS messages arrive: measured against its own best, a
+        constant clock offset between it and us cancels out (clocks may differ by up to
+        `clock_skew_ms_max`; an offset must not make an honest primary look slow)."""
         limit = self.params.slow_primary_lag_ms
         if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
                 or not self.is_member):
             self._slow_ticks = 0
             return
-        def median(xs: list[int]) -> int:
-            return sorted(xs)[len(xs) // 2]
-        primary = self._lags.get(self.primary, [])
-        others = [median(v) for p, v in self._lags.items()
-                  if p != self.primary and p != self.id and len(v) >= 3]
-        if len(primary) < 3 or not others:
+        def delay(lags: list[int]) -> int | None:
+            if len(lags) < 3:
+                return None
+            recent = sorted(lags[-LAG_RECENT:])
+            return recent[len(recent) // 2] - min(lags)
+        lag = delay(self._lags.get(self.primary, []))
+        others = [d for p, v in self._lags.items()
+                  if p != self.primary and p != self.id and (d := delay(v)) is not None]
+        if lag is None or not others:
             self._slow_ticks = 0
             return
-        lag, usual = median(primary), median(others)
-        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
+        usual = sorted(others)[len(others) // 2]
+        if lag >= limit and lag >= 4 * usual + 100:
             self._slow_ticks += 1
         else:
             self._slow_ticks = 0
         if self._slow_ticks >= self.params.slow_primary_ticks:
             self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
-                                      f"{lag} ms late, the others' {usual} ms")
+                                      f"{lag} ms later than its best, the others' {usual} ms")
             self._slow_ticks = 0
             self._lags.pop(self.primary, None)
             self._start_view_change(self.view + 1)
@@ -1388,7 +1444,7 @@ class Replica:
         if b.sent_ms and self._clock is not None:
             lags = self._lags.setdefault(sender, [])
             lags.append(self._clock.now_ms() - b.sent_ms)
-            del lags[:-8]
+            del lags[:-LAG_SAMPLES]
         if b.epoch >= self.config.epoch:
             self._catchup.claim(sender, b.stable_seq)
         if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:

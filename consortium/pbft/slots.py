@@ -49,7 +49,11 @@ class Slot:
     commits: dict[VoteKey, m.SignedMessage] = field(default_factory=dict)
     created_tick: int = 0
     fetch_attempts: int = 0
-    """BATCH-REQUESTs sent for this slot: the next one goes to the next peer."""
+    """BATCH-REQUESTs sent for this slot."""
+    fetch_asked: set[int] = field(default_factory=set)
+    """Peers asked for this slot's batch in the current round: the next request goes to a peer
+    not asked yet, whatever order the next candidates come in (a new round starts once every
+    peer was asked)."""
 
     @property
     def view(self) -> int:

@@ -166,6 +166,25 @@ def verify_checkpoint_proof(proof: tuple[m.SignedMessage, ...], config: EpochCon
     return len(signers) >= config.quorum
 
 
+def checkpoint_quorum(proof: tuple[m.SignedMessage, ...], config: EpochConfig, seq: int,
+                      digest: bytes, chain_id: bytes,
+                      verifier: Verifier) -> tuple[m.SignedMessage, ...]:
+    """Exactly a quorum of distinct, valid CHECKPOINT(config.epoch, seq, digest) from `proof`,
+    sorted by sender (fewer if `proof` holds fewer). A proof received from a peer may carry extra
+    or invalid entries that `verify_checkpoint_proof` tolerates; a replica keeps and passes on
+    only this, so the proofs its VIEW-CHANGEs carry stay within `view_change_bytes_max`."""
+    kept: dict[int, m.SignedMessage] = {}
+    for msg in sorted(proof, key=lambda v: v.sender):
+        b = msg.body
+        if (isinstance(b, m.Checkpoint) and b.epoch == config.epoch and b.seq == seq
+                and b.digest == digest and msg.sender not in kept
+                and verify_signed(msg, config, chain_id, verifier)):
+            kept[msg.sender] = msg
+            if len(kept) == config.quorum:
+                break
+    return tuple(kept.values())
+
+
 def verify_epoch_history(genesis: EpochConfig, records: tuple[m.EpochRecord, ...],
                          chain_id: bytes, verifier: Verifier) -> list[EpochConfig] | None:
     """Follow the epoch chain from genesis; each epoch is certified by the one before it.

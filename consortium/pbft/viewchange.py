@@ -100,12 +100,15 @@ def new_view_bytes_max(config: EpochConfig, log_window: int) -> int:
 
 def verify_view_change(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                        verifier: Verifier, log_window: int) -> m.ViewChange | None:
-    """A VIEW-CHANGE is valid when signed by a member, its checkpoint is proven stable, and each
+    """A VIEW-CHANGE is valid when it is no larger than an honest one can be
+    (`view_change_bytes_max`), signed by a member, its checkpoint is proven stable, and each
     prepared entry is proven, lies above the checkpoint inside the window, from an older view,
     and appears at most once."""
     b = msg.body
     if not isinstance(b, m.ViewChange) or b.epoch != config.epoch:
         return None
+    if len(msg.wire) > view_change_bytes_max(config, log_window):
+        return None  # padded (say, a vote repeated): it would swell every NEW-VIEW carrying it
     if not verify_signed(msg, config, chain_id, verifier):
         return None
     if b.stable_seq != config.start_seq or b.stable_proof:
@@ -153,13 +156,16 @@ def new_view_proposals(view_changes: list[m.ViewChange]) -> tuple[int, list[Prop
 def verify_new_view(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                     verifier: Verifier, log_window: int
                     ) -> tuple[m.NewView, list[m.ViewChange], list[m.SignedMessage]] | None:
-    """Check a NEW-VIEW completely: sent by the new primary, backed by a quorum of valid
-    VIEW-CHANGEs for that view, and carrying exactly the pre-prepares `new_view_proposals` gives.
+    """Check a NEW-VIEW completely: sent by the new primary, no larger than an honest one can be
+    (`new_view_bytes_max`), backed by a quorum of valid VIEW-CHANGEs for that view, and carrying
+    exactly the pre-prepares `new_view_proposals` gives.
     Returns (new view, its view changes, its pre-prepares in sequence order)."""
     b = msg.body
     if not isinstance(b, m.NewView) or b.epoch != config.epoch:
         return None
     if msg.sender != config.primary(b.new_view):
+        return None
+    if len(msg.wire) > new_view_bytes_max(config, log_window):
         return None
     if not verify_signed(msg, config, chain_id, verifier):
         return None

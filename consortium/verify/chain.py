@@ -65,7 +65,7 @@ class ChainVerifier:
                               "epoch history does not hold")
         if verify_pre_prepare_msg(wb.pre_prepare, config, self.chain_id, self.verifier) is None:
             raise ChainBroken(f"block {h.height}: its proposal is not signed by the primary "
-                              f"of view {h.view}")
+                              "of its view")
         if not verify_certificate(h, wb.certificate, config, self.verifier):
             raise ChainBroken(f"block {h.height}: no valid commit certificate of {config.quorum} "
                               f"validators of epoch {h.epoch}")

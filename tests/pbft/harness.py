@@ -7,6 +7,10 @@ itself would produce. That lets tests assert exact action lists.
 Conventions: a 4-replica genesis (f = 1, quorum 2f+1 = 3, weak quorum f+1 = 2); the primary of view
 v is replica v mod 4. `Node` wraps one `Replica` under test, records what it persisted and which
 timers are armed; `Cluster` drives several replicas by hand when a test needs real peers.
+
+Protocol v2: `pre_prepare()` returns a signed header with its batch attached (`msg.batch`;
+`wire_of` is what travels, `header_of` the header alone, `with_batch` attaches any batch). Replicas
+have no clock unless a test passes a `FakeClock` (then proposals are stamped and checked).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def params(**overrides: int) -> ProtocolParams:
     if "partial_batches_in_flight_max" not in overrides:
         # The message-level tests follow the paper: every batch goes out at once.
         base["partial_batches_in_flight_max"] = base["pipeline_depth"]
-    return ProtocolParams(**base)  # type: ignore[arg-type]
+    return ProtocolParams(**base)
 
 
 # ----------------------------------------------------------------------------- signing helpers
@@ -108,6 +112,13 @@ def pre_prepare(view: int, seq: int, requests: Sequence[m.Request], *, sender: i
     if not attach:
         return msg
     return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(reqs)), CHAIN_ID)
+
+
+def with_batch(msg: m.SignedMessage, requests: Sequence[m.Request]) -> m.SignedMessage:
+    """`msg` (a PRE-PREPARE header) with `requests` attached, whatever its root says (a forged
+    or mismatched attachment; decoding still checks the count)."""
+    return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(tuple(requests))),
+                               CHAIN_ID)
 
 
 def header_of(msg: m.SignedMessage) -> m.SignedMessage:
@@ -226,6 +237,7 @@ class Node:
     snapshot_proof: tuple[m.SignedMessage, ...] = ()
     log: list[ev.Action] = field(default_factory=list)
     start_actions: list[ev.Action] = field(default_factory=list)
+    clock: FakeClock | None = None
 
     @property
     def id(self) -> int:
@@ -287,21 +299,35 @@ class Node:
                          tuple(self.persisted))
 
 
+@dataclass
+class FakeClock:
+    """A clock the test sets by hand (`Replica`'s injected `Clock`)."""
+
+    ms: int = 0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
 def make_node(replica_id: int, p: ProtocolParams | None = None, *,
-              recovered: Recovered | None = None) -> Node:
-    """A started replica; its start() actions are in `node.start_actions`."""
+              recovered: Recovered | None = None, clock: FakeClock | None = None) -> Node:
+    """A started replica; its start() actions are in `node.start_actions`. Without `clock` the
+    replica has none (proposals are stamped 0 and stamps are not checked)."""
     rep = Replica(replica_id=replica_id, signer=SIGNERS[replica_id], chain_id=CHAIN_ID,
                   genesis=GENESIS, params=p if p is not None else params(), verifier=VERIFIER,
-                  clients=Clients(), recovered=recovered)
-    node = Node(rep)
+                  clients=Clients(), recovered=recovered, clock=clock)
+    node = Node(rep, clock=clock)
     node.start_actions = node._record(rep.start())
     return node
 
 
-def restart(node: Node, p: ProtocolParams | None = None) -> Node:
-    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot)."""
+def restart(node: Node, p: ProtocolParams | None = None, *,
+            clock: FakeClock | None = None) -> Node:
+    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot); it
+    keeps its clock unless `clock` gives another."""
     fresh = make_node(node.id, p if p is not None else node.replica.params,
-                      recovered=node.recovered())
+                      recovered=node.recovered(),
+                      clock=clock if clock is not None else node.clock)
     fresh.persisted = list(node.persisted)
     fresh.executed = list(node.executed)
     fresh.snapshot, fresh.snapshot_proof = node.snapshot, node.snapshot_proof
