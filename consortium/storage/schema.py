@@ -13,7 +13,10 @@ U+FFFD in place of NUL and reads the exact value back from the signed request by
 
 from __future__ import annotations
 
+import psycopg
 from psycopg import AsyncConnection
+
+from consortium.storage.rows import WrongDatabase
 
 MIGRATION_LOCK_KEY = 0x636F6E736F7274  # "consort": pg_advisory_xact_lock key for migrations
 
@@ -404,7 +407,8 @@ async def current_version(conn: AsyncConnection) -> int:
 
 async def migrate(conn: AsyncConnection) -> int:
     """Bring the schema up to `LATEST_VERSION`; returns it. Idempotent. The connection must be
-    in autocommit mode (each migration is its own transaction)."""
+    in autocommit mode (each migration is its own transaction). Raises WrongDatabase when a
+    migration refuses what the database holds (a format-1 ledger); nothing is changed then."""
     _check_migrations()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -419,7 +423,13 @@ async def migrate(conn: AsyncConnection) -> int:
                                      (version,))
             if await cur.fetchone() is not None:
                 continue
-            await conn.execute(sql.encode())
+            try:
+                await conn.execute(sql.encode())
+            except psycopg.errors.RaiseException as exc:
+                # A migration that refuses the database (migration 6 on a format-1 ledger)
+                # says why in its RAISE: the validator reports it as a wrong database, in one
+                # line, instead of an internal error with a PL/pgSQL traceback.
+                raise WrongDatabase(exc.diag.message_primary or str(exc)) from exc
             await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
                                (version,))
     version = await current_version(conn)
