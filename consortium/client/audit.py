@@ -83,6 +83,10 @@ if TYPE_CHECKING:
 VERIFIER_CACHE = 1 << 16
 """Signatures remembered while verifying (validators' commits repeat across `--all`)."""
 EPOCHS_TIMEOUT_S = 30.0
+FOLLOW_ROUNDS = 5
+"""Times `audit verify` follows a ledger that grew while it was verified, before it judges
+stored columns against the chain anyway (the records that changed meanwhile are left
+unjudged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,15 +367,22 @@ class ChainAudit:
         if track is not None:
             track.row = row
 
-    def finish(self, to_head: bool) -> list[Problem]:
+    def finish(self, to_head: bool, settled: int | None = None) -> list[Problem]:
         """Checks that need the whole range: each record's stored readers and erasure against
-        the grants, revocations and erasures the chain holds. Stored columns are today's, so
-        they are judged only when the range reaches the validator's head."""
+        the grants, revocations and erasures the chain holds. Stored columns are read as the
+        blocks come, so they are judged only when the range reaches the validator's head, and
+        (`settled`: the head when the audit began) a record a transaction changed after it is
+        left unjudged (its columns may have been read before or after that transaction)."""
         if not to_head:
             return self.problems
+        moving = []
         for rid, track in self._records.items():
             row = track.row
             if row is None:
+                continue
+            if settled is not None and any(
+                    h > settled for h in [*(e[0] for e in track.events), track.erased_at or 0]):
+                moving.append(rid)
                 continue
             stored_erasure = int(row.erased_height) or None
             if stored_erasure != track.erased_at:
@@ -389,6 +400,11 @@ class ChainAudit:
                 continue
             for detail in readers_problems(track, set(row.readers)):
                 self._problem(track.height, "readers", f"record {rid[:16]}…: {detail}")
+        if moving:
+            self.warnings.append(Problem(
+                self.source, settled or 0, "unjudged",
+                f"{len(moving)} records changed while the ledger was audited (from "
+                f"{moving[0][:16]}…): their stored readers and erasures were not judged"))
         return self.problems
 
 
@@ -513,6 +529,23 @@ class VerifyReport:
                 "warnings": [w.to_json() for w in self.warnings]}
 
 
+def _stream(client: ConsortiumClient, chain: ChainAudit, address: str, from_height: int,
+            to_height: int, progress: Progress) -> str | None:
+    """Feed blocks from_height..to_height of one validator (audit mode); why the stream
+    failed, if it did."""
+    if to_height < from_height:
+        return None
+    try:
+        with progress(chain.source, to_height - from_height + 1) as tick:
+            for blk in client.stream_blocks(from_height, to_height, audit=True,
+                                            address=address):
+                chain.feed(blk)
+                tick()
+    except grpc.RpcError as exc:
+        return str(exc.details())
+    return None
+
+
 def audit_validators(client: ConsortiumClient, ids: Sequence[int], *, from_height: int = 1,
                      to_height: int | None = None, first_answering: bool = False,
                      progress: Progress = no_progress) -> VerifyReport:
@@ -549,34 +582,41 @@ def audit_validators(client: ConsortiumClient, ids: Sequence[int], *, from_heigh
                                     f"epoch {epoch} (more than f validators signed both)"))
         last = head if to_height is None else min(to_height, head)
         chain = ChainAudit(genesis, configs, verifier, name, from_height)
-        try:
-            if last >= from_height:
-                with progress(name, last - from_height + 1) as tick:
-                    for blk in client.stream_blocks(from_height, last, audit=True,
-                                                    address=address):
-                        chain.feed(blk)
-                        tick()
-        except grpc.RpcError as exc:
+        failed = _stream(client, chain, address, from_height, last, progress)
+        # A live ledger grows while it is audited: follow it (up to `to_height`) to a head that
+        # holds still, so that the stored columns, read as the blocks came, meet every
+        # transaction they may show.
+        grown = last
+        for _ in range(FOLLOW_ROUNDS):
+            if failed is not None:
+                break
+            with contextlib.suppress(grpc.RpcError):
+                grown = int(client.status(address).height)
+            target = grown if to_height is None else min(grown, to_height)
+            if target <= last:
+                break
+            failed = _stream(client, chain, address, last + 1, target, progress)
+            last = target
+        else:
+            with contextlib.suppress(grpc.RpcError):
+                grown = int(client.status(address).height)
+        if failed is not None:
             problems.append(Problem(name, chain.next_height, "unreachable",
-                                    f"stream failed: {exc.details()}"))
+                                    f"stream failed: {failed}"))
         if chain.next_height <= last:
             problems.append(Problem(name, chain.next_height, "missing-block",
                                     f"validator served blocks up to {chain.next_height - 1} "
                                     f"of {last}"))
-        to_head = to_height is None or to_height >= head
-        if to_head:
-            with contextlib.suppress(grpc.RpcError):
-                grown = int(client.status(address).height)
-                if grown != head:
-                    to_head = False
-                    warnings.append(Problem(name, grown, "unjudged",
-                                            f"the ledger grew from {head} to {grown} during the "
-                                            "audit: stored readers and erasures were not judged "
-                                            "(audit again when it is quiet)"))
-        problems.extend(chain.finish(to_head))
+        to_head = failed is None and chain.next_height > last and grown <= last
+        if not to_head and (to_height is None or to_height >= head):
+            warnings.append(Problem(name, grown, "unjudged",
+                                    f"the ledger kept growing past {last} during the audit: "
+                                    "stored readers and erasures were not judged (audit "
+                                    "again when it is quieter)"))
+        problems.extend(chain.finish(to_head, settled=head))
         warnings.extend(chain.warnings)
         chains[name] = chain
-        report[name] = {"height": head, "verified_from": from_height, "verified_to": last,
+        report[name] = {"height": last, "verified_from": from_height, "verified_to": last,
                         "blocks": chain.blocks,
                         "epoch": None if chain.last is None else chain.last.epoch}
         if first_answering:
