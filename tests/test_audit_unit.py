@@ -47,6 +47,7 @@ from consortium.client.audit import (
     compare_validators,
     receipt_from_json,
     receipt_to_json,
+    verified_epochs,
 )
 from consortium.client.bundle import BundleError, genesis_sha256, verify_bundle, write_bundle
 from consortium.config import ClientInfo, DataPolicy, Genesis, OrgInfo, ValidatorInfo
@@ -94,7 +95,13 @@ from consortium.pbft.payload import (
     segment_hash,
     split_segments,
 )
-from consortium.pbft.state import GENESIS_STATE_DIGEST, batch_root, next_state_digest
+from consortium.pbft.state import (
+    GENESIS_STATE_DIGEST,
+    batch_root,
+    checkpoint_digest,
+    next_state_digest,
+)
+from consortium.verify import UnverifiableHistory
 from consortium.verify.chain import TIME_JUMP_MS_MAX
 from consortium.wire import block_to_proto, receipt_of
 
@@ -110,6 +117,9 @@ CHAIN = CHAIN_ID.encode()
 VALIDATOR_KEYS = {i: Ed25519Signer(_seed("validator", i)) for i in range(4)}
 OUTSIDER = Ed25519Signer(_seed("outsider"))
 """A key of no validator and no client."""
+JOINER = Ed25519Signer(_seed("validator", 4))
+"""Validator 4, a member from epoch 1 on (`epoch_history`)."""
+SIGNERS = {**VALIDATOR_KEYS, 4: JOINER}
 ORG_KEYS = {o: OrgKeyPair(_seed("org", o)) for o in ("acme", "globex", "regulator", "hospital")}
 CLIENTS = {"alice": "acme", "bob": "globex", "rita": "regulator", "hana": "hospital"}
 CLIENT_KEYS = {c: Ed25519Signer(_seed("client", c)) for c in CLIENTS}
@@ -138,7 +148,7 @@ def commit_msg(sender: int, seq: int, digest: bytes, *, view: int = 0, epoch: in
                key: Ed25519Signer | None = None) -> m.SignedMessage:
     """COMMIT(view, seq, digest) signed as `sender` (with `key` instead of its own: a forgery
     or an outsider)."""
-    signer = key if key is not None else VALIDATOR_KEYS[sender]
+    signer = key if key is not None else SIGNERS[sender]
     return codec.sign_message(signer, CHAIN, sender, m.Commit(epoch, view, seq, digest))
 
 
@@ -148,7 +158,7 @@ def proposal(seq: int, requests: Sequence[m.Request], *, view: int = 0, proposed
     of `view` (or by `sender`)."""
     signer = view % 4 if sender is None else sender
     body = m.PrePrepare(epoch, view, seq, batch_root(requests), len(requests), proposed_ms)
-    return codec.sign_message(VALIDATOR_KEYS[signer], CHAIN, signer, body)
+    return codec.sign_message(SIGNERS[signer], CHAIN, signer, body)
 
 
 # --------------------------------------------------------------------------------- the ledger
@@ -220,13 +230,14 @@ class Ledger:
 
     # blocks
     def execute(self, requests: Sequence[m.Request], *, executed: Sequence[m.Request] | None =
-                None, proposed_ms: int | None = None, view: int = 0,
-                epoch: int = 0) -> ev.Execute:
-        """The next sequence number's committed batch: the primary's proposal header and the
-        COMMITs of 0, 1 and 2 (the genesis validators' keys, whatever `epoch` says)."""
+                None, proposed_ms: int | None = None, view: int = 0, epoch: int = 0,
+                proposer: int | None = None, committers: Sequence[int] = (0, 1, 2)
+                ) -> ev.Execute:
+        """The next sequence number's committed batch: the proposal header of the primary of
+        `view` in epoch 0 (or `proposer`'s) and the COMMITs of `committers`."""
         seq = len(self.blocks) + 1
         reqs = tuple(requests)
-        pp = proposal(seq, reqs, view=view, epoch=epoch,
+        pp = proposal(seq, reqs, view=view, epoch=epoch, sender=proposer,
                       proposed_ms=T0 + 1000 * seq if proposed_ms is None else proposed_ms)
         body = pp.body
         assert isinstance(body, m.PrePrepare)
@@ -234,13 +245,15 @@ class Ledger:
                           executed=reqs if executed is None else tuple(executed),
                           pre_prepare=pp,
                           certificate=tuple(commit_msg(i, seq, body.digest, view=view,
-                                                       epoch=epoch) for i in (0, 1, 2)),
+                                                       epoch=epoch) for i in committers),
                           state_digest=next_state_digest(self._state_digest, seq, body.digest))
 
     def commit(self, *requests: m.Request, executed: Sequence[m.Request] | None = None,
-               proposed_ms: int | None = None, epoch: int = 0) -> Block:
+               proposed_ms: int | None = None, epoch: int = 0, proposer: int | None = None,
+               committers: Sequence[int] = (0, 1, 2)) -> Block:
         """Order `requests` as the next block."""
-        a = self.execute(requests, executed=executed, proposed_ms=proposed_ms, epoch=epoch)
+        a = self.execute(requests, executed=executed, proposed_ms=proposed_ms, epoch=epoch,
+                         proposer=proposer, committers=committers)
         self._state_digest = a.state_digest
         before = {r: self.state[r] for r in referenced_records(a.requests) if r in self.state}
         block = build_block(a, CHAIN, self.blocks[-1].header if self.blocks else None, ORGS,
@@ -690,6 +703,79 @@ def test_a_block_in_an_epoch_the_history_does_not_put_it_in_is_named() -> None:
     _, problems = verify_all(later.protos())
     assert kinds_at(problems) == {(1, "epoch")}
     assert "from epoch 5, which the verified epoch history does not hold" in problems[0].detail
+
+
+EPOCH1_MEMBERS = (1, 2, 3, 4)
+"""Epoch 1: validator 0 removed, validator 4 (JOINER) admitted; its primary of view 0 is 1."""
+
+
+@functools.cache
+def two_epochs() -> tuple[Ledger, bytes]:
+    """Blocks 1..4 in epoch 0; a checkpoint at 4 (signed by 0, 1, 2) opens epoch 1; blocks 5
+    and 6 proposed by 1 and committed by 1, 2 and 4. Returns the ledger and the encoded epoch
+    history a validator serves."""
+    lg = Ledger()
+    for k in range(4):
+        lg.commit(lg.record("alice", f"lot-{k}"))
+    members = tuple(replace(GENESIS.epoch0().members[0], replica_id=i,
+                            public_key=SIGNERS[i].public_key) for i in EPOCH1_MEMBERS)
+    state, clients = lg.blocks[3].header.state_digest, bytes(32)
+    history = [(0, 0, GENESIS.epoch0().members), (1, 4, members)]
+    digest = checkpoint_digest(4, state, clients, history, None)
+    proof = tuple(codec.sign_message(VALIDATOR_KEYS[i], CHAIN, i, m.Checkpoint(0, 4, digest))
+                  for i in (0, 1, 2))
+    record = m.EpochRecord(1, 4, members, state, clients, proof)
+    for k in range(2):
+        lg.commit(lg.record("bob", f"lot-e1-{k}"), epoch=1, proposer=1, committers=(1, 2, 4))
+    return lg, codec.encode_epoch_records((record,))
+
+
+def test_blocks_of_a_later_epoch_verify_against_the_history_verified_from_genesis(
+        tmp_path: Path) -> None:
+    """The epoch history a validator serves is verified link by link from genesis; blocks of
+    epoch 1 then verify against epoch 1's validators (one of them unknown to genesis). Without
+    the history they do not verify; nor does an epoch-1 block committed by epoch 0's set, or
+    proposed by epoch 0's primary; and a bundle carries the history for offline checks."""
+    lg, epochs = two_epochs()
+    configs = verified_epochs(GENESIS, epochs, VERIFIER)
+    assert sorted(configs) == [0, 1] and configs[1].replica_ids == EPOCH1_MEMBERS
+    chain, problems = verify_all(lg.protos(audit=True), configs=configs)
+    assert problems == [] and sorted(chain.hashes) == [1, 2, 3, 4, 5, 6]
+    assert chain.last is not None and chain.last.epoch == 1
+    _, problems = verify_all(lg.protos())
+    assert kinds_at(problems) == {(5, "epoch"), (6, "epoch")}
+    assert "from epoch 1, which the verified epoch history does not hold" in problems[0].detail
+    old_set = copy_blocks(lg.protos())
+    header = lg.blocks[4].header
+    _set_certificate(old_set[4], [commit_msg(i, 5, header.digest, epoch=1) for i in (0, 1, 2)])
+    _, problems = verify_all(old_set, configs=configs)
+    assert kinds_at(problems) == {(5, "certificate")}
+    old_primary = copy_blocks(lg.protos())
+    old_primary[4].pre_prepare = proposal(5, lg.batches[4], proposed_ms=header.proposed_ms,
+                                          epoch=1, sender=0).wire
+    _, problems = verify_all(old_primary, configs=configs)
+    assert kinds_at(problems) == {(5, "proposal")}
+
+    path = export(tmp_path / "b.jsonl", lg.protos(), epochs=epochs)
+    result = verify_bundle(path, GENESIS, VERIFIER)
+    assert result["ok"] is True and result["epochs"] == 2, result["problems"]
+    path = export(tmp_path / "c.jsonl", lg.protos())
+    result = verify_bundle(path, GENESIS, VERIFIER)
+    assert [(p["height"], p["kind"]) for p in result["problems"]] == [(5, "epoch"), (6, "epoch")]
+
+
+def test_an_epoch_history_that_genesis_does_not_certify_is_refused() -> None:
+    """A history whose epoch 1 checkpoint is signed by fewer than 2f+1 of epoch 0, or by
+    outsiders, or that does not decode, does not verify."""
+    _, epochs = two_epochs()
+    [record] = codec.decode_epoch_records(epochs, CHAIN)
+    for proof in (record.proof[:2],
+                  tuple(codec.resign_message(p.sender, p.body, bytes(64)) for p in record.proof)):
+        bad = codec.encode_epoch_records((replace(record, proof=proof),))
+        with pytest.raises(UnverifiableHistory):
+            verified_epochs(GENESIS, bad, VERIFIER)
+    with pytest.raises(UnverifiableHistory, match="does not decode"):
+        verified_epochs(GENESIS, epochs[:-5], VERIFIER)
 
 
 def _column(blocks: list[pb.Block], height: int, index: int) -> pb.RecordColumns:
