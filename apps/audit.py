@@ -15,13 +15,16 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import grpc
 from tqdm import tqdm
 
 from consortium.localnet import default_dir
+
+if TYPE_CHECKING:
+    from consortium.client.audit import Progress
 
 DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help="Consortium directory (default: $CONSORTIUM_HOME, else "
@@ -76,7 +79,7 @@ def _genesis(path: Path) -> Any:
         _fail(f"{path}: {exc}" if isinstance(exc, OSError) else str(exc))
 
 
-def _progress(as_json: bool) -> Callable[[str, int], Any]:
+def _progress(as_json: bool) -> Progress:
     """Progress bars on a terminal (never in --json output or a pipe)."""
     @contextlib.contextmanager
     def bar(name: str, total: int) -> Iterator[Callable[[], None]]:

@@ -1068,6 +1068,18 @@ def test_a_bundle_verifies_offline_from_genesis_alone(tmp_path: Path) -> None:
     assert not (tmp_path / "b.jsonl.partial").exists()
 
 
+def test_an_export_cut_short_leaves_no_file(tmp_path: Path) -> None:
+    """A stream that fails mid-export (a validator gone, ^C) leaves neither a bundle nor a
+    partial file that could be mistaken for one."""
+    def blocks() -> Iterable[pb.Block]:
+        yield from scenario().protos()[:2]
+        raise ConnectionError("stream cut")
+    with pytest.raises(ConnectionError):
+        write_bundle(tmp_path / "b.jsonl", GENESIS, NO_EPOCHS, blocks(), from_height=1,
+                     to_height=5, exported_from="unit test")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_bundle_of_a_middle_range_verifies(tmp_path: Path) -> None:
     """A range that does not start at genesis: its first block's links cannot be checked (and
     the result says it does not start at genesis), everything else is (its proof, and the

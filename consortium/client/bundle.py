@@ -85,24 +85,28 @@ def write_bundle(path: Path, genesis: Genesis, epochs: bytes, blocks: Iterable[p
     digest = hashlib.sha256()
     count = 0
     tmp = path.with_name(path.name + ".partial")
-    with tmp.open("wb") as out:
-        def line(obj: dict[str, Any]) -> None:
-            data = _line(obj)
-            digest.update(data)
-            out.write(data)
+    try:
+        with tmp.open("wb") as out:
+            def line(obj: dict[str, Any]) -> None:
+                data = _line(obj)
+                digest.update(data)
+                out.write(data)
 
-        line({"format": FORMAT, "version": VERSION, "ledger_format": LEDGER_FORMAT,
-              "chain_id": genesis.chain_id, "genesis_sha256": genesis_sha256(genesis),
-              "genesis": genesis.to_json(), "from_height": from_height,
-              "to_height": to_height, "exported_from": exported_from,
-              "exported_at_ms": int(time.time() * 1000)})
-        line({"epochs": base64.b64encode(epochs).decode()})
-        for blk in blocks:
-            count += 1
-            line({"height": from_height + count - 1,
-                  "block": base64.b64encode(blk.SerializeToString()).decode()})
-        out.write(_line({"end": True, "blocks": count, "sha256": digest.hexdigest()}))
-    tmp.replace(path)
+            line({"format": FORMAT, "version": VERSION, "ledger_format": LEDGER_FORMAT,
+                  "chain_id": genesis.chain_id, "genesis_sha256": genesis_sha256(genesis),
+                  "genesis": genesis.to_json(), "from_height": from_height,
+                  "to_height": to_height, "exported_from": exported_from,
+                  "exported_at_ms": int(time.time() * 1000)})
+            line({"epochs": base64.b64encode(epochs).decode()})
+            for blk in blocks:
+                count += 1
+                line({"height": from_height + count - 1,
+                      "block": base64.b64encode(blk.SerializeToString()).decode()})
+            out.write(_line({"end": True, "blocks": count, "sha256": digest.hexdigest()}))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half bundle left behind (a stream cut, ^C)
+        raise
     return count
 
 
