@@ -108,7 +108,9 @@ class Problem:
 
 
 def _wire_kind(exc: WireError) -> str:
-    """The problem kind of a block that does not decode consistently (`block_from_proto`)."""
+    """The problem kind of a block that does not decode consistently (`block_from_proto`).
+    A WireError names its field in words, not in a code, so the kind is read from them; the
+    unit tests pin each kind to the edit that causes it."""
     text = str(exc)
     if "merkle root" in text:
         return "merkle-root"
