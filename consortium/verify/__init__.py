@@ -7,7 +7,7 @@ Imports the codec (`consortium.wire`) and the ledger/pbft/crypto types only: nev
 psycopg, the validator or the replica.
 """
 
-from consortium.verify.certificates import verify_certificate
+from consortium.verify.certificates import commit_signers, verify_certificate
 from consortium.verify.chain import ChainBroken, ChainVerifier
 from consortium.verify.epochs import UnverifiableHistory, epoch_configs
 from consortium.verify.receipts import (
@@ -21,6 +21,7 @@ __all__ = [
     "ChainBroken",
     "ChainVerifier",
     "UnverifiableHistory",
+    "commit_signers",
     "epoch_configs",
     "item_receipts",
     "verify_block_receipts",
