@@ -509,7 +509,7 @@ def _edit_header(msg: pb.Block, **changes: Any) -> None:
     ({"state_digest": bytes(32)}, {(4, "state-digest"), (5, "hash-link")}),
     ({"timestamp_ms": 1}, {(4, "time"), (5, "hash-link")}),
     ({"epoch": 1}, {(4, "proposal"), (5, "hash-link")}),
-    ({"view": 1}, {(4, "proposal"), (5, "hash-link")}),
+    ({"view": 1}, {(4, "certificate"), (5, "hash-link")}),
     ({"proposed_ms": T0}, {(4, "proposal"), (5, "hash-link")}),
     ({"height": 9}, {(4, "missing-block"), (10, "height")}),
     ({"merkle_root": bytes(32)}, {(4, "merkle-root"), (5, "hash-link")}),
@@ -675,7 +675,7 @@ def test_a_proposal_header_must_be_signed_by_the_primary_of_its_view() -> None:
     block = lg.blocks[1]
     by_backup = proposal(2, lg.batches[1], proposed_ms=block.header.proposed_ms, sender=1)
     zeroed = codec.resign_message(block.pre_prepare.sender, block.pre_prepare.body, bytes(64))
-    cases = {"signed by a backup": (by_backup.wire, "not signed by the primary of view 0"),
+    cases = {"signed by a backup": (by_backup.wire, "not signed by the primary of its view"),
              "zeroed signature": (zeroed.wire, "not signed by the primary"),
              "another block's": (lg.blocks[3].pre_prepare.wire,
                                  "the proposal header differs from the block header"),

@@ -35,8 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import Genesis, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Verifier, Verifier
 from consortium.ledger.blocks import BlockHeader, EntryStatus
@@ -73,6 +71,7 @@ from consortium.wire import (
     WireError,
     block_from_proto,
     epochs_from_bytes,
+    pb,
     receipt_from_proto,
     receipt_to_proto,
 )
@@ -82,7 +81,6 @@ if TYPE_CHECKING:
 
 VERIFIER_CACHE = 1 << 16
 """Signatures remembered while verifying (validators' commits repeat across `--all`)."""
-EPOCHS_TIMEOUT_S = 30.0
 FOLLOW_ROUNDS = 5
 """Times `audit verify` follows a ledger that grew while it was verified, before it judges
 stored columns against the chain anyway (the records that changed meanwhile are left
@@ -470,16 +468,6 @@ def compare_validators(chains: Mapping[str, ChainAudit]) -> list[Problem]:
 
 # ------------------------------------------------------------------------------- epochs
 
-def fetch_epochs(address: str, ca_cert: bytes, timeout_s: float = EPOCHS_TIMEOUT_S) -> bytes:
-    """A validator's epoch history as it sends it (GetEpochs: public, unauthenticated), kept as
-    bytes so that a bundle can carry it and be verified again offline."""
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
-    with grpc.secure_channel(address, credentials) as channel:
-        stub = pb_grpc.LedgerStub(channel)  # type: ignore[no-untyped-call]  # protoc's stubs
-        reply = stub.GetEpochs(pb.GetEpochsRequest(), timeout=timeout_s)
-    return bytes(reply.epochs)
-
-
 def verified_epochs(genesis: Genesis, data: bytes, verifier: Verifier) -> dict[int, EpochConfig]:
     """Every epoch's validator set from an epoch history, each certified by the one before it
     from genesis on. Raises UnverifiableHistory (malformed bytes included)."""
@@ -567,7 +555,7 @@ def audit_validators(client: ConsortiumClient, ids: Sequence[int], *, from_heigh
         address = client.core.validators[vid]
         try:
             head = int(client.status(address).height)
-            history = verified_epochs(genesis, fetch_epochs(address, client.core.ca_cert),
+            history = verified_epochs(genesis, client.epoch_history(address),
                                       verifier)
         except grpc.RpcError as exc:
             if first_answering and n < len(ids) - 1:

@@ -35,18 +35,17 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from consortium.api.v1 import ledger_pb2 as pb
 from consortium.client.audit import (
     ChainAudit,
     Problem,
     Progress,
-    fetch_epochs,
     no_progress,
     verified_epochs,
 )
 from consortium.config import LEDGER_FORMAT, Genesis
 from consortium.crypto.signing import Verifier
 from consortium.verify import UnverifiableHistory
+from consortium.wire import pb
 
 if TYPE_CHECKING:
     from consortium.client.sdk import ConsortiumClient
@@ -129,7 +128,7 @@ def export_bundle(client: ConsortiumClient, path: Path, *, from_height: int = 1,
         address = client.core.validators[vid]
         try:
             head = int(client.status(address).height)
-            epochs = fetch_epochs(address, client.core.ca_cert)
+            epochs = client.epoch_history(address)
         except grpc.RpcError:
             continue
         last = head if to_height is None else to_height

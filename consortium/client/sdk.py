@@ -398,6 +398,14 @@ class AsyncConsortiumClient:
             raise SubmitError(str(not_found.details()), grpc.StatusCode.NOT_FOUND)
         raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
 
+    async def epoch_history(self, address: str) -> bytes:
+        """The epoch history of the validator at `address` exactly as it sends it (GetEpochs),
+        unverified: a bundle carries these bytes so that it can be verified again offline.
+        Raises grpc.RpcError as `status` does."""
+        reply: pb.EpochsReply = await self._stub(address).GetEpochs(
+            pb.GetEpochsRequest(), timeout=self._timeout_s)
+        return bytes(reply.epochs)
+
     async def refresh_epochs(self, address: str | None = None) -> None:
         """Fetch the epoch history and verify it from genesis (a block from a new epoch)."""
         reply, addr = await self._read(
@@ -707,6 +715,12 @@ class ConsortiumClient:
 
     def submit_item(self, item: bytes) -> VerifiedReceipt:
         return self._run(self.aio.submit_item(item))
+
+    def submit_tx(self, tx: RecordTx | GovernanceTx) -> VerifiedReceipt:
+        return self._run(self.aio.submit_tx(tx))
+
+    def epoch_history(self, address: str) -> bytes:
+        return self._run(self.aio.epoch_history(address))
 
     def submit_items(self, items: Sequence[bytes]) -> list[VerifiedReceipt]:
         return self._run(self.aio.submit_items(items))
