@@ -15,6 +15,7 @@ from typing import Any
 from consortium.ledger.blocks import Rules
 from consortium.ledger.membership import validator_client_id as validator_client_id
 from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.messages import CONTROL_CHARACTERS
 from consortium.pbft.params import ProtocolParams
 
 LEDGER_FORMAT = 2
@@ -190,12 +191,18 @@ class Genesis:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         org_ids = {o.org_id for o in genesis.orgs}
+        for org_id in org_ids:
+            if CONTROL_CHARACTERS.search(org_id):
+                raise ConfigError(f"{where}: organisation {org_id!r} contains a control character")
         for v in genesis.validators:
             if v.org not in org_ids:
                 raise ConfigError(f"{where}: validator {v.replica_id} names unknown org {v.org}")
         for c in genesis.clients:
             if c.org not in org_ids:
                 raise ConfigError(f"{where}: client {c.client_id} names unknown org {c.org}")
+            if CONTROL_CHARACTERS.search(c.client_id):
+                raise ConfigError(f"{where}: client {c.client_id!r} contains a control "
+                                  "character")
             if c.client_id.startswith("validator-"):
                 raise ConfigError(f"{where}: client ids validator-* are reserved for validators")
         if genesis.admission_client is not None and genesis.admission_client not in {

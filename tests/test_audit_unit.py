@@ -50,7 +50,7 @@ from consortium.client.audit import (
     verified_epochs,
 )
 from consortium.client.bundle import BundleError, genesis_sha256, verify_bundle, write_bundle
-from consortium.config import ClientInfo, DataPolicy, Genesis, OrgInfo, ValidatorInfo
+from consortium.config import ClientInfo, ConfigError, DataPolicy, Genesis, OrgInfo, ValidatorInfo
 from consortium.crypto.envelope import OrgKeyPair, seal, wrap_key
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.blocks import (
@@ -1795,3 +1795,20 @@ def test_batching_does_not_change_outcomes_and_matches_the_rules(
     assert batched == one_by_one
     took_effect = [status == RECORDED and reason == "" for status, reason in batched]
     assert took_effect == model(ops), list(zip(ops, batched, strict=True))
+
+
+@pytest.mark.parametrize("where", ["client", "org"])
+def test_a_genesis_with_a_control_character_in_an_id_is_refused(where: str) -> None:
+    """Ids are stored as text, printed in reports and signed over: a NUL or a newline in one is
+    refused when the genesis file is loaded, with a line naming it."""
+    data = GENESIS.to_json()
+    if where == "client":
+        data["clients"][0]["id"] = "mal\nlory"
+    else:
+        old = data["organisations"][0]["id"]
+        data["organisations"][0]["id"] = "ac\x00me"
+        for entry in data["validators"] + data["clients"]:
+            if entry["org"] == old:
+                entry["org"] = "ac\x00me"
+    with pytest.raises(ConfigError, match="control character"):
+        Genesis.from_json(data)

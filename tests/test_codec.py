@@ -45,7 +45,8 @@ digests = st.binary(min_size=32, max_size=32)
 sig64 = st.binary(min_size=64, max_size=64)
 keys32 = st.binary(min_size=32, max_size=32)
 client_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(
-    lambda s: 1 <= len(s.encode()) <= m.CLIENT_ID_BYTES_MAX)
+    lambda s: 1 <= len(s.encode()) <= m.CLIENT_ID_BYTES_MAX
+    and not m.CONTROL_CHARACTERS.search(s))
 requests = st.builds(m.Request, client_ids, u64, st.sampled_from(list(m.RequestKind)),
                      st.binary(max_size=48), sig64)
 request_lists = st.lists(requests, max_size=3).map(tuple)
@@ -322,6 +323,14 @@ def test_client_id_must_be_strict_utf8(raw: bytes) -> None:
     bad = struct.pack(">H", len(raw)) + raw + good[3:]
     with pytest.raises(codec.DecodeError):
         codec.decode_request(bad)
+
+
+@pytest.mark.parametrize("raw", [b"mal\x00lory", b"line\nbreak", b"\x7f", b"\x1b[31mred"])
+def test_client_id_with_a_control_character_is_a_decode_error(raw: bytes) -> None:
+    """Such an id cannot be stored as PostgreSQL text or printed safely: no request has one."""
+    good = codec.encode_request(m.Request("x", 1, m.RequestKind.APPLICATION, b"p", bytes(64)))
+    with pytest.raises(codec.DecodeError):
+        codec.decode_request(struct.pack(">H", len(raw)) + raw + good[3:])
 
 
 def test_bad_request_fields_are_decode_errors() -> None:

@@ -328,12 +328,11 @@ def parse_request(r: m.Request) -> list[Parsed] | None:
     """The decoded items of an application request's envelope (None: not an envelope).
     Memoised on the request, so the validator that checked a submission on arrival does not
     decode it again when it executes."""
-    cached = r.memo.get("parsed")
-    if cached is not None:
-        return cached  # type: ignore[return-value]
+    if "parsed" in r.memo:
+        return r.memo["parsed"]  # type: ignore[no-any-return]
     items = split_envelope(r.payload)
     parsed = None if items is None else [parse_item(i) for i in items]
-    r.memo["parsed"] = parsed if parsed is not None else []
+    r.memo["parsed"] = parsed
     return parsed
 
 

@@ -8,6 +8,7 @@ message signed for one chain or one purpose can never be replayed as another.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
@@ -17,6 +18,9 @@ from consortium.pbft.membership import Member
 from consortium.pbft.payload import payload_digest
 
 CLIENT_ID_BYTES_MAX = 128
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+"""Refused in client ids: they are stored as PostgreSQL text (which holds no NUL), printed in
+logs and audit reports, and an id that looks like another on a terminal is a forgery aid."""
 
 
 class RequestKind(enum.IntEnum):
@@ -58,6 +62,8 @@ class Request:
         raw_id = self.client_id.encode()
         if not 1 <= len(raw_id) <= CLIENT_ID_BYTES_MAX:
             raise ValueError(f"client id must be 1 to {CLIENT_ID_BYTES_MAX} bytes")
+        if CONTROL_CHARACTERS.search(self.client_id):
+            raise ValueError("client id must not contain control characters")
         _check_u64("nonce", self.nonce)
         if len(self.signature) != SIGNATURE_BYTES:
             raise ValueError("a request signature is 64 bytes")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import AsyncConnection
 
-from consortium.storage.rows import WrongDatabase
+from consortium.storage.rows import StoreError, WrongDatabase
 
 MIGRATION_LOCK_KEY = 0x636F6E736F7274  # "consort": pg_advisory_xact_lock key for migrations
 
@@ -384,7 +384,7 @@ CREATE TABLE checkpoint (
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
-class SchemaError(RuntimeError):
+class SchemaError(StoreError):
     """The database schema is newer than this code, or the migration list is malformed."""
 
 
