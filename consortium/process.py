@@ -28,9 +28,8 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import ConfigError, Genesis
+from consortium.wire import pb, pb_grpc
 
 PORT_WAIT_S = 5.0
 

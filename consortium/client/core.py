@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
 from consortium.client.nonces import NonceFile
 from consortium.config import Genesis, validator_client_id
 from consortium.crypto import envelope
@@ -59,6 +58,7 @@ from consortium.wire import (
     WireError,
     block_receipts_from_proto,
     epochs_from_bytes,
+    pb,
     receipt_from_proto,
 )
 

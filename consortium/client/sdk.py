@@ -29,8 +29,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client.core import (
     ENVELOPE_ITEMS_MAX,
     RETRYABLE,
@@ -62,7 +60,7 @@ from consortium.ledger.transactions import (
 from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.membership import Member
-from consortium.wire import Receipt
+from consortium.wire import Receipt, pb, pb_grpc
 
 __all__ = [
     "AsyncConsortiumClient",
@@ -284,12 +282,14 @@ class AsyncConsortiumClient:
         return results
 
     async def submit_stream(self, signed: Sequence[Signed], *, wait_s: float = ATTEMPT_WAIT_S,
-                            in_flight: int = STREAM_ENVELOPES_IN_FLIGHT
+                            in_flight: int = STREAM_ENVELOPES_IN_FLIGHT,
+                            on_sent: Callable[[Signed], None] | None = None
                             ) -> AsyncIterator[tuple[Signed, list[VerifiedReceipt] | SubmitError]]:
         """Submit signed requests on one stream to the primary, yielding each with its verified
         receipts (or its error) as blocks commit them; at most `in_flight` unanswered at once.
         Requests the stream could not settle (a retryable error, the stream broke) are
-        retried one by one through `submit_signed`, which moves between validators."""
+        retried one by one through `submit_signed`, which moves between validators.
+        `on_sent(signed)` is called as each request goes out (when it gets room)."""
         mine = {s.request.key: s for s in signed}
         settled: set[tuple[str, int]] = set()
         address = self.core.order()[0]
@@ -298,6 +298,8 @@ class AsyncConsortiumClient:
         async def outgoing() -> AsyncIterator[pb.SubmitRecordRequest]:
             for s in signed:
                 await room.acquire()
+                if on_sent is not None:
+                    on_sent(s)
                 yield pb.SubmitRecordRequest(request=codec.encode_request(s.request),
                                              wait_ms=int(wait_s * 1000))
 

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import Screening
 from consortium.ledger.items import is_record_id
@@ -39,6 +37,8 @@ from consortium.wire import (
     WireError,
     block_receipts_to_proto,
     checkpoint_to_proto,
+    pb,
+    pb_grpc,
     submit_request_from_proto,
 )
 

@@ -18,8 +18,6 @@ import grpc
 import psycopg
 import structlog
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.crypto.signing import Verifier
 from consortium.ledger.blocks import Block, BlockHeader, Entry, EntryStatus
 from consortium.ledger.items import record_id, segments_of
@@ -28,7 +26,7 @@ from consortium.ledger.transactions import InvalidTransaction, TxType, decode_tx
 from consortium.pbft.membership import EpochConfig
 from consortium.storage.rows import StoreError
 from consortium.verify import ChainBroken, ChainVerifier
-from consortium.wire import WireBlock, WireError, block_from_proto
+from consortium.wire import WireBlock, WireError, block_from_proto, pb, pb_grpc
 
 log = structlog.get_logger("consortium.state_transfer")
 
@@ -64,8 +62,6 @@ def block_from_wire(w: WireBlock, org_of: Callable[[str], str | None]) -> Block:
                                     f"but {exc}") from exc
             entries.append(Entry(idx, env.index, k, record_id(env.digest, k), item, status,
                                  sub, reason, action, org_of(env.client_id), env.client_id))
-    if w.pre_prepare is None:
-        raise WireError(f"block {w.header.height} carries no proposal header")
     return Block(w.header, w.envelopes, tuple(entries), w.pre_prepare, w.certificate)
 
 

@@ -20,7 +20,6 @@ from typing import Protocol
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
 from consortium.crypto.signing import Verifier
 from consortium.ledger.blocks import (
     Block,
@@ -33,7 +32,7 @@ from consortium.ledger.blocks import (
 from consortium.ledger.transactions import JoinRequest, applicant_key
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
-from consortium.wire import block_receipts_of, block_receipts_to_proto
+from consortium.wire import block_receipts_of, block_receipts_to_proto, pb
 
 Key = tuple[str, int]
 

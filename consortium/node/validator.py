@@ -28,8 +28,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import Genesis, ValidatorConfig, ValidatorInfo, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger import membership as ms
@@ -62,6 +60,7 @@ from consortium.pbft.state import NonceStatus
 from consortium.storage.reads import LedgerReader
 from consortium.storage.rows import StoreUnavailable
 from consortium.storage.store import LedgerStore
+from consortium.wire import pb, pb_grpc
 
 log = structlog.get_logger("consortium.validator")
 

@@ -8,7 +8,6 @@ receipt from a block of 65,000 records hashes one envelope, not the block.
 
 from __future__ import annotations
 
-from consortium.api.v1 import ledger_pb2 as pb
 from consortium.crypto.merkle import MerkleTree
 from consortium.ledger.blocks import EnvelopeStatus
 from consortium.ledger.items import Item, ItemView, digest_of, public_view, record_id
@@ -29,6 +28,7 @@ from consortium.wire import (
     commits,
     header_from_bytes,
     item_view,
+    pb,
     receipt_to_proto,
 )
 

@@ -41,7 +41,7 @@ class ChainVerifier:
     prev: BlockHeader | None = None
     warnings: list[str] | None = None
 
-    def check(self, wb: WireBlock, *, require_pre_prepare: bool = True) -> None:
+    def check(self, wb: WireBlock) -> None:
         """Raise ChainBroken unless `wb` extends the chain verified so far; then it becomes the
         head. Time anomalies that are not breaks go to `warnings`."""
         h = wb.header
@@ -63,19 +63,15 @@ class ChainVerifier:
         if config is None:
             raise ChainBroken(f"block {h.height} is from epoch {h.epoch}, which the verified "
                               "epoch history does not hold")
-        if wb.pre_prepare is not None:
-            if verify_pre_prepare_msg(wb.pre_prepare, config, self.chain_id,
-                                      self.verifier) is None:
-                raise ChainBroken(f"block {h.height}: its proposal is not signed by the primary "
-                                  f"of view {h.view}")
-        elif require_pre_prepare:
-            raise ChainBroken(f"block {h.height} carries no proposal header")
+        if verify_pre_prepare_msg(wb.pre_prepare, config, self.chain_id, self.verifier) is None:
+            raise ChainBroken(f"block {h.height}: its proposal is not signed by the primary "
+                              f"of view {h.view}")
         if not verify_certificate(h, wb.certificate, config, self.verifier):
             raise ChainBroken(f"block {h.height}: no valid commit certificate of {config.quorum} "
                               f"validators of epoch {h.epoch}")
         if (self.warnings is not None and prev is not None and prev.proposed_ms
                 and h.proposed_ms and abs(h.proposed_ms - prev.proposed_ms) > TIME_JUMP_MS_MAX):
-            self.warnings.append(
-                f"block {h.height}: proposal time jumps {(h.proposed_ms - prev.proposed_ms)//1000}"
-                " s from block {} (a primary's clock?)".format(height - 1))
+            jump_s = (h.proposed_ms - prev.proposed_ms) // 1000
+            self.warnings.append(f"block {h.height}: proposal time jumps {jump_s} s from block "
+                                 f"{height - 1} (a primary's clock?)")
         self.prev = h

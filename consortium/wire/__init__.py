@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from consortium.api.v1 import ledger_pb2 as pb
+from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.crypto.hashing import DIGEST_BYTES
 from consortium.crypto.merkle import InclusionProof, merkle_root
 from consortium.ledger.blocks import (
@@ -33,6 +34,10 @@ from consortium.pbft import codec
 from consortium.pbft import messages as m
 
 T = TypeVar("T")
+
+__all__ = ["pb", "pb_grpc"]
+"""Besides its own names: the generated messages (`pb`) and gRPC stubs and servicers
+(`pb_grpc`), which other modules take from here (the one importer of generated code)."""
 
 ENTRY_STATUSES = frozenset({EntryStatus.RECORDED, EntryStatus.INVALID})
 ENVELOPE_STATUSES = frozenset({EnvelopeStatus.EXECUTED, EnvelopeStatus.DUPLICATE,
@@ -125,7 +130,7 @@ class WireBlock:
     items: tuple[Item, ...]
     statuses: tuple[str, ...]
     reasons: tuple[str, ...]
-    pre_prepare: m.SignedMessage | None
+    pre_prepare: m.SignedMessage
     certificate: tuple[m.SignedMessage, ...]
     stored_hash: bytes = b""
     records: tuple[pb.RecordColumns, ...] = ()
@@ -204,15 +209,15 @@ def block_from_proto(msg: pb.Block, chain_id: bytes) -> WireBlock:
         raise WireError(f"block {h}: {n - first} items belong to no executed request")
     if merkle_root([e.digest for e in envelopes]) != header.merkle_root:
         raise WireError(f"block {h}: requests do not match the header's merkle root")
-    pre_prepare = None
-    if msg.pre_prepare:
-        pre_prepare = signed(f"block {h} pre_prepare", msg.pre_prepare, chain_id, m.PrePrepare)
-        pp = pre_prepare.body
-        assert isinstance(pp, m.PrePrepare)
-        if (pp.epoch, pp.seq, pp.root, pp.count, pp.timestamp_ms, pp.view) != (
-                header.epoch, h, header.merkle_root, header.request_count, header.proposed_ms,
-                header.view):
-            raise WireError(f"block {h}: the proposal header differs from the block header")
+    if not msg.pre_prepare:
+        raise WireError(f"block {h} carries no proposal header")
+    pre_prepare = signed(f"block {h} pre_prepare", msg.pre_prepare, chain_id, m.PrePrepare)
+    pp = pre_prepare.body
+    assert isinstance(pp, m.PrePrepare)
+    if (pp.epoch, pp.seq, pp.root, pp.count, pp.timestamp_ms, pp.view) != (
+            header.epoch, h, header.merkle_root, header.request_count, header.proposed_ms,
+            header.view):
+        raise WireError(f"block {h}: the proposal header differs from the block header")
     certificate = commits(f"block {h} certificate", msg.certificate, chain_id)
     if msg.stored_hash and len(msg.stored_hash) != DIGEST_BYTES:
         raise WireError(f"block {h}: stored hash is not {DIGEST_BYTES} bytes")
