@@ -53,8 +53,6 @@ from consortium.admission.model import (
     Verdict,
 )
 from consortium.admission.review import Reviewer
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client.nonces import ClockNonces
 from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
 from consortium.config import ConfigError, Genesis
@@ -77,7 +75,7 @@ from consortium.ledger.transactions import (
 )
 from consortium.ledger.transactions import Verdict as VerdictTx
 from consortium.localnet import read_seed
-from consortium.wire import Receipt, WireError, receipt_from_proto
+from consortium.wire import Receipt, WireError, pb, pb_grpc, receipt_from_proto
 
 log = structlog.get_logger("consortium.admission")
 
