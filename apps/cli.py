@@ -208,11 +208,11 @@ def submit(ctx: click.Context, directory: Path | None, org: str | None, records_
     `submit provenance` or `submit patient`, or a file of them with `submit --file FILE --as
     ORG` (sent in envelopes on one stream to the primary; a progress bar on stderr)."""
     if ctx.invoked_subcommand is not None:
-        given = [f"--{n.replace('_', '-')}" for n in SUBMIT_FILE_OPTIONS
-                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        given = [p.opts[0] for p in ctx.command.params if p.name in SUBMIT_FILE_OPTIONS
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
         if given:
-            fail(f"{', '.join(given)} before `{ctx.invoked_subcommand}` belong to `submit "
-                 f"--file`; give the subcommand's options after its name", 2)
+            fail(f"{', '.join(given)} given before `{ctx.invoked_subcommand}`: options of "
+                 "`submit --file`; give the subcommand's options after its name", 2)
         return
     if records_file is None or org is None:
         fail("give --file FILE and --as ORG, or a subcommand (provenance, patient); see "
