@@ -171,7 +171,8 @@ def build_items(client: Any, records: Sequence[RecordLine]
     from consortium.client import SubmitError
 
     unknown: dict[str, str] = {}
-    for org in sorted({o for r in records for o in r.readers}):
+    own = client.core.identity.org  # every record is sealed for its submitter too
+    for org in sorted({own} | {o for r in records for o in r.readers}):
         try:
             client.ensure_readers([org])
         except SubmitError as exc:
@@ -180,6 +181,9 @@ def build_items(client: Any, records: Sequence[RecordLine]
     items: list[tuple[RecordLine, bytes]] = []
     bad: list[tuple[int, str]] = []
     for r in records:
+        if own in unknown:
+            bad.append((r.line, unknown[own]))
+            continue
         missing = [o for o in r.readers if o in unknown]
         if missing:
             bad.append((r.line, f"reader {missing[0]!r} is not a member organisation"))
