@@ -134,6 +134,46 @@ def test_a_burst_of_records_is_screened_with_verdicts_in_envelopes(net: Cluster)
     assert max(verdict_envelopes) > 1, verdict_envelopes
 
 
+def test_review_cli_lists_the_quarantine_and_votes(net: Cluster) -> None:
+    """`consortium review list` shows a flagged record with the service's reasons; `consortium
+    review vote` casts each validator's vote; a bad vote is one error line."""
+    from tests.e2e.test_cli import cli
+
+    process.admission_up(net.directory)
+    net.client("org1").submit_provenance("lot-cli", "manufactured", location="Basel",
+                                         quantity=2)
+    bad = net.client("org1").submit_provenance("lot-cli", "received", location="Basel",
+                                               custodian_from="org1", custodian_to="org2",
+                                               quantity=50)
+    wait_screening(net, bad.record_id, "quarantined")
+
+    def listed() -> dict[str, object] | None:
+        out = cli("review", "list", "--dir", str(net.directory), "--as", "org3", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)["records"]
+        return next((r for r in rows if r["record_id"] == bad.record_id), None)
+
+    row = wait_for("the record in `review list`", listed, 10)
+    assert row["kind"] == "provenance" and row["subject_id"] == "lot-cli"
+    assert row["verdicts"] and row["verdicts"][0]["decision"] == "flag"  # type: ignore[index]
+    assert any("quantity" in r for r in row["verdicts"][0]["reasons"])  # type: ignore[index]
+    reasons = []
+    for org in ("org0", "org1", "org2"):
+        out = cli("review", "vote", "--dir", str(net.directory), bad.record_id, "--accept",
+                  "--as", org, "--json")
+        assert out.returncode == 0, out.stderr
+        reasons.append(json.loads(out.stdout)["reason"])
+    assert reasons == ["", "", "screening: accepted"]
+    late = cli("review", "vote", "--dir", str(net.directory), bad.record_id, "--reject",
+               "--as", "org3")
+    assert late.returncode == 1 and "is accepted, not quarantined" in late.stdout
+    nobody = cli("review", "vote", "--dir", str(net.directory), bad.record_id, "--accept",
+                 "--as", "org9")
+    assert nobody.returncode == 2
+    assert nobody.stderr.strip().splitlines() == [nobody.stderr.strip()]
+    assert nobody.stderr.startswith("consortium review: ") and "org9" in nobody.stderr
+
+
 def test_admission_grpc_service_answers_members_only(net: Cluster) -> None:
     process.admission_up(net.directory)
     listen = json.loads((net.directory / "admission" / "config.json").read_text())["listen"]
