@@ -53,6 +53,7 @@ from consortium.admission.model import (
     Verdict,
 )
 from consortium.admission.review import Reviewer
+from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
 from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
 from consortium.config import ConfigError, Genesis
@@ -261,6 +262,15 @@ def check_read(events: Sequence[SubjectEvent], caller: Caller, record_id: str,
                              f"within {ttl_s} s of an Access of theirs (the SDK's access())")
 
 
+def read_quorum(core: ClientCore) -> tuple[list[str], int]:
+    """Who confirms a caller's read, and how many must: the validators of the latest epoch
+    this client verified from genesis (not every address it ever learnt: a removed validator
+    still answering is no longer counted), f+1 of them."""
+    config = core.epochs[max(core.epochs)]
+    addresses = [core.validators[r] for r in config.replica_ids if r in core.validators]
+    return addresses, config.f + 1
+
+
 def error_summary(exc: BaseException) -> str:
     """What GetBacklog may say about a failure: its kind, never its text. GetBacklog answers
     without authentication (its request has no ReadAuth) and an error's text can carry a
@@ -393,6 +403,10 @@ class Screener:
         """Review the join requests on the ledger that have no verdict yet; post the advice
         (approve / reject / review) as a verdict on the request."""
         reply = self.client.list_members()
+        if reply.epoch > max(self.client.core.epochs):
+            # The validator set changed: fetch the epoch history (verified from genesis) so
+            # that ScreenRecord asks the current validators (`read_quorum`).
+            self.client.refresh_epochs()
         self.learn_members(reply)
         done = 0
         for p in reversed(reply.proposals):  # oldest first
@@ -639,8 +653,7 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
         validator must not be enough. Validators that do not show an Access one of them
         shows are asked again for READ_CATCH_UP_S (they may be a block behind)."""
         s = self.screener
-        addresses = s.client.core.order()
-        need = (len(addresses) - 1) // 3 + 1
+        addresses, need = read_quorum(s.client.core)
         client_of_service = self.genesis.admission_client or ""
         confirmed: dict[str, str] = {}
         """validator -> the Access it shows answerable (its receipt verified)."""

@@ -39,6 +39,7 @@ from consortium.client.sdk import ConsortiumClient, RecordView, SubmitError
 from consortium.config import Genesis
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.transactions import Access, Erase, Grant, Revoke
+from consortium.pbft.membership import EpochConfig, Member
 
 PATIENT = "a1" * 32
 LOT = "b2" * 32
@@ -157,13 +158,15 @@ class Context:
 
 
 class FakeCore:
+    """What the service uses of the SDK's ClientCore: the validators' addresses, the epochs
+    verified so far (epoch 0: one validator per address), the chain id, item encoding."""
+
     def __init__(self, addresses: list[str], chain_id: bytes = b"") -> None:
-        self.addresses = addresses
+        self.validators = dict(enumerate(addresses))
+        self.epochs = {0: EpochConfig(0, 0, tuple(Member(i, bytes([i + 1]) * 32)
+                                                  for i in range(len(addresses))))}
         self.chain_id = chain_id
         self.tx_item = ClientCore.tx_item
-
-    def order(self) -> list[str]:
-        return list(self.addresses)
 
 
 class FakeLedger:
@@ -323,6 +326,30 @@ def test_one_lying_validator_is_not_enough(svc: Service) -> None:
     err = svc.refused(org="org3")
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     assert svc.ledger.reads == []
+
+
+def test_a_removed_validator_is_not_asked(svc: Service) -> None:
+    """After validator 3 was removed and validator 4 admitted (epoch 1, verified), f+1 = 2 of
+    {0, 1, 2, 4} must show the Access: the removed validator, still answering, and one lying
+    member together are not enough (counted among every address ever known, they were)."""
+    core = svc.ledger.core
+    core.validators[4] = "validator-4:7104"
+    core.epochs[1] = EpochConfig(1, 16, tuple(Member(i, bytes([i + 1]) * 32)
+                                             for i in (0, 1, 2, 4)))
+    org3 = svc.client_id("org3")
+    svc.everywhere([access(1, org3, granted=False)])
+    svc.screener.events["validator-4:7104"] = [access(1, org3, granted=False)]
+    for liar in (svc.addresses[0], svc.addresses[3]):
+        svc.screener.events[liar] = [access(1, org3, granted=True)]
+    err = svc.refused(org="org3")
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED
+    assert svc.ledger.reads == []
+    # A reader is answered on the current set's word (validator 3 shows nothing now).
+    caller = svc.client_id("org0")
+    svc.everywhere([access(2, caller)])
+    svc.screener.events[svc.addresses[3]] = []
+    svc.screener.events["validator-4:7104"] = [access(2, caller)]
+    assert svc.screen().decision == "flag"
 
 
 def test_an_access_whose_receipt_does_not_verify_does_not_count(svc: Service) -> None:
