@@ -221,7 +221,10 @@ def access_log(c: Cluster, patient: str, record_id: str) -> list[tuple[str, str,
     from consortium.ledger.transactions import Access, decode_record_tx
 
     client = c.client("org0")
-    entries, addr = client.list_subject("patient", patient)
+    # From one validator once all agree: a validator a block behind the one that answered
+    # the last commit would miss its latest entries (and `before` would then be too short).
+    c.wait_converged(30)
+    entries, addr = client.list_subject("patient", patient, address=c.client_address(0))
     out = []
     for e in entries:
         r = client.verify_receipt(e.receipt, e.receipt.record_id, addr)
