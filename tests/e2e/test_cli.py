@@ -359,6 +359,42 @@ def test_submit_file_usage_errors_are_one_line(net: Net, tmp_path: Path) -> None
                           "--as given before `provenance`")
 
 
+def test_access_grant_revoke_erase(net: Net, tmp_path: Path) -> None:
+    """`consortium access`: a reader grants another organisation, which then decrypts; the
+    submitter revokes it; a non-submitter's revocation is recorded invalid (exit 1); the
+    submitter erases the patient record; bad input is one line (exit 2)."""
+    f = tmp_path / "enc.json"
+    f.write_text(json.dumps({"visit": "annual"}))
+    rid = ok_json("submit", "patient", "--dir", net.d, "--as", "org1", "--patient", "P-acc",
+                  "--type", "encounter", "--file", str(f), "--readers", "org2")["record_id"]
+    granted = ok_json("access", "grant", "--dir", net.d, rid, "--to", "org3", "--as", "org2")
+    assert granted["status"] == "recorded" and granted["reason"] == ""
+    assert ok_json("get", "--dir", net.d, rid, "--decrypt", "--as", "org3")["payload"] == \
+        {"visit": "annual"}
+    not_submitter = cli("access", "revoke", "--dir", net.d, rid, "--org", "org3", "--as",
+                        "org2", "--json")
+    assert not_submitter.returncode == 1
+    assert json.loads(not_submitter.stdout)["reason"] == \
+        "only the submitter's organisation revokes readers"
+    revoked = ok_json("access", "revoke", "--dir", net.d, rid, "--org", "org3", "--as", "org1")
+    assert revoked["status"] == "recorded"
+    denied = cli("get", "--dir", net.d, rid, "--decrypt", "--as", "org3")
+    assert denied.returncode != 0 and "visit" not in denied.stdout
+    erased = ok_json("access", "erase", "--dir", net.d, rid, "--patient", "P-acc", "--reason",
+                     "patient request", "--as", "org1")
+    assert erased["status"] == "recorded"
+    deadline = time.monotonic() + 10  # a validator may execute the erasure a moment later
+    while "erased" not in (view := ok_json("get", "--dir", net.d, rid)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert view["erased"]["by_org"] == "org1" and view["erased"]["reason"] == "patient request"
+    bad = cli("access", "grant", "--dir", net.d, "not-a-record-id", "--to", "org3", "--as",
+              "org1")
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("consortium access: "), bad.stderr
+
+
 def test_up_with_missing_genesis_dir_gives_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(cli("up", "--dir", str(tmp_path / "nothing"), "--detach", "--dsn",
                               ADMIN_DSN))
@@ -379,9 +415,14 @@ def test_init_into_an_unusable_path_gives_one_line_error(tmp_path: Path) -> None
 def test_up_with_unreachable_postgres_gives_one_line_error(tmp_path: Path) -> None:
     d = tmp_path / "c"
     ok_json("init", "--dir", str(d), "--validators", "1")
-    line = assert_one_line_error(cli("up", "--dir", str(d), "--detach", "--dsn",
-                                     f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/postgres",
-                                     "--timeout", "5"), "PostgreSQL")
+    lease = lease_ports(1)  # the default ports may be another consortium's (checked first)
+    try:
+        move_to_ports(d, lease)
+        line = assert_one_line_error(cli("up", "--dir", str(d), "--detach", "--dsn",
+                                         f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/"
+                                         "postgres", "--timeout", "5"), "PostgreSQL")
+    finally:
+        lease.release()
     assert PASSWORD not in line
     assert process.read_pid(d / "validators" / "0") is None
 
