@@ -178,14 +178,14 @@ class AsyncConsortiumClient:
         self.core.identity.nonces.skip()
         return await self.submit_signed(await self.sign(items))
 
-    async def submit_signed(self, signed: Signed) -> list[VerifiedReceipt]:
+    async def submit_signed(self, signed: Signed, *, retry: bool = False) -> list[VerifiedReceipt]:
         """Send one signed request until a validator returns an answer that verifies: to the
         primary first; after a timeout, as a retry to the others (any validator then takes it
-        in, relays it and times the primary)."""
+        in, relays it and times the primary). `retry`: it was sent before and not answered
+        (start with the others)."""
         data = codec.encode_request(signed.request)
         errors: list[str] = []
         deadline = time.monotonic() + self._timeout_s
-        retry = False
         for attempt in range(6):
             redirected = False
             for address in self.core.order(retry=retry):
@@ -306,7 +306,13 @@ class AsyncConsortiumClient:
         retry: list[Signed] = []
         call = self._stub(address).SubmitStream(outgoing())
         try:
-            async for reply in call:
+            while len(settled) < len(mine):
+                try:
+                    reply = await asyncio.wait_for(call.read(), wait_s)
+                except TimeoutError:
+                    break  # the primary is silent or slow: the rest go to the others
+                if reply is grpc.aio.EOF:
+                    break
                 if reply.HasField("receipts"):
                     try:
                         results = await self._block_results(reply.receipts, mine, address)
@@ -341,18 +347,30 @@ class AsyncConsortiumClient:
                         retry.append(mine[key])
                     else:
                         yield mine[key], SubmitError(f"{address}: {e.message}", code)
-                if len(settled) == len(mine):
-                    break
         except grpc.aio.AioRpcError:
             pass  # whatever is unsettled is retried below
         finally:
             call.cancel()
-        retry.extend(s for key, s in mine.items() if key not in settled)
-        for s in retry:
-            try:
-                yield s, await self.submit_signed(s)
-            except SubmitError as exc:
-                yield s, exc
+        unanswered = [s for key, s in mine.items() if key not in settled]
+        async for done in self._resubmit([(s, False) for s in retry]
+                                         + [(s, True) for s in unanswered]):
+            yield done
+
+    async def _resubmit(self, pending: list[tuple[Signed, bool]]
+                        ) -> AsyncIterator[tuple[Signed, list[VerifiedReceipt] | SubmitError]]:
+        """Requests a stream could not settle, each through `submit_signed` (several at once);
+        those never answered go out as retries (the primary may be the problem)."""
+        room = asyncio.Semaphore(STREAM_ENVELOPES_IN_FLIGHT)
+
+        async def one(s: Signed, retry: bool) -> tuple[Signed,
+                                                       list[VerifiedReceipt] | SubmitError]:
+            async with room:
+                try:
+                    return s, await self.submit_signed(s, retry=retry)
+                except SubmitError as exc:
+                    return s, exc
+        for task in asyncio.as_completed([one(s, r) for s, r in pending]):
+            yield await task
 
     # ---------------------------------------------------------------------------- reading
 

@@ -428,12 +428,13 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
                                      raw=r.payload if parsed is None else None))
             continue
         sender = orgs.org_of(r.client_id)
+        digest = r.digest
         for k, p in enumerate(parsed):
-            rid = record_id(r.digest, k)
-            entry = Entry(len(entries), i, k, rid, p.item, EntryStatus.RECORDED,
-                          sender_org=sender, client_id=r.client_id)
-            entries.append(_judge(entry, p, r.client_id, sender, records, proposals, orgs,
-                                  gov, chain_id))
+            rid = record_id(digest, k)
+            status, reason = _judge(rid, p, r.client_id, sender, records, proposals, orgs, gov,
+                                    chain_id)
+            entries.append(Entry(len(entries), i, k, rid, p.item, status, p.submission, reason,
+                                 p.tx, sender, r.client_id))
         envelopes.append(replace(base, entry_count=len(parsed)))
     previous_ms = 0 if prev is None else prev.timestamp_ms
     header = BlockHeader(
@@ -445,30 +446,30 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
     return Block(header, tuple(envelopes), tuple(entries), a.pre_prepare, a.certificate)
 
 
-def _judge(entry: Entry, p: Parsed, client_id: str, sender: str | None,
+def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
            records: dict[str, RecordState], proposals: dict[str, ms.Proposal],
-           orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> Entry:
-    """One well-formed item against the ledger's state (updating `records`/`proposals`)."""
-    if p.submission is not None:
-        sub = p.submission
-        records[entry.record_id] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
-                                               frozenset(sub.readers),
-                                               screening=gov.initial_screening)
-        return replace(entry, submission=sub)
+           orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> tuple[str, str]:
+    """(status, reason) of one well-formed item against the ledger's state (updating
+    `records`/`proposals`)."""
+    sub = p.submission
+    if sub is not None:
+        records[record_id_] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
+                                          frozenset(sub.readers),
+                                          screening=gov.initial_screening)
+        return EntryStatus.RECORDED, ""
     tx = p.tx
     assert tx is not None
     if isinstance(tx, JoinRequest | RemoveRequest | MemberVote) or (
             isinstance(tx, Verdict) and tx.record_id in proposals):
-        problem = _judge_governance(tx, client_id, entry.record_id, proposals, orgs, gov,
-                                    chain_id)
+        problem = _judge_governance(tx, client_id, record_id_, proposals, orgs, gov, chain_id)
         outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
-        return replace(entry, status=EntryStatus.RECORDED if outcome or not problem
-                       else EntryStatus.INVALID, reason=problem, action=tx)
+        return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
+                problem)
     assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote)
     problem, _ = _apply(tx, client_id, sender, records, orgs, gov)
     status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
         not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
-    return replace(entry, status=status, reason=problem, action=tx)
+    return status, problem
 
 
 def changes_membership(block: Block) -> bool:

@@ -382,6 +382,7 @@ def encode_body(b: m.Body) -> bytes:
         w.u8(1 if b.view_active else 0)
         w.u64(b.last_executed)
         w.u64(b.stable_seq)
+        w.u64(b.sent_ms)
     elif isinstance(b, m.RequestForward):
         w.u8(MsgType.REQUEST_FORWARD)
         w.u32(len(b.requests))
@@ -437,7 +438,7 @@ def _decode_body(data: bytes, chain_id: bytes) -> m.Body:
         epoch, view, active = rd.u32(), rd.u64(), rd.u8()
         if active > 1:
             raise DecodeError("bad boolean")
-        body = m.Status(epoch, view, bool(active), rd.u64(), rd.u64())
+        body = m.Status(epoch, view, bool(active), rd.u64(), rd.u64(), rd.u64())
     elif t == MsgType.REQUEST_FORWARD:
         body = m.RequestForward(rd.items(lambda: read_request(rd)))
     elif t == MsgType.STATE_REQUEST:

@@ -234,6 +234,9 @@ class Status:
     view_active: bool
     last_executed: int
     stable_seq: int
+    sent_ms: int = 0
+    """The sender's clock when it sent this STATUS (0: no clock): backups compare how late the
+    primary's STATUS arrives with how late the others' do (the slow-primary monitor)."""
 
 
 @dataclass(frozen=True, slots=True)

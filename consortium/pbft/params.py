@@ -40,9 +40,8 @@ class ProtocolParams:
     status_interval_ms: int = 500
     """How often a replica gossips its progress so that peers can retransmit what it lacks."""
     retransmit_seqs_max: int = 64
-    """Most sequence numbers a replica retransmits in answer to one STATUS."""
-    retransmit_bytes_max: int = 8 << 20
-    """Most bytes of batches a replica retransmits in answer to one STATUS."""
+    """Most sequence numbers a replica retransmits (headers and votes, never batches) in
+    answer to one STATUS."""
     client_nonce_window: int = 16384
     """Nonces this far below a client's highest executed nonce are stale; inside the window each
     nonce executes at most once, so a client may pipeline requests (a streaming submitter keeps
@@ -59,6 +58,13 @@ class ProtocolParams:
     clock_skew_ms_max: int = 30_000
     """A backup refuses to prepare a proposal whose timestamp is further than this from its own
     clock (the primary's time becomes the block's certified time; no one moves it far)."""
+    slow_primary_lag_ms: int = 400
+    """A backup suspects a primary that is slow but alive (Indy's RBFT monitors throughput for
+    the same reason: request timeouts only catch a primary that stops): when the primary's
+    STATUS messages arrive at least this late, and four times later than the other members'
+    (so the backup's own load does not count), for `slow_primary_ticks` ticks in a row, the
+    backup votes for a view change. 0 disables the monitor."""
+    slow_primary_ticks: int = 6
     batch_fetch_seqs_max: int = 16
     """Most sequence numbers a replica asks peers for missing batches per STATUS tick."""
     future_messages_max: int = 4096
@@ -94,6 +100,8 @@ class ProtocolParams:
         if self.request_bytes_max > self.client_pending_bytes_max:
             raise ValueError("request_bytes_max must not exceed client_pending_bytes_max (a "
                              "request must fit in a client's share)")
+        if self.slow_primary_lag_ms < 0 or self.slow_primary_ticks < 1:
+            raise ValueError("slow_primary_lag_ms must be >= 0 and slow_primary_ticks >= 1")
         if self.clock_skew_ms_max < 0:
             raise ValueError("clock_skew_ms_max must be >= 0 (0: no check)")
         if self.batch_delay_ms < 0:

@@ -177,6 +177,10 @@ class Replica:
         self._batches_sent: dict[tuple[int, int], int] = {}
         """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
         self._retransmitted: dict[int, tuple[int, bool]] = {}
+        self._lags: dict[int, list[int]] = {}
+        """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
+        slow-primary monitor."""
+        self._slow_ticks = 0
         self._peer_executed: dict[int, int] = {}
         """Each peer's last_executed in its previous STATUS: a peer that advanced since is
         catching up by itself and gets no retransmission of batches (they are large)."""
@@ -605,10 +609,10 @@ class Replica:
         slot = self._slot(b.seq)
         requests = msg.batch
         if requests is None:
-            if b.count == 0 or b.root in slot.batches:
-                slot.remember_header(msg, adopt=adopt)
-                return True
-            return False
+            # A header alone (retransmitted, or from a log): keep it, so a certificate for
+            # its digest knows what batch to fetch and from whom.
+            slot.remember_header(msg, adopt=adopt)
+            return b.count == 0 or b.root in slot.batches
         if len(requests) != b.count or batch_root(requests) != b.root:
             self._fault(msg.sender, f"pre-prepare batch does not match its root at seq {b.seq}")
             return False
@@ -1341,8 +1345,10 @@ class Replica:
             self._request_state(holders)
         if self.is_member or self.last_executed == 0:
             status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
-                                         self.last_executed, self.stable_seq))
+                                         self.last_executed, self.stable_seq,
+                                         0 if self._clock is None else self._clock.now_ms()))
             self._broadcast(status)
+        self._watch_primary()
         if self.view_active:
             self._forward_pending(waited_only=True)
         self._fetch_missing_batches()
@@ -1350,8 +1356,39 @@ class Replica:
 
     # ------------------------------------------------------------------- status: retransmission
 
+    def _watch_primary(self) -> None:
+        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms)."""
+        limit = self.params.slow_primary_lag_ms
+        if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
+                or not self.is_member):
+            self._slow_ticks = 0
+            return
+        def median(xs: list[int]) -> int:
+            return sorted(xs)[len(xs) // 2]
+        primary = self._lags.get(self.primary, [])
+        others = [median(v) for p, v in self._lags.items()
+                  if p != self.primary and p != self.id and len(v) >= 3]
+        if len(primary) < 3 or not others:
+            self._slow_ticks = 0
+            return
+        lag, usual = median(primary), median(others)
+        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
+            self._slow_ticks += 1
+        else:
+            self._slow_ticks = 0
+        if self._slow_ticks >= self.params.slow_primary_ticks:
+            self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
+                                      f"{lag} ms late, the others' {usual} ms")
+            self._slow_ticks = 0
+            self._lags.pop(self.primary, None)
+            self._start_view_change(self.view + 1)
+
     def _on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
+        if b.sent_ms and self._clock is not None:
+            lags = self._lags.setdefault(sender, [])
+            lags.append(self._clock.now_ms() - b.sent_ms)
+            del lags[:-8]
         if b.epoch >= self.config.epoch:
             self._catchup.claim(sender, b.stable_seq)
         if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
@@ -1376,20 +1413,20 @@ class Replica:
             if seq > max(b.stable_seq, self.stable_seq) and own is not None:
                 self._send(sender, own)
         budget = self.params.retransmit_seqs_max
-        bytes_left = self.params.retransmit_bytes_max
-        # Decided batches it lacks, only when it made no progress since its last STATUS (a
-        # replica merely behind under load catches up by itself; resending batches to it each
-        # tick would multiply the traffic): the proposal with its batch plus a certificate.
+        # Decided sequence numbers it lacks, only when it made no progress since its last
+        # STATUS (a replica merely behind under load catches up by itself): the proposal
+        # header and a commit certificate. Never the batch: the peer most likely has it
+        # already (it lost a vote, not the proposal), and if not it asks (BATCH-REQUEST), so
+        # retransmission costs a few hundred bytes per sequence number, whatever batches hold.
         seq = b.last_executed + 1
-        while stuck and seq <= self.last_executed and budget > 0 and bytes_left > 0:
+        while stuck and seq <= self.last_executed and budget > 0:
             slot = self._slots.get(seq)
             if slot is None:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
                 view, digest, commits = cert
-                bytes_left -= self._send_with_batch((sender,), slot.proposal(view, digest),
-                                                    slot.contents(digest))
+                self._send(sender, slot.proposal(view, digest))
                 for c in commits:
                     self._send(sender, c)
             seq += 1
@@ -1403,17 +1440,15 @@ class Replica:
         if b.view != self.view or not self.view_active or not stuck:
             return
         # Same view, and it is stuck: resend our votes for in-progress sequences that have
-        # been stuck a tick.
+        # been stuck a tick (headers only, as above).
         for seq in sorted(self._slots):
-            if budget <= 0 or bytes_left <= 0:
+            if budget <= 0:
                 break
             slot = self._slots[seq]
             if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
                 continue
             if slot.pre_prepare is not None and slot.view == self.view:
-                digest = header(slot.pre_prepare).digest
-                bytes_left -= self._send_with_batch((sender,), slot.pre_prepare,
-                                                    slot.contents(digest))
+                self._send(sender, slot.pre_prepare)
             for table in (slot.prepares, slot.commits):
                 own = Slot.own_vote(table, self.view, self.id)
                 if own is not None:

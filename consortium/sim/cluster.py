@@ -47,6 +47,8 @@ class NetworkFaults:
     """(start_ms, end_ms, groups): messages between different groups are lost meanwhile."""
     drop_filter: Callable[[int, int, bytes, int], bool] | None = None
     """(src, dst, wire bytes, now_ms) -> True to lose that message (targeted faults)."""
+    extra_delay: Callable[[int, int, int], int] | None = None
+    """(src, dst, now_ms) -> extra milliseconds on that link (a slow but alive node)."""
 
 
 @dataclass
@@ -350,6 +352,8 @@ class Simulation:
             delay = self.rng.randint(f.delay_ms_min, f.delay_ms_max)
             if self._faulty_now() and self.rng.random() < f.reorder_rate:
                 delay += self.rng.randint(1, f.reorder_delay_ms_max)
+            if f.extra_delay is not None:
+                delay += f.extra_delay(src, dst, self.now_ms)
             self.schedule(self.now_ms + delay, "deliver", src, dst, data)
 
     def _describe(self, data: bytes) -> str:

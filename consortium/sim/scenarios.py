@@ -162,6 +162,20 @@ def _lying_status(sim: Simulation, rng: random.Random, b: int) -> None:
     _assign(sim, liars, lambda s: byz.lying_status(s, silent_from))
 
 
+def _slow_primary(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """The primary stays up but every message to or from it takes 600-900 ms more (a slow
+    but alive primary, which request timeouts alone do not replace): the slow-primary monitor
+    must hand the view to another replica, safely."""
+    start = rng.randint(100, 400)
+    extra = rng.randint(600, 900)
+
+    def delay(src: int, dst: int, now_ms: int) -> int:
+        return extra if now_ms >= start and 0 in (src, dst) else 0
+
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=10, extra_delay=delay),
+                   faults_end_ms=6000, submit_window_ms=5000, requests_per_client=12)
+
+
 def _primary_crash(sim: Simulation, rng: random.Random, b: int) -> None:
     sim.hooks.append((rng.randint(100, 800), functools.partial(Simulation.crash, i=0)))
     sim.hooks.append((sim.cfg.faults_end_ms - 200, functools.partial(Simulation.restart, i=0)))
@@ -329,6 +343,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _crash_restart),
     Scenario("primary-crash", "the primary crashes: view change, then it rejoins", False,
              _primary_crash),
+    Scenario("slow-primary", "the primary's links are 600-900 ms slow: it is replaced",
+             False, _no_build, _slow_primary),
     Scenario("commit-loss", "COMMITs reach one backup only; it crashes; the rest change view",
              False,
              _commit_loss_build, _commit_loss),
