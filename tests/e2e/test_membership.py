@@ -75,7 +75,10 @@ def members(net: Cluster) -> dict[str, Any]:
 
 
 def proposal(net: Cluster, proposal_id: str) -> dict[str, Any]:
-    return next(p for p in members(net)["proposals"] if p["proposal_id"] == proposal_id)
+    """The proposal as `members list` shows it (a validator that has not executed it yet
+    shows it as "unlisted", with no verdicts or votes)."""
+    return next((p for p in members(net)["proposals"] if p["proposal_id"] == proposal_id),
+                {"proposal_id": proposal_id, "status": "unlisted", "verdicts": [], "votes": {}})
 
 
 def vote(net: Cluster, proposal_id: str, org: str, approve: bool = True) -> dict[str, Any]:
@@ -134,8 +137,9 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
     assert request_id == applied["record_id"] and len(request_id) == 64
     receipt, _ = net.client("org0").get_receipt(request_id)
     assert receipt.record_id == request_id and receipt.client_id.startswith("applicant-")
-    listed = next(p for p in net.client("org0").list_members().proposals
-                  if p.proposal_id == request_id)
+    listed = wait_for("the proposal on a validator's list", lambda: next(
+        (p for p in net.client("org0").list_members().proposals
+         if p.proposal_id == request_id), None), 10)
     assert net.client("org0").core.join_request_key(receipt, "acme") == listed.encryption_key
     # The admission service advises; the advice decides nothing.
     advised = wait_for("the admission service's verdict",
@@ -159,7 +163,9 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
             net.genesis.chain_id_bytes, 0, net.genesis.epoch0().members))
         forged = org1.governance(MemberVote(request_id, True, 0, wrong_set))
     assert forged.status == "invalid" and "not the voter's signature" in forged.reason
-    assert proposal(net, request_id)["votes"] == {"approve": [0], "reject": []}
+    # (Read with wait_for: `members list` asks any validator, one may be a block behind.)
+    wait_for("the one counted vote", lambda: proposal(net, request_id)["votes"] == {
+        "approve": [0], "reject": []}, 10)
 
     assert vote(net, request_id, "org1")["reason"] == ""
     decided = vote(net, request_id, "org2")
@@ -240,7 +246,8 @@ def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:
     assert vote(net, request_id, "org0", approve=False)["reason"] == ""
     decided = vote(net, request_id, "acme", approve=False)  # the new member votes too
     assert decided["reason"] == "membership: rejected"  # 2 of 5: approval impossible
-    assert proposal(net, request_id)["status"] == "rejected"
+    wait_for("the rejection listed", lambda: proposal(net, request_id)["status"] == "rejected",
+             10)
     late = vote(net, request_id, "org1")
     assert late["status"] == "invalid" and "already rejected" in late["reason"]
     assert epochs(net) == {1}
@@ -346,8 +353,8 @@ def test_replays_of_one_join_request_do_not_use_up_the_applicant_quota(net: Clus
     with ConsortiumClient(net.genesis, other_identity, net.ca) as c:
         receipt = c.governance(other)
     assert receipt.status == "recorded", receipt.reason
-    assert "patientco" in {p.org for p in net.client("org0").list_members().proposals
-                           if p.status == "pending"}
+    wait_for("the new applicant's pending proposal", lambda: "patientco" in {
+        p.org for p in net.client("org0").list_members().proposals if p.status == "pending"}, 10)
 
 
 @pytest.mark.xfail(strict=True, reason=(
