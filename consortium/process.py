@@ -10,6 +10,7 @@ CONSORTIUM_DSN is the user's and is never stopped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -462,15 +463,33 @@ def status(directory: Path) -> list[dict[str, Any]]:
                                "address": client_address, "peer_address": peer_address,
                                "database": redact(config.get("dsn") or ""), "height": None,
                                "view": None, "epoch": None, "primary": None,
-                               "last_block_hash": None, "healthy": False}
+                               "primary_address": None, "last_block_hash": None,
+                               "healthy": False, "serving": None, "problem": None}
         if row["pid"] is not None:
             try:
                 with grpc.secure_channel(client_address, creds) as ch:
                     s = pb_grpc.LedgerStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
                 row.update(height=s.height, view=s.view, epoch=s.epoch, primary=s.primary,
+                           primary_address=s.primary_client_address or None,
                            last_block_hash=s.last_block_hash.hex() or None,
+                           serving=s.serving, problem=s.problem or None,
                            healthy=healthy(client_address, ca))
             except grpc.RpcError:
                 pass
         out.append(row)
     return out
+
+
+def primary_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The primary as the validators that answered see it: of the highest view any of them
+    is in, the primary that most of those in that view name (a validator still in an older
+    view has not noticed the view change yet). None when no validator answered."""
+    answered = [r for r in rows if r["view"] is not None and r["primary"] is not None]
+    if not answered:
+        return None
+    view = max(r["view"] for r in answered)
+    named = collections.Counter((r["primary"], r["primary_address"]) for r in answered
+                                if r["view"] == view)
+    (replica_id, address), agreeing = max(named.items(), key=lambda kv: (kv[1], -kv[0][0]))
+    return {"id": replica_id, "address": address, "view": view, "agreeing": agreeing,
+            "answered": len(answered)}

@@ -8,7 +8,8 @@ It is a client of the ledger (its key is genesis' `admission_client`) and a gRPC
 Screening works from the ledger's own queue: every record is committed first (durable,
 ordered) with status `pending-screening`; the service asks any validator for that queue
 (`ListScreening`), judges each record (rules, then the model: `review.Reviewer`) and submits a
-Verdict transaction. The verdict only moves a record out of pending-screening (ok -> accepted,
+Verdict transaction for each (a poll's verdicts in envelopes: one signature and one round of
+ordering for all of them). The verdict only moves a record out of pending-screening (ok -> accepted,
 flag -> quarantined); validators' votes decide what happens to a quarantined record. A queue
 query never misses a record, so a service that was down or slow catches up when it returns,
 and nothing is silently accepted meanwhile.
@@ -52,15 +53,16 @@ from consortium.admission.model import (
     Verdict,
 )
 from consortium.admission.review import Reviewer
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
-from consortium.client.sdk import ConsortiumClient, Identity, SubmitError
+from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.ledger.blocks import ACCESS_DENIED
+from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
+from consortium.ledger.reads import read_signing_bytes
 from consortium.ledger.records import RecordKind, decode_public
 from consortium.ledger.transactions import (
     TEXT_BYTES_MAX,
@@ -68,13 +70,13 @@ from consortium.ledger.transactions import (
     Erase,
     InvalidTransaction,
     RecordTx,
-    RequestView,
     Revoke,
     TxType,
     decode_record_tx,
 )
+from consortium.ledger.transactions import Verdict as VerdictTx
 from consortium.localnet import read_seed
-from consortium.node import wire
+from consortium.wire import Receipt, WireError, pb, pb_grpc, receipt_from_proto
 
 log = structlog.get_logger("consortium.admission")
 
@@ -260,6 +262,15 @@ def check_read(events: Sequence[SubjectEvent], caller: Caller, record_id: str,
                              f"within {ttl_s} s of an Access of theirs (the SDK's access())")
 
 
+def read_quorum(core: ClientCore) -> tuple[list[str], int]:
+    """Who confirms a caller's read, and how many must: the validators of the latest epoch
+    this client verified from genesis (not every address it ever learnt: a removed validator
+    still answering is no longer counted), f+1 of them."""
+    config = core.epochs[max(core.epochs)]
+    addresses = [core.validators[r] for r in config.replica_ids if r in core.validators]
+    return addresses, config.f + 1
+
+
 def error_summary(exc: BaseException) -> str:
     """What GetBacklog may say about a failure: its kind, never its text. GetBacklog answers
     without authentication (its request has no ReadAuth) and an error's text can carry a
@@ -320,25 +331,57 @@ class Screener:
         self.last_error = error_summary(exc)
 
     def once(self) -> int:
-        """Screen what is pending now; returns how many verdicts were posted."""
+        """Screen what is pending now; returns how many verdicts were posted. The verdicts of
+        one poll go to the ledger together (`post_verdicts`)."""
         queue = self.client.list_screening("pending-screening", limit=BATCH_MAX)
         self.pending = len(queue.records)
-        done = 0
+        judged: list[tuple[pb.ScreeningEntry, Verdict]] = []
         for entry in queue.records:
             try:
-                verdict = self.judge(entry.record_id, entry.kind)
-                receipt = self.client.verdict(entry.record_id, verdict.decision, verdict.risk,
-                                              verdict.to_json())
-                log.info("verdict posted", record=entry.record_id[:16], kind=entry.kind,
-                         decision=verdict.decision, risk=verdict.risk,
-                         latency_ms=verdict.latency_ms, height=receipt.height,
-                         outcome=receipt.reason)
-                self.posted += 1
-                done += 1
+                judged.append((entry, self.judge(entry.record_id, entry.kind)))
             except (SubmitError, b.BackendError, ValueError) as exc:
                 self._failed(exc)
                 log.warning("screening failed; the record stays pending", record=entry.record_id,
                             error=str(exc)[:300])
+        return self.post_verdicts(judged)
+
+    def post_verdicts(self, judged: Sequence[tuple[pb.ScreeningEntry, Verdict]]) -> int:
+        """Submit verdicts in envelopes (`submit_many`: one signature and one ordering round
+        for a poll's worth instead of one each). An envelope the ledger refused as a whole (one
+        malformed verdict makes its envelope invalid) is retried verdict by verdict, so one
+        bad verdict leaves only its own record pending."""
+        if not judged:
+            return 0
+        items = [self.client.core.tx_item(VerdictTx(entry.record_id, v.decision,
+                                                    round(v.risk * 1000), v.to_json()))
+                 for entry, v in judged]
+        try:
+            results: list[VerifiedReceipt | SubmitError] = list(self.client.submit_many(items))
+        except SubmitError as exc:  # nothing was sent (an item over the size limit...)
+            results = [exc] * len(items)
+        done = 0
+        for (entry, verdict), item, result in zip(judged, items, results, strict=True):
+            if isinstance(result, SubmitError) and len(judged) > 1 \
+                    and result.code == grpc.StatusCode.INVALID_ARGUMENT:
+                try:
+                    result = self.client.submit_items([item])[0]
+                except SubmitError as exc:
+                    result = exc
+            if isinstance(result, SubmitError):
+                self._failed(result)
+                log.warning("posting the verdict failed; the record stays pending",
+                            record=entry.record_id, error=str(result)[:300])
+                continue
+            if result.status != "recorded":  # e.g. screened meanwhile by another instance
+                log.info("verdict refused by the ledger", record=entry.record_id[:16],
+                         reason=result.reason, height=result.height)
+                continue
+            log.info("verdict posted", record=entry.record_id[:16], kind=entry.kind,
+                     decision=verdict.decision, risk=verdict.risk,
+                     latency_ms=verdict.latency_ms, height=result.height,
+                     outcome=result.reason)
+            self.posted += 1
+            done += 1
         return done
 
     def learn_members(self, reply: pb.MembersReply) -> None:
@@ -360,6 +403,10 @@ class Screener:
         """Review the join requests on the ledger that have no verdict yet; post the advice
         (approve / reject / review) as a verdict on the request."""
         reply = self.client.list_members()
+        if reply.epoch > max(self.client.core.epochs):
+            # The validator set changed: fetch the epoch history (verified from genesis) so
+            # that ScreenRecord asks the current validators (`read_quorum`).
+            self.client.refresh_epochs()
         self.learn_members(reply)
         done = 0
         for p in reversed(reply.proposals):  # oldest first
@@ -433,19 +480,19 @@ class Screener:
         return verdict
 
     def _provenance(self, record_id: str) -> tuple[ProvenanceEvent, list[ProvenanceEvent]]:
-        """The record and the earlier events of its lot, from verified receipts."""
+        """The record and the earlier events of its lot (ListSubject, every page): the lot's
+        recorded records before this one, decoded from the item views their receipts
+        carry."""
         rec = self.client.get(record_id)
-        reply, _ = self.client.list_subject("provenance", rec.subject_id)
+        entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, rec.subject_id)
         history: list[ProvenanceEvent] = []
-        for e in reply.entries:
-            r = wire.receipt_from_proto(e.receipt, self.client.core.chain_id)
+        for e in entries:
+            if e.target_record_id:
+                continue  # a transaction on a record, not a record
+            r = receipt_from_proto(e.receipt, self.client.core.chain_id)
             if r.record_id == record_id:
                 break
-            if r.status != "recorded" or e.target_record_id:
-                continue
-            view = r.request if isinstance(r.request, RequestView) else \
-                RequestView.of(r.request)
-            seg0 = view.present()[0]
+            seg0 = _shown(r)[0] if r.status == "recorded" else None
             if seg0 is None:
                 continue
             p = decode_public(seg0)
@@ -477,28 +524,32 @@ class Screener:
 
     def subject_events(self, subject_id: str, address: str) -> list[SubjectEvent]:
         """The recorded transactions on a patient's records, in ledger order, as the validator
-        at `address` lists them (ListSubject). Entries that do not decode are skipped: they
-        can neither grant nor revoke anything."""
-        reply, _ = self.client.list_subject(RecordKind.PATIENT.value, subject_id,
-                                            address=address)
+        at `address` lists them (ListSubject, every page). Entries that do not decode are
+        skipped: they can neither grant nor revoke anything."""
+        entries, _ = self.client.list_subject(RecordKind.PATIENT.value, subject_id,
+                                              address=address)
         out = []
-        for e in reply.entries:
+        for e in entries:
             if not e.target_record_id:
                 continue  # a record, not a transaction on one
             try:
-                r = wire.receipt_from_proto(e.receipt, self.client.core.chain_id)
-                view = r.request if isinstance(r.request, RequestView) else \
-                    RequestView.of(r.request)
-                shown = view.present()
+                r = receipt_from_proto(e.receipt, self.client.core.chain_id)
+                shown = _shown(r)
                 if not shown or shown[0] is None or shown[0][:1] == bytes([TxType.RECORD]):
                     continue
                 action = decode_record_tx(shown)
-            except (wire.WireError, InvalidTransaction, ValueError):
+            except (WireError, InvalidTransaction, ValueError):
                 continue
             if r.status == "recorded":
-                out.append(SubjectEvent(r.record_id, r.height, view.client_id, action,
-                                        r.reason, e.receipt))
+                out.append(SubjectEvent(r.record_id, r.height, r.client_id, action, r.reason,
+                                        e.receipt))
         return out
+
+
+def _shown(r: Receipt) -> list[bytes | None]:
+    """The segments of a receipt's item (withheld ones as None)."""
+    view = r.item if isinstance(r.item, ItemView) else ItemView.of(r.item)
+    return view.present()
 
 
 class AdmissionServicer(pb_grpc.AdmissionServicer):
@@ -527,7 +578,7 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
         skew, or abort with UNAUTHENTICATED."""
         member = self.screener.members.get(auth.client_id)
         now = int(time.time() * 1000)
-        signed = wire.read_signing_bytes(self.genesis.chain_id_bytes, auth.client_id,
+        signed = read_signing_bytes(self.genesis.chain_id_bytes, auth.client_id,
                                          auth.timestamp_ms, method, argument)
         if member is None or \
                 abs(now - auth.timestamp_ms) > self.genesis.policy.read_clock_skew_ms or \
@@ -602,8 +653,7 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
         validator must not be enough. Validators that do not show an Access one of them
         shows are asked again for READ_CATCH_UP_S (they may be a block behind)."""
         s = self.screener
-        addresses = s.client.core.order()
-        need = (len(addresses) - 1) // 3 + 1
+        addresses, need = read_quorum(s.client.core)
         client_of_service = self.genesis.admission_client or ""
         confirmed: dict[str, str] = {}
         """validator -> the Access it shows answerable (its receipt verified)."""
@@ -623,8 +673,8 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
                     refusals[addr] = check
                     confirmed.pop(addr, None)
                     continue
-                try:
-                    s.client.core.verify_receipt_of(access.receipt, access.tx_id, addr)
+                try:  # against its epoch's validator set (fetched from genesis when new)
+                    s.client.verify_receipt(access.receipt, access.tx_id, addr)
                 except SubmitError as exc:
                     log.warning("a validator showed an access that does not verify",
                                 validator=addr, access=access.tx_id, error=str(exc)[:300])

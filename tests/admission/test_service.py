@@ -34,10 +34,12 @@ from consortium.admission.service import (
     check_read,
 )
 from consortium.api.v1 import ledger_pb2 as pb
+from consortium.client.core import ClientCore
 from consortium.client.sdk import ConsortiumClient, RecordView, SubmitError
 from consortium.config import Genesis
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.transactions import Access, Erase, Grant, Revoke
+from consortium.pbft.membership import EpochConfig, Member
 
 PATIENT = "a1" * 32
 LOT = "b2" * 32
@@ -156,17 +158,15 @@ class Context:
 
 
 class FakeCore:
-    def __init__(self, addresses: list[str]) -> None:
-        self.addresses = addresses
-        self.forged: set[str] = set()
-        """Access ids whose receipt does not verify."""
+    """What the service uses of the SDK's ClientCore: the validators' addresses, the epochs
+    verified so far (epoch 0: one validator per address), the chain id, item encoding."""
 
-    def order(self) -> list[str]:
-        return list(self.addresses)
-
-    def verify_receipt_of(self, reply: pb.Receipt, record_id: str, address: str) -> None:
-        if record_id in self.forged:
-            raise SubmitError(f"validator {address} sent a receipt that does not verify")
+    def __init__(self, addresses: list[str], chain_id: bytes = b"") -> None:
+        self.validators = dict(enumerate(addresses))
+        self.epochs = {0: EpochConfig(0, 0, tuple(Member(i, bytes([i + 1]) * 32)
+                                                  for i in range(len(addresses))))}
+        self.chain_id = chain_id
+        self.tx_item = ClientCore.tx_item
 
 
 class FakeLedger:
@@ -183,6 +183,14 @@ class FakeLedger:
         self.reads: list[tuple[str, str]] = []
         """(record id, purpose) of every payload the service decrypted."""
         self.failure: SubmitError | None = None
+        self.forged: set[str] = set()
+        """Access ids whose receipt does not verify."""
+        self.subject: list[pb.SubjectEntry] = []
+        """What ListSubject answers (every page)."""
+
+    def verify_receipt(self, reply: pb.Receipt, record_id: str, address: str) -> None:
+        if record_id in self.forged:
+            raise SubmitError(f"validator {address} sent a receipt that does not verify")
 
     def get(self, record_id: str, *, decrypt: bool = False, purpose: str = "read",
             address: str | None = None) -> RecordView:
@@ -197,8 +205,8 @@ class FakeLedger:
         return dataclasses.replace(rec, payload=PAYLOAD)
 
     def list_subject(self, kind: str, subject_id: str, *,
-                     address: str | None = None) -> tuple[pb.SubjectReply, str]:
-        return pb.SubjectReply(), address or ""
+                     address: str | None = None) -> tuple[list[pb.SubjectEntry], str]:
+        return list(self.subject), address or ""
 
 
 def as_client(fake: FakeLedger) -> ConsortiumClient:
@@ -320,9 +328,33 @@ def test_one_lying_validator_is_not_enough(svc: Service) -> None:
     assert svc.ledger.reads == []
 
 
+def test_a_removed_validator_is_not_asked(svc: Service) -> None:
+    """After validator 3 was removed and validator 4 admitted (epoch 1, verified), f+1 = 2 of
+    {0, 1, 2, 4} must show the Access: the removed validator, still answering, and one lying
+    member together are not enough (counted among every address ever known, they were)."""
+    core = svc.ledger.core
+    core.validators[4] = "validator-4:7104"
+    core.epochs[1] = EpochConfig(1, 16, tuple(Member(i, bytes([i + 1]) * 32)
+                                             for i in (0, 1, 2, 4)))
+    org3 = svc.client_id("org3")
+    svc.everywhere([access(1, org3, granted=False)])
+    svc.screener.events["validator-4:7104"] = [access(1, org3, granted=False)]
+    for liar in (svc.addresses[0], svc.addresses[3]):
+        svc.screener.events[liar] = [access(1, org3, granted=True)]
+    err = svc.refused(org="org3")
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED
+    assert svc.ledger.reads == []
+    # A reader is answered on the current set's word (validator 3 shows nothing now).
+    caller = svc.client_id("org0")
+    svc.everywhere([access(2, caller)])
+    svc.screener.events[svc.addresses[3]] = []
+    svc.screener.events["validator-4:7104"] = [access(2, caller)]
+    assert svc.screen().decision == "flag"
+
+
 def test_an_access_whose_receipt_does_not_verify_does_not_count(svc: Service) -> None:
     svc.everywhere([access(1, svc.client_id("org0"))])
-    svc.ledger.core.forged.add(tx(1))
+    svc.ledger.forged.add(tx(1))
     err = svc.refused()
     assert err.code == grpc.StatusCode.UNAVAILABLE
     assert svc.ledger.reads == []
@@ -409,12 +441,12 @@ def test_review_join_answers_members_only_and_learns_admitted_ones(svc: Service)
     # An organisation admitted by vote: unknown until the service has read the ledger's
     # membership, a member afterwards (as validators accept its client then).
     from consortium.crypto.signing import Ed25519Signer
-    from consortium.node import wire
+    from consortium.ledger.reads import read_signing_bytes
     signer = Ed25519Signer.generate()
     now = int(time.time() * 1000)
     auth = pb.ReadAuth(client_id="org9-client", timestamp_ms=now, signature=signer.sign(
-        wire.read_signing_bytes(svc.genesis.chain_id_bytes, "org9-client", now, "ReviewJoin",
-                                "j1")))
+        read_signing_bytes(svc.genesis.chain_id_bytes, "org9-client", now, "ReviewJoin",
+                           "j1")))
     request.auth.CopyFrom(auth)
     with pytest.raises(Aborted) as info:
         svc.servicer.ReviewJoin(request, Context())
@@ -441,7 +473,7 @@ def test_get_backlog_says_the_kind_of_the_last_error_never_its_text(svc: Service
             return pb.ScreeningReply(records=[pb.ScreeningEntry(record_id=PATIENT,
                                                                 kind="patient")])
 
-        def verdict(self, *args: Any) -> Any:
+        def submit_many(self, items: Any, **kw: Any) -> Any:
             raise SubmitError(f"record {PATIENT}: age 131 is impossible (validator said)",
                               grpc.StatusCode.UNAVAILABLE)
 
@@ -479,3 +511,185 @@ def test_a_ledger_outage_leaves_a_patient_record_pending(svc: Service) -> None:
                         svc.genesis)
     verdict = screener.judge(PATIENT, "patient")
     assert any(f.rule == "payload.unreadable" for f in verdict.findings)
+
+
+# ------------------------------------------------------- the ledger's answers, format 2
+
+class Chain:
+    """Blocks built as a validator builds them (`build_block`), and the ListSubject entries a
+    validator would answer for them: receipts item -> envelope -> block, as on the wire."""
+
+    def __init__(self, directory: Path, genesis: Genesis) -> None:
+        from consortium.client.core import Identity
+        self.genesis = genesis
+        self.cores = {org: ClientCore(genesis, Identity.from_dir(directory, org))
+                      for org in ("org0", "org1", "org3")}
+        self.nonce = 0
+        self.blocks: list[Any] = []
+
+    def request(self, org: str, items: list[bytes]) -> Any:
+        from consortium.pbft import messages as m
+        from consortium.pbft.payload import encode_envelope
+        self.nonce += 1
+        return m.Request(f"{org}-client", self.nonce, m.RequestKind.APPLICATION,
+                         encode_envelope(items), bytes(64))
+
+    def commit(self, *requests: Any, state: dict[str, Any] | None = None) -> Any:
+        from consortium.crypto.signing import Ed25519Signer
+        from consortium.ledger.blocks import ClientOrgs, build_block
+        from consortium.pbft import codec
+        from consortium.pbft import events as ev
+        from consortium.pbft import messages as m
+        from consortium.pbft.state import batch_root
+        seq = len(self.blocks) + 1
+        header = m.PrePrepare(0, 0, seq, batch_root(requests), len(requests),
+                              int(time.time() * 1000))
+        a = ev.Execute(seq=seq, view=0, epoch=0, digest=header.digest, requests=requests,
+                       executed=requests, pre_prepare=codec.sign_message(
+                           Ed25519Signer.generate(), self.genesis.chain_id_bytes, 0, header),
+                       certificate=(), state_digest=bytes(32))
+        orgs = ClientOrgs(self.genesis.client_orgs(), {o.org_id for o in self.genesis.orgs})
+        block = build_block(a, self.genesis.chain_id_bytes,
+                            self.blocks[-1].header if self.blocks else None, orgs, state)
+        self.blocks.append(block)
+        return block
+
+    @staticmethod
+    def entries(block: Any) -> list[pb.SubjectEntry]:
+        from consortium.ledger.transactions import target_of
+        from consortium.wire import receipt_of, receipt_to_proto
+        return [pb.SubjectEntry(receipt=receipt_to_proto(receipt_of(block, e.index)),
+                                target_record_id=(target_of(e.action) or "")
+                                if e.action is not None else "")
+                for e in block.entries]
+
+
+@pytest.fixture
+def chain(consortium_dir: tuple[Path, Genesis]) -> Chain:
+    return Chain(*consortium_dir)
+
+
+def test_subject_events_come_from_the_receipts_items(svc: Service, chain: Chain) -> None:
+    """The events `check_read` judges are decoded from the item each receipt carries, and
+    the client is the one whose envelope held it: an Access granted to org0, one refused to
+    org3 (logged: ACCESS_DENIED), a revocation; a grant the ledger refused is no event."""
+    from consortium.ledger.blocks import RecordState
+    from consortium.ledger.records import RecordKind
+    from consortium.ledger.transactions import encode_tx
+    now = int(time.time() * 1000)
+    state = {PATIENT: RecordState(RecordKind.PATIENT, "P-9", "org0", frozenset({"org0"}))}
+    block = chain.commit(
+        chain.request("org0", [encode_tx(Access(PATIENT, "care", now)),
+                               encode_tx(Revoke(PATIENT, "org1"))]),
+        chain.request("org3", [encode_tx(Access(PATIENT, "curious", now)),
+                               encode_tx(Grant(PATIENT, "org3", bytes(80)))]),
+        state=state)
+    svc.ledger.core.chain_id = svc.genesis.chain_id_bytes
+    svc.ledger.subject = chain.entries(block)
+    events = Screener.subject_events(svc.screener, "P-9", svc.addresses[0])
+    got = [(e.tx_id, e.height, e.client_id, type(e.action).__name__, e.reason)
+           for e in events]
+    ids = [e.record_id for e in block.entries]
+    assert got == [(ids[0], 1, "org0-client", "Access", ""),
+                   (ids[2], 1, "org3-client", "Access", ACCESS_DENIED)], got
+    assert [e.receipt.record_id for e in events] == [ids[0], ids[2]]
+    # The invalid revocation (org1 reads nothing) and the refused grant are not events.
+    assert [e.status for e in block.entries] == ["recorded", "invalid", "recorded", "invalid"]
+    # And check_read over them: org0 may be answered, org3 is refused.
+    assert check(events).access is not None
+    assert check(events, Caller("org3-client", "org3")).code == \
+        grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_provenance_verdict_sees_the_lots_earlier_records_only(svc: Service,
+                                                                 chain: Chain) -> None:
+    """The lot's history for the rules: the records of the lot before the one judged, in
+    ledger order, from the receipts' public parts; transactions on records are skipped."""
+    from consortium.ledger.records import RecordKind
+    from consortium.ledger.transactions import encode_tx
+    core = chain.cores["org0"]
+    items = [core.record_item(RecordKind.PROVENANCE, "lot-1", event, meta, b"{}", [])
+             for event, meta in (("manufactured", {"quantity": "10", "location": "Basel"}),
+                                 ("shipped", {"quantity": "10", "custodian_from": "org0",
+                                              "custodian_to": "org1"}),
+                                 ("received", {"quantity": "99"}))]
+    first = chain.commit(chain.request("org0", items[:2]))
+    ids = [e.record_id for e in first.entries]
+    second = chain.commit(chain.request("org0", [encode_tx(Grant(ids[0], "org1", bytes(80))),
+                                                 items[2]]))
+    judged = second.entries[1].record_id
+    svc.ledger.core.chain_id = svc.genesis.chain_id_bytes
+    svc.ledger.subject = chain.entries(first) + chain.entries(second)
+    svc.ledger.records[judged] = RecordView(judged, 2, "provenance", "lot-1", "received",
+                                            "org0", int(time.time() * 1000),
+                                            {"quantity": "99"}, (), "recorded")
+    event, history = svc.screener._provenance(judged)
+    assert [(h.record_id, h.event_type, h.quantity) for h in history] == [
+        (ids[0], "manufactured", 10), (ids[1], "shipped", 10)]
+    assert event.record_id == judged and event.quantity == 99
+    verdict = svc.screener.judge(judged, "provenance")
+    assert verdict.decision == "flag"  # 99 received of a lot of 10
+
+
+class Posting(FakeLedger):
+    """A ledger that answers `submit_many` with `outcomes` (one per item) and records every
+    envelope it was given."""
+
+    def __init__(self, addresses: list[str], outcomes: list[str]) -> None:
+        super().__init__(addresses)
+        self.outcomes = outcomes
+        self.envelopes: list[int] = []
+        self.singles = 0
+
+    def _result(self, outcome: str, n: int) -> Any:
+        from consortium.client.core import VerifiedReceipt
+        if outcome == "recorded" or outcome == "refused":
+            return cast(Any, VerifiedReceipt(tx(n), 5, "recorded" if outcome == "recorded"
+                                             else "invalid", "", "", "", cast(Any, None)))
+        code = grpc.StatusCode.INVALID_ARGUMENT if outcome == "invalid-envelope" \
+            else grpc.StatusCode.UNAVAILABLE
+        return SubmitError("refused", code)
+
+    def submit_many(self, items: list[bytes], **kw: Any) -> list[Any]:
+        self.envelopes.append(len(items))
+        return [self._result(o, i) for i, o in enumerate(self.outcomes)]
+
+    def submit_items(self, items: list[bytes]) -> list[Any]:
+        self.singles += 1
+        return [self._result("recorded", 100 + self.singles)]
+
+
+def _judged(n: int) -> list[tuple[pb.ScreeningEntry, Any]]:
+    from consortium.admission.model import Task, Verdict
+    return [(pb.ScreeningEntry(record_id=tx(i), kind="provenance"),
+             Verdict(subject=tx(i), task=Task.RECORD, decision="ok", risk=0.1,
+                     reasons=("fine",), findings=(), backend="rules", model="",
+                     model_sha256="", prompt_sha256="", input_sha256="", latency_ms=1))
+            for i in range(n)]
+
+
+def test_verdicts_of_a_poll_go_in_one_submission(svc: Service) -> None:
+    ledger = Posting(svc.addresses, ["recorded"] * 3)
+    screener = Screener(as_client(ledger), Reviewer(RulesBackend()), svc.genesis)
+    assert screener.post_verdicts(_judged(3)) == 3
+    assert ledger.envelopes == [3] and ledger.singles == 0
+    assert screener.posted == 3 and screener.errors == 0
+
+
+def test_an_envelope_refused_as_a_whole_is_retried_verdict_by_verdict(svc: Service) -> None:
+    ledger = Posting(svc.addresses, ["invalid-envelope", "invalid-envelope", "recorded"])
+    screener = Screener(as_client(ledger), Reviewer(RulesBackend()), svc.genesis)
+    assert screener.post_verdicts(_judged(3)) == 3
+    assert ledger.singles == 2
+
+
+def test_an_unreachable_ledger_is_not_retried_per_verdict_and_refusals_do_not_count(
+        svc: Service) -> None:
+    """UNAVAILABLE already waited for the client's timeout: retrying each verdict would wait
+    that long again per record. A verdict the ledger refused (the record was screened
+    meanwhile) is not counted as posted."""
+    ledger = Posting(svc.addresses, ["unavailable", "refused", "recorded"])
+    screener = Screener(as_client(ledger), Reviewer(RulesBackend()), svc.genesis)
+    assert screener.post_verdicts(_judged(3)) == 1
+    assert ledger.singles == 0
+    assert screener.errors == 1 and screener.last_error == "ledger: UNAVAILABLE"
