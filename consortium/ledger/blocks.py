@@ -329,7 +329,7 @@ def parse_request(r: m.Request) -> list[Parsed] | None:
     Memoised on the request, so the validator that checked a submission on arrival does not
     decode it again when it executes."""
     if "parsed" in r.memo:
-        return r.memo["parsed"]  # type: ignore[no-any-return]
+        return r.memo["parsed"]  # type: ignore[return-value]
     items = split_envelope(r.payload)
     parsed = None if items is None else [parse_item(i) for i in items]
     r.memo["parsed"] = parsed
