@@ -253,6 +253,12 @@ class ClientCore:
         """Where first submissions go: learnt from redirects and status."""
         self.ca_cert = ca_cert
         self.org_keys: dict[str, bytes] = {o.org_id: o.encryption_key for o in genesis.orgs}
+        if identity.org_keys is not None:  # an organisation admitted after genesis
+            self.org_keys.setdefault(identity.org, identity.org_keys.public_key)
+        self.seen_height = 0
+        """The highest block this client has a verified receipt from: its reads ask validators
+        that have executed that far (read-your-writes), so a read right after a commit never
+        shows a record, a grant or an erasure as it was before."""
         self.epochs: dict[int, EpochConfig] = {0: genesis.epoch0()}
         """Validator sets verified from genesis (GetEpochs + verify.epoch_configs)."""
         self.envelope_bytes_max = genesis.protocol.request_bytes_max - ENVELOPE_OVERHEAD_BYTES
@@ -364,6 +370,14 @@ class ClientCore:
             raise SubmitError(f"validator {address} sent an epoch history that does not verify "
                               f"from genesis: {exc}") from exc
 
+    def keep_current_validators(self) -> None:
+        """Forget the addresses of validators the latest verified epoch no longer holds, so
+        reads and submissions stop going to a removed member."""
+        current = set(self.epochs[max(self.epochs)].replica_ids)
+        self.validators = {r: a for r, a in self.validators.items() if r in current}
+        if self.primary not in self.validators and self.validators:
+            self.primary = min(self.validators)
+
     def block_results(self, reply: pb.BlockReceipts, mine: dict[tuple[str, int], Signed],
                       address: str) -> dict[tuple[str, int], list[VerifiedReceipt] | SubmitError]:
         """For each of `mine` this block answer covers: receipts for every item, verified (the
@@ -378,6 +392,7 @@ class ClientCore:
             raise SubmitError(f"validator {address} sent a block that does not verify: "
                               f"{problem}")
         out: dict[tuple[str, int], list[VerifiedReceipt] | SubmitError] = {}
+        self.seen_height = max(self.seen_height, b.header.height)
         block_hash = b.header.hash().hex()
         for e in b.envelopes:
             key = (e.client_id, e.nonce)

@@ -418,6 +418,7 @@ class AsyncConsortiumClient:
         for v in members.validators:
             if v.client_address:
                 self.core.validators.setdefault(v.replica_id, v.client_address)
+        self.core.keep_current_validators()
 
     async def verify_receipt(self, reply: pb.Receipt, record_id: str, address: str) -> Receipt:
         try:
@@ -472,10 +473,13 @@ class AsyncConsortiumClient:
             timeout=self._timeout_s), address)
 
     async def get(self, record_id: str, *, decrypt: bool = False, purpose: str = "read",
-                  address: str | None = None) -> RecordView:
+                  address: str | None = None, min_height: int = 0) -> RecordView:
         """A record, verified against genesis; with decrypt, its payload. Reading a patient
-        record's key first commits an Access transaction (the ledger logs every such read)."""
-        reply, addr = await self.get_record_reply(record_id, address=address)
+        record's key first commits an Access transaction (the ledger logs every such read).
+        Answered by a validator that has executed at least `min_height` and every block this
+        client has a receipt from (read-your-writes)."""
+        reply, addr = await self.get_record_reply(
+            record_id, min_height=max(min_height, self.core.seen_height), address=address)
         access_id = ""
         if decrypt and reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
             access = await self.access(record_id, purpose)
@@ -567,14 +571,28 @@ class AsyncConsortiumClient:
             timeout=self._timeout_s), address)
         return reply
 
-    async def list_screening(self, screening: str, *, after_height: int = 0, limit: int = 1000,
+    async def list_screening(self, screening: str, *, limit: int = 1000,
                              address: str | None = None) -> pb.ScreeningReply:
-        reply: pb.ScreeningReply
-        reply, _ = await self._read(lambda stub: stub.ListScreening(pb.ListScreeningRequest(
-            screening=screening, after_height=after_height, limit=limit,
-            auth=self.core.read_auth("ListScreening", f"{screening}/{after_height}")),
-            timeout=self._timeout_s), address)
-        return reply
+        """Up to `limit` records in one screening status, oldest first, page after page from
+        one validator (`more` is set when records beyond `limit` remain)."""
+        out = pb.ScreeningReply()
+        request = pb.ListScreeningRequest(screening=screening, after_index=-1)
+        addr = address
+        while True:
+            request.limit = limit - len(out.records)
+            request.auth.CopyFrom(self.core.read_auth(
+                "ListScreening", f"{screening}/{request.after_height}"))
+            page = pb.ListScreeningRequest()
+            page.CopyFrom(request)
+            reply: pb.ScreeningReply
+            reply, addr = await self._read(functools.partial(self._list_screening_page, page),
+                                           addr)
+            out.quorum = reply.quorum
+            out.records.extend(reply.records)
+            out.more = reply.more
+            if not reply.more or len(out.records) >= limit:
+                return out
+            request.after_height, request.after_index = reply.next_height, reply.next_index
 
     async def get_block(self, height: int, *, audit: bool = False,
                         address: str | None = None) -> pb.Block:
@@ -598,6 +616,10 @@ class AsyncConsortiumClient:
         reply: pb.StatusReply = await self._stub(address).GetStatus(pb.GetStatusRequest(),
                                                                     timeout=self._timeout_s)
         return reply
+
+    def _list_screening_page(self, page: pb.ListScreeningRequest,
+                             stub: pb_grpc.LedgerStub) -> Any:
+        return stub.ListScreening(page, timeout=self._timeout_s)
 
     def _list_subject_page(self, page: pb.ListSubjectRequest, stub: pb_grpc.LedgerStub) -> Any:
         return stub.ListSubject(page, timeout=self._timeout_s)

@@ -429,11 +429,18 @@ class LedgerService(pb_grpc.LedgerServicer):
         org = await self._authorize(request.auth, "ListScreening",
                                     f"{request.screening}/{request.after_height}", context)
         v = self.v
-        records = await v.reads.records_by_screening(
-            request.screening, after=(request.after_height, 1 << 30), limit=request.limit)
+        limit = min(request.limit or v.reads.page_size_max, v.reads.page_size_max)
+        after = (request.after_height, request.after_index) if request.after_height else (0, -1)
+        records = await v.reads.records_by_screening(request.screening, after=after,
+                                                     limit=limit + 1)
         reply = pb.ScreeningReply(quorum=v.replica.config.quorum)
-        for rec in records:
-            votes, verdicts = await v.reads.review_state(rec.record_id)
+        if len(records) > limit:
+            last = records[limit - 1]
+            reply.more, reply.next_height, reply.next_index = True, last.height, last.idx
+        page = records[:limit]
+        states = await v.reads.review_states([rec.record_id for rec in page])
+        for rec in page:
+            votes, verdicts = states[rec.record_id]
             readable = rec.kind != RecordKind.PATIENT.value or org in rec.readers
             reply.records.append(pb.ScreeningEntry(
                 record_id=rec.record_id, height=rec.height, kind=rec.kind,

@@ -423,17 +423,25 @@ class LedgerReader:
             rows = await cur.fetchall()
         return [_record(row) for row in rows]
 
-    async def review_state(self, record_id: str) -> tuple[list[tuple[int, bool]],
-                                                          list[tuple[str, int, str]]]:
-        """(votes as (replica id, accept), verdicts as (decision, risk_milli, verdict json))."""
+    async def review_states(self, record_ids: Sequence[str]) -> dict[
+            str, tuple[list[tuple[int, bool]], list[tuple[str, int, str]]]]:
+        """Per record: (votes as (replica id, accept), verdicts as (decision, risk_milli,
+        verdict json)), in ledger order; two queries for a whole page of records."""
+        out: dict[str, tuple[list[tuple[int, bool]], list[tuple[str, int, str]]]] = {
+            r: ([], []) for r in record_ids}
+        if not out:
+            return out
+        ids = list(out)
         async with self._cursor() as cur:
-            await cur.execute("SELECT replica_id, accept FROM review_votes WHERE record_id = %s "
-                              "ORDER BY height, idx", (record_id,))
-            votes = [(int(r), bool(a)) for r, a in await cur.fetchall()]
-            await cur.execute("SELECT decision, risk_milli, verdict FROM verdicts "
-                              "WHERE record_id = %s ORDER BY height, idx", (record_id,))
-            verdicts = [(str(d), int(r), str(v)) for d, r, v in await cur.fetchall()]
-        return votes, verdicts
+            await cur.execute("SELECT record_id, replica_id, accept FROM review_votes "
+                              "WHERE record_id = ANY(%s) ORDER BY height, idx", (ids,))
+            for rid, r, a in await cur.fetchall():
+                out[str(rid)][0].append((int(r), bool(a)))
+            await cur.execute("SELECT record_id, decision, risk_milli, verdict FROM verdicts "
+                              "WHERE record_id = ANY(%s) ORDER BY height, idx", (ids,))
+            for rid, d, r, v in await cur.fetchall():
+                out[str(rid)][1].append((str(d), int(r), str(v)))
+        return out
 
     # -------------------------------------------------------------------------- membership
 

@@ -220,11 +220,8 @@ def test_the_new_validator_catches_up_and_takes_part_in_consensus(net: Cluster) 
 def test_the_new_member_submits_and_reads(net: Cluster) -> None:
     acme = ConsortiumClient.from_dir(net.directory, "acme")
     with acme:
-        # Workaround (reported to the lead): ClientCore.org_keys holds genesis' keys only and
-        # submit_provenance ensures the readers' keys but not the submitter's own, so an
-        # admitted member's first record fails "organisations ['acme'] are not known
-        # members" unless its own key is looked up first.
-        acme.ensure_readers(["acme"])
+        # Its first record, with no lookup first: the client knows its own organisation's key
+        # (genesis holds only the founders').
         own = acme.submit_provenance("acme-lot-1", "manufactured", location="Hamburg",
                                      quantity=3)
         assert own.status == "recorded"

@@ -132,6 +132,24 @@ def test_a_burst_of_records_is_screened_with_verdicts_in_envelopes(net: Cluster)
                          if e.client_id == service and e.status == "executed"]
     assert sum(verdict_envelopes) >= 40, verdict_envelopes
     assert max(verdict_envelopes) > 1, verdict_envelopes
+    # The accepted list pages by (height, index): pages of 7 walk all of them in ledger order,
+    # none twice, a block's records split across pages included.
+    first_validator = net.client_address(0)
+    whole = [e.record_id for e in c.list_screening("accepted", limit=100_000,
+                                                   address=first_validator).records]
+    assert {r.record_id for r in receipts} <= set(whole)
+    request = pb.ListScreeningRequest(screening="accepted", after_index=-1, limit=7)
+    paged: list[str] = []
+    while True:
+        request.auth.CopyFrom(c.aio.core.read_auth("ListScreening",
+                                                   f"accepted/{request.after_height}"))
+        reply = net.ledger(0).ListScreening(request, timeout=10)
+        assert len(reply.records) <= 7
+        paged.extend(e.record_id for e in reply.records)
+        if not reply.more:
+            break
+        request.after_height, request.after_index = reply.next_height, reply.next_index
+    assert paged[:len(whole)] == whole and len(paged) == len(set(paged))
 
 
 def test_review_cli_lists_the_quarantine_and_votes(net: Cluster) -> None:

@@ -97,16 +97,18 @@ class EpochsReply(_message.Message):
     def __init__(self, epochs: _Optional[bytes] = ...) -> None: ...
 
 class ListScreeningRequest(_message.Message):
-    __slots__ = ("screening", "after_height", "limit", "auth")
+    __slots__ = ("screening", "after_height", "limit", "auth", "after_index")
     SCREENING_FIELD_NUMBER: _ClassVar[int]
     AFTER_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
     screening: str
     after_height: int
     limit: int
     auth: ReadAuth
-    def __init__(self, screening: _Optional[str] = ..., after_height: _Optional[int] = ..., limit: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+    after_index: int
+    def __init__(self, screening: _Optional[str] = ..., after_height: _Optional[int] = ..., limit: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., after_index: _Optional[int] = ...) -> None: ...
 
 class ReviewVoteInfo(_message.Message):
     __slots__ = ("replica_id", "accept")
@@ -149,12 +151,18 @@ class ScreeningEntry(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., screening: _Optional[str] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[ReviewVoteInfo, _Mapping]]] = ...) -> None: ...
 
 class ScreeningReply(_message.Message):
-    __slots__ = ("records", "quorum")
+    __slots__ = ("records", "quorum", "more", "next_height", "next_index")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[ScreeningEntry]
     quorum: int
-    def __init__(self, records: _Optional[_Iterable[_Union[ScreeningEntry, _Mapping]]] = ..., quorum: _Optional[int] = ...) -> None: ...
+    more: bool
+    next_height: int
+    next_index: int
+    def __init__(self, records: _Optional[_Iterable[_Union[ScreeningEntry, _Mapping]]] = ..., quorum: _Optional[int] = ..., more: _Optional[bool] = ..., next_height: _Optional[int] = ..., next_index: _Optional[int] = ...) -> None: ...
 
 class ReadAuth(_message.Message):
     __slots__ = ("client_id", "timestamp_ms", "signature")
