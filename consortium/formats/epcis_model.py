@@ -187,8 +187,10 @@ class Event:
             "outputQuantityList": self.output_quantity_list}
         out.update({k: [q.to_json(uri) for q in v] for k, v in quantities.items() if v})
         if self.biz_transactions:
+            # type before bizTransaction, as in the standard's examples: GS1's reference
+            # hash implementation takes these two in the order it reads them
             out["bizTransactionList"] = [
-                {"bizTransaction": b.id, **({"type": b.type} if b.type else {})}
+                {**({"type": b.type} if b.type else {}), "bizTransaction": b.id}
                 for b in self.biz_transactions]
         if self.sources:
             out["sourceList"] = [{"type": p.type, "source": uri(p.id)} for p in self.sources]

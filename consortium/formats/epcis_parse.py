@@ -255,7 +255,7 @@ def _event(raw: Json, ctx: _Ctx) -> Event:
         raise _fail("type", f"{kind} is not supported (ObjectEvent, AggregationEvent, "
                             "TransformationEvent)")
     try:
-        etype = EventType(kind)
+        etype = EventType(str(kind))
     except ValueError:
         raise _fail("type", f"{kind!r} is not an EPCIS event type") from None
     if "@context" in raw:
@@ -466,12 +466,12 @@ def _quantity(value: Json, uom: str | None, path: str) -> int | float | None:
         raise _fail(path, f"{value!r} is not a number")
     if value <= 0:
         raise _fail(path, f"must be positive, got {value}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if uom is None and not isinstance(value, int):
-        raise _fail(path, f"{value} items: without a uom the quantity is a count and must be "
+    number: int | float = int(value) if isinstance(value, float) and value.is_integer() \
+        else value
+    if uom is None and not isinstance(number, int):
+        raise _fail(path, f"{number} items: without a uom the quantity is a count and must be "
                           "whole")
-    return value
+    return number
 
 
 def _vocab(raw: Mapping[str, Json], key: str, vocabulary: str,
