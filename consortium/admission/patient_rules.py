@@ -84,7 +84,7 @@ def check_patient(r: PatientRecordInput, ctx: RecordContext) -> list[Finding]:
                                                                 dt.UTC)
     age = patient.age_at(when)
     if age is not None and not 0 <= age <= AGE_YEARS_MAX:
-        f.append(Finding("range.age", CERTAIN, f"age {age:.0f} at {when.date()} is impossible"))
+        f.append(Finding("range.age", CERTAIN, f"age {int(age)} at {when.date()} is impossible"))
     f += _date_findings(resources, patient, r, ctx)
     for res in resources:
         rtype = res.get("resourceType")
@@ -204,7 +204,10 @@ def _date_findings(resources: Sequence[Mapping[str, Json]], patient: _Patient,
             elif patient.birth is not None and d < patient.birth:
                 out.append(Finding("date.before-birth", CERTAIN,
                                    f"{where} {d.date()} is before the patient was born"))
-    return out
+    first: dict[str, Finding] = {}
+    for finding in out:  # one finding per rule: the first date that breaks it
+        first.setdefault(finding.rule, finding)
+    return list(first.values())
 
 
 def _quantity_values(obs: Mapping[str, Json]) -> Iterator[tuple[str, float, str]]:
@@ -248,7 +251,7 @@ def _observation_findings(obs: Mapping[str, Json], patient: _Patient,
                             None)
             if heaviest is not None and value > heaviest:
                 out.append(Finding("range.weight-for-age", CERTAIN,
-                                   f"{value:g} kg at age {age:.0f} is impossible (at most "
+                                   f"{value:g} kg at age {int(age)} is impossible (at most "
                                    f"{heaviest:g} kg)"))
     systolic, diastolic = values.get("8480-6"), values.get("8462-4")
     if systolic is not None and diastolic is not None and systolic <= diastolic:
@@ -295,7 +298,7 @@ def _dose_findings(req: Mapping[str, Json], age: float | None) -> list[Finding]:
     if min_age is not None and age is not None and age < min_age:
         out.append(Finding("clinical.age-contraindicated", CERTAIN,
                            f"{name} is not for patients under {min_age:g} (patient is "
-                           f"{age:.0f})"))
+                           f"{int(age)})"))
     for dose, per_day in _doses(req):
         if dose <= 0 or not 0 < per_day <= 24:
             out.append(Finding("range.dose", CERTAIN, f"{name}: dose or frequency impossible"))
@@ -312,7 +315,7 @@ def _dose_findings(req: Mapping[str, Json], age: float | None) -> list[Finding]:
         elif age is not None and age < clinical.PAEDIATRIC_AGE and daily > 0.6 * limit:
             out.append(Finding("range.paediatric-dose", SUSPECT,
                                f"{name}: {daily:g} mg/day is near the adult maximum for a "
-                               f"{age:.0f}-year-old"))
+                               f"{int(age)}-year-old"))
     return out
 
 
@@ -352,7 +355,7 @@ def _diagnosis_findings(payload: Mapping[str, Json], patient: _Patient,
         for prefix, youngest, oldest, what in clinical.ICD10_AGE:
             if code.startswith(prefix) and age is not None and not youngest <= age <= oldest:
                 out.append(Finding("clinical.age-mismatch", CERTAIN,
-                                   f"ICD-10 {code} ({what}) at age {age:.0f} is impossible"))
+                                   f"ICD-10 {code} ({what}) at age {int(age)} is impossible"))
     return out
 
 
