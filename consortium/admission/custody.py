@@ -375,6 +375,11 @@ class _Book:
                 f.append(Finding("custody.wrong-receiver", CERTAIN,
                                  f"the shipment in transit goes to {', '.join(towards)}, not "
                                  f"{receiver}"))
+            total = st.total()
+            if qty is not None and total is not None and qty > total:
+                f.append(Finding("quantity.grew", CERTAIN,
+                                 f"{receiver} receives {_n(qty)} of {ident}: more than the "
+                                 f"{_n(total)} that exist"))
             return
         if qty is not None and match.quantity is not None and qty > match.quantity:
             f.append(Finding("quantity.grew", CERTAIN,

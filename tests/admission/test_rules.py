@@ -236,6 +236,11 @@ def test_receipts_must_match_a_shipment() -> None:
     assert judge(chain, receive(3, "Dist", 2, "Maker", 120)) == {"quantity.grew": C}
     assert judge(chain, receive(3, "Dist", 0.5, "Maker", 100))["time.before-shipment"] is C
     assert judge(chain, receive(3, "Dist", 2, None, 100)) == {}
+    made = chain[:1]
+    assert judge(made, receive(2, "Dist", 2, "Maker", 99)) == {
+        "custody.received-without-shipment": C}
+    assert judge(made, receive(2, "Dist", 2, "Maker", 101)) == {
+        "custody.received-without-shipment": C, "quantity.grew": C}
 
 
 def test_suspect_findings() -> None:
