@@ -268,7 +268,7 @@ class _Book:
             st.give(holder, qty)
 
     def _holding_checks(self, ident: str, st: _State, who: str, qty: Qty, verb: str,
-                        rule: str, f: list[Finding]) -> None:
+                        rule: str, never_rule: str, f: list[Finding]) -> None:
         """Does `who` hold `qty` of `ident`? (first sighting: suspect, no origin)."""
         if not st.events:
             f.append(Finding("custody.no-origin", SUSPECT,
@@ -278,9 +278,7 @@ class _Book:
         have = st.held.get(who, 0)
         if have == 0:
             if who not in st.ever_held:
-                f.append(Finding(rule.replace("not-holder", "never-held")
-                                 if rule == "custody.shipper-not-holder" else rule, CERTAIN,
-                                 f"{who} {verb} {ident} but never held it"))
+                f.append(Finding(never_rule, CERTAIN, f"{who} {verb} {ident} but never held it"))
             else:
                 f.append(Finding(rule, CERTAIN, f"{who} {verb} {ident} but no longer holds it "
                                                 f"({self._holders(st)})"))
@@ -303,7 +301,7 @@ class _Book:
             st = self.state(ident)
             if f is not None:
                 self._holding_checks(ident, st, sender, qty, "ships",
-                                     "custody.shipper-not-holder", f)
+                                     "custody.shipper-not-holder", "custody.shipper-never-held", f)
             taken = st.take(sender, qty)
             st.pending.append(_Shipment(sender, receiver, taken, e.event_time_ms))
 
@@ -439,7 +437,7 @@ class _Book:
             st = self.state(ident)
             if f is not None:
                 self._holding_checks(ident, st, packer, qty, "packs",
-                                     "custody.packer-not-holder", f)
+                                     "custody.packer-not-holder", "custody.packer-not-holder", f)
             taken = st.take(packer, qty)
             st.give(_INSIDE + parent, taken)
             before = pst.contents.get(ident, 0)

@@ -80,12 +80,13 @@ VERBATIM_FIELDS = frozenset({"sensorElementList", "certificationInfo", "recordTi
 """Standard fields this model does not interpret: kept as they are."""
 
 
+@dataclass(frozen=True, slots=True)
 class Role:
     """Where an identifier stands, and which GS1 kinds (and private kinds) may stand there."""
 
-    def __init__(self, name: str, kinds: frozenset[gs1.Gs1Kind],
-                 private: PrivateRole | None) -> None:
-        self.name, self.kinds, self.private = name, kinds, private
+    name: str
+    kinds: frozenset[gs1.Gs1Kind]
+    private: PrivateRole | None
 
 
 INSTANCE = Role("an instance (SGTIN, SSCC or GRAI)", gs1.INSTANCE_KINDS, None)

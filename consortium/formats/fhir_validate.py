@@ -39,7 +39,6 @@ CONTAINED_TYPES = frozenset({"Patient", "Medication", "Specimen"})
 PATIENT_FIELDS = frozenset({"resourceType", "id", "meta", "gender", "birthDate"})
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-PATIENT_ID_CHARS_MAX = 64
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _LOINC_CODE = re.compile(r"(\d{1,7})-(\d)")
 

@@ -33,7 +33,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from consortium.formats.errors import Gs1Error
 
@@ -311,6 +311,7 @@ def _check_key_digits(ai: str, value: str) -> None:
 
 
 def _digital_link_elements(text: str) -> dict[str, str]:
+    # biip is imported here, not at the top: the consensus path (URNs only) never loads it
     from biip import ParseError
     from biip.gs1_digital_link_uris import GS1DigitalLinkURI
 
@@ -318,8 +319,6 @@ def _digital_link_elements(text: str) -> dict[str, str]:
     segments = parts.path.split("/")
     for i, seg in enumerate(segments):
         if seg in ("01", "00", "414", "417", "8003") and i + 1 < len(segments):
-            from urllib.parse import unquote
-
             value = unquote(segments[i + 1])
             if seg == "01":
                 value = value.zfill(14) if value.isdigit() else value

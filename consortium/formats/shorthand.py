@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 
 from consortium.formats import gs1
 from consortium.formats.directory import EMPTY_DIRECTORY, Gs1Directory
-from consortium.formats.epcis_model import CONSORTIUM_NAMESPACE, Event, Json
+from consortium.formats.epcis_model import CONSORTIUM_NAMESPACE, Event, Json, format_time_ms
 from consortium.formats.epcis_parse import parse_event
 from consortium.formats.errors import EpcisError, FormatError
 from consortium.formats.private_ids import PrivateRole, private_uri
@@ -78,9 +78,11 @@ def object_event_from_shorthand(product: str, event: str, from_org: str | None,
                                 event_time_ms: int, time_zone_offset: str = "+00:00",
                                 directory: Gs1Directory = EMPTY_DIRECTORY,
                                 disposition: str | None = None, note: str | None = None,
-                                documents: Sequence[str] = ()) -> Event:
-    """The ObjectEvent the legacy flags mean (table in the module docstring). Raises
-    FormatError with a one-line reason naming the flag."""
+                                documents: Sequence[str] = (),
+                                extensions: Mapping[str, Json] | None = None) -> Event:
+    """The ObjectEvent the legacy flags mean (table in the module docstring). `extensions`
+    adds namespaced extension fields (consortium:...). Raises FormatError with a one-line
+    reason naming the flag."""
     if event not in LEGACY_EVENTS:
         raise FormatError(f"--event {event!r}: expected one of {', '.join(LEGACY_EVENTS)}")
     biz_step, default_disposition, action = LEGACY_EVENTS[event]
@@ -92,7 +94,7 @@ def object_event_from_shorthand(product: str, event: str, from_org: str | None,
         raise FormatError(f"--quantity {quantity!r}: a positive whole number")
     raw: dict[str, Json] = {
         "type": "ObjectEvent", "action": action, "bizStep": biz_step,
-        "eventTime": _iso(event_time_ms), "eventTimeZoneOffset": time_zone_offset,
+        "eventTime": format_time_ms(event_time_ms), "eventTimeZoneOffset": time_zone_offset,
         "bizLocation": {"id": _location(location)}}
     chosen = disposition or default_disposition
     if chosen is not None:
@@ -122,6 +124,10 @@ def object_event_from_shorthand(product: str, event: str, from_org: str | None,
         raw["consortium:note"] = note
     if documents:
         raw["consortium:documents"] = list(documents)
+    for key, value in (extensions or {}).items():
+        if key in raw:
+            raise FormatError(f"extension {key!r} would overwrite a field of the event")
+        raw[key] = value
     try:
         return parse_event(raw, prefix_length=directory.prefix_length,
                            declared={"consortium": CONSORTIUM_NAMESPACE})
@@ -145,9 +151,3 @@ def _parties(event: str, from_org: str | None, to_org: str | None, submitter: st
         return src, [_party(to_org or submitter, directory)]
     return ([_party(from_org, directory)] if from_org else [],
             [_party(to_org, directory)] if to_org else [])
-
-
-def _iso(ms: int) -> str:
-    from consortium.formats.epcis_model import format_time_ms
-
-    return format_time_ms(ms)

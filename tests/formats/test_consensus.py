@@ -6,6 +6,8 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consortium.formats import epcis
 from consortium.formats.epcis import EpcisError
@@ -88,3 +90,30 @@ def test_consensus_check_is_fast() -> None:
         epcis.check_event_at_consensus(b, BLOCK_MS, SKEW_MS)
     per_event_us = (time.perf_counter() - start) / len(events) * 1e6
     assert per_event_us < 400, per_event_us
+
+
+LOTS = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!*+,:;=", min_size=1,
+               max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lot=LOTS, quantity=st.one_of(st.integers(1, 10**9),
+                                    st.floats(0.001, 1e6, allow_nan=False)),
+       offset_min=st.integers(-14 * 60, 14 * 60), millis=st.integers(0, 10**12))
+def test_public_json_is_a_fixed_point(lot: str, quantity: float, offset_min: int,
+                                      millis: int) -> None:
+    """Whatever valid event goes in, its public part parses back to the same event and the
+    same bytes, and passes the consensus check."""
+    sign = "+" if offset_min >= 0 else "-"
+    offset = f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    element: dict[str, object] = {"epcClass": f"urn:epc:class:lgtin:4012345.012345.{lot}",
+                                  "quantity": quantity}
+    if isinstance(quantity, float):
+        element["uom"] = "KGM"
+    ev = epcis.parse_document(document(event(
+        quantityList=[element], eventTimeZoneOffset=offset,
+        eventTime=epcis.format_time_ms(millis))))[0]
+    data = ev.public_json()
+    again = epcis.event_from_public_json(data)
+    assert again == ev and again.public_json() == data
+    epcis.check_event_at_consensus(data, millis, 0)

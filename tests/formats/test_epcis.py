@@ -248,3 +248,30 @@ def test_model_is_frozen_and_identifiers_sorted() -> None:
                                 "urn:epc:id:sgtin:4012345.012345.2")
     with pytest.raises(AttributeError):
         ev.biz_step = "receiving"  # type: ignore[misc]
+
+
+def test_query_documents_and_reserved_prefix() -> None:
+    query = {"@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+             "type": "EPCISQueryDocument", "schemaVersion": "2.0",
+             "creationDate": "2026-03-01T12:00:00Z",
+             "epcisBody": {"queryResults": {"queryName": "SimpleEventQuery",
+                                            "resultsBody": {"eventList": [event()]}}}}
+    assert len(epcis.parse_document(query)) == 1
+    hijack = document(event(), context=["https://ref.gs1.org/standards/epcis/2.0.0/"
+                                        "epcis-context.jsonld",
+                                        {"consortium": "https://evil.example/"}])
+    with pytest.raises(EpcisError, match="reserved for urn:consortium:epcis:"):
+        epcis.parse_document(hijack)
+
+
+def test_error_declaration_is_kept() -> None:
+    declared = event(errorDeclaration={"declarationTime": "2026-02-02T10:00:00Z",
+                                       "reason": "incorrect_data",
+                                       "correctiveEventIDs": ["urn:uuid:404d95fc-9457-4a51-bd6a-"
+                                                              "0bba133845a8"]})
+    ev = epcis.parse_document(document(declared))[0]
+    assert ev.error_declaration is not None and ev.error_declaration.reason == "incorrect_data"
+    assert epcis.event_from_public_json(ev.public_json()) == ev
+    with pytest.raises(EpcisError, match="errorDeclaration.reason: unknown error reason"):
+        epcis.parse_document(document(event(errorDeclaration={
+            "declarationTime": "2026-02-02T10:00:00Z", "reason": "oops"})))
