@@ -272,6 +272,6 @@ def test_error_declaration_is_kept() -> None:
     ev = epcis.parse_document(document(declared))[0]
     assert ev.error_declaration is not None and ev.error_declaration.reason == "incorrect_data"
     assert epcis.event_from_public_json(ev.public_json()) == ev
-    with pytest.raises(EpcisError, match="errorDeclaration.reason: unknown error reason"):
+    with pytest.raises(EpcisError, match=r"errorDeclaration\.reason: unknown error reason"):
         epcis.parse_document(document(event(errorDeclaration={
             "declarationTime": "2026-02-02T10:00:00Z", "reason": "oops"})))
