@@ -59,6 +59,7 @@ from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, Verif
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
+from consortium.formats.directory import EMPTY_DIRECTORY, Gs1Directory
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
@@ -287,9 +288,12 @@ class Screener:
     """Judges records from the ledger's pending-screening queue and posts the verdicts."""
 
     def __init__(self, client: ConsortiumClient, reviewer: Reviewer, genesis: Genesis,
-                 known_locations: tuple[str, ...] = (), loopback_ok: bool = False) -> None:
+                 known_locations: tuple[str, ...] = (), loopback_ok: bool = False,
+                 directory: Gs1Directory = EMPTY_DIRECTORY) -> None:
         self.client = client
         self.genesis = genesis
+        self.directory = directory
+        """The members' GS1 identities (which member an EPCIS party, site or prefix is)."""
         self.loopback_ok = loopback_ok
         """A local consortium: validators on loopback addresses are reachable."""
         self.reviewer = reviewer
@@ -466,7 +470,7 @@ class Screener:
             event, history = self._provenance(record_id)
             return self.reviewer.screen_record(
                 event, RecordContext(history=tuple(history), registry=self.registry,
-                                     now_ms=now_ms))
+                                     now_ms=now_ms, directory=self.directory))
         record = self._patient(record_id, purpose)
         with self._lock:
             while self.recent and self.recent[0].submitted_at_ms < now_ms - RECENT_WINDOW_MS:
@@ -498,10 +502,10 @@ class Screener:
             p = decode_public(seg0)
             history.append(ProvenanceEvent.from_metadata(
                 r.record_id, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
-                dict(p.metadata)))
+                dict(p.metadata), self.directory))
         event = ProvenanceEvent.from_metadata(record_id, rec.subject_id, rec.event_type,
                                               rec.submitter_org, rec.submitted_at_ms,
-                                              rec.metadata)
+                                              rec.metadata, self.directory)
         return event, history
 
     def _patient(self, record_id: str, purpose: str) -> PatientRecordInput:
