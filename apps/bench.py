@@ -74,9 +74,12 @@ def _json_safe(value: Any) -> Any:
               default=None, help="Benchmark this running consortium instead of a fresh one.")
 @click.option("--client-inline", is_flag=True,
               help="Build, encrypt and sign each record inside the timed window.")
-@click.option("--stream", type=click.IntRange(0, 4096), default=0, show_default=True,
-              help="Closed loop: each client sends this many records per SubmitStream call "
-                   "(0: one SubmitRecord call per record).")
+@click.option("--stream", type=click.IntRange(0, 65536), default=0, show_default=True,
+              help="Closed loop: each client keeps this many records in flight on a "
+                   "SubmitStream (0: one SubmitRecord call at a time).")
+@click.option("--envelope", type=click.IntRange(0, 16384), default=0, show_default=True,
+              help="Records per client signature (one envelope, one request); 0: one "
+                   "signature per record.")
 @click.option("--no-baseline", is_flag=True, help="Skip the unreplicated baseline.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -84,8 +87,8 @@ def _json_safe(value: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def bench(validators: str, records: int, clients: int, payload_bytes: int, rate: float | None,
           duration_s: float | None, warmup_s: float, dsn: str | None, directory: Path | None,
-          client_inline: bool, stream: int, no_baseline: bool, no_progress: bool,
-          out: Path | None, as_json: bool) -> None:
+          client_inline: bool, stream: int, envelope: int, no_baseline: bool,
+          no_progress: bool, out: Path | None, as_json: bool) -> None:
     """Measure committed records/s, latency and cost per record of a consortium, next to the
     unreplicated baseline (see docs/performance.md)."""
     harness = _import_harness()
@@ -93,7 +96,7 @@ def bench(validators: str, records: int, clients: int, payload_bytes: int, rate:
         validators=_validators(validators), records=records, clients=clients,
         payload_bytes=payload_bytes, rate=rate, duration_s=duration_s, warmup_s=warmup_s,
         dsn=dsn, directory=directory, out=out, client_inline=client_inline,
-        baseline=not no_baseline, progress=not no_progress, stream=stream)
+        baseline=not no_baseline, progress=not no_progress, stream=stream, envelope=envelope)
 
     def say(line: str) -> None:
         click.echo(line, err=as_json)

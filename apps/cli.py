@@ -13,7 +13,9 @@ from typing import Any, NoReturn
 
 import click
 
+from apps import records_file
 from consortium.localnet import default_dir
+from consortium.pbft.payload import ENVELOPE_ITEMS_MAX
 
 DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help="Consortium directory (default: $CONSORTIUM_HOME, else "
@@ -135,37 +137,144 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
 @DIR_OPTION
 @JSON_OPTION
 def status(directory: Path | None, as_json: bool) -> None:
-    """Per validator: id, org, pid, address, database, height, view, last block hash, health."""
+    """Per validator: id, org, pid, address, database, height, view, epoch, last block hash,
+    health, whether it is serving (and why not: its database is down...) and the primary it
+    follows; and the primary, as the validators in the highest view name it."""
     from consortium import process
 
     try:
         rows = process.status(_dir(directory))
     except process.ProcessError as exc:
         fail(str(exc))
-    lines = [f"{r['id']:>3} {r['org']:<8} pid={r['pid'] or '-':<8} height={r['height']!s:<7} "
-             f"view={r['view']!s:<4} healthy={r['healthy']!s:<5} {r['address']}  "
-             f"db={r['database']}" for r in rows]
-    emit({"validators": rows}, as_json, "\n".join(lines))
+    primary = process.primary_of(rows)
+    lines = [f"primary: validator {primary['id']} at {primary['address']} (view "
+             f"{primary['view']}; {primary['agreeing']} of {primary['answered']} validators "
+             "agree)" if primary is not None else "primary: unknown (no validator answered)"]
+    for r in rows:
+        serving = "-" if r["serving"] is None else "yes" if r["serving"] else "NO"
+        lines.append(f"{r['id']:>3} {r['org']:<8} pid={r['pid'] or '-':<8} "
+                     f"height={r['height']!s:<7} view={r['view']!s:<4} "
+                     f"healthy={r['healthy']!s:<5} serving={serving:<3} {r['address']}  "
+                     f"db={r['database']}" + (f"  problem: {r['problem']}" if r["problem"]
+                                              else ""))
+    emit({"validators": rows, "primary": primary}, as_json, "\n".join(lines))
 
 
 @main.command()
 @DIR_OPTION
 @JSON_OPTION
 def down(directory: Path | None, as_json: bool) -> None:
-    """Stop the validators of DIR (SIGTERM, then SIGKILL after 15 s) and the embedded
-    PostgreSQL."""
+    """Stop what `up` started in DIR: the admission service, the validators (SIGTERM, then
+    SIGKILL after 15 s) and the embedded PostgreSQL when `up` started it (a server given with
+    --dsn or CONSORTIUM_DSN keeps running). Idempotent."""
     from consortium import process
 
     try:
         stopped = process.down(_dir(directory))
     except process.ProcessError as exc:
         fail(str(exc))
-    emit({"stopped": stopped}, as_json, f"stopped validators {stopped}")
+    text = f"stopped validators {stopped.validators}"
+    if stopped.admission:
+        text += "; the admission service"
+    if stopped.embedded_postgres is not None:
+        text += f"; the embedded PostgreSQL (pid {stopped.embedded_postgres})"
+    emit({"stopped": stopped.validators, "admission": stopped.admission,
+          "embedded_postgres_pid": stopped.embedded_postgres}, as_json, text)
 
 
-@main.group()
-def submit() -> None:
-    """Submit a signed, encrypted record and wait for its verified receipt."""
+SUBMIT_FILE_OPTIONS = ("directory", "org", "records_file", "envelope", "skip_invalid", "ids_out",
+                       "as_json")
+
+
+@main.group(invoke_without_command=True, no_args_is_help=True,
+            epilog=records_file.FORMAT)
+@DIR_OPTION
+@click.option("--as", "org", default=None, help="Submitting organisation (e.g. org0).")
+@click.option("--file", "records_file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Records to submit, one JSON object per line (format below; - for stdin).")
+@click.option("--envelope", type=click.IntRange(1, ENVELOPE_ITEMS_MAX), default=256,
+              show_default=True, help="Records per envelope (one signature each).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Submit the good lines and report the bad ones (default: a bad line means "
+                   "nothing is submitted).")
+@click.option("--ids-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the recorded records' ids to this file, one a line in file order "
+                   "(instead of listing them in the --json output).")
+@JSON_OPTION
+@click.pass_context
+def submit(ctx: click.Context, directory: Path | None, org: str | None, records_file: Any,
+           envelope: int, skip_invalid: bool, ids_out: Path | None, as_json: bool) -> None:
+    """Submit signed, encrypted records and wait for their verified receipts: one with
+    `submit provenance` or `submit patient`, or a file of them with `submit --file FILE --as
+    ORG` (sent in envelopes on one stream to the primary; a progress bar on stderr)."""
+    if ctx.invoked_subcommand is not None:
+        given = [p.opts[0] for p in ctx.command.params if p.name in SUBMIT_FILE_OPTIONS
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            fail(f"{', '.join(given)} given before `{ctx.invoked_subcommand}`: options of "
+                 "`submit --file`; give the subcommand's options after its name", 2)
+        return
+    if records_file is None or org is None:
+        fail("give --file FILE and --as ORG, or a subcommand (provenance, patient); see "
+             "`consortium submit --help`", 2)
+    _submit_file(directory, org, records_file, envelope, skip_invalid, ids_out, as_json)
+
+
+def _submit_file(directory: Path | None, org: str, records: Any, envelope: int,
+                 skip_invalid: bool, ids_out: Path | None, as_json: bool) -> None:
+    from tqdm import tqdm
+
+    from consortium.client import SubmitError
+
+    name = getattr(records, "name", "records")
+    try:
+        lines, bad = records_file.parse_lines(records)
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {name}: {exc}", 2)
+    total = len(lines) + len(bad)
+    if total == 0:
+        fail(f"{name} holds no records", 2)
+    with _client(directory, org) as client:
+        items, unsealable = records_file.build_items(client, lines)
+        bad = sorted(bad + unsealable)
+        if bad and not skip_invalid:
+            if as_json:
+                click.echo(json.dumps({"submitted": 0, "bad_lines": [
+                    {"line": n, "error": why} for n, why in bad]}, indent=2, sort_keys=True))
+            fail(records_file.bad_lines_message(name, bad, total), 2)
+        for n, why in bad:
+            click.echo(f"consortium: {name} line {n} skipped: {why}", err=True)
+        envelopes = len(client.core.envelopes([item for _, item in items], envelope)) \
+            if items else 0
+        with tqdm(total=len(items), unit="rec", desc="submitting", file=sys.stderr,
+                  disable=None) as bar:
+            try:
+                results = client.submit_many([item for _, item in items],
+                                             envelope_items=envelope, on_progress=bar.update) \
+                    if items else []
+            except SubmitError as exc:
+                fail(str(exc))
+    data = records_file.report(items, results, envelopes)
+    data["bad_lines"] = [{"line": n, "error": why} for n, why in bad]
+    if ids_out is not None:
+        try:
+            ids_out.write_text("".join(f"{i}\n" for i in data["record_ids"]))
+        except OSError as exc:
+            fail(f"cannot write {ids_out}: {exc.strerror or exc}")
+        data["ids_out"] = str(ids_out)
+        del data["record_ids"]
+    span = f"heights {data['first_height']}-{data['last_height']}" \
+        if data["first_height"] is not None else "nothing committed"
+    emit(data, as_json, f"{data['recorded']} of {total} records recorded in {envelopes} "
+                        f"envelopes ({span}); {len(data['invalid'])} refused by the ledger, "
+                        f"{len(data['failed'])} not committed, {len(bad)} bad lines skipped")
+    for problem in data["invalid"][:records_file.BAD_LINES_SHOWN] if not as_json else ():
+        click.echo(f"consortium: line {problem['line']} refused: {problem['reason']}", err=True)
+    for problem in data["failed"][:records_file.BAD_LINES_SHOWN] if not as_json else ():
+        click.echo(f"consortium: line {problem['line']} not committed: {problem['error']}",
+                   err=True)
+    ok = data["recorded"] > 0 and not data["invalid"] and not data["failed"]
+    sys.exit(0 if ok else 1)  # every submitted record recorded (bad lines skipped on request)
 
 
 def _client(directory: Path | None, org: str) -> Any:

@@ -159,15 +159,20 @@ def _next_replica_id(d: Path, genesis: Any, ca: bytes) -> int:
 @JSON_OPTION
 def list_cmd(directory: Path | None, org: str, as_json: bool) -> None:
     """The current validator set and every membership proposal with its verdicts and votes."""
-    from apps.audit import _client
-    from consortium.client import SubmitError
+    from consortium.client import ConsortiumClient, SubmitError
+    from consortium.config import ConfigError
 
-    with _client(directory, org) as client:
+    try:
+        client = ConsortiumClient.from_dir(directory if directory is not None
+                                           else default_dir(), org)
+    except (SubmitError, ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    with client:
         try:
             reply = client.list_members()
         except SubmitError as exc:
             _fail(str(exc), EXIT_NOT_OK)
-    data = {"epoch": reply.epoch, "quorum": reply.quorum,
+    data: dict[str, Any] = {"epoch": reply.epoch, "quorum": reply.quorum,
             "validators": [{"replica_id": v.replica_id, "org": v.org,
                             "peer_address": v.peer_address,
                             "client_address": v.client_address} for v in reply.validators],

@@ -10,13 +10,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, _client, _fail, validator_client
+from apps.audit import AS_OPTION, DIR_OPTION, JSON_OPTION, validator_client
 
 STATUSES = ["pending-screening", "quarantined", "accepted", "rejected"]
+EXIT_NOT_OK = 1
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"consortium review: {message}", err=True)
+    sys.exit(code)
+
+
+def _client(directory: Path | None, org: str) -> Any:
+    from consortium.client import ConsortiumClient, SubmitError
+    from consortium.config import ConfigError
+    from consortium.localnet import default_dir
+
+    try:
+        return ConsortiumClient.from_dir(directory if directory is not None else default_dir(),
+                                         org)
+    except (SubmitError, ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +60,7 @@ def list_cmd(directory: Path | None, screening: str, limit: int, org: str,
         try:
             reply = client.list_screening(screening, limit=limit)
         except SubmitError as exc:
-            _fail(str(exc))
+            _fail(str(exc), EXIT_NOT_OK)
     rows: list[dict[str, Any]] = []
     for r in reply.records:
         verdicts = []
@@ -86,14 +105,14 @@ def vote(directory: Path | None, record_id: str, accept: bool, org: str,
     """Vote on a quarantined record as your organisation's validator."""
     from consortium.client import SubmitError
 
-    client = validator_client(directory, org)
+    client = validator_client(directory, org, _fail)
     with client:
         try:
             receipt = client.review_vote(record_id, accept)
         except SubmitError as exc:
-            _fail(str(exc), 1)
+            _fail(str(exc), EXIT_NOT_OK)
     data = receipt.to_json()
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else
                f"vote {data['status']} at height {data['height']}"
                + (f": {data['reason']}" if data["reason"] else ""))
-    sys.exit(0 if data["status"] == "recorded" else 1)
+    sys.exit(0 if data["status"] == "recorded" else EXIT_NOT_OK)

@@ -1,10 +1,11 @@
 """The offered load: real records through the real SDK (`AsyncConsortiumClient`).
 
 Every record is a provenance event with a `payload_bytes` JSON payload, sealed with a fresh
-XChaCha20-Poly1305 key wrapped for the submitter and one other organisation, signed by the
-organisation's client key with its own nonce, sent with `SubmitRecord` over TLS, and counted
-only when the SDK returns a receipt it verified against genesis (commit certificate and
-inclusion proof).
+XChaCha20-Poly1305 key wrapped for the submitter and one other organisation. Records go into
+envelopes of `envelope` records (0 or 1: one signature per record), each signed by the
+organisation's client key with its own nonce, sent with `SubmitRecord` (or on a
+`SubmitStream`) over TLS to the primary, and counted only when the SDK returns receipts it
+verified against genesis (commit certificate and inclusion proofs).
 
 Records are prepared (built, encrypted, signed) before the timed window by default, as a fleet
 of submitters on other machines would have done; their CPU cost is measured and reported
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.client import AsyncConsortiumClient
+from consortium.client.core import Signed
 from consortium.client.nonces import MemoryNonces
 from consortium.client.sdk import Identity, SubmitError
 from consortium.config import Genesis
@@ -34,7 +36,6 @@ from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer
 from consortium.localnet import read_seed
 from consortium.pbft import codec
-from consortium.pbft import messages as m
 
 OPEN_LOOP_IN_FLIGHT_MAX = 20_000
 """Open loop: more submissions than this in flight means the system has fallen behind for good;
@@ -62,8 +63,8 @@ class LoadResult:
     """When the last submission started: the end of steady state."""
     in_flight_capped: bool = False
     errors: dict[str, int] = field(default_factory=dict)
-    built: list[m.Request] = field(default_factory=list)
-    """Inline mode: the records built in the window (the baseline replays them)."""
+    built: list[Signed] = field(default_factory=list)
+    """Inline mode: the envelopes built in the window (the baseline replays them)."""
     build_cpu_s: float = 0.0
 
 
@@ -92,52 +93,62 @@ def make_clients(directory: Path, genesis: Genesis, ids: list[Identity],
 
 
 class RecordFactory:
-    """Builds record i with the SDK's own code path (`build_provenance`)."""
+    """Builds record i with the SDK's own code path (`provenance_item`), and signs envelopes
+    of them (`sign`)."""
 
     def __init__(self, builders: list[AsyncConsortiumClient], orgs: list[str],
-                 payload_bytes: int) -> None:
+                 payload_bytes: int, envelope_records: int) -> None:
         self._builders = builders
         self._orgs = orgs
+        self.envelope = max(1, envelope_records)
         notes = max(0, payload_bytes - DETAILS_OVERHEAD)
         self._details = {"notes": os.urandom(notes // 2 + 1).hex()[:notes]}
 
-    def build(self, i: int) -> m.Request:
-        k = i % len(self._builders)
+    def item(self, i: int) -> bytes:
+        k = (i // self.envelope) % len(self._builders)
         reader = self._orgs[(k + 1) % len(self._orgs)]
-        return self._builders[k].build_provenance(
+        return self._builders[k].provenance_item(
             f"LOT-{i}", "shipped", location="bench", custodian_from=self._orgs[k],
             custodian_to=reader, quantity=i, details=self._details, readers=[reader])
 
+    def envelope_of(self, first: int, count: int) -> Signed:
+        """Records first..first+count-1 in one envelope, signed by one organisation."""
+        k = (first // self.envelope) % len(self._builders)
+        return self._builders[k].core.sign([self.item(i) for i in range(first, first + count)])
+
 
 def prepare(factory: RecordFactory, count: int,
-            progress: Callable[[int], None] | None = None) -> tuple[list[m.Request], float]:
-    """Build `count` records; (records, CPU seconds spent building them)."""
+            progress: Callable[[int], None] | None = None) -> tuple[list[Signed], float]:
+    """Build and sign `count` records in envelopes; (envelopes, CPU seconds spent)."""
     cpu0 = time.process_time()
     out = []
-    for i in range(count):
-        out.append(factory.build(i))
+    for first in range(0, count, factory.envelope):
+        n = min(factory.envelope, count - first)
+        out.append(factory.envelope_of(first, n))
         if progress is not None:
-            progress(1)
+            progress(n)
     return out, time.process_time() - cpu0
 
 
-async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | None,
-              factory: RecordFactory | None, count: int, *, rate: float | None,
+async def run(clients: list[AsyncConsortiumClient], prepared: list[Signed] | None,
+              factory: RecordFactory, count: int, *, rate: float | None,
               duration_s: float | None, on_done: Callable[[Sample], None],
               on_steady_end: Callable[[], None], stream: int = 0) -> LoadResult:
-    """Submit up to `count` records (prepared `records`, or built by `factory` inline) until
-    they are exhausted or `duration_s` has passed; wait for every started submission."""
+    """Submit up to `count` records (prepared envelopes, or built by `factory` inline) until
+    they are exhausted or `duration_s` has passed; wait for every started submission. The
+    unit of submission is an envelope; samples are per record."""
     samples: list[Sample] = []
-    built: list[m.Request] = []
+    built: list[Signed] = []
     build_cpu = [0.0]
     errors: dict[str, int] = {}
     t0 = time.perf_counter()
     deadline = None if duration_s is None else t0 + duration_s
+    envelopes = (count + factory.envelope - 1) // factory.envelope
     state = {"next": 0, "submit_end": 0.0, "capped": False}
 
     def take() -> int | None:
         i = state["next"]
-        if i >= count or (deadline is not None and time.perf_counter() >= deadline):
+        if i >= envelopes or (deadline is not None and time.perf_counter() >= deadline):
             if not state["submit_end"]:
                 state["submit_end"] = time.perf_counter()
                 on_steady_end()
@@ -145,59 +156,68 @@ async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | N
         state["next"] = i + 1
         return int(i)
 
-    def record(i: int) -> m.Request:
-        if records is not None:
-            return records[i]
-        assert factory is not None
+    def envelope_at(i: int) -> Signed:
+        if prepared is not None:
+            return prepared[i]
         c0 = time.thread_time()
-        r = factory.build(i)
+        first = i * factory.envelope
+        signed = factory.envelope_of(first, min(factory.envelope, count - first))
         build_cpu[0] += time.thread_time() - c0
-        built.append(r)
-        return r
+        built.append(signed)
+        return signed
 
-    async def submit(client: AsyncConsortiumClient, i: int, start: float) -> None:
-        s = Sample(start)
-        samples.append(s)
-        r = record(i)
-        s.request_bytes = len(codec.encode_request(r))
-        try:
-            await client.submit(r)
-            s.ok = True
-        except SubmitError as exc:
-            s.error = str(exc)[:200]
-            key = exc.code.name if exc.code is not None else "ERROR"
-            errors[key] = errors.get(key, 0) + 1
-        s.done = time.perf_counter()
-        on_done(s)
-
-    async def submit_batch(client: AsyncConsortiumClient, indexes: list[int]) -> None:
-        """`stream` records on one SubmitStream: each sample runs from the batch's start to
-        its own verified receipt."""
-        start = time.perf_counter()
-        reqs = [record(i) for i in indexes]
-        pending: dict[str, Sample] = {}
-        for r in reqs:
-            s = Sample(start)
-            s.request_bytes = len(codec.encode_request(r))
-            samples.append(s)
-            pending[r.digest.hex()] = s
-        async for r, result in client.submit_stream(reqs):
-            s = pending.pop(r.digest.hex())
-            if isinstance(result, SubmitError):
-                s.error = str(result)[:200]
-                key = result.code.name if result.code is not None else "ERROR"
+    def settle(group: list[Sample], outcome: list[object] | SubmitError) -> None:
+        now = time.perf_counter()
+        for s in group:
+            s.done = now
+            if isinstance(outcome, SubmitError):
+                s.error = str(outcome)[:200]
+                key = outcome.code.name if outcome.code is not None else "ERROR"
                 errors[key] = errors.get(key, 0) + 1
             else:
                 s.ok = True
-            s.done = time.perf_counter()
             on_done(s)
 
+    def samples_for(signed: Signed, start: float) -> list[Sample]:
+        size = len(codec.encode_request(signed.request)) // len(signed.items)
+        group = [Sample(start, request_bytes=size) for _ in signed.items]
+        samples.extend(group)
+        return group
+
+    async def submit(client: AsyncConsortiumClient, i: int, start: float) -> None:
+        signed = envelope_at(i)
+        group = samples_for(signed, start)
+        try:
+            settle(group, list(await client.submit_signed(signed)))
+        except SubmitError as exc:
+            settle(group, exc)
+
+    async def submit_batch(client: AsyncConsortiumClient, indexes: list[int]) -> None:
+        """Envelopes on one SubmitStream, `stream` records in flight: each sample runs from
+        the moment its envelope went out to its verified receipts."""
+        start = time.perf_counter()
+        batch = [envelope_at(i) for i in indexes]
+        groups = {s.request.key: samples_for(s, start) for s in batch}
+        in_flight = max(1, stream // factory.envelope)
+
+        def sent(signed: Signed) -> None:
+            now = time.perf_counter()
+            for sample in groups[signed.request.key]:
+                sample.start = now
+
+        async for signed, result in client.submit_stream(batch, in_flight=in_flight,
+                                                         on_sent=sent):
+            settle(groups.pop(signed.request.key), result if isinstance(result, SubmitError)
+                   else list(result))
+
     if rate is None and stream:
+        per_call = max(1, stream // factory.envelope) * 4
+
         async def stream_worker(k: int) -> None:
             client = clients[k]
             while True:
                 batch: list[int] = []
-                while len(batch) < stream and (i := take()) is not None:
+                while len(batch) < per_call and (i := take()) is not None:
                     batch.append(i)
                 if not batch:
                     return
@@ -212,7 +232,7 @@ async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | N
 
         await asyncio.gather(*(worker(k) for k in range(len(clients))))
     else:
-        interval = 1.0 / rate
+        interval = factory.envelope / rate
         tasks: set[asyncio.Task[None]] = set()
         n = 0
         while (i := take()) is not None:
@@ -221,7 +241,7 @@ async def run(clients: list[AsyncConsortiumClient], records: list[m.Request] | N
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            while len(tasks) >= OPEN_LOOP_IN_FLIGHT_MAX:
+            while len(tasks) * factory.envelope >= OPEN_LOOP_IN_FLIGHT_MAX:
                 state["capped"] = True
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.create_task(submit(clients[i % len(clients)], i, scheduled))

@@ -12,9 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consortium.ledger.blocks import Rules
 from consortium.ledger.membership import validator_client_id as validator_client_id
 from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.messages import CONTROL_CHARACTERS
 from consortium.pbft.params import ProtocolParams
+
+LEDGER_FORMAT = 2
+"""The ledger format this release writes and reads (2: envelopes of items, header-only
+proposals, certified block time); a genesis of another format is refused, never converted."""
 
 
 class ConfigError(ValueError):
@@ -66,10 +72,18 @@ class DataPolicy:
     """How long a committed Access lets its org fetch a patient record's key."""
     read_clock_skew_ms: int = 300_000
     """How far a signed read request's timestamp may be from the validator's clock."""
+    submission_future_ms_max: int = 60_000
+    """How far after a block's proposal time (the primary's clock) a record's signed
+    submission time may be: a client's clock cannot stamp records in the future."""
+    submission_age_ms_max: int = 7 * 24 * 3600 * 1000
+    """How far before it (records prepared offline and sent later)."""
 
     def __post_init__(self) -> None:
         if self.access_ttl_ms < 1_000 or self.read_clock_skew_ms < 1_000:
             raise ValueError("access_ttl_ms and read_clock_skew_ms are at least 1000")
+        if self.submission_future_ms_max < 1_000 or self.submission_age_ms_max < 60_000:
+            raise ValueError("submission_future_ms_max is at least 1000 and "
+                             "submission_age_ms_max at least 60000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,10 @@ class Genesis:
     @property
     def chain_id_bytes(self) -> bytes:
         return self.chain_id.encode()
+
+    def rules(self) -> Rules:
+        """The ledger rules execution applies (from the data policy)."""
+        return Rules(self.policy.submission_future_ms_max, self.policy.submission_age_ms_max)
 
     def epoch0(self) -> EpochConfig:
         return EpochConfig(0, 0, tuple(Member(v.replica_id, v.public_key)
@@ -130,6 +148,7 @@ class Genesis:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": LEDGER_FORMAT,
             "chain_id": self.chain_id,
             "protocol": dataclasses.asdict(self.protocol),
             "validators": [{"id": v.replica_id, "org": v.org, "public_key": v.public_key.hex(),
@@ -145,6 +164,10 @@ class Genesis:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "genesis") -> Genesis:
+        if isinstance(data, dict) and data.get("format", 1) != LEDGER_FORMAT:
+            raise ConfigError(f"{where}: a genesis of ledger format {data.get('format', 1)}; "
+                              f"this release runs format {LEDGER_FORMAT}: create a new "
+                              "consortium (consortium init) or use the release that made it")
         try:
             protocol = ProtocolParams(**data.get("protocol", {}))
             validators = tuple(ValidatorInfo(int(v["id"]), str(v["org"]),
@@ -168,12 +191,18 @@ class Genesis:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         org_ids = {o.org_id for o in genesis.orgs}
+        for org_id in org_ids:
+            if CONTROL_CHARACTERS.search(org_id):
+                raise ConfigError(f"{where}: organisation {org_id!r} contains a control character")
         for v in genesis.validators:
             if v.org not in org_ids:
                 raise ConfigError(f"{where}: validator {v.replica_id} names unknown org {v.org}")
         for c in genesis.clients:
             if c.org not in org_ids:
                 raise ConfigError(f"{where}: client {c.client_id} names unknown org {c.org}")
+            if CONTROL_CHARACTERS.search(c.client_id):
+                raise ConfigError(f"{where}: client {c.client_id!r} contains a control "
+                                  "character")
             if c.client_id.startswith("validator-"):
                 raise ConfigError(f"{where}: client ids validator-* are reserved for validators")
         if genesis.admission_client is not None and genesis.admission_client not in {

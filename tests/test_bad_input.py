@@ -3,6 +3,11 @@
 Everything goes through the production entry point, `Replica.step(PeerMessage(data))`, with real
 Ed25519 keys from fixed seeds. "State" is what a peer must not be able to move without a quorum:
 view, last executed and stable sequence numbers, the consensus snapshot and the configuration.
+
+Protocol v2: a PRE-PREPARE signs a header (Merkle root, batch size, time) and its batch travels
+beside the signed message (`codec.wire_with_batch`), so garbage can hide in the attachment as
+well as in the message; a BATCH-REQUEST asks for a batch by digest. `data_of` is what a peer
+sends for a message (with its batch, if any).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consortium.crypto.merkle import EMPTY_ROOT
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.pbft import codec
 from consortium.pbft import events as ev
@@ -20,7 +26,7 @@ from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.replica import Replica
-from consortium.pbft.state import batch_digest, snapshot_digest
+from consortium.pbft.state import batch_root, snapshot_digest
 from consortium.sim.cluster import CHAIN_ID, StaticClients, sign_request
 
 SIGNERS = [Ed25519Signer(bytes([0x40 + i]) * 32) for i in range(4)]
@@ -65,6 +71,13 @@ def reasons(actions: list[ev.Action]) -> list[str]:
     return [a.reason for a in actions if isinstance(a, ev.PeerFault)]
 
 
+def data_of(msg: m.SignedMessage) -> bytes:
+    """What travels for `msg`: the signed message, and a PRE-PREPARE's batch attached."""
+    if msg.batch is None:
+        return msg.wire
+    return codec.wire_with_batch(msg, codec.encode_batch(msg.batch))
+
+
 def feed_garbage(rep: Replica, data: bytes) -> list[ev.Action]:
     """Deliver bytes that must be harmless; check the replica did not move."""
     before = observable(rep)
@@ -78,13 +91,31 @@ REQ = sign_request(CLIENT, "alice", 1, m.RequestKind.APPLICATION, b"hello ledger
 REQ2 = sign_request(CLIENT, "alice", 2, m.RequestKind.APPLICATION, b"second")
 
 
-def _pp(view: int, seq: int, reqs: tuple[m.Request, ...]) -> m.SignedMessage:
-    return sign(GENESIS.primary(view), m.PrePrepare(0, view, seq, batch_digest(reqs), reqs))
+def _pp(view: int, seq: int, reqs: tuple[m.Request, ...], *,
+        sender: int | None = None) -> m.SignedMessage:
+    """The primary's proposal header for `reqs`, the batch attached (`msg.batch`)."""
+    header = sign(GENESIS.primary(view) if sender is None else sender,
+                  m.PrePrepare(0, view, seq, batch_root(reqs), len(reqs), 0))
+    return codec.decode_signed(codec.wire_with_batch(header, codec.encode_batch(reqs)),
+                               CHAIN_ID)
+
+
+def _pre_prepare(epoch: int, view: int, seq: int, root: bytes, count: int,
+                 timestamp_ms: int) -> m.PrePrepare:
+    """A header as generated, except that an empty batch gets the empty root (the only legal
+    one: the constructor refuses any other)."""
+    return m.PrePrepare(epoch, view, seq, root if count else EMPTY_ROOT, count, timestamp_ms)
+
+
+def _header(msg: m.SignedMessage) -> m.SignedMessage:
+    """A PRE-PREPARE as view changes and NEW-VIEWs carry it: the signed header alone."""
+    return codec.decode_signed(msg.wire, CHAIN_ID)
 
 
 PP1 = _pp(0, 1, (REQ,))
 PP2 = _pp(0, 2, (REQ2,))
-PP1_DIGEST = batch_digest((REQ,))
+assert isinstance(PP1.body, m.PrePrepare)
+PP1_DIGEST = PP1.body.digest
 
 
 def _view_change(sender: int, new_view: int) -> m.SignedMessage:
@@ -116,6 +147,7 @@ VALID_POOL: dict[str, m.SignedMessage] = {
     "Status": sign(1, m.Status(0, 0, True, 0, 0)),
     "RequestForward": sign(1, m.RequestForward((REQ,))),
     "StateRequest": sign(1, m.StateRequest(4)),
+    "BatchRequest": sign(1, m.BatchRequest(0, 1, PP1_DIGEST)),
 }
 
 
@@ -124,7 +156,7 @@ def executed_replica(start_actions: list[ev.Action] | None = None) -> Replica:
     rep = make_replica(start_actions=start_actions)
     for msg in (PP1, sign(1, m.Prepare(0, 0, 1, PP1_DIGEST)),
                 *(sign(s, m.Commit(0, 0, 1, PP1_DIGEST)) for s in (0, 1, 3)), PP2):
-        rep.step(ev.PeerMessage(msg.wire))
+        rep.step(ev.PeerMessage(data_of(msg)))
     assert rep.last_executed == 1
     return rep
 
@@ -133,9 +165,12 @@ def test_executed_replica_fixture_is_live() -> None:
     """Sanity: the valid messages used below really move a replica (so their mutations are
     meaningful)."""
     rep = make_replica()
-    actions = rep.step(ev.PeerMessage(PP1.wire))
+    actions = rep.step(ev.PeerMessage(data_of(PP1)))
     assert any(isinstance(a, ev.Send) for a in actions)  # it sent a PREPARE
     assert executed_replica().snapshot().seq == 1
+    # The header alone (no batch) does not let a backup prepare: it has nothing to execute.
+    rep = make_replica()
+    assert not any(isinstance(a, ev.Persist) for a in rep.step(ev.PeerMessage(PP1.wire)))
     rep = make_replica()
     rep.step(ev.PeerMessage(STATE_RESPONSE.wire))
     assert rep.last_executed == 4 and rep.stable_seq == 4
@@ -149,6 +184,8 @@ seqs = st.integers(0, 20) | u64
 views = st.integers(0, 3) | u64
 epochs = st.integers(0, 2) | u32
 digests = st.just(PP1_DIGEST) | st.binary(min_size=32, max_size=32)
+counts = st.integers(0, 3) | u32
+timestamps = st.just(0) | u64
 requests = st.sampled_from([REQ, REQ2]) | st.builds(
     m.Request, st.sampled_from(["alice", "mallory"]), u64, st.sampled_from(list(m.RequestKind)),
     st.binary(max_size=32), st.binary(min_size=64, max_size=64))
@@ -158,13 +195,14 @@ valid_members = st.lists(st.integers(0, 9), min_size=1, max_size=5, unique=True)
 any_members = st.lists(st.builds(Member, st.integers(0, 9), st.sampled_from(
     [s.public_key for s in SIGNERS])), max_size=4).map(tuple)
 leaf_bodies = st.one_of(
-    st.builds(m.PrePrepare, epochs, views, seqs, digests, request_lists),
+    st.builds(_pre_prepare, epochs, views, seqs, digests, counts, timestamps),
     st.builds(m.Prepare, epochs, views, seqs, digests),
     st.builds(m.Commit, epochs, views, seqs, digests),
     st.builds(m.Checkpoint, epochs, seqs, digests),
     st.builds(m.Status, epochs, views, st.booleans(), seqs, seqs),
     st.builds(m.RequestForward, request_lists),
     st.builds(m.StateRequest, seqs),
+    st.builds(m.BatchRequest, epochs, seqs, digests),
 )
 # Nested messages follow the protocol's structure, the only nesting the codec decodes (NEW-VIEW >
 # VIEW-CHANGE > PRE-PREPARE / PREPARE / COMMIT; checkpoint proofs of CHECKPOINTs): anything else
@@ -173,8 +211,8 @@ signed_checkpoints = st.builds(sign, st.integers(0, 3), st.builds(
     m.Checkpoint, epochs, seqs, digests)) | st.just(VALID_POOL["Checkpoint"])
 checkpoint_lists = st.lists(signed_checkpoints, max_size=3).map(tuple)
 signed_pre_prepares = st.builds(sign, st.integers(0, 3), st.builds(
-    m.PrePrepare, epochs, views, seqs, digests, request_lists)) | st.sampled_from(
-    [PP1, PP2, VALID_POOL["PrePrepare-future-view"]])
+    _pre_prepare, epochs, views, seqs, digests, counts, timestamps)) | st.sampled_from(
+    [_header(PP1), _header(PP2), _header(VALID_POOL["PrePrepare-future-view"])])
 signed_votes = st.builds(sign, st.integers(0, 3), st.one_of(
     st.builds(m.Prepare, epochs, views, seqs, digests),
     st.builds(m.Commit, epochs, views, seqs, digests))) | st.sampled_from(
@@ -203,7 +241,10 @@ bodies = st.one_of(
     st.builds(m.StateResponse, snapshots, checkpoint_lists),
 )
 valid_messages = st.sampled_from(list(VALID_POOL.values())) | st.builds(
-    sign, st.integers(0, 3), bodies)
+    sign, st.integers(0, 3), bodies) | st.builds(
+    lambda view, seq, reqs, sender: _pp(view, seq, reqs, sender=sender),
+    st.integers(0, 3), st.integers(0, 20), request_lists, st.integers(0, 3))
+"""Valid signed messages, some PRE-PREPAREs with a batch attached that matches the header."""
 replicas: st.SearchStrategy[Callable[[], Replica]] = st.sampled_from(
     [make_replica, executed_replica])
 
@@ -228,10 +269,25 @@ def test_random_body_behind_a_valid_header(factory: Callable[[], Replica], sende
 @given(replicas, valid_messages, st.data())
 def test_mutated_valid_message(factory: Callable[[], Replica], msg: m.SignedMessage,
                                data: st.DataObject) -> None:
-    pos = data.draw(st.integers(0, len(msg.wire) - 1), label="pos")
-    new = data.draw(st.integers(0, 255).filter(lambda b: b != msg.wire[pos]), label="byte")
-    mutated = msg.wire[:pos] + bytes([new]) + msg.wire[pos + 1:]
+    """One byte changed anywhere, the attached batch included (a batch that no longer hashes
+    to the signed root is the sender's fault)."""
+    wire = data_of(msg)
+    pos = data.draw(st.integers(0, len(wire) - 1), label="pos")
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != wire[pos]), label="byte")
+    mutated = wire[:pos] + bytes([new]) + wire[pos + 1:]
     feed_garbage(factory(), mutated)
+
+
+@FUZZ
+@given(replicas, st.sampled_from([PP1, PP2]), request_lists)
+def test_pre_prepare_with_another_batch_attached(factory: Callable[[], Replica],
+                                                 msg: m.SignedMessage,
+                                                 batch: tuple[m.Request, ...]) -> None:
+    """A correctly signed header with a batch that is not the one its root commits to."""
+    assert isinstance(msg.body, m.PrePrepare) and msg.batch is not None
+    if batch_root(batch) == msg.body.root:
+        batch = (*batch, REQ2 if REQ in batch else REQ)
+    feed_garbage(factory(), codec.wire_with_batch(msg, codec.encode_batch(batch)))
 
 
 @FUZZ
@@ -240,9 +296,12 @@ def test_truncated_or_extended_valid_message(factory: Callable[[], Replica],
                                              msg: m.SignedMessage, cut: int,
                                              extra: bytes) -> None:
     rep = factory()
-    actions = feed_garbage(rep, msg.wire[: max(0, len(msg.wire) - 1 - cut)])
-    assert len(actions) == 1 and "undecodable" in reasons(actions)[0]
-    actions = feed_garbage(rep, msg.wire + extra)
+    wire = data_of(msg)
+    truncated = wire[: max(0, len(wire) - 1 - cut)]
+    if truncated != msg.wire:  # cut exactly at the attachment: the signed header, a message
+        actions = feed_garbage(rep, truncated)
+        assert len(actions) == 1 and "undecodable" in reasons(actions)[0]
+    actions = feed_garbage(rep, wire + extra)
     assert len(actions) == 1 and "undecodable" in reasons(actions)[0]
 
 
@@ -295,6 +354,18 @@ def test_message_signed_by_a_non_member(factory: Callable[[], Replica], body: m.
 
 
 @FUZZ
+@given(replicas, request_lists, st.integers(0, 3), st.sampled_from([0, 1, 9, 2**16 - 1]))
+def test_pre_prepare_with_batch_signed_by_a_non_member(factory: Callable[[], Replica],
+                                                       reqs: tuple[m.Request, ...], view: int,
+                                                       sender: int) -> None:
+    """A header whose batch matches its root, signed by an outsider under a member's or a
+    stranger's id: the batch is never taken in."""
+    header = codec.sign_message(OUTSIDER, CHAIN_ID, sender,
+                                m.PrePrepare(0, view, 1, batch_root(reqs), len(reqs), 0))
+    feed_garbage(factory(), codec.wire_with_batch(header, codec.encode_batch(reqs)))
+
+
+@FUZZ
 @given(replicas, bodies, st.integers(0, 3), st.integers(0, 4))
 def test_member_impersonated(factory: Callable[[], Replica], body: m.Body, sender: int,
                              key: int) -> None:
@@ -310,14 +381,16 @@ def test_member_impersonated(factory: Callable[[], Replica], body: m.Body, sende
 def test_forged_copies_of_valid_messages_are_faults(name: str, forgery: str) -> None:
     msg = VALID_POOL[name]
     if forgery == "outsider":
-        data = codec.sign_message(OUTSIDER, CHAIN_ID, msg.sender, msg.body).wire
+        forged = codec.sign_message(OUTSIDER, CHAIN_ID, msg.sender, msg.body)
     elif forgery == "other-member":
         other = (msg.sender + 1) % 4
-        data = codec.sign_message(SIGNERS[other], CHAIN_ID, msg.sender, msg.body).wire
+        forged = codec.sign_message(SIGNERS[other], CHAIN_ID, msg.sender, msg.body)
     elif forgery == "other-chain":
-        data = sign(msg.sender, msg.body, chain=b"another-chain").wire
+        forged = sign(msg.sender, msg.body, chain=b"another-chain")
     else:
-        data = codec.resign_message(msg.sender, msg.body, bytes(64)).wire
+        forged = codec.resign_message(msg.sender, msg.body, bytes(64))
+    data = forged.wire if msg.batch is None else codec.wire_with_batch(
+        forged, codec.encode_batch(msg.batch))
     for factory in (make_replica, executed_replica):
         actions = feed_garbage(factory(), data)
         assert any("bad signature or from a non-member" in r for r in reasons(actions)), actions
@@ -326,19 +399,23 @@ def test_forged_copies_of_valid_messages_are_faults(name: str, forgery: str) -> 
 def test_valid_message_is_accepted_but_forgery_is_not() -> None:
     """Control for the tests above: the very same body, correctly signed, does act."""
     rep = make_replica()
-    forged = codec.sign_message(OUTSIDER, CHAIN_ID, 0, PP1.body).wire
+    assert PP1.batch is not None
+    forged = codec.wire_with_batch(codec.sign_message(OUTSIDER, CHAIN_ID, 0, PP1.body),
+                                   codec.encode_batch(PP1.batch))
     assert feed_garbage(rep, forged)
-    actions = rep.step(ev.PeerMessage(PP1.wire))
+    actions = rep.step(ev.PeerMessage(data_of(PP1)))
     assert any(isinstance(a, ev.Send) for a in actions)
 
 
 # ----------------------------------------------------------------------------- size limit
 
 def _pp_of_size(size: int) -> bytes:
-    overhead = len(_pp(0, 1, (sign_request(CLIENT, "alice", 1, m.RequestKind.APPLICATION,
-                                           b""),)).wire)
+    """A PRE-PREPARE whose wire bytes, batch attached, are exactly `size` long."""
+    overhead = len(data_of(_pp(0, 1, (sign_request(CLIENT, "alice", 1,
+                                                   m.RequestKind.APPLICATION, b""),))))
     payload = b"p" * (size - overhead)
-    wire = _pp(0, 1, (sign_request(CLIENT, "alice", 1, m.RequestKind.APPLICATION, payload),)).wire
+    wire = data_of(_pp(0, 1, (sign_request(CLIENT, "alice", 1, m.RequestKind.APPLICATION,
+                                           payload),)))
     assert len(wire) == size
     return wire
 
@@ -365,10 +442,10 @@ def test_message_over_the_size_limit_is_refused_before_decoding() -> None:
 def test_valid_message_replayed_100_times(name: str) -> None:
     msg = VALID_POOL[name]
     rep = make_replica()
-    rep.step(ev.PeerMessage(msg.wire))
+    rep.step(ev.PeerMessage(data_of(msg)))
     after_first = observable(rep)
     for _ in range(99):
-        actions = rep.step(ev.PeerMessage(msg.wire))
+        actions = rep.step(ev.PeerMessage(data_of(msg)))
         assert actions == []
     assert observable(rep) == after_first
 
@@ -388,7 +465,7 @@ def test_executed_batch_replayed_100_times() -> None:
     before = observable(rep)
     for msg in (PP1, *(sign(s, m.Commit(0, 0, 1, PP1_DIGEST)) for s in (0, 1, 3))):
         for _ in range(100):
-            assert rep.step(ev.PeerMessage(msg.wire)) == []
+            assert rep.step(ev.PeerMessage(data_of(msg))) == []
     assert observable(rep) == before
 
 
@@ -450,7 +527,7 @@ def _nest(depth: int, inner: m.SignedMessage, signer: int | None = None) -> m.Si
         lambda s: m.NewView(0, 1, (s,), ()),
         lambda s: m.ViewChange(0, 1, 0, (s,), ()),
         lambda s: m.NewView(0, 1, (), (s,)),
-        lambda s: m.ViewChange(0, 1, 0, (), (m.PreparedProof(PP1, (s,)),)),
+        lambda s: m.ViewChange(0, 1, 0, (), (m.PreparedProof(_header(PP1), (s,)),)),
         lambda s: m.StateResponse(m.Snapshot(9, D32, (), (), None), (s,)),
     ]
     msg = inner
@@ -491,10 +568,10 @@ def test_deepest_legal_nesting_with_bogus_proofs_is_rejected_by_verification() -
     """Nesting the decoder accepts (NEW-VIEW > VIEW-CHANGE > prepared proof), correctly signed
     at every level, but whose prepared proofs hold one PREPARE instead of 2f: the NEW-VIEW is
     rejected by verification and blamed on the new primary."""
-    proof = m.PreparedProof(PP1, (VALID_POOL["Prepare"],))
+    proof = m.PreparedProof(_header(PP1), (VALID_POOL["Prepare"],))
     vcs = tuple(sign(s, m.ViewChange(0, 1, 0, (VALID_POOL["Checkpoint"],), (proof,)))
                 for s in (0, 1, 3))
-    nv = sign(1, m.NewView(0, 1, vcs, (_pp(1, 1, (REQ,)),)))
+    nv = sign(1, m.NewView(0, 1, vcs, (_header(_pp(1, 1, (REQ,))),)))
     assert codec.decode_signed(nv.wire, CHAIN_ID) == nv  # legal nesting: it decodes
     for factory in (make_replica, executed_replica):
         actions = feed_garbage(factory(), nv.wire)
@@ -537,7 +614,7 @@ def _flood_then_enter_view_1(flood: int) -> list[ev.Action]:
     non-member arrive; then the replica enters view 1 and replays its buffer."""
     rep = make_replica(ProtocolParams(checkpoint_interval=4, log_window=8, pipeline_depth=3,
                                       future_messages_max=16))
-    assert rep.step(ev.PeerMessage(VALID_POOL["PrePrepare-future-view"].wire)) == []
+    assert rep.step(ev.PeerMessage(data_of(VALID_POOL["PrePrepare-future-view"]))) == []
     for i in range(flood):
         forged = codec.sign_message(OUTSIDER, CHAIN_ID, 9, m.Prepare(1, 0, i + 1, D32))
         feed_garbage(rep, forged.wire)

@@ -7,6 +7,8 @@ production code must not depend on the simulator.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "consortium"
@@ -56,18 +58,38 @@ def test_ledger_does_no_network_or_database_io() -> None:
         assert not bad, f"{path.name} imports {bad}"
 
 
-def test_generated_protobuf_stays_at_the_edges() -> None:
-    """Only the wire module, the servicers, the transport, the SDK, the process manager and the
-    admission service's gRPC server touch generated code; the core, ledger, crypto, storage and
-    the admission service's judgement never do."""
-    allowed = {"node", "client", "api"}
+def test_only_the_codec_imports_generated_code() -> None:
+    """ARCHITECTURE habit 1: the codec (`consortium/wire`) is the one importer of the generated
+    protobuf modules; servicers, the transport and the SDK take `pb`/`pb_grpc` from it."""
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT)
-        if rel.parts[0] in allowed or rel.name == "process.py" or rel.parts == (
-                "admission", "service.py"):
+        if rel.parts[0] in {"api", "wire"}:
             continue
         bad = {n for n in _imports(path) if n.startswith("consortium.api")}
         assert not bad, f"{rel} imports generated protobuf code: {bad}"
+
+
+def test_wire_and_verify_import_no_storage_node_or_replica() -> None:
+    for package in ("wire", "verify"):
+        for path in (ROOT / package).rglob("*.py"):
+            bad = {n for n in _imports(path) if n.split(".")[0] in {"psycopg", "grpc"}
+                   or n.startswith(("consortium.storage", "consortium.node",
+                                    "consortium.pbft.replica", "consortium.client"))}
+            assert not bad, f"{package}/{path.name} imports {bad}"
+
+
+def test_importing_the_sdk_pulls_in_no_database_validator_or_replica() -> None:
+    """Issue 14's acceptance: a submitter's process loads no psycopg, no storage, no node and
+    no replica module when it imports the SDK."""
+    code = ("import consortium.client, sys; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('psycopg', 'consortium')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    loaded = ast.literal_eval(out.strip())
+    bad = [m for m in loaded if m.split(".")[0] == "psycopg" or m.startswith(
+        ("consortium.storage", "consortium.node", "consortium.pbft.replica",
+         "consortium.pbft.pool", "consortium.pbft.slots"))]
+    assert not bad, f"importing the SDK loaded {bad}"
 
 
 def test_storage_contains_no_consensus_logic() -> None:

@@ -18,7 +18,7 @@ from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
-from consortium.pbft.state import verify_signed
+from consortium.pbft.state import batch_root, verify_signed
 
 CHAIN = b"codec-test-chain"
 OTHER_CHAIN = b"codec-test-chain-2"
@@ -45,7 +45,8 @@ digests = st.binary(min_size=32, max_size=32)
 sig64 = st.binary(min_size=64, max_size=64)
 keys32 = st.binary(min_size=32, max_size=32)
 client_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(
-    lambda s: 1 <= len(s.encode()) <= m.CLIENT_ID_BYTES_MAX)
+    lambda s: 1 <= len(s.encode()) <= m.CLIENT_ID_BYTES_MAX
+    and not m.CONTROL_CHARACTERS.search(s))
 requests = st.builds(m.Request, client_ids, u64, st.sampled_from(list(m.RequestKind)),
                      st.binary(max_size=48), sig64)
 request_lists = st.lists(requests, max_size=3).map(tuple)
@@ -56,13 +57,14 @@ def _sign(sender: int, body: m.Body) -> m.SignedMessage:
     return codec.sign_message(SIGNERS[sender], CHAIN, sender, body)
 
 
-pre_prepares = st.builds(m.PrePrepare, u32, u64, u64, digests, request_lists)
+pre_prepares = st.builds(m.PrePrepare, u32, u64, u64, digests, u32.filter(bool), u64)
 prepares = st.builds(m.Prepare, u32, u64, u64, digests)
 commits = st.builds(m.Commit, u32, u64, u64, digests)
 checkpoints = st.builds(m.Checkpoint, u32, u64, digests)
 statuses = st.builds(m.Status, u32, u64, st.booleans(), u64, u64)
 forwards = st.builds(m.RequestForward, request_lists)
 state_requests = st.builds(m.StateRequest, u64)
+batch_requests = st.builds(m.BatchRequest, u32, u64, digests)
 
 
 def signed_of(bodies: st.SearchStrategy[m.Body]) -> st.SearchStrategy[m.SignedMessage]:
@@ -107,6 +109,7 @@ BODY_STRATEGIES: dict[str, st.SearchStrategy[m.Body]] = {
     "RequestForward": forwards,
     "StateRequest": state_requests,
     "StateResponse": state_responses,
+    "BatchRequest": batch_requests,
 }
 ALL_BODIES = st.one_of(*BODY_STRATEGIES.values())
 TYPE_NAMES = sorted(BODY_STRATEGIES)
@@ -175,10 +178,10 @@ def test_every_body_type_has_a_distinct_type_byte() -> None:
     d = bytes(32)
     snap = m.Snapshot(0, d, (), (), None)
     bodies: list[m.Body] = [
-        m.PrePrepare(0, 0, 1, d, ()), m.Prepare(0, 0, 1, d), m.Commit(0, 0, 1, d),
+        m.PrePrepare(0, 0, 1, d, 1, 0), m.Prepare(0, 0, 1, d), m.Commit(0, 0, 1, d),
         m.Checkpoint(0, 1, d), m.ViewChange(0, 1, 0, (), ()), m.NewView(0, 1, (), ()),
         m.Status(0, 0, True, 0, 0), m.RequestForward(()), m.StateRequest(1),
-        m.StateResponse(snap, ())]
+        m.StateResponse(snap, ()), m.BatchRequest(0, 1, d)]
     assert sorted(type(b).__name__ for b in bodies) == TYPE_NAMES
     assert len({codec.encode_body(b)[0] for b in bodies}) == len(bodies)
 
@@ -322,6 +325,14 @@ def test_client_id_must_be_strict_utf8(raw: bytes) -> None:
         codec.decode_request(bad)
 
 
+@pytest.mark.parametrize("raw", [b"mal\x00lory", b"line\nbreak", b"\x7f", b"\x1b[31mred"])
+def test_client_id_with_a_control_character_is_a_decode_error(raw: bytes) -> None:
+    """Such an id cannot be stored as PostgreSQL text or printed safely: no request has one."""
+    good = codec.encode_request(m.Request("x", 1, m.RequestKind.APPLICATION, b"p", bytes(64)))
+    with pytest.raises(codec.DecodeError):
+        codec.decode_request(struct.pack(">H", len(raw)) + raw + good[3:])
+
+
 def test_bad_request_fields_are_decode_errors() -> None:
     r = m.Request("x", 1, m.RequestKind.APPLICATION, b"p", bytes(64))
     good = codec.encode_request(r)
@@ -423,9 +434,9 @@ def test_header_length_bomb_is_rejected() -> None:
 
 def test_unknown_version_and_type_are_rejected() -> None:
     msg = _sign(0, m.StateRequest(5))
-    for version in (0, 2, 255):
+    for version in (0, 1, 3, 255):  # 1 is format 1's: refused, never misread
         _expect_decode_error(bytes([version]) + msg.wire[1:])
-    for t in (0, 11, 255):
+    for t in (0, 12, 255):
         _expect_decode_error(codec._wire(0, bytes([t]) + msg.body_bytes[1:], msg.signature))
 
 
@@ -433,7 +444,7 @@ def test_unknown_version_and_type_are_rejected() -> None:
 
 EMPTY_SNAPSHOT = m.Snapshot(1, D32, (), (), None)
 SAMPLES: dict[str, m.SignedMessage] = {
-    "PrePrepare": _sign(0, m.PrePrepare(0, 1, 1, D32, ())),
+    "PrePrepare": _sign(0, m.PrePrepare(0, 1, 1, D32, 1, 0)),
     "Prepare": _sign(1, m.Prepare(0, 1, 1, D32)),
     "Commit": _sign(2, m.Commit(0, 1, 1, D32)),
     "Checkpoint": _sign(3, m.Checkpoint(0, 4, D32)),
@@ -443,6 +454,7 @@ SAMPLES: dict[str, m.SignedMessage] = {
     "RequestForward": _sign(3, m.RequestForward(())),
     "StateRequest": _sign(3, m.StateRequest(7)),
     "StateResponse": _sign(1, m.StateResponse(EMPTY_SNAPSHOT, ())),
+    "BatchRequest": _sign(2, m.BatchRequest(0, 3, D32)),
 }
 """One small, well-formed message of every type."""
 
@@ -522,13 +534,14 @@ def _deepest_legal(payload: bytes = b"op") -> m.SignedMessage:
     """NEW-VIEW > VIEW-CHANGE > PREPARED proof (PRE-PREPARE + PREPARE/COMMIT votes), with
     CHECKPOINT stable proofs: every nesting site of a NEW-VIEW used, at the protocol's depth."""
     r = m.Request("c", 1, m.RequestKind.APPLICATION, payload, bytes(64))
-    pp = _sign(0, m.PrePrepare(0, 0, 5, D32, (r,)))
+    pp = _sign(0, m.PrePrepare(0, 0, 5, batch_root((r,)), 1, 0))
+    d = pp.body.digest  # type: ignore[union-attr]
     stable = tuple(_sign(i, m.Checkpoint(0, 4, D32)) for i in range(3))
-    proofs = (m.PreparedProof(pp, (_sign(1, m.Prepare(0, 0, 5, D32)),
-                                   _sign(2, m.Prepare(0, 0, 5, D32)))),
-              m.PreparedProof(pp, tuple(_sign(i, m.Commit(0, 0, 5, D32)) for i in range(3))))
+    proofs = (m.PreparedProof(pp, (_sign(1, m.Prepare(0, 0, 5, d)),
+                                   _sign(2, m.Prepare(0, 0, 5, d)))),
+              m.PreparedProof(pp, tuple(_sign(i, m.Commit(0, 0, 5, d)) for i in range(3))))
     vcs = tuple(_sign(i, m.ViewChange(0, 1, 4, stable, proofs)) for i in range(3))
-    new_pp = _sign(1, m.PrePrepare(0, 1, 5, D32, (r,)))
+    new_pp = _sign(1, m.PrePrepare(0, 1, 5, batch_root((r,)), 1, 0))
     return _sign(1, m.NewView(0, 1, vcs, (new_pp,)))
 
 
@@ -686,3 +699,53 @@ def test_non_member_and_outsider_signatures_do_not_verify() -> None:
     assert not verify_signed(outsider_as_itself, CONFIG, CHAIN, VERIFIER)
     member_as_other = codec.sign_message(SIGNERS[3], CHAIN, 1, body)
     assert not verify_signed(member_as_other, CONFIG, CHAIN, VERIFIER)
+
+
+# ------------------------------------------------------------------------ batch attachments
+
+def _with_batch(msg: m.SignedMessage, batch: tuple[m.Request, ...]) -> bytes:
+    return codec.wire_with_batch(msg, codec.encode_batch(batch))
+
+
+@SETTINGS
+@given(batch=request_lists)
+def test_pre_prepare_with_its_batch_round_trips(batch: tuple[m.Request, ...]) -> None:
+    """The batch travels beside the signed header: decoding gives the header (its wire is the
+    signed message alone, what the log and view changes keep) and the batch."""
+    msg = _sign(0, m.PrePrepare(0, 1, 9, batch_root(batch), len(batch), 1234))
+    decoded = codec.decode_signed(_with_batch(msg, batch), CHAIN)
+    assert decoded == msg
+    assert decoded.wire == msg.wire
+    assert decoded.batch == batch
+    assert verify_signed(decoded, CONFIG, CHAIN, VERIFIER)
+    assert codec.decode_signed(msg.wire, CHAIN).batch is None
+
+
+def test_attached_batch_must_have_the_headers_size() -> None:
+    r = m.Request("c", 1, m.RequestKind.APPLICATION, b"op", bytes(64))
+    msg = _sign(0, m.PrePrepare(0, 1, 9, batch_root((r, r)), 2, 0))
+    with pytest.raises(codec.DecodeError, match="header's size"):
+        codec.decode_signed(_with_batch(msg, (r,)), CHAIN)
+
+
+@pytest.mark.parametrize("name", [n for n in TYPE_NAMES if n != "PrePrepare"])
+def test_only_a_pre_prepare_carries_an_attachment(name: str) -> None:
+    with pytest.raises(codec.DecodeError, match="only a PRE-PREPARE"):
+        codec.decode_signed(SAMPLES[name].wire + codec.encode_batch(()), CHAIN)
+
+
+def test_a_nested_pre_prepare_carries_no_batch() -> None:
+    """View changes carry headers only: a batch smuggled into a prepared proof is refused, so
+    a VIEW-CHANGE stays small whatever the batches hold."""
+    r = m.Request("c", 1, m.RequestKind.APPLICATION, b"x" * 1000, bytes(64))
+    pp = _sign(0, m.PrePrepare(0, 0, 5, batch_root((r,)), 1, 0))
+    nested = _with_batch(pp, (r,))
+    proof = m.PreparedProof(pp, ())
+    vc = _sign(1, m.ViewChange(0, 1, 0, (), (proof,)))
+    tampered = vc.wire.replace(struct.pack(">I", len(pp.wire)) + pp.wire,
+                               struct.pack(">I", len(nested)) + nested)
+    assert tampered != vc.wire
+    body_len = len(vc.body_bytes) + len(nested) - len(pp.wire)
+    forged = tampered[:3] + struct.pack(">I", body_len) + tampered[7:]
+    with pytest.raises(codec.DecodeError):
+        codec.decode_signed(forged, CHAIN)

@@ -25,10 +25,12 @@ from consortium.ledger.blocks import (
     Block,
     ClientOrgs,
     EntryStatus,
+    EnvelopeStatus,
     Governance,
     build_block,
     changes_membership,
 )
+from consortium.ledger.items import record_id
 from consortium.ledger.transactions import (
     STATEMENT_BYTES_MAX,
     InvalidTransaction,
@@ -49,8 +51,8 @@ from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
-from consortium.pbft.payload import encode_segments, split_segments
-from consortium.pbft.state import approved_reconfiguration, batch_digest
+from consortium.pbft.payload import encode_envelope, encode_segments, split_segments
+from consortium.pbft.state import approved_reconfiguration, batch_root
 
 APP = m.RequestKind.APPLICATION
 CHAIN = b"membership-unit-chain"
@@ -838,8 +840,10 @@ GOV = Governance(voters=voters_of(CONFIG0), quorum=CONFIG0.quorum, config=CONFIG
                  verifier=VERIFIER)
 
 
-def signed(client_id: str, signer: Ed25519Signer, payload: bytes) -> m.Request:
+def signed(client_id: str, signer: Ed25519Signer, *items: bytes) -> m.Request:
+    """A request whose payload is an envelope of `items` (one signature over all of them)."""
     nonce = next(_nonces)
+    payload = encode_envelope(list(items))
     digest = m.request_digest(client_id, nonce, APP, payload)
     return m.Request(client_id, nonce, APP, payload,
                      signer.sign(m.request_signing_bytes(CHAIN, digest)))
@@ -857,19 +861,23 @@ def execute(*requests: m.Request, seq: int = 1, gov: Governance = GOV,
             members: ms.MembershipState = ms.EMPTY,
             executed: tuple[m.Request, ...] | None = None) -> Block:
     reqs = tuple(requests)
-    digest = batch_digest(reqs)
-    a = ev.Execute(seq=seq, view=0, epoch=0, digest=digest, requests=reqs,
+    header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), 1_700_000_000_000)
+    a = ev.Execute(seq=seq, view=0, epoch=0, digest=header.digest, requests=reqs,
                    executed=reqs if executed is None else executed,
-                   pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0,
-                                                  m.PrePrepare(0, 0, seq, digest, reqs)),
+                   pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0, header),
                    certificate=(), state_digest=bytes(32))
     return build_block(a, CHAIN, None, ORGS, gov=gov, members=members)
 
 
-def _join_proposal(a: Applicant, request: m.Request) -> ms.Proposal:
+def proposal_id(request: m.Request, item: int = 0) -> str:
+    """A join request's proposal id: the record id of its item."""
+    return record_id(request.digest, item)
+
+
+def _join_proposal(a: Applicant, request: m.Request, item: int = 0) -> ms.Proposal:
     """The proposal a validator derives from `a`'s committed join request."""
     tx = a.request()
-    return ms.Proposal(request.digest.hex(), "join", tx.replica_id, tx.org, tx.name,
+    return ms.Proposal(proposal_id(request, item), "join", tx.replica_id, tx.org, tx.name,
                        tx.validator_key, tx.client_key, tx.encryption_key, tx.peer_address,
                        tx.client_address)
 
@@ -886,7 +894,8 @@ def test_build_block_approves_a_join_in_one_batch() -> None:
     assert block.entries[0].action == a.request()
     assert block.entries[0].sender_org is None
     assert [e.sender_org for e in block.entries[1:]] == ["acme", "globex", "regulator"]
-    assert all(isinstance(e.action, MemberVote) and e.action.proposal_id == jr.digest.hex()
+    assert block.entries[0].record_id == proposal.proposal_id
+    assert all(isinstance(e.action, MemberVote) and e.action.proposal_id == proposal.proposal_id
                for e in block.entries[1:])
     assert changes_membership(block)
     # the committed votes alone assemble the reconfiguration the consensus layer accepts
@@ -929,15 +938,33 @@ def test_build_block_refuses_a_join_signed_by_someone_else() -> None:
 
 
 def test_build_block_refuses_a_malformed_governance_tx() -> None:
+    """A malformed item is judged from the envelope alone: the whole envelope is invalid,
+    naming the item, and none of its items becomes an entry."""
     a = Applicant("newco", 4)
     segs = _segments(a.request())
     assert segs[0] is not None
-    payload = encode_segments([segs[0], b"bell \x07"])
-    block = execute(signed(a.client_id, a.validator, payload))
-    (e,) = block.entries
-    assert (e.status, e.reason, e.action) == \
-        (EntryStatus.INVALID, "the statement contains a control character", None)
+    bad = encode_segments([segs[0], b"bell \x07"])
+    block = execute(signed(a.client_id, a.validator, encode_governance_tx(a.request()), bad))
+    (env,) = block.envelopes
+    assert (env.status, env.reason) == \
+        (EnvelopeStatus.INVALID, "item 1: the statement contains a control character")
+    assert block.entries == ()
     assert not changes_membership(block)
+
+
+def test_each_join_request_of_an_envelope_is_a_proposal_under_its_record_id() -> None:
+    """Two applicants' requests cannot share an envelope (one signer each), but one applicant
+    may send a request and a second, refused one together: each item is judged on its own,
+    under its own record id."""
+    a = Applicant("newco", 4)
+    jr = signed(a.client_id, a.validator, encode_governance_tx(a.request()),
+                encode_governance_tx(a.request(replica_id=5)))
+    block = execute(jr)
+    assert [(e.record_id, e.status, e.reason) for e in block.entries] == [
+        (proposal_id(jr, 0), EntryStatus.RECORDED, ""),
+        (proposal_id(jr, 1), EntryStatus.INVALID,
+         "organisation 'newco' is a member or has a join request open")]
+    assert proposal_id(jr, 0) != proposal_id(jr, 1) != jr.digest.hex()
 
 
 def test_a_block_without_governance_transactions_changes_no_membership() -> None:
@@ -969,13 +996,14 @@ def test_governance_without_a_config_refuses_membership_changes() -> None:
 
 
 def test_a_duplicate_vote_request_takes_no_effect() -> None:
-    """PBFT ordered a replayed vote without executing it: it is `duplicate` and does not
-    count toward the quorum."""
+    """PBFT ordered a replayed vote without executing it: its envelope is `duplicate`, has no
+    entries and does not count toward the quorum."""
     a = Applicant("newco", 4)
     jr = join_request(a)
     proposal = _join_proposal(a, jr)
     votes = [vote_request(v, approve(v, proposal)) for v in (0, 1, 2)]
     block = execute(jr, *votes, executed=(jr, votes[0], votes[1]))
+    assert [e.status for e in block.envelopes] == [EnvelopeStatus.EXECUTED] * 3 + [
+        EnvelopeStatus.DUPLICATE]
     assert [(e.status, e.reason) for e in block.entries] == [
-        (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, ""),
-        (EntryStatus.DUPLICATE, "")]
+        (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, "")]

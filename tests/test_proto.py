@@ -1,5 +1,6 @@
-"""The wire contract: generated code is up to date, and consortium.node.wire converts between
-protobuf messages and domain objects, rejecting anything malformed with WireError only.
+"""The wire contract: generated code is up to date, and consortium.wire converts between
+protobuf messages and domain objects, rejecting anything malformed with WireError only; what
+decodes is then judged by consortium.verify.
 
 Blocks, certificates and checkpoints come from a real in-memory 4-replica cluster with Ed25519
 keys from fixed seeds, so every signature checked here is a real one."""
@@ -20,6 +21,7 @@ import grpc
 import pytest
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from consortium import wire
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.crypto.merkle import InclusionProof
@@ -29,18 +31,26 @@ from consortium.ledger.blocks import (
     BlockHeader,
     ClientOrgs,
     EntryStatus,
+    EnvelopeStatus,
     build_block,
-    verify_certificate,
 )
+from consortium.ledger.items import ItemView, digest_of
 from consortium.ledger.records import RecordKind, Submission
-from consortium.node import wire
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
+from consortium.pbft.payload import encode_envelope
 from consortium.pbft.replica import Replica
 from consortium.pbft.state import snapshot_digest, verify_checkpoint_proof
+from consortium.verify import (
+    item_receipts,
+    verify_block_receipts,
+    verify_certificate,
+    verify_envelope_result,
+    verify_receipt,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "consortium" / "api" / "v1"
@@ -85,7 +95,8 @@ def test_services_have_the_expected_methods() -> None:
     assert streaming["Connect"] == (True, True)
     assert streaming["SubmitRecord"] == (False, False)
     assert ledger["GetBlock"].output_type.name == "Block"
-    assert ledger["SubmitRecord"].output_type.name == "Receipt"
+    assert ledger["SubmitRecord"].output_type.name == "BlockReceipts"
+    assert ledger["GetReceipt"].output_type.name == "Receipt"
     for service, names in (("Ledger", ledger), ("Replica", replica)):
         stub = getattr(pb_grpc, f"{service}Stub")
         servicer = getattr(pb_grpc, f"{service}Servicer")
@@ -106,7 +117,7 @@ CORE = ("consortium/pbft/", "consortium/ledger/", "consortium/crypto/", "consort
 
 def test_generated_code_stays_out_of_the_core() -> None:
     """Consensus, ledger, crypto and simulator code never touch protobuf: conversion between
-    messages and domain objects lives in consortium/node/wire.py."""
+    messages and domain objects lives in consortium/wire/."""
     importers = []
     for path in sorted((ROOT / "consortium").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
@@ -144,7 +155,8 @@ def _submission(org: str, n: int) -> bytes:
     return sub.encode()
 
 
-def _request(client: str, nonce: int, payload: bytes) -> m.Request:
+def _request(client: str, nonce: int, items: list[bytes]) -> m.Request:
+    payload = encode_envelope(items)
     digest = m.request_digest(client, nonce, m.RequestKind.APPLICATION, payload)
     sig = CLIENT_KEYS[client].sign(m.request_signing_bytes(CHAIN, digest))
     return m.Request(client, nonce, m.RequestKind.APPLICATION, payload, sig)
@@ -181,14 +193,16 @@ def _run_cluster(batches: list[list[m.Request]]) -> ClusterRun:
 
 @pytest.fixture(scope="module")
 def cluster() -> ClusterRun:
-    payloads = [_submission("acme", n) for n in range(1, 8)]
+    s = _submission
     batches = [
-        [_request("acme-1", 1, payloads[0])],
-        [_request("acme-1", 2, payloads[1]), _request("mercy-1", 1, payloads[2]),
-         _request("acme-1", 3, payloads[3]), _request("acme-1", 4, b"not a submission"),
-         _request("mercy-1", 2, _submission("mercy", 9)),
-         _request("mercy-1", 3, _submission("acme", 10))],
-        [_request("acme-1", 5, payloads[5]), _request("acme-1", 6, payloads[6])],
+        [_request("acme-1", 1, [s("acme", 1)])],
+        [_request("acme-1", 2, [s("acme", 2), s("acme", 3), s("acme", 4)]),
+         _request("mercy-1", 1, [s("mercy", 5), s("mercy", 6)]),
+         _request("acme-1", 3, [b"not a transaction"]),
+         _request("mercy-1", 2, [s("mercy", 7), s("acme", 8)]),
+         _request("acme-1", 4, [s("acme", 9), s("acme", 10), s("acme", 11), s("acme", 12),
+                                s("acme", 13)])],
+        [_request("acme-1", 5, [s("acme", 14)]), _request("acme-1", 6, [s("acme", 15)])],
     ]
     run = _run_cluster(batches)
     assert run.snapshots, "the cluster should have reached a stable checkpoint"
@@ -208,19 +222,17 @@ def blocks(cluster: ClusterRun) -> list[Block]:
 
 @pytest.fixture(scope="module")
 def big_block(blocks: list[Block]) -> Block:
-    """The block with the most entries (several statuses, non-trivial proof paths)."""
-    block = max(blocks, key=lambda b: len(b.entries))
-    assert len(block.entries) >= 4
-    statuses = {e.status for e in block.entries}
-    assert {EntryStatus.RECORDED, EntryStatus.INVALID} <= statuses
+    """The block with the most requests (executed and invalid envelopes, several items each:
+    non-trivial proof paths at both levels)."""
+    block = max(blocks, key=lambda b: len(b.envelopes))
+    assert len(block.envelopes) >= 4 and len(block.entries) >= 7
+    statuses = {e.status for e in block.envelopes}
+    assert {EnvelopeStatus.EXECUTED, EnvelopeStatus.INVALID} <= statuses
     return block
 
 
 def _receipt(block: Block, index: int) -> wire.Receipt:
-    e = block.entries[index]
-    return wire.Receipt(record_id=e.record_id, height=block.header.height, header=block.header,
-                        certificate=block.certificate, proof=block.proof(index),
-                        request=e.request, status=e.status, reason=e.reason)
+    return wire.receipt_of(block, index, for_client=False)
 
 
 def _rejects(fn: Callable[[], object]) -> wire.WireError:
@@ -263,17 +275,28 @@ def test_block_round_trip(blocks: list[Block]) -> None:
         data = wire.block_to_proto(block).SerializeToString()
         got = wire.block_from_proto(pb.Block.FromString(data), CHAIN)
         assert got.header == block.header
-        assert got.requests == tuple(e.request for e in block.entries)
-        assert [r.digest for r in got.requests] == [e.request.digest for e in block.entries]
+        assert got.envelopes == block.envelopes
+        assert got.items == tuple(e.item for e in block.entries)
         assert got.statuses == tuple(e.status for e in block.entries)
         assert got.pre_prepare == block.pre_prepare
-        assert got.pre_prepare.wire == block.pre_prepare.wire
+        assert got.pre_prepare is not None and got.pre_prepare.wire == block.pre_prepare.wire
         assert got.certificate == block.certificate
         assert [c.wire for c in got.certificate] == [c.wire for c in block.certificate]
         assert verify_certificate(got.header, got.certificate, GENESIS, VERIFIER)
         if prev_hash is not None:
             assert got.header.prev_hash == prev_hash
         prev_hash = got.header.hash()
+
+
+def test_a_client_block_shows_public_views_only(big_block: Block) -> None:
+    """Clients get every item as its public header: key material only goes through the access
+    rules. The views keep the digests, so the block still proves itself."""
+    got = wire.block_from_proto(wire.block_to_proto(big_block, for_client=True), CHAIN)
+    assert got.envelopes == big_block.envelopes
+    for item, entry in zip(got.items, big_block.entries, strict=True):
+        assert isinstance(item, ItemView)
+        assert item.digest == entry.digest
+        assert len([s for s in item.present() if s is not None]) == 1
 
 
 def test_block_rejects_every_truncation_and_flip(big_block: Block) -> None:
@@ -290,20 +313,18 @@ def test_block_rejects_every_truncation_and_flip(big_block: Block) -> None:
                 got = wire.block_from_proto(msg, CHAIN)
                 assert accepted_ok(got), (name, bad)
 
-    # A header that still decodes keeps the root (the requests pin it); the rest is for the
-    # certificate check to refuse.
+    # A header that still decodes keeps the root and the proposal (the requests pin it); the
+    # rest (prev_hash, state digest, times) is for the chain verifier to refuse.
     check("header", good.header, lambda msg, b: setattr(msg, "header", b),
           lambda got: got.header.merkle_root == big_block.header.merkle_root)
-    # Any change to a request breaks the root, or (signature bytes) the pre-prepare's copy.
-    check("request", good.requests[1], lambda msg, b: msg.requests.__setitem__(1, b),
+    # Any change to an item breaks its envelope's digest.
+    check("item", good.items[1], lambda msg, b: msg.items.__setitem__(1, b),
           lambda got: False)
     # Only what is not cross-checked here may change: sender and signature (verified by the
-    # caller), and the view (a batch committed in view v may carry its pre-prepare from another).
+    # chain verifier against the primary of the view).
     check("pre_prepare", good.pre_prepare, lambda msg, b: setattr(msg, "pre_prepare", b),
-          lambda got: got.pre_prepare is None  # dropped (erased entries): the certificate
-          # alone proves the block
-          or (isinstance(got.pre_prepare.body, m.PrePrepare)
-              and dataclasses.replace(got.pre_prepare.body, view=pp_body.view) == pp_body))
+          lambda got: isinstance(got.pre_prepare, m.SignedMessage)
+          and got.pre_prepare.body == pp_body)
     # A certificate entry that still decodes is a COMMIT; verify_certificate judges it.
     check("certificate", good.certificate[0], lambda msg, b: msg.certificate.__setitem__(0, b),
           lambda got: isinstance(got.certificate[0].body, m.Commit))
@@ -323,12 +344,14 @@ def test_block_rejects_wrong_counts(big_block: Block) -> None:
     good = wire.block_to_proto(big_block)
     cases: list[Callable[[Any], None]] = [
         lambda msg: msg.statuses.pop(),
-        lambda msg: msg.requests.pop(),
-        lambda msg: (msg.requests.pop(), msg.statuses.pop()),
+        lambda msg: msg.items.pop(),
+        lambda msg: (msg.items.pop(), msg.statuses.pop()),
         lambda msg: msg.statuses.append(EntryStatus.RECORDED),
-        lambda msg: (msg.requests.append(msg.requests[0]),
-                     msg.statuses.append(EntryStatus.DUPLICATE)),
-        lambda msg: msg.ClearField("requests"),
+        lambda msg: (msg.items.append(msg.items[0]), msg.statuses.append(EntryStatus.RECORDED)),
+        lambda msg: msg.ClearField("items"),
+        lambda msg: msg.envelopes.pop(),
+        lambda msg: msg.envelopes.append(msg.envelopes[0]),
+        lambda msg: setattr(msg.envelopes[0], "entry_count", msg.envelopes[0].entry_count + 1),
     ]
     for mutate in cases:
         msg = _copy(good)
@@ -338,33 +361,51 @@ def test_block_rejects_wrong_counts(big_block: Block) -> None:
 
 def test_block_rejects_inconsistent_parts(big_block: Block) -> None:
     good = wire.block_to_proto(big_block)
-    # Entries swapped: the requests no longer hash to the header's root.
+    # Items swapped between envelopes: their digests no longer match.
     msg = _copy(good)
-    msg.requests[0], msg.requests[1] = good.requests[1], good.requests[0]
-    assert "merkle root" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
+    last = len(good.items) - 1
+    msg.items[0], msg.items[last] = good.items[last], good.items[0]
+    assert "digest" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
+    # Envelopes reordered: the requests no longer hash to the header's root.
+    msg = _copy(good)
+    first, second = _copy(good.envelopes[0]), _copy(good.envelopes[1])
+    msg.envelopes[0].CopyFrom(second)
+    msg.envelopes[1].CopyFrom(first)
+    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+    # An envelope whose status is changed to executed without its items, and back.
+    invalid = next(i for i, e in enumerate(big_block.envelopes)
+                   if e.status == EnvelopeStatus.INVALID)
+    msg = _copy(good)
+    msg.envelopes[invalid].status = EnvelopeStatus.EXECUTED
+    msg.envelopes[invalid].entry_count = 1
+    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+    # A request signature swapped: the request digest is unchanged (it excludes the
+    # signature), so the block decodes; the client's signature is what no longer verifies.
     # An unknown status.
     msg = _copy(good)
     msg.statuses[0] = "approved"
     _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+    msg = _copy(good)
+    msg.envelopes[0].status = "approved"
+    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
     # Another chain's block (the header names its chain).
     _rejects(lambda: wire.block_from_proto(good, b"another-chain"))
-    # A COMMIT where the pre-prepare belongs, a PRE-PREPARE in the certificate.
+    # A COMMIT where the proposal belongs, a PRE-PREPARE in the certificate.
     msg = _copy(good)
     msg.pre_prepare = good.certificate[0]
     assert "PrePrepare" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
     msg = _copy(good)
     msg.certificate.append(good.pre_prepare)
     assert "Commit" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
-    # An empty header. (An empty pre-prepare is allowed: blocks with erased entries drop it.)
     msg = _copy(good)
     msg.ClearField("header")
     _rejects(lambda: wire.block_from_proto(msg, CHAIN))
     msg = _copy(good)
     msg.ClearField("pre_prepare")
-    assert wire.block_from_proto(msg, CHAIN).pre_prepare is None
+    assert "proposal header" in str(_rejects(lambda: wire.block_from_proto(msg, CHAIN)))
 
 
-def test_block_rejects_a_pre_prepare_that_disagrees_with_the_header(big_block: Block) -> None:
+def test_block_rejects_a_proposal_that_disagrees_with_the_header(big_block: Block) -> None:
     good = wire.block_to_proto(big_block)
     pp = big_block.pre_prepare.body
     assert isinstance(pp, m.PrePrepare)
@@ -373,78 +414,104 @@ def test_block_rejects_a_pre_prepare_that_disagrees_with_the_header(big_block: B
     def signed(body: m.PrePrepare) -> bytes:
         return codec.sign_message(SIGNERS[primary], CHAIN, primary, body).wire
 
-    other_digest = dataclasses.replace(pp, digest=bytes(32))
-    fewer = dataclasses.replace(pp, requests=pp.requests[:-1])
-    other_seq = dataclasses.replace(pp, seq=pp.seq + 1)
-    for body, why in ((other_digest, "digest"), (fewer, "requests"), (other_seq, "sequence")):
+    for body in (dataclasses.replace(pp, root=bytes(32)),
+                 dataclasses.replace(pp, count=pp.count - 1),
+                 dataclasses.replace(pp, seq=pp.seq + 1),
+                 dataclasses.replace(pp, timestamp_ms=pp.timestamp_ms + 1),
+                 dataclasses.replace(pp, view=pp.view + 1)):
         msg = _copy(good)
         msg.pre_prepare = signed(body)
-        assert why in str(_rejects(lambda msg=msg: wire.block_from_proto(msg, CHAIN)))
-    # A correctly signed pre-prepare of another block.
-    msg = _copy(good)
-    msg.pre_prepare = signed(dataclasses.replace(pp, seq=pp.seq, digest=bytes(32), requests=()))
-    _rejects(lambda: wire.block_from_proto(msg, CHAIN))
+        assert "proposal header" in str(_rejects(lambda msg=msg: wire.block_from_proto(msg,
+                                                                                       CHAIN)))
+
+
+def test_block_accepts_an_earlier_views_proposal_for_the_same_digest(big_block: Block) -> None:
+    """A replica that fetched a batch after missing a NEW-VIEW holds the first primary's header
+    for the same digest; it proves the same contents and time, so the block (certified in the
+    later view) is well formed. A header of a later view than the certificate's is not."""
+    later = dataclasses.replace(big_block.header, view=big_block.header.view + 1)
+    msg = _copy(wire.block_to_proto(big_block))
+    msg.header = later.encode()
+    got = wire.block_from_proto(msg, CHAIN)
+    assert got.header.view == later.view and got.pre_prepare.wire == big_block.pre_prepare.wire
 
 
 # ----------------------------------------------------------------------------------- receipts
 
-def test_receipt_round_trip_and_verifies(big_block: Block, blocks: list[Block]) -> None:
+def _executed_entries(block: Block) -> list[int]:
+    return [e.index for e in block.entries]
+
+
+def test_receipt_round_trip_and_verifies(blocks: list[Block]) -> None:
+    checked = 0
     for block in blocks:
-        for i in range(len(block.entries)):
+        for i in _executed_entries(block):
             r = _receipt(block, i)
             data = wire.receipt_to_proto(r).SerializeToString()
             got = wire.receipt_from_proto(pb.Receipt.FromString(data), CHAIN)
             assert got == r
-            assert wire.verify_receipt(got, GENESIS, VERIFIER) is None
-    invalid = [i for i, e in enumerate(big_block.entries) if e.status == EntryStatus.INVALID]
-    got = wire.receipt_from_proto(wire.receipt_to_proto(_receipt(big_block, invalid[0])), CHAIN)
-    assert got.status == EntryStatus.INVALID and got.reason
+            key = CLIENT_KEYS[r.client_id].public_key
+            assert verify_receipt(got, GENESIS, VERIFIER, client_key=key) is None
+            checked += 1
+    assert checked >= 10
 
 
 def _reason(r: wire.Receipt, config: EpochConfig = GENESIS) -> str:
     # Through the wire and back, then verify.
     got = wire.receipt_from_proto(wire.receipt_to_proto(r), CHAIN)
-    reason = wire.verify_receipt(got, config, VERIFIER)
+    reason = verify_receipt(got, config, VERIFIER, client_key=CLIENT_KEYS[r.client_id].public_key)
     assert reason is not None, "a tampered receipt verified"
     return reason
 
 
+def _multi_item(block: Block) -> int:
+    """An entry of an envelope with several items (a non-trivial item proof)."""
+    env = max(block.envelopes, key=lambda e: e.entry_count)
+    assert env.entry_count >= 3
+    return env.first_entry + 1
+
+
 def test_receipt_with_a_tampered_proof_is_refused(big_block: Block) -> None:
-    r = _receipt(big_block, 2)
-    assert r.proof.path, "want a non-trivial path"
-    for k in range(len(r.proof.path)):
-        for pos in (0, 31):
-            h = bytearray(r.proof.path[k])
-            h[pos] ^= 1
-            path = (*r.proof.path[:k], bytes(h), *r.proof.path[k + 1:])
-            assert "inclusion" in _reason(dataclasses.replace(
-                r, proof=dataclasses.replace(r.proof, path=path)))
+    r = _receipt(big_block, _multi_item(big_block))
+    for which in ("request_proof", "item_proof"):
+        proof: InclusionProof = getattr(r, which)
+        assert proof.path, f"want a non-trivial {which}"
+        for k in range(len(proof.path)):
+            h = bytearray(proof.path[k])
+            h[0] ^= 1
+            path = (*proof.path[:k], bytes(h), *proof.path[k + 1:])
+            _reason(dataclasses.replace(r, **{which: dataclasses.replace(proof, path=path)}))
+        _reason(dataclasses.replace(r, **{which: dataclasses.replace(proof,
+                                                                     path=proof.path[:-1])}))
+    other = r.request_proof.index ^ 1
     assert "inclusion" in _reason(dataclasses.replace(
-        r, proof=dataclasses.replace(r.proof, path=r.proof.path[:-1])))
-    assert "inclusion" in _reason(dataclasses.replace(
-        r, proof=dataclasses.replace(r.proof, path=(*r.proof.path, bytes(32)))))
-    other = 1 if r.proof.index != 1 else 0
-    assert "inclusion" in _reason(dataclasses.replace(
-        r, proof=dataclasses.replace(r.proof, index=other)))
-    # Another entry's proof for this request.
-    assert "inclusion" in _reason(dataclasses.replace(r, proof=big_block.proof(other)))
+        r, request_proof=big_block.request_proof(other)))
 
 
 def test_receipt_with_a_wrong_size_is_refused(big_block: Block) -> None:
-    r = _receipt(big_block, 0)
-    for size in (r.proof.size - 1, r.proof.size + 1, 2 * r.proof.size, 0):
-        assert "entries" in _reason(dataclasses.replace(
-            r, proof=dataclasses.replace(r.proof, size=size)))
+    r = _receipt(big_block, _multi_item(big_block))
+    for size in (r.request_proof.size - 1, r.request_proof.size + 1, 0):
+        _reason(dataclasses.replace(r, request_proof=dataclasses.replace(r.request_proof,
+                                                                         size=size)))
+    for size in (r.item_proof.size - 1, r.item_proof.size + 1, 0):
+        _reason(dataclasses.replace(r, item_proof=dataclasses.replace(r.item_proof, size=size)))
 
 
-def test_receipt_with_another_request_or_id_is_refused(big_block: Block) -> None:
-    r = _receipt(big_block, 1)
-    other = big_block.entries[3].request
-    assert "record id" in _reason(dataclasses.replace(r, request=other))
-    assert "inclusion" in _reason(dataclasses.replace(r, request=other,
-                                                      record_id=other.digest.hex()))
+def test_receipt_with_another_item_request_or_id_is_refused(big_block: Block) -> None:
+    i = _multi_item(big_block)
+    r = _receipt(big_block, i)
+    other = big_block.entries[i + 1]
+    assert "record id" in _reason(dataclasses.replace(r, item=other.item))
     assert "record id" in _reason(dataclasses.replace(r, record_id="00" * 32))
+    assert "record id" in _reason(dataclasses.replace(r, nonce=r.nonce + 1))
     assert "height" in _reason(dataclasses.replace(r, height=r.height + 1))
+    # Another envelope's item with its own proof, under this request's fields.
+    far = next(e for e in big_block.entries if e.envelope != big_block.entries[i].envelope)
+    _reason(dataclasses.replace(r, item=far.item, item_proof=big_block.item_proof(far),
+                                record_id=far.record_id))
+    # The client's signature of another request.
+    other_env = big_block.envelopes[far.envelope]
+    assert "signature" in _reason(dataclasses.replace(r, signature=other_env.signature))
 
 
 def test_receipt_with_a_forged_certificate_is_refused(big_block: Block,
@@ -453,45 +520,42 @@ def test_receipt_with_a_forged_certificate_is_refused(big_block: Block,
     h = big_block.header
     good = big_block.certificate
     assert len(good) >= GENESIS.quorum
-    commit = m.Commit(h.epoch, h.view, h.height, h.merkle_root)
-    # Too few commits.
+    commit = m.Commit(h.epoch, h.view, h.height, h.digest)
     assert "certificate" in _reason(dataclasses.replace(r, certificate=good[:GENESIS.quorum - 1]))
-    # The same commit repeated.
     assert "certificate" in _reason(dataclasses.replace(r, certificate=(good[0],) * 4))
-    # Signed by an outsider under members' ids.
     forged = tuple(codec.sign_message(OUTSIDER, CHAIN, i, commit) for i in range(4))
     assert "certificate" in _reason(dataclasses.replace(r, certificate=forged))
-    # Members' signatures with a byte flipped.
     flipped = tuple(codec.resign_message(c.sender, c.body, bytes([c.signature[0] ^ 1])
                                          + c.signature[1:]) for c in good)
     assert "certificate" in _reason(dataclasses.replace(r, certificate=flipped))
-    # Real signatures, other chain.
     other_chain = tuple(codec.sign_message(SIGNERS[i], b"other", i, commit) for i in range(4))
     assert "certificate" in _reason(dataclasses.replace(r, certificate=other_chain))
-    # Real, valid certificate of another block.
     other_block = next(b for b in blocks if b.header.height != h.height)
     assert "certificate" in _reason(dataclasses.replace(r, certificate=other_block.certificate))
-    # A header edited to another height/timestamp: its certificate no longer matches.
-    moved = dataclasses.replace(h, height=h.height + 1)
-    assert "certificate" in _reason(dataclasses.replace(r, header=moved, height=moved.height))
-    # The right certificate, checked against another validator set.
+    # The certificate signs the proposal time and request count: a header edited there (or in
+    # height) no longer matches it.
+    for moved in (dataclasses.replace(h, height=h.height + 1),
+                  dataclasses.replace(h, proposed_ms=h.proposed_ms + 1)):
+        assert "certificate" in _reason(dataclasses.replace(r, header=moved, height=moved.height))
     strangers = EpochConfig(0, 0, tuple(Member(i, Ed25519Signer(bytes([0x60 + i]) * 32)
                                                .public_key) for i in range(4)))
     assert "certificate" in _reason(r, strangers)
-    assert "epoch" in _reason(r, EpochConfig(1, 0, GENESIS.members))
-    # And the genuine one verifies.
-    assert wire.verify_receipt(r, GENESIS, VERIFIER) is None
+    assert "certificate" in _reason(r, EpochConfig(1, 0, GENESIS.members))
+    assert verify_receipt(r, GENESIS, VERIFIER) is None
 
 
 def test_receipt_from_proto_rejects_malformed(big_block: Block) -> None:
     good = wire.receipt_to_proto(_receipt(big_block, 2))
     cases: list[Callable[[Any], None]] = [
-        lambda msg: msg.ClearField("proof"),
-        lambda msg: msg.proof.path.append(b"\x00" * 31),
-        lambda msg: msg.proof.path.__setitem__(0, b"\x00" * 33),
-        lambda msg: msg.proof.path.extend([bytes(32)] * (wire.PROOF_PATH_MAX + 1)),
-        lambda msg: setattr(msg, "request", msg.request[:-1]),
-        lambda msg: setattr(msg, "request", b""),
+        lambda msg: msg.ClearField("request_proof"),
+        lambda msg: msg.ClearField("item_proof"),
+        lambda msg: msg.request_proof.path.append(b"\x00" * 31),
+        lambda msg: msg.item_proof.path.append(b"\x00" * 33),
+        lambda msg: msg.request_proof.path.extend([bytes(32)] * (wire.PROOF_PATH_MAX + 1)),
+        lambda msg: setattr(msg, "item_view", b"\x02\x07"),
+        lambda msg: setattr(msg, "item_view", b"x"),
+        lambda msg: setattr(msg, "signature", b"short"),
+        lambda msg: setattr(msg, "kind", 9),
         lambda msg: setattr(msg, "block_header", msg.block_header[:-1]),
         lambda msg: setattr(msg, "status", "committed"),
         lambda msg: msg.certificate.append(big_block.pre_prepare.wire),
@@ -505,7 +569,7 @@ def test_receipt_from_proto_rejects_malformed(big_block: Block) -> None:
 
 
 def test_receipt_mutations_never_verify_or_crash(big_block: Block) -> None:
-    r = _receipt(big_block, 3)
+    r = _receipt(big_block, _multi_item(big_block))
     data = wire.receipt_to_proto(r).SerializeToString()
     for bad in _mutations(data):
         try:
@@ -516,31 +580,86 @@ def test_receipt_mutations_never_verify_or_crash(big_block: Block) -> None:
             got = wire.receipt_from_proto(msg, CHAIN)
         except wire.WireError:
             continue
-        if wire.verify_receipt(got, GENESIS, VERIFIER) is None:
-            # What a receipt proves survives every accepted mutation: this request, at this
-            # leaf, under the root that a quorum committed at this height. The certificate signs
-            # (epoch, view, height, root) only, so prev_hash, state_digest and timestamp_ms of
-            # the header, the status and reason, and surplus commits are not covered by it; nor
-            # is the client's signature (the leaf is the request digest, which excludes it).
-            assert (got.request.digest, got.record_id, got.proof, got.height) == (
-                r.request.digest, r.record_id, r.proof, r.height), bad
+        if verify_receipt(got, GENESIS, VERIFIER) is None:
+            # What a receipt proves survives every accepted mutation: this item, under this
+            # request, at this leaf, under the root, size and time a quorum committed at this
+            # height. Not covered by the certificate: prev_hash, state_digest, timestamp_ms and
+            # entry_count of the header (checked by walking the chain), status and reason,
+            # surplus commits, and the client's signature unless the verifier is given the key.
+            assert (digest_of(got.item), got.record_id, got.item_proof, got.request_proof,
+                    got.height) == (digest_of(r.item), r.record_id, r.item_proof,
+                                    r.request_proof, r.height), bad
             h, g = r.header, got.header
-            assert (g.chain_id, g.height, g.epoch, g.view, g.merkle_root, g.entry_count) == (
-                h.chain_id, h.height, h.epoch, h.view, h.merkle_root, h.entry_count), bad
+            assert (g.chain_id, g.height, g.epoch, g.view, g.digest) == (
+                h.chain_id, h.height, h.epoch, h.view, h.digest), bad
+
+
+# ----------------------------------------------------------------------- per-block answers
+
+def test_block_receipts_round_trip_and_prove_each_item(big_block: Block,
+                                                       cluster: ClusterRun) -> None:
+    """A block's answer to a client: header and certificate once, each request's proof; the
+    client proves every item of its own envelopes from it."""
+    indexes = [e.index for e in big_block.envelopes]
+    b = wire.block_receipts_of(big_block, indexes)
+    got = wire.block_receipts_from_proto(
+        pb.BlockReceipts.FromString(wire.block_receipts_to_proto(b).SerializeToString()), CHAIN)
+    assert got == b
+    assert verify_block_receipts(got, GENESIS, VERIFIER) is None
+    requests = {r.key: r for a in cluster.executes for r in a.requests}
+    for result in got.envelopes:
+        request = requests[(result.client_id, result.nonce)]
+        assert verify_envelope_result(result, got.header, request) is None
+        env = big_block.envelopes[result.request_proof.index]
+        if env.status != EnvelopeStatus.EXECUTED:
+            assert result.item_statuses == ()
+            continue
+        items = [e.item for e in big_block.entries_of(env)]
+        assert isinstance(items[0], bytes)
+        for receipt, entry in zip(item_receipts(result, got, request, items),  # type: ignore[arg-type]
+                                  big_block.entries_of(env), strict=True):
+            assert receipt.record_id == entry.record_id
+            assert verify_receipt(receipt, GENESIS, VERIFIER) is None
+    # Another request under a result's proof, a forged certificate: refused.
+    r0 = got.envelopes[0]
+    other = requests[(got.envelopes[1].client_id, got.envelopes[1].nonce)]
+    assert verify_envelope_result(r0, got.header, other) is not None
+    bad = dataclasses.replace(got, certificate=got.certificate[:1])
+    assert verify_block_receipts(bad, GENESIS, VERIFIER) is not None
+
+
+def test_block_receipts_from_proto_rejects_malformed(big_block: Block) -> None:
+    good = wire.block_receipts_to_proto(wire.block_receipts_of(big_block, [0, 1]))
+    cases: list[Callable[[Any], None]] = [
+        lambda msg: setattr(msg, "height", msg.height + 1),
+        lambda msg: setattr(msg, "block_header", b""),
+        lambda msg: setattr(msg.envelopes[0], "status", "done"),
+        lambda msg: msg.envelopes[0].item_statuses.append("maybe"),
+        lambda msg: msg.envelopes[0].request_path.append(b"short"),
+        lambda msg: msg.certificate.append(b"\x00"),
+    ]
+    for mutate in cases:
+        msg = _copy(good)
+        mutate(msg)
+        _rejects(lambda msg=msg: wire.block_receipts_from_proto(msg, CHAIN))
 
 
 # ----------------------------------------------------------------------------------- requests
 
-def test_submit_request_round_trip(big_block: Block) -> None:
-    req = big_block.entries[0].request
+def _some_request(cluster: ClusterRun) -> m.Request:
+    return next(r for a in cluster.executes for r in a.requests if len(r.payload) > 200)
+
+
+def test_submit_request_round_trip(cluster: ClusterRun) -> None:
+    req = _some_request(cluster)
     data = codec.encode_request(req)
     got = wire.submit_request_from_proto(pb.SubmitRecordRequest(request=data, wait_ms=500),
                                          len(data))
     assert got == req and got.digest == req.digest and got.signature == req.signature
 
 
-def test_submit_request_size_limit_checked_first(big_block: Block) -> None:
-    data = codec.encode_request(big_block.entries[0].request)
+def test_submit_request_size_limit_checked_first(cluster: ClusterRun) -> None:
+    data = codec.encode_request(_some_request(cluster))
     too_large = _rejects(lambda: wire.submit_request_from_proto(
         pb.SubmitRecordRequest(request=data), len(data) - 1))
     assert isinstance(too_large, wire.TooLarge)
@@ -551,8 +670,8 @@ def test_submit_request_size_limit_checked_first(big_block: Block) -> None:
     assert issubclass(wire.WireError, ValueError)
 
 
-def test_submit_request_rejects_malformed(big_block: Block) -> None:
-    req = big_block.entries[0].request
+def test_submit_request_rejects_malformed(cluster: ClusterRun) -> None:
+    req = _some_request(cluster)
     data = codec.encode_request(req)
     n_rejected = 0
     for bad in _mutations(data):
@@ -612,6 +731,7 @@ def test_checkpoint_rejects_malformed(cluster: ClusterRun, big_block: Block) -> 
 def test_wire_round_trip_keeps_inclusion_proof_types(big_block: Block) -> None:
     r = _receipt(big_block, 0)
     got = wire.receipt_from_proto(wire.receipt_to_proto(r), CHAIN)
-    assert isinstance(got.proof, InclusionProof)
-    assert all(type(h) is bytes for h in got.proof.path)
+    for proof in (got.request_proof, got.item_proof):
+        assert isinstance(proof, InclusionProof)
+        assert all(type(h) is bytes for h in proof.path)
     assert type(got.header.chain_id) is bytes

@@ -34,6 +34,7 @@ from consortium.admission.model import (
     Verdict,
 )
 from consortium.admission.review import Reviewer
+from consortium.formats.directory import Gs1Directory, MemberGs1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_eval_set(directory: Path) -> list[EvalItem]:
-    """joins.jsonl, records.jsonl and context.json from `directory`."""
+    """joins.jsonl, records.jsonl and context.json from `directory`: provenance records are
+    EPCIS 2.0 events, patient payloads FHIR R4, and context.json holds the members' GS1
+    identities."""
     ctx = json.loads((directory / "context.json").read_text(encoding="utf-8"))
     join_ctx = JoinContext.from_dict(ctx["join"])
     registry = Registry.from_dict(ctx["registry"])
+    gs1_directory = Gs1Directory(MemberGs1.from_dict(m) for m in ctx.get("directory", ()))
     now_ms = int(ctx["now_ms"])
     items: list[EvalItem] = []
     for d in _read_jsonl(directory / "joins.jsonl"):
@@ -70,7 +74,7 @@ def load_eval_set(directory: Path) -> list[EvalItem]:
             subject = ProvenanceEvent.from_dict(d["record"])
             rctx = RecordContext(history=tuple(ProvenanceEvent.from_dict(h)
                                                for h in d.get("history", ())),
-                                 registry=registry, now_ms=now_ms)
+                                 registry=registry, now_ms=now_ms, directory=gs1_directory)
         else:
             subject = PatientRecordInput.from_dict(d["record"])
             rctx = RecordContext(recent=tuple(RecentSubmission.of(PatientRecordInput.from_dict(

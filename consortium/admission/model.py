@@ -1,9 +1,10 @@
 """What the admission service reviews, and the verdict it gives.
 
 The input types are plain frozen dataclasses, independent of the ledger: whoever follows the
-block stream maps ledger records and join requests onto them (`ProvenanceEvent.from_metadata`
-reads the public metadata the SDK writes). Keeping them ledger-free lets the rules, the prompts
-and the evaluation set run without a consortium.
+block stream maps ledger records and join requests onto them (`ProvenanceEvent.from_public_json`
+reads a provenance record's public part, the EPCIS event's canonical JSON;
+`ProvenanceEvent.from_metadata` reads legacy records). Keeping them ledger-free lets the rules,
+the prompts and the evaluation set run without a consortium.
 
 A `Verdict` is advice, never a decision of the consortium: validators vote on what it flags.
 It carries enough to audit it later: which backend and model file (by sha256), which prompt
@@ -15,9 +16,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from consortium.formats import epcis
+from consortium.formats.directory import EMPTY_DIRECTORY, Gs1Directory
+from consortium.formats.epcis import Event
+from consortium.formats.errors import FormatError
 
 VERDICT_VERSION = 1
 
@@ -134,76 +141,99 @@ class JoinContext:
 
 @dataclass(frozen=True, slots=True)
 class ProvenanceEvent:
-    """One provenance record: an event in the life of a product lot (`subject_id`)."""
+    """One provenance record: an EPCIS 2.0 event (its public part) and who submitted it when.
+
+    `event` is None when the public part cannot be read as an EPCIS event (`malformed` says
+    why): records submitted before the consensus check existed, or a test of the rules. The
+    rules flag such a record (record.malformed) instead of failing."""
 
     record_id: str
-    subject_id: str
-    event_type: str
     submitter_org: str
     submitted_at_ms: int
-    location: str | None = None
-    custodian_from: str | None = None
-    custodian_to: str | None = None
-    quantity: int | None = None
-    quantity_raw: str | None = None
-    """The metadata text when it is not a whole number (a rule flags it)."""
-    documents: tuple[str, ...] = ()
-    notes: str | None = None
-    extra: tuple[tuple[str, str], ...] = ()
-    """Any other public metadata, sorted by key."""
+    public_json: bytes
+    """The record's public part: the event's canonical JSON (Event.public_json())."""
+    event: Event | None = field(default=None, compare=False)
+    malformed: str | None = None
 
-    KNOWN_KEYS = frozenset({"location", "custodian_from", "custodian_to", "quantity",
-                            "documents", "notes"})
+    @classmethod
+    def of(cls, record_id: str, submitter_org: str, submitted_at_ms: int,
+           event: Event) -> ProvenanceEvent:
+        return cls(record_id, submitter_org, submitted_at_ms, event.public_json(), event)
+
+    @classmethod
+    def from_public_json(cls, record_id: str, submitter_org: str, submitted_at_ms: int,
+                         public_json: bytes) -> ProvenanceEvent:
+        """A ledger record whose public part is an event's canonical JSON. Never raises: an
+        unreadable part becomes `malformed`."""
+        try:
+            event = epcis.event_from_public_json(public_json)
+        except FormatError as exc:
+            return cls(record_id, submitter_org, submitted_at_ms, public_json, None, str(exc))
+        return cls(record_id, submitter_org, submitted_at_ms, public_json, event)
 
     @classmethod
     def from_metadata(cls, record_id: str, subject_id: str, event_type: str,
-                      submitter_org: str, submitted_at_ms: int,
-                      metadata: Mapping[str, str]) -> ProvenanceEvent:
-        """Map a ledger record's public metadata (as the SDK writes it) onto an event."""
+                      submitter_org: str, submitted_at_ms: int, metadata: Mapping[str, str],
+                      directory: Gs1Directory = EMPTY_DIRECTORY) -> ProvenanceEvent:
+        """A legacy record (free-form metadata as the SDK wrote it before EPCIS) read as the
+        ObjectEvent its shorthand means (formats/shorthand.py). Legacy records may lack a
+        location; such an event has neither readPoint nor bizLocation (rule
+        location.missing). A record the shorthand cannot express becomes `malformed`."""
+        extra = {k: v for k, v in sorted(metadata.items()) if k not in LEGACY_KEYS}
         raw_q = metadata.get("quantity")
-        quantity: int | None = None
-        if raw_q is not None and raw_q.strip().lstrip("-").isdigit():
-            quantity = int(raw_q.strip())
-            raw_q = None
-        docs = tuple(d for d in (metadata.get("documents") or "").split(",") if d)
-        extra = tuple(sorted((k, v) for k, v in metadata.items() if k not in cls.KNOWN_KEYS))
-        return cls(record_id, subject_id, event_type, submitter_org, submitted_at_ms,
-                   metadata.get("location"), metadata.get("custodian_from"),
-                   metadata.get("custodian_to"), quantity, raw_q, docs, metadata.get("notes"),
-                   extra)
-
-    def metadata(self) -> dict[str, str]:
-        out = dict(self.extra)
-        for k in ("location", "custodian_from", "custodian_to", "notes"):
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = v
-        if self.quantity is not None:
-            out["quantity"] = str(self.quantity)
-        elif self.quantity_raw is not None:
-            out["quantity"] = self.quantity_raw
-        if self.documents:
-            out["documents"] = ",".join(self.documents)
-        return out
+        try:
+            quantity = None if raw_q is None else _whole(raw_q)
+            location = metadata.get("location")
+            event = epcis.object_event_from_shorthand(
+                subject_id, event_type, metadata.get("custodian_from"),
+                metadata.get("custodian_to"), location or LEGACY_NO_LOCATION, quantity,
+                submitter_org=submitter_org, event_time_ms=submitted_at_ms,
+                directory=directory, note=metadata.get("notes"),
+                documents=[d for d in (metadata.get("documents") or "").split(",") if d],
+                extensions={f"consortium:{k}": v for k, v in extra.items()
+                            if _EXTENSION_NAME.fullmatch(k)})
+        except FormatError as exc:
+            legacy = canonical_json({"subject_id": subject_id, "event_type": event_type,
+                                     "metadata": dict(metadata)}).encode()
+            return cls(record_id, submitter_org, submitted_at_ms, legacy, None, str(exc))
+        if not location:
+            event = replace(event, biz_location=None)
+        return cls(record_id, submitter_org, submitted_at_ms, event.public_json(), event)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"record_id": self.record_id, "subject_id": self.subject_id,
-                "event_type": self.event_type, "submitter_org": self.submitter_org,
-                "submitted_at_ms": self.submitted_at_ms, "metadata": self.metadata()}
+        try:
+            event: Any = json.loads(self.public_json)
+        except ValueError:
+            event = self.public_json.decode(errors="replace")
+        return {"record_id": self.record_id, "submitter_org": self.submitter_org,
+                "submitted_at_ms": self.submitted_at_ms, "event": event}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProvenanceEvent:
-        return cls.from_metadata(str(d["record_id"]), str(d["subject_id"]),
-                                 str(d["event_type"]), str(d["submitter_org"]),
-                                 int(d["submitted_at_ms"]),
-                                 {str(k): str(v) for k, v in d.get("metadata", {}).items()})
+        event = d["event"]
+        data = event.encode() if isinstance(event, str) else canonical_json(event).encode()
+        return cls.from_public_json(str(d["record_id"]), str(d["submitter_org"]),
+                                    int(d["submitted_at_ms"]), data)
+
+
+LEGACY_KEYS = frozenset({"location", "custodian_from", "custodian_to", "quantity",
+                         "documents", "notes"})
+LEGACY_NO_LOCATION = "urn:consortium:site:unknown"
+"""Placeholder while building a legacy event without location; removed again at once."""
+_EXTENSION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def _whole(text: str) -> int:
+    if not text.strip().isdigit():
+        raise FormatError(f"quantity {text!r} is not a positive whole number")
+    return int(text.strip())
 
 
 @dataclass(frozen=True, slots=True)
 class PatientRecordInput:
     """A patient record: public metadata plus, when the service may read it, the payload.
 
-    `payload` is the decrypted JSON (see schema.PATIENT_PAYLOAD_SCHEMA), or None when the
+    `payload` is the decrypted FHIR R4 resource or Bundle (formats/fhir.py), or None when the
     submitter did not wrap the record key for the service: then only the metadata is screened.
     """
 
@@ -265,7 +295,9 @@ class RecentSubmission:
 
 @dataclass(frozen=True, slots=True)
 class Registry:
-    """Parties and places the consortium knows. An empty set switches that check off."""
+    """Parties and places the consortium knows besides its members' GS1 identities (operator
+    data: partners such as a contract carrier, and their sites). Entries are names or
+    identifiers (PGLN, SGLN, private ids). An empty set switches that check off."""
 
     known_orgs: frozenset[str] = frozenset()
     known_locations: frozenset[str] = frozenset()
@@ -283,14 +315,17 @@ class Registry:
 class RecordContext:
     """What a record is judged against.
 
-    `history`: earlier provenance records of the same lot, in ledger order. `recent`: patient
-    records the service saw in the burst window (any subject). `now_ms`: the service's clock
-    (0 switches the future-date checks off)."""
+    `history`: earlier provenance records sharing an identifier with this one (Event.
+    identifiers(): the lot, the items, a pallet they were packed on), in ledger order.
+    `recent`: patient records the service saw in the burst window (any subject). `directory`:
+    the members' GS1 identities (which member a party, site or prefix is). `now_ms`: the
+    service's clock (0 switches the future-date checks off)."""
 
     history: tuple[ProvenanceEvent, ...] = ()
     recent: tuple[RecentSubmission, ...] = ()
     registry: Registry = Registry()
     now_ms: int = 0
+    directory: Gs1Directory = field(default=EMPTY_DIRECTORY, compare=False)
 
 
 Record = ProvenanceEvent | PatientRecordInput

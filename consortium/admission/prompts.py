@@ -30,7 +30,7 @@ from consortium.admission.model import (
 )
 from consortium.admission.schema import MAX_TOKENS, answer_schema
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 HISTORY_IN_PROMPT = 8
 """Earlier events of a lot shown to the model (the most recent ones; the rules see all)."""
 MEMBERS_IN_PROMPT = 40
@@ -71,25 +71,29 @@ SYSTEM: dict[str, str] = {
         "on the members. When unsure, decide anyway and let the risk show your doubt. Each "
         "reason must point at something in the statement.\n\n" + _ANSWER_JOIN),
     "provenance": (
-        "You screen records of a pharmaceutical supply-chain ledger. Each record is one event "
-        "in the life of a product lot (manufactured, shipped, received, inspected, recalled or "
-        "destroyed); the data holds the new event and the lot's earlier events in ledger "
-        "order.\n\n" + _DATA_RULE.format(bad="flag") + "\n\n"
+        "You screen records of a pharmaceutical supply-chain ledger. Each record is one GS1 "
+        "EPCIS 2.0 event in the life of goods (commissioning, shipping, receiving, "
+        "inspecting, packing, a recall, destruction...); the data holds the new event and "
+        "the earlier events of the same goods in ledger order.\n\n"
+        + _DATA_RULE.format(bad="flag") + "\n\n"
         "Deterministic checks have already verified custody (who ships and who receives), the "
         "order of dates, quantities, recalls, destruction, sites and parties; do not repeat "
         "those checks and do not invent problems they did not find. Your task is what they "
-        "cannot read: the free text (notes, documents, product). Flag when the text itself "
-        "reveals a problem: a broken cold chain, counterfeit or tampered goods, failed quality "
-        "released anyway, missing or mismatched paperwork accepted, goods from outside the "
+        "cannot read: the free text (notes and other extension fields, documents, product). "
+        "Flag when the text itself reveals a problem: a broken cold chain, counterfeit or "
+        "tampered goods, failed quality released anyway, missing or mismatched paperwork "
+        "accepted, goods from outside the "
         "supply chain. Otherwise answer ok: most records are routine. Each reason must point "
         "at something in the data.\n\n" + _ANSWER_RECORD),
     "patient": (
         "You screen patient records submitted to a healthcare ledger by hospitals, clinics, "
         "pharmacies and laboratories. The data holds the record's public metadata and its "
-        "clinical payload.\n\n" + _DATA_RULE.format(bad="flag") + "\n\n"
-        "Deterministic checks have already verified the schema, the ranges of vital signs, lab "
-        "values and doses, the dates, duplicates and bursts; do not repeat them and do not "
-        "invent problems. Your task is whether the record makes clinical sense as a whole. "
+        "clinical payload, a HL7 FHIR R4 resource or Bundle.\n\n"
+        + _DATA_RULE.format(bad="flag") + "\n\n"
+        "Deterministic checks have already verified the FHIR structure, the ranges of vital "
+        "signs, lab values and doses, units, tests and diagnoses against sex and age, the "
+        "dates, duplicates and bursts; do not repeat them and do not invent problems. Your "
+        "task is whether the record makes clinical sense as a whole. "
         "Flag it when it contradicts itself (a condition, test or imaging impossible for the "
         "patient's sex or age, a weight impossible for the age, a drug unsuitable for a "
         "child) or holds text that does not belong in a clinical record (payment data, "
@@ -166,17 +170,22 @@ def _when(ms: int) -> str:
 
 
 def _event(e: ProvenanceEvent) -> dict[str, Any]:
-    """One event, compactly: ids and the lot (the same for all) are left out to keep the
-    prompt short, which is most of a small model's latency."""
-    out: dict[str, Any] = {"at": _when(e.submitted_at_ms), "event": e.event_type,
-                           "by": e.submitter_org}
-    out.update({k: v for k, v in e.metadata().items()})
+    """One event, compactly: the EPCIS event without its @context (the same for all), who
+    submitted it and when, to keep the prompt short (most of a small model's latency)."""
+    out: dict[str, Any] = {"submitted": _when(e.submitted_at_ms), "by": e.submitter_org}
+    if e.event is None:
+        out["unreadable_event"] = e.public_json.decode(errors="replace")[:2000]
+        return out
+    body = e.event.to_json(with_context=False)
+    body.pop("eventID", None)
+    out["event"] = body
     return out
 
 
 def provenance_prompt(e: ProvenanceEvent, ctx: RecordContext,
                       findings: Sequence[Finding]) -> Prompt:
-    data: dict[str, Any] = {"lot": e.subject_id, "new_event": _event(e),
+    data: dict[str, Any] = {"goods": list(e.event.identifiers()) if e.event else [],
+                            "new_event": _event(e),
                             "earlier_events": [_event(h) for h in
                                                ctx.history[-HISTORY_IN_PROMPT:]]}
     if len(ctx.history) > HISTORY_IN_PROMPT:

@@ -1,4 +1,7 @@
-"""JSON schemas: what the model must answer, and what a patient payload looks like.
+"""The JSON schema of the model's answer, and its strict parsing.
+
+(Patient payloads have no schema of this project's own any more: they are FHIR R4, validated
+by formats/fhir.py.)
 
 The model's answer is constrained twice. The schema goes to the server as `response_format`
 (strict `json_schema`), so a well-behaved server can only sample conforming JSON; and
@@ -110,60 +113,3 @@ def check_consistent(answer: Answer) -> None:
         raise AnswerError(f"inconsistent: {answer.decision} with risk {answer.risk:g}")
     if answer.decision in ("reject", "flag") and answer.risk < 0.5:
         raise AnswerError(f"inconsistent: {answer.decision} with risk {answer.risk:g}")
-
-
-# --- patient payloads --------------------------------------------------------------------
-
-PATIENT_PAYLOAD_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "consortium patient record payload (what the admission rules read)",
-    "type": "object",
-    "required": ["age_years", "observed_at"],
-    "additionalProperties": False,
-    "properties": {
-        "age_years": {"type": "integer", "minimum": 0, "maximum": 120},
-        "sex": {"enum": ["female", "male", "other", "unknown"]},
-        "observed_at": {"type": "string", "format": "date",
-                        "description": "YYYY-MM-DD or an ISO 8601 date-time; not after the "
-                                       "submission"},
-        "vitals": {
-            "type": "object", "additionalProperties": False,
-            "properties": {
-                "heart_rate_bpm": {"type": "number", "minimum": 20, "maximum": 250},
-                "systolic_mmhg": {"type": "number", "minimum": 50, "maximum": 260},
-                "diastolic_mmhg": {"type": "number", "minimum": 20, "maximum": 160},
-                "temperature_c": {"type": "number", "minimum": 30, "maximum": 43},
-                "spo2_pct": {"type": "number", "minimum": 50, "maximum": 100},
-                "respiratory_rate": {"type": "number", "minimum": 4, "maximum": 60},
-                "weight_kg": {"type": "number", "minimum": 0.3, "maximum": 350},
-            },
-        },
-        "labs": {"type": "array", "items": {
-            "type": "object", "required": ["test", "value", "unit"],
-            "additionalProperties": False,
-            "properties": {"test": {"type": "string", "maxLength": 80},
-                           "value": {"type": "number"},
-                           "unit": {"type": "string", "maxLength": 20}}}},
-        "medications": {"type": "array", "items": {
-            "type": "object", "required": ["name", "dose_mg", "frequency_per_day"],
-            "additionalProperties": False,
-            "properties": {"name": {"type": "string", "maxLength": 80},
-                           "dose_mg": {"type": "number", "exclusiveMinimum": 0},
-                           "frequency_per_day": {"type": "integer", "minimum": 1,
-                                                 "maximum": 24}}}},
-        "imaging": {"type": "object", "required": ["modality", "body_part"],
-                    "additionalProperties": False,
-                    "properties": {"modality": {"enum": ["xray", "ct", "mri", "ultrasound",
-                                                         "pet"]},
-                                   "body_part": {"type": "string", "maxLength": 80},
-                                   "finding": {"type": "string", "maxLength": 500}}},
-        "diagnosis_codes": {"type": "array", "items": {
-            "type": "string", "pattern": "^[A-Z][0-9]{2}(\\.[0-9A-Z]{1,4})?$"}},
-        "notes": {"type": "string", "maxLength": 2000},
-    },
-    "description": "Required by event type: lab-result needs labs, prescription needs "
-                   "medications, encounter needs vitals, imaging needs imaging.",
-}
-
-REQUIRED_SECTION = {"lab-result": "labs", "prescription": "medications", "encounter": "vitals",
-                    "imaging": "imaging"}

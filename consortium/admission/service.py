@@ -8,13 +8,19 @@ It is a client of the ledger (its key is genesis' `admission_client`) and a gRPC
 Screening works from the ledger's own queue: every record is committed first (durable,
 ordered) with status `pending-screening`; the service asks any validator for that queue
 (`ListScreening`), judges each record (rules, then the model: `review.Reviewer`) and submits a
-Verdict transaction. The verdict only moves a record out of pending-screening (ok -> accepted,
+Verdict transaction for each (a poll's verdicts in envelopes: one signature and one round of
+ordering for all of them). The verdict only moves a record out of pending-screening (ok -> accepted,
 flag -> quarantined); validators' votes decide what happens to a quarantined record. A queue
 query never misses a record, so a service that was down or slow catches up when it returns,
 and nothing is silently accepted meanwhile.
 
 Patient payloads are read only when the submitter wrapped the record key for the service, and
 every such read is an Access transaction on the ledger first (the SDK's `get(decrypt=True)`).
+
+The gRPC API answers members only (a ReadAuth signed by a member's client key), and no more
+than the caller may read: a patient record's verdict is derived from its payload, so
+`ScreenRecord` answers only a reader of the record, against an Access of the caller's own on
+the ledger (see `check_read` and docs/admission.md, "The Admission gRPC service").
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -46,17 +53,31 @@ from consortium.admission.model import (
     Verdict,
 )
 from consortium.admission.review import Reviewer
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
+from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
-from consortium.client.sdk import ConsortiumClient, Identity, SubmitError
+from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
-from consortium.ledger.records import decode_public
-from consortium.ledger.transactions import RequestView
+from consortium.formats.directory import EMPTY_DIRECTORY, Gs1Directory
+from consortium.ledger.blocks import ACCESS_DENIED
+from consortium.ledger.items import ItemView
+from consortium.ledger.membership import org_client_id, validator_client_id
+from consortium.ledger.reads import read_signing_bytes
+from consortium.ledger.records import RecordKind, decode_public
+from consortium.ledger.transactions import (
+    TEXT_BYTES_MAX,
+    Access,
+    Erase,
+    InvalidTransaction,
+    RecordTx,
+    Revoke,
+    TxType,
+    decode_record_tx,
+)
+from consortium.ledger.transactions import Verdict as VerdictTx
 from consortium.localnet import read_seed
-from consortium.node import wire
+from consortium.wire import Receipt, WireError, pb, pb_grpc, receipt_from_proto
 
 log = structlog.get_logger("consortium.admission")
 
@@ -68,6 +89,10 @@ HEALTH_SERVICE = "consortium.v1.Admission"
 or while the backlog has stayed above one batch for BEHIND_GRACE_S (records wait, never lost:
 an alert, not a failure)."""
 BEHIND_GRACE_S = 120.0
+READ_CATCH_UP_S = 5.0
+"""How long ScreenRecord waits for more validators to show a caller's Access that one already
+shows (a validator a block or two behind the one the caller submitted to)."""
+READ_RETRY_S = 0.2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,25 +166,159 @@ def service_identity(directory: Path, genesis: Genesis) -> Identity:
                     ClockNonces())
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """A member's client that signed a ReadAuth for the Admission service."""
+
+    client_id: str
+    org: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubjectEvent:
+    """One recorded transaction on a record of a subject, as one validator lists it
+    (ListSubject): what `check_read` needs to know about reads, revocations and erasures."""
+
+    tx_id: str
+    height: int
+    client_id: str
+    action: RecordTx
+    reason: str
+    """The executing validator's reason ("" when it took effect; ACCESS_DENIED for a refused
+    read)."""
+    receipt: pb.Receipt
+    """Its receipt, to verify when this is the Access an answer is given against."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadCheck:
+    """`check_read`'s outcome: the caller's Access an answer may be given against, or the
+    status and one-line reason of the refusal."""
+
+    access: SubjectEvent | None = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    problem: str = ""
+
+
+def answer_purpose(caller: Caller, access_id: str) -> str:
+    """The purpose of the service's own read of a payload for a ScreenRecord answer: it names
+    the caller's Access (so the access log links the two, and that Access is used up) and the
+    caller when that fits the ledger's purpose limit."""
+    long = f"screening for {caller.client_id} (access {access_id})"
+    return long if len(long.encode()) <= TEXT_BYTES_MAX else f"screening (access {access_id})"
+
+
+def check_read(events: Sequence[SubjectEvent], caller: Caller, record_id: str,
+               service_client: str, now_ms: int, ttl_ms: int) -> ReadCheck:
+    """Whether one validator's list of a subject's transactions lets the service answer
+    `caller` with what it derives from `record_id`'s payload: an Access by the caller's own
+    client to that record that the ledger granted (the caller's organisation was a reader when
+    it executed), made within `ttl_ms` of `now_ms` by its signed time, not followed by a
+    revocation of that organisation or the record's erasure, and not yet used by an answer
+    (the service's own read for an answer names the Access it answered against: one Access,
+    one answer). The same rules as a validator's release of a patient record's key
+    (`GetRecord` with `access_id`), so ScreenRecord reveals nothing the caller could not
+    decrypt itself, and every answer is a read of the caller's on the ledger."""
+    granted: list[SubjectEvent] = []
+    denied = False
+    answered: list[str] = []
+    for ev in events:
+        a = ev.action
+        if a.record_id != record_id:
+            continue
+        if isinstance(a, Erase) and ev.reason == "":
+            return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
+                             problem=f"record {record_id} was erased")
+        if isinstance(a, Revoke) and a.org == caller.org and ev.reason == "":
+            granted.clear()
+            denied = True
+        elif isinstance(a, Access) and ev.client_id == service_client:
+            answered.append(a.purpose)
+        elif isinstance(a, Access) and ev.client_id == caller.client_id:
+            if ev.reason == "":
+                granted.append(ev)
+                denied = False
+            elif ev.reason == ACCESS_DENIED:
+                denied = True
+    if denied:
+        return ReadCheck(code=grpc.StatusCode.PERMISSION_DENIED,
+                         problem=f"{caller.org} is not a reader of record {record_id}")
+    fresh = [ev for ev in granted if isinstance(ev.action, Access)
+             and abs(now_ms - ev.action.requested_at_ms) <= ttl_ms]
+    unused = [ev for ev in fresh if not any(ev.tx_id in p for p in answered)]
+    if unused:
+        return ReadCheck(access=unused[-1])
+    ttl_s = ttl_ms // 1000
+    if fresh:
+        return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
+                         problem=f"access {fresh[-1].tx_id} already answered a screening: "
+                                 "commit a new Access to ask again")
+    if granted:
+        return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
+                         problem=f"the Access of {caller.client_id} to record {record_id} is "
+                                 f"older than {ttl_s} s: commit a new one")
+    return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
+                     problem=f"no Access of {caller.client_id} to record {record_id} on the "
+                             f"ledger: a patient record is screened for its readers only, "
+                             f"within {ttl_s} s of an Access of theirs (the SDK's access())")
+
+
+def read_quorum(core: ClientCore) -> tuple[list[str], int]:
+    """Who confirms a caller's read, and how many must: the validators of the latest epoch
+    this client verified from genesis (not every address it ever learnt: a removed validator
+    still answering is no longer counted), f+1 of them."""
+    config = core.epochs[max(core.epochs)]
+    addresses = [core.validators[r] for r in config.replica_ids if r in core.validators]
+    return addresses, config.f + 1
+
+
+def error_summary(exc: BaseException) -> str:
+    """What GetBacklog may say about a failure: its kind, never its text. GetBacklog answers
+    without authentication (its request has no ReadAuth) and an error's text can carry a
+    record id, a validator's reason or a model server's echo of a prompt with a payload in it;
+    the full text goes to the service's own log."""
+    if isinstance(exc, SubmitError):
+        return f"ledger: {exc.code.name if exc.code is not None else 'UNAVAILABLE'}"
+    if isinstance(exc, b.BackendError):
+        return f"backend: {exc.kind}"
+    return f"screening: {type(exc).__name__}"
+
+
 class Screener:
     """Judges records from the ledger's pending-screening queue and posts the verdicts."""
 
     def __init__(self, client: ConsortiumClient, reviewer: Reviewer, genesis: Genesis,
-                 known_locations: tuple[str, ...] = (), loopback_ok: bool = False) -> None:
+                 known_locations: tuple[str, ...] = (), loopback_ok: bool = False,
+                 directory: Gs1Directory = EMPTY_DIRECTORY) -> None:
         self.client = client
+        self.genesis = genesis
+        self.directory = directory
+        """The members' GS1 identities (which member an EPCIS party, site or prefix is)."""
         self.loopback_ok = loopback_ok
         """A local consortium: validators on loopback addresses are reachable."""
         self.reviewer = reviewer
         self.registry = Registry(frozenset(o.org_id for o in genesis.member_orgs),
                                  frozenset(known_locations))
+        self._lock = threading.Lock()
+        """Guards `recent`: the loop adds to it while ScreenRecord calls read it."""
         self.recent: collections.deque[RecentSubmission] = collections.deque()
         self.posted = 0
         self.errors = 0
         self.pending = 0
         self.last_error = ""
+        """What went wrong last, as `error_summary` gives it (the full text is logged)."""
         self._in_flight: set[str] = set()
         self.reached_ledger = True
         self._behind_since: float | None = None
+        keys, orgs = genesis.client_keys(), genesis.client_orgs()
+        members = {o.org_id for o in genesis.member_orgs}
+        self.members: Mapping[str, tuple[str, bytes]] = {
+            cid: (orgs[cid], key) for cid, key in keys.items() if orgs.get(cid) in members}
+        """client id -> (organisation, Ed25519 key) of every member's client: genesis', and
+        those of the organisations admitted since (`review_joins` learns them from the
+        ledger), as the validators accept them. Not the service itself: it is no member."""
+        self.validators: tuple[pb.MemberInfo, ...] = ()
+        """The current validator set, as the last ListMembers gave it."""
 
     def keeping_up(self, now: float) -> bool:
         """The health signal: the ledger answers, and the backlog has not stayed above one
@@ -171,51 +330,100 @@ class Screener:
         behind = self._behind_since is not None and now - self._behind_since > BEHIND_GRACE_S
         return self.reached_ledger and not behind
 
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = error_summary(exc)
+
     def once(self) -> int:
-        """Screen what is pending now; returns how many verdicts were posted."""
+        """Screen what is pending now; returns how many verdicts were posted. The verdicts of
+        one poll go to the ledger together (`post_verdicts`)."""
         queue = self.client.list_screening("pending-screening", limit=BATCH_MAX)
         self.pending = len(queue.records)
-        done = 0
+        judged: list[tuple[pb.ScreeningEntry, Verdict]] = []
         for entry in queue.records:
             try:
-                verdict = self.judge(entry.record_id, entry.kind)
-                receipt = self.client.verdict(entry.record_id, verdict.decision, verdict.risk,
-                                              verdict.to_json())
-                log.info("verdict posted", record=entry.record_id[:16], kind=entry.kind,
-                         decision=verdict.decision, risk=verdict.risk,
-                         latency_ms=verdict.latency_ms, height=receipt.height,
-                         outcome=receipt.reason)
-                self.posted += 1
-                done += 1
+                judged.append((entry, self.judge(entry.record_id, entry.kind)))
             except (SubmitError, b.BackendError, ValueError) as exc:
-                self.errors += 1
-                self.last_error = str(exc)[:300]
+                self._failed(exc)
                 log.warning("screening failed; the record stays pending", record=entry.record_id,
-                            error=self.last_error)
+                            error=str(exc)[:300])
+        return self.post_verdicts(judged)
+
+    def post_verdicts(self, judged: Sequence[tuple[pb.ScreeningEntry, Verdict]]) -> int:
+        """Submit verdicts in envelopes (`submit_many`: one signature and one ordering round
+        for a poll's worth instead of one each). An envelope the ledger refused as a whole (one
+        malformed verdict makes its envelope invalid) is retried verdict by verdict, so one
+        bad verdict leaves only its own record pending."""
+        if not judged:
+            return 0
+        items = [self.client.core.tx_item(VerdictTx(entry.record_id, v.decision,
+                                                    round(v.risk * 1000), v.to_json()))
+                 for entry, v in judged]
+        try:
+            results: list[VerifiedReceipt | SubmitError] = list(self.client.submit_many(items))
+        except SubmitError as exc:  # nothing was sent (an item over the size limit...)
+            results = [exc] * len(items)
+        done = 0
+        for (entry, verdict), item, result in zip(judged, items, results, strict=True):
+            if isinstance(result, SubmitError) and len(judged) > 1 \
+                    and result.code == grpc.StatusCode.INVALID_ARGUMENT:
+                try:
+                    result = self.client.submit_items([item])[0]
+                except SubmitError as exc:
+                    result = exc
+            if isinstance(result, SubmitError):
+                self._failed(result)
+                log.warning("posting the verdict failed; the record stays pending",
+                            record=entry.record_id, error=str(result)[:300])
+                continue
+            if result.status != "recorded":  # e.g. screened meanwhile by another instance
+                log.info("verdict refused by the ledger", record=entry.record_id[:16],
+                         reason=result.reason, height=result.height)
+                continue
+            log.info("verdict posted", record=entry.record_id[:16], kind=entry.kind,
+                     decision=verdict.decision, risk=verdict.risk,
+                     latency_ms=verdict.latency_ms, height=result.height,
+                     outcome=result.reason)
+            self.posted += 1
+            done += 1
         return done
+
+    def learn_members(self, reply: pb.MembersReply) -> None:
+        """Take the organisations admitted by vote as members (their records name known
+        parties, their clients may call the gRPC API) and the current validator set."""
+        admitted = [p for p in reply.proposals if p.kind == "join" and p.status == "approved"]
+        orgs = {p.org for p in admitted}
+        if not orgs <= self.registry.known_orgs:
+            self.registry = dataclasses.replace(
+                self.registry, known_orgs=self.registry.known_orgs | orgs)
+        members = dict(self.members)
+        for p in admitted:
+            members.setdefault(org_client_id(p.org), (p.org, bytes(p.client_key)))
+            members.setdefault(validator_client_id(p.replica_id), (p.org, bytes(p.validator_key)))
+        self.members = members  # one assignment: readers in other threads see old or new
+        self.validators = tuple(reply.validators)
 
     def review_joins(self) -> int:
         """Review the join requests on the ledger that have no verdict yet; post the advice
         (approve / reject / review) as a verdict on the request."""
         reply = self.client.list_members()
-        admitted = {p.org for p in reply.proposals
-                    if p.kind == "join" and p.status == "approved"}
-        if not admitted <= self.registry.known_orgs:  # their records name known parties now
-            self.registry = dataclasses.replace(
-                self.registry, known_orgs=self.registry.known_orgs | admitted)
+        if reply.epoch > max(self.client.core.epochs):
+            # The validator set changed: fetch the epoch history (verified from genesis) so
+            # that ScreenRecord asks the current validators (`read_quorum`).
+            self.client.refresh_epochs()
+        self.learn_members(reply)
         done = 0
         for p in reversed(reply.proposals):  # oldest first
             if p.kind != "join" or p.status != "pending" or p.verdicts:
                 continue
             try:
-                verdict = self.judge_join(p, reply)
+                verdict = self.judge_join(p)
                 receipt = self.client.verdict(p.proposal_id, verdict.decision, verdict.risk,
                                               verdict.to_json())
             except (SubmitError, b.BackendError, ValueError) as exc:
-                self.errors += 1
-                self.last_error = str(exc)[:300]
+                self._failed(exc)
                 log.warning("join review failed; the request stays unreviewed",
-                            request=p.proposal_id, error=self.last_error)
+                            request=p.proposal_id, error=str(exc)[:300])
                 continue
             log.info("join verdict posted", request=p.proposal_id[:16], org=p.org,
                      decision=verdict.decision, risk=verdict.risk,
@@ -224,7 +432,17 @@ class Screener:
             done += 1
         return done
 
-    def judge_join(self, p: pb.ProposalInfo, members: pb.MembersReply) -> Verdict:
+    def join_context(self, now_ms: int) -> JoinContext:
+        """The membership a join request is judged against: the member organisations and the
+        validators' endpoints (the last ListMembers; genesis' before the first)."""
+        validators = self.validators or tuple(
+            pb.MemberInfo(replica_id=v.replica_id, org=v.org, peer_address=v.peer_address)
+            for v in self.genesis.validators)
+        orgs = set(self.registry.known_orgs) | {x.org for x in validators if x.org}
+        endpoints = frozenset(x.peer_address for x in validators if x.peer_address)
+        return JoinContext(frozenset(orgs), endpoints, now_ms, self.loopback_ok)
+
+    def judge_join(self, p: pb.ProposalInfo) -> Verdict:
         """The applicant's statement is its own words: free text, or a JSON application
         ({"statement", "sector", "country", "contact_email", "sponsors"}); either way data for
         the reviewer, never instructions."""
@@ -239,107 +457,265 @@ class Screener:
             str(fields.get("country", "")), str(fields.get("contact_email", "")),
             str(fields.get("statement", p.statement)),
             tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now)
-        orgs = set(self.registry.known_orgs) | {x.org for x in members.validators if x.org}
-        endpoints = frozenset(x.peer_address for x in members.validators if x.peer_address)
-        return self.reviewer.review_join(
-            request, JoinContext(frozenset(orgs), endpoints, now, self.loopback_ok))
+        return self.reviewer.review_join(request, self.join_context(now))
 
-    def judge(self, record_id: str, kind: str) -> Verdict:
+    def judge(self, record_id: str, kind: str, *, purpose: str = "screening",
+              remember: bool = True) -> Verdict:
+        """A verdict on a committed record. `purpose` is what the service's read of a patient
+        payload is logged for; `remember` adds a patient record to the window the duplicate
+        and burst rules look at (the queue does; a ScreenRecord dry run must not, or asking
+        twice would count one record twice)."""
         now_ms = int(time.time() * 1000)
-        if kind == "provenance":
+        if kind == RecordKind.PROVENANCE.value:
             event, history = self._provenance(record_id)
             return self.reviewer.screen_record(
                 event, RecordContext(history=tuple(history), registry=self.registry,
-                                     now_ms=now_ms))
-        record = self._patient(record_id)
-        while self.recent and self.recent[0].submitted_at_ms < now_ms - RECENT_WINDOW_MS:
-            self.recent.popleft()
+                                     now_ms=now_ms, directory=self.directory))
+        record = self._patient(record_id, purpose)
+        with self._lock:
+            while self.recent and self.recent[0].submitted_at_ms < now_ms - RECENT_WINDOW_MS:
+                self.recent.popleft()
+            recent = tuple(self.recent)
         verdict = self.reviewer.screen_record(
-            record, RecordContext(recent=tuple(self.recent), registry=self.registry,
-                                  now_ms=now_ms))
-        self.recent.append(RecentSubmission.of(record))
+            record, RecordContext(recent=recent, registry=self.registry, now_ms=now_ms))
+        if remember:
+            with self._lock:
+                self.recent.append(RecentSubmission.of(record))
         return verdict
 
     def _provenance(self, record_id: str) -> tuple[ProvenanceEvent, list[ProvenanceEvent]]:
-        """The record and the earlier events of its lot, from verified receipts."""
+        """The record and the earlier events of its lot (ListSubject, every page): the lot's
+        recorded records before this one, decoded from the item views their receipts
+        carry."""
         rec = self.client.get(record_id)
-        reply, _ = self.client.list_subject("provenance", rec.subject_id)
+        entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, rec.subject_id)
         history: list[ProvenanceEvent] = []
-        for e in reply.entries:
-            r = wire.receipt_from_proto(e.receipt, self.client.core.chain_id)
+        for e in entries:
+            if e.target_record_id:
+                continue  # a transaction on a record, not a record
+            r = receipt_from_proto(e.receipt, self.client.core.chain_id)
             if r.record_id == record_id:
                 break
-            if r.status != "recorded" or e.target_record_id:
-                continue
-            view = r.request if isinstance(r.request, RequestView) else \
-                RequestView.of(r.request)
-            seg0 = view.present()[0]
+            seg0 = _shown(r)[0] if r.status == "recorded" else None
             if seg0 is None:
                 continue
             p = decode_public(seg0)
             history.append(ProvenanceEvent.from_metadata(
                 r.record_id, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
-                dict(p.metadata)))
+                dict(p.metadata), self.directory))
         event = ProvenanceEvent.from_metadata(record_id, rec.subject_id, rec.event_type,
                                               rec.submitter_org, rec.submitted_at_ms,
-                                              rec.metadata)
+                                              rec.metadata, self.directory)
         return event, history
 
-    def _patient(self, record_id: str) -> PatientRecordInput:
+    def _patient(self, record_id: str, purpose: str) -> PatientRecordInput:
         """The record's public part; its payload too when the submitter wrapped the key for
-        the service (the read is an Access transaction on the ledger first)."""
+        the service (the read is an Access transaction on the ledger first). A ledger that
+        does not answer is an error (the record stays pending), not a payload to screen
+        without: that verdict would be posted as if the payload had not been shared."""
         public = self.client.get(record_id)
         payload: Any = None
         try:
-            payload = self.client.get(record_id, decrypt=True, purpose="screening").payload
-        except SubmitError:
-            payload = None  # not wrapped for the service: the metadata alone is screened
+            payload = self.client.get(record_id, decrypt=True, purpose=purpose).payload
+        except SubmitError as exc:
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            payload = None  # not wrapped for the service (or erased): the metadata alone
         return PatientRecordInput(record_id, public.subject_id, public.event_type,
                                   public.submitter_org, public.submitted_at_ms,
                                   tuple(sorted(public.metadata.items())),
                                   payload if isinstance(payload, dict) else None)
 
+    def subject_events(self, subject_id: str, address: str) -> list[SubjectEvent]:
+        """The recorded transactions on a patient's records, in ledger order, as the validator
+        at `address` lists them (ListSubject, every page). Entries that do not decode are
+        skipped: they can neither grant nor revoke anything."""
+        entries, _ = self.client.list_subject(RecordKind.PATIENT.value, subject_id,
+                                              address=address)
+        out = []
+        for e in entries:
+            if not e.target_record_id:
+                continue  # a record, not a transaction on one
+            try:
+                r = receipt_from_proto(e.receipt, self.client.core.chain_id)
+                shown = _shown(r)
+                if not shown or shown[0] is None or shown[0][:1] == bytes([TxType.RECORD]):
+                    continue
+                action = decode_record_tx(shown)
+            except (WireError, InvalidTransaction, ValueError):
+                continue
+            if r.status == "recorded":
+                out.append(SubjectEvent(r.record_id, r.height, r.client_id, action, r.reason,
+                                        e.receipt))
+        return out
+
+
+def _shown(r: Receipt) -> list[bytes | None]:
+    """The segments of a receipt's item (withheld ones as None)."""
+    view = r.item if isinstance(r.item, ItemView) else ItemView.of(r.item)
+    return view.present()
+
 
 class AdmissionServicer(pb_grpc.AdmissionServicer):
-    def __init__(self, screener: Screener, genesis: Genesis) -> None:
+    """The Admission gRPC API. Every answer goes to a member only, and only as far as the
+    caller may read what it is derived from: a join review judges the caller's own text
+    against the membership (members know it); a provenance record's verdict comes from
+    public metadata (every member reads it, as ListScreening shows); a patient record's
+    verdict comes from its payload, so only a reader gets it, each time against an Access of
+    its own on the ledger (`check_read`), confirmed by f+1 validators (one lying validator
+    cannot make the service decrypt for a non-reader). GetBacklog has no ReadAuth in its
+    request: it says counts, the backend, and the kind of the last error, never its text."""
+
+    def __init__(self, screener: Screener, genesis: Genesis,
+                 catch_up_s: float = READ_CATCH_UP_S) -> None:
         self.screener = screener
         self.genesis = genesis
+        self.catch_up_s = catch_up_s
+        self._answered: dict[str, float] = {}
+        """Access ids this process has answered against (monotonic time): two concurrent
+        calls cannot both use one Access before the first answer's read is on the ledger."""
+        self._answered_lock = threading.Lock()
 
     def _member(self, auth: pb.ReadAuth, method: str, argument: str,
-                context: grpc.ServicerContext) -> None:
-        key = self.genesis.client_keys().get(auth.client_id)
+                context: grpc.ServicerContext) -> Caller:
+        """The member whose client signed `auth` for (method, argument) within the read clock
+        skew, or abort with UNAUTHENTICATED."""
+        member = self.screener.members.get(auth.client_id)
         now = int(time.time() * 1000)
-        signed = wire.read_signing_bytes(self.genesis.chain_id_bytes, auth.client_id,
+        signed = read_signing_bytes(self.genesis.chain_id_bytes, auth.client_id,
                                          auth.timestamp_ms, method, argument)
-        if key is None or abs(now - auth.timestamp_ms) > self.genesis.policy.read_clock_skew_ms \
-                or not Ed25519Verifier().verify(key, signed, bytes(auth.signature)):
+        if member is None or \
+                abs(now - auth.timestamp_ms) > self.genesis.policy.read_clock_skew_ms or \
+                not Ed25519Verifier().verify(member[1], signed, bytes(auth.signature)):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "the admission service answers members only (signed ReadAuth)")
+                          "the admission service answers members only (a ReadAuth signed by "
+                          "a member's client key)")
+        assert member is not None
+        return Caller(auth.client_id, member[0])
 
     def ReviewJoin(self, request, context):  # type: ignore[no-untyped-def]
         self._member(request.auth, "ReviewJoin", request.request_id, context)
         if not request.request_id or not request.org or len(request.statement) > 16_384:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "request_id and org are required; statement at most 16 KiB")
-        members = frozenset(o.org_id for o in self.genesis.member_orgs)
-        endpoints = frozenset(v.peer_address for v in self.genesis.validators)
+        now = int(time.time() * 1000)
         verdict = self.screener.reviewer.review_join(
             JoinRequest(request.request_id, request.org, request.endpoint, "", "", "",
-                        request.statement, (), int(time.time() * 1000)),
-            JoinContext(members, endpoints, int(time.time() * 1000)))
+                        request.statement, (), now),
+            self.screener.join_context(now))
         return pb.VerdictReply(verdict_json=verdict.to_json(), decision=verdict.decision,
                                risk=verdict.risk)
 
     def ScreenRecord(self, request, context):  # type: ignore[no-untyped-def]
-        self._member(request.auth, "ScreenRecord", request.record_id, context)
+        caller = self._member(request.auth, "ScreenRecord", request.record_id, context)
+        record_id = request.record_id
+        if len(record_id) != 64 or not set(record_id) <= set("0123456789abcdef"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a record id is 64 lowercase hex digits (got {len(record_id)} "
+                          "characters)")
+        s = self.screener
         try:
-            reply = self.screener.client.get(request.record_id)
-            verdict = self.screener.judge(request.record_id, reply.kind)
+            public = s.client.get(record_id)
         except SubmitError as exc:
-            code = exc.code if exc.code is not None else grpc.StatusCode.UNAVAILABLE
-            context.abort(code, str(exc))
+            _abort_ledger(context, exc)
+        if public.kind == RecordKind.PROVENANCE.value:
+            verdict = self._judge(context, record_id, public.kind)
+        else:
+            if public.erasure is not None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"record {record_id} was erased")
+            access_id = self._confirmed_read(caller, record_id, public.subject_id, context)
+            if not self._claim(access_id):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"access {access_id} already answered a screening: commit a "
+                              "new Access to ask again")
+            try:
+                verdict = self._judge(context, record_id, public.kind,
+                                      purpose=answer_purpose(caller, access_id))
+            except BaseException:
+                self._release(access_id)  # not answered: the Access is still the caller's
+                raise
+            log.info("screening answered", record=record_id[:16], caller=caller.client_id,
+                     access=access_id[:16])
         return pb.VerdictReply(verdict_json=verdict.to_json(), decision=verdict.decision,
                                risk=verdict.risk)
+
+    def _judge(self, context: grpc.ServicerContext, record_id: str, kind: str,
+               purpose: str = "screening") -> Verdict:
+        try:
+            return self.screener.judge(record_id, kind, purpose=purpose, remember=False)
+        except SubmitError as exc:
+            _abort_ledger(context, exc)
+        except b.BackendError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the reviewer failed: {exc.kind}")
+            raise AssertionError("unreachable: abort raises") from exc
+
+    def _confirmed_read(self, caller: Caller, record_id: str, subject_id: str,
+                        context: grpc.ServicerContext) -> str:
+        """The id of the caller's Access that f+1 validators show answerable (`check_read`),
+        or abort. f+1 because the service decrypts for the caller on their word: one lying
+        validator must not be enough. Validators that do not show an Access one of them
+        shows are asked again for READ_CATCH_UP_S (they may be a block behind)."""
+        s = self.screener
+        addresses, need = read_quorum(s.client.core)
+        client_of_service = self.genesis.admission_client or ""
+        confirmed: dict[str, str] = {}
+        """validator -> the Access it shows answerable (its receipt verified)."""
+        refusals: dict[str, ReadCheck] = {}
+        pending = list(addresses)
+        deadline = time.monotonic() + self.catch_up_s
+        while True:
+            for addr in pending:
+                try:
+                    events = s.subject_events(subject_id, addr)
+                except SubmitError:
+                    continue
+                check = check_read(events, caller, record_id, client_of_service,
+                                   int(time.time() * 1000), self.genesis.policy.access_ttl_ms)
+                access = check.access
+                if access is None:
+                    refusals[addr] = check
+                    confirmed.pop(addr, None)
+                    continue
+                try:  # against its epoch's validator set (fetched from genesis when new)
+                    s.client.verify_receipt(access.receipt, access.tx_id, addr)
+                except SubmitError as exc:
+                    log.warning("a validator showed an access that does not verify",
+                                validator=addr, access=access.tx_id, error=str(exc)[:300])
+                    continue
+                refusals.pop(addr, None)
+                confirmed[addr] = access.tx_id
+                if sum(1 for x in confirmed.values() if x == access.tx_id) >= need:
+                    return access.tx_id
+            votes = collections.Counter(confirmed.values())
+            if not votes or time.monotonic() > deadline:
+                break
+            leader = votes.most_common(1)[0][0]
+            pending = [a for a in addresses if confirmed.get(a) != leader]
+            time.sleep(READ_RETRY_S)
+        if not refusals:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "not enough validators answered to confirm the caller's read; "
+                          "retry")
+        denied = [c for c in refusals.values() if c.code == grpc.StatusCode.PERMISSION_DENIED]
+        worst = denied[0] if denied else next(iter(refusals.values()))
+        context.abort(worst.code, worst.problem)
+        raise AssertionError("unreachable: abort raises")
+
+    def _claim(self, access_id: str) -> bool:
+        now = time.monotonic()
+        ttl_s = self.genesis.policy.access_ttl_ms / 1000
+        with self._answered_lock:
+            for old in [a for a, t in self._answered.items() if now - t > 2 * ttl_s]:
+                del self._answered[old]  # past its TTL the Access answers nothing anyway
+            if access_id in self._answered:
+                return False
+            self._answered[access_id] = now
+            return True
+
+    def _release(self, access_id: str) -> None:
+        with self._answered_lock:
+            self._answered.pop(access_id, None)
 
     def GetBacklog(self, request, context):  # type: ignore[no-untyped-def]
         s = self.screener
@@ -347,6 +723,33 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
                                backend=s.reviewer.backend.name,
                                model=getattr(s.reviewer.backend, "model", ""),
                                last_error=s.last_error)
+
+
+def _abort_ledger(context: grpc.ServicerContext, exc: SubmitError) -> NoReturn:
+    """Answer a failed ledger read: NOT_FOUND and INVALID_ARGUMENT are about the caller's
+    request; anything else (the service's own credentials, validators down) is the service
+    being unable to answer now."""
+    if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+        context.abort(exc.code, str(exc).splitlines()[0][:300] if str(exc) else exc.code.name)
+    context.abort(grpc.StatusCode.UNAVAILABLE, "the ledger did not answer the admission "
+                                               "service; retry")
+    raise AssertionError("unreachable: abort raises")
+
+
+def screen_record(client: ConsortiumClient, stub: pb_grpc.AdmissionStub, record_id: str, *,
+                  purpose: str = "screening", timeout_s: float = 120.0) -> pb.VerdictReply:
+    """The caller's side of ScreenRecord: for a patient record, commit this organisation's
+    Access first (the read the answer is logged under; logged as refused when the caller is
+    no reader, and the service then refuses too), then ask. Raises SubmitError when the
+    ledger refuses, grpc.RpcError when the service does."""
+    record = client.get(record_id)
+    if record.kind == RecordKind.PATIENT.value:
+        client.access(record_id, purpose)
+    reply: pb.VerdictReply = stub.ScreenRecord(
+        pb.ScreenRecordRequest(record_id=record_id,
+                               auth=client.core.read_auth("ScreenRecord", record_id)),
+        timeout=timeout_s)
+    return reply
 
 
 def serve(config: ServiceConfig) -> int:
@@ -380,7 +783,8 @@ def serve(config: ServiceConfig) -> int:
                 posted = screener.once() + screener.review_joins()
                 screener.reached_ledger = True
             except SubmitError as exc:  # no validator answered: keep trying
-                screener.last_error = str(exc)[:300]
+                screener.last_error = error_summary(exc)
+                log.warning("the ledger did not answer", error=str(exc)[:300])
                 screener.reached_ledger = False
                 posted = 0
             health_servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING

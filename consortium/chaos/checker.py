@@ -76,7 +76,7 @@ def read_ledger(dsn: str, record_ids: Iterable[str]) -> Ledger:
             if height != expected:
                 break  # a gap: the chain is only what is contiguous from genesis
             hashes.append(bytes(block_hash))
-        present = conn.execute("SELECT record_id FROM records WHERE record_id = ANY(%s)",
+        present = conn.execute("SELECT record_id FROM entries WHERE record_id = ANY(%s)",
                                (list(record_ids),)).fetchall()
     return Ledger(hashes, frozenset(r[0] for r in present))
 

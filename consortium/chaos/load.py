@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from consortium.client import ConsortiumClient, SubmitError
+from consortium.client.core import Signed
 from consortium.config import Genesis
 from consortium.ledger.records import RecordKind
-from consortium.pbft import messages as m
 
 SUBMIT_TIMEOUT_S = 20.0
 ERROR_PAUSE_S = 0.5
@@ -49,21 +49,22 @@ def worker(directory: Path, org: str, index: int, interval_s: float, stop: threa
         sequence = 0
         while not stop.is_set():
             started = time.monotonic()
-            request = client.core.build(RecordKind.PROVENANCE, f"CHAOS-{org}-{index}",
-                                        "shipped", {"quantity": str(sequence)},
-                                        b'{"chaos": true}', [org])
-            _submit_until_acknowledged(client, request, index, stop, log)
+            item = client.core.record_item(RecordKind.PROVENANCE, f"CHAOS-{org}-{index}",
+                                           "shipped", {"quantity": str(sequence)},
+                                           b'{"chaos": true}', [org])
+            _submit_until_acknowledged(client, client.core.sign([item]), index, stop, log)
             sequence += 1
             stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def _submit_until_acknowledged(client: ConsortiumClient, request: m.Request, index: int,
+def _submit_until_acknowledged(client: ConsortiumClient, signed: Signed, index: int,
                                stop: threading.Event, log: EventLog) -> None:
     attempts = 0
     while True:
         attempts += 1
         try:
-            receipt = client.submit(request)
+            # After a first attempt that got no answer, a retry: any validator takes it in.
+            receipt = client.submit_signed(signed, retry=attempts > 1)[0]
         except SubmitError as exc:
             log.write(event="error", worker=index, attempt=attempts,
                       code=exc.code.name if exc.code is not None else None,
@@ -73,8 +74,8 @@ def _submit_until_acknowledged(client: ConsortiumClient, request: m.Request, ind
                                                           "PERMISSION_DENIED"):
                 return  # refused for good: never committed, nothing to hold anyone to
             if stop.wait(ERROR_PAUSE_S):
-                log.write(event="unknown", worker=index, client=request.client_id,
-                          nonce=request.nonce)
+                log.write(event="unknown", worker=index, client=signed.request.client_id,
+                          nonce=signed.request.nonce)
                 return
             continue
         log.write(event="ack", worker=index, record_id=receipt.record_id,

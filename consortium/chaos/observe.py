@@ -22,9 +22,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import Genesis
+from consortium.wire import pb, pb_grpc
 
 RPC_TIMEOUT_S = 1.0
 

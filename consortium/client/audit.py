@@ -1,71 +1,103 @@
-"""Verify a ledger from the genesis file alone, trusting no validator.
+"""Verify a ledger from the genesis file alone, trusting no validator (docs/audit.md).
 
-`ChainVerifier` checks one validator's chain (or an exported bundle's) block by block:
+`ChainAudit` follows one validator's chain (or an offline bundle's) block by block. The chain
+rules are `consortium.verify`'s, applied once: `wire.block_from_proto` checks that a block is
+internally consistent (its requests hash to the header's Merkle root, each executed envelope's
+items to the digest its client signed) and `verify.ChainVerifier` that it extends the chain
+(height, hash link, state digest, block time = max(previous, proposed)), that its proposal
+header is signed by the primary of its view and that 2f+1 validators of its epoch (from the
+epoch history verified from genesis) committed it. On top of that, what a header chain cannot
+show:
 
-- each block decodes, its entries hash to the header's Merkle root and its entry count;
-- heights are contiguous and every block links to the previous block's hash;
-- the block's epoch is the one the chain itself says is in force (validator-set changes are
-  replayed from genesis: a RECONFIGURATION approved by a quorum of the current set takes effect
-  at the first checkpoint at or after it, exactly as the replicas apply it);
-- its commit certificate holds 2f+1 valid COMMIT signatures over (epoch, view, height, root)
-  from distinct members of that epoch, and nothing else (no outsider, no repeated signer);
-- every application request carries a valid signature of a client from genesis;
-- with audit columns (what the validator stores besides the signed bytes: the `hash` column,
-  record columns, hashes of the stored ciphertext and wrapped keys), that they agree with the
-  signed requests: a row edited directly in PostgreSQL is found and attributed.
+- every request is signed by a client the ledger knows (genesis, or a join request before it);
+- the block's epoch is the one the verified history puts its height in;
+- the certificate holds nothing but valid commits of this block (an honest validator stores
+  nothing else, so anything more is an edit);
+- in audit mode (stored columns beside each block): the stored hash column is the header's
+  hash, each record's stored columns are its signed public header, and (up to the head) its
+  stored readers and erasure are what the chain's grants, revocations and erasures give it;
+- proposal times far from their neighbours are flagged as warnings (issue 12, finding 5).
 
-`compare_validators` then names validators whose valid chains or entry statuses differ from
-the others'. Every check produces a `Problem` (validator, height, kind, detail); nothing is
-ever reported ok that was not verified.
+`compare_validators` then names validators whose verified blocks, or whose request and entry
+statuses and reasons (execution results no certificate covers), differ from the others'.
+`audit_validators` runs all of it against a consortium. Every finding is a `Problem`
+(validator, height, kind, detail); nothing is reported ok that was not verified.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from consortium.api.v1 import ledger_pb2 as pb
+import grpc
+
 from consortium.config import Genesis, validator_client_id
-from consortium.crypto.signing import Verifier
-from consortium.ledger.blocks import GENESIS_PREV_HASH, BlockHeader, EntryStatus
+from consortium.crypto.signing import CachingVerifier, Ed25519Verifier, Verifier
+from consortium.ledger.blocks import BlockHeader, EntryStatus
+from consortium.ledger.items import Item, ItemView, record_id
 from consortium.ledger.membership import org_client_id
-from consortium.ledger.records import InvalidRecord, decode_public
+from consortium.ledger.records import decode_public
 from consortium.ledger.transactions import (
     Erase,
     Grant,
     InvalidTransaction,
     JoinRequest,
-    RequestView,
     Revoke,
     TxType,
-    Withheld,
     applicant_client_id,
     applicant_key,
     decode_governance_tx,
     decode_record_tx,
 )
-from consortium.node import wire
 from consortium.pbft import messages as m
+from consortium.pbft.codec import DecodeError
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.payload import segment_hash
-from consortium.pbft.state import (
-    GENESIS_STATE_DIGEST,
-    approved_reconfiguration,
-    next_state_digest,
-    verify_signed,
+from consortium.pbft.state import signing_config
+from consortium.verify import (
+    ChainBroken,
+    ChainVerifier,
+    UnverifiableHistory,
+    commit_signers,
+    epoch_configs,
+    verify_receipt,
 )
-from consortium.pbft.viewchange import verify_pre_prepare_msg
+from consortium.wire import (
+    Receipt,
+    WireBlock,
+    WireError,
+    block_from_proto,
+    epochs_from_bytes,
+    pb,
+    receipt_from_proto,
+    receipt_to_proto,
+)
+
+if TYPE_CHECKING:
+    from consortium.client.sdk import ConsortiumClient
+
+VERIFIER_CACHE = 1 << 16
+"""Signatures remembered while verifying (validators' commits repeat across `--all`)."""
+FOLLOW_ROUNDS = 5
+"""Times `audit verify` follows a ledger that grew while it was verified, before it judges
+stored columns against the chain anyway (the records that changed meanwhile are left
+unjudged)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
+    """One finding, attributed to the validator (or bundle) whose data shows it."""
+
     validator: str
     height: int
     kind: str
-    """malformed | missing-block | height | hash-link | merkle-root | stored-hash | epoch |
-    state-digest | certificate | pre-prepare | request-signature | record-columns | record-missing |
-    ciphertext | keys | erasure | fork | status | reason | unreachable"""
+    """malformed | merkle-root | items | proposal | missing-block | height | hash-link |
+    state-digest | time | epoch | certificate | stored-hash | request-signature |
+    record-columns | record-missing | readers | erasure | epoch-history | fork | status |
+    reason | unreachable; warnings: clock | unjudged"""
     detail: str
 
     def to_json(self) -> dict[str, Any]:
@@ -73,315 +105,338 @@ class Problem:
                 "detail": self.detail}
 
 
-def certificate_problem(header: BlockHeader, certificate: tuple[m.SignedMessage, ...],
-                        config: EpochConfig, verifier: Verifier) -> str | None:
-    """Why `certificate` does not prove `header` (None when it does and holds nothing else)."""
-    signers: set[int] = set()
-    outsiders, repeated, forged, other = [], [], [], []
-    for c in certificate:
-        b = c.body
-        if not isinstance(b, m.Commit) or (b.epoch, b.view, b.seq, b.digest) != (
-                config.epoch, header.view, header.height, header.merkle_root):
-            other.append(c.sender)
-        elif not config.is_member(c.sender):
-            outsiders.append(c.sender)
-        elif c.sender in signers:
-            repeated.append(c.sender)
-        elif not verify_signed(c, config, header.chain_id, verifier):
-            forged.append(c.sender)
-        else:
-            signers.add(c.sender)
-    notes = []
-    if outsiders:
-        notes.append(f"signers outside the epoch {config.epoch} validator set: {outsiders}")
-    if repeated:
-        notes.append(f"repeated signers: {sorted(set(repeated))}")
-    if forged:
-        notes.append(f"invalid signatures from: {forged}")
-    if other:
-        notes.append(f"commits for another block from: {other}")
-    if len(signers) < config.quorum:
-        return (f"{len(signers)} valid commit signatures from distinct members, "
-                f"{config.quorum} needed" + ("; " + "; ".join(notes) if notes else ""))
-    return "; ".join(notes) or None
+def _wire_kind(exc: WireError) -> str:
+    """The problem kind of a block that does not decode consistently (`block_from_proto`).
+    A WireError names its field in words, not in a code, so the kind is read from them; the
+    unit tests pin each kind to the edit that causes it."""
+    text = str(exc)
+    if "merkle root" in text:
+        return "merkle-root"
+    if "do not match its digest" in text:
+        return "items"
+    if "proposal header" in text:
+        return "proposal"
+    return "malformed"
+
+
+CHAIN_KINDS = {"chain": "malformed"}
+"""`ChainBroken.kind` values reported under another name (the rest are kept as they are)."""
+
+
+def view_of(item: Item) -> ItemView:
+    return item if isinstance(item, ItemView) else ItemView.of(item)
+
+
+def public_header(item: Item) -> bytes:
+    """An item's segment 0 (its transaction type and public fields); b"" for an unsegmented
+    item, which is no transaction."""
+    view = view_of(item)
+    return b"" if view.raw is not None else view.present()[0] or b""
 
 
 @dataclass
-class _RecordKeys:
-    """What the chain says a record's wrapped keys should be."""
+class _RecordTrack:
+    """What the chain says about one record of the verified range, and what the validator
+    stores about it (from its audit columns), compared at the end."""
 
-    hashes: set[bytes] = field(default_factory=set)
-    revoked: set[str] = field(default_factory=set)
+    height: int
+    submitter: str
+    signed_readers: int
+    """Key segments in the signed item: how many organisations it was sealed for."""
+    events: list[tuple[int, str, str]] = field(default_factory=list)
+    """(height, grant | revoke, org) of the recorded grants and revocations, in ledger order."""
     erased_at: int | None = None
+    row: pb.RecordColumns | None = None
 
 
-class ChainVerifier:
-    """One validator's chain (or a bundle), fed block by block in height order."""
+class ChainAudit:
+    """One validator's chain (or a bundle's), fed block by block in height order. `configs` is
+    the epoch history, verified from genesis (`verify.epoch_configs`)."""
 
-    def __init__(self, genesis: Genesis, verifier: Verifier, source: str,
-                 from_height: int = 1) -> None:
+    def __init__(self, genesis: Genesis, configs: Mapping[int, EpochConfig],
+                 verifier: Verifier, source: str, from_height: int = 1) -> None:
         self.genesis = genesis
-        self.verifier = verifier
         self.source = source
         self.chain_id = genesis.chain_id_bytes
-        self.client_keys = genesis.client_keys()
-        self.genesis_clients = frozenset(self.client_keys)
-        self.configs = [genesis.epoch0()]
-        self.pending: m.PendingReconfiguration | None = None
-        self.k = genesis.protocol.checkpoint_interval
+        self.verifier = verifier
+        self.configs = dict(configs)
+        self._in_force = sorted(self.configs.values(), key=lambda c: c.epoch)
+        self.chain = ChainVerifier(self.chain_id, self.configs, verifier, warnings=[])
+        self.from_height = from_height
         self.next_height = from_height
-        self.prev_hash: bytes | None = GENESIS_PREV_HASH if from_height == 1 else None
-        self.prev_state: bytes | None = GENESIS_STATE_DIGEST if from_height == 1 else None
+        self._linked = from_height == 1
+        """Whether `chain.prev` is the header before `next_height` (from genesis, or the block
+        just fed): when not, a block is checked for what it proves alone."""
+        self.client_keys = genesis.client_keys()
+        self._genesis_clients = frozenset(self.client_keys)
         self.hashes: dict[int, bytes] = {}
         """Height -> hash of every block that verified."""
-        self.statuses: dict[tuple[int, int], str] = {}
-        self.reasons: dict[tuple[int, int], str] = {}
+        self.statuses: dict[tuple[int, str, int], str] = {}
+        """(height, "request" | "entry", index) -> status, for `compare_validators`."""
+        self.reasons: dict[tuple[int, str, int], str] = {}
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.blocks = 0
-        self._keys: dict[str, _RecordKeys] = {}
-        self._columns: dict[str, pb.RecordColumns] = {}
-        self._erasures: dict[str, int] = {}
-        self._record_height: dict[str, int] = {}
+        self.last: BlockHeader | None = None
+        self._records: dict[str, _RecordTrack] = {}
 
     def _problem(self, height: int, kind: str, detail: str) -> None:
         self.problems.append(Problem(self.source, height, kind, detail))
 
-    @property
-    def config(self) -> EpochConfig:
-        return self.configs[-1]
-
     def feed(self, msg: pb.Block) -> bool:
         """Verify the next block; returns whether it verified (problems are collected)."""
         before = len(self.problems)
+        expected = self.next_height
+        self.blocks += 1  # fed, whatever follows: a bundle's end line counts it
         try:
             header = BlockHeader.decode(bytes(msg.header))
-        except ValueError as exc:
-            self._problem(self.next_height, "malformed", f"block header does not decode: {exc}")
+        except (DecodeError, ValueError) as exc:
+            self._problem(expected, "malformed", f"block header does not decode: {exc}")
             self.next_height += 1
-            self.prev_hash = None
-            self.prev_state = None
-            self.blocks += 1  # it was fed: a bundle's end line counts it
+            self._linked = False
             return False
         h = header.height
-        if h != self.next_height:
-            kind = "missing-block" if h > self.next_height else "height"
-            self._problem(self.next_height, kind,
-                          f"expected block {self.next_height}, got block {h}")
-        self._advance_epoch(h)
-        if header.chain_id != self.chain_id:
-            self._problem(h, "malformed", "block belongs to another chain")
-        if self.prev_hash is not None and header.prev_hash != self.prev_hash and \
-                h == self.next_height:
-            self._problem(h, "hash-link", f"prev_hash {header.prev_hash.hex()} is not block "
-                                          f"{h - 1}'s hash {self.prev_hash.hex()}: block "
-                                          f"{h - 1}'s header or this prev_hash was altered")
-        if self.prev_state is not None and h == self.next_height and header.state_digest != \
-                next_state_digest(self.prev_state, h, header.merkle_root):
-            self._problem(h, "state-digest", "the state digest does not follow from the "
-                                             "previous block's and this block's Merkle root")
+        linked = self._linked
+        if h != expected:
+            self._problem(expected, "missing-block" if h > expected else "height",
+                          f"expected block {expected}, got block {h}")
+            linked = False
         if msg.stored_hash and bytes(msg.stored_hash) != header.hash():
             self._problem(h, "stored-hash", f"the stored hash column "
                                             f"{bytes(msg.stored_hash).hex()[:16]}… is not the "
                                             f"header's hash {header.hash().hex()[:16]}…")
-        if header.epoch != self.config.epoch:
-            self._problem(h, "epoch", f"block claims epoch {header.epoch}; the chain puts it "
-                                      f"in epoch {self.config.epoch}")
         try:
-            wb = wire.block_from_proto(msg, self.chain_id)
-        except wire.WireError as exc:
-            kind = "merkle-root" if "merkle root" in str(exc) else "malformed"
-            self._problem(h, kind, str(exc))
+            wb: WireBlock | None = block_from_proto(msg, self.chain_id)
+        except WireError as exc:
+            self._problem(h, _wire_kind(exc), str(exc))
             wb = None
         if wb is not None:
-            problem = certificate_problem(header, wb.certificate, self.config, self.verifier)
-            if problem is not None:
-                self._problem(h, "certificate", problem)
-            pp = wb.pre_prepare
-            if pp is not None and (verify_pre_prepare_msg(pp, self.config, self.chain_id,
-                                                          self.verifier) is None
-                                   or getattr(pp.body, "view", None) != header.view):
-                self._problem(h, "pre-prepare", "the block carries a pre-prepare that the "
-                                                "primary of its view did not sign")
-            self._check_entries(wb)
+            self._check_chain(wb, linked)
+            self._check_epoch(wb)
+            self._check_requests(wb)
             self._check_columns(wb)
+        self.chain.prev = header
+        self._linked = True
         self.next_height = h + 1
-        self.prev_hash = header.hash()
-        self.prev_state = header.state_digest
+        self.last = header
         ok = len(self.problems) == before
         if ok:
             self.hashes[h] = header.hash()
-        self.blocks += 1
         return ok
 
-    def _advance_epoch(self, height: int) -> None:
-        p = self.pending
-        if p is not None and height > p.effective_seq:
-            self.configs.append(EpochConfig(self.config.epoch + 1, p.effective_seq, p.members))
-            self.pending = None
-
-    def _check_entries(self, wb: wire.WireBlock) -> None:
+    def _check_chain(self, wb: WireBlock, linked: bool) -> None:
         h = wb.header.height
-        for i, (item, status, reason) in enumerate(zip(wb.items, wb.statuses, wb.reasons,
-                                                       strict=True)):
-            self.statuses[(h, i)] = status
-            self.reasons[(h, i)] = reason
-            if item.kind is m.RequestKind.RECONFIGURATION:
-                if status == EntryStatus.GOVERNANCE and isinstance(item, m.Request) and \
-                        self.pending is None:
-                    self.pending = approved_reconfiguration(
-                        item.payload, self.config, h, self.k, self.chain_id, self.verifier)
-                continue
-            key = self.client_keys.get(item.client_id) or applicant_key(item.client_id)
-            if key is None or not self.verifier.verify(
-                    key, m.request_signing_bytes(self.chain_id, item.digest), item.signature):
-                self._problem(h, "request-signature",
-                              f"entry {i}: not signed by a known client {item.client_id!r} "
-                              "(genesis, or named by an earlier join request)")
-                continue
-            if status == EntryStatus.RECORDED:
-                self._learn_identities(item)
-                self._track(h, i, item)
-
-    def _learn_identities(self, item: wire.Item) -> None:
-        """A recorded join request names its organisation's client and validator keys: later
-        requests signed by them verify (as validators accept them; what they may do is the
-        ledger's judgement, replayed in statuses)."""
-        view = item if isinstance(item, RequestView) else RequestView.of(item)
-        if view.raw is not None or not view.segments:
+        warned = len(self.chain.warnings or ())
+        try:
+            if linked:
+                self.chain.check(wb)
+            else:
+                self.chain.check_proof(wb)
+        except ChainBroken as exc:
+            self._problem(h, CHAIN_KINDS.get(exc.kind, exc.kind), str(exc))
             return
-        seg0 = view.segments[0]
-        if not isinstance(seg0, bytes) or seg0[:1] != bytes([TxType.JOIN]):
+        for text in (self.chain.warnings or [])[warned:]:
+            self.warnings.append(Problem(self.source, h, "clock", text))
+        config = self.configs[wb.header.epoch]
+        signers = commit_signers(wb.header, wb.certificate, config, self.verifier)
+        extra = len(wb.certificate) - len(signers)
+        if extra > 0:
+            self._problem(h, "certificate", f"{extra} of its {len(wb.certificate)} commits are "
+                                            "not valid commits of this block by distinct "
+                                            f"members of epoch {config.epoch}")
+
+    def _check_epoch(self, wb: WireBlock) -> None:
+        """The epoch a block claims is the one in force at its height (the last one opened
+        before it: `pbft.state.signing_config`)."""
+        h = wb.header
+        if h.epoch not in self.configs:
+            return  # the chain verifier named it
+        in_force = signing_config(self._in_force, h.height).epoch
+        if in_force != h.epoch:
+            self._problem(h.height, "epoch", f"block {h.height} claims epoch {h.epoch}; the "
+                                             f"verified history puts it in epoch {in_force}")
+
+    def _check_requests(self, wb: WireBlock) -> None:
+        """Client signatures, statuses for the comparison, identities from join requests and
+        what the chain does to records (in ledger order: a key learnt from a join request
+        verifies the requests after it)."""
+        h = wb.header.height
+        for env in wb.envelopes:
+            self.statuses[(h, "request", env.index)] = env.status
+            self.reasons[(h, "request", env.index)] = env.reason
+            if env.kind is not m.RequestKind.RECONFIGURATION:
+                key = self.client_keys.get(env.client_id) or applicant_key(env.client_id)
+                if key is None or not self.verifier.verify(
+                        key, m.request_signing_bytes(self.chain_id, env.digest), env.signature):
+                    self._problem(h, "request-signature",
+                                  f"request {env.index}: not signed by a known client "
+                                  f"{env.client_id!r} (genesis, or named by an earlier join "
+                                  "request)")
+            for k, item in enumerate(wb.items_of(env)):
+                n = env.first_entry + k
+                status, reason = wb.statuses[n], wb.reasons[n]
+                self.statuses[(h, "entry", n)] = status
+                self.reasons[(h, "entry", n)] = reason
+                if status == EntryStatus.RECORDED:
+                    self._follow(h, env.client_id, record_id(env.digest, k), item)
+
+    def _follow(self, h: int, client_id: str, rid: str, item: Item) -> None:
+        """A recorded entry: a record starts being tracked; a grant, revocation or erasure of a
+        tracked record is noted; a join request's keys become known signers (as validators
+        accept them; what they may do is the ledger's judgement, replayed in statuses)."""
+        view = view_of(item)
+        if view.raw is not None:
+            return
+        segments = view.present()
+        seg0 = segments[0]
+        if not seg0:
             return
         try:
-            tx = decode_governance_tx(view.present())
+            if seg0[0] == TxType.RECORD:
+                p = decode_public(seg0)
+                self._records[rid] = _RecordTrack(h, p.submitter_org, len(segments) - 2)
+            elif seg0[0] == TxType.JOIN:
+                tx = decode_governance_tx(segments)
+                if isinstance(tx, JoinRequest) and client_id == applicant_client_id(
+                        tx.validator_key):
+                    for cid, key in ((org_client_id(tx.org), tx.client_key),
+                                     (validator_client_id(tx.replica_id), tx.validator_key)):
+                        if cid not in self._genesis_clients:
+                            self.client_keys[cid] = key
+            elif seg0[0] in (TxType.GRANT, TxType.REVOKE, TxType.ERASE):
+                action = decode_record_tx(segments)
+                track = self._records.get(action.record_id)
+                if track is None:
+                    return  # a record before the verified range
+                if isinstance(action, Grant):
+                    track.events.append((h, "grant", action.org))
+                elif isinstance(action, Revoke):
+                    track.events.append((h, "revoke", action.org))
+                elif isinstance(action, Erase) and track.erased_at is None:
+                    track.erased_at = h
         except InvalidTransaction:
-            return
-        if isinstance(tx, JoinRequest) and item.client_id == applicant_client_id(
-                tx.validator_key):
-            for client_id, key in ((org_client_id(tx.org), tx.client_key),
-                                   (validator_client_id(tx.replica_id), tx.validator_key)):
-                if client_id not in self.genesis_clients:
-                    self.client_keys[client_id] = key
+            return  # a recorded entry decodes (validators parsed it); a stored row says more
 
-    def _track(self, h: int, i: int, item: wire.Item) -> None:
-        """Follow what the chain says about records' keys (checked against the stored
-        columns at the end)."""
-        view = item if isinstance(item, RequestView) else RequestView.of(item)
-        if view.raw is not None or not view.segments:
-            return
-        seg0 = view.segments[0]
-        assert isinstance(seg0, bytes)
-        hashes = [s.hash if isinstance(s, Withheld) else segment_hash(s)
-                  for s in view.segments]
-        if seg0[:1] == bytes([TxType.RECORD]):
-            self._keys[view.record_id] = _RecordKeys(set(hashes[2:]))
-            return
-        try:
-            action = decode_record_tx(view.present())
-        except InvalidTransaction:
-            return
-        rk = self._keys.get(action.record_id)
-        if rk is None:
-            return  # a record before the verified range
-        if isinstance(action, Grant):
-            rk.hashes.add(hashes[1])
-            rk.revoked.discard(action.org)
-        elif isinstance(action, Revoke):
-            rk.revoked.add(action.org)
-        elif isinstance(action, Erase):
-            rk.erased_at = h
-
-    def _check_columns(self, wb: wire.WireBlock) -> None:
-        """The validator's stored record columns against the signed requests (audit mode)."""
+    def _check_columns(self, wb: WireBlock) -> None:
+        """The validator's stored record columns against the signed items (audit mode)."""
         if not wb.stored_hash:
-            return  # a bundle or a non-audit stream carries no stored columns
+            return  # a bundle or a plain stream carries no stored columns
         h = wb.header.height
         rows = {c.index: c for c in wb.records}
-        for i, (item, status) in enumerate(zip(wb.items, wb.statuses, strict=True)):
-            view = item if isinstance(item, RequestView) else RequestView.of(item)
-            seg0 = view.segments[0] if view.segments else None
-            is_record = isinstance(seg0, bytes) and seg0[:1] == bytes([TxType.RECORD])
-            row = rows.pop(i, None)
-            if not (is_record and status == EntryStatus.RECORDED):
-                if row is not None:
-                    self._problem(h, "record-columns",
-                                  f"entry {i}: a stored record row for an entry that is not a "
-                                  "recorded record")
-                continue
-            if row is None:
-                self._problem(h, "record-missing", f"entry {i}: record {view.record_id} is "
-                                                   "missing from the records table")
-                continue
-            assert isinstance(seg0, bytes)
-            self._compare_row(h, i, view, seg0, row)
-        for i in rows:
-            self._problem(h, "record-columns", f"a stored record row at entry {i}, which the "
+        for env in wb.envelopes:
+            for k, item in enumerate(wb.items_of(env)):
+                n = env.first_entry + k
+                seg0 = public_header(item)
+                is_record = seg0[:1] == bytes([TxType.RECORD]) and \
+                    wb.statuses[n] == EntryStatus.RECORDED
+                row = rows.pop(n, None)
+                if not is_record:
+                    if row is not None:
+                        self._problem(h, "record-columns",
+                                      f"entry {n}: a stored record row for an entry that is not "
+                                      "a recorded record")
+                    continue
+                rid = record_id(env.digest, k)
+                if row is None:
+                    self._problem(h, "record-missing",
+                                  f"entry {n}: record {rid} is missing from the stored records")
+                    continue
+                self._compare_row(h, n, rid, seg0, row)
+        for n in sorted(rows):
+            self._problem(h, "record-columns", f"a stored record row at entry {n}, which the "
                                                "block does not have")
 
-    def _compare_row(self, h: int, i: int, view: RequestView, seg0: bytes,
+    def _compare_row(self, h: int, n: int, rid: str, seg0: bytes,
                      row: pb.RecordColumns) -> None:
         try:
             p = decode_public(seg0)
-        except InvalidRecord as exc:
-            self._problem(h, "record-columns", f"entry {i}: {exc}")
+        except InvalidTransaction as exc:
+            self._problem(h, "record-columns", f"entry {n}: {exc}")
             return
         stored = (row.record_id, row.kind, row.subject_id, row.event_type, row.submitter_org,
                   row.submitted_at_ms, dict(row.metadata))
-        signed = (view.record_id, p.kind.value, p.subject_id, p.event_type, p.submitter_org,
+        signed = (rid, p.kind.value, p.subject_id, p.event_type, p.submitter_org,
                   p.submitted_at_ms, dict(p.metadata))
         names = ("record_id", "kind", "subject_id", "event_type", "submitter_org",
                  "submitted_at_ms", "metadata")
         for name, a, b in zip(names, stored, signed, strict=True):
             if a != b:
-                self._problem(h, "record-columns", f"entry {i}: stored {name} {a!r} differs "
+                self._problem(h, "record-columns", f"entry {n}: stored {name} {a!r} differs "
                                                    f"from the signed {b!r}")
-        seg1 = view.segments[1] if len(view.segments) > 1 else None
-        signed_ct = seg1.hash if isinstance(seg1, Withheld) else \
-            (segment_hash(seg1) if seg1 is not None else None)
-        stored_ct = bytes(row.ciphertext_segment_hash)
-        if stored_ct and stored_ct != signed_ct:
-            self._problem(h, "ciphertext", f"entry {i}: the stored ciphertext of record "
-                                           f"{view.record_id[:16]}… is not the signed one")
-        if not stored_ct and not row.erased_height:
-            self._problem(h, "ciphertext", f"entry {i}: record {view.record_id[:16]}… has no "
-                                           "ciphertext but was not erased")
-        if row.erased_height:
-            self._erasures[view.record_id] = int(row.erased_height)
-        self._columns[view.record_id] = row
-        self._record_height[view.record_id] = h
+        track = self._records.get(rid)
+        if track is not None:
+            track.row = row
 
-    def finish(self, to_head: bool) -> list[Problem]:
-        """Checks that need the whole range: stored keys against the grants, revocations and
-        erasures the chain holds (only meaningful up to the validator's head)."""
-        if to_head:
-            for record_id, row in self._columns.items():
-                rk = self._keys.get(record_id)
-                h = self._record_height[record_id]
-                if rk is None:
-                    continue
-                for org, digest in sorted(row.key_segment_hashes.items()):
-                    if bytes(digest) not in rk.hashes:
-                        self._problem(h, "keys", f"record {record_id[:16]}…: the stored key "
-                                                 f"of {org} is not one the chain gave it")
-                    elif org in rk.revoked:
-                        self._problem(h, "keys", f"record {record_id[:16]}…: {org}'s key is "
-                                                 "still stored after its revocation")
-                if rk.erased_at is not None and row.key_segment_hashes:
-                    self._problem(h, "erasure", f"record {record_id[:16]}…: wrapped keys "
-                                                f"remain after the erasure at {rk.erased_at}")
-                erased = self._erasures.get(record_id)
-                if erased is not None and rk.erased_at != erased:
-                    self._problem(h, "erasure", f"record {record_id[:16]}… is marked erased at "
-                                                f"{erased} without a committed erasure there")
-                if rk.erased_at is not None and erased is None:
-                    self._problem(h, "erasure", f"record {record_id[:16]}… was erased at "
-                                                f"{rk.erased_at} but is stored as not erased")
+    def finish(self, to_head: bool, settled: int | None = None) -> list[Problem]:
+        """Checks that need the whole range: each record's stored readers and erasure against
+        the grants, revocations and erasures the chain holds. Stored columns are read as the
+        blocks come, so they are judged only when the range reaches the validator's head, and
+        (`settled`: the head when the audit began) a record a transaction changed after it is
+        left unjudged (its columns may have been read before or after that transaction)."""
+        if not to_head:
+            return self.problems
+        moving = []
+        for rid, track in self._records.items():
+            row = track.row
+            if row is None:
+                continue
+            if settled is not None and any(
+                    h > settled for h in [*(e[0] for e in track.events), track.erased_at or 0]):
+                moving.append(rid)
+                continue
+            stored_erasure = int(row.erased_height) or None
+            if stored_erasure != track.erased_at:
+                self._problem(track.height, "erasure",
+                              f"record {rid[:16]}… is marked erased at {stored_erasure} without "
+                              "a committed erasure there" if track.erased_at is None else
+                              f"record {rid[:16]}… was erased at {track.erased_at} but is "
+                              + ("stored as not erased" if stored_erasure is None else
+                                 f"stored as erased at {stored_erasure}"))
+            if track.erased_at is not None:
+                if row.readers:
+                    self._problem(track.height, "erasure",
+                                  f"record {rid[:16]}…: readers {sorted(row.readers)} remain "
+                                  f"after the erasure at {track.erased_at}")
+                continue
+            for detail in readers_problems(track, set(row.readers)):
+                self._problem(track.height, "readers", f"record {rid[:16]}…: {detail}")
+        if moving:
+            self.warnings.append(Problem(
+                self.source, settled or 0, "unjudged",
+                f"{len(moving)} records changed while the ledger was audited (from "
+                f"{moving[0][:16]}…): their stored readers and erasures were not judged"))
         return self.problems
 
 
-def compare_validators(chains: dict[str, ChainVerifier]) -> list[Problem]:
-    """Name the validators whose verified blocks or entry statuses differ from the majority's
-    (honest validators agree on every block; more than f differing is itself a finding)."""
+def readers_problems(track: _RecordTrack, stored: set[str]) -> list[str]:
+    """Why a record's stored readers are not what the chain gives it. An organisation the
+    chain granted or revoked is a reader by its last such transaction; the others are readers
+    because the record was sealed for them, which the chain shows only as a count of key
+    segments (their names are withheld), with the submitter always among them."""
+    out = []
+    first: dict[str, str] = {}
+    last: dict[str, tuple[int, str]] = {}
+    for height, change, org in track.events:
+        first.setdefault(org, change)
+        last[org] = (height, change)
+    for org, (height, change) in sorted(last.items()):
+        if change == "grant" and org not in stored:
+            out.append(f"the stored readers lack {org}, granted at {height}")
+        elif change == "revoke" and org in stored:
+            out.append(f"{org} is still a stored reader after its revocation at {height}")
+    sealed_for = {o for o in stored if o not in last} | {
+        o for o, change in first.items() if change == "revoke"}
+    if len(sealed_for) != track.signed_readers or track.submitter not in sealed_for:
+        out.append(f"the stored readers {sorted(stored)} are not what the chain gives it (sealed "
+                   f"for {track.signed_readers} organisations including {track.submitter}, "
+                   f"then {len(track.events)} grants and revocations)")
+    return out
+
+
+def compare_validators(chains: Mapping[str, ChainAudit]) -> list[Problem]:
+    """Name the validators whose verified blocks, or whose statuses and reasons, differ from
+    the majority's (honest validators agree on all of them; more than f differing is itself a
+    finding)."""
     problems = []
     heights = sorted({h for c in chains.values() for h in c.hashes})
     for h in heights:
@@ -392,22 +447,245 @@ def compare_validators(chains: dict[str, ChainVerifier]) -> list[Problem]:
                 if h in c.hashes and c.hashes[h] != majority:
                     problems.append(Problem(name, h, "fork",
                                             f"a validly certified block {c.hashes[h].hex()[:16]}…"
-                                            f" differs from the others' "
-                                            f"{majority.hex()[:16]}…"))
-    # Statuses and reasons ("not a reader", "screening: accepted", why invalid) are execution
-    # results: the majority of honest validators sets them.
+                                            f" differs from the others' {majority.hex()[:16]}…"))
+    # Request and entry statuses and reasons ("not a reader", "screening: accepted", why
+    # invalid) are execution results: the majority of honest validators sets them.
     for kind in ("status", "reason"):
         tables = {name: c.statuses if kind == "status" else c.reasons
                   for name, c in chains.items()}
-        keys = sorted({k for t in tables.values() for k in t})
-        for k in keys:
-            votes2 = Counter(t[k] for t in tables.values() if k in t)
+        for key in sorted({k for t in tables.values() for k in t}):
+            votes2 = Counter(t[key] for t in tables.values() if key in t)
             if len(votes2) > 1:
                 majority2, _ = votes2.most_common(1)[0]
+                height, what, index = key
                 for name, t in tables.items():
-                    if k in t and t[k] != majority2:
-                        problems.append(Problem(name, k[0], kind,
-                                                f"entry {k[1]} {kind} is {t[k]!r}, the "
+                    if key in t and t[key] != majority2:
+                        problems.append(Problem(name, height, kind,
+                                                f"{what} {index} {kind} is {t[key]!r}, the "
                                                 f"others say {majority2!r}"))
     return problems
 
+
+# ------------------------------------------------------------------------------- epochs
+
+def verified_epochs(genesis: Genesis, data: bytes, verifier: Verifier) -> dict[int, EpochConfig]:
+    """Every epoch's validator set from an epoch history, each certified by the one before it
+    from genesis on. Raises UnverifiableHistory (malformed bytes included)."""
+    try:
+        records = epochs_from_bytes(data, genesis.chain_id_bytes)
+    except WireError as exc:
+        raise UnverifiableHistory(f"the epoch history does not decode: {exc}") from exc
+    return epoch_configs(genesis.epoch0(), records, genesis.chain_id_bytes, verifier)
+
+
+def merge_epochs(known: dict[int, EpochConfig], new: Mapping[int, EpochConfig]) -> list[int]:
+    """Add a verified history to the ones known; returns the epochs where it differs from them
+    (two histories verified from genesis can only differ if more than f validators of an epoch
+    signed both)."""
+    conflicts = []
+    for epoch, config in new.items():
+        if known.setdefault(epoch, config) != config:
+            conflicts.append(epoch)
+    return conflicts
+
+
+# -------------------------------------------------------------------------- audit verify
+
+Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[], None]]]
+"""(validator, blocks to verify) -> a context whose value is called once per block."""
+
+
+@contextlib.contextmanager
+def no_progress(_source: str, _total: int) -> Iterator[Callable[[], None]]:
+    yield lambda: None
+
+
+@dataclass
+class VerifyReport:
+    """What `consortium audit verify` prints (`--json` is `to_json()`)."""
+
+    validators: dict[str, dict[str, Any]]
+    problems: list[Problem]
+    warnings: list[Problem]
+    height: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and any(v["ok"] for v in self.validators.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "height": self.height, "validators": self.validators,
+                "problems": [p.to_json() for p in self.problems],
+                "warnings": [w.to_json() for w in self.warnings]}
+
+
+def _stream(client: ConsortiumClient, chain: ChainAudit, address: str, from_height: int,
+            to_height: int, progress: Progress) -> str | None:
+    """Feed blocks from_height..to_height of one validator (audit mode); why the stream
+    failed, if it did."""
+    if to_height < from_height:
+        return None
+    try:
+        with progress(chain.source, to_height - from_height + 1) as tick:
+            for blk in client.stream_blocks(from_height, to_height, audit=True,
+                                            address=address):
+                chain.feed(blk)
+                tick()
+    except grpc.RpcError as exc:
+        return str(exc.details())
+    return None
+
+
+def audit_validators(client: ConsortiumClient, ids: Sequence[int], *, from_height: int = 1,
+                     to_height: int | None = None, first_answering: bool = False,
+                     progress: Progress = no_progress) -> VerifyReport:
+    """Verify the chains of validators `ids` (with `first_answering`, only the first that
+    answers) from `from_height` to `to_height` (default: each one's head), then compare them.
+    Each validator's epoch history is verified from genesis; blocks are checked against every
+    history that verified."""
+    genesis = client.core.genesis
+    verifier = CachingVerifier(Ed25519Verifier(), VERIFIER_CACHE)
+    configs: dict[int, EpochConfig] = {0: genesis.epoch0()}
+    chains: dict[str, ChainAudit] = {}
+    report: dict[str, dict[str, Any]] = {}
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    for n, vid in enumerate(ids):
+        name = str(vid)
+        address = client.core.validators[vid]
+        try:
+            head = int(client.status(address).height)
+            history = verified_epochs(genesis, client.epoch_history(address),
+                                      verifier)
+        except grpc.RpcError as exc:
+            if first_answering and n < len(ids) - 1:
+                continue  # the default: the first validator that answers
+            problems.append(Problem(name, 0, "unreachable", str(exc.details())))
+            report[name] = {"ok": False, "height": None}
+            continue
+        except UnverifiableHistory as exc:
+            problems.append(Problem(name, 0, "epoch-history", str(exc)))
+            history = {}
+        for epoch in merge_epochs(configs, history):
+            problems.append(Problem(name, 0, "epoch-history",
+                                    f"its verified history differs from another validator's at "
+                                    f"epoch {epoch} (more than f validators signed both)"))
+        last = head if to_height is None else min(to_height, head)
+        chain = ChainAudit(genesis, configs, verifier, name, from_height)
+        failed = _stream(client, chain, address, from_height, last, progress)
+        # A live ledger grows while it is audited: follow it (up to `to_height`) to a head that
+        # holds still, so that the stored columns, read as the blocks came, meet every
+        # transaction they may show.
+        grown = last
+        for _ in range(FOLLOW_ROUNDS):
+            if failed is not None:
+                break
+            with contextlib.suppress(grpc.RpcError):
+                grown = int(client.status(address).height)
+            target = grown if to_height is None else min(grown, to_height)
+            if target <= last:
+                break
+            failed = _stream(client, chain, address, last + 1, target, progress)
+            last = target
+        else:
+            with contextlib.suppress(grpc.RpcError):
+                grown = int(client.status(address).height)
+        if failed is not None:
+            problems.append(Problem(name, chain.next_height, "unreachable",
+                                    f"stream failed: {failed}"))
+        if chain.next_height <= last:
+            problems.append(Problem(name, chain.next_height, "missing-block",
+                                    f"validator served blocks up to {chain.next_height - 1} "
+                                    f"of {last}"))
+        to_head = failed is None and chain.next_height > last and grown <= last
+        if not to_head and (to_height is None or to_height >= head):
+            warnings.append(Problem(name, grown, "unjudged",
+                                    f"the ledger kept growing past {last} during the audit: "
+                                    "stored readers and erasures were not judged (audit "
+                                    "again when it is quieter)"))
+        problems.extend(chain.finish(to_head, settled=head))
+        warnings.extend(chain.warnings)
+        chains[name] = chain
+        report[name] = {"height": last, "verified_from": from_height, "verified_to": last,
+                        "blocks": chain.blocks,
+                        "epoch": None if chain.last is None else chain.last.epoch}
+        if first_answering:
+            break
+    if len(chains) > 1:
+        problems.extend(compare_validators(chains))
+    bad = {p.validator for p in problems}
+    for name, entry in report.items():
+        entry["ok"] = name not in bad and entry.get("height") is not None
+    height = max((c.next_height - 1 for c in chains.values()), default=0)
+    return VerifyReport(report, problems, warnings, height)
+
+
+# ---------------------------------------------------------------------------- receipts
+
+def receipt_to_json(r: Receipt) -> dict[str, Any]:
+    """A receipt as a self-contained JSON proof (checked by `audit check-proof`): the protobuf
+    receipt's fields, bytes in hex, plus the block hash and signers for a reader."""
+    msg = receipt_to_proto(r)
+
+    def proof(p: pb.InclusionProof) -> dict[str, Any]:
+        return {"index": p.index, "size": p.size, "path": [x.hex() for x in p.path]}
+    return {"record_id": r.record_id, "height": r.height, "status": r.status,
+            "reason": r.reason, "block_header": r.header.encode().hex(),
+            "block_hash": r.header.hash().hex(),
+            "certificate": [c.wire.hex() for c in r.certificate],
+            "certificate_signers": sorted(c.sender for c in r.certificate),
+            "request_proof": proof(msg.request_proof), "client_id": r.client_id,
+            "nonce": r.nonce, "kind": int(r.kind), "signature": r.signature.hex(),
+            "item_proof": proof(msg.item_proof),
+            "item": msg.item.hex() if msg.item else None,
+            "item_view": msg.item_view.hex() if msg.item_view else None}
+
+
+class NotAProof(ValueError):
+    """A file that is not a receipt in the `receipt_to_json` form."""
+
+
+def receipt_from_json(doc: Any, chain_id: bytes) -> Receipt:
+    """Decode `receipt_to_json` output (or a document holding it under "receipt"). Raises
+    NotAProof with one line saying what is wrong."""
+    try:
+        rj = doc.get("receipt", doc) if isinstance(doc, dict) else doc
+
+        def proof(p: Any) -> pb.InclusionProof:
+            return pb.InclusionProof(index=int(p["index"]), size=int(p["size"]),
+                                     path=[bytes.fromhex(x) for x in p["path"]])
+        msg = pb.Receipt(
+            record_id=str(rj["record_id"]), height=int(rj["height"]),
+            block_header=bytes.fromhex(rj["block_header"]),
+            certificate=[bytes.fromhex(c) for c in rj["certificate"]],
+            request_proof=proof(rj["request_proof"]), client_id=str(rj["client_id"]),
+            nonce=int(rj["nonce"]), kind=int(rj["kind"]),
+            signature=bytes.fromhex(rj["signature"]), item_proof=proof(rj["item_proof"]),
+            status=str(rj["status"]), reason=str(rj.get("reason", "")))
+        if rj.get("item_view"):
+            msg.item_view = bytes.fromhex(rj["item_view"])
+        else:
+            msg.item = bytes.fromhex(rj["item"])
+        return receipt_from_proto(msg, chain_id)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise NotAProof(" ".join(detail.split())) from exc
+
+
+def check_proof(doc: Any, genesis: Genesis, verifier: Verifier) -> tuple[Receipt, str | None]:
+    """A proof document checked offline against the genesis validator set (the only one known
+    without the epoch history): (receipt, None when it proves its item, else why not). Raises
+    NotAProof."""
+    r = receipt_from_json(doc, genesis.chain_id_bytes)
+    if r.header.epoch != 0:
+        return r, (f"the block is from epoch {r.header.epoch}; offline, only epoch 0 (genesis) "
+                   "is known: verify it with `audit verify` or a bundle")
+    return r, verify_receipt(r, genesis.epoch0(), verifier)
+
+
+def load_json(text: str) -> Any:
+    """JSON from a proof file; NotAProof when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise NotAProof(f"not JSON ({exc})") from exc

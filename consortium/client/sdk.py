@@ -1,766 +1,97 @@
-"""Client SDK: one code path to build, encrypt and sign a submission, two transports.
+"""Client SDK: build, seal and sign records, submit them in envelopes, verify every answer.
 
-`ConsortiumClient` (blocking) and `AsyncConsortiumClient` (asyncio) connect to any validator and
-move on to the next when one is down or slow. A submission is only reported as done once its
-receipt verifies against the genesis file: a commit certificate of 2f+1 validator signatures
-over the block's Merkle root, and the record's inclusion proof under that root. No single
-validator is trusted.
+`AsyncConsortiumClient` is the implementation (asyncio, grpc.aio); `ConsortiumClient` runs the
+same code on a private event loop in a background thread, so blocking callers (and many
+threads at once) share one channel per validator and one code path.
+
+Submissions go to the current primary (learnt from redirects). Records submitted one at a time
+by concurrent callers are coalesced into envelopes: while an envelope is in flight, new records
+wait for the next one (Nagle's rule: a lone caller is never delayed), and each envelope is one
+signature, one request, one answer per block. A submission is reported done only once its
+receipt verifies against the genesis file (`consortium.verify`): a commit certificate of 2f+1
+validators of the block's epoch, the request's inclusion in the block and the item's in the
+request. No single validator is trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import json
 import random
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import grpc
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.client.nonces import NonceFile
-from consortium.config import Genesis, validator_client_id
-from consortium.crypto import envelope
-from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
-from consortium.ledger.membership import changed_members
-from consortium.ledger.records import (
-    InvalidRecord,
-    RecordKind,
-    Submission,
-    decode_public,
-    public_part,
+from consortium.client.core import (
+    ENVELOPE_ITEMS_MAX,
+    RETRYABLE,
+    ClientCore,
+    Identity,
+    RecordView,
+    Signed,
+    SubmitError,
+    UnknownEpoch,
+    VerifiedReceipt,
+    provenance_fields,
+    status_code,
 )
+from consortium.config import Genesis
+from consortium.crypto import envelope
+from consortium.ledger.membership import changed_members
+from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
     Access,
     Erase,
     GovernanceTx,
     Grant,
-    InvalidTransaction,
-    JoinRequest,
     MemberVote,
     RecordTx,
-    RemoveRequest,
-    RequestView,
     ReviewVote,
     Revoke,
     Verdict,
-    decode_governance_tx,
-    encode_governance_tx,
-    encode_tx,
 )
-from consortium.localnet import read_seed
-from consortium.node import wire
 from consortium.pbft import codec
 from consortium.pbft import messages as m
-from consortium.pbft.membership import EpochConfig, Member
-from consortium.pbft.state import verify_epoch_history
+from consortium.pbft.membership import Member
+from consortium.wire import Receipt, pb, pb_grpc
+
+__all__ = [
+    "AsyncConsortiumClient",
+    "ConsortiumClient",
+    "Identity",
+    "Receipt",
+    "RecordView",
+    "SubmitError",
+    "VerifiedReceipt",
+]
+
+T = TypeVar("T")
 
 ATTEMPT_WAIT_S = 10.0
 """How long one validator may take before the client also tries another (a view change after
 a primary crash takes a few request timeouts)."""
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
-
-
-class SubmitError(Exception):
-    """The submission failed for good (a clear reason), or no validator could commit it."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class UnknownEpoch(SubmitError):
-    """A receipt is from an epoch whose validator set this client has not fetched yet."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"receipt from epoch {epoch}, not fetched yet")
-        self.epoch = epoch
-
-
-class NonceSource(Protocol):
-    def next(self) -> int: ...
-
-    def skip(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who submits: a client id of an organisation, its signing key, and (to read records) the
-    organisation's X25519 key pair."""
-
-    client_id: str
-    org: str
-    signer: Ed25519Signer
-    org_keys: envelope.OrgKeyPair | None
-    nonces: NonceSource
-
-    @classmethod
-    def from_dir(cls, directory: Path, org: str) -> Identity:
-        odir = directory / "orgs" / org
-        if not odir.is_dir():
-            raise SubmitError(f"no organisation {org!r} in {directory} (see {directory}/orgs)")
-        return cls(f"{org}-client", org, Ed25519Signer(read_seed(odir / "client.key")),
-                   envelope.OrgKeyPair(read_seed(odir / "encryption.key")),
-                   NonceFile(odir / "client.nonce"))
-
-    @classmethod
-    def validator(cls, directory: Path, org: str) -> Identity:
-        """The validator of `org` as a client (`validator-<id>`, signing with its validator
-        key): the identity that casts governance votes."""
-        genesis = Genesis.load(directory / "genesis.json")
-        ids = [v.replica_id for v in genesis.validators if v.org == org]
-        vroot = directory / "validators"
-        if not ids and vroot.is_dir():  # a validator admitted after genesis
-            for config in sorted(vroot.glob("*/config.json")):
-                with contextlib.suppress(ValueError, OSError):
-                    if json.loads(config.read_text()).get("org") == org:
-                        ids.append(int(config.parent.name))
-        if not ids:
-            raise SubmitError(f"organisation {org!r} runs no validator")
-        vdir = vroot / str(ids[0])
-        return cls(validator_client_id(ids[0]), org,
-                   Ed25519Signer(read_seed(vdir / "signing.key")), None,
-                   NonceFile(vdir / "client.nonce"))
-
-
-@dataclass(frozen=True)
-class VerifiedReceipt:
-    record_id: str
-    height: int
-    status: str
-    reason: str
-    block_hash: str
-    validator: str
-    """Which validator answered (the receipt is verified, so this is informational)."""
-    receipt: wire.Receipt
-
-    def to_json(self) -> dict[str, Any]:
-        return {"record_id": self.record_id, "height": self.height, "status": self.status,
-                "reason": self.reason, "block_hash": self.block_hash,
-                "validator": self.validator, "certificate_signers": sorted(
-                    c.sender for c in self.receipt.certificate),
-                "proof": {"index": self.receipt.proof.index, "size": self.receipt.proof.size,
-                          "path": [p.hex() for p in self.receipt.proof.path]}}
-
-
-@dataclass(frozen=True)
-class RecordView:
-    record_id: str
-    height: int
-    kind: str
-    subject_id: str
-    event_type: str
-    submitter_org: str
-    submitted_at_ms: int
-    metadata: dict[str, str]
-    readers: tuple[str, ...]
-    """The organisations whose wrapped key the validator returned (only the caller's own)."""
-    status: str
-    payload: Any | None = None
-    """Decrypted payload (parsed JSON when it is JSON), when asked for and permitted."""
-    erasure: dict[str, Any] | None = None
-    key_withheld: str = ""
-    receipt: wire.Receipt | None = None
-    """The verified receipt of the record's commit (request view, certificate, proof)."""
-    access_id: str = ""
-    """The Access transaction this read was logged under (patient records)."""
-    screening: str = ""
-    """pending-screening | accepted | quarantined | rejected: a rejected record stays on the
-    ledger, marked; only `accepted` records are vouched for by the consortium."""
-
-    def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("record_id", "height", "kind", "subject_id",
-                                             "event_type", "submitter_org", "submitted_at_ms",
-                                             "metadata", "status")}
-        out["readers"] = list(self.readers)
-        out["verified"] = self.receipt is not None
-        if self.payload is not None:
-            out["payload"] = self.payload
-        if self.erasure is not None:
-            out["erased"] = self.erasure
-        if self.key_withheld:
-            out["key_withheld"] = self.key_withheld
-        if self.access_id:
-            out["access_id"] = self.access_id
-        if self.screening:
-            out["screening"] = self.screening
-        return out
-
-
-class _Core:
-    """Everything that is not transport: building, sealing, signing, verifying."""
-
-    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes = b"", *,
-                 fetch_inline: bool = True) -> None:
-        self.fetch_inline = fetch_inline
-        """Fetch an unknown epoch's history (a blocking gRPC call) when a receipt needs it;
-        the asyncio client sets False and fetches in a thread on `UnknownEpoch`."""
-        self.genesis = genesis
-        self.identity = identity
-        self.chain_id = genesis.chain_id_bytes
-        self.verifier = CachingVerifier(Ed25519Verifier(), 4096)
-        self.addresses = [v.client_address for v in genesis.validators]
-        self.ca_cert = ca_cert
-        self._org_keys: dict[str, bytes] = {}
-        self.epochs: dict[int, EpochConfig] = {0: genesis.epoch0()}
-        """Validator sets verified from genesis (GetEpochs + verify_epoch_history)."""
-
-    def epoch_config(self, epoch: int, address: str) -> EpochConfig:
-        """The validator set of `epoch`; learnt (once) from `address` and verified link by link
-        from genesis, so a validator can only tell us what 2f+1 of each previous set signed."""
-        config = self.epochs.get(epoch)
-        if config is not None:
-            return config
-        if not self.fetch_inline:
-            raise UnknownEpoch(epoch)
-        return self.fetch_epoch(epoch, address)
-
-    def fetch_epoch(self, epoch: int, address: str) -> EpochConfig:
-        """Fetch the epoch history from `address` (blocking), verify it from genesis, and
-        return the validator set of `epoch`."""
-        if not self.ca_cert:
-            raise SubmitError(f"a receipt from epoch {epoch}: the validator set has changed "
-                              "since genesis, and this client cannot fetch the epoch history")
-        try:
-            with grpc.secure_channel(address, grpc.ssl_channel_credentials(
-                    root_certificates=self.ca_cert)) as channel:
-                reply = pb_grpc.LedgerStub(channel).GetEpochs(pb.GetEpochsRequest(), timeout=10)
-            records = codec.decode_epoch_records(reply.epochs, self.chain_id)
-        except (grpc.RpcError, codec.DecodeError) as exc:
-            raise SubmitError(f"validator {address}: epoch history unavailable: {exc}") from exc
-        configs = verify_epoch_history(self.genesis.epoch0(), records, self.chain_id,
-                                       self.verifier)
-        if configs is None:
-            raise SubmitError(f"validator {address} sent an epoch history that does not verify "
-                              "from genesis")
-        for c in configs:
-            self.epochs[c.epoch] = c
-        if epoch not in self.epochs:
-            raise SubmitError(f"validator {address} sent a receipt from epoch {epoch}, which "
-                              "its own epoch history does not reach")
-        return self.epochs[epoch]
-
-    def readers_keys(self, readers: Sequence[str]) -> dict[str, bytes]:
-        return {o: self.org_key(o) for o in sorted({self.identity.org, *readers})}
-
-    def unknown_orgs(self, orgs: Iterable[str]) -> list[str]:
-        """Organisations whose encryption key needs a lookup on the ledger."""
-        genesis = {o.org_id for o in self.genesis.orgs}
-        return [o for o in orgs if o not in genesis and o not in self._org_keys]
-
-    def org_key(self, org: str) -> bytes:
-        """An organisation's encryption key: from genesis, or for an organisation admitted
-        later from its join request, whose inclusion and commit certificate we verify (the key
-        is the applicant's own signed words; that the request was approved is the answering
-        validator's word, and the ledger refuses a record naming a reader that is not a
-        member)."""
-        for o in self.genesis.orgs:
-            if o.org_id == org:
-                return o.encryption_key
-        cached = self._org_keys.get(org)
-        if cached is not None:
-            return cached
-        if not self.ca_cert:
-            raise SubmitError(f"organisation {org!r} is not in the genesis file")
-        errors = []
-        for address in self.order():
-            try:
-                with grpc.secure_channel(address, grpc.ssl_channel_credentials(
-                        root_certificates=self.ca_cert)) as channel:
-                    stub = pb_grpc.LedgerStub(channel)
-                    members = stub.ListMembers(pb.ListMembersRequest(
-                        auth=self.read_auth("ListMembers", "")), timeout=10)
-                    found = next((p for p in members.proposals if p.kind == "join"
-                                  and p.org == org and p.status == "approved"), None)
-                    if found is None:
-                        errors.append(f"{address}: not a member")
-                        continue
-                    reply = stub.GetReceipt(pb.GetRecordRequest(
-                        record_id=found.proposal_id,
-                        auth=self.read_auth("GetReceipt", found.proposal_id)), timeout=10)
-                receipt = self.verify_receipt_of(reply, found.proposal_id, address)
-                view = receipt.request if isinstance(receipt.request, RequestView) else \
-                    RequestView.of(receipt.request)
-                tx = decode_governance_tx(view.present())
-                if not isinstance(tx, JoinRequest) or tx.org != org:
-                    errors.append(f"{address}: the proposal is not {org}'s join request")
-                    continue
-            except (grpc.RpcError, SubmitError, InvalidTransaction) as exc:
-                errors.append(f"{address}: {exc}")
-                continue
-            self._org_keys[org] = tx.encryption_key
-            return tx.encryption_key
-        raise SubmitError(f"organisation {org!r} is neither in the genesis file nor an "
-                          f"admitted member ({'; '.join(errors[-2:])})")
-
-    def build(self, kind: RecordKind, subject_id: str, event_type: str,
-              metadata: dict[str, str], payload: bytes, readers: Sequence[str]) -> m.Request:
-        submitted_at_ms = int(time.time() * 1000)
-        meta = tuple(sorted((k, v) for k, v in metadata.items() if v is not None))
-        aad = public_part(kind, subject_id, event_type, self.identity.org, submitted_at_ms, meta)
-        sealed = envelope.seal(payload, aad, self.readers_keys(readers))
-        try:
-            sub = Submission(kind, subject_id, event_type, self.identity.org, submitted_at_ms,
-                             meta, sealed.ciphertext, tuple(sorted(sealed.wrapped_keys.items())))
-        except ValueError as exc:
-            raise SubmitError(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from exc
-        body = sub.encode()
-        nonce = self.identity.nonces.next()
-        digest = m.request_digest(self.identity.client_id, nonce, m.RequestKind.APPLICATION,
-                                  body)
-        signature = self.identity.signer.sign(m.request_signing_bytes(self.chain_id, digest))
-        return m.Request(self.identity.client_id, nonce, m.RequestKind.APPLICATION, body,
-                         signature)
-
-    def build_tx(self, tx: RecordTx | GovernanceTx) -> m.Request:
-        """Sign a record or governance transaction as this identity."""
-        body = encode_tx(tx) if not isinstance(tx, JoinRequest | MemberVote | RemoveRequest) \
-            else encode_governance_tx(tx)
-        nonce = self.identity.nonces.next()
-        digest = m.request_digest(self.identity.client_id, nonce, m.RequestKind.APPLICATION,
-                                  body)
-        signature = self.identity.signer.sign(m.request_signing_bytes(self.chain_id, digest))
-        return m.Request(self.identity.client_id, nonce, m.RequestKind.APPLICATION, body,
-                         signature)
-
-    def read_auth(self, method: str, argument: str) -> pb.ReadAuth:
-        """A signed ReadAuth for one read (validators refuse reads from non-members)."""
-        now = int(time.time() * 1000)
-        sig = self.identity.signer.sign(wire.read_signing_bytes(
-            self.chain_id, self.identity.client_id, now, method, argument))
-        return pb.ReadAuth(client_id=self.identity.client_id, timestamp_ms=now, signature=sig)
-
-    def verify_receipt_of(self, reply: pb.Receipt, record_id: str,
-                          address: str) -> wire.Receipt:
-        """Decode and verify a receipt for `record_id` against genesis; SubmitError if not."""
-        try:
-            receipt = wire.receipt_from_proto(reply, self.chain_id)
-        except wire.WireError as exc:
-            raise SubmitError(f"validator {address} sent a malformed receipt: {exc}") from exc
-        if receipt.record_id != record_id:
-            raise SubmitError(f"validator {address} sent a receipt for another record")
-        problem = wire.verify_receipt(receipt, self.epoch_config(receipt.header.epoch, address),
-                                      self.verifier)
-        if problem is not None:
-            raise SubmitError(f"validator {address} sent a receipt that does not verify: "
-                              f"{problem}")
-        return receipt
-
-    def verify(self, reply: pb.Receipt, request: m.Request, address: str) -> VerifiedReceipt:
-        try:
-            receipt = wire.receipt_from_proto(reply, self.chain_id)
-        except wire.WireError as exc:
-            raise SubmitError(f"validator {address} sent a malformed receipt: {exc}") from exc
-        if receipt.request.digest != request.digest:
-            raise SubmitError(f"validator {address} sent a receipt for another request")
-        problem = wire.verify_receipt(receipt, self.epoch_config(receipt.header.epoch, address),
-                                      self.verifier)
-        if problem is not None:
-            raise SubmitError(f"validator {address} sent a receipt that does not verify: "
-                              f"{problem}")
-        return VerifiedReceipt(receipt.record_id, receipt.height, receipt.status,
-                               receipt.reason, receipt.header.hash().hex(), address, receipt)
-
-    def record_view(self, r: pb.RecordReply, record_id: str, decrypt: bool,
-                    address: str) -> RecordView:
-        """Check a GetRecord reply against genesis and return what it proves: everything shown
-        comes from the signed request view whose commit the receipt proves, not from the
-        validator's word (except erasure, status and which key it released)."""
-        if not r.HasField("receipt"):
-            raise SubmitError(f"validator {address} sent a record without its receipt")
-        receipt = self.verify_receipt_of(r.receipt, record_id, address)
-        view = receipt.request
-        shown = view.present() if isinstance(view, RequestView) else \
-            RequestView.of(view).present()
-        try:
-            if not shown or shown[0] is None:
-                raise InvalidRecord("no public part")
-            pub = decode_public(shown[0])
-        except InvalidTransaction as exc:
-            raise SubmitError(f"{record_id} is not a record: {exc}") from exc
-        ciphertext = shown[1] if len(shown) > 1 else None
-        payload: Any | None = None
-        readers = tuple(w.org for w in r.wrapped_keys)
-        if decrypt:
-            keys = self.identity.org_keys
-            mine = next((w.wrapped_key for w in r.wrapped_keys if w.org == self.identity.org),
-                        None)
-            if keys is None or mine is None or ciphertext is None:
-                why = r.key_withheld or f"organisation {self.identity.org} is not a reader"
-                raise SubmitError(f"record {record_id}: {why}", grpc.StatusCode.PERMISSION_DENIED)
-            aad = public_part(pub.kind, pub.subject_id, pub.event_type, pub.submitter_org,
-                              pub.submitted_at_ms, pub.metadata)
-            try:
-                raw = envelope.open_sealed(ciphertext, aad, mine, keys)
-            except envelope.DecryptionError as exc:
-                raise SubmitError(f"record {record_id} does not decrypt: {exc}") from exc
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = raw.hex()
-        erasure = None
-        if r.HasField("erasure"):
-            erasure = {"height": r.erasure.height, "by_org": r.erasure.by_org,
-                       "at_ms": r.erasure.at_ms, "reason": r.erasure.reason}
-        return RecordView(record_id, receipt.height, pub.kind.value, pub.subject_id,
-                          pub.event_type, pub.submitter_org, pub.submitted_at_ms,
-                          dict(pub.metadata), readers, receipt.status, payload, erasure,
-                          r.key_withheld, receipt)
-
-    def record_key(self, r: pb.RecordReply) -> bytes:
-        """This organisation's copy of a record's key (to grant it to another reader)."""
-        keys = self.identity.org_keys
-        mine = next((w.wrapped_key for w in r.wrapped_keys if w.org == self.identity.org), None)
-        if keys is None or mine is None:
-            raise SubmitError(f"record {r.record_id}: "
-                              f"{r.key_withheld or 'this organisation holds no key'}",
-                              grpc.StatusCode.PERMISSION_DENIED)
-        try:
-            return keys.unwrap(mine)
-        except envelope.DecryptionError as exc:
-            raise SubmitError(f"record {r.record_id}: {exc}") from exc
-
-    def after_rpc_error(self, exc: Any, request: m.Request, address: str,
-                        errors: list[str]) -> VerifiedReceipt | None:
-        """Decide what a failed SubmitRecord means (the same for both transports): a receipt
-        (the request was already committed), a final error (raised), or try elsewhere (None)."""
-        code = exc.code()
-        if code == grpc.StatusCode.ALREADY_EXISTS:
-            # Trust nothing one validator says: a bad or missing receipt means "ask another".
-            try:
-                reply = _receipt_from_trailers(exc.trailing_metadata())
-                if reply is not None:
-                    return self.verify(reply, request, address)
-            except (SubmitError, ValueError) as bad:
-                errors.append(f"{address}: {bad}")
-                return None
-            errors.append(f"{address}: ALREADY_EXISTS without a receipt")
-            return None
-        if code not in RETRYABLE:
-            raise SubmitError(f"{address}: {exc.details()}", code) from exc
-        errors.append(f"{address}: {code.name} {exc.details()}")
-        return None
-
-    @staticmethod
-    def gave_up(errors: list[str]) -> SubmitError:
-        return SubmitError("no validator committed the request: " + "; ".join(errors[-4:]),
-                           grpc.StatusCode.UNAVAILABLE)
-
-    def order(self) -> list[str]:
-        addresses = list(self.addresses)
-        random.shuffle(addresses)
-        return addresses
-
-
-def provenance_fields(product: str, event: str, location: str | None, custodian_from: str | None,
-                      custodian_to: str | None, quantity: int | None,
-                      documents: Sequence[str]) -> dict[str, str]:
-    meta = {"location": location, "custodian_from": custodian_from,
-            "custodian_to": custodian_to,
-            "quantity": None if quantity is None else str(quantity),
-            "documents": ",".join(documents) if documents else None}
-    return {k: v for k, v in meta.items() if v is not None}
-
-
-class ConsortiumClient:
-    """Blocking client."""
-
-    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
-                 timeout_s: float = 30.0) -> None:
-        self._core = _Core(genesis, identity, ca_cert)
-        self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
-        self._timeout_s = timeout_s
-        self._channels: dict[str, grpc.Channel] = {}
-
-    @classmethod
-    def from_dir(cls, directory: Path, org: str, **kw: Any) -> ConsortiumClient:
-        return cls(Genesis.load(directory / "genesis.json"), Identity.from_dir(directory, org),
-                   (directory / "ca" / "ca.crt").read_bytes(), **kw)
-
-    def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-
-    def __enter__(self) -> ConsortiumClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _stub(self, address: str) -> pb_grpc.LedgerStub:
-        ch = self._channels.get(address)
-        if ch is None:
-            ch = grpc.secure_channel(address, self._creds)
-            self._channels[address] = ch
-        return pb_grpc.LedgerStub(ch)
-
-    def submit_provenance(self, product: str, event: str, *, location: str | None = None,
-                          custodian_from: str | None = None, custodian_to: str | None = None,
-                          quantity: int | None = None, documents: Sequence[str] = (),
-                          details: dict[str, Any] | None = None,
-                          readers: Sequence[str] = ()) -> VerifiedReceipt:
-        meta = provenance_fields(product, event, location, custodian_from, custodian_to,
-                                 quantity, documents)
-        payload = json.dumps(details or {}, sort_keys=True).encode()
-        return self._submit_fresh(lambda: self._core.build(RecordKind.PROVENANCE, product, event,
-                                                           meta, payload, readers))
-
-    def submit_patient(self, patient: str, record_type: str, payload: bytes, *,
-                       readers: Sequence[str] = ()) -> VerifiedReceipt:
-        return self._submit_fresh(lambda: self._core.build(RecordKind.PATIENT, patient,
-                                                           record_type, {}, payload, readers))
-
-    def _submit_fresh(self, build: Callable[[], m.Request]) -> VerifiedReceipt:
-        """Submit; if the nonce was stale (other instances of this identity moved ahead), take
-        a fresh nonce and submit once more. Safe: a stale request never executes."""
-        try:
-            return self.submit(build())
-        except SubmitError as exc:
-            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-        self._core.identity.nonces.skip()
-        return self.submit(build())
-
-    def submit(self, request: m.Request) -> VerifiedReceipt:
-        """Send to one validator after another until one returns a receipt that verifies."""
-        data = codec.encode_request(request)
-        errors: list[str] = []
-        deadline = time.monotonic() + self._timeout_s
-        for attempt in range(3):
-            for address in self._core.order():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wait_s = min(left, ATTEMPT_WAIT_S)
-                try:
-                    reply = self._stub(address).SubmitRecord(
-                        pb.SubmitRecordRequest(request=data, wait_ms=int(wait_s * 1000)),
-                        timeout=wait_s + 1)
-                    return self._core.verify(reply, request, address)
-                except grpc.RpcError as exc:
-                    done = self._core.after_rpc_error(exc, request, address, errors)
-                    if done is not None:
-                        return done
-                except SubmitError as exc:
-                    errors.append(str(exc))
-            time.sleep(0.2 * (attempt + 1))
-        raise self._core.gave_up(errors)
-
-    def _read(self, call: Callable[[pb_grpc.LedgerStub, str], Any],
-              address: str | None = None) -> tuple[Any, str]:
-        """Run a read at `address`, or at one validator after another until one answers
-        (NOT_FOUND from one may mean it is behind). Returns (reply, address)."""
-        last: Exception | None = None
-        not_found: grpc.RpcError | None = None
-        for addr in [address] if address else self._core.order():
-            try:
-                return call(self._stub(addr), addr), addr
-            except grpc.RpcError as exc:
-                if exc.code() in {grpc.StatusCode.INVALID_ARGUMENT,
-                                  grpc.StatusCode.UNAUTHENTICATED,
-                                  grpc.StatusCode.PERMISSION_DENIED}:
-                    raise SubmitError(f"{addr}: {exc.details()}", exc.code()) from exc
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    not_found = exc
-                last = exc
-        if not_found is not None:
-            raise SubmitError(str(not_found.details()), grpc.StatusCode.NOT_FOUND)
-        raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
-
-    def get_record_reply(self, record_id: str, *, access_id: str = "", min_height: int = 0,
-                         address: str | None = None) -> tuple[pb.RecordReply, str]:
-        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.RecordReply:
-            auth = self._core.read_auth("GetRecord", f"{record_id}/{access_id}")
-            out: pb.RecordReply = stub.GetRecord(
-                pb.GetRecordRequest(record_id=record_id, auth=auth, access_id=access_id,
-                                    min_height=min_height),
-                timeout=self._timeout_s)
-            return out
-        reply, addr = self._read(call, address)
-        assert isinstance(reply, pb.RecordReply)
-        return reply, addr
-
-    def get(self, record_id: str, *, decrypt: bool = False, purpose: str = "read",
-            address: str | None = None) -> RecordView:
-        """A record, verified against genesis; with decrypt, its payload. Reading a patient
-        record's key first commits an Access transaction (the ledger logs every such read)."""
-        reply, addr = self.get_record_reply(record_id, address=address)
-        access_id = ""
-        if decrypt and reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
-            access = self.access(record_id, purpose)
-            access_id = access.record_id
-            # The access (and any grant before it) is committed at access.height: read from a
-            # validator that has executed that far.
-            reply, addr = self.get_record_reply(record_id, access_id=access_id,
-                                                min_height=access.height, address=address)
-        if decrypt and reply.key_withheld and not access_id and address is None:
-            # A validator behind a recent grant says "not a reader": ask the others.
-            for other in self._core.order():
-                if other == addr:
-                    continue
-                try:
-                    again, _ = self.get_record_reply(record_id, address=other)
-                except SubmitError:
-                    continue
-                if not again.key_withheld:
-                    reply, addr = again, other
-                    break
-        view = self._core.record_view(reply, record_id, decrypt, addr)
-        return dataclasses.replace(view, access_id=access_id, screening=reply.screening)
-
-    def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
-        """Commit an Access: the ledger's log entry that lets this org fetch a patient record's
-        key (refused reads are logged too)."""
-        return self._submit_fresh(lambda: self._core.build_tx(
-            Access(record_id, purpose, int(time.time() * 1000))))
-
-    def grant(self, record_id: str, org: str, *, purpose: str = "grant") -> VerifiedReceipt:
-        """Let `org` read a record: unwrap this org's copy of the key, wrap it for `org`."""
-        reply, _ = self.get_record_reply(record_id)
-        if reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
-            access = self.access(record_id, purpose)
-            reply, _ = self.get_record_reply(record_id, access_id=access.record_id,
-                                             min_height=access.height)
-        key = self._core.record_key(reply)
-        try:
-            reader_key = self._core.org_key(org)
-        except Exception as exc:
-            raise SubmitError(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from exc
-        wrapped = envelope.wrap_key(key, reader_key)
-        return self._submit_fresh(lambda: self._core.build_tx(Grant(record_id, org, wrapped)))
-
-    def revoke(self, record_id: str, org: str) -> VerifiedReceipt:
-        return self._submit_fresh(lambda: self._core.build_tx(Revoke(record_id, org)))
-
-    def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
-        return self._submit_fresh(lambda: self._core.build_tx(
-            Erase(record_id, subject_id, reason)))
-
-    def review_vote(self, record_id: str, accept: bool) -> VerifiedReceipt:
-        """A validator's vote on a quarantined record (this identity must be a validator's)."""
-        return self._submit_fresh(lambda: self._core.build_tx(ReviewVote(record_id, accept)))
-
-    def verdict(self, record_id: str, decision: str, risk: float,
-                verdict_json: str) -> VerifiedReceipt:
-        """The admission service's advice on a record (this identity must be the service)."""
-        return self._submit_fresh(lambda: self._core.build_tx(
-            Verdict(record_id, decision, round(risk * 1000), verdict_json)))
-
-    def governance(self, tx: GovernanceTx) -> VerifiedReceipt:
-        """Submit a join request (as an applicant identity), a removal proposal or a member
-        vote (as a validator identity)."""
-        return self._submit_fresh(lambda: self._core.build_tx(tx))
-
-    def member_vote(self, proposal_id: str, approve: bool) -> VerifiedReceipt:
-        """This validator's vote on a membership proposal. An approval signs the validator-set
-        change with the validator key (the identity's signer), for the current epoch as the
-        validators report it; the ledger checks the signature against the real set, so a
-        validator that lied about it only gets the vote refused."""
-        members = self.list_members()
-        proposal = next((p for p in members.proposals if p.proposal_id == proposal_id), None)
-        if proposal is None:
-            raise SubmitError(f"no membership proposal {proposal_id}",
-                              grpc.StatusCode.NOT_FOUND)
-        approval = b""
-        if approve:
-            current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
-            new = changed_members(current, proposal.kind, proposal.replica_id,
-                                  proposal.validator_key)
-            approval = self._core.identity.signer.sign(m.reconfiguration_signing_bytes(
-                self._core.chain_id, members.epoch, new))
-        return self.governance(MemberVote(proposal_id, approve, members.epoch, approval))
-
-    def list_members(self, *, address: str | None = None) -> pb.MembersReply:
-        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.MembersReply:
-            auth = self._core.read_auth("ListMembers", "")
-            out: pb.MembersReply = stub.ListMembers(pb.ListMembersRequest(auth=auth),
-                                                    timeout=self._timeout_s)
-            return out
-        reply, _ = self._read(call, address)
-        assert isinstance(reply, pb.MembersReply)
-        return reply
-
-    def list_screening(self, screening: str, *, after_height: int = 0, limit: int = 1000,
-                       address: str | None = None) -> pb.ScreeningReply:
-        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.ScreeningReply:
-            auth = self._core.read_auth("ListScreening", f"{screening}/{after_height}")
-            out: pb.ScreeningReply = stub.ListScreening(
-                pb.ListScreeningRequest(screening=screening, after_height=after_height,
-                                        limit=limit, auth=auth), timeout=self._timeout_s)
-            return out
-        reply, _ = self._read(call, address)
-        assert isinstance(reply, pb.ScreeningReply)
-        return reply
-
-    def get_block(self, height: int, *, audit: bool = False,
-                  address: str | None = None) -> pb.Block:
-        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.Block:
-            auth = self._core.read_auth("GetBlock", str(height))
-            out: pb.Block = stub.GetBlock(
-                pb.GetBlockRequest(height=height, auth=auth, audit=audit),
-                timeout=self._timeout_s)
-            return out
-        reply, _ = self._read(call, address)
-        assert isinstance(reply, pb.Block)
-        return reply
-
-    def stream_blocks(self, from_height: int, to_height: int, *, audit: bool = False,
-                      address: str) -> Any:
-        """Blocks from_height..to_height from one validator, as they come (an iterator)."""
-        auth = self._core.read_auth("StreamBlocks", f"{from_height}-{to_height}")
-        return self._stub(address).StreamBlocks(
-            pb.StreamBlocksRequest(from_height=from_height, to_height=to_height, auth=auth,
-                                   audit=audit), timeout=max(self._timeout_s, 600))
-
-    def status(self, address: str) -> pb.StatusReply:
-        reply = self._stub(address).GetStatus(pb.GetStatusRequest(), timeout=self._timeout_s)
-        assert isinstance(reply, pb.StatusReply)
-        return reply
-
-    def list_subject(self, kind: str, subject_id: str, *,
-                     address: str | None = None) -> tuple[pb.SubjectReply, str]:
-        def call(stub: pb_grpc.LedgerStub, _addr: str) -> pb.SubjectReply:
-            auth = self._core.read_auth("ListSubject", f"{kind}/{subject_id}")
-            out: pb.SubjectReply = stub.ListSubject(
-                pb.ListSubjectRequest(kind=kind, subject_id=subject_id, auth=auth),
-                timeout=self._timeout_s)
-            return out
-        reply, addr = self._read(call, address)
-        assert isinstance(reply, pb.SubjectReply)
-        return reply, addr
-
-    @property
-    def core(self) -> _Core:
-        return self._core
+STREAM_ENVELOPES_IN_FLIGHT = 16
+"""Envelopes one `submit_many` keeps in flight on its stream."""
 
 
 class AsyncConsortiumClient:
-    """asyncio client: the same operations, awaitable."""
+    """The asyncio client."""
 
     def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
-                 timeout_s: float = 30.0) -> None:
-        self._core = _Core(genesis, identity, ca_cert, fetch_inline=False)
+                 timeout_s: float = 30.0, envelope_items_max: int = ENVELOPE_ITEMS_MAX) -> None:
+        self.core = ClientCore(genesis, identity, ca_cert)
         self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-
-    async def _verify(self, reply: pb.Receipt, request: m.Request,
-                      address: str) -> VerifiedReceipt:
-        """Verify a receipt; the first one from a new epoch fetches (in a thread, off the event
-        loop) and verifies that epoch's history first."""
-        try:
-            return self._core.verify(reply, request, address)
-        except UnknownEpoch as exc:
-            await asyncio.to_thread(self._core.fetch_epoch, exc.epoch, address)
-            return self._core.verify(reply, request, address)
+        self._coalescer = _Coalescer(self, envelope_items_max)
+        self._nonce_lock = asyncio.Lock()
 
     @classmethod
     def from_dir(cls, directory: Path, org: str, **kw: Any) -> AsyncConsortiumClient:
@@ -770,121 +101,726 @@ class AsyncConsortiumClient:
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> AsyncConsortiumClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def _stub(self, address: str) -> pb_grpc.LedgerStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.secure_channel(address, self._creds)
+            ch = grpc.aio.secure_channel(address, self._creds, options=[
+                ("grpc.max_receive_message_length", 64 << 20)])
             self._channels[address] = ch
         return pb_grpc.LedgerStub(ch)
 
-    def build_provenance(self, product: str, event: str, **kw: Any) -> m.Request:
-        """Build and sign (no I/O once the readers' keys are known: genesis organisations, or
-        ones an earlier `submit_provenance` looked up)."""
-        details = kw.pop("details", None)
-        readers = kw.pop("readers", ())
-        meta = provenance_fields(product, event, kw.get("location"), kw.get("custodian_from"),
-                                 kw.get("custodian_to"), kw.get("quantity"),
-                                 kw.get("documents", ()))
+    # ------------------------------------------------------------------------- building
+
+    async def ensure_readers(self, readers: Sequence[str]) -> None:
+        """Learn the encryption keys of readers admitted after genesis (from their verified
+        join requests on the ledger)."""
+        for org in self.core.unknown_orgs(readers):
+            self.core.org_keys[org] = await self._admitted_org_key(org)
+
+    def provenance_item(self, product: str, event: str, *, location: str | None = None,
+                        custodian_from: str | None = None, custodian_to: str | None = None,
+                        quantity: int | None = None, documents: Sequence[str] = (),
+                        details: dict[str, Any] | None = None, readers: Sequence[str] = (),
+                        also: Sequence[str] = (), document: bytes = b"") -> bytes:
+        """One sealed provenance record (no I/O once the readers' keys are known)."""
+        meta = provenance_fields(location, custodian_from, custodian_to, quantity, documents)
         payload = json.dumps(details or {}, sort_keys=True).encode()
-        return self._core.build(RecordKind.PROVENANCE, product, event, meta, payload, readers)
+        return self.core.record_item(RecordKind.PROVENANCE, product, event, meta, payload,
+                                     readers, also=also, document=document)
+
+    def patient_item(self, patient: str, record_type: str, payload: bytes, *,
+                     readers: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
+        return self.core.record_item(RecordKind.PATIENT, patient, record_type, metadata or {},
+                                     payload, readers)
+
+    async def sign(self, items: Sequence[bytes]) -> Signed:
+        """One envelope request (nonces are reserved from a file: do it off the loop)."""
+        async with self._nonce_lock:
+            return await asyncio.to_thread(self.core.sign, items)
+
+    # ------------------------------------------------------------------------ submitting
 
     async def submit_provenance(self, product: str, event: str, **kw: Any) -> VerifiedReceipt:
-        # Readers admitted after genesis: their keys are fetched once, off the event loop.
-        if self._core.unknown_orgs(kw.get("readers", ())):
-            await asyncio.to_thread(self._core.readers_keys, kw.get("readers", ()))
-        try:
-            return await self.submit(self.build_provenance(product, event, **kw))
-        except SubmitError as exc:  # stale nonce: see ConsortiumClient._submit_fresh
-            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-        self._core.identity.nonces.skip()
-        return await self.submit(self.build_provenance(product, event, **kw))
+        await self.ensure_readers(kw.get("readers", ()))
+        return await self.submit_item(self.provenance_item(product, event, **kw))
 
-    async def submit(self, request: m.Request) -> VerifiedReceipt:
-        data = codec.encode_request(request)
+    async def submit_patient(self, patient: str, record_type: str, payload: bytes, *,
+                             readers: Sequence[str] = (),
+                             metadata: dict[str, str] | None = None) -> VerifiedReceipt:
+        await self.ensure_readers(readers)
+        return await self.submit_item(self.patient_item(patient, record_type, payload,
+                                                        readers=readers, metadata=metadata))
+
+    async def submit_item(self, item: bytes) -> VerifiedReceipt:
+        """Submit one item; concurrent calls share envelopes (see the module docstring)."""
+        return await self._coalescer.add(item)
+
+    async def submit_tx(self, tx: RecordTx | GovernanceTx) -> VerifiedReceipt:
+        return (await self.submit_items([self.core.tx_item(tx)]))[0]
+
+    async def submit_items(self, items: Sequence[bytes]) -> list[VerifiedReceipt]:
+        """Submit items in one envelope (one signature), re-signing once with a fresh nonce if
+        the first one turned out stale (other instances of this identity moved ahead)."""
+        signed = await self.sign(items)
+        try:
+            return await self.submit_signed(signed)
+        except SubmitError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION or "nonce" not in str(exc):
+                raise
+        self.core.identity.nonces.skip()
+        return await self.submit_signed(await self.sign(items))
+
+    async def submit_signed(self, signed: Signed, *, retry: bool = False) -> list[VerifiedReceipt]:
+        """Send one signed request until a validator returns an answer that verifies: to the
+        primary first; after a timeout, as a retry to the others (any validator then takes it
+        in, relays it and times the primary). `retry`: it was sent before and not answered
+        (start with the others)."""
+        data = codec.encode_request(signed.request)
         errors: list[str] = []
         deadline = time.monotonic() + self._timeout_s
-        for attempt in range(3):
-            for address in self._core.order():
+        for attempt in range(6):
+            redirected = False
+            for address in self.core.order(retry=retry):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 wait_s = min(left, ATTEMPT_WAIT_S)
                 try:
                     reply = await self._stub(address).SubmitRecord(
-                        pb.SubmitRecordRequest(request=data, wait_ms=int(wait_s * 1000)),
-                        timeout=wait_s + 1)
-                    return await self._verify(reply, request, address)
+                        pb.SubmitRecordRequest(request=data, wait_ms=int(wait_s * 1000),
+                                               retry=retry), timeout=wait_s + 1)
+                    return await self._receipts(reply, signed, address)
                 except grpc.aio.AioRpcError as exc:
-                    done = self._core.after_rpc_error(exc, request, address, errors)
-                    if done is not None:
-                        return done
+                    outcome = await self._after_error(exc, signed, address, errors)
+                    if isinstance(outcome, list):
+                        return outcome
+                    if outcome == "redirect":
+                        redirected = True
+                        break
+                    retry = True
                 except SubmitError as exc:
                     errors.append(str(exc))
-            await asyncio.sleep(0.2 * (attempt + 1))
-        raise self._core.gave_up(errors)
+                    retry = True
+            if not redirected:
+                await asyncio.sleep(0.1 * (attempt + 1))
+            if time.monotonic() >= deadline:
+                break
+        raise SubmitError("no validator committed the request: " + "; ".join(errors[-4:]),
+                          grpc.StatusCode.UNAVAILABLE)
 
+    async def _receipts(self, reply: pb.BlockReceipts, signed: Signed,
+                        address: str) -> list[VerifiedReceipt]:
+        results = await self._block_results(reply, {signed.request.key: signed}, address)
+        result = results.get(signed.request.key)
+        if result is None:
+            raise SubmitError(f"validator {address} answered for another request")
+        if isinstance(result, SubmitError):
+            raise result
+        return result
 
-    async def submit_stream(self, requests: Sequence[m.Request], *,
-                            address: str | None = None,
-                            wait_s: float = ATTEMPT_WAIT_S) -> AsyncIterator[
-                                tuple[m.Request, VerifiedReceipt | SubmitError]]:
-        """Submit many requests on one stream to one validator, yielding each with its verified
-        receipt (or its error) as it commits. Requests the stream could not settle (the
-        validator failed, timed out, or answered a retryable error) are retried one by one
-        through `submit`, which moves between validators. Every receipt is verified."""
-        by_id = {r.digest.hex(): r for r in requests}
-        settled: set[str] = set()
-        addr = address or self._core.order()[0]
+    async def _block_results(self, reply: pb.BlockReceipts, mine: dict[tuple[str, int], Signed],
+                             address: str) -> dict[tuple[str, int],
+                                                   list[VerifiedReceipt] | SubmitError]:
+        """Verify a block's answer; the first one from a new epoch fetches (and verifies from
+        genesis) that epoch's history first."""
+        try:
+            return self.core.block_results(reply, mine, address)
+        except UnknownEpoch:
+            await self.refresh_epochs(address)
+            return self.core.block_results(reply, mine, address)
+
+    async def _after_error(self, exc: grpc.aio.AioRpcError, signed: Signed, address: str,
+                           errors: list[str]) -> list[VerifiedReceipt] | str:
+        """What a failed SubmitRecord means: the original receipts (it committed before), a
+        redirect to the primary, "retry" elsewhere, or a final error (raised)."""
+        code = exc.code()
+        trailers = exc.trailing_metadata()
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            original = self.core.original_of(trailers)
+            if original is not None:
+                try:  # trust nothing one validator says: a bad answer means "ask another"
+                    return await self._receipts(original, signed, address)
+                except SubmitError as bad:
+                    errors.append(f"{address}: {bad}")
+                    return "retry"
+            errors.append(f"{address}: ALREADY_EXISTS without receipts")
+            return "retry"
+        primary = self.core.primary_of(trailers)
+        if primary is not None:
+            self.core.redirected(primary)
+            return "redirect"
+        if code not in RETRYABLE:
+            raise SubmitError(f"{address}: {exc.details()}", code) from exc
+        errors.append(f"{address}: {code.name} {exc.details()}")
+        return "retry"
+
+    async def submit_many(self, items: Sequence[bytes], *,
+                          envelope_items: int = ENVELOPE_ITEMS_MAX,
+                          on_progress: Callable[[int], None] | None = None
+                          ) -> list[VerifiedReceipt | SubmitError]:
+        """Submit many items: envelopes of up to `envelope_items`, streamed to the primary; one
+        result per item, in order (a receipt, or the error of its envelope)."""
+        chunks = self.core.envelopes(items, envelope_items)
+        signed = [await self.sign(c) for c in chunks]
+        results: list[VerifiedReceipt | SubmitError] = []
+        by_key: dict[tuple[str, int], list[VerifiedReceipt] | SubmitError] = {}
+        async for s, outcome in self.submit_stream(signed):
+            by_key[s.request.key] = outcome
+            if on_progress is not None:
+                on_progress(len(s.items))
+        for s in signed:
+            outcome = by_key.get(s.request.key, SubmitError("not answered"))
+            results.extend(outcome if isinstance(outcome, list) else [outcome] * len(s.items))
+        return results
+
+    async def submit_stream(self, signed: Sequence[Signed], *, wait_s: float = ATTEMPT_WAIT_S,
+                            in_flight: int = STREAM_ENVELOPES_IN_FLIGHT,
+                            on_sent: Callable[[Signed], None] | None = None
+                            ) -> AsyncIterator[tuple[Signed, list[VerifiedReceipt] | SubmitError]]:
+        """Submit signed requests on one stream to the primary, yielding each with its verified
+        receipts (or its error) as blocks commit them; at most `in_flight` unanswered at once.
+        Requests the stream could not settle (a retryable error, the stream broke) are
+        retried one by one through `submit_signed`, which moves between validators.
+        `on_sent(signed)` is called as each request goes out (when it gets room)."""
+        mine = {s.request.key: s for s in signed}
+        settled: set[tuple[str, int]] = set()
+        address = self.core.order()[0]
+        room = asyncio.Semaphore(in_flight)
 
         async def outgoing() -> AsyncIterator[pb.SubmitRecordRequest]:
-            for r in requests:
-                yield pb.SubmitRecordRequest(request=codec.encode_request(r),
+            for s in signed:
+                await room.acquire()
+                if on_sent is not None:
+                    on_sent(s)
+                yield pb.SubmitRecordRequest(request=codec.encode_request(s.request),
                                              wait_ms=int(wait_s * 1000))
 
-        call = self._stub(addr).SubmitStream(outgoing(),
-                                             timeout=wait_s + 5 + len(requests) / 100)
-        retry: list[m.Request] = []
+        retry: list[Signed] = []
+        call = self._stub(address).SubmitStream(outgoing())
         try:
-            async for reply in call:
-                request = by_id.get(reply.record_id)
-                if request is None or reply.record_id in settled:
-                    continue  # not ours, or answered twice: ignore what we did not ask
-                code = grpc.StatusCode.OK
-                for c in grpc.StatusCode:
-                    if c.value[0] == reply.code:
-                        code = c
-                if reply.code == 0 or code == grpc.StatusCode.ALREADY_EXISTS:
+            while len(settled) < len(mine):
+                try:
+                    reply = await asyncio.wait_for(call.read(), wait_s)
+                except TimeoutError:
+                    break  # the primary is silent or slow: the rest go to the others
+                if reply is grpc.aio.EOF:
+                    break
+                if reply.HasField("receipts"):
                     try:
-                        result: VerifiedReceipt | SubmitError = await self._verify(
-                            reply.receipt, request, addr)
+                        results = await self._block_results(reply.receipts, mine, address)
                     except SubmitError:
-                        retry.append(request)
-                        settled.add(reply.record_id)
+                        continue  # an answer that does not verify settles nothing
+                    for key, result in results.items():
+                        if key in settled:
+                            continue
+                        settled.add(key)
+                        room.release()
+                        if isinstance(result, SubmitError) and result.code in RETRYABLE:
+                            retry.append(mine[key])
+                        else:
+                            yield mine[key], result
+                elif reply.HasField("error"):
+                    e = reply.error
+                    key = (e.client_id, e.nonce)
+                    if key not in mine or key in settled:
                         continue
-                elif code in RETRYABLE:
-                    retry.append(request)
-                    settled.add(reply.record_id)
-                    continue
-                else:
-                    result = SubmitError(f"{addr}: {reply.error}", code)
-                settled.add(reply.record_id)
-                yield request, result
+                    settled.add(key)
+                    room.release()
+                    code = status_code(e.code)
+                    if e.redirect:
+                        self.core.redirected(e.primary)
+                        retry.append(mine[key])
+                    elif code == grpc.StatusCode.ALREADY_EXISTS and e.HasField("original"):
+                        try:
+                            yield mine[key], await self._receipts(e.original, mine[key], address)
+                        except SubmitError:
+                            retry.append(mine[key])
+                    elif code in RETRYABLE:
+                        retry.append(mine[key])
+                    else:
+                        yield mine[key], SubmitError(f"{address}: {e.message}", code)
         except grpc.aio.AioRpcError:
             pass  # whatever is unsettled is retried below
-        retry.extend(r for rid, r in by_id.items() if rid not in settled)
-        for r in retry:
+        finally:
+            call.cancel()
+        unanswered = [s for key, s in mine.items() if key not in settled]
+        async for done in self._resubmit([(s, False) for s in retry]
+                                         + [(s, True) for s in unanswered]):
+            yield done
+
+    async def _resubmit(self, pending: list[tuple[Signed, bool]]
+                        ) -> AsyncIterator[tuple[Signed, list[VerifiedReceipt] | SubmitError]]:
+        """Requests a stream could not settle, each through `submit_signed` (several at once);
+        those never answered go out as retries (the primary may be the problem)."""
+        room = asyncio.Semaphore(STREAM_ENVELOPES_IN_FLIGHT)
+
+        async def one(s: Signed, retry: bool) -> tuple[Signed,
+                                                       list[VerifiedReceipt] | SubmitError]:
+            async with room:
+                try:
+                    return s, await self.submit_signed(s, retry=retry)
+                except SubmitError as exc:
+                    return s, exc
+        for task in asyncio.as_completed([one(s, r) for s, r in pending]):
+            yield await task
+
+    # ---------------------------------------------------------------------------- reading
+
+    async def _read(self, call: Callable[[pb_grpc.LedgerStub], Awaitable[T]],
+                    address: str | None = None) -> tuple[T, str]:
+        """Run a read at `address`, or at one validator after another until one answers
+        (NOT_FOUND from one may mean it is behind). Returns (reply, address)."""
+        last: Exception | None = None
+        not_found: grpc.aio.AioRpcError | None = None
+        order = [address] if address else random.sample(
+            list(self.core.validators.values()), len(self.core.validators))
+        for addr in order:
             try:
-                yield r, await self.submit(r)
+                return await call(self._stub(addr)), addr
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in {grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.FAILED_PRECONDITION}:
+                    raise SubmitError(f"{addr}: {exc.details()}", exc.code()) from exc
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    not_found = exc
+                last = exc
+        if not_found is not None:
+            raise SubmitError(str(not_found.details()), grpc.StatusCode.NOT_FOUND)
+        raise SubmitError(f"no validator answered: {last}", grpc.StatusCode.UNAVAILABLE)
+
+    async def epoch_history(self, address: str) -> bytes:
+        """The epoch history of the validator at `address` exactly as it sends it (GetEpochs),
+        unverified: a bundle carries these bytes so that it can be verified again offline.
+        Raises grpc.RpcError as `status` does."""
+        reply: pb.EpochsReply = await self._stub(address).GetEpochs(
+            pb.GetEpochsRequest(), timeout=self._timeout_s)
+        return bytes(reply.epochs)
+
+    async def refresh_epochs(self, address: str | None = None) -> None:
+        """Fetch the epoch history and verify it from genesis (a block from a new epoch)."""
+        reply, addr = await self._read(
+            lambda stub: stub.GetEpochs(pb.GetEpochsRequest(), timeout=self._timeout_s),
+            address)
+        self.core.learn_epochs(reply.epochs, addr)
+        members, _ = await self._read(lambda stub: stub.ListMembers(
+            pb.ListMembersRequest(auth=self.core.read_auth("ListMembers", "")),
+            timeout=self._timeout_s), address)
+        for v in members.validators:
+            if v.client_address:
+                self.core.validators.setdefault(v.replica_id, v.client_address)
+        self.core.keep_current_validators()
+
+    async def verify_receipt(self, reply: pb.Receipt, record_id: str, address: str) -> Receipt:
+        try:
+            return self.core.verify_receipt_of(reply, record_id, address)
+        except UnknownEpoch:
+            await self.refresh_epochs(address)
+            return self.core.verify_receipt_of(reply, record_id, address)
+
+    async def _admitted_org_key(self, org: str) -> bytes:
+        """An organisation admitted after genesis: its encryption key from its join request,
+        whose inclusion and commit certificate we verify (the key is the applicant's own signed
+        words; that the request was approved is the answering validator's word, and the ledger
+        refuses a record naming a reader that is not a member)."""
+        errors = []
+        for address in list(self.core.validators.values()):
+            try:
+                members, _ = await self._read(lambda stub: stub.ListMembers(
+                    pb.ListMembersRequest(auth=self.core.read_auth("ListMembers", "")),
+                    timeout=self._timeout_s), address)
+                found = next((p for p in members.proposals if p.kind == "join"
+                              and p.org == org and p.status == "approved"), None)
+                if found is None:
+                    errors.append(f"{address}: not a member")
+                    continue
+                pid = found.proposal_id
+                reply, _ = await self._read(functools.partial(self._get_receipt, pid), address)
+                receipt = await self.verify_receipt(reply, pid, address)
+                return self.core.join_request_key(receipt, org)
             except SubmitError as exc:
-                yield r, exc
+                errors.append(f"{address}: {exc}")
+        raise SubmitError(f"organisation {org!r} is neither in the genesis file nor an "
+                          f"admitted member ({'; '.join(errors[-2:])})",
+                          grpc.StatusCode.INVALID_ARGUMENT)
+
+    def _get_receipt(self, record_id: str, stub: pb_grpc.LedgerStub) -> Any:
+        return stub.GetReceipt(pb.GetRecordRequest(
+            record_id=record_id, auth=self.core.read_auth("GetReceipt", record_id)),
+            timeout=self._timeout_s)
+
+    async def get_receipt(self, record_id: str, *,
+                          address: str | None = None) -> tuple[Receipt, str]:
+        """A record's receipt, verified against genesis."""
+        reply, addr = await self._read(functools.partial(self._get_receipt, record_id), address)
+        return await self.verify_receipt(reply, record_id, addr), addr
+
+    async def get_record_reply(self, record_id: str, *, access_id: str = "",
+                               min_height: int = 0,
+                               address: str | None = None) -> tuple[pb.RecordReply, str]:
+        return await self._read(lambda stub: stub.GetRecord(pb.GetRecordRequest(
+            record_id=record_id, access_id=access_id, min_height=min_height,
+            auth=self.core.read_auth("GetRecord", f"{record_id}/{access_id}")),
+            timeout=self._timeout_s), address)
+
+    async def get(self, record_id: str, *, decrypt: bool = False, purpose: str = "read",
+                  address: str | None = None, min_height: int = 0) -> RecordView:
+        """A record, verified against genesis; with decrypt, its payload. Reading a patient
+        record's key first commits an Access transaction (the ledger logs every such read).
+        Answered by a validator that has executed at least `min_height` and every block this
+        client has a receipt from (read-your-writes)."""
+        reply, addr = await self.get_record_reply(
+            record_id, min_height=max(min_height, self.core.seen_height), address=address)
+        access_id = ""
+        if decrypt and reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
+            access = await self.access(record_id, purpose)
+            access_id = access.record_id
+            # The access (and any grant before it) is committed at access.height: read from a
+            # validator that has executed that far.
+            reply, addr = await self.get_record_reply(record_id, access_id=access_id,
+                                                      min_height=access.height, address=address)
+        if decrypt and reply.key_withheld and not access_id and address is None:
+            # A validator behind a recent grant says "not a reader": ask the others.
+            for other in self.core.validators.values():
+                if other == addr:
+                    continue
+                try:
+                    again, _ = await self.get_record_reply(record_id, address=other)
+                except SubmitError:
+                    continue
+                if not again.key_withheld:
+                    reply, addr = again, other
+                    break
+        try:
+            view = self.core.record_view(reply, record_id, decrypt, addr)
+        except UnknownEpoch:
+            await self.refresh_epochs(addr)
+            view = self.core.record_view(reply, record_id, decrypt, addr)
+        return replace(view, access_id=access_id, screening=reply.screening)
+
+    async def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
+        """Commit an Access: the ledger's log entry that lets this org fetch a patient record's
+        key (refused reads are logged too)."""
+        return await self.submit_tx(Access(record_id, purpose, int(time.time() * 1000)))
+
+    async def grant(self, record_id: str, org: str, *, purpose: str = "grant") -> VerifiedReceipt:
+        """Let `org` read a record: unwrap this org's copy of the key, wrap it for `org`."""
+        reply, _ = await self.get_record_reply(record_id)
+        if reply.kind == RecordKind.PATIENT.value and not reply.HasField("erasure"):
+            access = await self.access(record_id, purpose)
+            reply, _ = await self.get_record_reply(record_id, access_id=access.record_id,
+                                                   min_height=access.height)
+        key = self.core.record_key(reply)
+        await self.ensure_readers([org])
+        wrapped = envelope.wrap_key(key, self.core.org_keys[org])
+        return await self.submit_tx(Grant(record_id, org, wrapped))
+
+    async def revoke(self, record_id: str, org: str) -> VerifiedReceipt:
+        return await self.submit_tx(Revoke(record_id, org))
+
+    async def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
+        return await self.submit_tx(Erase(record_id, subject_id, reason))
+
+    async def review_vote(self, record_id: str, accept: bool) -> VerifiedReceipt:
+        """A validator's vote on a quarantined record (this identity must be a validator's)."""
+        return await self.submit_tx(ReviewVote(record_id, accept))
+
+    async def verdict(self, record_id: str, decision: str, risk: float,
+                      verdict_json: str) -> VerifiedReceipt:
+        """The admission service's advice on a record (this identity must be the service)."""
+        return await self.submit_tx(Verdict(record_id, decision, round(risk * 1000),
+                                            verdict_json))
+
+    async def governance(self, tx: GovernanceTx) -> VerifiedReceipt:
+        """Submit a join request (as an applicant identity), a removal proposal or a member
+        vote (as a validator identity)."""
+        return await self.submit_tx(tx)
+
+    async def member_vote(self, proposal_id: str, approve: bool) -> VerifiedReceipt:
+        """This validator's vote on a membership proposal. An approval signs the validator-set
+        change with the validator key (the identity's signer), for the current epoch as the
+        validators report it; the ledger checks the signature against the real set, so a
+        validator that lied about it only gets the vote refused."""
+        members = await self.list_members()
+        proposal = next((p for p in members.proposals if p.proposal_id == proposal_id), None)
+        if proposal is None:
+            raise SubmitError(f"no membership proposal {proposal_id}",
+                              grpc.StatusCode.NOT_FOUND)
+        approval = b""
+        if approve:
+            current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
+            new = changed_members(current, proposal.kind, proposal.replica_id,
+                                  proposal.validator_key)
+            approval = self.core.identity.signer.sign(m.reconfiguration_signing_bytes(
+                self.core.chain_id, members.epoch, new))
+        return await self.governance(MemberVote(proposal_id, approve, members.epoch, approval))
+
+    async def list_members(self, *, address: str | None = None) -> pb.MembersReply:
+        reply: pb.MembersReply
+        reply, _ = await self._read(lambda stub: stub.ListMembers(
+            pb.ListMembersRequest(auth=self.core.read_auth("ListMembers", "")),
+            timeout=self._timeout_s), address)
+        return reply
+
+    async def list_screening(self, screening: str, *, limit: int = 1000,
+                             address: str | None = None) -> pb.ScreeningReply:
+        """Up to `limit` records in one screening status, oldest first, page after page from
+        one validator (`more` is set when records beyond `limit` remain)."""
+        out = pb.ScreeningReply()
+        request = pb.ListScreeningRequest(screening=screening, after_index=-1)
+        addr = address
+        while True:
+            request.limit = limit - len(out.records)
+            request.auth.CopyFrom(self.core.read_auth(
+                "ListScreening", f"{screening}/{request.after_height}"))
+            page = pb.ListScreeningRequest()
+            page.CopyFrom(request)
+            reply: pb.ScreeningReply
+            reply, addr = await self._read(functools.partial(self._list_screening_page, page),
+                                           addr)
+            out.quorum = reply.quorum
+            out.records.extend(reply.records)
+            out.more = reply.more
+            if not reply.more or len(out.records) >= limit:
+                return out
+            request.after_height, request.after_index = reply.next_height, reply.next_index
+
+    async def get_block(self, height: int, *, audit: bool = False,
+                        address: str | None = None) -> pb.Block:
+        reply: pb.Block
+        reply, _ = await self._read(lambda stub: stub.GetBlock(pb.GetBlockRequest(
+            height=height, audit=audit, auth=self.core.read_auth("GetBlock", str(height))),
+            timeout=self._timeout_s), address)
+        return reply
+
+    async def stream_blocks(self, from_height: int, to_height: int, *, audit: bool = False,
+                            address: str) -> AsyncIterator[pb.Block]:
+        """Blocks from_height..to_height from one validator, as they come."""
+        auth = self.core.read_auth("StreamBlocks", f"{from_height}-{to_height}")
+        call = self._stub(address).StreamBlocks(pb.StreamBlocksRequest(
+            from_height=from_height, to_height=to_height, auth=auth, audit=audit),
+            timeout=max(self._timeout_s, 600))
+        async for block in call:
+            yield block
+
+    async def status(self, address: str) -> pb.StatusReply:
+        reply: pb.StatusReply = await self._stub(address).GetStatus(pb.GetStatusRequest(),
+                                                                    timeout=self._timeout_s)
+        return reply
+
+    def _list_screening_page(self, page: pb.ListScreeningRequest,
+                             stub: pb_grpc.LedgerStub) -> Any:
+        return stub.ListScreening(page, timeout=self._timeout_s)
+
+    def _list_subject_page(self, page: pb.ListSubjectRequest, stub: pb_grpc.LedgerStub) -> Any:
+        return stub.ListSubject(page, timeout=self._timeout_s)
+
+    async def list_subject(self, kind: str, subject_id: str, *, address: str | None = None,
+                           page_size: int = 0) -> tuple[list[pb.SubjectEntry], str]:
+        """Every entry of a subject's history, page after page from one validator."""
+        entries: list[pb.SubjectEntry] = []
+        request = pb.ListSubjectRequest(kind=kind, subject_id=subject_id, after_index=-1,
+                                        limit=page_size)
+        addr = address
+        while True:
+            request.auth.CopyFrom(self.core.read_auth("ListSubject", f"{kind}/{subject_id}"))
+            page = pb.ListSubjectRequest()
+            page.CopyFrom(request)
+            reply, addr = await self._read(functools.partial(self._list_subject_page, page),
+                                           addr)
+            entries.extend(reply.entries)
+            if not reply.more:
+                return entries, addr
+            request.after_height, request.after_index = reply.next_height, reply.next_index
 
 
-def _receipt_from_trailers(trailers: Any) -> pb.Receipt | None:
-    for key, value in trailers or ():
-        if key == "receipt-bin":
-            reply = pb.Receipt()
-            reply.ParseFromString(value)
-            return reply
-    return None
+class _Coalescer:
+    """Concurrent `submit_item` calls share envelopes: the first goes at once; while envelopes
+    are in flight, later items wait for the next one (at most `items_max` per envelope)."""
+
+    IN_FLIGHT_MAX = 4
+
+    def __init__(self, client: AsyncConsortiumClient, items_max: int) -> None:
+        self._client = client
+        self._items_max = items_max
+        self._waiting: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]] = []
+        self._in_flight = 0
+
+    async def add(self, item: bytes) -> VerifiedReceipt:
+        fut: asyncio.Future[VerifiedReceipt] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, fut))
+        self._pump()
+        return await fut
+
+    def _pump(self) -> None:
+        # Nagle: send when nothing is in flight, or when a full envelope is waiting.
+        while self._waiting and self._in_flight < self.IN_FLIGHT_MAX and (
+                self._in_flight == 0 or len(self._waiting) >= self._items_max):
+            batch = self._waiting[: self._items_max]
+            del self._waiting[: len(batch)]
+            self._in_flight += 1
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]]) -> None:
+        try:
+            receipts = await self._client.submit_items([item for item, _ in batch])
+            for (_, fut), receipt in zip(batch, receipts, strict=True):
+                if not fut.done():
+                    fut.set_result(receipt)
+        except BaseException as exc:  # every waiting caller hears of it
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else
+                                      SubmitError(repr(exc)))
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+
+class ConsortiumClient:
+    """The blocking client: the asyncio client's code, on a private event loop in a background
+    thread (so many threads share its channels and its envelopes)."""
+
+    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
+                 timeout_s: float = 30.0, envelope_items_max: int = ENVELOPE_ITEMS_MAX) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="consortium-client")
+        self._thread.start()
+
+        async def make() -> AsyncConsortiumClient:
+            return AsyncConsortiumClient(genesis, identity, ca_cert, timeout_s=timeout_s,
+                                         envelope_items_max=envelope_items_max)
+        self.aio = self._run(make())
+        self.core = self.aio.core
+
+    @classmethod
+    def from_dir(cls, directory: Path, org: str, **kw: Any) -> ConsortiumClient:
+        return cls(Genesis.load(directory / "genesis.json"), Identity.from_dir(directory, org),
+                   (directory / "ca" / "ca.crt").read_bytes(), **kw)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            self._run(self.aio.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> ConsortiumClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit_provenance(self, product: str, event: str, **kw: Any) -> VerifiedReceipt:
+        return self._run(self.aio.submit_provenance(product, event, **kw))
+
+    def submit_patient(self, patient: str, record_type: str, payload: bytes, *,
+                       readers: Sequence[str] = (),
+                       metadata: dict[str, str] | None = None) -> VerifiedReceipt:
+        return self._run(self.aio.submit_patient(patient, record_type, payload, readers=readers,
+                                                 metadata=metadata))
+
+    def submit_item(self, item: bytes) -> VerifiedReceipt:
+        return self._run(self.aio.submit_item(item))
+
+    def submit_tx(self, tx: RecordTx | GovernanceTx) -> VerifiedReceipt:
+        return self._run(self.aio.submit_tx(tx))
+
+    def epoch_history(self, address: str) -> bytes:
+        return self._run(self.aio.epoch_history(address))
+
+    def submit_items(self, items: Sequence[bytes]) -> list[VerifiedReceipt]:
+        return self._run(self.aio.submit_items(items))
+
+    def submit_many(self, items: Sequence[bytes], **kw: Any) -> list[VerifiedReceipt | SubmitError]:
+        return self._run(self.aio.submit_many(items, **kw))
+
+    def submit_signed(self, signed: Signed, *, retry: bool = False) -> list[VerifiedReceipt]:
+        return self._run(self.aio.submit_signed(signed, retry=retry))
+
+    def ensure_readers(self, readers: Sequence[str]) -> None:
+        self._run(self.aio.ensure_readers(readers))
+
+    def get(self, record_id: str, **kw: Any) -> RecordView:
+        return self._run(self.aio.get(record_id, **kw))
+
+    def get_receipt(self, record_id: str, **kw: Any) -> tuple[Receipt, str]:
+        return self._run(self.aio.get_receipt(record_id, **kw))
+
+    def get_record_reply(self, record_id: str, **kw: Any) -> tuple[pb.RecordReply, str]:
+        return self._run(self.aio.get_record_reply(record_id, **kw))
+
+    def verify_receipt(self, reply: pb.Receipt, record_id: str, address: str) -> Receipt:
+        return self._run(self.aio.verify_receipt(reply, record_id, address))
+
+    def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
+        return self._run(self.aio.access(record_id, purpose))
+
+    def grant(self, record_id: str, org: str, **kw: Any) -> VerifiedReceipt:
+        return self._run(self.aio.grant(record_id, org, **kw))
+
+    def revoke(self, record_id: str, org: str) -> VerifiedReceipt:
+        return self._run(self.aio.revoke(record_id, org))
+
+    def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
+        return self._run(self.aio.erase(record_id, subject_id, reason))
+
+    def review_vote(self, record_id: str, accept: bool) -> VerifiedReceipt:
+        return self._run(self.aio.review_vote(record_id, accept))
+
+    def verdict(self, record_id: str, decision: str, risk: float,
+                verdict_json: str) -> VerifiedReceipt:
+        return self._run(self.aio.verdict(record_id, decision, risk, verdict_json))
+
+    def governance(self, tx: GovernanceTx) -> VerifiedReceipt:
+        return self._run(self.aio.governance(tx))
+
+    def member_vote(self, proposal_id: str, approve: bool) -> VerifiedReceipt:
+        return self._run(self.aio.member_vote(proposal_id, approve))
+
+    def list_members(self, **kw: Any) -> pb.MembersReply:
+        return self._run(self.aio.list_members(**kw))
+
+    def list_screening(self, screening: str, **kw: Any) -> pb.ScreeningReply:
+        return self._run(self.aio.list_screening(screening, **kw))
+
+    def get_block(self, height: int, **kw: Any) -> pb.Block:
+        return self._run(self.aio.get_block(height, **kw))
+
+    def stream_blocks(self, from_height: int, to_height: int, *, audit: bool = False,
+                      address: str) -> Iterator[pb.Block]:
+        """Blocks from one validator, as they come (a blocking iterator)."""
+        agen = self.aio.stream_blocks(from_height, to_height, audit=audit, address=address)
+
+        async def next_block() -> pb.Block:
+            return await agen.__anext__()
+        while True:
+            try:
+                yield self._run(next_block())
+            except StopAsyncIteration:
+                return
+
+    def status(self, address: str) -> pb.StatusReply:
+        return self._run(self.aio.status(address))
+
+    def list_subject(self, kind: str, subject_id: str,
+                     **kw: Any) -> tuple[list[pb.SubjectEntry], str]:
+        return self._run(self.aio.list_subject(kind, subject_id, **kw))
+
+    def refresh_epochs(self, address: str | None = None) -> None:
+        self._run(self.aio.refresh_epochs(address))

@@ -103,14 +103,13 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> InclusionProof:
     return MerkleTree(leaves).proof(index)
 
 
-def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
-    """True when `leaf` sits at `proof.index` of a tree whose root is `root`.
-
-    As with RFC 9162, the root does not commit to the tree size: a proof can also verify with
-    another `proof.size` of the same path shape. Callers bind the size themselves (a block
-    header carries its record count; check `proof.size` against it)."""
+def root_from_proof(leaf: bytes, proof: InclusionProof) -> bytes | None:
+    """The root of the tree in which `leaf` sits at `proof.index` with this audit path, or None
+    when the path does not fit a tree of `proof.size` leaves. A chained proof (record in its
+    envelope, envelope in its block) computes the inner root this way, then proves it in turn.
+    """
     if not 0 <= proof.index < proof.size:
-        return False
+        return None
 
     def fold(lo: int, hi: int, depth: int) -> bytes | None:
         # Recompute the root of [lo, hi) using the path entries from the top down.
@@ -126,4 +125,14 @@ def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
         right = fold(lo + k, hi, depth + 1)
         return None if right is None else node_hash(sibling, right)
 
-    return fold(0, proof.size, 0) == root
+    return fold(0, proof.size, 0)
+
+
+def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
+    """True when `leaf` sits at `proof.index` of a tree whose root is `root`.
+
+    As with RFC 9162, the root does not commit to the tree size: a proof can also verify with
+    another `proof.size` of the same path shape. Callers bind the size themselves (a block
+    header carries its request count and the proposal digest certifies it; check `proof.size`
+    against it)."""
+    return root_from_proof(leaf, proof) == root

@@ -1,27 +1,36 @@
 """Blocks: one per executed sequence number, hash-chained, carrying their commit certificate.
 
     header = chain_id | height:u64 | epoch:u32 | view:u64 | prev_hash:32 | merkle_root:32
-             | entry_count:u32 | state_digest:32 | timestamp_ms:u64
+             | request_count:u32 | proposed_ms:u64 | timestamp_ms:u64 | state_digest:32
+             | entry_count:u32
     block hash = tagged SHA-256 over the header encoding
 
-`height` is the PBFT sequence number, `merkle_root` is the batch digest that the 2f+1 COMMITs
-of the certificate sign, and `entry_count` binds the size of the Merkle tree (an inclusion proof
-states its tree size; an auditor checks it against this). So a block is verifiable offline from
-the genesis keys: recompute the root from the entries, check the certificate signs (view,
-height, root), check prev_hash against the previous block.
+`height` is the PBFT sequence number. `merkle_root` is the Merkle root over the batch's request
+digests (each request a client's envelope of items), and with `request_count` and `proposed_ms`
+(the primary's clock) it makes up the digest the 2f+1 COMMITs of the certificate sign
+(`messages.proposal_digest`): a block's size and time are certified. `timestamp_ms`, the block
+time, is `max(previous timestamp_ms, proposed_ms)`, and `entry_count` the number of entries (one
+per item of an executed envelope); like `prev_hash` and `state_digest`, they are checked by
+walking the chain.
+
+Every item of an executed envelope becomes an entry with a record id (`items.record_id`) and a
+status. Execution is atomic per envelope for what can be judged from the envelope alone (an
+item that does not decode or breaks the record rules makes the whole envelope invalid, naming
+the item), and per entry for what depends on the ledger's state (a grant by a non-reader, a
+vote on a decided proposal).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
-from consortium.crypto.merkle import InclusionProof, MerkleTree
+from consortium.crypto.merkle import InclusionProof, MerkleTree, merkle_root
 from consortium.crypto.signing import Verifier
 from consortium.ledger import membership as ms
-from consortium.ledger.records import InvalidRecord, RecordKind, Submission, decode_submission
+from consortium.ledger.items import Item, digest_of, record_id
+from consortium.ledger.records import RecordKind, Submission, submission_from_segments
 from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
     JOIN_DECISIONS,
@@ -33,12 +42,12 @@ from consortium.ledger.transactions import (
     MemberVote,
     RecordTx,
     RemoveRequest,
-    RequestView,
     ReviewVote,
     Revoke,
     Tx,
     TxType,
     Verdict,
+    applicant_key,
     decode_governance_tx,
     decode_record_tx,
 )
@@ -46,8 +55,8 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.codec import Reader, Writer
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.payload import split_segments
-from consortium.pbft.state import batch_digest, verify_signed
+from consortium.pbft.payload import envelope_digest, split_envelope, split_segments
+from consortium.pbft.state import batch_root
 
 GENESIS_PREV_HASH = bytes(DIGEST_BYTES)
 
@@ -60,9 +69,16 @@ class BlockHeader:
     view: int
     prev_hash: bytes
     merkle_root: bytes
-    entry_count: int
-    state_digest: bytes
+    request_count: int
+    proposed_ms: int
     timestamp_ms: int
+    state_digest: bytes
+    entry_count: int
+
+    @property
+    def digest(self) -> bytes:
+        """What the commit certificate signs for this block."""
+        return m.proposal_digest(self.merkle_root, self.request_count, self.proposed_ms)
 
     def encode(self) -> bytes:
         w = Writer()
@@ -72,16 +88,19 @@ class BlockHeader:
         w.u64(self.view)
         w.fixed(self.prev_hash)
         w.fixed(self.merkle_root)
-        w.u32(self.entry_count)
-        w.fixed(self.state_digest)
+        w.u32(self.request_count)
+        w.u64(self.proposed_ms)
         w.u64(self.timestamp_ms)
+        w.fixed(self.state_digest)
+        w.u32(self.entry_count)
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> BlockHeader:
         rd = Reader(data)
         h = cls(rd.blob(), rd.u64(), rd.u32(), rd.u64(), rd.fixed(DIGEST_BYTES),
-                rd.fixed(DIGEST_BYTES), rd.u32(), rd.fixed(DIGEST_BYTES), rd.u64())
+                rd.fixed(DIGEST_BYTES), rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES),
+                rd.u32())
         rd.end()
         return h
 
@@ -90,13 +109,27 @@ class BlockHeader:
 
 
 class EntryStatus:
+    """What became of one item of an executed envelope."""
+
     RECORDED = "recorded"
-    DUPLICATE = "duplicate"
-    """Already executed (a replay or retry): ordered, but without effect."""
     INVALID = "invalid"
-    """Well-signed request whose payload breaks the ledger's rules: ordered, without effect."""
+    """A well-formed transaction the ledger's state refuses (a grant by a non-reader, a vote
+    on a decided proposal): ordered, without effect, with the reason."""
+
+
+class EnvelopeStatus:
+    """What became of one request (a client's envelope) of a committed batch."""
+
+    EXECUTED = "executed"
+    """Its items became entries (each RECORDED or INVALID)."""
+    DUPLICATE = "duplicate"
+    """Already executed (a replay or retry): ordered, without effect; its items are not kept
+    again (only its digest, which the block's Merkle root needs)."""
+    INVALID = "invalid"
+    """Not an envelope, or an item that does not decode or breaks the record rules: ordered,
+    without effect, with the reason naming the item."""
     GOVERNANCE = "governance"
-    """A consensus-level request (validator-set change)."""
+    """A consensus-level request (a validator-set change); its payload is kept."""
 
 
 ACCESS_DENIED = "not a reader of the record"
@@ -105,70 +138,92 @@ logged, no key is released."""
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """One request of a committed batch, in batch order (its index is its Merkle leaf index).
-
-    `request` is the full request, or None when only a view of it is kept (an erased record
-    or a grant of one): `view` then holds it with the erased segments withheld."""
+class Envelope:
+    """One request of a committed batch, in batch order (its index is its Merkle leaf)."""
 
     index: int
-    request: m.Request | None
+    client_id: str
+    nonce: int
+    kind: m.RequestKind
+    signature: bytes
+    payload_digest: bytes
     status: str
-    submission: Submission | None = None
-    """The record, for a recorded record submission with its full request."""
     reason: str = ""
-    action: Tx | None = None
-    """The record or governance transaction, for a request carrying one (any status)."""
-    redacted: RequestView | None = None
-    sender_org: str | None = None
-    """The organisation of the request's client, for a record transaction."""
+    first_entry: int = 0
+    entry_count: int = 0
+    raw: bytes | None = None
+    """The payload, when it is not an envelope whose items are entries (a validator-set
+    change, an invalid payload); None otherwise."""
 
     @property
     def digest(self) -> bytes:
-        if self.request is not None:
-            return self.request.digest
-        assert self.redacted is not None
-        return self.redacted.digest
+        return m.request_digest_from(self.client_id, self.nonce, self.kind, self.payload_digest)
 
     @property
-    def record_id(self) -> str:
-        return self.digest.hex()
+    def key(self) -> tuple[str, int]:
+        return (self.client_id, self.nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of an executed envelope (its index is its position in the block)."""
+
+    index: int
+    envelope: int
+    item_index: int
+    record_id: str
+    item: Item
+    """The item's bytes, or a view with erased or withheld segments."""
+    status: str
+    submission: Submission | None = None
+    """The record, for a recorded record submission."""
+    reason: str = ""
+    action: Tx | None = None
+    """The transaction an item carries, other than a record submission (any status)."""
+    sender_org: str | None = None
+    """The organisation of the envelope's client."""
+    client_id: str = ""
 
     @property
-    def view(self) -> RequestView:
-        return self.redacted if self.request is None else RequestView.of(self.request)  # type: ignore[return-value]
-
-    @property
-    def client_id(self) -> str:
-        return self.request.client_id if self.request is not None else self.view.client_id
-
-    @property
-    def nonce(self) -> int:
-        return self.request.nonce if self.request is not None else self.view.nonce
+    def digest(self) -> bytes:
+        return digest_of(self.item)
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
     header: BlockHeader
+    envelopes: tuple[Envelope, ...]
     entries: tuple[Entry, ...]
-    pre_prepare: m.SignedMessage | None
-    """None once an entry of the block was erased (the pre-prepare carried the full request;
-    the commit certificate alone proves the block)."""
+    pre_prepare: m.SignedMessage
+    """The proposal header the block executed (signed by the primary of its view)."""
     certificate: tuple[m.SignedMessage, ...]
-    _tree: list[MerkleTree] = field(default_factory=list, init=False, repr=False,
-                                    compare=False)
-    """The block's Merkle tree, built on the first proof asked for (receipts of a block share
-    its subtree roots)."""
+    _trees: dict[int, MerkleTree] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False)
+    """Merkle trees built on the first proof asked for (-1: the block's over its requests;
+    i: envelope i's over its items); receipts of a block share them."""
 
     @property
     def hash(self) -> bytes:
         return self.header.hash()
 
-    def proof(self, index: int) -> InclusionProof:
-        """Inclusion proof of entry `index`: leaf = request digest, root = merkle_root."""
-        if not self._tree:
-            self._tree.append(MerkleTree([e.digest for e in self.entries]))
-        return self._tree[0].proof(index)
+    def _tree(self, key: int, leaves: Sequence[bytes]) -> MerkleTree:
+        tree = self._trees.get(key)
+        if tree is None:
+            tree = self._trees[key] = MerkleTree(leaves)
+        return tree
+
+    def request_proof(self, envelope: int) -> InclusionProof:
+        """Inclusion of request `envelope` in the block: leaf = request digest."""
+        return self._tree(-1, [e.digest for e in self.envelopes]).proof(envelope)
+
+    def item_proof(self, entry: Entry) -> InclusionProof:
+        """Inclusion of an entry's item in its envelope: leaf = item digest."""
+        env = self.envelopes[entry.envelope]
+        items = self.entries[env.first_entry: env.first_entry + env.entry_count]
+        return self._tree(env.index, [e.digest for e in items]).proof(entry.item_index)
+
+    def entries_of(self, envelope: Envelope) -> tuple[Entry, ...]:
+        return self.entries[envelope.first_entry: envelope.first_entry + envelope.entry_count]
 
 
 class ClientOrgs:
@@ -233,24 +288,95 @@ class Governance:
         return Screening.ACCEPTED if self.admission_client is None else Screening.PENDING
 
 
-def _timestamp(previous_ms: int, submissions: list[Submission]) -> int:
-    """Deterministic block time: the median of the records' signed submission times, never
-    earlier than the previous block (a lone lying client cannot move time in a busy block)."""
-    if not submissions:
-        return previous_ms
-    return max(previous_ms, int(statistics.median_low(s.submitted_at_ms for s in submissions)))
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Ledger rules from genesis that execution applies alike on every validator."""
+
+    future_ms_max: int = 30_000
+    """An item's signed submission time may be at most this far after the block's proposal
+    time (the primary's clock, which backups check against theirs)."""
+    age_ms_max: int = 7 * 24 * 3600 * 1000
+    """... and at most this far before it (a record prepared offline and sent later)."""
 
 
-def parse_action(r: m.Request) -> RecordTx | None:
-    """The record transaction a request carries, None for a record submission or a payload
-    that is not a record transaction (those are judged by `decode_submission`)."""
-    segments = split_segments(r.payload)
-    if segments is None or not segments[0] or segments[0][0] == TxType.RECORD:
-        return None
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One envelope item, decoded once per validator (at admission or at execution)."""
+
+    item: bytes
+    segments: list[bytes] | None
+    submission: Submission | None = None
+    tx: Tx | None = None
+    error: str = ""
+
+
+def parse_item(item: bytes) -> Parsed:
+    segments = split_segments(item)
+    if segments is None or not segments[0]:
+        return Parsed(item, segments, error="not a transaction (no public header segment)")
     try:
-        return decode_record_tx(list(segments))
-    except InvalidTransaction:
-        return None
+        if segments[0][0] == TxType.RECORD:
+            return Parsed(item, segments, submission=submission_from_segments(segments))
+        if segments[0][0] in GOVERNANCE_TYPES:
+            return Parsed(item, segments, tx=decode_governance_tx(list(segments)))
+        return Parsed(item, segments, tx=decode_record_tx(list(segments)))
+    except InvalidTransaction as exc:
+        return Parsed(item, segments, error=str(exc))
+
+
+def parse_request(r: m.Request) -> list[Parsed] | None:
+    """The decoded items of an application request's envelope (None: not an envelope).
+    Memoised on the request, so the validator that checked a submission on arrival does not
+    decode it again when it executes."""
+    if "parsed" in r.memo:
+        return r.memo["parsed"]  # type: ignore[return-value]
+    items = split_envelope(r.payload)
+    parsed = None if items is None else [parse_item(i) for i in items]
+    r.memo["parsed"] = parsed
+    return parsed
+
+
+def envelope_problem(r: m.Request, parsed: list[Parsed] | None, orgs: ClientOrgs,
+                     gov: Governance, rules: Rules, proposed_ms: int) -> str:
+    """Why an application request cannot take effect, judged from the envelope alone (the
+    same rules at admission and at execution); "" when it can."""
+    if parsed is None or not parsed:
+        return "the payload is not an envelope of transactions"
+    sender = orgs.org_of(r.client_id)
+    applicant = applicant_key(r.client_id) is not None
+    for i, p in enumerate(parsed):
+        problem = _item_problem(r.client_id, sender, applicant, p, orgs, gov, rules,
+                                proposed_ms)
+        if problem:
+            return f"item {i}: {problem}"
+    return ""
+
+
+def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed,
+                  orgs: ClientOrgs, gov: Governance, rules: Rules, proposed_ms: int) -> str:
+    if p.error:
+        return p.error
+    if applicant and not isinstance(p.tx, JoinRequest):
+        return "applicants submit join requests only"
+    sub = p.submission
+    if sub is None:
+        return ""
+    if sender != sub.submitter_org:
+        return f"client {client_id} does not belong to {sub.submitter_org}"
+    if client_id == gov.admission_client or client_id in gov.voters:
+        return f"{client_id} advises or votes; it does not submit records"
+    unknown = [o for o in sub.readers if o not in orgs.known]
+    if unknown:
+        return f"readers {unknown} are not member organisations"
+    if proposed_ms:
+        ahead = sub.submitted_at_ms - proposed_ms
+        if ahead > rules.future_ms_max:
+            return (f"submitted_at_ms is {ahead} ms after the block time (limit "
+                    f"{rules.future_ms_max} ms): check the submitter's clock")
+        if -ahead > rules.age_ms_max:
+            return (f"submitted_at_ms is {-ahead // 1000} s before the block time (limit "
+                    f"{rules.age_ms_max // 1000} s)")
+    return ""
 
 
 def referenced_records(requests: Iterable[m.Request]) -> set[str]:
@@ -258,86 +384,91 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
     lookups, fetched before `build_block`)."""
     out = set()
     for r in requests:
-        if r.kind is m.RequestKind.APPLICATION:
-            action = parse_action(r)
-            if action is not None:
-                out.add(action.record_id)
+        if r.kind is not m.RequestKind.APPLICATION:
+            continue
+        for p in parse_request(r) or ():
+            if p.tx is not None and not isinstance(p.tx, JoinRequest | RemoveRequest
+                                                   | MemberVote):
+                out.add(p.tx.record_id)
     return out
 
 
 def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: ClientOrgs,
                 state: Mapping[str, RecordState] | None = None,
                 gov: Governance = Governance(),
-                members: ms.MembershipState = ms.EMPTY) -> Block:
+                members: ms.MembershipState = ms.EMPTY, rules: Rules = Rules()) -> Block:
     """Execute one committed batch into a block. Pure and deterministic: every honest validator
     builds the same block from the same `Execute` and the same prior ledger state (`state`
     holds, for every record the batch's transactions reference, its state before the batch;
     `members` the membership proposals)."""
+    pp = a.pre_prepare.body
+    if not isinstance(pp, m.PrePrepare) or pp.digest != a.digest or (
+            pp.root, pp.count) != (batch_root(a.requests), len(a.requests)):
+        raise AssertionError(f"batch and proposal header differ at seq {a.seq}: a bug, not a "
+                             "peer fault")
     executed = {id(r) for r in a.executed}
     records: dict[str, RecordState] = dict(state or {})
     proposals: dict[str, ms.Proposal] = dict(members.proposals)
-    entries = []
-    accepted: list[Submission] = []
+    envelopes: list[Envelope] = []
+    entries: list[Entry] = []
     for i, r in enumerate(a.requests):
+        base = Envelope(i, r.client_id, r.nonce, r.kind, r.signature, r.payload_digest,
+                        EnvelopeStatus.EXECUTED, first_entry=len(entries))
         if id(r) not in executed:
-            entries.append(Entry(i, r, EntryStatus.DUPLICATE))
+            envelopes.append(replace(base, status=EnvelopeStatus.DUPLICATE))
             continue
         if r.kind is m.RequestKind.RECONFIGURATION:
-            entries.append(Entry(i, r, EntryStatus.GOVERNANCE))
+            envelopes.append(replace(base, status=EnvelopeStatus.GOVERNANCE, raw=r.payload))
+            continue
+        parsed = parse_request(r)
+        problem = envelope_problem(r, parsed, orgs, gov, rules, pp.timestamp_ms)
+        if problem or parsed is None:
+            envelopes.append(replace(base, status=EnvelopeStatus.INVALID, reason=problem,
+                                     raw=r.payload if parsed is None else None))
             continue
         sender = orgs.org_of(r.client_id)
-        segments = split_segments(r.payload)
-        if segments is not None and segments[0] and (
-                segments[0][0] in GOVERNANCE_TYPES or _verdict_on(segments, proposals)):
-            gtx, problem = _judge_governance(list(segments), r, proposals, orgs, gov, chain_id)
-            outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
-            entries.append(Entry(i, r, EntryStatus.RECORDED if outcome or not problem
-                                 else EntryStatus.INVALID, reason=problem, action=gtx,
-                                 sender_org=sender))
-            continue
-        if segments is not None and segments[0] and segments[0][0] != TxType.RECORD:
-            try:
-                action = decode_record_tx(list(segments))
-            except InvalidTransaction as exc:
-                entries.append(Entry(i, r, EntryStatus.INVALID, reason=str(exc)))
-                continue
-            problem, records = _apply(action, r.client_id, sender, records, orgs, gov)
-            status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
-                not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
-            entries.append(Entry(i, r, status, reason=problem, action=action,
-                                 sender_org=sender))
-            continue
-        try:
-            sub = decode_submission(r.payload)
-        except InvalidRecord as exc:
-            entries.append(Entry(i, r, EntryStatus.INVALID, reason=str(exc)))
-            continue
-        if sender != sub.submitter_org:
-            entries.append(Entry(i, r, EntryStatus.INVALID, reason=
-                                 f"client {r.client_id} does not belong to {sub.submitter_org}"))
-            continue
-        if r.client_id == gov.admission_client or r.client_id in gov.voters:
-            entries.append(Entry(i, r, EntryStatus.INVALID, reason=
-                                 f"{r.client_id} advises or votes; it does not submit records"))
-            continue
-        unknown = [o for o in sub.readers if o not in orgs.known]
-        if unknown:
-            entries.append(Entry(i, r, EntryStatus.INVALID,
-                                 reason=f"readers {unknown} are not member organisations"))
-            continue
-        entries.append(Entry(i, r, EntryStatus.RECORDED, sub))
-        records[r.digest.hex()] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
-                                              frozenset(sub.readers),
-                                              screening=gov.initial_screening)
-        accepted.append(sub)
+        digest = r.digest
+        for k, p in enumerate(parsed):
+            rid = record_id(digest, k)
+            status, reason = _judge(rid, p, r.client_id, sender, records, proposals, orgs, gov,
+                                    chain_id)
+            entries.append(Entry(len(entries), i, k, rid, p.item, status, p.submission, reason,
+                                 p.tx, sender, r.client_id))
+        envelopes.append(replace(base, entry_count=len(parsed)))
+    previous_ms = 0 if prev is None else prev.timestamp_ms
     header = BlockHeader(
         chain_id=chain_id, height=a.seq, epoch=a.epoch, view=a.view,
         prev_hash=GENESIS_PREV_HASH if prev is None else prev.hash(),
-        merkle_root=a.digest, entry_count=len(a.requests), state_digest=a.state_digest,
-        timestamp_ms=_timestamp(0 if prev is None else prev.timestamp_ms, accepted))
-    if batch_digest(a.requests) != a.digest:
-        raise AssertionError(f"batch digest mismatch at seq {a.seq}: a bug, not a peer fault")
-    return Block(header, tuple(entries), a.pre_prepare, a.certificate)
+        merkle_root=pp.root, request_count=pp.count, proposed_ms=pp.timestamp_ms,
+        timestamp_ms=max(previous_ms, pp.timestamp_ms), state_digest=a.state_digest,
+        entry_count=len(entries))
+    return Block(header, tuple(envelopes), tuple(entries), a.pre_prepare, a.certificate)
+
+
+def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
+           records: dict[str, RecordState], proposals: dict[str, ms.Proposal],
+           orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> tuple[str, str]:
+    """(status, reason) of one well-formed item against the ledger's state (updating
+    `records`/`proposals`)."""
+    sub = p.submission
+    if sub is not None:
+        records[record_id_] = RecordState(sub.kind, sub.subject_id, sub.submitter_org,
+                                          frozenset(sub.readers),
+                                          screening=gov.initial_screening)
+        return EntryStatus.RECORDED, ""
+    tx = p.tx
+    assert tx is not None
+    if isinstance(tx, JoinRequest | RemoveRequest | MemberVote) or (
+            isinstance(tx, Verdict) and tx.record_id in proposals):
+        problem = _judge_governance(tx, client_id, record_id_, proposals, orgs, gov, chain_id)
+        outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
+        return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
+                problem)
+    assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote)
+    problem, _ = _apply(tx, client_id, sender, records, orgs, gov)
+    status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
+        not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
+    return status, problem
 
 
 def changes_membership(block: Block) -> bool:
@@ -348,41 +479,34 @@ def changes_membership(block: Block) -> bool:
                for e in block.entries)
 
 
-def _verdict_on(segments: Sequence[bytes], proposals: Mapping[str, ms.Proposal]) -> bool:
-    """Whether these segments are a verdict on a membership proposal (not on a record)."""
-    if segments[0][0] != TxType.VERDICT or len(segments[0]) < 33:
-        return False
-    return segments[0][1:33].hex() in proposals
+def envelope_payload_digest(items: Sequence[Item]) -> bytes:
+    """An executed envelope's payload digest from its entries' items (views included)."""
+    return envelope_digest(len(items), merkle_root([digest_of(i) for i in items]))
 
 
-def _judge_governance(segments: list[bytes | None], r: m.Request,
+def _judge_governance(tx: Tx, client_id: str, proposal_id: str,
                       proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
-                      chain_id: bytes) -> tuple[Tx | None, str]:
-    """Judge a join request, removal proposal, member vote or a verdict on a join request;
-    returns the transaction (None if it does not parse) and why not ("" when it took effect,
-    MEMBERSHIP_OUTCOME... when a vote decided its proposal)."""
-    try:
-        tx: Tx = decode_record_tx(segments) if segments[0] and \
-            segments[0][0] == TxType.VERDICT else decode_governance_tx(segments)
-    except InvalidTransaction as exc:
-        return None, str(exc)
+                      chain_id: bytes) -> str:
+    """Judge a join request, removal proposal, member vote or a verdict on a join request:
+    "" when it took effect, MEMBERSHIP_OUTCOME... when a vote decided its proposal, else why
+    not."""
     if gov.config is None or gov.verifier is None:
-        return tx, "membership changes are not enabled on this ledger"
+        return "membership changes are not enabled on this ledger"
     ctx = ms.Context(chain_id, gov.config, gov.voters, orgs.known, gov.verifier,
                      orgs.clients)
     if isinstance(tx, Verdict):
-        if r.client_id != gov.admission_client:
-            return tx, "verdicts come only from the admission service named in genesis"
+        if client_id != gov.admission_client:
+            return "verdicts come only from the admission service named in genesis"
         if tx.decision not in JOIN_DECISIONS:
-            return tx, "a verdict on a join request decides approve, reject or review"
-        return tx, ""  # advice, kept on the ledger with the proposal; only votes decide
+            return "a verdict on a join request decides approve, reject or review"
+        return ""  # advice, kept on the ledger with the proposal; only votes decide
     if isinstance(tx, JoinRequest):
-        return tx, ms.judge_join(tx, r.client_id, r.digest.hex(), proposals, ctx)
+        return ms.judge_join(tx, client_id, proposal_id, proposals, ctx)
     if isinstance(tx, RemoveRequest):
-        return tx, ms.judge_remove(tx, r.client_id, r.digest.hex(), proposals,
-                                   _validator_orgs(orgs, gov), ctx)
+        return ms.judge_remove(tx, client_id, proposal_id, proposals,
+                               _validator_orgs(orgs, gov), ctx)
     assert isinstance(tx, MemberVote)
-    return tx, ms.judge_vote(tx, r.client_id, proposals, ctx)
+    return ms.judge_vote(tx, client_id, proposals, ctx)
 
 
 def _validator_orgs(orgs: ClientOrgs, gov: Governance) -> dict[str, str]:
@@ -463,15 +587,3 @@ def _apply(action: RecordTx, client_id: str, sender: str | None,
     return "", records
 
 
-def verify_certificate(header: BlockHeader, certificate: tuple[m.SignedMessage, ...],
-                       config: EpochConfig, verifier: Verifier) -> bool:
-    """2f+1 distinct members of the block's epoch signed COMMIT(view, height, merkle_root)."""
-    signers: set[int] = set()
-    for c in certificate:
-        b = c.body
-        if (isinstance(b, m.Commit) and (b.epoch, b.view, b.seq, b.digest)
-                == (config.epoch, header.view, header.height, header.merkle_root)
-                and c.sender not in signers
-                and verify_signed(c, config, header.chain_id, verifier)):
-            signers.add(c.sender)
-    return len(signers) >= config.quorum

@@ -87,12 +87,19 @@ def key_segment(org: str, wrapped_key: bytes) -> bytes:
 
 
 def parse_key_segment(segment: bytes) -> tuple[str, bytes]:
-    rd = Reader(segment)
+    """`key_segment`'s inverse (org:text | key:blob), read with slices: it runs for every
+    reader of every record on every validator."""
+    size = len(segment)
+    end = 2 + int.from_bytes(segment[:2], "big")
+    if size < 2 or end + 4 > size:
+        raise InvalidTransaction("malformed wrapped key: message is truncated")
     try:
-        org, key = rd.text(), rd.blob()
-        rd.end()
-    except DecodeError as exc:
-        raise InvalidTransaction(f"malformed wrapped key: {exc}") from exc
+        org = segment[2:end].decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidTransaction("malformed wrapped key: text is not UTF-8") from exc
+    if end + 4 + int.from_bytes(segment[end:end + 4], "big") != size:
+        raise InvalidTransaction("malformed wrapped key: its length does not match")
+    key = segment[end + 4:]
     check_text("reader org", org)
     if len(key) != WRAPPED_KEY_BYTES:
         raise InvalidTransaction(f"a wrapped key is {WRAPPED_KEY_BYTES} bytes")

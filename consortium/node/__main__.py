@@ -13,7 +13,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from consortium.config import ConfigError, Genesis, ValidatorConfig
-from consortium.storage.store import StoreError
+from consortium.storage.rows import StoreError
 
 
 def configure_logging(level: str = "info") -> None:
@@ -31,12 +31,18 @@ def configure_logging(level: str = "info") -> None:
 async def run(config: ValidatorConfig) -> bool:
     """Serve until SIGTERM; False when the validator stopped because of a fatal error."""
     from consortium.node.validator import Validator
+    from consortium.storage.reads import LedgerReader
     from consortium.storage.store import LedgerStore
 
     genesis = Genesis.load(config.genesis)
     store = await LedgerStore.open(config.dsn, chain_id=genesis.chain_id_bytes,
                                    replica_id=config.replica_id)
-    validator = Validator(config, genesis, store)
+    try:
+        reads = await LedgerReader.open(config.dsn)
+    except BaseException:
+        await store.close()
+        raise
+    validator = Validator(config, genesis, store, reads)
     await validator.serve_forever()
     return not validator.failed
 

@@ -24,3 +24,11 @@ submit_latency = Histogram("consortium_submit_latency_seconds",
 
 def peer_state(peer: int, connected: bool) -> None:
     peer_connected.labels(peer=str(peer)).set(1 if connected else 0)
+outages = Counter("consortium_database_outages_total",
+                  "Times the validator lost its database and stopped serving until it returned")
+tls_cert_expiry_days = Gauge("consortium_tls_cert_expiry_days",
+                             "Days until this validator's TLS certificate expires")
+postgres_rows = Gauge("consortium_postgres_rows_written",
+                      "Rows this validator wrote to PostgreSQL for blocks (since start)")
+postgres_bytes = Gauge("consortium_postgres_payload_bytes_written",
+                       "Request bytes this validator wrote to PostgreSQL for blocks (since start)")

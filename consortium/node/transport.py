@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
-from consortium.api.v1 import ledger_pb2 as pb
-from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.config import TlsFiles
+from consortium.wire import pb, pb_grpc
 
 log = structlog.get_logger("consortium.transport")
 

@@ -5,8 +5,12 @@ are fixed-width big-endian, byte strings and lists are length-prefixed, every bo
 type byte, and decoding rejects trailing bytes. Decoding bounds every length before reading it,
 so a malicious peer cannot make a replica allocate more than the message it sent.
 
-    wire   = version:u8 | sender:u16 | len:u32 | body | signature:64
+    wire   = version:u8 | sender:u16 | len:u32 | body | signature:64 | attachment
     signed = sha256-tagged("consortium/pbft-message", chain_id, sender, body)
+
+The attachment is empty except on a PRE-PREPARE that carries its batch:
+`count:u32 | request{count}`, with `count` equal to the header's. It is not signed: the header
+commits to the batch through its Merkle root, which the receiver recomputes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from consortium.crypto.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer
 from consortium.pbft import messages as m
 from consortium.pbft.membership import Member
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 LIST_ITEMS_MAX = 1 << 20
 
 T = TypeVar("T")
@@ -165,7 +169,10 @@ def _read_signed(rd: Reader, chain_id: bytes, *allowed: int) -> m.SignedMessage:
     data = rd.blob()
     if len(data) < 8 or data[7] not in allowed:
         raise DecodeError("nested message of a type not allowed here")
-    return decode_signed(data, chain_id)
+    msg = decode_signed(data, chain_id)
+    if msg.batch is not None:
+        raise DecodeError("a nested PRE-PREPARE carries no batch")
+    return msg
 
 
 def _write_members(w: Writer, members: tuple[Member, ...]) -> None:
@@ -320,6 +327,7 @@ class MsgType:
     REQUEST_FORWARD = 8
     STATE_REQUEST = 9
     STATE_RESPONSE = 10
+    BATCH_REQUEST = 11
 
 
 def encode_body(b: m.Body) -> bytes:
@@ -329,10 +337,9 @@ def encode_body(b: m.Body) -> bytes:
         w.u32(b.epoch)
         w.u64(b.view)
         w.u64(b.seq)
-        w.fixed(b.digest)
-        w.u32(len(b.requests))
-        for r in b.requests:
-            write_request(w, r)
+        w.fixed(b.root)
+        w.u32(b.count)
+        w.u64(b.timestamp_ms)
     elif isinstance(b, (m.Prepare, m.Commit)):
         w.u8(MsgType.PREPARE if isinstance(b, m.Prepare) else MsgType.COMMIT)
         w.u32(b.epoch)
@@ -375,6 +382,7 @@ def encode_body(b: m.Body) -> bytes:
         w.u8(1 if b.view_active else 0)
         w.u64(b.last_executed)
         w.u64(b.stable_seq)
+        w.u64(b.sent_ms)
     elif isinstance(b, m.RequestForward):
         w.u8(MsgType.REQUEST_FORWARD)
         w.u32(len(b.requests))
@@ -382,7 +390,12 @@ def encode_body(b: m.Body) -> bytes:
             write_request(w, r)
     elif isinstance(b, m.StateRequest):
         w.u8(MsgType.STATE_REQUEST)
+        w.u64(b.after_seq)
+    elif isinstance(b, m.BatchRequest):
+        w.u8(MsgType.BATCH_REQUEST)
+        w.u32(b.epoch)
         w.u64(b.seq)
+        w.fixed(b.digest)
     elif isinstance(b, m.StateResponse):
         w.u8(MsgType.STATE_RESPONSE)
         write_snapshot(w, b.snapshot)
@@ -399,8 +412,8 @@ def _decode_body(data: bytes, chain_id: bytes) -> m.Body:
     t = rd.u8()
     body: m.Body
     if t == MsgType.PRE_PREPARE:
-        epoch, view, seq, digest = rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES)
-        body = m.PrePrepare(epoch, view, seq, digest, rd.items(lambda: read_request(rd)))
+        body = m.PrePrepare(rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES), rd.u32(),
+                            rd.u64())
     elif t in (MsgType.PREPARE, MsgType.COMMIT):
         cls = m.Prepare if t == MsgType.PREPARE else m.Commit
         body = cls(rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES))
@@ -425,11 +438,13 @@ def _decode_body(data: bytes, chain_id: bytes) -> m.Body:
         epoch, view, active = rd.u32(), rd.u64(), rd.u8()
         if active > 1:
             raise DecodeError("bad boolean")
-        body = m.Status(epoch, view, bool(active), rd.u64(), rd.u64())
+        body = m.Status(epoch, view, bool(active), rd.u64(), rd.u64(), rd.u64())
     elif t == MsgType.REQUEST_FORWARD:
         body = m.RequestForward(rd.items(lambda: read_request(rd)))
     elif t == MsgType.STATE_REQUEST:
         body = m.StateRequest(rd.u64())
+    elif t == MsgType.BATCH_REQUEST:
+        body = m.BatchRequest(rd.u32(), rd.u64(), rd.fixed(DIGEST_BYTES))
     elif t == MsgType.STATE_RESPONSE:
         snap = read_snapshot(rd, chain_id)
         body = m.StateResponse(snap, rd.items(lambda: _read_signed(rd, chain_id,
@@ -463,6 +478,22 @@ def resign_message(sender: int, body: m.Body, signature: bytes) -> m.SignedMessa
     return m.SignedMessage(sender, body, signature, body_bytes, wire)
 
 
+def encode_batch(requests: tuple[m.Request, ...]) -> bytes:
+    """A PRE-PREPARE's attachment: its batch of requests."""
+    w = Writer()
+    w.u32(len(requests))
+    for r in requests:
+        write_request(w, r)
+    return w.getvalue()
+
+
+def wire_with_batch(msg: m.SignedMessage, batch_bytes: bytes) -> bytes:
+    """A PRE-PREPARE's wire bytes with its batch (`encode_batch`) attached."""
+    if not isinstance(msg.body, m.PrePrepare):
+        raise TypeError("only a PRE-PREPARE carries a batch")
+    return msg.wire + batch_bytes
+
+
 def decode_signed(data: bytes, chain_id: bytes) -> m.SignedMessage:
     """Parse a wire message. Raises DecodeError; never anything else for any input bytes."""
     if len(data) < 7 + SIGNATURE_BYTES:
@@ -470,14 +501,24 @@ def decode_signed(data: bytes, chain_id: bytes) -> m.SignedMessage:
     if data[0] != WIRE_VERSION:
         raise DecodeError(f"unsupported wire version {data[0]}")
     sender, length = struct.unpack(">HI", data[1:7])
-    if 7 + length + SIGNATURE_BYTES != len(data):
+    end = 7 + length + SIGNATURE_BYTES
+    if end > len(data):
         raise DecodeError("length prefix does not match the message")
     body_bytes = data[7 : 7 + length]
-    signature = data[7 + length :]
+    signature = data[7 + length : end]
+    batch = None
     try:
         body = _decode_body(body_bytes, chain_id)
+        if end < len(data):
+            if not isinstance(body, m.PrePrepare):
+                raise DecodeError("only a PRE-PREPARE carries an attachment")
+            rd = Reader(data[end:])
+            batch = rd.items(lambda: read_request(rd))
+            rd.end()
+            if len(batch) != body.count:
+                raise DecodeError("the attached batch does not have the header's size")
     except DecodeError:
         raise
     except (ValueError, struct.error, RecursionError) as exc:
         raise DecodeError(f"malformed message: {exc}") from exc
-    return m.SignedMessage(sender, body, signature, body_bytes, bytes(data))
+    return m.SignedMessage(sender, body, signature, body_bytes, bytes(data[:end]), batch)

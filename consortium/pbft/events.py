@@ -32,6 +32,11 @@ class ClientRequest:
     """A client submitted a request to this replica."""
 
     request: Request
+    retry: bool = False
+    """The client already sent it (to the primary) and got no answer in time: it suspects the
+    primary, so a backup takes the request in, relays it and times it (paper 4.1: a client
+    that times out broadcasts to all replicas). A first submission to a backup is answered
+    with NOT_PRIMARY instead, naming the primary."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class Execute:
     requests: tuple[Request, ...]
     executed: tuple[Request, ...]
     pre_prepare: SignedMessage
+    """The proposal header (signed by the primary of `view`, or of an earlier view that
+    proposed the same batch): root, count and timestamp of the batch."""
     certificate: tuple[SignedMessage, ...]
     """2f+1 signed COMMITs for (view, seq, digest): checkable offline against the epoch's keys."""
     state_digest: bytes
@@ -120,12 +127,17 @@ class RejectReason(enum.Enum):
     UNKNOWN_CLIENT = "unknown-client"
     TOO_LARGE = "too-large"
     OVERLOADED = "overloaded"
+    """Too many requests or bytes pending (in total or for this client): retry later."""
+    NOT_PRIMARY = "not-primary"
+    """A first submission reached a backup: send it to the primary (`RejectRequest.primary`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RejectRequest:
     request: Request
     reason: RejectReason
+    primary: int | None = None
+    """The current primary, with NOT_PRIMARY (a redirect)."""
 
 
 @dataclass(frozen=True, slots=True)

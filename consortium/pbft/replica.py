@@ -3,32 +3,45 @@
 Section numbers refer to Castro & Liskov, "Practical Byzantine Fault Tolerance" (OSDI 1999):
 4.2 normal case, 4.3 garbage collection / checkpoints, 4.4 view changes. Departures from the paper
 are listed in docs/consensus.md; the main ones:
+- a PRE-PREPARE signs a header (Merkle root, size and time of its batch); the batch travels beside
+  it, so view changes and the log carry headers only, and a replica that lacks a batch fetches it
+  (the paper's digest optimisation for large requests, for every batch);
 - a batch executes once its contents and 2f+1 matching COMMITs are known (a commit certificate),
   which also lets a lagging replica execute from a retransmitted certificate;
 - STATUS gossip drives retransmission, so lost messages are recovered without a view change;
 - validator-set changes open a new epoch at a stable checkpoint.
+
+This file is one state machine over one set of variables; it is longer than the project's
+~600-line guide because splitting the protocol's phases across classes that all mutate the same
+state would hide, not remove, that coupling. The pure parts live elsewhere: `viewchange.py`
+(VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests, client table, proofs),
+`slots.py` (per-sequence storage), `pool.py` (pending requests and their limits),
+`catchup.py` (who to ask for state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from consortium.crypto.signing import Signer, Verifier
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.catchup import CatchUp
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.params import ProtocolParams
+from consortium.pbft.pool import RequestPool
+from consortium.pbft.slots import VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
 from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
     ClientTable,
     NonceStatus,
     approved_reconfiguration,
-    batch_digest,
+    batch_root,
+    checkpoint_quorum,
     clients_digest,
     next_state_digest,
     signing_config,
@@ -43,13 +56,14 @@ from consortium.pbft.viewchange import (
     verify_view_change,
 )
 
-BATCHES_PER_SLOT_MAX = 8
-"""Distinct verified batches remembered per sequence number (one per view is enough for honest
-primaries; the bound stops an equivocating primary from filling memory)."""
-
-
-VOTES_PER_SLOT_PER_MEMBER = 8
-"""PREPAREs (likewise COMMITs) kept per sequence number, per member of the epoch."""
+FUTURE_BATCHES_BYTES = 8
+"""The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
+batches are the big ones), besides its count limit `future_messages_max`."""
+LAG_SAMPLES = 64
+"""STATUS arrival lags remembered per member (about half a minute of ticks): the fastest is its
+baseline in the slow-primary monitor."""
+LAG_RECENT = 8
+"""The slow-primary monitor judges the median of a member's last this-many lags."""
 
 
 class ClientRegistry(Protocol):
@@ -58,42 +72,12 @@ class ClientRegistry(Protocol):
     def client_key(self, client_id: str) -> bytes | None: ...
 
 
-class RequestQueue:
-    """The primary's requests waiting for a batch, in arrival order, with their total size:
-    deciding whether a full batch is waiting costs O(1), not a scan of the queue on every
-    arriving request (which made the primary's time grow with the queue under load)."""
+class Clock(Protocol):
+    """Milliseconds since the epoch. Injected (wall clock in a validator, simulated time in the
+    simulator): the replica reads time only to stamp its proposals and to check a primary's
+    stamp, never to decide an order."""
 
-    __slots__ = ("_items", "bytes")
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[tuple[str, int], m.Request] = OrderedDict()
-        self.bytes = 0
-
-    def __setitem__(self, key: tuple[str, int], r: m.Request) -> None:
-        old = self._items.get(key)
-        if old is not None:
-            self.bytes -= old.size_bytes
-        self._items[key] = r
-        self.bytes += r.size_bytes
-
-    def pop(self, key: tuple[str, int], default: None = None) -> m.Request | None:
-        r = self._items.pop(key, default)
-        if r is not None:
-            self.bytes -= r.size_bytes
-        return r
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
-
-    def values(self) -> Iterable[m.Request]:
-        return self._items.values()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
+    def now_ms(self) -> int: ...
 
 
 class ReplicaBug(AssertionError):
@@ -106,7 +90,9 @@ class ExecutedBatch:
 
     seq: int
     pre_prepare: m.SignedMessage
+    """Its proposal header."""
     certificate: tuple[m.SignedMessage, ...]
+    requests: tuple[m.Request, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,73 +105,6 @@ class Recovered:
     messages: tuple[m.SignedMessage, ...] = ()
 
 
-@dataclass(slots=True)
-class Slot:
-    """What a replica knows about one sequence number."""
-
-    seq: int
-    pre_prepare: m.SignedMessage | None = None
-    """The accepted pre-prepare of the highest view seen for this sequence."""
-    batches: dict[bytes, tuple[tuple[m.Request, ...], m.SignedMessage]] = field(
-        default_factory=dict)
-    """Verified batch contents by digest (from pre-prepares of any view)."""
-    proposals: dict[tuple[int, bytes], m.SignedMessage] = field(default_factory=dict)
-    """Every verified pre-prepare by (view, digest): a prepared proof must pair the votes of a
-    view with that view's pre-prepare, also when the same batch was re-proposed later."""
-    prepares: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
-    """(view, sender, digest) -> PREPARE. Keyed by digest too: a Byzantine replica may send
-    different votes to different replicas, and its first (fake) vote must not hide the real one
-    that arrives later in a retransmitted certificate."""
-    commits: dict[tuple[int, int, bytes], m.SignedMessage] = field(default_factory=dict)
-    created_tick: int = 0
-
-    @property
-    def view(self) -> int:
-        if self.pre_prepare is None:
-            return -1
-        b = self.pre_prepare.body
-        assert isinstance(b, m.PrePrepare)
-        return b.view
-
-    @property
-    def digest(self) -> bytes | None:
-        if self.pre_prepare is None:
-            return None
-        b = self.pre_prepare.body
-        assert isinstance(b, m.PrePrepare)
-        return b.digest
-
-    def remember(self, msg: m.SignedMessage, b: m.PrePrepare, *, adopt: bool = False) -> None:
-        """Keep a verified batch. Bounded; but a batch this replica adopts in its current view
-        always fits (the oldest other one goes), so earlier views' batches, equivocated by a
-        Byzantine primary, can never block the current one."""
-        if b.digest not in self.batches and len(self.batches) >= BATCHES_PER_SLOT_MAX and adopt:
-            oldest = next(d for d in self.batches if d != self.digest)
-            del self.batches[oldest]
-            self.proposals = {k: v for k, v in self.proposals.items() if k[1] != oldest}
-        if b.digest not in self.batches and len(self.batches) < BATCHES_PER_SLOT_MAX:
-            self.batches[b.digest] = (b.requests, msg)
-        if b.digest in self.batches and len(self.proposals) < 2 * BATCHES_PER_SLOT_MAX:
-            self.proposals.setdefault((b.view, b.digest), msg)
-
-    def proposal(self, view: int, digest: bytes) -> m.SignedMessage:
-        """The pre-prepare of `view` for `digest` if we hold it, else any with that digest."""
-        return self.proposals.get((view, digest)) or self.batches[digest][1]
-
-    @staticmethod
-    def votes(table: dict[tuple[int, int, bytes], m.SignedMessage], view: int,
-              digest: bytes) -> list[m.SignedMessage]:
-        return [msg for (v, _s, d), msg in table.items() if v == view and d == digest]
-
-    @staticmethod
-    def own_vote(table: dict[tuple[int, int, bytes], m.SignedMessage], view: int,
-                 me: int) -> m.SignedMessage | None:
-        for (v, s, _d), msg in table.items():
-            if v == view and s == me:
-                return msg
-        return None
-
-
 def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
                                  ) -> Iterable[m.SignedMessage]:
     """Persisted messages, with the PRE-PREPAREs a NEW-VIEW carries listed after it: for a new
@@ -196,12 +115,16 @@ def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
             yield from msg.body.pre_prepares
 
 
+_VOTE_TYPE = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}
+
+
 class Replica:
     """One PBFT replica. Drive it with `start()` once, then `step(event)` for every event."""
 
     def __init__(self, *, replica_id: int, signer: Signer, chain_id: bytes,
                  genesis: EpochConfig, params: ProtocolParams, verifier: Verifier,
-                 clients: ClientRegistry, recovered: Recovered | None = None) -> None:
+                 clients: ClientRegistry, recovered: Recovered | None = None,
+                 clock: Clock | None = None) -> None:
         if genesis.epoch != 0 or genesis.start_seq != 0:
             raise ValueError("the genesis configuration is epoch 0 starting at sequence 0")
         self.id = replica_id
@@ -211,6 +134,7 @@ class Replica:
         self.params = params
         self._verifier = verifier
         self._clients = clients
+        self._clock = clock
 
         self.config = genesis
         self._epoch_records: tuple[m.EpochRecord, ...] = ()
@@ -229,12 +153,14 @@ class Replica:
 
         self._slots: dict[int, Slot] = {}
         self._next_seq = 1
-        self._pending: OrderedDict[tuple[str, int], tuple[m.Request, int]] = OrderedDict()
-        """Known requests not executed yet, oldest first, with the status tick they arrived."""
-        self._queue = RequestQueue()
-        """Primary only: pending requests not yet in any live slot."""
-        self._in_flight: set[tuple[str, int]] = set()
-        self._verified_requests: OrderedDict[bytes, None] = OrderedDict()
+        self._last_proposal_ms = 0
+        self._held_for_execution = False
+        """Primary: a partial batch was held because `partial_batches_in_flight_max` batches
+        were in flight; the next execution proposes it without a further batch delay."""
+        self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
+                                params.client_pending_bytes_max)
+        """Known requests not executed yet (read-only outside the replica)."""
+        self._verified_requests: dict[bytes, None] = {}
 
         self._view_changes: dict[int, dict[int, m.SignedMessage]] = {}
         self._new_view_msg: m.SignedMessage | None = None
@@ -251,12 +177,22 @@ class Replica:
         """last_executed when the request timer was last armed: progress since then earns
         patience (see ProtocolParams.request_patience)."""
         self._tick = 0
-        self._state_request_seq = 0
+        self._state_requested_tick = -1
         self._future: list[m.SignedMessage] = []
-        self._behind: tuple[int, tuple[int, ...]] = (0, ())
+        self._future_bytes = 0
+        self._catchup = CatchUp(genesis.weak_quorum)
         self._new_view_sent: dict[int, int] = {}
         self._state_sent: dict[int, int] = {}
+        self._batches_sent: dict[tuple[int, int], int] = {}
+        """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
+        self._batch_bytes_sent: dict[int, tuple[int, int]] = {}
+        """peer -> (tick, bytes of batches sent to it in answer to BATCH-REQUESTs that tick):
+        bounded by `batch_answer_bytes_max` per peer per tick."""
         self._retransmitted: dict[int, tuple[int, bool]] = {}
+        self._lags: dict[int, list[int]] = {}
+        """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
+        slow-primary monitor."""
+        self._slow_ticks = 0
         self._peer_executed: dict[int, int] = {}
         """Each peer's last_executed in its previous STATUS: a peer that advanced since is
         catching up by itself and gets no retransmission of batches (they are large)."""
@@ -280,6 +216,15 @@ class Replica:
         """How each epoch after genesis was opened (verifiable from genesis alone)."""
         return self._epoch_records
 
+    @property
+    def stable_checkpoint(self) -> tuple[m.Snapshot | None, tuple[m.SignedMessage, ...]]:
+        """The last stable snapshot and its proof (a quorum of CHECKPOINTs)."""
+        return self._stable_snapshot, self._stable_proof
+
+    def nonce_status(self, client_id: str, nonce: int) -> NonceStatus:
+        """Whether (client, nonce) executed, is stale, or may still execute."""
+        return self._client_table.check(client_id, nonce)[0]
+
     def epoch_configs(self) -> dict[int, EpochConfig]:
         """Every validator set this replica knows, by epoch (genesis included)."""
         out = {self.genesis.epoch: self.genesis}
@@ -301,7 +246,7 @@ class Replica:
 
     def step(self, event: ev.Event) -> list[ev.Action]:
         if isinstance(event, ev.ClientRequest):
-            self._on_client_request(event.request, forwarded=False)
+            self._on_client_request(event.request, forwarded=False, retry=event.retry)
         elif isinstance(event, ev.PeerMessage):
             self._on_peer_bytes(event.data)
         elif isinstance(event, ev.TimerFired):
@@ -336,6 +281,17 @@ class Replica:
         if to != self.id:
             self._out.append(ev.Send((to,), msg.wire))
 
+    def _send_with_batch(self, to: tuple[int, ...], msg: m.SignedMessage,
+                         requests: tuple[m.Request, ...] | None) -> int:
+        """Send a proposal header with its batch attached when we hold it; bytes sent."""
+        to = tuple(r for r in to if r != self.id)
+        if not to:
+            return 0
+        data = msg.wire if requests is None else codec.wire_with_batch(
+            msg, codec.encode_batch(requests))
+        self._out.append(ev.Send(to, data))
+        return len(data)
+
     def _fault(self, sender: int | None, reason: str) -> None:
         self._out.append(ev.PeerFault(sender, reason))
 
@@ -354,8 +310,7 @@ class Replica:
     def _sign_vote(self, body: m.PrePrepare | m.Prepare | m.Commit) -> m.SignedMessage | None:
         """Sign a vote unless this replica already signed a different digest for the same
         (type, view, seq): the rule that makes equivocation impossible, across restarts too."""
-        t = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}[type(body)]
-        key = (t, body.epoch, body.view, body.seq)
+        key = (_VOTE_TYPE[type(body)], body.epoch, body.view, body.seq)
         previous = self._own.get(key)
         if previous is not None and previous != body.digest:
             return None
@@ -367,7 +322,8 @@ class Replica:
     def _verify_request(self, r: m.Request) -> ev.RejectReason | None:
         if r.size_bytes > self.params.request_bytes_max:
             return ev.RejectReason.TOO_LARGE
-        if r.digest + r.signature in self._verified_requests:
+        cache_key = r.digest + r.signature
+        if cache_key in self._verified_requests:
             return None
         key = self._clients.client_key(r.client_id)
         if key is None:
@@ -375,12 +331,12 @@ class Replica:
         if not self._verifier.verify(key, m.request_signing_bytes(self.chain_id, r.digest),
                                      r.signature):
             return ev.RejectReason.BAD_SIGNATURE
-        self._verified_requests[r.digest + r.signature] = None
+        self._verified_requests[cache_key] = None
         if len(self._verified_requests) > 4 * self.params.pending_requests_max:
-            self._verified_requests.popitem(last=False)
+            del self._verified_requests[next(iter(self._verified_requests))]
         return None
 
-    def _on_client_request(self, r: m.Request, *, forwarded: bool) -> None:
+    def _on_client_request(self, r: m.Request, *, forwarded: bool, retry: bool = False) -> None:
         if not self.is_member:
             return
         reason = self._verify_request(r)
@@ -399,20 +355,24 @@ class Replica:
             if not forwarded:
                 self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
             return
-        known = r.key in self._pending
-        if not known:
-            if len(self._pending) >= self.params.pending_requests_max:
-                if not forwarded:
-                    self._out.append(ev.RejectRequest(r, ev.RejectReason.OVERLOADED))
-                return
-            self._pending[r.key] = (r, self._tick)
-        if self.is_primary and self.view_active:
-            if r.key not in self._in_flight:
-                self._queue[r.key] = r
+        primary = self.is_primary and self.view_active
+        if not primary and not forwarded and not retry and self.view_active:
+            # Clients send to the primary (paper 4.1); a first submission here is redirected,
+            # not relayed: a backup signs no forward per request on the normal path.
+            self._out.append(ev.RejectRequest(r, ev.RejectReason.NOT_PRIMARY, self.primary))
+            return
+        known = r.key in self.pool
+        if not known and not self.pool.add(r, self._tick):
+            if not forwarded:
+                self._out.append(ev.RejectRequest(r, ev.RejectReason.OVERLOADED))
+            return
+        if primary:
+            if r.key not in self.pool.in_flight:
+                self.pool.queue.put(r)
             self._maybe_propose()
-        elif not forwarded:
-            # A client (re)submitted to a backup: relay to the primary; a retry means the client
-            # suspects the primary, so relay to everyone (paper 4.2, client retransmission).
+        elif not forwarded and self.view_active:
+            # A client retrying at a backup suspects the primary: relay the request to it, and
+            # on a second retry to everyone, so every backup starts timing it (paper 4.1).
             body = m.RequestForward((r,))
             if known:
                 self._broadcast(self._sign(body))
@@ -426,11 +386,11 @@ class Replica:
         if self.is_primary or not self.view_active or not self.is_member:
             return
         self._drop_stale_pending()
-        if not self._pending:
+        oldest = self.pool.oldest()
+        if oldest is None:
             self._timed_request = None
             self._cancel_timer(ev.TimerKind.REQUEST)
             return
-        oldest = next(iter(self._pending))
         if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
             if self._timed_request != oldest:
                 self._request_relayed = False
@@ -443,13 +403,12 @@ class Replica:
         """Requests whose nonce fell out of their client's window (it executed newer ones)
         can never execute: drop them from the front of the waiting list, telling their
         client, instead of timing them and suspecting an honest primary."""
-        while self._pending:
-            key = next(iter(self._pending))
-            if self._client_table.check(*key)[0] is not NonceStatus.STALE:
+        while True:
+            key = self.pool.oldest()
+            if key is None or self._client_table.check(*key)[0] is not NonceStatus.STALE:
                 return
-            r, _ = self._pending.pop(key)
-            self._queue.pop(key, None)
-            self._in_flight.discard(key)
+            r = self.pool.remove(key)
+            assert r is not None
             self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
 
     # ------------------------------------------------------------------------ primary: batching
@@ -465,26 +424,33 @@ class Replica:
 
     def _maybe_propose(self, *, force: bool = False) -> None:
         """Paper 4.2: the primary assigns sequence numbers to batches, keeping at most
-        `pipeline_depth` batches in flight and never passing the high watermark."""
+        `pipeline_depth` batches in flight and never passing the high watermark.
+
+        Adaptive batching: with nothing in flight a request is proposed at once (a quiet
+        consortium answers fast); while batches are in flight a partial batch waits up to
+        `batch_delay_ms` to fill, and beyond `partial_batches_in_flight_max` it waits for an
+        execution (Nagle-style), so a busy consortium forms big batches; a full batch never
+        waits."""
         p = self.params
-        while (self.is_primary and self.view_active and self._queue
+        queue = self.pool.queue
+        while (self.is_primary and self.view_active and queue
                and self._next_seq <= self._high_watermark()
                and self._next_seq - 1 - self.last_executed < p.pipeline_depth):
-            # A full batch waits when the queue cannot fit in one batch (decided without a
-            # scan: the batch is only assembled when it is proposed).
-            full = len(self._queue) >= p.batch_requests_max or \
-                self._queue.bytes > p.batch_bytes_max
+            full = len(queue) >= p.batch_requests_max or queue.bytes > p.batch_bytes_max
             in_flight = self._next_seq - 1 - self.last_executed
-            if not full and in_flight >= min(p.partial_batches_in_flight_max,
-                                             p.pipeline_depth):
-                return  # the next execution proposes what has accumulated by then
-            if not full and not force and p.batch_delay_ms > 0:
-                if not self._timer_armed(ev.TimerKind.BATCH):
-                    self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
-                return
+            if not full:
+                if in_flight >= min(p.partial_batches_in_flight_max, p.pipeline_depth):
+                    # The next execution proposes what has accumulated by then.
+                    self._held_for_execution = True
+                    return
+                if in_flight > 0 and not force and not self._held_for_execution \
+                        and p.batch_delay_ms > 0:
+                    if not self._timer_armed(ev.TimerKind.BATCH):
+                        self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
+                    return
             batch: list[m.Request] = []
             size = 0
-            for r in self._queue.values():
+            for r in queue.values():
                 if len(batch) >= p.batch_requests_max or size + r.size_bytes > p.batch_bytes_max:
                     break
                 batch.append(r)
@@ -493,7 +459,9 @@ class Replica:
                 raise ReplicaBug("queued request exceeds the batch size limit")
             self._propose(tuple(batch))
             force = False
-        if not self._queue:
+            self._held_for_execution = False
+        if not queue:
+            self._held_for_execution = False
             self._cancel_timer(ev.TimerKind.BATCH)
             self._fill_to_epoch_boundary()
 
@@ -502,27 +470,36 @@ class Replica:
         the sequence numbers up to it, the primary fills them with empty batches, so that the
         change never waits for traffic."""
         pending = self.pending_reconfiguration
-        while (pending is not None and self.is_primary and self.view_active and not self._queue
+        while (pending is not None and self.is_primary and self.view_active
+               and not self.pool.queue
                and self._next_seq <= min(pending.effective_seq, self._high_watermark())
                and self._next_seq - 1 - self.last_executed < self.params.pipeline_depth):
             self._propose(())
 
+    def _proposal_time(self) -> int:
+        """The primary's timestamp for its next proposal: its clock, never going backwards."""
+        if self._clock is None:
+            return 0
+        self._last_proposal_ms = max(self._last_proposal_ms, self._clock.now_ms())
+        return self._last_proposal_ms
+
     def _propose(self, batch: tuple[m.Request, ...]) -> None:
         seq = self._next_seq
-        body = m.PrePrepare(self.config.epoch, self.view, seq, batch_digest(batch), batch)
+        body = m.PrePrepare(self.config.epoch, self.view, seq, batch_root(batch), len(batch),
+                            self._proposal_time())
         msg = self._sign_vote(body)
         if msg is None:
             raise ReplicaBug(f"primary already signed another batch for view {self.view} "
                              f"seq {seq}")
         self._next_seq += 1
         for r in batch:
-            self._queue.pop(r.key, None)
-            self._in_flight.add(r.key)
+            self.pool.mark_in_flight(r)
         slot = self._slot(seq)
         slot.pre_prepare = msg
-        slot.remember(msg, body)
+        slot.remember_header(msg, adopt=True)
+        slot.remember_batch(body.root, batch, adopt=True)
         self._out.append(ev.Persist((msg,)))
-        self._broadcast(msg)
+        self._send_with_batch(self._peers(), msg, batch)
         self._check_prepared(slot)
 
     # ------------------------------------------------------------------------- peer messages
@@ -540,17 +517,26 @@ class Replica:
 
     def _message_epoch(self, b: m.Body) -> int | None:
         if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit, m.Checkpoint, m.ViewChange,
-                          m.NewView, m.Status)):
+                          m.NewView, m.Status, m.BatchRequest)):
             return b.epoch
         return None
 
     def _buffer_future(self, msg: m.SignedMessage) -> None:
-        if len(self._future) >= self.params.future_messages_max:
-            self._future.pop(0)
+        """Bounded by count and by bytes (a buffered PRE-PREPARE may carry its batch)."""
+        size = len(msg.wire) + (0 if msg.batch is None else
+                                sum(r.size_bytes for r in msg.batch))
+        limit = FUTURE_BATCHES_BYTES * self.params.batch_bytes_max
         self._future.append(msg)
+        self._future_bytes += size
+        while self._future and (len(self._future) > self.params.future_messages_max
+                                or self._future_bytes > limit):
+            old = self._future.pop(0)
+            self._future_bytes -= len(old.wire) + (0 if old.batch is None else
+                                                   sum(r.size_bytes for r in old.batch))
 
     def _replay_future(self) -> None:
         future, self._future = self._future, []
+        self._future_bytes = 0
         for msg in future:
             self._on_signed(msg)
 
@@ -597,6 +583,8 @@ class Replica:
                 self._on_client_request(r, forwarded=True)
         elif isinstance(b, m.StateRequest):
             self._on_state_request(msg.sender, b)
+        elif isinstance(b, m.BatchRequest):
+            self._on_batch_request(msg.sender, b)
 
     def _in_window(self, seq: int) -> bool:
         return self.stable_seq < seq <= self._high_watermark()
@@ -608,25 +596,72 @@ class Replica:
             self._slots[seq] = slot
         return slot
 
+    def _vouched(self, slot: Slot, digest: bytes) -> bool:
+        """A quorum already vouched for this batch: a NEW-VIEW re-proposed it (every
+        re-proposal comes from a prepared certificate, which at least one honest replica
+        checked) or quorum COMMITs name it. Its contents then need only match the root, not
+        a fresh check of every client signature (which could fail later, e.g. after a key
+        was revoked, and must not stop a decided batch from executing)."""
+        if slot.pre_prepare is not None and slot.digest == digest and \
+                self._new_view_msg is not None and any(
+                    isinstance(pp.body, m.PrePrepare) and pp.body.seq == slot.seq
+                    and pp.body.digest == digest
+                    for pp in self._new_view_msg_pre_prepares()):
+            return True
+        views: dict[int, int] = {}
+        for (view, _s, d) in slot.commits:
+            if d == digest:
+                views[view] = views.get(view, 0) + 1
+        return any(n >= self.config.quorum for n in views.values())
+
+    def _new_view_msg_pre_prepares(self) -> tuple[m.SignedMessage, ...]:
+        nv = None if self._new_view_msg is None else self._new_view_msg.body
+        return nv.pre_prepares if isinstance(nv, m.NewView) else ()
+
     def _accept_batch(self, msg: m.SignedMessage, b: m.PrePrepare, *,
                       adopt: bool = False) -> bool:
-        """Paper 4.2 acceptance checks that do not depend on the view: digest, limits, client
-        signatures. Records the batch contents in the slot."""
-        p = self.params
-        if b.digest != batch_digest(b.requests):
-            self._fault(msg.sender, f"pre-prepare digest mismatch at seq {b.seq}")
-            return False
-        if len(b.requests) > p.batch_requests_max or sum(
-                r.size_bytes for r in b.requests) > p.batch_bytes_max:
-            self._fault(msg.sender, f"oversized batch at seq {b.seq}")
-            return False
-        for r in b.requests:
-            if self._verify_request(r) is not None:
-                self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
-                return False
+        """Paper 4.2 acceptance checks that do not depend on the view: the attached batch
+        matches the header's root and size, respects the limits, and every client signature
+        is valid. Keeps the header and the batch in the slot; whether its contents are held."""
         slot = self._slot(b.seq)
-        slot.remember(msg, b, adopt=adopt)
-        return b.digest in slot.batches
+        requests = msg.batch
+        if requests is None:
+            # A header alone (retransmitted, or from a log): keep it, so a certificate for
+            # its digest knows what batch to fetch and from whom.
+            slot.remember_header(msg, adopt=adopt or self._vouched(slot, b.digest))
+            return b.count == 0 or b.root in slot.batches
+        if len(requests) != b.count or batch_root(requests) != b.root:
+            self._fault(msg.sender, f"pre-prepare batch does not match its root at seq {b.seq}")
+            return False
+        vouched = self._vouched(slot, b.digest)
+        if not vouched:
+            p = self.params
+            if len(requests) > p.batch_requests_max or sum(
+                    r.size_bytes for r in requests) > p.batch_bytes_max:
+                self._fault(msg.sender, f"oversized batch at seq {b.seq}")
+                return False
+            for r in requests:
+                if self._verify_request(r) is not None:
+                    self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
+                    return False
+        # A vouched batch always fits, like the adopted one: an equivocating primary may have
+        # filled the slot's bounded tables with other batches of its own, and the one a quorum
+        # decided must not be the one left out.
+        keep = adopt or vouched
+        slot.remember_header(msg, adopt=keep)
+        slot.remember_batch(b.root, requests, adopt=keep)
+        return slot.has_contents(b.digest)
+
+    def _clock_problem(self, b: m.PrePrepare) -> str | None:
+        """Why a primary's new proposal is too far from our clock to prepare, if it is."""
+        skew = self.params.clock_skew_ms_max
+        if self._clock is None or skew == 0:
+            return None
+        now = self._clock.now_ms()
+        if abs(b.timestamp_ms - now) > skew:
+            return (f"proposal at seq {b.seq} is stamped {b.timestamp_ms - now:+d} ms from our "
+                    f"clock (limit {skew} ms)")
+        return None
 
     def _on_pre_prepare(self, msg: m.SignedMessage, b: m.PrePrepare) -> None:
         if b.seq <= self.last_executed or not self._in_window(b.seq):
@@ -637,20 +672,29 @@ class Replica:
         if b.view > self.view or (b.view == self.view and not self.view_active):
             self._buffer_future(msg)
             return
-        if b.view < self.view:
-            # An old view's pre-prepare is only useful as batch contents for a commit
-            # certificate (retransmitted to a lagging replica).
+        slot = self._slot(b.seq)
+        if b.view < self.view or (slot.pre_prepare is not None and slot.view == b.view):
+            if b.view == self.view and slot.digest != b.digest:
+                self._fault(msg.sender, f"primary equivocated at view {b.view} seq {b.seq}")
+            # An old view's proposal, our own adopted one again (a fetched batch) or an
+            # equivocation: never vote for it, but keep its batch: with a commit certificate
+            # for its digest, it is all we need to execute.
+            if self._accept_batch(msg, b):
+                self._adopted_contents(slot)
+                self._try_execute()
+            return
+        problem = self._clock_problem(b)
+        if problem is not None:
+            # Never vote for it, but keep its batch (checked like any other): if a quorum
+            # commits this digest anyway (our clock is off, or the proposal reached us late),
+            # the batch is what we need to execute, and a fetch would only bring this header
+            # back to this same check.
+            self._fault(msg.sender, problem)
             if self._accept_batch(msg, b):
                 self._try_execute()
             return
-        slot = self._slot(b.seq)
-        if slot.pre_prepare is not None and slot.view == b.view:
-            if slot.digest != b.digest:
-                self._fault(msg.sender, f"primary equivocated at view {b.view} seq {b.seq}")
-                # Never vote for it, but keep the contents: if a quorum committed this batch,
-                # its certificate is all we need to execute it.
-                if self._accept_batch(msg, b):
-                    self._try_execute()
+        if msg.batch is None and not (b.count == 0 or b.root in slot.batches):
+            self._ask_batch(slot, b.digest, (msg.sender,))
             return
         if not self._accept_batch(msg, b, adopt=True):
             return
@@ -660,13 +704,8 @@ class Replica:
     def _adopt_pre_prepare(self, slot: Slot, msg: m.SignedMessage, b: m.PrePrepare) -> None:
         """Accept a pre-prepare of the current view; a backup answers with PREPARE."""
         slot.pre_prepare = msg
-        for r in b.requests:
-            if self._client_table.check(r.client_id, r.nonce)[0] is NonceStatus.FRESH:
-                if r.key not in self._pending and len(self._pending) < \
-                        self.params.pending_requests_max:
-                    self._pending[r.key] = (r, self._tick)
-                self._queue.pop(r.key, None)
-                self._in_flight.add(r.key)
+        slot.remember_header(msg, adopt=True)
+        self._adopted_contents(slot)
         if msg.sender != self.id:
             prepare = self._sign_vote(m.Prepare(b.epoch, b.view, b.seq, b.digest))
             if prepare is None:
@@ -679,7 +718,19 @@ class Replica:
         self._arm_request_timer()
         self._check_prepared(slot)
 
-    def _store_vote(self, slot: Slot, table: dict[tuple[int, int, bytes], m.SignedMessage],
+    def _adopted_contents(self, slot: Slot) -> None:
+        """The requests of the adopted batch are in flight (a primary must not propose them
+        again in another slot), and pending here (so a backup times them)."""
+        if slot.pre_prepare is None:
+            return
+        requests = slot.contents(header(slot.pre_prepare).digest)
+        for r in requests or ():
+            if r.key not in self.pool.in_flight and \
+                    self._client_table.check(r.client_id, r.nonce)[0] is NonceStatus.FRESH:
+                self.pool.add(r, self._tick)
+                self.pool.mark_in_flight(r)
+
+    def _store_vote(self, slot: Slot, table: dict[VoteKey, m.SignedMessage],
                     msg: m.SignedMessage, b: m.Prepare | m.Commit) -> bool:
         """Keep a vote. A sender's first vote in a view is always kept; a further, different
         one only if it is for a batch we hold (bounded memory, and the real vote of an
@@ -687,13 +738,14 @@ class Replica:
         key = (b.view, msg.sender, b.digest)
         if key in table:
             return False
+        known = slot.header_for(b.digest) is not None
         if len(table) >= VOTES_PER_SLOT_PER_MEMBER * self.config.n and (
-                b.view != self.view or b.digest not in slot.batches):
+                b.view != self.view or not known):
             return False  # bounded: old-view or unknown-batch votes beyond the cap are dropped
         if any(v == b.view and s == msg.sender for v, s, _d in table):
             self._fault(msg.sender, f"conflicting {type(b).__name__} at view {b.view} "
                                     f"seq {b.seq}")
-            if b.digest not in slot.batches:
+            if not known:
                 return False
         table[key] = msg
         return True
@@ -743,6 +795,79 @@ class Replica:
         if self._store_vote(slot, slot.commits, msg, b):
             self._try_execute()
 
+    # -------------------------------------------------------------------------- batch fetch
+
+    def _ask_batch(self, slot: Slot, digest: bytes, candidates: Iterable[int]) -> None:
+        """Ask one peer for the batch behind `digest`: the first candidate not asked yet in this
+        round (candidates first, then the other peers), so a silent peer is not asked again
+        before every other one was."""
+        preferred = [p for p in dict.fromkeys(candidates) if p != self.id and
+                     self.config.is_member(p)]
+        peers = preferred + [p for p in self._peers() if p not in preferred]
+        if not peers:
+            return
+        fresh = [p for p in peers if p not in slot.fetch_asked]
+        if not fresh:
+            slot.fetch_asked.clear()
+            fresh = peers
+        peer = fresh[0]
+        slot.fetch_asked.add(peer)
+        slot.fetch_attempts += 1
+        self._send(peer, self._sign(m.BatchRequest(self.config.epoch, slot.seq, digest)))
+
+    def _missing_batch(self, slot: Slot) -> tuple[bytes, list[int]] | None:
+        """The digest whose batch this slot needs to execute (a commit certificate's, else the
+        adopted proposal's) and who should hold it, if its contents are missing."""
+        counts: dict[tuple[int, bytes], list[int]] = {}
+        for (view, sender, digest) in slot.commits:
+            counts.setdefault((view, digest), []).append(sender)
+        for (_view, digest), senders in counts.items():
+            if len(senders) >= self.config.quorum and not slot.has_contents(digest):
+                return digest, senders
+        if slot.pre_prepare is not None:
+            digest = header(slot.pre_prepare).digest
+            if not slot.has_contents(digest):
+                voters = [s for (_v, s, d) in (*slot.prepares, *slot.commits) if d == digest]
+                return digest, [slot.pre_prepare.sender, *voters]
+        return None
+
+    def _fetch_missing_batches(self) -> None:
+        """Each STATUS tick: ask for the batches the next sequence numbers need."""
+        asked = 0
+        for seq in sorted(self._slots):
+            if asked >= self.params.batch_fetch_seqs_max:
+                return
+            if seq <= self.last_executed:
+                continue
+            slot = self._slots[seq]
+            missing = self._missing_batch(slot)
+            if missing is not None:
+                self._ask_batch(slot, missing[0], missing[1])
+                asked += 1
+
+    def _on_batch_request(self, sender: int, b: m.BatchRequest) -> None:
+        """Answer with a proposal header for that digest and its batch, at most once per peer
+        and sequence number per tick, and for at most `batch_answer_bytes_max` bytes per peer
+        per tick."""
+        slot = self._slots.get(b.seq)
+        if slot is None or self._batches_sent.get((sender, b.seq)) == self._tick:
+            return
+        requests = slot.contents(b.digest)
+        msg = slot.header_for(b.digest)
+        if requests is None or msg is None:
+            return
+        tick, used = self._batch_bytes_sent.get(sender, (self._tick, 0))
+        if tick != self._tick:
+            used = 0
+        if used >= self.params.batch_answer_bytes_max:
+            return  # a small request must not buy a window of full batches every tick
+        self._batches_sent[(sender, b.seq)] = self._tick
+        if len(self._batches_sent) > 4 * self.params.log_window * max(1, self.config.n):
+            self._batches_sent = {k: t for k, t in self._batches_sent.items()
+                                  if t >= self._tick - 1}
+        used += self._send_with_batch((sender,), msg, requests)
+        self._batch_bytes_sent[sender] = (self._tick, used)
+
     # ---------------------------------------------------------------------------- execution
 
     def _commit_certificate(self, slot: Slot) -> tuple[int, bytes, list[m.SignedMessage]] | None:
@@ -751,7 +876,7 @@ class Replica:
         for (view, _sender, digest), msg in slot.commits.items():
             counts.setdefault((view, digest), []).append(msg)
         for (view, digest), msgs in counts.items():
-            if len(msgs) >= self.config.quorum and digest in slot.batches:
+            if len(msgs) >= self.config.quorum and slot.has_contents(digest):
                 return view, digest, msgs
         return None
 
@@ -764,11 +889,14 @@ class Replica:
                 return
             cert = self._commit_certificate(slot)
             if cert is None:
+                missing = self._missing_batch(slot)
+                if missing is not None and slot.fetch_attempts == 0:
+                    self._ask_batch(slot, missing[0], missing[1])  # then once per tick
                 return
             view, digest, commits = cert
-            requests = slot.batches[digest][0]
-            pp_msg = slot.proposal(view, digest)
-            self._execute(seq, view, digest, requests, pp_msg,
+            requests = slot.contents(digest)
+            assert requests is not None
+            self._execute(seq, view, digest, requests, slot.proposal(view, digest),
                           tuple(sorted(commits, key=lambda c: c.sender)))
 
     def _execute(self, seq: int, view: int, digest: bytes, requests: tuple[m.Request, ...],
@@ -789,9 +917,7 @@ class Replica:
         self.last_executed = seq
         self.state_digest = next_state_digest(self.state_digest, seq, digest)
         for r in requests:
-            self._pending.pop(r.key, None)
-            self._queue.pop(r.key, None)
-            self._in_flight.discard(r.key)
+            self.pool.remove(r.key)
         if executed:
             self._view_change_attempts = 0
         if not replay:
@@ -803,7 +929,7 @@ class Replica:
                 and seq == self.pending_reconfiguration.effective_seq):
             self._take_checkpoint(seq, replay=replay)
         if not replay:
-            if self._timed_request is not None and self._timed_request not in self._pending:
+            if self._timed_request is not None and self._timed_request not in self.pool:
                 self._cancel_timer(ev.TimerKind.REQUEST)
             self._arm_request_timer()
             self._maybe_propose()
@@ -826,12 +952,8 @@ class Replica:
 
     def _drop_slot(self, seq: int) -> None:
         slot = self._slots.pop(seq)
-        for requests, _ in slot.batches.values():
-            for r in requests:
-                if r.key in self._in_flight:
-                    self._in_flight.discard(r.key)
-                    if self.is_primary and r.key in self._pending:
-                        self._queue[r.key] = r
+        for r in slot.all_requests():
+            self.pool.release(r, requeue=self.is_primary)
 
     # -------------------------------------------------------------------- checkpoints (4.3)
 
@@ -870,14 +992,16 @@ class Replica:
                  if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
         if len(votes) < self.config.quorum or seq <= self.stable_seq:
             return
-        proof = tuple(sorted(votes, key=lambda v: v.sender))
+        # A quorum exactly (more may have arrived before our own vote): what VIEW-CHANGEs and
+        # state responses carry stays within their size bounds.
+        proof = tuple(sorted(votes, key=lambda v: v.sender))[: self.config.quorum]
         own = self._snapshots.get(seq)
         if own is not None:
             if snapshot_digest(self.genesis, own) != digest:
                 raise ReplicaBug(f"a quorum certified a different state at checkpoint {seq}")
             self._make_stable(own, proof)
         elif seq > self.last_executed:
-            self._note_behind(seq, tuple(v.sender for v in proof))
+            self._catchup.prove(seq, tuple(v.sender for v in proof))
 
     def _make_stable(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...]) -> None:
         """The checkpoint is stable: garbage-collect the log below it (paper 4.3) and, at an
@@ -899,6 +1023,7 @@ class Replica:
             del self._checkpoint_votes[s]
         self._own = {k: d for k, d in self._own.items()
                      if k[3] > snap.seq and k[1] >= self.config.epoch}
+        self._batches_sent = {k: t for k, t in self._batches_sent.items() if k[1] > snap.seq}
         self._out.append(ev.PersistSnapshot(snap, proof))
         if boundary:
             self._enter_epoch(snap)
@@ -909,15 +1034,21 @@ class Replica:
         self.config = EpochConfig(last.epoch, last.start_seq, last.members)
         self._epoch_records = snap.epochs
         self.pending_reconfiguration = None
+        self._forget_epoch_state()
+        self._next_seq = snap.seq + 1
+        self._reset_view_for_epoch()
+        self._after_leader_change()
+
+    def _forget_epoch_state(self) -> None:
+        """What belongs to the epoch that ended: its votes, view changes and slots."""
         self._checkpoint_votes.clear()
         self._view_changes.clear()
         self._new_view_msg = None
         for s in list(self._slots):
             self._drop_slot(s)
-        self._next_seq = snap.seq + 1
-        self._in_flight.clear()
-        self._reset_view_for_epoch()
-        self._after_leader_change()
+        self.pool.in_flight.clear()
+        self._catchup = CatchUp(self.config.weak_quorum, proven_seq=self._catchup.proven_seq,
+                                proven_holders=self._catchup.proven_holders)
 
     def _reset_view_for_epoch(self) -> None:
         """Views restart at 0 in every epoch, so that a replica that joins knows the primary
@@ -931,11 +1062,9 @@ class Replica:
 
     def _after_leader_change(self) -> None:
         """New primary (view or epoch change): hand it every pending request."""
-        self._queue.clear()
+        self.pool.queue.clear()
         if self.is_primary:
-            for key, (r, _) in self._pending.items():
-                if key not in self._in_flight:
-                    self._queue[key] = r
+            self.pool.requeue_all()
             self._cancel_timer(ev.TimerKind.REQUEST)
             self._timed_request = None
             self._maybe_propose()
@@ -947,36 +1076,43 @@ class Replica:
 
     def _forward_pending(self, *, waited_only: bool) -> None:
         """Relay pending requests to the primary; with `waited_only`, only those that have
-        already waited a full status tick (their first forward may have been lost)."""
+        already waited a full status tick (their first forward may have been lost). One
+        forward carries at most a batch's worth (count and bytes)."""
         if not self.is_member or self.is_primary:
             return
-        batch = [r for key, (r, tick) in self._pending.items()
-                 if key not in self._in_flight and (not waited_only or tick < self._tick - 1)]
-        batch = batch[: self.params.batch_requests_max]
+        batch: list[m.Request] = []
+        size = 0
+        for key, r, tick in self.pool.items():
+            if key in self.pool.in_flight or (waited_only and tick >= self._tick - 1):
+                continue
+            if len(batch) >= self.params.batch_requests_max or \
+                    size + r.size_bytes > self.params.batch_bytes_max:
+                break
+            batch.append(r)
+            size += r.size_bytes
         if batch:
             self._send(self.primary, self._sign(m.RequestForward(tuple(batch))))
 
     # ----------------------------------------------------------------------- state transfer
 
-    def _note_behind(self, seq: int, holders: Iterable[int]) -> None:
-        """Others hold a stable checkpoint above our state. If we are still behind it at the
-        next status tick, we fetch it (normal execution usually catches up first)."""
-        if seq > self._behind[0]:
-            self._behind = (seq, tuple(holders))
-
-    def _request_state(self, seq: int, holders: Iterable[int]) -> None:
-        """We saw a stable checkpoint above our state: ask its holders for it."""
-        if seq <= self._state_request_seq:
+    def _request_state(self, holders: Iterable[int]) -> None:
+        """Ask holders for a stable checkpoint above our state (at most once per tick)."""
+        if self._state_requested_tick == self._tick:
             return
-        self._state_request_seq = seq
-        msg = self._sign(m.StateRequest(seq))
-        for holder in holders:
+        targets = self._catchup.next_holders(tuple(h for h in holders if h != self.id))
+        if not targets:
+            return
+        self._state_requested_tick = self._tick
+        msg = self._sign(m.StateRequest(self.last_executed))
+        for holder in targets:
             self._send(holder, msg)
 
     def _on_state_request(self, sender: int, b: m.StateRequest) -> None:
         snap = self._stable_snapshot
-        if snap is not None and snap.seq >= b.seq:
-            self._send(sender, self._sign(m.StateResponse(snap, self._stable_proof)))
+        if snap is None or snap.seq <= b.after_seq or self._state_sent.get(sender) == self._tick:
+            return
+        self._state_sent[sender] = self._tick
+        self._send(sender, self._sign(m.StateResponse(snap, self._stable_proof)))
 
     def _on_state_response(self, sender: int, b: m.StateResponse) -> None:
         snap = b.snapshot
@@ -996,7 +1132,9 @@ class Replica:
                                        self._verifier):
             self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
             return
-        self._install_snapshot(snap, b.proof, configs[-1])
+        proof = checkpoint_quorum(b.proof, signer_config, snap.seq, digest, self.chain_id,
+                                  self._verifier)
+        self._install_snapshot(snap, proof, configs[-1])
 
     def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
                           config: EpochConfig) -> None:
@@ -1016,22 +1154,15 @@ class Replica:
         self._checkpoint_votes = {s: v for s, v in self._checkpoint_votes.items()
                                   if s > snap.seq}
         self._next_seq = max(self._next_seq, snap.seq + 1)
-        for key in [k for k in self._pending
-                    if self._client_table.check(*k)[0] is not NonceStatus.FRESH]:
-            del self._pending[key]
-            self._queue.pop(key, None)
-            self._in_flight.discard(key)
+        for key, _r, _t in list(self.pool.items()):
+            if self._client_table.check(*key)[0] is not NonceStatus.FRESH:
+                self.pool.remove(key)
         self._out.append(ev.InstallSnapshot(snap, proof))
         self._out.append(ev.PersistSnapshot(snap, proof))
         if epoch_changed:
             self.config = config
-            self._checkpoint_votes.clear()
-            self._view_changes.clear()
-            self._new_view_msg = None
-            for s in list(self._slots):
-                self._drop_slot(s)
+            self._forget_epoch_state()
             self._next_seq = snap.seq + 1
-            self._in_flight.clear()
             self._reset_view_for_epoch()
             self._after_leader_change()
         else:
@@ -1048,7 +1179,7 @@ class Replica:
 
     def _prepared_proofs(self) -> tuple[m.PreparedProof, ...]:
         """For each sequence above the stable checkpoint, the proof of the highest view in which
-        this replica saw the batch prepared (or committed)."""
+        this replica saw the batch prepared (or committed): headers and votes only."""
         proofs = []
         quorum = self.config.quorum
         for seq in sorted(self._slots):
@@ -1136,8 +1267,8 @@ class Replica:
         _, proposals = new_view_proposals(bodies)
         pre_prepares = []
         for p in proposals:
-            pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.digest,
-                                              p.requests))
+            pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.root,
+                                              p.count, p.timestamp_ms))
             if pp is None:
                 raise ReplicaBug(f"already pre-prepared seq {p.seq} in view {self.view}")
             pre_prepares.append(pp)
@@ -1178,15 +1309,19 @@ class Replica:
             proof = body.stable_proof
             if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
                     snapshot_digest(self.genesis, own) == proof[0].body.digest:
-                self._make_stable(own, proof)
+                self._make_stable(own, checkpoint_quorum(
+                    proof, self.config, min_s, proof[0].body.digest, self.chain_id,
+                    self._verifier))
             elif min_s > self.last_executed:
-                self._request_state(min_s, [s.sender for s in proof] or [holder.sender])
+                holders = tuple(s.sender for s in proof) or (holder.sender,)
+                self._catchup.prove(min_s, holders)
+                self._request_state(holders)
         max_s = max((pp.body.seq for pp in nv.pre_prepares if isinstance(pp.body, m.PrePrepare)),
                     default=min_s)
         for s in [s for s in self._slots if s > max_s]:
             self._drop_slot(s)
         self._next_seq = max(max_s, self.last_executed) + 1
-        self._in_flight.clear()
+        self.pool.in_flight.clear()
         self._out.append(ev.ViewEntered(self.view, self.primary))
         for pp_msg in nv.pre_prepares:
             pp = pp_msg.body
@@ -1194,10 +1329,10 @@ class Replica:
             if pp.seq <= self.last_executed or not self._in_window(pp.seq):
                 continue
             slot = self._slot(pp.seq)
-            slot.remember(pp_msg, pp, adopt=True)
-            for r in pp.requests:
-                self._in_flight.add(r.key)
             self._adopt_pre_prepare(slot, pp_msg, pp)
+            if not slot.has_contents(pp.digest):
+                self._ask_batch(slot, pp.digest,
+                                [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
         self._after_leader_change()
         self._try_execute()
 
@@ -1210,56 +1345,110 @@ class Replica:
         if kind is ev.TimerKind.BATCH:
             self._maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
-            if self._timed_request is not None and self._client_table.check(
-                    *self._timed_request)[0] is NonceStatus.STALE:
-                self._arm_request_timer()  # it can never execute: time the next one
-            elif self._timed_request in self._pending and self.view_active:
-                if (self.last_executed > self._request_progress_mark
-                        and self._request_patience_used < self.params.request_patience):
-                    # The primary is executing batches: a deep queue drains, give it time
-                    # (and do not flood peers with relays of requests it is getting to).
-                    self._request_patience_used += 1
-                    self._request_progress_mark = self.last_executed
-                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-                elif not self._request_relayed:
-                    # First expiry without progress: the other backups may never have seen
-                    # these requests (a client reaches one validator). Relay them to everyone,
-                    # as the paper's client retransmission does, so that all backups time
-                    # them; vote for a view change only if they still wait one more period. A
-                    # replica that is merely slow thus does not leave the group alone.
-                    self._request_relayed = True
-                    waiting = [r for r, _ in self._pending.values()]
-                    self._broadcast(self._sign(m.RequestForward(
-                        tuple(waiting[: self.params.batch_requests_max]))))
-                    self._request_progress_mark = self.last_executed
-                    self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-                else:
-                    self._start_view_change(self.view + 1)
+            self._on_request_timer()
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
                 self._view_change_attempts += 1
                 self._start_view_change(self.view + 1)
         elif kind is ev.TimerKind.STATUS:
-            self._tick += 1
-            self._state_request_seq = 0
-            if self._behind[0] > self.last_executed:
-                self._request_state(*self._behind)
-            if self.is_member or self.last_executed == 0:
-                status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
-                                             self.last_executed, self.stable_seq))
-                self._broadcast(status)
-            if self.view_active:
-                self._forward_pending(waited_only=True)
-            self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
+            self._on_status_tick()
+
+    def _on_request_timer(self) -> None:
+        timed = self._timed_request
+        if timed is not None and self._client_table.check(*timed)[0] is NonceStatus.STALE:
+            self._arm_request_timer()  # it can never execute: time the next one
+        elif timed in self.pool and self.view_active:
+            if (self.last_executed > self._request_progress_mark
+                    and self._request_patience_used < self.params.request_patience):
+                # The primary is executing batches: a deep queue drains, give it time
+                # (and do not flood peers with relays of requests it is getting to).
+                self._request_patience_used += 1
+                self._request_progress_mark = self.last_executed
+                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+            elif not self._request_relayed:
+                # First expiry without progress: the other backups may never have seen
+                # these requests (a client reaches one validator). Relay them to everyone,
+                # as the paper's client retransmission does, so that all backups time
+                # them; vote for a view change only if they still wait one more period. A
+                # replica that is merely slow thus does not leave the group alone.
+                self._request_relayed = True
+                waiting: list[m.Request] = []
+                size = 0
+                for _key, r, _tick in self.pool.items():
+                    if len(waiting) >= self.params.batch_requests_max or \
+                            size + r.size_bytes > self.params.batch_bytes_max:
+                        break
+                    waiting.append(r)
+                    size += r.size_bytes
+                self._broadcast(self._sign(m.RequestForward(tuple(waiting))))
+                self._request_progress_mark = self.last_executed
+                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
+            else:
+                self._start_view_change(self.view + 1)
+
+    def _on_status_tick(self) -> None:
+        self._tick += 1
+        target, holders = self._catchup.target(self.last_executed)
+        if target > self.last_executed:
+            self._request_state(holders)
+        if self.is_member or self.last_executed == 0:
+            status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
+                                         self.last_executed, self.stable_seq,
+                                         0 if self._clock is None else self._clock.now_ms()))
+            self._broadcast(status)
+        self._watch_primary()
+        if self.view_active:
+            self._forward_pending(waited_only=True)
+        self._fetch_missing_batches()
+        self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
 
     # ------------------------------------------------------------------- status: retransmission
 
+    def _watch_primary(self) -> None:
+        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms).
+
+        A member's delay is how much later than its fastest STATUS of the last
+        `LAG_SAMPLES` its recent STATUS messages arrive: measured against its own best, a
+        constant clock offset between it and us cancels out (clocks may differ by up to
+        `clock_skew_ms_max`; an offset must not make an honest primary look slow)."""
+        limit = self.params.slow_primary_lag_ms
+        if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
+                or not self.is_member):
+            self._slow_ticks = 0
+            return
+        def delay(lags: list[int]) -> int | None:
+            if len(lags) < 3:
+                return None
+            recent = sorted(lags[-LAG_RECENT:])
+            return recent[len(recent) // 2] - min(lags)
+        lag = delay(self._lags.get(self.primary, []))
+        others = [d for p, v in self._lags.items()
+                  if p != self.primary and p != self.id and (d := delay(v)) is not None]
+        if lag is None or not others:
+            self._slow_ticks = 0
+            return
+        usual = sorted(others)[len(others) // 2]
+        if lag >= limit and lag >= 4 * usual + 100:
+            self._slow_ticks += 1
+        else:
+            self._slow_ticks = 0
+        if self._slow_ticks >= self.params.slow_primary_ticks:
+            self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
+                                      f"{lag} ms later than its best, the others' {usual} ms")
+            self._slow_ticks = 0
+            self._lags.pop(self.primary, None)
+            self._start_view_change(self.view + 1)
+
     def _on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
+        if b.sent_ms and self._clock is not None:
+            lags = self._lags.setdefault(sender, [])
+            lags.append(self._clock.now_ms() - b.sent_ms)
+            del lags[:-LAG_SAMPLES]
+        if b.epoch >= self.config.epoch:
+            self._catchup.claim(sender, b.stable_seq)
         if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
-            if b.stable_seq > self.last_executed:
-                self._note_behind(b.stable_seq, (sender,))
-            return
+            return  # it is ahead of us: our tick decides whether enough members say so
         if b.epoch < self.config.epoch:
             return
         if b.last_executed < self.stable_seq:
@@ -1280,21 +1469,20 @@ class Replica:
             if seq > max(b.stable_seq, self.stable_seq) and own is not None:
                 self._send(sender, own)
         budget = self.params.retransmit_seqs_max
-        bytes_left = self.params.retransmit_bytes_max
-        # Decided batches it lacks, only when it made no progress since its last STATUS (a
-        # replica merely behind under load catches up by itself; resending batches to it each
-        # tick would multiply the traffic): the pre-prepare plus a commit certificate.
+        # Decided sequence numbers it lacks, only when it made no progress since its last
+        # STATUS (a replica merely behind under load catches up by itself): the proposal
+        # header and a commit certificate. Never the batch: the peer most likely has it
+        # already (it lost a vote, not the proposal), and if not it asks (BATCH-REQUEST), so
+        # retransmission costs a few hundred bytes per sequence number, whatever batches hold.
         seq = b.last_executed + 1
-        while stuck and seq <= self.last_executed and budget > 0 and bytes_left > 0:
+        while stuck and seq <= self.last_executed and budget > 0:
             slot = self._slots.get(seq)
             if slot is None:
                 break
             cert = self._commit_certificate(slot)
             if cert is not None:
                 view, digest, commits = cert
-                proposal = slot.proposal(view, digest)
-                self._send(sender, proposal)
-                bytes_left -= len(proposal.wire)
+                self._send(sender, slot.proposal(view, digest))
                 for c in commits:
                     self._send(sender, c)
             seq += 1
@@ -1308,16 +1496,15 @@ class Replica:
         if b.view != self.view or not self.view_active or not stuck:
             return
         # Same view, and it is stuck: resend our votes for in-progress sequences that have
-        # been stuck a tick.
+        # been stuck a tick (headers only, as above).
         for seq in sorted(self._slots):
-            if budget <= 0 or bytes_left <= 0:
+            if budget <= 0:
                 break
             slot = self._slots[seq]
             if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
                 continue
             if slot.pre_prepare is not None and slot.view == self.view:
                 self._send(sender, slot.pre_prepare)
-                bytes_left -= len(slot.pre_prepare.wire)
             for table in (slot.prepares, slot.commits):
                 own = Slot.own_vote(table, self.view, self.id)
                 if own is not None:
@@ -1343,8 +1530,8 @@ class Replica:
                                                           self._stable_proof)))
 
     def _resend_new_view(self, peer: int) -> None:
-        """At most once per peer per status tick: a NEW-VIEW is large, and replayed old
-        messages must not turn this replica into an amplifier."""
+        """At most once per peer per status tick, so replayed old messages cannot turn this
+        replica into an amplifier."""
         if self._new_view_msg is None or self._new_view_sent.get(peer) == self._tick:
             return
         self._new_view_sent[peer] = self._tick
@@ -1354,7 +1541,9 @@ class Replica:
 
     def _recover(self, rec: Recovered) -> None:
         """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
-        and every message this replica signed (so it never signs a conflicting one)."""
+        and every message this replica signed (so it never signs a conflicting one). Batches
+        of proposals above the executed ones are not persisted (headers are): they are fetched
+        from peers."""
         if rec.snapshot is not None:
             configs = verify_epoch_history(self.genesis, rec.snapshot.epochs, self.chain_id,
                                            self._verifier)
@@ -1371,6 +1560,7 @@ class Replica:
             self._stable_snapshot = snap
             self._epoch_records = snap.epochs
             self.config = configs[-1]
+            self._catchup = CatchUp(self.config.weak_quorum)
             self._next_seq = snap.seq + 1
         for batch in sorted(rec.executed, key=lambda e: e.seq):
             if batch.seq <= self.last_executed:
@@ -1378,12 +1568,14 @@ class Replica:
             pp = batch.pre_prepare.body
             if not isinstance(pp, m.PrePrepare):
                 raise ValueError("persisted executed batch lacks its pre-prepare")
-            self._execute(batch.seq, pp.view, pp.digest, pp.requests, batch.pre_prepare,
+            self._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
                           batch.certificate, replay=True)
             # Keep what proves the batch until the next stable checkpoint: a lagging peer may
             # need this certificate retransmitted, and a view change may need it as a proof.
             slot = self._slot(batch.seq)
-            slot.remember(batch.pre_prepare, pp)
+            slot.remember_header(batch.pre_prepare)
+            if not any(r.is_stub for r in batch.requests):  # stubs are never sent on
+                slot.remember_batch(pp.root, batch.requests)
             for c in batch.certificate:
                 if isinstance(c.body, m.Commit):
                     slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)
@@ -1396,17 +1588,17 @@ class Replica:
                 if b.epoch != self.config.epoch:
                     continue
                 if msg.sender == self.id:
-                    t = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}[type(b)]
-                    self._own[(t, b.epoch, b.view, b.seq)] = b.digest
+                    self._own[(_VOTE_TYPE[type(b)], b.epoch, b.view, b.seq)] = b.digest
                     if b.view > max_view or (b.view == max_view and not active):
                         max_view, active = b.view, True
                     if isinstance(b, m.PrePrepare):
                         self._next_seq = max(self._next_seq, b.seq + 1)
+                        self._last_proposal_ms = max(self._last_proposal_ms, b.timestamp_ms)
                 if b.seq <= self.last_executed or not self._in_window(b.seq):
                     continue
                 slot = self._slot(b.seq)
                 if isinstance(b, m.PrePrepare):
-                    slot.remember(msg, b)
+                    slot.remember_header(msg)
                     if b.view >= slot.view:
                         slot.pre_prepare = msg
                 elif isinstance(b, m.Prepare):

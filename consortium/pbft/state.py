@@ -19,9 +19,10 @@ from consortium.pbft.membership import EpochConfig, Member
 GENESIS_STATE_DIGEST = tagged_hash(b"consortium/genesis-state")
 
 
-def batch_digest(requests: Iterable[m.Request]) -> bytes:
-    """Merkle root (RFC 6962 leaves) over the request digests: the block's record root is this
-    same value, so a record's inclusion proof checks against what the COMMITs signed."""
+def batch_root(requests: Iterable[m.Request]) -> bytes:
+    """Merkle root (RFC 6962 leaves) over the request digests: a PRE-PREPARE's `root` and the
+    block's `merkle_root`, so a request's inclusion proof checks against what the COMMITs signed
+    (through `messages.proposal_digest`)."""
     return merkle_root([r.digest for r in requests])
 
 
@@ -136,6 +137,22 @@ def verify_signed(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                            msg.signature)
 
 
+def certificate_signers(votes: Iterable[m.SignedMessage], config: EpochConfig,
+                        expected: tuple[int, int, int, bytes], kind: type[m.Commit | m.Prepare],
+                        chain_id: bytes, verifier: Verifier) -> set[int]:
+    """The distinct members of `config` whose valid `kind` votes in `votes` match
+    (epoch, view, seq, digest) = `expected`. The one place quorum certificates are counted for
+    offline checks: block certificates (clients, auditors, state transfer) and the simulator's
+    checker call it; a certificate holds when `len(...) >= config.quorum`."""
+    signers: set[int] = set()
+    for msg in votes:
+        b = msg.body
+        if (isinstance(b, kind) and (b.epoch, b.view, b.seq, b.digest) == expected
+                and msg.sender not in signers and verify_signed(msg, config, chain_id, verifier)):
+            signers.add(msg.sender)
+    return signers
+
+
 def verify_checkpoint_proof(proof: tuple[m.SignedMessage, ...], config: EpochConfig, seq: int,
                             digest: bytes, chain_id: bytes, verifier: Verifier) -> bool:
     """A quorum of distinct members of `config` signed CHECKPOINT(config.epoch, seq, digest)."""
@@ -147,6 +164,25 @@ def verify_checkpoint_proof(proof: tuple[m.SignedMessage, ...], config: EpochCon
                 and verify_signed(msg, config, chain_id, verifier)):
             signers.add(msg.sender)
     return len(signers) >= config.quorum
+
+
+def checkpoint_quorum(proof: tuple[m.SignedMessage, ...], config: EpochConfig, seq: int,
+                      digest: bytes, chain_id: bytes,
+                      verifier: Verifier) -> tuple[m.SignedMessage, ...]:
+    """Exactly a quorum of distinct, valid CHECKPOINT(config.epoch, seq, digest) from `proof`,
+    sorted by sender (fewer if `proof` holds fewer). A proof received from a peer may carry extra
+    or invalid entries that `verify_checkpoint_proof` tolerates; a replica keeps and passes on
+    only this, so the proofs its VIEW-CHANGEs carry stay within `view_change_bytes_max`."""
+    kept: dict[int, m.SignedMessage] = {}
+    for msg in sorted(proof, key=lambda v: v.sender):
+        b = msg.body
+        if (isinstance(b, m.Checkpoint) and b.epoch == config.epoch and b.seq == seq
+                and b.digest == digest and msg.sender not in kept
+                and verify_signed(msg, config, chain_id, verifier)):
+            kept[msg.sender] = msg
+            if len(kept) == config.quorum:
+                break
+    return tuple(kept.values())
 
 
 def verify_epoch_history(genesis: EpochConfig, records: tuple[m.EpochRecord, ...],

@@ -2,33 +2,48 @@
 
 Kept apart from the replica so that a backup verifies a NEW-VIEW with the very function the new
 primary used to build it: the primary cannot choose what to re-propose, only compute it.
+
+VIEW-CHANGE and NEW-VIEW carry proposal *headers* only (a PRE-PREPARE signs its batch's Merkle
+root, size and time, not the requests), so their size is bounded by the window and the quorum,
+whatever the batches hold; a replica that lacks a re-proposed batch fetches it (BATCH-REQUEST).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consortium.crypto.merkle import EMPTY_ROOT
 from consortium.crypto.signing import Verifier
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.state import batch_digest, verify_checkpoint_proof, verify_signed
+from consortium.pbft.state import verify_checkpoint_proof, verify_signed
 
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """One entry of the new view's O set: the batch to re-propose at `seq`."""
+    """One entry of the new view's O set: the batch (by its header fields) to re-propose."""
 
     seq: int
-    digest: bytes
-    requests: tuple[m.Request, ...]
+    root: bytes
+    count: int
+    timestamp_ms: int
+
+    @property
+    def digest(self) -> bytes:
+        return m.proposal_digest(self.root, self.count, self.timestamp_ms)
+
+
+def null_proposal(seq: int) -> Proposal:
+    return Proposal(seq, EMPTY_ROOT, 0, 0)
 
 
 def verify_pre_prepare_msg(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                            verifier: Verifier) -> m.PrePrepare | None:
+    """A PRE-PREPARE header signed by the primary of its view in `config`'s epoch."""
     b = msg.body
     if not isinstance(b, m.PrePrepare) or b.epoch != config.epoch:
         return None
-    if msg.sender != config.primary(b.view) or b.digest != batch_digest(b.requests):
+    if msg.sender != config.primary(b.view):
         return None
     if not verify_signed(msg, config, chain_id, verifier):
         return None
@@ -62,14 +77,38 @@ def verify_prepared_proof(proof: m.PreparedProof, config: EpochConfig, chain_id:
     return None
 
 
+def view_change_bytes_max(config: EpochConfig, log_window: int) -> int:
+    """An upper bound on an honest VIEW-CHANGE's wire size for this configuration: a stable
+    proof of quorum CHECKPOINTs plus, per sequence number in the window, one header and quorum
+    votes. Independent of what the batches hold (docs/consensus.md, "Limits")."""
+    signed = 7 + 64 + 4  # wire envelope + signature + the blob length prefix when nested
+    checkpoint = signed + 1 + 4 + 8 + 32
+    vote = signed + 1 + 4 + 8 + 8 + 32
+    header = signed + 1 + 4 + 8 + 8 + 32 + 4 + 8
+    per_seq = header + 4 + config.quorum * vote
+    return signed + 1 + 4 + 8 + 8 + 4 + config.quorum * checkpoint + 4 + log_window * per_seq
+
+
+def new_view_bytes_max(config: EpochConfig, log_window: int) -> int:
+    """An upper bound on an honest NEW-VIEW's wire size: quorum VIEW-CHANGEs plus one header per
+    sequence number in the window."""
+    signed = 7 + 64 + 4
+    header = signed + 1 + 4 + 8 + 8 + 32 + 4 + 8
+    return (signed + 1 + 4 + 8 + 4 + config.quorum * (view_change_bytes_max(config, log_window)
+                                                       + 4) + 4 + log_window * header)
+
+
 def verify_view_change(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                        verifier: Verifier, log_window: int) -> m.ViewChange | None:
-    """A VIEW-CHANGE is valid when signed by a member, its checkpoint is proven stable, and each
+    """A VIEW-CHANGE is valid when it is no larger than an honest one can be
+    (`view_change_bytes_max`), signed by a member, its checkpoint is proven stable, and each
     prepared entry is proven, lies above the checkpoint inside the window, from an older view,
     and appears at most once."""
     b = msg.body
     if not isinstance(b, m.ViewChange) or b.epoch != config.epoch:
         return None
+    if len(msg.wire) > view_change_bytes_max(config, log_window):
+        return None  # padded (say, a vote repeated): it would swell every NEW-VIEW carrying it
     if not verify_signed(msg, config, chain_id, verifier):
         return None
     if b.stable_seq != config.start_seq or b.stable_proof:
@@ -94,7 +133,7 @@ def verify_view_change(msg: m.SignedMessage, config: EpochConfig, chain_id: byte
 
 def new_view_proposals(view_changes: list[m.ViewChange]) -> tuple[int, list[Proposal]]:
     """PBFT's O set: min-s is the highest stable checkpoint; for every sequence up to the highest
-    prepared one, re-propose the batch prepared in the highest view, or an empty (null) batch."""
+    prepared one, re-propose the batch prepared in the highest view, or a null batch."""
     min_s = max(vc.stable_seq for vc in view_changes)
     best: dict[int, m.PrePrepare] = {}
     for vc in view_changes:
@@ -108,22 +147,25 @@ def new_view_proposals(view_changes: list[m.ViewChange]) -> tuple[int, list[Prop
     for seq in range(min_s + 1, max_s + 1):
         chosen = best.get(seq)
         if chosen is None:
-            proposals.append(Proposal(seq, batch_digest(()), ()))
+            proposals.append(null_proposal(seq))
         else:
-            proposals.append(Proposal(seq, chosen.digest, chosen.requests))
+            proposals.append(Proposal(seq, chosen.root, chosen.count, chosen.timestamp_ms))
     return min_s, proposals
 
 
 def verify_new_view(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
                     verifier: Verifier, log_window: int
                     ) -> tuple[m.NewView, list[m.ViewChange], list[m.SignedMessage]] | None:
-    """Check a NEW-VIEW completely: sent by the new primary, backed by a quorum of valid
-    VIEW-CHANGEs for that view, and carrying exactly the pre-prepares `new_view_proposals` gives.
+    """Check a NEW-VIEW completely: sent by the new primary, no larger than an honest one can be
+    (`new_view_bytes_max`), backed by a quorum of valid VIEW-CHANGEs for that view, and carrying
+    exactly the pre-prepares `new_view_proposals` gives.
     Returns (new view, its view changes, its pre-prepares in sequence order)."""
     b = msg.body
     if not isinstance(b, m.NewView) or b.epoch != config.epoch:
         return None
     if msg.sender != config.primary(b.new_view):
+        return None
+    if len(msg.wire) > new_view_bytes_max(config, log_window):
         return None
     if not verify_signed(msg, config, chain_id, verifier):
         return None
@@ -144,10 +186,10 @@ def verify_new_view(msg: m.SignedMessage, config: EpochConfig, chain_id: bytes,
         pp = pp_msg.body
         if not isinstance(pp, m.PrePrepare) or pp_msg.sender != msg.sender:
             return None
-        if (pp.epoch, pp.view, pp.seq, pp.digest) != (config.epoch, b.new_view, proposal.seq,
-                                                      proposal.digest):
+        if (pp.epoch, pp.view, pp.seq, pp.root, pp.count, pp.timestamp_ms) != (
+                config.epoch, b.new_view, proposal.seq, proposal.root, proposal.count,
+                proposal.timestamp_ms):
             return None
-        if pp.requests != proposal.requests or not verify_signed(pp_msg, config, chain_id,
-                                                                 verifier):
+        if not verify_signed(pp_msg, config, chain_id, verifier):
             return None
     return b, vcs, list(b.pre_prepares)

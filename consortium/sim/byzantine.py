@@ -11,8 +11,9 @@ from dataclasses import replace
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.payload import encode_envelope, split_envelope
 from consortium.pbft.replica import Replica
-from consortium.pbft.state import batch_digest
+from consortium.pbft.state import batch_root
 from consortium.sim.cluster import CHAIN_ID, Behaviour, SimNode, Simulation
 
 
@@ -25,6 +26,13 @@ def _decode(data: bytes) -> m.SignedMessage | None:
 
 def _sign(node: SimNode, body: m.Body) -> bytes:
     return codec.sign_message(node.signer, CHAIN_ID, node.replica_id, body).wire
+
+
+def _proposal(node: SimNode, pp: m.PrePrepare, requests: tuple[m.Request, ...]) -> bytes:
+    """A validly signed PRE-PREPARE for `requests` (header recomputed) with the batch attached."""
+    header = replace(pp, root=batch_root(requests), count=len(requests))
+    msg = codec.sign_message(node.signer, CHAIN_ID, node.replica_id, header)
+    return codec.wire_with_batch(msg, codec.encode_batch(requests))
 
 
 def _sends(actions: list[ev.Action]) -> list[ev.Action]:
@@ -41,14 +49,74 @@ def equivocating_primary(sim: Simulation) -> Behaviour:
             if isinstance(a, ev.Send) and msg is not None and isinstance(msg.body, m.PrePrepare) \
                     and msg.sender == node.replica_id and len(a.to) > 1:
                 pp = msg.body
-                alt_requests = tuple(reversed(pp.requests)) if len(pp.requests) > 1 else ()
-                alt = replace(pp, requests=alt_requests, digest=batch_digest(alt_requests))
+                batch = msg.batch or ()
+                alt_requests = tuple(reversed(batch)) if len(batch) > 1 else ()
+                alt = replace(pp, root=batch_root(alt_requests), count=len(alt_requests))
                 half = len(a.to) // 2
                 out.append(ev.Send(a.to[:half], a.data))
-                out.append(ev.Send(a.to[half:], _sign(node, alt)))
+                out.append(ev.Send(a.to[half:], _proposal(node, pp, alt_requests)))
                 # ... and vote for both in the prepare/commit phases
                 for body in (m.Commit(alt.epoch, alt.view, alt.seq, alt.digest),):
                     out.append(ev.Send(a.to, _sign(node, body)))
+            else:
+                out.append(a)
+        return out
+
+    return behave
+
+
+def forging_primary(sim: Simulation) -> Behaviour:
+    """As primary, put altered client envelopes into validly signed PRE-PREPAREs: one item's
+    bytes changed, or the envelope split (items dropped) under the client's signature. Every
+    honest backup must refuse to prepare (the client's signature no longer verifies)."""
+
+    def tamper(r: m.Request) -> m.Request:
+        items = split_envelope(r.payload)
+        if items is None:
+            return r
+        if len(items) > 1 and sim.rng.random() < 0.5:  # split: keep a prefix of the items
+            items = items[: sim.rng.randrange(1, len(items))]
+        else:  # alter one item
+            i = sim.rng.randrange(len(items))
+            changed = bytearray(items[i] or b"\x00")
+            changed[sim.rng.randrange(len(changed))] ^= 0x01
+            items[i] = bytes(changed)
+        return m.Request(r.client_id, r.nonce, r.kind, encode_envelope(items), r.signature)
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for a in actions:
+            msg = _decode(a.data) if isinstance(a, ev.Send) else None
+            if (isinstance(a, ev.Send) and msg is not None and msg.batch
+                    and isinstance(msg.body, m.PrePrepare) and msg.sender == node.replica_id):
+                forged = tuple(tamper(r) for r in msg.batch)
+                out.append(ev.Send(a.to, _proposal(node, msg.body, forged)))
+            else:
+                out.append(a)
+        return out
+
+    return behave
+
+
+def lying_status(sim: Simulation, silent_from_ms: int) -> Behaviour:
+    """Claim an absurd stable checkpoint in every STATUS (validly signed), otherwise follow the
+    protocol; from `silent_from_ms` on, send nothing at all. A replica catching up must not
+    wait for the liar (f+1 claims, or a proof, decide), and once the liar is silent the honest
+    replicas, the one that caught up included, must go on."""
+    lie = 1 << 62
+
+    def behave(node: SimNode, actions: list[ev.Action]) -> list[ev.Action]:
+        if sim.now_ms >= silent_from_ms:
+            return _sends(actions)
+        out: list[ev.Action] = []
+        for a in actions:
+            msg = _decode(a.data) if isinstance(a, ev.Send) else None
+            if isinstance(a, ev.Send) and msg is not None and isinstance(msg.body, m.Status):
+                out.append(ev.Send(a.to, _sign(node, replace(msg.body, last_executed=lie,
+                                                             stable_seq=lie))))
+            elif isinstance(a, ev.Send) and msg is not None and isinstance(msg.body,
+                                                                           m.StateResponse):
+                continue  # it never helps anyone catch up
             else:
                 out.append(a)
         return out
@@ -174,7 +242,6 @@ class CensoringReplica(Replica):
         kept = tuple(r for r in batch if r.client_id != self.victim)
         for r in batch:
             if r.client_id == self.victim:
-                self._queue.pop(r.key, None)
-                self._in_flight.add(r.key)  # pretend it is ordered: never propose it
+                self.pool.mark_in_flight(r)  # pretend it is ordered: never propose it
         if kept:
             super()._propose(kept)

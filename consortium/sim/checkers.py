@@ -17,7 +17,7 @@ from consortium.crypto.signing import Verifier
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.state import verify_signed
+from consortium.pbft.state import batch_root, certificate_signers
 
 
 class SafetyChecker:
@@ -55,13 +55,14 @@ class SafetyChecker:
             self._violate(f"agreement: replica {replica_id} executed digest {a.digest.hex()[:12]} "
                           f"at seq {a.seq}, replica {first[1]} executed "
                           f"{first[0].hex()[:12]}")
-        signers = set()
-        for c in a.certificate:
-            b = c.body
-            if (isinstance(b, m.Commit) and (b.epoch, b.view, b.seq, b.digest)
-                    == (config.epoch, a.view, a.seq, a.digest)
-                    and verify_signed(c, config, self.chain_id, self.verifier)):
-                signers.add(c.sender)
+        pp = a.pre_prepare.body
+        if not isinstance(pp, m.PrePrepare) or pp.digest != a.digest or (
+                pp.root, pp.count) != (batch_root(a.requests), len(a.requests)):
+            self._violate(f"validity: replica {replica_id} executed at seq {a.seq} a batch that "
+                          "does not match its proposal header")
+        signers = certificate_signers(a.certificate, config,
+                                      (config.epoch, a.view, a.seq, a.digest), m.Commit,
+                                      self.chain_id, self.verifier)
         if len(signers) < config.quorum:
             self._violate(f"certificate: replica {replica_id} executed seq {a.seq} with only "
                           f"{len(signers)} matching commits")

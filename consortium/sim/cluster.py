@@ -20,7 +20,9 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
+from consortium.pbft.payload import encode_envelope
 from consortium.pbft.replica import ExecutedBatch, Recovered, Replica
+from consortium.pbft.viewchange import new_view_bytes_max, view_change_bytes_max
 from consortium.sim.checkers import SafetyChecker
 
 CHAIN_ID = b"sim-chain"
@@ -45,6 +47,8 @@ class NetworkFaults:
     """(start_ms, end_ms, groups): messages between different groups are lost meanwhile."""
     drop_filter: Callable[[int, int, bytes, int], bool] | None = None
     """(src, dst, wire bytes, now_ms) -> True to lose that message (targeted faults)."""
+    extra_delay: Callable[[int, int, int], int] | None = None
+    """(src, dst, now_ms) -> extra milliseconds on that link (a slow but alive node)."""
 
 
 @dataclass
@@ -98,6 +102,8 @@ class SimClient:
     client_id: str
     signer: Ed25519Signer
     next_nonce: int = 1
+    primary: int = 0
+    """Where it sends first submissions (as the SDK does): learnt from NOT_PRIMARY redirects."""
     outstanding: dict[int, tuple[m.Request, int, set[int]]] = field(default_factory=dict)
     """nonce -> (request, retry deadline, replicas that replied)."""
 
@@ -112,6 +118,9 @@ class SimConfig:
         client_nonce_window=64, future_messages_max=512))
     clients: int = 3
     requests_per_client: int = 8
+    item_bytes: tuple[int, int] = (8, 64)
+    """Size range of one envelope item (a record) the simulated clients submit."""
+    items_per_envelope: tuple[int, int] = (1, 4)
     submit_window_ms: int = 2000
     client_retry_ms: int = 800
     faults_end_ms: int = 3000
@@ -131,6 +140,19 @@ class StaticClients:
 
     def client_key(self, client_id: str) -> bytes | None:
         return self._keys.get(client_id)
+
+
+class SimClock:
+    """The replicas' clock: simulated milliseconds (a fixed epoch offset, so stamps look like
+    wall-clock times and never go below zero)."""
+
+    EPOCH_MS = 1_700_000_000_000
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+
+    def now_ms(self) -> int:
+        return self.EPOCH_MS + self._sim.now_ms
 
 
 class Simulation:
@@ -166,7 +188,8 @@ class Simulation:
         self.safety = SafetyChecker(CHAIN_ID, self.verifier)
         self.submitted: dict[tuple[str, int], bytes] = {}
         self.stats = {"delivered": 0, "dropped": 0, "duplicated": 0, "faults": 0,
-                      "view_changes": 0, "state_transfers": 0}
+                      "view_changes": 0, "state_transfers": 0, "batch_requests": 0,
+                      "view_change_bytes_max": 0}
         self.hooks: list[tuple[int, Callable[[Simulation], None]]] = []
 
     def boot_all(self) -> None:
@@ -194,7 +217,7 @@ class Simulation:
         return cls(
             replica_id=i, signer=self.signers[i], chain_id=CHAIN_ID, genesis=self.genesis,
             params=self.cfg.params, verifier=self.verifier,
-            clients=self.client_registry, recovered=recovered)
+            clients=self.client_registry, recovered=recovered, clock=SimClock(self))
 
     def _boot(self, i: int) -> None:
         node = self.nodes[i]
@@ -229,7 +252,9 @@ class Simulation:
         for a in actions:
             if isinstance(a, ev.Send):
                 if not node.byzantine:
-                    self.safety.on_send(node.replica_id, codec.decode_signed(a.data, CHAIN_ID))
+                    sent = codec.decode_signed(a.data, CHAIN_ID)
+                    self.safety.on_send(node.replica_id, sent)
+                    self._check_sizes(node, sent, len(a.data))
                 for to in a.to:
                     self.send(node.replica_id, to, a.data)
             elif isinstance(a, ev.Persist):
@@ -239,7 +264,8 @@ class Simulation:
                 node.store.snapshot_proof = a.proof
                 node.store.prune(a.snapshot.seq)
             elif isinstance(a, ev.Execute):
-                node.store.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate))
+                node.store.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate,
+                                                         a.requests))
                 if not node.byzantine:
                     self.safety.on_execute(node.replica_id, a, self.submitted,
                                            self.epoch_configs[a.epoch])
@@ -249,6 +275,10 @@ class Simulation:
                     self._reply(node.replica_id, r)
             elif isinstance(a, ev.AlreadyExecuted):
                 self._reply(node.replica_id, a.request)
+            elif isinstance(a, ev.RejectRequest) and a.primary is not None:
+                delay = self.rng.randint(self.cfg.faults.delay_ms_min,
+                                         self.cfg.faults.delay_ms_max)
+                self.schedule(self.now_ms + delay, "redirect", a.request, a.primary)
             elif isinstance(a, ev.InstallSnapshot):
                 node.installed_snapshots += 1
                 self.stats["state_transfers"] += 1
@@ -271,6 +301,22 @@ class Simulation:
                 self.epoch_configs.setdefault(a.config.epoch, a.config)
                 self.log(f"EPOCH r{node.replica_id} entered epoch {a.config.epoch} "
                          f"members {a.config.replica_ids}")
+
+    def _check_sizes(self, node: SimNode, msg: m.SignedMessage, size: int) -> None:
+        """View changes carry headers only: an honest VIEW-CHANGE or NEW-VIEW stays under its
+        bound whatever the batches hold (the attack campaign's 140 MB NEW-VIEW halted a chain)."""
+        rep = node.replica
+        assert rep is not None
+        if isinstance(msg.body, m.BatchRequest):
+            self.stats["batch_requests"] += 1
+        elif isinstance(msg.body, (m.ViewChange, m.NewView)):
+            self.stats["view_change_bytes_max"] = max(self.stats["view_change_bytes_max"], size)
+            bound = (view_change_bytes_max if isinstance(msg.body, m.ViewChange)
+                     else new_view_bytes_max)(rep.config, self.cfg.params.log_window)
+            if size > bound:
+                self.safety.violations.append(
+                    f"size: replica {node.replica_id} sent a {type(msg.body).__name__} of "
+                    f"{size} bytes, over its bound {bound}")
 
     def _reply(self, replica_id: int, r: m.Request) -> None:
         delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
@@ -306,6 +352,8 @@ class Simulation:
             delay = self.rng.randint(f.delay_ms_min, f.delay_ms_max)
             if self._faulty_now() and self.rng.random() < f.reorder_rate:
                 delay += self.rng.randint(1, f.reorder_delay_ms_max)
+            if f.extra_delay is not None:
+                delay += f.extra_delay(src, dst, self.now_ms)
             self.schedule(self.now_ms + delay, "deliver", src, dst, data)
 
     def _describe(self, data: bytes) -> str:
@@ -322,26 +370,28 @@ class Simulation:
 
     # ------------------------------------------------------------------------------ clients
 
-    def submit(self, client: SimClient, *, to_all: bool = False) -> None:
+    def submit(self, client: SimClient) -> None:
+        """A client signs an envelope of 1-4 items (as the SDK does) and sends it to the
+        replica it believes is the primary."""
         nonce = client.next_nonce
         client.next_nonce += 1
-        payload = self.rng.randbytes(self.rng.randint(8, 64))
+        lo, hi = self.cfg.item_bytes
+        payload = encode_envelope([self.rng.randbytes(self.rng.randint(lo, hi))
+                                   for _ in range(self.rng.randint(*self.cfg.items_per_envelope))])
         r = sign_request(client.signer, client.client_id, nonce, m.RequestKind.APPLICATION,
                          payload)
         self.submitted[r.key] = r.digest
         client.outstanding[nonce] = (r, self.now_ms + self.cfg.client_retry_ms, set())
-        self._send_request(r, to_all=to_all)
+        self._send_request(r, [client.primary % self.cfg.validators], retry=False)
 
     def submit_request(self, r: m.Request) -> None:
         self.submitted[r.key] = r.digest
-        self._send_request(r, to_all=True)
+        self._send_request(r, list(range(self.cfg.validators)), retry=True)
 
-    def _send_request(self, r: m.Request, *, to_all: bool) -> None:
-        targets = list(range(self.cfg.validators)) if to_all else [
-            self.rng.randrange(self.cfg.validators)]
+    def _send_request(self, r: m.Request, targets: list[int], *, retry: bool) -> None:
         for t in targets:
             delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
-            self.schedule(self.now_ms + delay, "request", t, r)
+            self.schedule(self.now_ms + delay, "request", t, r, retry)
 
     # --------------------------------------------------------------------------------- run
 
@@ -395,10 +445,16 @@ class Simulation:
             del node.timers[timer_kind]
             self._apply(node, node.replica.step(ev.TimerFired(timer_kind, token)))
         elif kind == "request":
-            i, r = payload
+            i, r, retry = payload
             node = self.nodes[i]
             if node.replica is not None:
-                self._apply(node, node.replica.step(ev.ClientRequest(r)))
+                self._apply(node, node.replica.step(ev.ClientRequest(r, retry=retry)))
+        elif kind == "redirect":
+            r, primary = payload
+            client = next((c for c in self.clients if c.client_id == r.client_id), None)
+            if client is not None and r.nonce in client.outstanding:
+                client.primary = primary
+                self._send_request(r, [primary], retry=False)
         elif kind == "submit":
             (client,) = payload
             self.submit(client)
@@ -409,7 +465,7 @@ class Simulation:
                 if due <= self.now_ms and len(replied) < self.genesis.weak_quorum:
                     client.outstanding[nonce] = (r, self.now_ms + self.cfg.client_retry_ms,
                                                  replied)
-                    self._send_request(r, to_all=True)
+                    self._send_request(r, list(range(self.cfg.validators)), retry=True)
             if client.outstanding:
                 self.schedule(self.now_ms + self.cfg.client_retry_ms, "client-retry", client)
         elif kind == "reply":
@@ -448,9 +504,8 @@ class Simulation:
         for rep in reps:
             if rep.config.epoch != target_epoch:
                 return False
-            table = rep._client_table
             for client_id, nonce in self.submitted:
-                if table.check(client_id, nonce)[0].value != "executed":
+                if rep.nonce_status(client_id, nonce).value != "executed":
                     return False
         return self.extra_liveness_ok()
 
@@ -466,7 +521,7 @@ class Simulation:
                 lines.append(f"r{i}: crashed")
                 continue
             missing = [k for k in self.submitted
-                       if rep._client_table.check(*k)[0].value != "executed"]
+                       if rep.nonce_status(*k).value != "executed"]
             lines.append(f"r{i}: epoch {rep.config.epoch} view {rep.view} "
                          f"active={rep.view_active} executed={rep.last_executed} "
                          f"stable={rep.stable_seq} member={rep.is_member} "

@@ -17,7 +17,7 @@ from consortium.pbft import messages as m
 from consortium.pbft.membership import Member
 from consortium.pbft.quorum import faults_tolerated
 from consortium.pbft.replica import Replica
-from consortium.pbft.state import batch_digest
+from consortium.pbft.state import batch_root
 from consortium.sim import byzantine as byz
 from consortium.sim.cluster import (
     CHAIN_ID,
@@ -118,6 +118,64 @@ def _commit_loss_build(sim: Simulation, rng: random.Random, b: int) -> None:
                                                                      i=lucky)))
 
 
+def _big_batches(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """Envelopes and batches at the size limits (about 60 KiB per envelope, 4 per batch at a
+    256 KiB batch limit), and the primary cut off for a while: the view change must stay small
+    (headers only, checked on every send) and the batches it re-proposes are fetched."""
+    params = replace(cfg.params, request_bytes_max=64 << 10, batch_bytes_max=256 << 10)
+    pause_from = rng.randint(200, 800)
+    pause_to = pause_from + rng.randint(1800, 2600)
+    faults = NetworkFaults(delay_ms_max=20, drop_rate=rng.choice([0.0, 0.05]),
+                           partitions=[(pause_from, pause_to,
+                                        [{0}, set(range(1, cfg.validators))])])
+    return replace(cfg, params=params, faults=faults, item_bytes=(14 << 10, 15 << 10),
+                   items_per_envelope=(3, 4), faults_end_ms=pause_to + 1000,
+                   notes={"restart_at_ms": pause_to + 300})
+
+
+def _big_batches_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    victim = rng.randrange(1, sim.cfg.validators)
+    at = sim.cfg.notes["restart_at_ms"]
+    sim.hooks.append((at, functools.partial(Simulation.crash, i=victim)))
+    sim.hooks.append((at + rng.randint(100, 400), functools.partial(Simulation.restart,
+                                                                     i=victim)))
+
+
+def _lagging_config(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """One honest replica cut off while the others order enough to pass several stable
+    checkpoints (so it must catch up by state transfer)."""
+    lagging = cfg.validators - 1
+    cut_to = rng.randint(1800, 2300)
+    return replace(cfg, requests_per_client=16, faults=NetworkFaults(
+        delay_ms_max=15, partitions=[(50, cut_to, [{lagging},
+                                                   set(range(cfg.validators - 1))])]),
+        faults_end_ms=4000, notes={"lagging": lagging, "silent_from_ms": cut_to + 2000})
+
+
+def _lying_status(sim: Simulation, rng: random.Random, b: int) -> None:
+    """Byzantine members claim stable checkpoint 2^62 in every STATUS while an honest replica
+    catches up, then fall silent: the lagging replica must not be steered to the liars, and
+    the honest replicas must go on without them (attack campaign, finding 2)."""
+    lagging = sim.cfg.notes["lagging"]
+    liars = _pick(rng, lagging, b)
+    silent_from = sim.cfg.notes["silent_from_ms"]
+    _assign(sim, liars, lambda s: byz.lying_status(s, silent_from))
+
+
+def _slow_primary(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """The primary stays up but every message to or from it takes 600-900 ms more (a slow
+    but alive primary, which request timeouts alone do not replace): the slow-primary monitor
+    must hand the view to another replica, safely."""
+    start = rng.randint(100, 400)
+    extra = rng.randint(600, 900)
+
+    def delay(src: int, dst: int, now_ms: int) -> int:
+        return extra if now_ms >= start and 0 in (src, dst) else 0
+
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=10, extra_delay=delay),
+                   faults_end_ms=6000, submit_window_ms=5000, requests_per_client=12)
+
+
 def _primary_crash(sim: Simulation, rng: random.Random, b: int) -> None:
     sim.hooks.append((rng.randint(100, 800), functools.partial(Simulation.crash, i=0)))
     sim.hooks.append((sim.cfg.faults_end_ms - 200, functools.partial(Simulation.restart, i=0)))
@@ -134,6 +192,11 @@ def _assign(sim: Simulation, ids: list[int], make: Callable[[Simulation], Behavi
 def _equivocating(sim: Simulation, rng: random.Random, b: int) -> None:
     ids = _pick(rng, sim.cfg.validators, b, include=0)
     _assign(sim, ids, byz.equivocating_primary)
+
+
+def _forging(sim: Simulation, rng: random.Random, b: int) -> None:
+    ids = _pick(rng, sim.cfg.validators, b, include=0)
+    _assign(sim, ids, byz.forging_primary)
 
 
 def _silent(sim: Simulation, rng: random.Random, b: int) -> None:
@@ -178,10 +241,10 @@ def _non_member_build(sim: Simulation, rng: random.Random, b: int) -> None:
             return
         seq = rng.randint(1, 12)
         view = rng.randint(0, 2)
-        reqs: tuple[m.Request, ...] = ()
-        digest = batch_digest(reqs)
+        pp = m.PrePrepare(0, view, seq, batch_root(()), 0, 0)
+        digest = pp.digest
         bodies: list[m.Body] = [
-            m.PrePrepare(0, view, seq, digest, reqs), m.Prepare(0, view, seq, digest),
+            pp, m.Prepare(0, view, seq, digest),
             m.Commit(0, view, seq, digest), m.Checkpoint(0, 4, rng.randbytes(32)),
             m.ViewChange(0, view + 1, 0, (), ()), m.Status(0, view + 5, True, 100, 96)]
         for body in bodies:
@@ -250,7 +313,7 @@ def _reconfig_build(sim: Simulation, rng: random.Random, b: int) -> None:
 # ------------------------------------------------------------------------------------ swarm
 
 SWARM_BEHAVIOURS = (byz.equivocating_primary, byz.silent_primary, byz.conflicting_votes,
-                    byz.forger, byz.replayer)
+                    byz.forger, byz.replayer, byz.forging_primary)
 
 
 def _swarm_config(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
@@ -280,13 +343,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _crash_restart),
     Scenario("primary-crash", "the primary crashes: view change, then it rejoins", False,
              _primary_crash),
+    Scenario("slow-primary", "the primary's links are 600-900 ms slow: it is replaced",
+             False, _no_build, _slow_primary),
     Scenario("commit-loss", "COMMITs reach one backup only; it crashes; the rest change view",
              False,
              _commit_loss_build, _commit_loss),
     Scenario("reconfiguration", "a replica joins (n -> n+1) by state transfer, then leaves",
              False, _reconfig_build, _reconfig_config),
+    Scenario("big-batches", "batches at the size limits and a primary cut off: bounded view "
+             "change, batches fetched", False, _big_batches_build, _big_batches),
     Scenario("equivocating-primary", "primary sends different batches for one sequence", True,
              _equivocating),
+    Scenario("forging-primary", "primary alters or splits client envelopes in signed "
+             "proposals", True, _forging),
     Scenario("silent-primary", "primary sends nothing: view change", True, _silent),
     Scenario("conflicting-votes", "replicas send conflicting PREPAREs and COMMITs", True,
              _conflicting),
@@ -298,6 +367,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _replay),
     Scenario("censoring-primary", "primary never proposes one client's requests", True,
              _censoring),
+    Scenario("lying-status", "members claim a stable checkpoint of 2^62 while a replica "
+             "catches up, then go silent", True, _lying_status, _lagging_config),
     Scenario("swarm", "random network faults, crashes and Byzantine behaviours together", True,
              _swarm, _swarm_config),
 ]}

@@ -13,7 +13,10 @@ U+FFFD in place of NUL and reads the exact value back from the signed request by
 
 from __future__ import annotations
 
+import psycopg
 from psycopg import AsyncConnection
+
+from consortium.storage.rows import StoreError, WrongDatabase
 
 MIGRATION_LOCK_KEY = 0x636F6E736F7274  # "consort": pg_advisory_xact_lock key for migrations
 
@@ -204,12 +207,184 @@ ALTER TABLE consensus_log ALTER COLUMN data SET STORAGE EXTERNAL;
 ALTER TABLE entries ALTER COLUMN request SET STORAGE EXTERNAL;
 ALTER TABLE records ALTER COLUMN ciphertext SET STORAGE EXTERNAL;
 """),
+    # Ledger format 2 (docs/validator.md, "Storage"): a request is a client's envelope of items;
+    # every byte of it is stored once. `envelopes` keeps one row per request (signature, digest,
+    # status), `entries` one row per item of an executed envelope: the item's bytes, and for a
+    # record its query columns and current readers (keys are read from the item or the grant
+    # that added the reader). Proposals are stored as signed headers. No foreign keys on the
+    # write path (the store is the only writer and checks the chain itself). A database that
+    # holds a format-1 ledger is refused, never converted silently.
+    (6, """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM blocks) THEN
+        RAISE EXCEPTION 'this database holds a ledger of an earlier release (format 1): '
+            'create a new consortium (consortium init) or use the release that wrote it';
+    END IF;
+END $$;
+DROP TABLE review_votes, verdicts, access_log, member_votes, proposals, wrapped_keys, records,
+    entries, blocks, consensus_log, checkpoint;
+
+CREATE TABLE blocks (
+    height        bigint  PRIMARY KEY CHECK (height >= 1),
+    hash          bytea   NOT NULL CHECK (length(hash) = 32),
+    epoch         bigint  NOT NULL CHECK (epoch >= 0),
+    timestamp_ms  bigint  NOT NULL CHECK (timestamp_ms >= 0),
+    header        bytea   NOT NULL,
+    pre_prepare   bytea   NOT NULL,
+    certificate   bytea[] NOT NULL
+);
+
+CREATE TABLE envelopes (
+    height          bigint        NOT NULL,
+    idx             integer       NOT NULL CHECK (idx >= 0),
+    client_id       text          NOT NULL,
+    nonce           numeric(20,0) NOT NULL CHECK (nonce >= 0),
+    kind            smallint      NOT NULL,
+    signature       bytea         NOT NULL,
+    payload_digest  bytea         NOT NULL CHECK (length(payload_digest) = 32),
+    status          text          NOT NULL
+                    CHECK (status IN ('executed', 'duplicate', 'invalid', 'governance')),
+    reason          text          NOT NULL DEFAULT '',
+    first_entry     integer       NOT NULL,
+    entry_count     integer       NOT NULL,
+    raw             bytea,
+    PRIMARY KEY (height, idx)
+);
+CREATE INDEX envelopes_client_nonce_idx ON envelopes (client_id, nonce);
+
+CREATE TABLE entries (
+    height            bigint   NOT NULL,
+    idx               integer  NOT NULL CHECK (idx >= 0),
+    envelope          integer  NOT NULL,
+    item_index        integer  NOT NULL,
+    record_id         text     NOT NULL,
+    status            text     NOT NULL CHECK (status IN ('recorded', 'invalid')),
+    reason            text     NOT NULL DEFAULT '',
+    tx_type           smallint NOT NULL,
+    target_record_id  text,
+    item              bytea    NOT NULL,
+    redacted          boolean  NOT NULL DEFAULT false,
+    kind              text,
+    subject_id        text,
+    event_type        text,
+    submitter_org     text,
+    submitted_at_ms   bigint,
+    metadata          jsonb,
+    readers           text[],
+    screening         text CHECK (screening IN ('pending-screening', 'accepted', 'quarantined',
+                                                'rejected')),
+    erased_height     bigint,
+    erased_by         text,
+    erased_at_ms      bigint,
+    erase_reason      text,
+    PRIMARY KEY (height, idx)
+);
+ALTER TABLE entries ALTER COLUMN item SET STORAGE EXTERNAL;
+CREATE UNIQUE INDEX entries_record_id_idx ON entries (record_id);
+CREATE INDEX entries_subject_idx ON entries (kind, subject_id, height, idx)
+    WHERE kind IS NOT NULL;
+CREATE INDEX entries_target_idx ON entries (target_record_id, height, idx)
+    WHERE target_record_id IS NOT NULL;
+CREATE INDEX entries_screening_idx ON entries (screening, height, idx)
+    WHERE screening IS NOT NULL AND screening <> 'accepted';
+
+CREATE TABLE record_subjects (
+    kind        text     NOT NULL,
+    subject_id  text     NOT NULL,
+    height      bigint   NOT NULL,
+    idx         integer  NOT NULL,
+    PRIMARY KEY (kind, subject_id, height, idx)
+);
+
+CREATE TABLE access_log (
+    height     bigint  NOT NULL,
+    idx        integer NOT NULL,
+    record_id  text    NOT NULL,
+    client_id  text    NOT NULL,
+    org        text    NOT NULL,
+    purpose    text    NOT NULL,
+    granted    boolean NOT NULL,
+    at_ms      bigint  NOT NULL,
+    PRIMARY KEY (height, idx)
+);
+CREATE INDEX access_log_record_idx ON access_log (record_id, height, idx);
+
+CREATE TABLE verdicts (
+    height      bigint   NOT NULL,
+    idx         integer  NOT NULL,
+    record_id   text     NOT NULL,
+    decision    text     NOT NULL,
+    risk_milli  integer  NOT NULL,
+    verdict     text     NOT NULL,
+    PRIMARY KEY (height, idx)
+);
+CREATE INDEX verdicts_record_idx ON verdicts (record_id, height, idx);
+
+CREATE TABLE review_votes (
+    record_id   text     NOT NULL,
+    replica_id  integer  NOT NULL,
+    accept      boolean  NOT NULL,
+    height      bigint   NOT NULL,
+    idx         integer  NOT NULL,
+    PRIMARY KEY (record_id, replica_id)
+);
+
+CREATE TABLE proposals (
+    proposal_id     text     PRIMARY KEY,
+    kind            text     NOT NULL CHECK (kind IN ('join', 'remove')),
+    replica_id      integer  NOT NULL,
+    org             text     NOT NULL,
+    name            text     NOT NULL DEFAULT '',
+    validator_key   bytea    NOT NULL DEFAULT '',
+    client_key      bytea    NOT NULL DEFAULT '',
+    encryption_key  bytea    NOT NULL DEFAULT '',
+    peer_address    text     NOT NULL DEFAULT '',
+    client_address  text     NOT NULL DEFAULT '',
+    statement       text     NOT NULL DEFAULT '',
+    reason          text     NOT NULL DEFAULT '',
+    status          text     NOT NULL DEFAULT 'pending'
+                             CHECK (status IN ('pending', 'approved', 'rejected')),
+    height          bigint   NOT NULL,
+    idx             integer  NOT NULL,
+    decided_height  bigint
+);
+
+CREATE TABLE member_votes (
+    proposal_id  text     NOT NULL REFERENCES proposals (proposal_id),
+    epoch        integer  NOT NULL,
+    replica_id   integer  NOT NULL,
+    approve      boolean  NOT NULL,
+    approval     bytea    NOT NULL,
+    height       bigint   NOT NULL,
+    idx          integer  NOT NULL,
+    PRIMARY KEY (proposal_id, epoch, replica_id)
+);
+
+CREATE TABLE consensus_log (
+    id     bigserial PRIMARY KEY,
+    epoch  bigint NOT NULL CHECK (epoch >= 0),
+    view   bigint,
+    seq    bigint,
+    kind   text   NOT NULL CHECK (kind IN ('PRE_PREPARE', 'PREPARE', 'COMMIT', 'VIEW_CHANGE',
+                                            'NEW_VIEW')),
+    data   bytea  NOT NULL
+);
+CREATE INDEX consensus_log_seq_idx ON consensus_log (seq);
+
+CREATE TABLE checkpoint (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seq        bigint  NOT NULL CHECK (seq >= 0),
+    snapshot   bytea   NOT NULL,
+    proof      bytea[] NOT NULL
+);
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
-class SchemaError(RuntimeError):
+class SchemaError(StoreError):
     """The database schema is newer than this code, or the migration list is malformed."""
 
 
@@ -232,7 +407,8 @@ async def current_version(conn: AsyncConnection) -> int:
 
 async def migrate(conn: AsyncConnection) -> int:
     """Bring the schema up to `LATEST_VERSION`; returns it. Idempotent. The connection must be
-    in autocommit mode (each migration is its own transaction)."""
+    in autocommit mode (each migration is its own transaction). Raises WrongDatabase when a
+    migration refuses what the database holds (a format-1 ledger); nothing is changed then."""
     _check_migrations()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -247,7 +423,13 @@ async def migrate(conn: AsyncConnection) -> int:
                                      (version,))
             if await cur.fetchone() is not None:
                 continue
-            await conn.execute(sql.encode())
+            try:
+                await conn.execute(sql.encode())
+            except psycopg.errors.RaiseException as exc:
+                # A migration that refuses the database (migration 6 on a format-1 ledger)
+                # says why in its RAISE: the validator reports it as a wrong database, in one
+                # line, instead of an internal error with a PL/pgSQL traceback.
+                raise WrongDatabase(exc.diag.message_primary or str(exc)) from exc
             await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
                                (version,))
     version = await current_version(conn)

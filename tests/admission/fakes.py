@@ -101,3 +101,28 @@ def fake_server(script: list[str],
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def fhir_visit(patient: str = "P-1", note: str | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ordinary FHIR R4 patient payload: an encounter with a heart rate, the patient's
+    gender and birth date, optionally a note (and extra fields on the Observation)."""
+    obs: dict[str, Any] = {
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": "2026-02-28",
+        "valueQuantity": {"value": 70, "unit": "/min", "system": "http://unitsofmeasure.org",
+                          "code": "/min"}}
+    if note is not None:
+        obs["note"] = [{"text": note}]
+    obs.update(extra or {})
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": patient, "gender": "female",
+                      "birthDate": "1986-04-02"}},
+        {"resource": {"resourceType": "Encounter", "status": "finished",
+                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                "code": "AMB"},
+                      "subject": {"reference": f"Patient/{patient}"},
+                      "period": {"start": "2026-02-28"}}},
+        {"resource": obs}]}

@@ -12,7 +12,7 @@ from consortium.admission.model import JoinContext, JoinRequest, PatientRecordIn
 from consortium.admission.prompts import join_prompt
 from consortium.admission.review import Reviewer
 from consortium.admission.schema import MAX_TOKENS
-from tests.admission.fakes import fake_server
+from tests.admission.fakes import fake_server, fhir_visit
 
 REQ = JoinRequest("req-1", "Alder Generics", "validator.alder.example:7050", "manufacturer",
                   "DE", "it@alder.example", "We manufacture generic tablets at a GMP plant and "
@@ -131,8 +131,7 @@ def test_patient_payload_is_not_sent_to_a_remote_endpoint(
 
     monkeypatch.setattr(OpenAIBackend, "_post", no_network)
     record = PatientRecordInput("pat-1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
-                                payload={"age_years": 40, "observed_at": "2026-02-28",
-                                         "vitals": {"heart_rate_bpm": 70}})
+                                payload=fhir_visit())
     verdict = Reviewer(remote).screen_record(record, RecordContext())
     assert verdict.decision == "ok" and verdict.model_decision is None
     assert any(f.rule == "policy.remote-endpoint" for f in verdict.findings)
@@ -142,8 +141,7 @@ def test_patient_payload_is_not_sent_to_a_remote_endpoint(
 def test_remote_patient_payload_only_when_allowed(allowed: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     record = PatientRecordInput("pat-1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
-                                payload={"age_years": 40, "observed_at": "2026-02-28",
-                                         "vitals": {"heart_rate_bpm": 70}})
+                                payload=fhir_visit())
     with fake_server(["ok"], {"decision": "ok", "risk": 0.1, "reasons": ["plausible"]}) as srv:
         b = backend(srv.url)
         monkeypatch.setattr(b, "is_loopback", lambda: False)  # as if it were a hosted API
@@ -151,6 +149,6 @@ def test_remote_patient_payload_only_when_allowed(allowed: bool,
             record, RecordContext())
     if allowed:
         assert verdict.model_decision == "ok"
-        assert "heart_rate_bpm" in srv.requests[0]["messages"][1]["content"]
+        assert "8867-4" in srv.requests[0]["messages"][1]["content"]
     else:
         assert verdict.model_decision is None and not srv.requests

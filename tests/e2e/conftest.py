@@ -38,8 +38,10 @@ from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client import ConsortiumClient
 from consortium.config import Genesis
 from consortium.crypto.signing import Ed25519Verifier
-from consortium.ledger.blocks import BlockHeader, verify_certificate
+from consortium.ledger.blocks import BlockHeader
 from consortium.pbft.params import ProtocolParams
+from consortium.verify import verify_certificate
+from consortium.wire import block_from_proto
 
 ADMIN_DSN = os.environ.get("CONSORTIUM_TEST_PG_ADMIN_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -367,8 +369,7 @@ class Cluster:
             assert header.height == expected, f"v{i}: block {header.height} at {expected}"
             assert header.prev_hash == prev, f"v{i}: block {expected} does not link"
             if verify:
-                from consortium.node import wire
-                wb = wire.block_from_proto(blk, self.genesis.chain_id_bytes)
+                wb = block_from_proto(blk, self.genesis.chain_id_bytes)
                 assert verify_certificate(wb.header, wb.certificate, config, verifier), \
                     f"v{i}: block {expected} lacks a valid commit certificate"
             prev = header.hash()

@@ -1,14 +1,24 @@
-"""Issue 4 end to end, on one real consortium (four validator processes, gRPC over TLS, one
-PostgreSQL database each): reads need a member's signed ReadAuth and never expose keys or
-ciphertext beyond the rules; patient records release keys only against a committed Access,
-and the access log shows every attempt; grant, revoke and erase as their rules say; and the
-auditor's tools (`consortium audit ...`, `consortium access ...`) find a byte edited in one
-validator's database, verify and refuse bundles, check proofs and trace chains of custody.
+"""Issue 4 end to end on ledger format 2, on one real consortium (four validator processes,
+gRPC over TLS, one PostgreSQL database each): reads need a member's signed ReadAuth and never
+expose keys or ciphertext beyond the rules; patient records release keys only against a
+committed Access, and the access log shows every attempt; grant, revoke and erase as their
+rules say; and the auditor's tools (`consortium audit ...`, `consortium access ...`) find a byte
+edited in one validator's database, verify and refuse bundles, check proofs and trace chains of
+custody.
 
 The CLI runs in process through click's CliRunner (exit codes and stdout/stderr as a user sees
 them, without a Python start-up per command) except where a test says otherwise. Database
 edits go straight to one validator's PostgreSQL database and are undone afterwards (the rows
 of the affected heights are saved and written back), so the module shares one consortium.
+
+What format 2 changed on purpose, compared with the format-1 tests: ciphertexts and wrapped
+keys are no longer tables beside the signed request but the stored item itself, so an edit of
+them is an envelope whose items no longer match the digest its client signed (`items`), and a
+key given to a non-reader is a stored reader the chain never gave (`readers`); a certificate
+is judged by the one certificate counter (a quorum, and nothing but valid commits besides),
+not commit by commit; an edited block time is found by the block itself (`time`: it must be
+max(previous, certified proposal time)); a served block carries its proposal header (a header,
+no request in it), which must be signed by the primary.
 """
 
 from __future__ import annotations
@@ -42,16 +52,17 @@ from apps.audit import audit as audit_cli
 from consortium import localnet, process
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.client import SubmitError
-from consortium.client.sdk import VerifiedReceipt
+from consortium.client.core import VerifiedReceipt
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer
 from consortium.ledger.blocks import ACCESS_DENIED, BlockHeader
-from consortium.ledger.records import RecordKind
-from consortium.ledger.transactions import Grant, RequestView, Withheld
+from consortium.ledger.items import ItemView, Withheld, digest_of
+from consortium.ledger.reads import read_signing_bytes
+from consortium.ledger.transactions import Grant
 from consortium.localnet import read_seed
-from consortium.node import wire
 from consortium.pbft import codec
 from consortium.pbft import messages as m
+from consortium.pbft.payload import split_segments
 from tests.e2e.conftest import ADMIN_DSN, Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -146,40 +157,31 @@ def database(cluster: Cluster, i: int) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-SAVE = {
-    "blocks": "SELECT * FROM blocks WHERE height = ANY(%s)",
-    "entries": "SELECT * FROM entries WHERE height = ANY(%s)",
-    "records": "SELECT * FROM records WHERE height = ANY(%s)",
-    "wrapped_keys": "SELECT w.* FROM wrapped_keys w JOIN records r USING (record_id) "
-                    "WHERE r.height = ANY(%s)",
-    "access_log": "SELECT * FROM access_log WHERE height = ANY(%s)",
-}
+SAVED_TABLES = ("blocks", "envelopes", "entries", "record_subjects", "access_log")
+"""Every table with rows per height that the tamper tests edit or delete."""
 
 
 @contextlib.contextmanager
 def tampered(cluster: Cluster, heights: Sequence[int]) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the victim's database; on exit every row of `heights` (blocks,
-    entries, records, their wrapped keys, access log) is put back exactly as it was."""
+    envelopes, entries with their record columns, subjects, access log) is put back exactly
+    as it was."""
     hs = sorted(set(heights))
     with database(cluster, VICTIM) as conn:
         saved: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
-        for table, query in SAVE.items():
-            cur = conn.execute(query, (hs,))
+        for table in SAVED_TABLES:
+            cur = conn.execute(sql.SQL("SELECT * FROM {} WHERE height = ANY(%s)")
+                               .format(sql.Identifier(table)), (hs,))
             assert cur.description is not None
             saved[table] = ([d.name for d in cur.description], cur.fetchall())
-        cols, rows = saved["records"]
-        ids = [r[cols.index("record_id")] for r in rows]
         try:
             yield conn
         finally:
             with conn.transaction():
-                conn.execute("DELETE FROM access_log WHERE height = ANY(%s)", (hs,))
-                conn.execute("DELETE FROM wrapped_keys WHERE record_id = ANY(%s)", (ids,))
-                conn.execute("DELETE FROM records WHERE height = ANY(%s) OR record_id = ANY(%s)",
-                             (hs, ids))
-                conn.execute("DELETE FROM entries WHERE height = ANY(%s)", (hs,))
-                conn.execute("DELETE FROM blocks WHERE height = ANY(%s)", (hs,))
-                for table in SAVE:
+                for table in SAVED_TABLES:
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE height = ANY(%s)")
+                                 .format(sql.Identifier(table)), (hs,))
+                for table in SAVED_TABLES:
                     cols, rows = saved[table]
                     if not rows:
                         continue
@@ -197,12 +199,29 @@ def flip_byte(data: bytes, at: int = 0) -> bytes:
     return bytes(b)
 
 
+def entry_at(conn: psycopg.Connection[Any], rid: str) -> tuple[int, int, int]:
+    """(height, entry index, envelope index) of an entry, by its record id."""
+    row = conn.execute("SELECT height, idx, envelope FROM entries WHERE record_id = %s",
+                       (rid,)).fetchone()
+    assert row is not None, rid
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def item_of(conn: psycopg.Connection[Any], rid: str) -> bytes:
+    row = conn.execute("SELECT item FROM entries WHERE record_id = %s", (rid,)).fetchone()
+    assert row is not None
+    return bytes(row[0])
+
+
 def all_bytes(conn: psycopg.Connection[Any]) -> list[tuple[str, bytes]]:
-    """Every bytea value a validator stores where request bytes can be: entries, blocks'
-    pre-prepares and certificates, the consensus log and the stable checkpoint."""
+    """Every bytea value a validator stores where item bytes can be: entries, envelopes' raw
+    payloads, blocks' proposal headers and certificates, the consensus log and the stable
+    checkpoint."""
     out: list[tuple[str, bytes]] = []
-    for h, i, req in conn.execute("SELECT height, idx, request FROM entries"):
-        out.append((f"entries({h},{i}).request", bytes(req)))
+    for h, i, item in conn.execute("SELECT height, idx, item FROM entries"):
+        out.append((f"entries({h},{i}).item", bytes(item)))
+    for h, i, raw in conn.execute("SELECT height, idx, raw FROM envelopes WHERE raw IS NOT NULL"):
+        out.append((f"envelopes({h},{i}).raw", bytes(raw)))
     for h, pp in conn.execute("SELECT height, pre_prepare FROM blocks"):
         out.append((f"blocks({h}).pre_prepare", bytes(pp)))
     for i, kind, data in conn.execute("SELECT id, kind, data FROM consensus_log"):
@@ -219,10 +238,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def index_of(r: VerifiedReceipt) -> int:
-    return r.receipt.proof.index
-
-
 def height_now(cluster: Cluster) -> int:
     return cluster.wait_converged(30.0)
 
@@ -234,19 +249,22 @@ def signed_auth(cluster: Cluster, method: str, argument: str, *, org: str = "org
     signer = key or Ed25519Signer(read_seed(cluster.directory / "orgs" / org / "client.key"))
     cid = client_id or f"{org}-client"
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-    sig = signer.sign(wire.read_signing_bytes(cluster.genesis.chain_id_bytes, cid, ts, method,
-                                              argument))
+    sig = signer.sign(read_signing_bytes(cluster.genesis.chain_id_bytes, cid, ts, method,
+                                         argument))
     return pb.ReadAuth(client_id=cid, timestamp_ms=ts, signature=sig)
+
+
+def validator_key(cluster: Cluster, replica_id: int) -> Ed25519Signer:
+    return Ed25519Signer(read_seed(cluster.vdir(replica_id) / "signing.key"))
 
 
 def commit(cluster: Cluster, signer_id: int, header: BlockHeader, *,
            key: Ed25519Signer | None = None) -> bytes:
-    """COMMIT(view, height, root) of `header` signed as validator `signer_id` (with its key
-    from the consortium directory, or `key`)."""
-    signer = key or Ed25519Signer(read_seed(cluster.vdir(signer_id) / "signing.key"))
-    msg = codec.sign_message(signer, cluster.genesis.chain_id_bytes, signer_id,
-                             m.Commit(header.epoch, header.view, header.height,
-                                      header.merkle_root))
+    """COMMIT(epoch, view, height, proposal digest) of `header` signed as validator
+    `signer_id` (with its key from the consortium directory, or `key`)."""
+    msg = codec.sign_message(key or validator_key(cluster, signer_id),
+                             cluster.genesis.chain_id_bytes, signer_id,
+                             m.Commit(header.epoch, header.view, header.height, header.digest))
     return msg.wire
 
 
@@ -254,16 +272,14 @@ def submit_together(cluster: Cluster, count: int) -> list[VerifiedReceipt]:
     """`count` provenance records from all four organisations released at once (so that some
     share a block)."""
     orgs = [f"org{i % 4}" for i in range(count)]
-    reqs = [cluster.client(org).core.build(RecordKind.PROVENANCE, unique("lot-multi"),
-                                           "inspected", {"location": "Gdansk"}, b"{}", ())
-            for org in orgs]
     barrier = threading.Barrier(count)
     out: list[VerifiedReceipt | BaseException] = [RuntimeError("not run")] * count
 
     def one(k: int) -> None:
         barrier.wait()
         try:
-            out[k] = cluster.client(orgs[k]).submit(reqs[k])
+            out[k] = cluster.client(orgs[k]).submit_provenance(
+                unique("lot-multi"), "inspected", location="Gdansk")
         except BaseException as exc:
             out[k] = exc
     threads = [threading.Thread(target=one, args=(k,)) for k in range(count)]
@@ -277,6 +293,17 @@ def submit_together(cluster: Cluster, count: int) -> list[VerifiedReceipt]:
             raise r
         receipts.append(r)
     return receipts
+
+
+def single_item_envelopes(receipts: Sequence[VerifiedReceipt]) -> list[VerifiedReceipt]:
+    """Receipts of records alone in their envelope that share a block with another such one
+    (distinct requests of one block, as many as found at the best height)."""
+    by_height: dict[int, dict[int, VerifiedReceipt]] = {}
+    for r in receipts:
+        if r.receipt.item_proof.size == 1:
+            by_height.setdefault(r.height, {})[r.receipt.request_proof.index] = r
+    best = max(by_height.values(), key=len, default={})
+    return list(best.values())
 
 
 # --------------------------------------------------------------------------------- fixture
@@ -293,16 +320,18 @@ class Base:
     """org2 patient record, read by org3."""
     d: VerifiedReceipt
     e: VerifiedReceipt
+    pair: list[VerifiedReceipt]
+    """Two records of org3 in one envelope."""
     invalid_revoke: VerifiedReceipt
     """org1 revoking a reader of org0's record: invalid."""
     denied_access: VerifiedReceipt
     """org0 reading org2's patient record: recorded, refused."""
     multi: list[VerifiedReceipt]
-    """Records sharing one block."""
+    """Records alone in their envelopes, sharing one block."""
 
     @property
     def heights(self) -> list[int]:
-        return sorted({r.height for r in (self.a, self.b, self.c, self.d, self.e,
+        return sorted({r.height for r in (self.a, self.b, self.c, self.d, self.e, *self.pair,
                                           self.invalid_revoke, self.denied_access,
                                           *self.multi)})
 
@@ -318,24 +347,26 @@ def base(cluster: Cluster) -> Base:
                           readers=["org3"])
     d = c3.submit_provenance(unique("lot-d"), "inspected", location="Lyon")
     e = c0.submit_provenance(unique("lot-e"), "received", location="Oslo")
+    pair = c3.submit_items([c3.aio.provenance_item(unique("lot-pair"), "inspected",
+                                                   location="Turin"),
+                            c3.aio.provenance_item(unique("lot-pair"), "recalled",
+                                                   location="Turin")])
+    assert [r.receipt.item_proof.size for r in pair] == [2, 2]
     invalid_revoke = c1.revoke(a.record_id, "org1")
     assert invalid_revoke.status == "invalid"
     denied_access = c0.access(c.record_id, "curiosity")
     assert (denied_access.status, denied_access.reason) == ("recorded", ACCESS_DENIED)
     for _ in range(6):
-        multi = submit_together(cluster, 8)
-        by_height: dict[int, list[VerifiedReceipt]] = {}
-        for r in multi:
-            by_height.setdefault(r.height, []).append(r)
-        shared = max(by_height.values(), key=len)
-        if len(shared) >= 2:
+        multi = single_item_envelopes(submit_together(cluster, 8))
+        if len(multi) >= 2:
             break
     else:
-        pytest.fail("no two of eight concurrent submissions shared a block, six times")
+        pytest.fail("no two lone records of eight concurrent submissions shared a block, "
+                    "six times")
     # Blocks after these, so that none of the records above is in the head block.
     c3.submit_provenance(unique("lot-pad"), "inspected", location="Lyon")
     cluster.wait_converged(30.0)
-    return Base(a, b, c, d, e, invalid_revoke, denied_access, shared)
+    return Base(a, b, c, d, e, pair, invalid_revoke, denied_access, multi)
 
 
 # =============================================================================================
@@ -440,13 +471,13 @@ def test_get_record_returns_only_the_callers_own_key(cluster: Cluster, base: Bas
     keys = {}
     for org, reply in replies.items():
         assert [w.org for w in reply.wrapped_keys] == [org]
-        assert reply.key_withheld == ""
+        assert reply.key_withheld == "" and reply.record_id == rid
         keys[org] = reply.wrapped_keys[0].wrapped_key
-        view = RequestView.decode(reply.request_view)
-        assert view.record_id == rid
+        view = ItemView.decode(reply.item_view)
         assert isinstance(view.segments[1], bytes) and view.segments[1] == reply.ciphertext
         assert all(isinstance(s, Withheld) for s in view.segments[2:])
         assert len(view.segments) == 4  # header, ciphertext, org0's and org1's keys
+        assert view.digest == digest_of(base.a.receipt.item)
     assert keys["org0"] != keys["org1"]
     assert keys["org1"] not in replies["org0"].SerializeToString()
     assert keys["org0"] not in replies["org1"].SerializeToString()
@@ -454,9 +485,9 @@ def test_get_record_returns_only_the_callers_own_key(cluster: Cluster, base: Bas
 
 def test_blocks_served_to_members_hold_no_ciphertext_and_no_key(cluster: Cluster,
                                                                 base: Base) -> None:
-    """GetBlock and StreamBlocks (plain and audit) of the whole chain: every application request
-    is a view showing only segment 0, there is no pre-prepare, and none of the ciphertexts or
-    wrapped keys a reader can obtain appears anywhere in the served bytes."""
+    """GetBlock and StreamBlocks (plain and audit) of the whole chain: every item is a view
+    showing only its public header, the proposal header carries no request, and none of the
+    ciphertexts or wrapped keys a reader can obtain appears anywhere in the served bytes."""
     secrets = []
     for r, org in ((base.a, "org1"), (base.b, "org2"), (base.a, "org0")):
         reply, _ = cluster.client(org).get_record_reply(r.record_id)
@@ -471,11 +502,11 @@ def test_blocks_served_to_members_hold_no_ciphertext_and_no_key(cluster: Cluster
     assert len(served) == 2 + 2 * head
     for blk in served:
         header = BlockHeader.decode(blk.header)
-        if blk.requests:  # (a view change's empty block carries no request at all)
-            assert not blk.pre_prepare, f"block {header.height} is served with its pre-prepare"
-        assert sorted(blk.views) == list(range(len(blk.requests))), header.height
-        for i, data in enumerate(blk.requests):
-            view = RequestView.decode(data)
+        pp = codec.decode_signed(blk.pre_prepare, cluster.genesis.chain_id_bytes)
+        assert isinstance(pp.body, m.PrePrepare) and pp.batch is None, header.height
+        assert sorted(blk.views) == list(range(len(blk.items))), header.height
+        for i, data in enumerate(blk.items):
+            view = ItemView.decode(data)
             assert view.raw is None and isinstance(view.segments[0], bytes)
             assert all(isinstance(s, Withheld) for s in view.segments[1:]), (header.height, i)
         raw = blk.SerializeToString()
@@ -494,11 +525,11 @@ def test_receipts_and_subject_listings_hold_no_key(cluster: Cluster, base: Base)
     receipt = cluster.ledger(0).GetReceipt(pb.GetRecordRequest(
         record_id=rid, auth=cluster.auth("GetReceipt", rid, "org1")), timeout=10)
     listing, _ = cluster.client("org1").list_subject("patient", reply.subject_id)
-    assert listing.entries[0].receipt.record_id == rid
-    for msg in (receipt, listing):
+    assert listing[0].receipt.record_id == rid
+    for msg in (receipt, *listing):
         raw = msg.SerializeToString()
         assert all(s not in raw for s in secrets)
-    view = RequestView.decode(receipt.request_view)
+    view = ItemView.decode(receipt.item_view)
     assert all(isinstance(s, Withheld) for s in view.segments[1:])
 
 
@@ -571,7 +602,7 @@ def test_the_access_log_lists_every_read_with_org_and_purpose(cluster: Cluster) 
                 "--as", "org2", "--format", "json")
     assert ran.code == 0, ran.stderr
     data = ran.json()
-    assert data["patient"] == patient
+    assert data["patient"] == patient and data["malformed"] == []
     [record] = data["records"]
     assert record["record_id"] == rid and record["submitter_org"] == "org3"
     assert record["proof"] == "verified" and record["erased"] is None
@@ -593,10 +624,18 @@ def test_the_access_log_lists_every_read_with_org_and_purpose(cluster: Cluster) 
 # 4. Grant and revoke
 # =============================================================================================
 
+def stored_readers(cluster: Cluster, i: int, rid: str) -> list[str]:
+    with database(cluster, i) as conn:
+        row = conn.execute("SELECT readers FROM entries WHERE record_id = %s",
+                           (rid,)).fetchone()
+    assert row is not None
+    return sorted(row[0])
+
+
 def test_grant_then_decrypt_revoke_then_refused(cluster: Cluster) -> None:
     """org1 (a reader) grants org2 with `consortium access grant`: org2 decrypts. org1 may not
     revoke (only the submitter): recorded invalid with the reason, exit 1. org0 (the submitter)
-    revokes org2: org2 can no longer decrypt and no validator keeps its key."""
+    revokes org2: org2 can no longer decrypt and no validator counts it as a reader."""
     d = str(cluster.directory)
     rec = cluster.client("org0").submit_provenance(unique("lot-grant"), "shipped",
                                                    location="Hamburg", readers=["org1"],
@@ -625,10 +664,7 @@ def test_grant_then_decrypt_revoke_then_refused(cluster: Cluster) -> None:
         cluster.client("org2").get(rid, decrypt=True)
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
     for i in cluster.ids:
-        with database(cluster, i) as conn:
-            orgs = [o for (o,) in conn.execute(
-                "SELECT org FROM wrapped_keys WHERE record_id = %s ORDER BY org", (rid,))]
-        assert orgs == ["org0", "org1"], f"validator {i}: {orgs}"
+        assert stored_readers(cluster, i, rid) == ["org0", "org1"], f"validator {i}"
     assert cluster.client("org1").get(rid, decrypt=True).payload == {"seal": 42}
     again = access("revoke", "--dir", d, rid, "--org", "org2", "--as", "org0", "--json")
     assert again.code == 1 and again.json()["reason"] == "org2 does not read the record"
@@ -647,7 +683,7 @@ def test_a_grant_by_a_non_reader_is_invalid(cluster: Cluster) -> None:
     cli.error_line("org3 is not a reader")
     forged_key = envelope.wrap_key(os.urandom(32), cluster.genesis.org("org3").encryption_key)
     org3 = cluster.client("org3")
-    receipt = org3.submit(org3.core.build_tx(Grant(rid, "org3", forged_key)))
+    [receipt] = org3.submit_items([org3.core.tx_item(Grant(rid, "org3", forged_key))])
     assert receipt.status == "invalid"
     assert receipt.reason == "org3 is neither the submitter nor a reader of the record"
     with pytest.raises(SubmitError) as info:
@@ -681,24 +717,32 @@ def test_audit_record_of_an_unknown_or_malformed_id_is_bad_input(cluster: Cluste
 
 def test_check_proof_accepts_a_real_proof_and_refuses_edited_or_garbage_ones(
         cluster: Cluster, base: Base, tmp_path: Path) -> None:
-    """`audit record --proof --json` output checks offline (exit 0); the same proof with its
-    certificate cut to f+1 commits, or one commit's signature altered, does not (exit 1); a file
-    that is not a proof is bad input (exit 2, one line)."""
+    """`audit record --proof --json` output checks offline (exit 0), for a record alone in its
+    envelope and for one of two in an envelope; the same proof with its certificate cut to f+1
+    commits, one commit's signature altered, one commit thrice, another record's id, or the
+    item proof of the other item of its envelope does not (exit 1); a file that is not a proof
+    is bad input (exit 2, one line)."""
     d = str(cluster.directory)
     genesis = tmp_path / "genesis.json"
     genesis.write_bytes((cluster.directory / "genesis.json").read_bytes())
-    ran = audit("record", "--dir", d, base.b.record_id, "--proof", "--json", "--as", "org2")
-    assert ran.code == 0, ran.stderr
-    doc = ran.json()
-    assert doc["verified"] is True and len(doc["receipt"]["certificate"]) >= 3
-    good = tmp_path / "proof.json"
-    good.write_text(json.dumps(doc))
-    ok = audit("check-proof", str(good), "--genesis", str(genesis), "--json")
-    assert ok.code == 0 and ok.json()["ok"] is True, ok.stdout
-    assert ok.json()["record_id"] == base.b.record_id
+    docs = {}
+    for name, r, org in (("b", base.b, "org2"), ("pair0", base.pair[0], "org3"),
+                         ("pair1", base.pair[1], "org0")):
+        ran = audit("record", "--dir", d, r.record_id, "--proof", "--json", "--as", org)
+        assert ran.code == 0, ran.stderr
+        doc = ran.json()
+        assert doc["verified"] is True and len(doc["receipt"]["certificate"]) >= 3
+        docs[name] = doc
+        good = tmp_path / f"{name}.json"
+        good.write_text(json.dumps(doc))
+        ok = audit("check-proof", str(good), "--genesis", str(genesis), "--json")
+        assert ok.code == 0 and ok.json()["ok"] is True, ok.stdout
+        assert ok.json()["record_id"] == r.record_id
+    doc = docs["b"]
 
-    def edited(name: str, change: Callable[[dict[str, Any]], None]) -> Path:
-        copy = json.loads(json.dumps(doc))
+    def edited(name: str, change: Callable[[dict[str, Any]], None],
+               source: dict[str, Any] = doc) -> Path:
+        copy = json.loads(json.dumps(source))
         change(copy["receipt"])
         path = tmp_path / name
         path.write_text(json.dumps(copy))
@@ -708,6 +752,7 @@ def test_check_proof_accepts_a_real_proof_and_refuses_edited_or_garbage_ones(
         rj["certificate"] = rj["certificate"][:2]
 
     def resign(rj: dict[str, Any]) -> None:
+        rj["certificate"] = rj["certificate"][:3]
         raw = bytes.fromhex(rj["certificate"][0])
         rj["certificate"][0] = flip_byte(raw, len(raw) - 1).hex()
 
@@ -717,9 +762,14 @@ def test_check_proof_accepts_a_real_proof_and_refuses_edited_or_garbage_ones(
     def other_record(rj: dict[str, Any]) -> None:
         rj["record_id"] = base.a.record_id
 
-    for name, change in (("cut", cut), ("resigned", resign), ("duplicate", duplicate),
-                         ("other-record", other_record)):
-        bad = audit("check-proof", str(edited(f"{name}.json", change)), "--genesis",
+    def other_item_proof(rj: dict[str, Any]) -> None:
+        rj["item_proof"] = docs["pair0"]["receipt"]["item_proof"]
+
+    for name, change, source in (("cut", cut, doc), ("resigned", resign, doc),
+                                 ("duplicate", duplicate, doc),
+                                 ("other-record", other_record, doc),
+                                 ("other-item-proof", other_item_proof, docs["pair1"])):
+        bad = audit("check-proof", str(edited(f"{name}.json", change, source)), "--genesis",
                     str(genesis), "--json")
         assert bad.code == 1, (name, bad.stdout, bad.stderr)
         assert bad.json()["ok"] is False and bad.json()["problem"], name
@@ -736,6 +786,8 @@ def test_check_proof_accepts_a_real_proof_and_refuses_edited_or_garbage_ones(
         ran = audit("check-proof", str(path), "--genesis", str(genesis))
         assert ran.code == 2, (name, ran.stdout, ran.stderr)
         ran.error_line("not a proof file")
+    audit("check-proof", str(tmp_path / "absent.json"), "--genesis",
+          str(genesis)).error_line("cannot read")
     real = cli_process("audit", "check-proof", str(tmp_path / "binary.json"), "--genesis",
                        str(genesis))
     assert real.code == 2
@@ -761,7 +813,7 @@ def test_trace_lists_a_clean_chain_of_custody_and_exits_zero(cluster: Cluster) -
                 "json")
     assert ran.code == 0, ran.stdout + ran.stderr
     data = ran.json()
-    assert data["ok"] is True and data["product"] == product
+    assert data["ok"] is True and data["product"] == product and data["malformed"] == []
     assert [e["event"] for e in data["events"]] == ["manufactured", "shipped", "received"]
     assert [e["record_id"] for e in data["events"]] == [r.record_id for r in receipts]
     assert all(e["proof"] == "verified" and e["flags"] == [] for e in data["events"])
@@ -791,8 +843,8 @@ def test_trace_flags_an_inconsistent_chain_of_custody(cluster: Cluster) -> None:
     rows = data["events"]
     assert [r["event"] for r in rows] == [e[1] for e in events]
     assert [r["record_id"] for r in rows] == [r.record_id for r in receipts]
-    assert [(r["height"], r["index"]) for r in rows] == sorted((r["height"], r["index"])
-                                                               for r in rows)
+    order = [(r["height"], r["request"], r["item"]) for r in rows]
+    assert order == sorted(order)
     assert all(r["proof"] == "verified" for r in rows)
     flags = [" | ".join(r["flags"]) for r in rows]
     assert flags[0] == ""
@@ -804,7 +856,7 @@ def test_trace_flags_an_inconsistent_chain_of_custody(cluster: Cluster) -> None:
     csv_run = audit("trace", "--dir", d, "--product", product, "--format", "csv")
     assert csv_run.code == 1
     lines = csv_run.stdout.strip().splitlines()
-    assert lines[0].startswith("height,index,time,event")
+    assert lines[0].startswith("height,request,item,time,event")
     assert len(lines) == 6 and "quantity.grew" in lines[3] and "lot.destroyed" in lines[5]
     table = audit("trace", "--dir", d, "--product", product)
     assert table.code == 1
@@ -819,13 +871,6 @@ def test_trace_flags_an_inconsistent_chain_of_custody(cluster: Cluster) -> None:
 # 1. Tamper detection: one byte edited in one validator's database
 # =============================================================================================
 
-def _record_row(conn: psycopg.Connection[Any], rid: str) -> tuple[int, bytes]:
-    row = conn.execute("SELECT height, ciphertext FROM records WHERE record_id = %s",
-                       (rid,)).fetchone()
-    assert row is not None
-    return int(row[0]), bytes(row[1])
-
-
 def _header(conn: psycopg.Connection[Any], height: int) -> BlockHeader:
     row = conn.execute("SELECT header FROM blocks WHERE height = %s", (height,)).fetchone()
     assert row is not None
@@ -838,24 +883,45 @@ def _set_certificate(cluster: Cluster, conn: psycopg.Connection[Any], height: in
                  (make(_header(conn, height)), height))
 
 
-def _swap_requests(conn: psycopg.Connection[Any], one: tuple[int, int],
-                   two: tuple[int, int]) -> None:
+def _swap_envelopes(conn: psycopg.Connection[Any], one: VerifiedReceipt,
+                    two: VerifiedReceipt) -> None:
+    """Swap two single-item envelopes (what the client signed) and their items, leaving
+    positions alone: each block stays internally consistent but holds other requests."""
+    pos = [(r.height, r.receipt.request_proof.index) for r in (one, two)]
     conn.execute(
-        "UPDATE entries e SET request = o.request FROM entries o "
+        "UPDATE envelopes e SET client_id = o.client_id, nonce = o.nonce, kind = o.kind, "
+        "signature = o.signature, payload_digest = o.payload_digest FROM envelopes o "
         "WHERE (e.height, e.idx, o.height, o.idx) IN ((%s, %s, %s, %s), (%s, %s, %s, %s))",
-        (*one, *two, *two, *one))
+        (*pos[0], *pos[1], *pos[1], *pos[0]))
+    entries = [entry_at(conn, r.record_id)[:2] for r in (one, two)]
+    conn.execute(
+        "UPDATE entries e SET item = o.item, redacted = o.redacted FROM entries o "
+        "WHERE (e.height, e.idx, o.height, o.idx) IN ((%s, %s, %s, %s), (%s, %s, %s, %s))",
+        (*entries[0], *entries[1], *entries[1], *entries[0]))
 
 
 Expectation = list[tuple[int, str, str]]
 """(height, problem kind, fragment of the detail) that `audit verify` must report."""
+ITEMS = "its items do not match its digest"
 
 
 def t_ciphertext(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
-    h, ct = _record_row(conn, b.a.record_id)
-    conn.execute("UPDATE records SET ciphertext = %s WHERE record_id = %s",
-                 (flip_byte(ct, 20), b.a.record_id))
-    return [(h, "ciphertext", f"entry {index_of(b.a)}: the stored ciphertext of record "
-                              f"{b.a.record_id[:16]}… is not the signed one")]
+    """One byte of a record's ciphertext, inside its stored item."""
+    item = item_of(conn, b.a.record_id)
+    segments = split_segments(item)
+    assert segments is not None
+    at = item.index(segments[1]) + 20
+    conn.execute("UPDATE entries SET item = %s WHERE record_id = %s",
+                 (flip_byte(item, at), b.a.record_id))
+    return [(b.a.height, "items", f"request {b.a.receipt.request_proof.index}: {ITEMS}")]
+
+
+def t_item_of_a_pair(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    """One byte of the public header of the second item of a two-item envelope."""
+    item = item_of(conn, b.pair[1].record_id)
+    conn.execute("UPDATE entries SET item = %s WHERE record_id = %s",
+                 (flip_byte(item, 12), b.pair[1].record_id))
+    return [(b.pair[1].height, "items", ITEMS)]
 
 
 def t_block_hash(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
@@ -867,46 +933,51 @@ def t_block_hash(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Ex
 def t_deleted_block(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
     h = b.c.height
     with conn.transaction():
-        for table, where in (("access_log", "height = %s"),
-                             ("wrapped_keys", "record_id IN (SELECT record_id FROM records "
-                                              "WHERE height = %s)"),
-                             ("records", "height = %s"), ("entries", "height = %s"),
-                             ("blocks", "height = %s")):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE " + where).format(sql.Identifier(table)),
-                         (h,))
+        for table in SAVED_TABLES:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE height = %s").format(
+                sql.Identifier(table)), (h,))
     return [(h, "missing-block", f"expected block {h}, got block {h + 1}")]
 
 
-def t_swapped_ciphertexts(cluster: Cluster, conn: psycopg.Connection[Any],
-                          b: Base) -> Expectation:
-    ha, cta = _record_row(conn, b.a.record_id)
-    hb, ctb = _record_row(conn, b.b.record_id)
-    conn.execute("UPDATE records SET ciphertext = CASE record_id WHEN %s THEN %s::bytea "
+def t_swapped_items(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    ia, ib = item_of(conn, b.a.record_id), item_of(conn, b.b.record_id)
+    conn.execute("UPDATE entries SET item = CASE record_id WHEN %s THEN %s::bytea "
                  "ELSE %s::bytea END WHERE record_id IN (%s, %s)",
-                 (b.a.record_id, ctb, cta, b.a.record_id, b.b.record_id))
-    return [(ha, "ciphertext", "is not the signed one"), (hb, "ciphertext",
-                                                          "is not the signed one")]
+                 (b.a.record_id, ib, ia, b.a.record_id, b.b.record_id))
+    return [(b.a.height, "items", ITEMS), (b.b.height, "items", ITEMS)]
 
 
 def t_swapped_requests_in_a_block(cluster: Cluster, conn: psycopg.Connection[Any],
                                   b: Base) -> Expectation:
     one, two = b.multi[0], b.multi[1]
-    _swap_requests(conn, (one.height, index_of(one)), (two.height, index_of(two)))
+    _swap_envelopes(conn, one, two)
     return [(one.height, "merkle-root", "requests do not match the header's merkle root")]
 
 
 def t_swapped_requests_across_blocks(cluster: Cluster, conn: psycopg.Connection[Any],
                                      b: Base) -> Expectation:
-    _swap_requests(conn, (b.d.height, index_of(b.d)), (b.e.height, index_of(b.e)))
+    _swap_envelopes(conn, b.d, b.e)
     return [(b.d.height, "merkle-root", "merkle root"), (b.e.height, "merkle-root",
                                                          "merkle root")]
+
+
+def t_signature(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    """A client's signature (not part of the request digest: only its check sees it)."""
+    conn.execute("UPDATE envelopes SET signature = set_byte(signature, 3, "
+                 "get_byte(signature, 3) # 1) WHERE height = %s AND idx = %s",
+                 (b.d.height, b.d.receipt.request_proof.index))
+    return [(b.d.height, "request-signature",
+             f"request {b.d.receipt.request_proof.index}: not signed by a known client "
+             "'org3-client'")]
+
+
+NO_QUORUM = "no valid commit certificate of 3 validators of epoch 0"
 
 
 def t_cert_f_plus_1(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 3)])
-    return [(b.b.height, "certificate",
-             "2 valid commit signatures from distinct members, 3 needed")]
+    return [(b.b.height, "certificate", NO_QUORUM)]
 
 
 def t_cert_outsider(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
@@ -914,7 +985,8 @@ def t_cert_outsider(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) ->
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 1, 3)]
                      + [commit(cluster, 4, hd, key=outsider)])
-    return [(b.b.height, "certificate", "signers outside the epoch 0 validator set: [4]")]
+    return [(b.b.height, "certificate", "1 of its 4 commits are not valid commits of this "
+                                        "block by distinct members of epoch 0")]
 
 
 def t_cert_outsider_completing(cluster: Cluster, conn: psycopg.Connection[Any],
@@ -923,43 +995,59 @@ def t_cert_outsider_completing(cluster: Cluster, conn: psycopg.Connection[Any],
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 1)]
                      + [commit(cluster, 7, hd, key=outsider)])
-    return [(b.b.height, "certificate", "2 valid commit signatures from distinct members, 3 "
-                                        "needed; signers outside the epoch 0 validator set: "
-                                        "[7]")]
+    return [(b.b.height, "certificate", NO_QUORUM)]
 
 
 def t_cert_repeated(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 1, 1)])
-    return [(b.b.height, "certificate", "2 valid commit signatures from distinct members, 3 "
-                                        "needed; repeated signers: [1]")]
+    return [(b.b.height, "certificate", NO_QUORUM)]
 
 
 def t_cert_repeated_extra(cluster: Cluster, conn: psycopg.Connection[Any],
                           b: Base) -> Expectation:
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 1, 2, 2)])
-    return [(b.b.height, "certificate", "repeated signers: [2]")]
+    return [(b.b.height, "certificate", "1 of its 4 commits are not valid")]
 
 
 def t_cert_forged(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
-    mine = Ed25519Signer(read_seed(cluster.vdir(VICTIM) / "signing.key"))
+    mine = validator_key(cluster, VICTIM)
     _set_certificate(cluster, conn, b.b.height,
                      lambda hd: [commit(cluster, i, hd) for i in (0, 1)]
                      + [commit(cluster, 3, hd, key=mine)])
-    return [(b.b.height, "certificate", "invalid signatures from: [3]")]
+    return [(b.b.height, "certificate", NO_QUORUM)]
 
 
-def t_extra_key(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
-    """A key for a non-reader slipped into wrapped_keys (what a bribed DBA would do)."""
-    key = envelope.wrap_key(os.urandom(32), cluster.genesis.org("org3").encryption_key)
-    conn.execute("INSERT INTO wrapped_keys (record_id, org, wrapped_key) VALUES (%s, %s, %s)",
-                 (b.a.record_id, "org3", key))
-    return [(b.a.height, "keys", "the stored key of org3 is not one the chain gave it")]
+def t_proposal(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    """The victim re-signs a block's proposal header as its own (it was not the primary)."""
+    row = conn.execute("SELECT pre_prepare FROM blocks WHERE height = %s",
+                       (b.d.height,)).fetchone()
+    assert row is not None
+    pp = codec.decode_signed(bytes(row[0]), cluster.genesis.chain_id_bytes)
+    assert pp.sender != VICTIM
+    forged = codec.sign_message(validator_key(cluster, VICTIM), cluster.genesis.chain_id_bytes,
+                                VICTIM, pp.body)
+    conn.execute("UPDATE blocks SET pre_prepare = %s WHERE height = %s",
+                 (forged.wire, b.d.height))
+    return [(b.d.height, "proposal", "its proposal is not signed by the primary")]
+
+
+def t_extra_reader(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    """A non-reader slipped into a record's readers (what a bribed DBA would do)."""
+    conn.execute("UPDATE entries SET readers = array_append(readers, 'org3') "
+                 "WHERE record_id = %s", (b.a.record_id,))
+    return [(b.a.height, "readers", "['org0', 'org1', 'org3'] are not what the chain gives it")]
+
+
+def t_erasure_mark(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
+    conn.execute("UPDATE entries SET erased_height = %s WHERE record_id = %s",
+                 (b.e.height, b.b.record_id))
+    return [(b.b.height, "erasure", f"is marked erased at {b.e.height} without a committed")]
 
 
 def t_subject(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
-    conn.execute("UPDATE records SET subject_id = subject_id || 'x' WHERE record_id = %s",
+    conn.execute("UPDATE entries SET subject_id = subject_id || 'x' WHERE record_id = %s",
                  (b.e.record_id,))
     return [(b.e.height, "record-columns", "stored subject_id")]
 
@@ -967,42 +1055,45 @@ def t_subject(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expec
 def t_header(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
     """The header's state digest edited (and the hash column with it, as a careful forger
     would): its own state-digest check and the next block's link fail."""
-    hd = _header(conn, b.d.height)
     from dataclasses import replace
+    hd = _header(conn, b.d.height)
     forged = replace(hd, state_digest=bytes(32))
     conn.execute("UPDATE blocks SET header = %s, hash = %s WHERE height = %s",
                  (forged.encode(), forged.hash(), b.d.height))
-    return [(b.d.height, "state-digest", "does not follow"),
-            (b.d.height + 1, "hash-link", f"block {b.d.height}'s header or this prev_hash")]
+    return [(b.d.height, "state-digest", "state digest does not chain"),
+            (b.d.height + 1, "hash-link", f"prev_hash does not match block {b.d.height}")]
 
 
 def t_timestamp(cluster: Cluster, conn: psycopg.Connection[Any], b: Base) -> Expectation:
-    """The one header field no certificate covers, edited with the hash column to match: the
-    block itself verifies alone, so the next block's link and the comparison with the other
-    validators (a fork at that height) are what name the victim."""
-    hd = _header(conn, b.d.height)
+    """The block time edited with the hash column to match: block time is max(previous,
+    certified proposal time), so the block itself shows it, and the next block's link."""
     from dataclasses import replace
+    hd = _header(conn, b.d.height)
     forged = replace(hd, timestamp_ms=hd.timestamp_ms + 1)
     conn.execute("UPDATE blocks SET header = %s, hash = %s WHERE height = %s",
                  (forged.encode(), forged.hash(), b.d.height))
-    return [(b.d.height, "fork", "differs from the others'"),
-            (b.d.height + 1, "hash-link", f"block {b.d.height}'s header or this prev_hash")]
+    return [(b.d.height, "time", "block time is not max(previous, proposed)"),
+            (b.d.height + 1, "hash-link", f"prev_hash does not match block {b.d.height}")]
 
 
 TAMPER: dict[str, Callable[[Cluster, psycopg.Connection[Any], Base], Expectation]] = {
     "a ciphertext byte": t_ciphertext,
+    "an item of a two-item envelope": t_item_of_a_pair,
     "a block hash byte": t_block_hash,
     "a block deleted": t_deleted_block,
-    "two ciphertexts swapped": t_swapped_ciphertexts,
+    "two items swapped": t_swapped_items,
     "two requests of one block swapped": t_swapped_requests_in_a_block,
     "two requests of two blocks swapped": t_swapped_requests_across_blocks,
+    "a client signature": t_signature,
     "a certificate of f+1 commits": t_cert_f_plus_1,
     "a certificate with an outsider": t_cert_outsider,
     "a quorum completed by an outsider": t_cert_outsider_completing,
     "a quorum completed by a repeated signer": t_cert_repeated,
     "a certificate with a repeated signer": t_cert_repeated_extra,
     "a commit signed with another validator's key": t_cert_forged,
-    "a wrapped key for a non-reader": t_extra_key,
+    "a proposal header signed by a backup": t_proposal,
+    "a reader the chain never gave": t_extra_reader,
+    "an erasure the chain never made": t_erasure_mark,
     "a subject id": t_subject,
     "a header's state digest": t_header,
     "a header's timestamp": t_timestamp,
@@ -1042,7 +1133,7 @@ def test_a_deleted_block_is_the_only_problem(cluster: Cluster, base: Base) -> No
         head = int(conn.execute("SELECT max(height) FROM blocks").fetchone()[0])
         ran, data = verify_all(cluster)
         served = [BlockHeader.decode(b.header).height for b in cluster.client("org0")
-                  .stream_blocks(1, head, address=cluster.client_address(VICTIM))]
+                  .stream_blocks(1, head, audit=True, address=cluster.client_address(VICTIM))]
     assert ran.code == 1
     assert [(p["validator"], p["height"], p["kind"]) for p in data["problems"]] == [
         (str(VICTIM), h, "missing-block")], data["problems"]
@@ -1052,36 +1143,63 @@ def test_a_deleted_block_is_the_only_problem(cluster: Cluster, base: Base) -> No
 def test_an_edited_entry_status_is_outvoted(cluster: Cluster, base: Base) -> None:
     """An invalid entry (org1 revoking a reader of org0's record) rewritten as recorded in one
     validator's database: statuses are not signed, so `--all` compares them and names it."""
-    h, i = base.invalid_revoke.height, index_of(base.invalid_revoke)
     with tampered(cluster, base.heights) as conn:
+        h, i, _ = entry_at(conn, base.invalid_revoke.record_id)
         conn.execute("UPDATE entries SET status = 'recorded' WHERE height = %s AND idx = %s",
                      (h, i))
         ran, data = verify_all(cluster)
     assert ran.code == 1 and data["ok"] is False
     found = {(p["validator"], p["height"], p["kind"]): p["detail"] for p in data["problems"]}
-    # The comparison names the status; and since the revocation now "took effect", org1's
-    # key of base.a reads as kept after a revocation.
-    assert set(found) == {(str(VICTIM), h, "status"), (str(VICTIM), base.a.height, "keys")}
+    # The comparison names the status; and since the revocation now "took effect", org1 reads
+    # as a stored reader the chain revoked.
+    assert set(found) == {(str(VICTIM), h, "status"), (str(VICTIM), base.a.height, "readers")}
     assert found[(str(VICTIM), h, "status")].startswith(f"entry {i} ")
     assert "'recorded'" in found[(str(VICTIM), h, "status")]
     assert "the others say 'invalid'" in found[(str(VICTIM), h, "status")]
-    assert "org1's key is still stored after its revocation" in \
-        found[(str(VICTIM), base.a.height, "keys")]
+    assert f"org1 is still a stored reader after its revocation at {h}" in \
+        found[(str(VICTIM), base.a.height, "readers")]
 
 
 def test_an_edited_refusal_reason_is_found(cluster: Cluster, base: Base) -> None:
-    """docs/audit.md: "Entry statuses and refusal reasons are validators' execution results:
-    honest validators agree, `audit verify --all` compares them". A refused access whose reason
-    is removed in one validator's database reads as a granted one (`audit patient` reports
-    granted = reason == ""), so `--all` must name that validator."""
-    h, i = base.denied_access.height, index_of(base.denied_access)
+    """docs/audit.md: "Request and entry statuses and reasons are validators' execution
+    results: honest validators agree, `audit verify --all` compares them". A refused access
+    whose reason is removed in one validator's database reads as a granted one (`audit
+    patient` reports granted = reason == ""), so `--all` must name that validator."""
     with tampered(cluster, base.heights) as conn:
+        h, i, _ = entry_at(conn, base.denied_access.record_id)
         conn.execute("UPDATE entries SET reason = '' WHERE height = %s AND idx = %s", (h, i))
         conn.execute("UPDATE access_log SET granted = true WHERE height = %s AND idx = %s",
                      (h, i))
         ran, data = verify_all(cluster)
     assert ran.code == 1 and data["ok"] is False, "an edited refusal reason verified"
-    assert {(p["validator"], p["height"]) for p in data["problems"]} == {(str(VICTIM), h)}
+    assert {(p["validator"], p["height"], p["kind"]) for p in data["problems"]} == {
+        (str(VICTIM), h, "reason")}
+
+
+def test_verify_reports_every_validator_and_its_epoch(cluster: Cluster, base: Base) -> None:
+    """The clean report: every validator verified from 1 to its head in epoch 0, no problem,
+    a warnings list (empty on a ledger whose primary's clock is sane), and one validator by
+    default (the first that answers)."""
+    ran, data = verify_all(cluster)
+    assert ran.code == 0, data["problems"]
+    assert set(data) == {"ok", "height", "validators", "problems", "warnings"}
+    assert data["problems"] == []
+    assert all(w["kind"] == "unjudged" for w in data["warnings"]), data["warnings"]
+    for v in map(str, cluster.ids):
+        entry = data["validators"][v]
+        assert entry["ok"] is True and entry["verified_from"] == 1
+        assert entry["verified_to"] == entry["height"] == entry["blocks"] >= base.heights[-1]
+        assert entry["epoch"] == 0
+    one = audit("verify", "--dir", str(cluster.directory), "--json")
+    assert one.code == 0 and len(one.json()["validators"]) == 1
+    text = audit("verify", "--dir", str(cluster.directory), "--validator", "1", "--from",
+                 str(base.a.height), "--to", str(base.e.height))
+    assert text.code == 0 and "verified: the chain checks out from genesis" in text.stdout
+    assert f"verified {base.a.height}..{base.e.height}" in text.stdout
+    audit("verify", "--dir", str(cluster.directory), "--validator", "9").error_line(
+        "no validator 9")
+    audit("verify", "--dir", str(cluster.directory), "--validator", "1",
+          "--all").error_line("not both")
 
 
 # =============================================================================================
@@ -1092,11 +1210,11 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
     """A patient record read by org1 and granted to org2, erased by its submitter org0:
 
     - an erasure by a reader (org1), or naming another patient, is recorded invalid (exit 1);
-    - afterwards every validator stores no wrapped key and an empty ciphertext for it, and the
-      entries of the record and of its grant are stored redacted; no key or ciphertext byte
-      (as stored before) is anywhere in `entries`;
-    - once a stable checkpoint covers those heights, their blocks' pre-prepares are empty and
-      the bytes are nowhere at all (entries, blocks, consensus log, checkpoint);
+    - afterwards every validator stores no reader and withholds the key and ciphertext
+      segments: the items of the record and of its grant are stored redacted, and no key or
+      ciphertext byte (as stored before) is anywhere (entries, envelopes, proposal headers,
+      consensus log, checkpoint: blocks and the log keep proposal headers, not requests);
+    - once a stable checkpoint covers those heights, still nowhere;
     - `audit verify --all` still says ok; `audit patient` shows the erasure (height, org,
       reason); no organisation can decrypt; any later access is invalid."""
     d = str(cluster.directory)
@@ -1114,13 +1232,17 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
     secrets: set[bytes] = set()
     for i in cluster.ids:
         with database(cluster, i) as conn:
-            keys = {str(o): bytes(k) for o, k in conn.execute(
-                "SELECT org, wrapped_key FROM wrapped_keys WHERE record_id = %s", (rid,))}
-            assert sorted(keys) == ["org0", "org1", "org2"], f"validator {i}: {sorted(keys)}"
-            secrets |= set(keys.values()) | {_record_row(conn, rid)[1]}
+            assert stored_readers(cluster, i, rid) == ["org0", "org1", "org2"], i
+            segments = split_segments(item_of(conn, rid))
+            assert segments is not None
+            secrets |= set(segments[1:])
+            grant_item = split_segments(item_of(conn, grant.record_id))
+            assert grant_item is not None
+            secrets.add(grant_item[1])
             hits = {name for name, data in all_bytes(conn) if any(s in data for s in secrets)}
-            assert f"entries({rec.height},{index_of(rec)}).request" in hits  # the search works
-    assert len(secrets) == 4, "validators store the same keys and ciphertext"
+            h, idx, _ = entry_at(conn, rid)
+            assert f"entries({h},{idx}).item" in hits  # the search works
+    assert len(secrets) == 4, "validators store the same ciphertext and keys"
 
     by_reader = access("erase", "--dir", d, rid, "--patient", patient, "--as", "org1", "--json")
     assert by_reader.code == 1
@@ -1136,28 +1258,26 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
     assert erased.json()["status"] == "recorded"
     cluster.wait_converged(30.0, min_height=at)
 
-    affected = {(rec.height, index_of(rec)), (grant.height, index_of(grant))}
     for i in cluster.ids:
         with database(cluster, i) as conn:
-            assert conn.execute("SELECT count(*) FROM wrapped_keys WHERE record_id = %s",
-                                (rid,)).fetchone() == (0,), f"validator {i} keeps keys"
-            row = conn.execute("SELECT ciphertext, erased_height, erased_by, erase_reason "
-                               "FROM records WHERE record_id = %s", (rid,)).fetchone()
+            row = conn.execute("SELECT readers, erased_height, erased_by, erase_reason "
+                               "FROM entries WHERE record_id = %s", (rid,)).fetchone()
             assert row is not None
-            assert (bytes(row[0]), row[1], row[2], row[3]) == (b"", at, "org0",
-                                                               "patient request"), i
+            assert (list(row[0]), row[1], row[2], row[3]) == ([], at, "org0",
+                                                              "patient request"), i
+            affected = {entry_at(conn, rid)[:2], entry_at(conn, grant.record_id)[:2]}
             stored = {(int(h), int(x)): bool(red) for h, x, red in conn.execute(
                 "SELECT height, idx, redacted FROM entries WHERE record_id = %s "
                 "OR target_record_id = %s", (rid, rid))}
             for pos in affected:
                 assert stored[pos], f"validator {i}: entry {pos} is not stored redacted"
-            leaks = [name for name, data in all_bytes(conn) if name.startswith("entries")
-                     and any(s in data for s in secrets)]
+            leaks = [name for name, data in all_bytes(conn) if any(s in data for s in secrets)]
             assert leaks == [], f"validator {i} still stores key or ciphertext bytes: {leaks}"
 
-    # Pass a stable checkpoint covering the record's and the grant's blocks.
+    # Pass a stable checkpoint covering the record's and the grant's blocks: pruning and the
+    # checkpoint's snapshot bring nothing back.
     k = cluster.genesis.protocol.checkpoint_interval
-    target = (max(rec.height, grant.height) // k + 1) * k
+    target = (max(rec.height, grant.height, at) // k + 1) * k
 
     def covered() -> bool:
         if min(cluster.status(i).stable_checkpoint for i in cluster.ids) >= target:
@@ -1169,10 +1289,6 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
              describe=cluster.describe)
     for i in cluster.ids:
         with database(cluster, i) as conn:
-            pps = {int(h): bytes(pp) for h, pp in conn.execute(
-                "SELECT height, pre_prepare FROM blocks WHERE height = ANY(%s)",
-                ([h for h, _ in affected],))}
-            assert all(pp == b"" for pp in pps.values()), f"validator {i}: {sorted(pps)}"
             leaks = [name for name, data in all_bytes(conn) if any(s in data for s in secrets)]
             assert leaks == [], f"validator {i} still stores key or ciphertext bytes: {leaks}"
 
@@ -1182,6 +1298,7 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
     [record] = ran.json()["records"]
     assert record["erased"] == {"height": at, "by_org": "org0", "reason": "patient request",
                                 "proof": "verified"}
+    assert record["proof"] == "verified"
     assert [c["org"] for c in record["readers_changes"]] == ["org2"]
     assert {a["by_org"] for a in record["access_log"]} >= {"org1", "org2"}
     for org in ("org0", "org1", "org2", "org3"):
@@ -1195,6 +1312,11 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
     late = cluster.client("org1").access(rid, "after the erasure")
     assert (late.status, late.reason) == ("invalid", "the record was erased")
     assert audit("record", "--dir", d, rid, "--decrypt", "--as", "org1").code == 1
+    proof = audit("record", "--dir", d, rid, "--proof", "--json", "--as", "org3")
+    assert proof.code == 0 and proof.json()["verified"] is True
+    path = Path(d) / "erased-proof.json"
+    path.write_text(proof.stdout)
+    assert audit("check-proof", str(path), "--genesis", str(Path(d) / "genesis.json")).code == 0
 
 
 # =============================================================================================
@@ -1209,18 +1331,22 @@ def _write_lines(path: Path, lines: list[bytes], *, fix_end: bool) -> Path:
     if fix_end:
         body = lines[:-1]
         end = json.loads(lines[-1])
-        end.update(blocks=len(body) - 1, sha256=hashlib.sha256(b"".join(body)).hexdigest())
+        end.update(blocks=len(body) - 2, sha256=hashlib.sha256(b"".join(body)).hexdigest())
         lines = [*body, (json.dumps(end, sort_keys=True, separators=(",", ":")) + "\n")
                  .encode()]
     path.write_bytes(b"".join(lines))
     return path
 
 
+def _block_line(lines: list[bytes], height: int) -> int:
+    return next(k for k, line in enumerate(lines[2:-1], start=2)
+                if json.loads(line)["height"] == height)
+
+
 def _edit_block(lines: list[bytes], height: int, change: Callable[[bytes], bytes]
                 ) -> list[bytes]:
     out = list(lines)
-    n = next(k for k, line in enumerate(out[1:-1], start=1)
-             if json.loads(line)["height"] == height)
+    n = _block_line(out, height)
     obj = json.loads(out[n])
     obj["block"] = base64.b64encode(change(base64.b64decode(obj["block"]))).decode()
     out[n] = (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
@@ -1235,6 +1361,7 @@ def test_an_exported_bundle_verifies_offline_and_an_edited_one_never_does(
     ran = audit("export", "--dir", d, "--out", str(bundle), "--validator", "1", "--json")
     assert ran.code == 0, ran.stderr
     assert ran.json()["blocks"] == ran.json()["to_height"] >= head
+    assert ran.json()["exported_from"] == 1
     offline = tmp_path / "auditor"
     offline.mkdir()
     genesis = offline / "genesis.json"
@@ -1246,14 +1373,14 @@ def test_an_exported_bundle_verifies_offline_and_an_edited_one_never_does(
                        "--json")
     assert real.code == 0, real.stdout + real.stderr
     result = real.json()
-    assert result["ok"] is True and result["problems"] == []
-    assert result["blocks"] == ran.json()["blocks"]
+    assert result["ok"] is True and result["problems"] == [] and result["from_genesis"]
+    assert result["blocks"] == ran.json()["blocks"] and result["epochs"] == 1
     head_block = cluster.client("org0").get_block(result["to_height"])
     assert result["head_hash"] == BlockHeader.decode(head_block.header).hash().hex()
 
     lines = _bundle_lines(bundle)
     target = base.a.height
-    raw_len = len(base64.b64decode(json.loads(lines[target])["block"]))
+    raw_len = len(base64.b64decode(json.loads(lines[_block_line(lines, target)])["block"]))
     cases = 0
     for at in [0, 1, 9, 40, raw_len // 3, raw_len // 2, raw_len - 70, raw_len - 33,
                raw_len - 1]:
@@ -1301,15 +1428,16 @@ def test_an_exported_bundle_verifies_offline_and_an_edited_one_never_does(
 
 def test_malformed_bundles_are_bad_input_with_one_line(cluster: Cluster, base: Base,
                                                        tmp_path: Path) -> None:
-    """Truncated, empty, non-JSON, another chain's genesis: exit 2 and one line (and with
-    --json, {"ok": false, "error": ...} on stdout)."""
+    """Truncated, empty, non-JSON, a format-1 bundle, another chain's genesis: exit 2 and one
+    line (and with --json, {"ok": false, "error": ...} on stdout)."""
     bundle = tmp_path / "b.jsonl"
     ran = audit("export", "--dir", str(cluster.directory), "--out", str(bundle), "--from", "2",
                 "--to", str(base.e.height))
     assert ran.code == 0, ran.stderr
     genesis = tmp_path / "genesis.json"
     genesis.write_bytes((cluster.directory / "genesis.json").read_bytes())
-    assert audit("verify-bundle", str(bundle), "--genesis", str(genesis)).code == 0
+    middle = audit("verify-bundle", str(bundle), "--genesis", str(genesis), "--json")
+    assert middle.code == 0 and middle.json()["from_genesis"] is False
     lines = _bundle_lines(bundle)
     other = localnet.init(tmp_path / "other", 4)
     other_genesis = tmp_path / "other" / "genesis.json"
@@ -1317,6 +1445,9 @@ def test_malformed_bundles_are_bad_input_with_one_line(cluster: Cluster, base: B
     g = json.loads(genesis.read_text())
     g["policy"]["access_ttl_ms"] = 60_000
     edited_genesis.write_text(json.dumps(g))
+    format_1 = json.dumps({"format": "consortium-audit-bundle", "version": 1,
+                           "chain_id": cluster.genesis.chain_id, "from_height": 1,
+                           "to_height": 1}).encode() + b"\n"
     cases: list[tuple[str, bytes | None, Path, str]] = [
         ("end line cut", b"".join(lines[:-1]), genesis, "no end line: the bundle is truncated"),
         ("cut mid-line", b"".join(lines)[:-len(lines[-1]) - 30], genesis, "not JSON"),
@@ -1324,6 +1455,8 @@ def test_malformed_bundles_are_bad_input_with_one_line(cluster: Cluster, base: B
         ("empty", b"", genesis, "empty file: not a bundle"),
         ("not JSON", b"PK\x03\x04 zip file\n", genesis, "line 1: not JSON"),
         ("JSON, not a bundle", b'{"hello": "world"}\n', genesis, "not a consortium-audit"),
+        ("a format-1 bundle", format_1, genesis,
+         "a version 1 bundle (ledger format 1) cannot be verified by this release"),
         ("another chain's genesis", None, other_genesis,
          f"bundle is for chain {cluster.genesis.chain_id!r}, the genesis file for "
          f"{other.chain_id!r}"),
@@ -1346,7 +1479,25 @@ def test_malformed_bundles_are_bad_input_with_one_line(cluster: Cluster, base: B
     bad_genesis = tmp_path / "bad-genesis.json"
     bad_genesis.write_text("{")
     audit("verify-bundle", str(bundle), "--genesis", str(bad_genesis)).error_line()
+    audit("verify-bundle", str(bundle), "--genesis", str(tmp_path / "none.json")).error_line(
+        "no such file")
     real = cli_process("audit", "verify-bundle", str(tmp_path / "empty.jsonl"), "--genesis",
                        str(genesis))
     assert real.code == 2
     real.error_line("empty file")
+    real = cli_process("audit", "verify-bundle", str(tmp_path / "a format-1 bundle.jsonl"),
+                       "--genesis", str(genesis))
+    assert real.code == 2
+    real.error_line("a version 1 bundle")
+
+
+def test_export_refuses_a_range_the_validator_does_not_hold(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    head = height_now(cluster)
+    ran = audit("export", "--dir", str(cluster.directory), "--out", str(tmp_path / "x.jsonl"),
+                "--from", "1", "--to", str(head + 1000), "--validator", "0")
+    assert ran.code == 2
+    ran.error_line("cannot export")
+    assert not (tmp_path / "x.jsonl").exists()
+    audit("export", "--dir", str(cluster.directory), "--out", str(tmp_path / "y.jsonl"),
+          "--validator", "7").error_line("no validator 7")

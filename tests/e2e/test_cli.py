@@ -12,13 +12,16 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from consortium import process
@@ -166,7 +169,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 @pytest.mark.parametrize("command", [
     [], ["init"], ["up"], ["status"], ["down"], ["submit"], ["submit", "provenance"],
-    ["submit", "patient"], ["get"], ["validator"]])
+    ["submit", "patient"], ["get"], ["validator"], ["members"], ["access"], ["review"],
+    ["admission"]])
 def test_help_exits_zero(command: list[str]) -> None:
     res = cli(*command, "--help", timeout_s=60)
     assert res.returncode == 0, res.stderr
@@ -188,20 +192,29 @@ def test_status_json(net: Net) -> None:
     res = cli("status", "--dir", net.d, "--json")
     assert res.returncode == 0, res.stderr
     assert PASSWORD not in res.stdout + res.stderr
-    rows = json.loads(res.stdout)["validators"]
+    data = json.loads(res.stdout)
+    rows = data["validators"]
     assert [r["id"] for r in rows] == list(range(VALIDATORS))
     for r in rows:
-        missing = {"id", "org", "pid", "address", "database", "height", "view",
-                   "last_block_hash", "healthy"} - r.keys()
+        missing = {"id", "org", "pid", "address", "database", "height", "view", "epoch",
+                   "primary", "primary_address", "last_block_hash", "healthy", "serving",
+                   "problem"} - r.keys()
         assert not missing, f"status lacks {missing}: {r}"
         assert r["org"] == f"org{r['id']}"
         assert r["healthy"] is True and isinstance(r["pid"], int)
+        assert r["serving"] is True and r["problem"] is None, r
+        assert r["primary"] == data["primary"]["id"]
         assert r["address"] == net.genesis.validator(r["id"]).client_address
         assert process.database_name(net.genesis, r["id"]) in r["database"]
         assert PASSWORD not in r["database"] and "***" in r["database"], r["database"]
         assert isinstance(r["height"], int) and isinstance(r["view"], int)
+    primary = data["primary"]
+    assert primary["address"] == net.genesis.validator(primary["id"]).client_address
+    assert primary["agreeing"] == primary["answered"] == VALIDATORS
     text = cli("status", "--dir", net.d)
     assert text.returncode == 0 and PASSWORD not in text.stdout
+    assert text.stdout.startswith(f"primary: validator {primary['id']} at ")
+    assert text.stdout.count("serving=yes") == VALIDATORS
 
 
 def test_submit_provenance_json(net: Net) -> None:
@@ -211,7 +224,7 @@ def test_submit_provenance_json(net: Net) -> None:
     assert r["status"] == "recorded" and r["height"] >= 1
     assert len(r["record_id"]) == 64
     assert len(r["certificate_signers"]) >= 3
-    assert r["proof"]["size"] >= 1
+    assert r["proof"]["request"]["size"] >= 1 and r["proof"]["item"]["size"] == 1
     view = ok_json("get", "--dir", net.d, r["record_id"], "--decrypt", "--as", "org1")
     assert view["subject_id"] == "lot-42" and view["event_type"] == "shipped"
     assert view["metadata"]["location"] == "Rotterdam"
@@ -265,6 +278,123 @@ def test_bad_inputs_give_one_line_errors(net: Net, tmp_path: Path) -> None:
         assert_one_line_error(cli(*args, "--dir", missing))
 
 
+def write_lines(path: Path, docs: list[Any]) -> Path:
+    path.write_text("".join((d if isinstance(d, str) else json.dumps(d)) + "\n" for d in docs))
+    return path
+
+
+def height(net: Net) -> int:
+    return max(r["height"] or 0 for r in ok_json("status", "--dir", net.d)["validators"])
+
+
+def test_submit_file_sends_envelopes_and_reports_every_record(net: Net, tmp_path: Path) -> None:
+    docs: list[Any] = [{"kind": "provenance", "product": f"lot-file-{i}", "event": "manufactured",
+                        "location": "Basel", "quantity": i} for i in range(300)]
+    docs.insert(150, "")  # a blank line is skipped, not an error
+    docs += [{"patient": "patient-file", "type": "lab-result", "payload": {"hb": 12.5 + k},
+              "readers": ["org1"]} for k in range(2)]
+    f = write_lines(tmp_path / "records.jsonl", docs)
+    out = ok_json("submit", "--dir", net.d, "--as", "org2", "--file", str(f), "--envelope",
+                  "100")
+    assert (out["submitted"], out["recorded"], out["envelopes"]) == (302, 302, 4)
+    assert out["invalid"] == [] and out["failed"] == [] and out["bad_lines"] == []
+    ids = out["record_ids"]
+    assert len(set(ids)) == 302 and all(len(i) == 64 for i in ids)
+    assert 1 <= out["first_height"] <= out["last_height"]
+    # Ids in file order; a record is one item of an envelope of at most 100 (one signature).
+    with ConsortiumClient.from_dir(net.directory, "org2") as c:
+        first, _ = c.get_receipt(ids[0])
+        hundredth, _ = c.get_receipt(ids[99])
+        next_one, _ = c.get_receipt(ids[100])
+        assert c.get(ids[299]).subject_id == "lot-file-299"
+    assert (first.client_id, first.nonce) == (hundredth.client_id, hundredth.nonce)
+    assert first.nonce != next_one.nonce and first.item_proof.size == 100
+    assert out["first_height"] <= first.height <= out["last_height"]
+    view = ok_json("get", "--dir", net.d, ids[301], "--decrypt", "--as", "org1")
+    assert view["payload"] == {"hb": 13.5} and view["submitter_org"] == "org2"
+
+
+def test_submit_file_with_bad_lines_submits_nothing(net: Net, tmp_path: Path) -> None:
+    good = {"product": "lot-bad-file", "event": "manufactured"}
+    f = write_lines(tmp_path / "mixed.jsonl", [
+        good, "{oops", {"product": "lot-bad-file", "event": "shipped", "readers": ["org9"]},
+        {**good, "event": "inspected"}, {"patient": "p", "type": "lab-result"}])
+    before = height(net)
+    res = cli("submit", "--dir", net.d, "--as", "org0", "--file", str(f))
+    line = assert_one_line_error(res, "3 of 5 lines are not records, nothing submitted",
+                                 "line 2: not JSON", "line 3: reader 'org9' is not a member",
+                                 "line 5: missing field 'payload'")
+    assert res.returncode == 2, line
+    as_json = cli("submit", "--dir", net.d, "--as", "org0", "--file", str(f), "--json")
+    assert as_json.returncode == 2
+    assert [b["line"] for b in json.loads(as_json.stdout)["bad_lines"]] == [2, 3, 5]
+    assert json.loads(as_json.stdout)["submitted"] == 0
+    assert height(net) == before, "a file with bad lines committed something"
+
+    ids_file = tmp_path / "ids.txt"
+    res = cli("submit", "--dir", net.d, "--as", "org0", "--file", str(f), "--skip-invalid",
+              "--ids-out", str(ids_file), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["submitted"], out["recorded"]) == (2, 2)
+    assert [b["line"] for b in out["bad_lines"]] == [2, 3, 5]
+    assert "record_ids" not in out and out["ids_out"] == str(ids_file)
+    ids = ids_file.read_text().split()
+    assert len(ids) == 2
+    assert [ok_json("get", "--dir", net.d, i)["event_type"] for i in ids] == \
+        ["manufactured", "inspected"]
+    assert "line 2 skipped: not JSON" in res.stderr
+
+
+def test_submit_file_usage_errors_are_one_line(net: Net, tmp_path: Path) -> None:
+    empty = write_lines(tmp_path / "empty.jsonl", ["", ""])
+    f = write_lines(tmp_path / "one.jsonl", [{"product": "p", "event": "shipped"}])
+    assert_one_line_error(cli("submit", "--dir", net.d, "--as", "org0", "--file", str(empty)),
+                          "holds no records")
+    assert_one_line_error(cli("submit", "--dir", net.d, "--file", str(f)), "--as ORG")
+    assert_one_line_error(cli("submit", "--dir", net.d, "--as", "org9", "--file", str(f)),
+                          "org9")
+    assert_one_line_error(cli("submit", "--as", "org0", "provenance", "--dir", net.d,
+                              "--product", "p", "--event", "shipped"),
+                          "--as given before `provenance`")
+
+
+def test_access_grant_revoke_erase(net: Net, tmp_path: Path) -> None:
+    """`consortium access`: a reader grants another organisation, which then decrypts; the
+    submitter revokes it; a non-submitter's revocation is recorded invalid (exit 1); the
+    submitter erases the patient record; bad input is one line (exit 2)."""
+    f = tmp_path / "enc.json"
+    f.write_text(json.dumps({"visit": "annual"}))
+    rid = ok_json("submit", "patient", "--dir", net.d, "--as", "org1", "--patient", "P-acc",
+                  "--type", "encounter", "--file", str(f), "--readers", "org2")["record_id"]
+    granted = ok_json("access", "grant", "--dir", net.d, rid, "--to", "org3", "--as", "org2")
+    assert granted["status"] == "recorded" and granted["reason"] == ""
+    assert ok_json("get", "--dir", net.d, rid, "--decrypt", "--as", "org3")["payload"] == \
+        {"visit": "annual"}
+    not_submitter = cli("access", "revoke", "--dir", net.d, rid, "--org", "org3", "--as",
+                        "org2", "--json")
+    assert not_submitter.returncode == 1
+    assert json.loads(not_submitter.stdout)["reason"] == \
+        "only the submitter's organisation revokes readers"
+    revoked = ok_json("access", "revoke", "--dir", net.d, rid, "--org", "org3", "--as", "org1")
+    assert revoked["status"] == "recorded"
+    denied = cli("get", "--dir", net.d, rid, "--decrypt", "--as", "org3")
+    assert denied.returncode != 0 and "visit" not in denied.stdout
+    erased = ok_json("access", "erase", "--dir", net.d, rid, "--patient", "P-acc", "--reason",
+                     "patient request", "--as", "org1")
+    assert erased["status"] == "recorded"
+    deadline = time.monotonic() + 10  # a validator may execute the erasure a moment later
+    while "erased" not in (view := ok_json("get", "--dir", net.d, rid)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert view["erased"]["by_org"] == "org1" and view["erased"]["reason"] == "patient request"
+    bad = cli("access", "grant", "--dir", net.d, "not-a-record-id", "--to", "org3", "--as",
+              "org1")
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("consortium access: "), bad.stderr
+
+
 def test_up_with_missing_genesis_dir_gives_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(cli("up", "--dir", str(tmp_path / "nothing"), "--detach", "--dsn",
                               ADMIN_DSN))
@@ -285,9 +415,14 @@ def test_init_into_an_unusable_path_gives_one_line_error(tmp_path: Path) -> None
 def test_up_with_unreachable_postgres_gives_one_line_error(tmp_path: Path) -> None:
     d = tmp_path / "c"
     ok_json("init", "--dir", str(d), "--validators", "1")
-    line = assert_one_line_error(cli("up", "--dir", str(d), "--detach", "--dsn",
-                                     f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/postgres",
-                                     "--timeout", "5"), "PostgreSQL")
+    lease = lease_ports(1)  # the default ports may be another consortium's (checked first)
+    try:
+        move_to_ports(d, lease)
+        line = assert_one_line_error(cli("up", "--dir", str(d), "--detach", "--dsn",
+                                         f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/"
+                                         "postgres", "--timeout", "5"), "PostgreSQL")
+    finally:
+        lease.release()
     assert PASSWORD not in line
     assert process.read_pid(d / "validators" / "0") is None
 
@@ -307,10 +442,121 @@ def test_sdk_client_keeps_working_while_the_cli_submits_as_its_org(net: Net) -> 
 
 
 def test_down_stops_every_validator(net: Net) -> None:
-    """Last in this module: the fixture's consortium is stopped here."""
+    """Last in this module: the fixture's consortium is stopped here. Its validators keep
+    their ledgers on the server given with --dsn: `down` leaves that server running."""
     stopped = ok_json("down", "--dir", net.d)
     assert sorted(stopped["stopped"]) == list(range(VALIDATORS))
+    assert stopped["embedded_postgres_pid"] is None
     rows = ok_json("status", "--dir", net.d)["validators"]
     assert all(r["pid"] is None and r["healthy"] is False for r in rows), rows
     again = ok_json("down", "--dir", net.d)
     assert again["stopped"] == []
+    with psycopg.connect(ADMIN_DSN, connect_timeout=5) as conn:  # the user's server
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# ------------------------------------------------------------------ the embedded PostgreSQL
+
+def postgres_processes(pgdata: Path) -> list[int]:
+    """The processes of the PostgreSQL server whose data is `pgdata`: its postmaster
+    (`postgres -D pgdata ...`) and the postmaster's children (checkpointer, walwriter...)."""
+    procs: dict[int, tuple[list[bytes], int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        procs[int(entry.name)] = (argv, ppid)
+    masters = {pid for pid, (argv, _) in procs.items()
+               if argv[0].endswith(b"postgres") and str(pgdata).encode() in argv}
+    return sorted(masters | {pid for pid, (_, ppid) in procs.items() if ppid in masters})
+
+
+def stop_postmaster(pgdata: Path) -> None:
+    """Test cleanup: stop a server that this test started and left running (by its pid)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    if pid not in postgres_processes(pgdata):
+        return
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + 10
+    while postgres_processes(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("long_path", [False, True], ids=["socket-in-pgdata", "long-path"])
+def test_down_stops_what_up_started_including_the_embedded_postgres(
+        tmp_path: Path, long_path: bool) -> None:
+    """Issue 12: `consortium down` left the embedded PostgreSQL of the directory running (one
+    postgres per directory after every up/down). Now `down` stops the admission service, the
+    validators and that server; a second `down` has nothing left to stop; `up` again starts
+    the same server on the same data, and `down` stops it again. With a directory whose path
+    is too long for a socket in DIR/pgdata the server's socket lives elsewhere: `up` still
+    knows the validator's DSN for the embedded server's and starts it again."""
+    directory = tmp_path / ("d" * 90 if long_path else "") / "c"
+    pgdata = directory.resolve() / "pgdata"
+    lease = lease_ports(1)
+    try:
+        ok_json("init", "--dir", str(directory), "--validators", "1")
+        move_to_ports(directory, lease)
+        config = directory / "admission" / "config.json"
+        data = json.loads(config.read_text())
+        data.update(listen=f"127.0.0.1:{lease.base + 9}", backend="rules")
+        config.write_text(json.dumps(data))
+        for _ in range(2):
+            up = ok_json("up", "--dir", str(directory), "--detach", "--timeout", "60")
+            validator = up["validators"][0]["pid"]
+            admission = up["admission_pid"]
+            assert isinstance(admission, int)
+            postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+            running = postgres_processes(pgdata)
+            assert postmaster in running and len(running) > 1, running
+            # The validator keeps its ledger on that server.
+            dsn = json.loads((directory / "validators" / "0" / "config.json").read_text())["dsn"]
+            assert process.on_embedded_server(directory.resolve(), dsn)
+            assert (str(pgdata) in dsn) is not long_path, dsn
+
+            stopped = ok_json("down", "--dir", str(directory))
+            assert postgres_processes(pgdata) == [], "the embedded PostgreSQL is still running"
+            assert not (pgdata / "postmaster.pid").exists()
+            assert stopped == {"stopped": [0], "admission": True,
+                               "embedded_postgres_pid": postmaster}
+            assert process.embedded_pid(directory) is None
+            for pid in (validator, admission, postmaster):
+                assert not process._pid_alive(pid), pid
+            again = ok_json("down", "--dir", str(directory))
+            assert again == {"stopped": [], "admission": False, "embedded_postgres_pid": None}
+    finally:
+        with contextlib.suppress(process.ProcessError, OSError):
+            process.down(directory)
+        stop_postmaster(pgdata)
+        lease.release()
+
+
+def test_down_leaves_a_server_in_pgdata_that_up_did_not_start(tmp_path: Path) -> None:
+    """`down` stops only the server `up` started (DIR/embedded-postgres.json names its
+    postmaster): one run on DIR/pgdata by someone else keeps running."""
+    from consortium.process import _embedded_server
+
+    directory = tmp_path / "c"
+    ok_json("init", "--dir", str(directory), "--validators", "1")
+    pgdata = directory.resolve() / "pgdata"
+    pgdata.mkdir()
+    try:
+        server = _embedded_server(pgdata)  # started directly, not by `up`
+        pid = server.get_pid()
+        stopped = ok_json("down", "--dir", str(directory))
+        assert stopped == {"stopped": [], "admission": False, "embedded_postgres_pid": None}
+        assert pid in postgres_processes(pgdata)
+        # A state naming another process (a reused pid) does not make it `up`'s either.
+        (directory / process.EMBEDDED_STATE_FILE).write_text(json.dumps(
+            {"socket_dir": str(pgdata), "pid": os.getpid()}))
+        assert ok_json("down", "--dir", str(directory))["embedded_postgres_pid"] is None
+        assert pid in postgres_processes(pgdata)
+    finally:
+        stop_postmaster(pgdata)

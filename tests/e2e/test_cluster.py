@@ -20,7 +20,8 @@ from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
 from consortium.client import AsyncConsortiumClient, ConsortiumClient, SubmitError
 from consortium.ledger.blocks import EntryStatus
-from consortium.node import wire
+from consortium.ledger.items import record_id
+from consortium.wire import block_from_proto
 from tests.e2e.conftest import PROTOCOL, Cluster, header_of, recreate_database, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -83,9 +84,11 @@ def records_on(cluster: Cluster, validator: int, record_ids: Iterable[str]) -> l
 def recorded_ids_in_chain(cluster: Cluster, validator: int, upto: int) -> list[str]:
     out = []
     for blk in cluster.blocks(validator, upto):
-        wb = wire.block_from_proto(blk, cluster.genesis.chain_id_bytes)
-        out.extend(r.digest.hex() for r, s in zip(wb.items, wb.statuses, strict=True)
-                   if s == EntryStatus.RECORDED)
+        wb = block_from_proto(blk, cluster.genesis.chain_id_bytes)
+        for env in wb.envelopes:
+            for k in range(env.entry_count):
+                if wb.statuses[env.first_entry + k] == EntryStatus.RECORDED:
+                    out.append(record_id(env.digest, k))
     return out
 
 

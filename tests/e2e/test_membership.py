@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -19,14 +20,20 @@ import pytest
 from consortium import process
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.api.v1 import ledger_pb2_grpc as pb_grpc
-from consortium.client import ConsortiumClient, Identity, SubmitError
+from consortium.client import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
+from consortium.client.core import Signed
 from consortium.client.nonces import NonceFile
 from consortium.config import validator_client_id
-from consortium.crypto.signing import Ed25519Signer
+from consortium.crypto.envelope import OrgKeyPair
+from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.ledger.blocks import BlockHeader
-from consortium.ledger.transactions import MemberVote, applicant_client_id
+from consortium.ledger.transactions import JoinRequest, MemberVote, applicant_client_id
 from consortium.localnet import read_seed
+from consortium.node.submissions import APPLICANT_REQUESTS_PER_MINUTE
+from consortium.pbft import codec
 from consortium.pbft import messages as m
+from consortium.verify import ChainVerifier
+from consortium.wire import block_from_proto
 from tests.e2e.conftest import (
     ADMIN_DSN,
     Cluster,
@@ -68,7 +75,10 @@ def members(net: Cluster) -> dict[str, Any]:
 
 
 def proposal(net: Cluster, proposal_id: str) -> dict[str, Any]:
-    return next(p for p in members(net)["proposals"] if p["proposal_id"] == proposal_id)
+    """The proposal as `members list` shows it (a validator that has not executed it yet
+    shows it as "unlisted", with no verdicts or votes)."""
+    return next((p for p in members(net)["proposals"] if p["proposal_id"] == proposal_id),
+                {"proposal_id": proposal_id, "status": "unlisted", "verdicts": [], "votes": {}})
 
 
 def vote(net: Cluster, proposal_id: str, org: str, approve: bool = True) -> dict[str, Any]:
@@ -122,6 +132,15 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
     applied = apply(net, "acme", JOINER, STATEMENT)
     assert applied["status"] == "recorded" and applied["replica_id"] == JOINER
     request_id = applied["request_id"]
+    # A join request is an item; its proposal id is the item's record id, whose receipt proves
+    # the applicant's signed request (validator key, keys, endpoints) from genesis.
+    assert request_id == applied["record_id"] and len(request_id) == 64
+    receipt, _ = net.client("org0").get_receipt(request_id)
+    assert receipt.record_id == request_id and receipt.client_id.startswith("applicant-")
+    listed = wait_for("the proposal on a validator's list", lambda: next(
+        (p for p in net.client("org0").list_members().proposals
+         if p.proposal_id == request_id), None), 10)
+    assert net.client("org0").core.join_request_key(receipt, "acme") == listed.encryption_key
     # The admission service advises; the advice decides nothing.
     advised = wait_for("the admission service's verdict",
                        lambda: proposal(net, request_id)["verdicts"] or None, 30)
@@ -144,7 +163,9 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
             net.genesis.chain_id_bytes, 0, net.genesis.epoch0().members))
         forged = org1.governance(MemberVote(request_id, True, 0, wrong_set))
     assert forged.status == "invalid" and "not the voter's signature" in forged.reason
-    assert proposal(net, request_id)["votes"] == {"approve": [0], "reject": []}
+    # (Read with wait_for: `members list` asks any validator, one may be a block behind.)
+    wait_for("the one counted vote", lambda: proposal(net, request_id)["votes"] == {
+        "approve": [0], "reject": []}, 10)
 
     assert vote(net, request_id, "org1")["reason"] == ""
     decided = vote(net, request_id, "org2")
@@ -199,6 +220,8 @@ def test_the_new_validator_catches_up_and_takes_part_in_consensus(net: Cluster) 
 def test_the_new_member_submits_and_reads(net: Cluster) -> None:
     acme = ConsortiumClient.from_dir(net.directory, "acme")
     with acme:
+        # Its first record, with no lookup first: the client knows its own organisation's key
+        # (genesis holds only the founders').
         own = acme.submit_provenance("acme-lot-1", "manufactured", location="Hamburg",
                                      quantity=3)
         assert own.status == "recorded"
@@ -220,7 +243,8 @@ def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:
     assert vote(net, request_id, "org0", approve=False)["reason"] == ""
     decided = vote(net, request_id, "acme", approve=False)  # the new member votes too
     assert decided["reason"] == "membership: rejected"  # 2 of 5: approval impossible
-    assert proposal(net, request_id)["status"] == "rejected"
+    wait_for("the rejection listed", lambda: proposal(net, request_id)["status"] == "rejected",
+             10)
     late = vote(net, request_id, "org1")
     assert late["status"] == "invalid" and "already rejected" in late["reason"]
     assert epochs(net) == {1}
@@ -253,17 +277,160 @@ def test_an_applicant_submits_join_requests_only(net: Cluster) -> None:
     assert "applicants submit join requests only" in str(info.value)
 
 
+def applicant(net: Cluster, org: str, replica_id: int) -> tuple[Identity, JoinRequest]:
+    """A fresh applicant (new validator, client and encryption keys; nonces in a test file)
+    and its join request."""
+    signer = Ed25519Signer.generate()
+    identity = Identity(applicant_client_id(signer.public_key), org, signer, None,
+                        NonceFile(net.directory / f"{org}-applicant.nonce"))
+    base = net.ports.base
+    request = JoinRequest(org, org, replica_id, signer.public_key,
+                          Ed25519Signer.generate().public_key, OrgKeyPair.generate().public_key,
+                          f"127.0.0.1:{base + 90 + replica_id % 10}",
+                          f"127.0.0.1:{base + 190 + replica_id % 10}",
+                          f"{org} distributes medical devices in the EU.")
+    return identity, request
+
+
+def primary_stub(net: Cluster) -> tuple[pb_grpc.LedgerStub, str]:
+    address = net.status(0).primary_client_address
+    assert address, "validator 0 names no primary"
+    return pb_grpc.LedgerStub(grpc.secure_channel(
+        address, grpc.ssl_channel_credentials(root_certificates=net.ca))), address
+
+
+def submit_raw(net: Cluster, identity: Identity, request: JoinRequest
+               ) -> tuple[ConsortiumClient, Signed, pb.SubmitRecordRequest, list[VerifiedReceipt]]:
+    """Sign `request` once and submit it straight to the primary (no SDK retries: what a
+    replaying attacker sends); returns the verified receipts of its commit."""
+    client = ConsortiumClient(net.genesis, identity, net.ca)
+    client.refresh_epochs()  # the ledger is past epoch 0: its validator sets, verified
+    signed = client.core.sign([client.core.tx_item(request)])
+    submission = pb.SubmitRecordRequest(request=codec.encode_request(signed.request),
+                                        wait_ms=10_000)
+    stub, address = primary_stub(net)
+    first = client.core.block_results(stub.SubmitRecord(submission, timeout=15),
+                                      {signed.request.key: signed}, address)[signed.request.key]
+    assert isinstance(first, list), first
+    return client, signed, submission, first
+
+
+def assert_replays_answered_with_the_original(net: Cluster, client: ConsortiumClient,
+                                              signed: Signed, submission: pb.SubmitRecordRequest,
+                                              receipts: list[VerifiedReceipt], times: int) -> None:
+    stub, address = primary_stub(net)
+    for attempt in range(times):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitRecord(submission, timeout=15)
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, \
+            (attempt, info.value.code(), info.value.details())
+        original = client.core.original_of(info.value.trailing_metadata())
+        assert original is not None
+        again = client.core.block_results(original, {signed.request.key: signed},
+                                          address)[signed.request.key]
+        assert isinstance(again, list)
+        assert [r.record_id for r in again] == [r.record_id for r in receipts]
+
+
+def test_replays_of_one_join_request_do_not_use_up_the_applicant_quota(net: Cluster) -> None:
+    """Issue 12's attack campaign: one signed join request replayed 32 times used up a
+    validator's quota of 30 applicant requests a minute, locking every other applicant out.
+    The validator counts distinct requests: 32 replays to the primary are each answered with
+    the original receipts, and another applicant's request is still taken in. (The replayed
+    request asks for a taken replica id, so the ledger records it as invalid and its keys are
+    not in use: each replay passes every check up to the quota.)"""
+    identity, request = applicant(net, "replayco", 40)
+    client, signed, submission, receipts = submit_raw(net, identity,
+                                                      replace(request, replica_id=0))
+    with client:
+        assert [(r.status, r.reason) for r in receipts] == [("invalid", "replica id 0 is taken")]
+        assert_replays_answered_with_the_original(net, client, signed, submission, receipts,
+                                                  APPLICANT_REQUESTS_PER_MINUTE + 2)
+    other_identity, other = applicant(net, "patientco", 41)
+    with ConsortiumClient(net.genesis, other_identity, net.ca) as c:
+        receipt = c.governance(other)
+    assert receipt.status == "recorded", receipt.reason
+    wait_for("the new applicant's pending proposal", lambda: "patientco" in {
+        p.org for p in net.client("org0").list_members().proposals if p.status == "pending"}, 10)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lead issue: consortium/node/submissions.py check_submission refuses a replay of a "
+    "committed join request with INVALID_ARGUMENT 'reuses a key a member already holds' (its "
+    "own pending proposal's keys are in keys_in_use) before servicers._admit sees that its "
+    "nonce executed; it should answer ALREADY_EXISTS with the original receipts"))
+def test_an_applicant_replaying_its_own_pending_join_request_gets_its_receipts(
+        net: Cluster) -> None:
+    """An applicant whose SubmitRecord timed out sends the same signed request again: it is
+    told where it committed, like any client."""
+    identity, request = applicant(net, "retryco", 43)
+    client, signed, submission, receipts = submit_raw(net, identity, request)
+    with client:
+        assert [r.status for r in receipts] == ["recorded"]
+        assert_replays_answered_with_the_original(net, client, signed, submission, receipts, 1)
+
+
+@pytest.mark.parametrize("reused", ["client", "encryption", "validator", "admitted member's"])
+def test_a_join_request_reusing_a_members_key_is_refused_at_submission(
+        net: Cluster, reused: str) -> None:
+    """Issue 12: a join request that reused org0's client and encryption keys was accepted as
+    pending (its approval would have let the applicant act as, or read for, org0). Now the
+    validator refuses it on arrival with INVALID_ARGUMENT, and it never reaches the ledger."""
+    identity, request = applicant(net, f"copycat-{reused.split()[0][:5]}", 42)
+    org0 = net.directory / "orgs" / "org0"
+    if reused == "client":
+        request = replace(request, client_key=Ed25519Signer(read_seed(
+            org0 / "client.key")).public_key)
+    elif reused == "encryption":
+        request = replace(request, encryption_key=OrgKeyPair(read_seed(
+            org0 / "encryption.key")).public_key)
+    elif reused == "validator":  # org1's validator key, signing as that key's applicant
+        signer = Ed25519Signer(read_seed(net.directory / "validators" / "1" / "signing.key"))
+        identity = replace(identity, client_id=applicant_client_id(signer.public_key),
+                           signer=signer)
+        request = replace(request, validator_key=signer.public_key)
+    else:  # an organisation admitted by vote holds its keys like a genesis member
+        request = replace(request, encryption_key=OrgKeyPair(read_seed(
+            net.directory / "orgs" / "acme" / "encryption.key")).public_key)
+    with ConsortiumClient(net.genesis, identity, net.ca) as client, \
+            pytest.raises(SubmitError) as info:
+        client.governance(request)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert "reuses a key a member already holds" in str(info.value)
+    assert request.org not in {p.org for p in net.client("org0").list_members().proposals}
+
+
+def verify_chain(client: ConsortiumClient, address: str, upto: int) -> set[int]:
+    """Verify blocks 1..upto as `address` streams them, from genesis (links, state digests,
+    block time, proposals, certificates of each block's epoch: `consortium.verify`), against
+    the epoch history `client` verified from genesis; returns the epochs seen."""
+    verifier = ChainVerifier(client.core.chain_id, dict(client.core.epochs), Ed25519Verifier())
+    seen = set()
+    for block in client.stream_blocks(1, upto, address=address):
+        wb = block_from_proto(block, client.core.chain_id)
+        verifier.check(wb)
+        seen.add(wb.header.epoch)
+    assert verifier.prev is not None and verifier.prev.height == upto
+    return seen
+
+
 def test_the_ledger_verifies_from_genesis_across_epochs(net: Cluster) -> None:
-    out = cli("audit", "verify", "--dir", str(net.directory), "--all", "--json")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-    report = json.loads(out.stdout)
-    assert report["ok"] is True
-    # Receipts of epoch-1 blocks (signed by the five validators) verify from genesis too.
-    out = cli("audit", "trace", "--dir", str(net.directory), "--product",
-              "lot-needs-the-joiner", "--json")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-    events = json.loads(out.stdout)["events"]
-    assert events and all(e["proof"] == "verified" for e in events)
+    """The chain verifies from genesis through the validator-set change, on an original
+    validator and on the admitted one (whose early blocks came by state transfer), and a
+    receipt of an epoch-1 block verifies for a client that knew only genesis. (The same
+    through `consortium audit verify/trace` belongs to the audit port: tests/e2e/test_audit.py.)"""
+    with ConsortiumClient.from_dir(net.directory, "org1") as fresh:
+        assert set(fresh.core.epochs) == {0}
+        entries, addr = fresh.list_subject("provenance", "lot-needs-the-joiner")
+        (entry,) = [e for e in entries if not e.target_record_id]  # the record, not its verdict
+        receipt = fresh.verify_receipt(entry.receipt, entry.receipt.record_id, addr)
+        assert receipt.header.epoch == 1 and set(fresh.core.epochs) >= {0, 1}
+        top = net.wait_converged(30, ids=[0, 1, 2, 3])
+        assert verify_chain(fresh, net.client_address(0), top) >= {0, 1}
+        joiner = f"127.0.0.1:{net.ports.base + 100 + JOINER}"
+        wait_for("the new validator at the same height", lambda: (
+            s := joiner_status(net)) is not None and s.height >= top, 30)
+        assert verify_chain(fresh, joiner, top) >= {0, 1}
 
 
 def test_a_member_is_removed_by_vote(net: Cluster) -> None:

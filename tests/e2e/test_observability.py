@@ -35,6 +35,7 @@ def test_metrics_report_the_ledger_state(cluster: Cluster) -> None:
         status = cluster.ledger(i).GetStatus(pb.GetStatusRequest(), timeout=5)
         metrics = _metrics(cluster, i)
         assert metrics["consortium_up"] == 1
+        assert status.serving and status.problem == ""  # consortium_up is GetStatus' serving
         assert metrics["consortium_height"] == status.height
         assert metrics["consortium_view"] == status.view
         assert "consortium_submit_latency_seconds_count" in metrics

@@ -7,6 +7,10 @@ itself would produce. That lets tests assert exact action lists.
 Conventions: a 4-replica genesis (f = 1, quorum 2f+1 = 3, weak quorum f+1 = 2); the primary of view
 v is replica v mod 4. `Node` wraps one `Replica` under test, records what it persisted and which
 timers are armed; `Cluster` drives several replicas by hand when a test needs real peers.
+
+Protocol v2: `pre_prepare()` returns a signed header with its batch attached (`msg.batch`;
+`wire_of` is what travels, `header_of` the header alone, `with_batch` attaches any batch). Replicas
+have no clock unless a test passes a `FakeClock` (then proposals are stamped and checked).
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.replica import ExecutedBatch, Recovered, Replica
-from consortium.pbft.state import batch_digest
+from consortium.pbft.state import batch_root
 
 CHAIN_ID = b"pbft-paper-tests"
 N = 4
 F = 1
 QUORUM = 2 * F + 1
 IDS = tuple(range(N))
-NULL_BATCH_DIGEST = batch_digest(())
+NULL_BATCH_DIGEST = m.NULL_DIGEST
 
 T = TypeVar("T")
 
@@ -68,7 +72,7 @@ def params(**overrides: int) -> ProtocolParams:
     if "partial_batches_in_flight_max" not in overrides:
         # The message-level tests follow the paper: every batch goes out at once.
         base["partial_batches_in_flight_max"] = base["pipeline_depth"]
-    return ProtocolParams(**base)  # type: ignore[arg-type]
+    return ProtocolParams(**base)
 
 
 # ----------------------------------------------------------------------------- signing helpers
@@ -97,11 +101,36 @@ def primary_of(view: int) -> int:
 
 
 def pre_prepare(view: int, seq: int, requests: Sequence[m.Request], *, sender: int | None = None,
-                digest: bytes | None = None, epoch: int = 0) -> m.SignedMessage:
+                root: bytes | None = None, epoch: int = 0, timestamp_ms: int = 0,
+                attach: bool = True) -> m.SignedMessage:
+    """A signed proposal header for `requests`, with the batch attached (`msg.batch`; `wire_of`
+    sends both) unless `attach` is False. `root` forges the header's Merkle root."""
     reqs = tuple(requests)
-    d = batch_digest(reqs) if digest is None else digest
-    return sign(primary_of(view) if sender is None else sender,
-                m.PrePrepare(epoch, view, seq, d, reqs))
+    body = m.PrePrepare(epoch, view, seq, batch_root(reqs) if root is None else root, len(reqs),
+                        timestamp_ms)
+    msg = sign(primary_of(view) if sender is None else sender, body)
+    if not attach:
+        return msg
+    return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(reqs)), CHAIN_ID)
+
+
+def with_batch(msg: m.SignedMessage, requests: Sequence[m.Request]) -> m.SignedMessage:
+    """`msg` (a PRE-PREPARE header) with `requests` attached, whatever its root says (a forged
+    or mismatched attachment; decoding still checks the count)."""
+    return codec.decode_signed(codec.wire_with_batch(msg, codec.encode_batch(tuple(requests))),
+                               CHAIN_ID)
+
+
+def header_of(msg: m.SignedMessage) -> m.SignedMessage:
+    """The proposal header alone (as a view change or the log carries it)."""
+    return codec.decode_signed(msg.wire, CHAIN_ID)
+
+
+def wire_of(msg: m.SignedMessage) -> bytes:
+    """What travels: the signed message, with its batch attached if it has one."""
+    if msg.batch is None:
+        return msg.wire
+    return codec.wire_with_batch(msg, codec.encode_batch(msg.batch))
 
 
 def digest_of(pp: m.SignedMessage) -> bytes:
@@ -126,7 +155,8 @@ def prepared_proof(pp: m.SignedMessage, backups: Iterable[int]) -> m.PreparedPro
     """A PREPARE certificate: the pre-prepare plus PREPAREs from the given backups."""
     b = pp.body
     assert isinstance(b, m.PrePrepare)
-    return m.PreparedProof(pp, tuple(prepare(s, b.view, b.seq, b.digest) for s in backups))
+    return m.PreparedProof(header_of(pp), tuple(prepare(s, b.view, b.seq, b.digest)
+                                                for s in backups))
 
 
 def view_change(sender: int, new_view: int, prepared: Sequence[m.PreparedProof] = (), *,
@@ -138,7 +168,8 @@ def view_change(sender: int, new_view: int, prepared: Sequence[m.PreparedProof] 
 
 def new_view(sender: int, view: int, view_changes: Sequence[m.SignedMessage],
              pre_prepares: Sequence[m.SignedMessage]) -> m.SignedMessage:
-    return sign(sender, m.NewView(0, view, tuple(view_changes), tuple(pre_prepares)))
+    return sign(sender, m.NewView(0, view, tuple(view_changes),
+                                  tuple(header_of(pp) for pp in pre_prepares)))
 
 
 # ------------------------------------------------------------------------------ action helpers
@@ -206,6 +237,7 @@ class Node:
     snapshot_proof: tuple[m.SignedMessage, ...] = ()
     log: list[ev.Action] = field(default_factory=list)
     start_actions: list[ev.Action] = field(default_factory=list)
+    clock: FakeClock | None = None
 
     @property
     def id(self) -> int:
@@ -220,7 +252,8 @@ class Node:
             elif isinstance(a, ev.Persist):
                 self.persisted.extend(a.messages)
             elif isinstance(a, ev.Execute):
-                self.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate))
+                self.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate,
+                                                   a.requests))
             elif isinstance(a, ev.PersistSnapshot):
                 self.snapshot, self.snapshot_proof = a.snapshot, a.proof
         self.log.extend(actions)
@@ -230,14 +263,16 @@ class Node:
         """Deliver peer messages in order; returns all resulting actions."""
         out: list[ev.Action] = []
         for msg in msgs:
-            out += self._record(self.replica.step(ev.PeerMessage(msg.wire)))
+            out += self._record(self.replica.step(ev.PeerMessage(wire_of(msg))))
         return out
 
     def deliver_bytes(self, data: bytes) -> list[ev.Action]:
         return self._record(self.replica.step(ev.PeerMessage(data)))
 
-    def submit(self, r: m.Request) -> list[ev.Action]:
-        return self._record(self.replica.step(ev.ClientRequest(r)))
+    def submit(self, r: m.Request, *, retry: bool = False) -> list[ev.Action]:
+        """A client submission (`retry`: the client already sent it and suspects the
+        primary)."""
+        return self._record(self.replica.step(ev.ClientRequest(r, retry=retry)))
 
     def fire(self, kind: ev.TimerKind) -> list[ev.Action]:
         """Fire the armed timer of this kind (the test fails if none is armed)."""
@@ -264,21 +299,35 @@ class Node:
                          tuple(self.persisted))
 
 
+@dataclass
+class FakeClock:
+    """A clock the test sets by hand (`Replica`'s injected `Clock`)."""
+
+    ms: int = 0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
 def make_node(replica_id: int, p: ProtocolParams | None = None, *,
-              recovered: Recovered | None = None) -> Node:
-    """A started replica; its start() actions are in `node.start_actions`."""
+              recovered: Recovered | None = None, clock: FakeClock | None = None) -> Node:
+    """A started replica; its start() actions are in `node.start_actions`. Without `clock` the
+    replica has none (proposals are stamped 0 and stamps are not checked)."""
     rep = Replica(replica_id=replica_id, signer=SIGNERS[replica_id], chain_id=CHAIN_ID,
                   genesis=GENESIS, params=p if p is not None else params(), verifier=VERIFIER,
-                  clients=Clients(), recovered=recovered)
-    node = Node(rep)
+                  clients=Clients(), recovered=recovered, clock=clock)
+    node = Node(rep, clock=clock)
     node.start_actions = node._record(rep.start())
     return node
 
 
-def restart(node: Node, p: ProtocolParams | None = None) -> Node:
-    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot)."""
+def restart(node: Node, p: ProtocolParams | None = None, *,
+            clock: FakeClock | None = None) -> Node:
+    """Crash `node` and rebuild it from what it persisted (as a driver would on reboot); it
+    keeps its clock unless `clock` gives another."""
     fresh = make_node(node.id, p if p is not None else node.replica.params,
-                      recovered=node.recovered())
+                      recovered=node.recovered(),
+                      clock=clock if clock is not None else node.clock)
     fresh.persisted = list(node.persisted)
     fresh.executed = list(node.executed)
     fresh.snapshot, fresh.snapshot_proof = node.snapshot, node.snapshot_proof
@@ -321,8 +370,8 @@ class Cluster:
                 for to in a.to:
                     self._queue.append((src, to, a.data))
 
-    def submit(self, to: int, r: m.Request) -> None:
-        self._enqueue(to, self.nodes[to].submit(r))
+    def submit(self, to: int, r: m.Request, *, retry: bool = False) -> None:
+        self._enqueue(to, self.nodes[to].submit(r, retry=retry))
 
     def fire(self, i: int, kind: ev.TimerKind) -> None:
         self._enqueue(i, self.nodes[i].fire(kind))

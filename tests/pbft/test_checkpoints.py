@@ -143,15 +143,21 @@ def _proven_snapshot(seq: int = 4) -> tuple[m.Snapshot, tuple[m.SignedMessage, .
 def test_lagging_replica_requests_state_at_its_next_status_tick() -> None:
     """4.3 (state transfer): a replica that learns of a stable checkpoint (2f+1 CHECKPOINTs) above
     its state does not fetch at once; at its next STATUS tick it asks the checkpoint's
-    signers for the state."""
+    signers for the state.
+
+    v2: the request names the asker's last executed sequence (`StateRequest(after_seq)`: any
+    peer above it answers) and goes to two signers per tick, rotating through them."""
     node = make_node(3, P)
     _, proof = _proven_snapshot()
     assert node.deliver(*proof) == []
     assert node.replica.stable_seq == 0
-    actions = node.fire(ev.TimerKind.STATUS)
-    req = sign(3, m.StateRequest(4))
-    sends = [(to, msg) for to, msg in sent(actions) if isinstance(msg.body, m.StateRequest)]
-    assert sends == [((0,), req), ((1,), req), ((2,), req)]
+    req = sign(3, m.StateRequest(0))
+
+    def state_requests(actions: list[ev.Action]) -> list[tuple[tuple[int, ...], m.SignedMessage]]:
+        return [(to, msg) for to, msg in sent(actions) if isinstance(msg.body, m.StateRequest)]
+
+    assert state_requests(node.fire(ev.TimerKind.STATUS)) == [((0,), req), ((1,), req)]
+    assert state_requests(node.fire(ev.TimerKind.STATUS)) == [((1,), req), ((2,), req)]
 
 
 def test_valid_state_response_is_installed() -> None:
@@ -199,22 +205,28 @@ def test_state_response_whose_snapshot_does_not_match_the_proven_digest_is_rejec
 
 
 def test_replica_with_a_stable_checkpoint_answers_a_state_request() -> None:
-    """4.3: a replica holding a stable checkpoint at or above the requested seq sends it with its
-    proof."""
+    """4.3: a replica holding a stable checkpoint above the asker's state sends it with its
+    proof (v2: `StateRequest(after_seq)` names the asker's last executed sequence, and any
+    stable checkpoint above it is an answer)."""
     node, _, snap = _execute_two()
     digest = snapshot_digest(GENESIS, snap)
     node.deliver(checkpoint(0, 2, digest), checkpoint(3, 2, digest))
-    actions = node.deliver(sign(1, m.StateRequest(2)))
+    actions = node.deliver(sign(1, m.StateRequest(1)))
     proof = (checkpoint(0, 2, digest), checkpoint(2, 2, digest), checkpoint(3, 2, digest))
     assert actions == [ev.Send((1,), sign(2, m.StateResponse(snap, proof)).wire)]
-    assert node.deliver(sign(1, m.StateRequest(4))) == []  # nothing that recent
+    assert node.deliver(sign(0, m.StateRequest(2))) == []  # the asker already has seq 2
+    assert node.deliver(sign(3, m.StateRequest(4))) == []  # nothing that recent
 
 
 def test_isolated_replica_catches_up_by_state_transfer_in_a_real_cluster() -> None:
     """4.3 end to end with four real replicas: while replica 3 is cut off, 0-2 execute 5 batches
     (checkpoint 4 becomes stable and the log below it is discarded). Reconnected, replica 3
-    learns of the checkpoint from a STATUS, fetches it at its next STATUS tick, installs exactly
-    the snapshot the others certified, and then executes seq 5 from retransmitted messages."""
+    learns of the checkpoint from STATUS messages, fetches it at its next STATUS tick, installs
+    exactly the snapshot the others certified, and then executes seq 5 from retransmitted
+    messages.
+
+    v2 (deliberate change): a claimed stable checkpoint counts only once f+1 members claim it,
+    so replicas 0 and 1 both gossip before replica 3 asks."""
     cluster = Cluster(P)
     cluster.isolated = {3}
     for nonce in range(1, 6):
@@ -226,6 +238,11 @@ def test_isolated_replica_catches_up_by_state_transfer_in_a_real_cluster() -> No
     assert lagging.replica.last_executed == 0
     cluster.isolated = set()
     cluster.fire(0, ev.TimerKind.STATUS)  # 0 tells 3 its stable checkpoint is 4
+    cluster.run()
+    cluster.fire(3, ev.TimerKind.STATUS)  # one claim is no proof: 3 asks nobody yet
+    cluster.run()
+    assert of_type(lagging.log, ev.InstallSnapshot) == []
+    cluster.fire(1, ev.TimerKind.STATUS)  # f+1 = 2 members now claim checkpoint 4
     cluster.run()
     cluster.fire(3, ev.TimerKind.STATUS)  # 3 asks for it
     cluster.run()
@@ -241,3 +258,37 @@ def test_isolated_replica_catches_up_by_state_transfer_in_a_real_cluster() -> No
     assert lagging.replica.last_executed == 5
     assert lagging.replica.state_digest == leader.state_digest
     assert [e.seq for e in of_type(lagging.log, ev.Execute)] == [5]
+
+
+def test_a_stable_proof_holds_exactly_a_quorum_of_checkpoints() -> None:
+    """4.3: the proof of a stable checkpoint is 2f+1 CHECKPOINTs. When all the others' votes
+    arrived before the replica executed (its own vote makes n), it keeps a quorum: the proof
+    travels in every VIEW-CHANGE and STATE-RESPONSE, whose sizes are bounded with a quorum.
+
+    regression: the proof kept every matching vote (n), so a VIEW-CHANGE could pass
+    `view_change_bytes_max`."""
+    node = make_node(2, P)
+    commit_batch(node, 1, [request("alice", 1)])
+    other = make_node(3, P)
+    commit_batch(other, 1, [request("alice", 1)])
+    commit_batch(other, 2, [request("bob", 1)])
+    digest = snapshot_digest(GENESIS, other.replica.snapshot())
+    node.deliver(*(checkpoint(i, 2, digest) for i in (0, 1, 3)))
+    actions = commit_batch(node, 2, [request("bob", 1)])
+    (ps,) = of_type(actions, ev.PersistSnapshot)
+    assert [v.sender for v in ps.proof] == [0, 1, 2]
+    assert node.replica.stable_checkpoint[1] == ps.proof
+
+
+def test_a_padded_state_response_proof_is_installed_as_a_quorum() -> None:
+    """4.3: a STATE-RESPONSE proof with extra entries (all four votes, a duplicate, a forged
+    one) is still a valid proof; the replica keeps a quorum of valid votes of it."""
+    node = make_node(3, P)
+    snap, proof = _proven_snapshot()
+    d = snapshot_digest(GENESIS, snap)
+    forged = sign(1, m.Checkpoint(0, 4, d), key_of=0)
+    padded = (forged, proof[2], proof[2], checkpoint(3, 4, d), proof[1], proof[0])
+    actions = node.deliver(sign(1, m.StateResponse(snap, padded)))
+    (inst,) = of_type(actions, ev.InstallSnapshot)
+    assert inst.proof == proof  # replicas 0, 1, 2: sorted, distinct, valid, a quorum
+    assert node.replica.stable_checkpoint[1] == proof

@@ -6,21 +6,27 @@ to it is really signed with the sender's Ed25519 key, and the tests assert the e
 
 from __future__ import annotations
 
+import struct
+
+from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
-    batch_digest,
+    batch_root,
     next_state_digest,
     snapshot_digest,
 )
 from tests.pbft.harness import (
+    CHAIN_ID,
     CLIENT_SIGNERS,
     GENESIS,
+    SIGNERS,
     Node,
     checkpoint,
     commit,
     digest_of,
+    header_of,
     index_of,
     is_send_of,
     make_node,
@@ -33,74 +39,101 @@ from tests.pbft.harness import (
     sent_bodies,
     sign,
     summarize,
+    wire_of,
+    with_batch,
 )
 
 BACKUPS_OF_0 = (1, 2, 3)
+
+
+def batch_digest(requests: list[m.Request]) -> bytes:
+    """v2: what votes sign for a batch proposed without a clock (timestamp 0)."""
+    return m.proposal_digest(batch_root(requests), len(requests), 0)
 
 
 # --------------------------------------------------------------------------- primary: batching
 
 def test_primary_assigns_next_sequence_number_and_multicasts_pre_prepare() -> None:
     """4.2: the primary assigns sequence number n to a request and multicasts
-    PRE-PREPARE(v, n, d) with the request to the backups, persisting it first."""
+    PRE-PREPARE(v, n, d) with the request to the backups, persisting it first.
+
+    v2: the PRE-PREPARE signs a header (root, count, timestamp) and the batch travels beside it
+    as an unsigned attachment; what is persisted is the header alone."""
     node = make_node(0)
     r = request("alice", 1)
     actions = node.submit(r)
     expected = pre_prepare(0, 1, [r])
-    assert actions == [ev.Persist((expected,)), ev.Send(BACKUPS_OF_0, expected.wire)]
+    assert actions == [ev.Persist((expected,)), ev.Send(BACKUPS_OF_0, wire_of(expected))]
+    persisted = of_type(actions, ev.Persist)[0].messages[0]
+    assert persisted.wire == header_of(expected).wire
     body = expected.body
     assert isinstance(body, m.PrePrepare)
-    assert body.digest == batch_digest([r]) and body.requests == (r,)
+    assert body.digest == batch_digest([r]) and (body.root, body.count) == (batch_root([r]), 1)
+    assert expected.batch == (r,)
 
     r2 = request("bob", 1)
     actions = node.submit(r2)
     assert actions == [ev.Persist((pre_prepare(0, 2, [r2]),)),
-                       ev.Send(BACKUPS_OF_0, pre_prepare(0, 2, [r2]).wire)]
+                       ev.Send(BACKUPS_OF_0, wire_of(pre_prepare(0, 2, [r2])))]
 
 
 def test_primary_waits_batch_delay_then_cuts_a_partial_batch() -> None:
-    """4.2 (batching optimisation): with batch_delay_ms > 0 a lone request arms the BATCH timer
-    instead of being proposed; when the timer fires, the partial batch goes out."""
+    """4.2 (batching optimisation): with batch_delay_ms > 0 and a batch in flight, a request
+    arms the BATCH timer instead of being proposed; when the timer fires, the partial batch
+    goes out.
+
+    v2 (adaptive batching): an idle primary proposes a lone request at once, so a first
+    request (r0) goes out first and the delay applies to what follows."""
     node = make_node(0, params(batch_delay_ms=7, batch_requests_max=3))
-    r1, r2 = request("alice", 1), request("bob", 1)
+    r0, r1, r2 = request("carol", 1), request("alice", 1), request("bob", 1)
+    assert sent_bodies(node.submit(r0), m.PrePrepare) == [pre_prepare(0, 1, [r0]).body]
     actions = node.submit(r1)
     assert [type(a) for a in actions] == [ev.SetTimer]
     assert isinstance(actions[0], ev.SetTimer)
     assert (actions[0].kind, actions[0].delay_ms) == (ev.TimerKind.BATCH, 7)
     assert node.submit(r2) == []  # timer already armed: no second timer, no proposal
     actions = node.fire(ev.TimerKind.BATCH)
-    expected = pre_prepare(0, 1, [r1, r2])
-    assert actions == [ev.Persist((expected,)), ev.Send(BACKUPS_OF_0, expected.wire)]
+    expected = pre_prepare(0, 2, [r1, r2])
+    assert actions == [ev.Persist((expected,)), ev.Send(BACKUPS_OF_0, wire_of(expected))]
 
 
 def test_primary_cuts_a_full_batch_at_batch_requests_max() -> None:
     """4.2 batching: a batch never exceeds batch_requests_max; reaching the limit sends it at
-    once (cancelling the batch timer), and the remainder waits for the next batch."""
+    once (cancelling the batch timer), and the remainder waits for the next batch.
+
+    v2: r0 keeps one batch in flight (an idle primary would propose r1 at once)."""
     node = make_node(0, params(batch_delay_ms=7, batch_requests_max=2))
+    r0 = request("carol", 1)
     r1, r2, r3 = request("alice", 1), request("alice", 2), request("alice", 3)
-    node.submit(r1)
+    node.submit(r0)
+    assert [a.kind for a in of_type(node.submit(r1), ev.SetTimer)] == [ev.TimerKind.BATCH]
     actions = node.submit(r2)
-    full = pre_prepare(0, 1, [r1, r2])
-    assert actions == [ev.Persist((full,)), ev.Send(BACKUPS_OF_0, full.wire),
+    full = pre_prepare(0, 2, [r1, r2])
+    assert actions == [ev.Persist((full,)), ev.Send(BACKUPS_OF_0, wire_of(full)),
                        ev.CancelTimer(ev.TimerKind.BATCH)]
     actions = node.submit(r3)
     assert [(a.kind, a.delay_ms) for a in of_type(actions, ev.SetTimer)] == [
         (ev.TimerKind.BATCH, 7)]
     assert sent(actions) == []
     actions = node.fire(ev.TimerKind.BATCH)
-    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 2, [r3]).body]
+    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 3, [r3]).body]
 
 
 def test_primary_respects_batch_bytes_max() -> None:
-    """4.2 batching: a batch's total request size stays within batch_bytes_max."""
+    """4.2 batching: a batch's total request size stays within batch_bytes_max.
+
+    v2: r0 keeps one batch in flight, so r1 waits for the batch timer (an idle primary would
+    propose it at once)."""
+    r0 = request("carol", 1)
     r1, r2 = request("alice", 1, b"x" * 100), request("bob", 1, b"y" * 100)
     limit = r1.size_bytes + r2.size_bytes - 1
     node = make_node(0, params(batch_delay_ms=7, batch_bytes_max=limit, request_bytes_max=limit))
-    node.submit(r1)
+    node.submit(r0)
+    assert sent(node.submit(r1)) == []
     actions = node.submit(r2)  # does not fit with r1: r1 goes alone, r2 waits for the timer
-    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 1, [r1]).body]
+    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 2, [r1]).body]
     actions = node.fire(ev.TimerKind.BATCH)
-    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 2, [r2]).body]
+    assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(0, 3, [r2]).body]
 
 
 def _commit_at_primary(node: Node, seq: int, pp: m.SignedMessage) -> list[ev.Action]:
@@ -206,9 +239,11 @@ def test_backup_rejects_pre_prepare_from_a_non_primary() -> None:
 
 def test_backup_rejects_pre_prepare_with_a_forged_primary_signature() -> None:
     """4.2: "the signatures in the request and the pre-prepare message are correct": a
-    PRE-PREPARE claiming to come from the primary but signed with another key is dropped."""
+    PRE-PREPARE claiming to come from the primary but signed with another key is dropped
+    (v2: the signature covers the header; the batch rides beside it)."""
     node = make_node(2)
-    forged = sign(0, m.PrePrepare(0, 0, 1, batch_digest([request()]), (request(),)), key_of=1)
+    header = m.PrePrepare(0, 0, 1, batch_root([request()]), 1, 0)
+    forged = with_batch(sign(0, header, key_of=1), [request()])
     actions = node.deliver(forged)
     assert sent(actions) == []
     assert [a.sender for a in of_type(actions, ev.PeerFault)] == [0]
@@ -233,17 +268,54 @@ def test_backup_ignores_pre_prepare_outside_the_watermarks() -> None:
     assert [b.seq for b in sent_bodies(actions, m.Prepare)] == [4]
 
 
-def test_backup_rejects_pre_prepare_whose_digest_does_not_match_the_batch() -> None:
-    """4.2: "d is the digest for m": a PRE-PREPARE whose digest is not the batch's is rejected."""
+def test_backup_rejects_pre_prepare_whose_root_does_not_match_the_batch() -> None:
+    """4.2: "d is the digest for m": a PRE-PREPARE whose header does not commit to the batch it
+    carries is rejected.
+
+    v2: the digest is proposal_digest(root, count, time), so the check is that the attached
+    batch's Merkle root is the header's `root` (a root mismatch, not a digest mismatch)."""
     node = make_node(2)
     r1, r2 = request("alice", 1), request("bob", 1)
-    pp = pre_prepare(0, 1, [r1], digest=batch_digest([r2]))
+    pp = pre_prepare(0, 1, [r1], root=batch_root([r2]))
     actions = node.deliver(pp)
-    assert sent(actions) == []
-    assert [a.sender for a in of_type(actions, ev.PeerFault)] == [0]
+    assert sent(actions) == [] and of_type(actions, ev.Persist) == []
+    faults = of_type(actions, ev.PeerFault)
+    assert [a.sender for a in faults] == [0] and "root" in faults[0].reason
     # A correct pre-prepare for the same slot is still accepted afterwards.
     actions = node.deliver(pre_prepare(0, 1, [r1]))
     assert [b.seq for b in sent_bodies(actions, m.Prepare)] == [1]
+
+
+def _raw_pre_prepare(root: bytes, count: int) -> bytes:
+    """A PRE-PREPARE header signed by primary 0, encoded by hand (the dataclass refuses to
+    build a malformed one), without an attachment."""
+    w = codec.Writer()
+    w.u8(codec.MsgType.PRE_PREPARE)
+    w.u32(0)
+    w.u64(0)
+    w.u64(1)
+    w.fixed(root)
+    w.u32(count)
+    w.u64(0)
+    body = w.getvalue()
+    signature = SIGNERS[0].sign(codec.signing_bytes(CHAIN_ID, 0, body))
+    return bytes([codec.WIRE_VERSION]) + struct.pack(">HI", 0, len(body)) + body + signature
+
+
+def test_backup_rejects_an_empty_header_whose_root_is_not_the_empty_root() -> None:
+    """4.2 "d is the digest for m", v2: an empty batch needs no attachment, so its header must
+    carry the empty Merkle root; a primary's header-only PRE-PREPARE claiming count 0 under
+    another root is undecodable (it would otherwise be prepared and executed as an empty
+    batch whose certified root matches no contents).
+
+    regression: such a header was prepared, committed and executed, its block certifying a
+    root no batch has."""
+    node = make_node(2)
+    actions = node.deliver_bytes(_raw_pre_prepare(b"\x09" * 32, 0))
+    assert sent(actions) == [] and of_type(actions, ev.Persist) == []
+    assert "empty Merkle root" in of_type(actions, ev.PeerFault)[0].reason
+    actions = node.deliver_bytes(_raw_pre_prepare(batch_root([]), 0))  # the null batch
+    assert sent_bodies(actions, m.Prepare) == [m.Prepare(0, 0, 1, m.NULL_DIGEST)]
 
 
 def test_backup_rejects_pre_prepare_carrying_a_badly_signed_request() -> None:
@@ -294,6 +366,7 @@ def test_not_prepared_with_only_2f_minus_1_prepares() -> None:
     r = request()
     node.submit(r)
     d = batch_digest([r])
+    assert d == digest_of(pre_prepare(0, 1, [r]))
     actions = node.deliver(prepare(1, 0, 1, d))
     assert actions == []
     actions = node.deliver(prepare(3, 0, 1, d))
@@ -373,6 +446,7 @@ def test_execute_after_2f_plus_1_matching_commits_with_certificate() -> None:
     assert (e.seq, e.view, e.epoch, e.digest) == (1, 0, 0, d)
     assert e.requests == (r,) and e.executed == (r,)
     assert e.pre_prepare == pp
+    assert e.pre_prepare.wire == header_of(pp).wire  # v2: the header, as a block stores it
     assert e.certificate == (commit(0, 0, 1, d), commit(2, 0, 1, d), commit(3, 0, 1, d))
     assert e.state_digest == next_state_digest(GENESIS_STATE_DIGEST, 1, d)
     assert node.replica.last_executed == 1

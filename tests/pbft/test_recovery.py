@@ -18,6 +18,7 @@ from tests.pbft.harness import (
     commit,
     commit_batch,
     digest_of,
+    header_of,
     make_node,
     new_view,
     of_type,
@@ -30,6 +31,7 @@ from tests.pbft.harness import (
     sent,
     sent_bodies,
     view_change,
+    with_batch,
 )
 
 
@@ -89,8 +91,10 @@ def test_restarted_new_primary_never_reassigns_a_seq_its_new_view_assigned() -> 
     seq 2, exactly as it does without the restart."""
     r = request("bob", 1)
     control, nv = _new_primary_of_view_1()
-    assert [(p.body.view, p.body.seq, p.body.requests) for p in nv.pre_prepares
-            if isinstance(p.body, m.PrePrepare)] == [(1, 1, (request("alice", 1),))]
+    alice = pre_prepare(0, 1, [request("alice", 1)]).body
+    assert isinstance(alice, m.PrePrepare)
+    assert [(p.body.view, p.body.seq, p.body.digest) for p in nv.pre_prepares
+            if isinstance(p.body, m.PrePrepare)] == [(1, 1, alice.digest)]  # v2: headers
     assert [(b.view, b.seq) for b in sent_bodies(control.submit(r), m.PrePrepare)] == [(1, 2)]
 
     node, _ = _new_primary_of_view_1()
@@ -104,7 +108,7 @@ def test_restart_during_view_change_stays_in_view_change() -> None:
     """4.4: a replica that persisted VIEW-CHANGE(v+1) comes back in view v+1, still waiting for
     NEW-VIEW (no PREPARE for view v), and accepts NEW-VIEW(v+1)."""
     node = make_node(2)
-    node.submit(request("alice", 1))
+    node.submit(request("alice", 1), retry=True)
     node.suspect_primary()
     node = restart(node)
     assert node.replica.view == 1 and not node.replica.view_active
@@ -118,7 +122,7 @@ def test_restart_after_view_change_timeout_comes_back_in_the_latest_view() -> No
     """4.4/4.5.2: after VIEW-CHANGE(1) and VIEW-CHANGE(2) were persisted, the restarted replica
     is in view 2 (not 1) and still in view change."""
     node = make_node(3)
-    node.submit(request("alice", 1))
+    node.submit(request("alice", 1), retry=True)
     node.suspect_primary()
     # The VIEW_CHANGE timer starts once 2f+1 VIEW-CHANGE(1) are in, its own included (4.5.2).
     assert ev.TimerKind.VIEW_CHANGE not in node.timers
@@ -189,3 +193,38 @@ def test_restart_from_a_stable_snapshot_plus_later_batches() -> None:
     assert sent_bodies(node.deliver(pre_prepare(0, 7, [request("bob", 7)])), m.Prepare) == []
     pp6 = pre_prepare(0, 6, [request("bob", 6)])
     assert sent_bodies(node.deliver(pp6), m.Prepare) == [m.Prepare(0, 0, 6, digest_of(pp6))]
+
+
+def test_restarted_backup_fetches_the_batch_of_its_persisted_prepared_header() -> None:
+    """4.2 + v2 headers: the log keeps proposal headers, not batches. Replica 2 prepared (and
+    committed to) seq 1 and crashed; rebuilt, it holds the header and its votes but not the
+    requests, so it asks the primary for the batch (BATCH-REQUEST), and executes once the
+    answer and 2f+1 COMMITs are in, without signing anything new for seq 1."""
+    node = make_node(2)
+    r = request("alice", 1)
+    pp = pre_prepare(0, 1, [r])
+    d = digest_of(pp)
+    node.deliver(pp, prepare(3, 0, 1, d))
+    assert all(msg.batch is None or msg.wire == header_of(pp).wire for msg in node.persisted)
+    node = restart(node)
+    asked = [(to, msg.body) for to, msg in sent(node.start_actions)
+             if isinstance(msg.body, m.BatchRequest)]
+    assert asked == [((0,), m.BatchRequest(0, 1, d))]
+    assert of_type(node.deliver(commit(0, 0, 1, d), commit(3, 0, 1, d)), ev.Execute) == []
+    actions = node.deliver(pp)  # the primary's answer: the header with its batch
+    (e,) = of_type(actions, ev.Execute)
+    assert (e.seq, e.digest, e.requests, e.executed) == (1, d, (r,), (r,))
+    assert [c.sender for c in e.certificate] == [0, 2, 3]
+    assert sent_bodies(actions, m.Prepare) == [] and sent_bodies(actions, m.Commit) == []
+
+
+def test_restarted_backup_refuses_a_wrong_batch_for_its_persisted_header() -> None:
+    node = make_node(2)
+    pp = pre_prepare(0, 1, [request("alice", 1)])
+    d = digest_of(pp)
+    node.deliver(pp, prepare(3, 0, 1, d))
+    node = restart(node)
+    node.deliver(commit(0, 0, 1, d), commit(3, 0, 1, d))
+    actions = node.deliver(with_batch(header_of(pp), [request("bob", 1)]))
+    assert of_type(actions, ev.Execute) == [] and node.replica.last_executed == 0
+    assert [f.sender for f in of_type(actions, ev.PeerFault)] == [0]

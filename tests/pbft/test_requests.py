@@ -22,7 +22,13 @@ from tests.pbft.harness import (
     sent,
     sent_bodies,
     sign,
+    wire_of,
 )
+
+
+def proposed_batches(actions: list[ev.Action]) -> list[tuple[m.Request, ...] | None]:
+    """The batches attached to the PRE-PREPAREs sent (v2: the batch travels beside the header)."""
+    return [msg.batch for _to, msg in sent(actions) if isinstance(msg.body, m.PrePrepare)]
 
 # ------------------------------------------------------------------------------ admission
 
@@ -56,7 +62,7 @@ def test_oversized_request_is_rejected_and_one_at_the_limit_is_accepted() -> Non
     assert at_limit.size_bytes == limit and too_big.size_bytes == limit + 1
     assert node.submit(too_big) == [ev.RejectRequest(too_big, ev.RejectReason.TOO_LARGE)]
     actions = node.submit(at_limit)
-    assert [b.requests for b in sent_bodies(actions, m.PrePrepare)] == [(at_limit,)]
+    assert proposed_batches(actions) == [(at_limit,)]
 
 
 def test_retried_request_that_already_executed_is_answered_with_its_seq() -> None:
@@ -74,13 +80,19 @@ def test_retried_request_that_already_executed_is_answered_with_its_seq() -> Non
 
 def test_nonce_below_the_window_is_stale() -> None:
     """4.1 (timestamps): a request whose nonce is older than the client's replay window is
-    refused as STALE; a nonce just inside the window is still accepted."""
+    refused as STALE; a nonce just inside the window is still accepted.
+
+    v2: at a backup, "accepted" means redirected to the primary (NOT_PRIMARY) on a first
+    submission and taken in (relayed to the primary) on a retry; a stale one is STALE either
+    way."""
     node = make_node(2, params(client_nonce_window=4))
     commit_batch(node, 1, [request("alice", 10)])
     stale = request("alice", 6)  # 6 <= 10 - 4
     fresh = request("alice", 7)
     assert node.submit(stale) == [ev.RejectRequest(stale, ev.RejectReason.STALE)]
-    actions = node.submit(fresh)
+    assert node.submit(stale, retry=True) == [ev.RejectRequest(stale, ev.RejectReason.STALE)]
+    assert node.submit(fresh) == [ev.RejectRequest(fresh, ev.RejectReason.NOT_PRIMARY, 0)]
+    actions = node.submit(fresh, retry=True)
     assert [b.requests for b in sent_bodies(actions, m.RequestForward)] == [(fresh,)]
 
 
@@ -128,28 +140,57 @@ def test_out_of_nonce_order_requests_inside_the_window_both_execute() -> None:
 
 # -------------------------------------------------------------------------- backups relay
 
-def test_backup_forwards_a_client_request_to_the_primary_and_arms_request_timer() -> None:
-    """4.1/4.4: a backup that receives a request relays it to the primary and starts a timer;
-    if the request does not execute in time the backup suspects the primary."""
+def test_backup_redirects_a_first_submission_to_the_primary() -> None:
+    """4.1: "a client sends a request to what it believes is the current primary".
+
+    v2 (deliberate change): a backup no longer relays a first submission; it answers
+    NOT_PRIMARY naming the primary, keeps nothing and times nothing (no signed forward per
+    request on the normal path)."""
     node = make_node(2)
     r = request("alice", 1)
-    actions = node.submit(r)
+    assert node.submit(r) == [ev.RejectRequest(r, ev.RejectReason.NOT_PRIMARY, primary=0)]
+    assert r.key not in node.replica.pool
+    assert ev.TimerKind.REQUEST not in node.timers
+
+
+def test_backup_relays_a_retried_request_to_the_primary_and_arms_request_timer() -> None:
+    """4.1/4.4: a client that got no answer in time retries at the backups; a backup then
+    takes the request in, relays it to the primary and starts a timer; if the request does not
+    execute in time the backup suspects the primary (v2: only on a retry)."""
+    node = make_node(2)
+    r = request("alice", 1)
+    actions = node.submit(r, retry=True)
     fwd = sign(2, m.RequestForward((r,)))
     assert actions[0] == ev.Send((0,), fwd.wire)
     timers = of_type(actions, ev.SetTimer)
     assert [(t.kind, t.delay_ms) for t in timers] == [(ev.TimerKind.REQUEST, 1000)]
     assert len(actions) == 2
+    assert r.key in node.replica.pool
 
 
-def test_a_retried_request_is_relayed_to_every_replica() -> None:
-    """4.1: a client that retransmits suspects the primary, so the backup relays the retry to
-    all replicas (and keeps timing the same oldest request: no new timer)."""
+def test_a_second_retry_is_relayed_to_every_replica() -> None:
+    """4.1: a client that retransmits again suspects the primary, so the backup relays the
+    retry to all replicas (and keeps timing the same oldest request: no new timer).
+    v2: the first retry goes to the primary only (above); the second is broadcast."""
     node = make_node(2)
     r = request("alice", 1)
-    node.submit(r)
-    actions = node.submit(r)
+    node.submit(r, retry=True)
+    actions = node.submit(r, retry=True)
     fwd = sign(2, m.RequestForward((r,)))
     assert actions == [ev.Send((0, 1, 3), fwd.wire)]
+
+
+def test_backup_in_view_change_takes_a_direct_submission_in() -> None:
+    """4.4: while a view change is under way there is no primary to redirect to: a backup takes
+    a first submission in (the new primary will order it) instead of answering NOT_PRIMARY."""
+    node = make_node(2)
+    node.submit(request("alice", 1), retry=True)
+    node.suspect_primary()
+    assert not node.replica.view_active
+    r = request("bob", 1)
+    actions = node.submit(r)
+    assert of_type(actions, ev.RejectRequest) == [] and sent(actions) == []
+    assert r.key in node.replica.pool
 
 
 def test_primary_proposes_a_forwarded_request() -> None:
@@ -158,7 +199,7 @@ def test_primary_proposes_a_forwarded_request() -> None:
     r = request("alice", 1)
     actions = node.deliver(sign(3, m.RequestForward((r,))))
     expected = pre_prepare(0, 1, [r])
-    assert actions == [ev.Persist((expected,)), ev.Send((1, 2, 3), expected.wire)]
+    assert actions == [ev.Persist((expected,)), ev.Send((1, 2, 3), wire_of(expected))]
 
 
 def test_forwarded_request_with_bad_signature_is_a_peer_fault_not_a_proposal() -> None:
@@ -175,7 +216,7 @@ def test_request_timer_cancelled_once_the_request_executes() -> None:
     """4.4: the backup's timer stops when the timed request executes."""
     node = make_node(2)
     r = request("alice", 1)
-    node.submit(r)
+    node.submit(r, retry=True)
     assert ev.TimerKind.REQUEST in node.timers
     actions = commit_batch(node, 1, [r])
     assert ev.CancelTimer(ev.TimerKind.REQUEST) in actions
@@ -187,8 +228,8 @@ def test_request_timer_restarts_for_the_next_waiting_request() -> None:
     timer is restarted (for the oldest request still waiting)."""
     node = make_node(2)
     r1, r2 = request("alice", 1), request("bob", 1)
-    node.submit(r1)
-    node.submit(r2)
+    node.submit(r1, retry=True)
+    node.submit(r2, retry=True)
     (old_token, _) = node.timers[ev.TimerKind.REQUEST]
     actions = commit_batch(node, 1, [r1])
     timers = of_type(actions, ev.SetTimer)

@@ -11,6 +11,7 @@ import pytest
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.state import snapshot_digest
+from consortium.pbft.viewchange import new_view_bytes_max, view_change_bytes_max
 from tests.pbft.harness import (
     GENESIS,
     NULL_BATCH_DIGEST,
@@ -19,6 +20,7 @@ from tests.pbft.harness import (
     commit,
     commit_batch,
     digest_of,
+    header_of,
     index_of,
     is_send_of,
     make_node,
@@ -37,9 +39,10 @@ from tests.pbft.harness import (
 
 
 def _timed_out_backup(node_id: int = 2) -> Node:
-    """A backup with a pending request whose REQUEST timer is armed."""
+    """A backup with a pending request whose REQUEST timer is armed (v2: the client retried at
+    the backup; a first submission would be redirected to the primary)."""
     node = make_node(node_id)
-    node.submit(request("alice", 99))
+    node.submit(request("alice", 99), retry=True)
     assert ev.TimerKind.REQUEST in node.timers
     return node
 
@@ -79,7 +82,7 @@ def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
     request and, one period later, votes: a primary censoring one request is still replaced.
     Without progress the backup relays on the first expiry and votes on the second (above)."""
     node = make_node(2, params(request_patience=2))
-    node.submit(request("alice", 99))
+    node.submit(request("alice", 99), retry=True)
     for seq in (1, 2):
         commit_batch(node, seq, [request("bob", seq)])  # other requests execute
         actions = node.fire(ev.TimerKind.REQUEST)
@@ -94,7 +97,9 @@ def test_a_primary_that_makes_progress_gets_patience_then_is_replaced() -> None:
 
 def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> None:
     """4.4: P holds, for every request prepared at i with seq > n (the stable checkpoint), a
-    PRE-PREPARE and 2f matching PREPAREs; a sequence with fewer PREPAREs is left out."""
+    PRE-PREPARE and 2f matching PREPAREs; a sequence with fewer PREPAREs is left out.
+
+    v2 (deliberate change): the PRE-PREPARE in P is the signed header alone, never its batch."""
     node = make_node(2)
     pp1 = pre_prepare(0, 1, [request("alice", 1)])
     pp2 = pre_prepare(0, 2, [request("bob", 1)])
@@ -102,9 +107,12 @@ def test_view_change_carries_prepared_proofs_only_for_prepared_sequences() -> No
     node.deliver(pp1, prepare(3, 0, 1, d1))  # seq 1 prepared (own + replica 3)
     node.deliver(pp2)  # seq 2: own PREPARE only
     actions = node.suspect_primary()
-    proof = m.PreparedProof(pp1, (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
+    proof = m.PreparedProof(header_of(pp1), (prepare(2, 0, 1, d1), prepare(3, 0, 1, d1)))
     vc = view_change(2, 1, [proof])
     assert actions[:2] == [ev.Persist((vc,)), ev.Send((0, 1, 3), vc.wire)]
+    (sent_vc,) = sent_bodies(actions, m.ViewChange)
+    assert sent_vc.prepared[0].pre_prepare.batch is None
+    assert request("alice", 1).payload not in vc.wire
 
 
 def test_view_change_reports_the_certificate_of_the_highest_view_it_prepared_in() -> None:
@@ -361,7 +369,7 @@ def test_view_change_timer_backoff_restarts_after_progress() -> None:
     d = digest_of(pp)
     actions = node.deliver(pp, prepare(1, 2, 1, d), commit(1, 2, 1, d), commit(2, 2, 1, d))
     assert [e.executed for e in of_type(actions, ev.Execute)] == [(r,)]
-    node.submit(request("bob", 5))
+    node.submit(request("bob", 5), retry=True)
     node.suspect_primary()
     assert node.replica.view == 3
     assert node.timer_delay(ev.TimerKind.VIEW_CHANGE) is None
@@ -430,16 +438,23 @@ def test_new_view_with_a_higher_min_s_makes_an_executed_checkpoint_stable() -> N
 
 
 def test_new_view_with_min_s_above_the_replica_state_triggers_state_transfer() -> None:
-    """4.4 + 4.3: a replica whose state is below min-s fetches the checkpoint from its signers."""
+    """4.4 + 4.3: a replica whose state is below min-s fetches the checkpoint from its signers.
+
+    v2: STATE-REQUEST names the asker's last executed sequence (any peer above it answers), and
+    the proven holders are asked two at a time, in rotation, one round per STATUS tick."""
     _, proof = _stable_at_2(1)
     node = make_node(3, params(checkpoint_interval=2, log_window=4))
     vcs = [view_change(0, 1, stable_seq=2, stable_proof=proof), view_change(1, 1),
            view_change(2, 1)]
     actions = node.deliver(new_view(1, 1, vcs, []))
-    req = sign(3, m.StateRequest(2))
-    assert [(to, msg) for to, msg in sent(actions) if isinstance(msg.body, m.StateRequest)] == [
-        ((0,), req), ((1,), req), ((2,), req)]
+    req = sign(3, m.StateRequest(0))
+
+    def state_requests(acts: list[ev.Action]) -> list[tuple[tuple[int, ...], m.SignedMessage]]:
+        return [(to, msg) for to, msg in sent(acts) if isinstance(msg.body, m.StateRequest)]
+
+    assert state_requests(actions) == [((0,), req), ((1,), req)]
     assert node.replica.view == 1 and node.replica.view_active
+    assert state_requests(node.fire(ev.TimerKind.STATUS)) == [((1,), req), ((2,), req)]
 
 
 def test_new_primary_orders_pending_requests_after_new_view() -> None:
@@ -453,3 +468,35 @@ def test_new_primary_orders_pending_requests_after_new_view() -> None:
     i_pp = index_of(actions, is_send_of(m.PrePrepare))
     assert i_nv < i_pp
     assert sent_bodies(actions, m.PrePrepare) == [pre_prepare(1, 1, [request("alice", 99)]).body]
+
+
+# ------------------------------------------------------------------- view-change size bounds
+
+def test_a_padded_view_change_is_rejected_and_the_new_view_stays_bounded() -> None:
+    """4.4 with bounded messages: an honest VIEW-CHANGE is never larger than
+    `view_change_bytes_max` (headers and a quorum of votes per sequence), so a larger one is
+    padded: here a Byzantine replica 0 repeats one valid PREPARE thousands of times in its
+    prepared proof (distinct senders are counted, so it would otherwise verify). The new
+    primary refuses it and builds its NEW-VIEW from honest VIEW-CHANGEs, within
+    `new_view_bytes_max`.
+
+    regression: the padded VIEW-CHANGE was accepted and an honest new primary embedded it,
+    making its NEW-VIEW as large as the attacker liked (up to `message_bytes_max`)."""
+    p = params()
+    pp = pre_prepare(0, 1, [request("alice", 1)])
+    proof = prepared_proof(pp, (2, 3))
+    padded = view_change(0, 1, [m.PreparedProof(proof.pre_prepare, proof.votes * 2000)])
+    assert len(padded.wire) > view_change_bytes_max(GENESIS, p.log_window)
+    node = make_node(1, p)  # primary of view 1
+    actions = node.deliver(padded)
+    assert [f.sender for f in of_type(actions, ev.PeerFault)] == [0]
+    actions = node.deliver(view_change(2, 1, [proof]), view_change(3, 1))
+    (nv_msg,) = [msg for _to, msg in sent(actions) if isinstance(msg.body, m.NewView)]
+    assert isinstance(nv_msg.body, m.NewView)
+    assert [vc.sender for vc in nv_msg.body.view_changes] == [1, 2, 3]
+    assert len(nv_msg.wire) <= new_view_bytes_max(GENESIS, p.log_window)
+    # A backup refuses a NEW-VIEW that carries the padded VIEW-CHANGE.
+    backup = make_node(3, p)
+    bad = new_view(1, 1, [padded, view_change(2, 1), view_change(3, 1)], [pre_prepare(1, 1, [
+        request("alice", 1)])])
+    _assert_rejected(backup, bad, 1)

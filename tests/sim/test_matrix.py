@@ -22,7 +22,7 @@ def _run(validators: int, byzantine: int, scenario: str, seeds: range) -> list[s
     for seed in seeds:
         result = build(scenario, seed, validators, byzantine).run()
         if not result.ok:
-            problem = result.safety_violations or [result.liveness_failure]
+            problem = result.safety_violations or [str(result.liveness_failure)]
             failures.append(
                 f"seed {seed}: {problem[0]}\n  reproduce with: python -m consortium.sim "
                 f"--validators {validators} --byzantine {byzantine} --scenario {scenario} "

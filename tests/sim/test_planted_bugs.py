@@ -11,9 +11,10 @@ import pytest
 import consortium.pbft.replica as replica_module
 import consortium.pbft.viewchange as viewchange_module
 from consortium.pbft import messages as m
-from consortium.pbft.replica import Replica, Slot
-from consortium.pbft.state import batch_digest
-from consortium.pbft.viewchange import Proposal
+from consortium.pbft.catchup import CatchUp
+from consortium.pbft.replica import Replica
+from consortium.pbft.slots import Slot
+from consortium.pbft.viewchange import Proposal, null_proposal
 from consortium.sim.scenarios import build
 
 
@@ -27,7 +28,7 @@ class CommitsWithTwoF(Replica):
         for (view, _sender, digest), msg in slot.commits.items():
             counts.setdefault((view, digest), []).append(msg)
         for (view, digest), msgs in counts.items():
-            if len(msgs) >= self.config.quorum - 1 and digest in slot.batches:
+            if len(msgs) >= self.config.quorum - 1 and slot.has_contents(digest):
                 return view, digest, msgs
         return None
 
@@ -38,7 +39,20 @@ def forgetful_proposals(view_changes: list[m.ViewChange]) -> tuple[int, list[Pro
     min_s = max(vc.stable_seq for vc in view_changes)
     max_s = max((p.pre_prepare.body.seq for vc in view_changes for p in vc.prepared
                  if isinstance(p.pre_prepare.body, m.PrePrepare)), default=min_s)
-    return min_s, [Proposal(s, batch_digest(()), ()) for s in range(min_s + 1, max_s + 1)]
+    return min_s, [null_proposal(s) for s in range(min_s + 1, max_s + 1)]
+
+
+class TrustingCatchUp(CatchUp):
+    """Planted bug (the attack campaign's finding 2, as the validator had it): the highest
+    stable checkpoint any one member claims is the target, and only that member is asked."""
+
+    def target(self, last_executed: int) -> tuple[int, tuple[int, ...]]:
+        if not self.claims:
+            return super().target(last_executed)
+        sender, claimed = max(self.claims.items(), key=lambda kv: kv[1])
+        if claimed > last_executed:
+            return claimed, (sender,)
+        return super().target(last_executed)
 
 
 def _first_violation(scenario: str, factory: type[Replica], seeds: range) -> tuple[int, str]:
@@ -66,9 +80,19 @@ def test_checker_catches_view_change_that_forgets_prepared_requests(
     assert "agreement" in violation or "at-most-once" in violation, violation
 
 
+def test_liveness_check_catches_catch_up_steered_by_one_liar(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that trusts one member's claimed checkpoint asks only the liar and never
+    catches up; once the liar falls silent, the ledger stops (attack campaign, finding 2)."""
+    monkeypatch.setattr(replica_module, "CatchUp", TrustingCatchUp)
+    failed = [seed for seed in range(1, 6)
+              if build("lying-status", seed, 4, 1).run().liveness_failure is not None]
+    assert failed, "the planted catch-up bug went unnoticed"
+
+
 def test_honest_replicas_pass_the_same_seeds() -> None:
     """Control: the unmodified replica is safe on the seeds that expose the planted bugs."""
-    for scenario in ("equivocating-primary", "commit-loss"):
+    for scenario in ("equivocating-primary", "commit-loss", "lying-status"):
         for seed in range(1, 6):
             result = build(scenario, seed, 4, 1).run()
             assert result.ok, (scenario, seed, result.safety_violations, result.liveness_failure)

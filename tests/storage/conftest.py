@@ -2,7 +2,7 @@
 
 A fresh database with a random name is created for the test session (per xdist worker) and
 dropped at the end, whatever the outcome. Each test gets it emptied (`dsn`), or, for migration
-tests, a database of its own that has never seen the schema (`fresh_dsn`).
+and outage tests, a database of its own that has never seen the schema (`fresh_dsn`).
 
 The server is reached through CONSORTIUM_TEST_PG_ADMIN_DSN (default: the local trust-auth
 cluster). If no server answers, the tests are skipped with the reason.
@@ -21,11 +21,11 @@ from psycopg import sql
 ADMIN_DSN = os.environ.get("CONSORTIUM_TEST_PG_ADMIN_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("consensus_log", "checkpoint", "access_log", "verdicts", "review_votes", "member_votes",
-          "proposals",
-          "wrapped_keys", "records", "entries", "blocks", "meta")
+          "proposals", "record_subjects", "entries", "envelopes", "blocks", "meta")
+"""Every table of the format-2 schema (migration 6) that holds rows a test leaves behind."""
 
 
-def _dsn_for(database: str) -> str:
+def dsn_for(database: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
     info["dbname"] = database
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()
@@ -44,6 +44,9 @@ def _create_database() -> str:
 
 def _drop_database(name: str) -> None:
     with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
+        # An outage test may leave connections refused; DROP ... WITH (FORCE) needs none.
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true")
+                      .format(sql.Identifier(name)))
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                       .format(sql.Identifier(name)))
 
@@ -52,7 +55,7 @@ def _drop_database(name: str) -> None:
 def session_dsn() -> Iterator[str]:
     name = _create_database()
     try:
-        yield _dsn_for(name)
+        yield dsn_for(name)
     finally:
         _drop_database(name)
 
@@ -74,6 +77,6 @@ def fresh_dsn() -> Iterator[str]:
     """A brand-new, empty database for this test alone."""
     name = _create_database()
     try:
-        yield _dsn_for(name)
+        yield dsn_for(name)
     finally:
         _drop_database(name)

@@ -1,10 +1,13 @@
-"""LedgerStore against a real PostgreSQL: schema, block round trips, records, atomicity, crash
-recovery of the consensus log, database ownership, and a bulk-write smoke run.
+"""LedgerStore (the writer) and LedgerReader (the read pool) against a real PostgreSQL: schema
+and the refusal of a format-1 ledger, block round trips, records and their readers, erasure,
+paginated queries, atomicity, crash recovery of the consensus log, database ownership, outages,
+and a bulk-write smoke run.
 
 Blocks come from real PBFT: either a 4-replica in-memory cluster (tests/pbft/harness.Cluster)
-whose actions are replayed into the store as the validator's driver would, or `Execute` actions
-built directly with real Ed25519 signatures (requests, PRE-PREPARE, 2f+1 COMMITs). Record
-payloads are real `Submission`s sealed with the envelope encryption.
+whose actions are replayed into the store as the validator's driver does, or `Execute` actions
+built directly with real Ed25519 signatures (client envelopes, the primary's proposal header,
+2f+1 COMMITs). Record items are real `Submission`s sealed with the envelope encryption, and
+blocks are executed with the record states read back from the database, as the driver does.
 
 pytest-asyncio is not a dependency: each test runs its coroutine with `asyncio.run`.
 """
@@ -15,35 +18,75 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from consortium.crypto.envelope import OrgKeyPair, open_sealed, seal
-from consortium.ledger.blocks import Block, BlockHeader, ClientOrgs, EntryStatus, build_block
-from consortium.ledger.records import RecordKind, Submission, public_part
+from consortium import wire
+from consortium.crypto.envelope import OrgKeyPair, open_sealed, seal, wrap_key
+from consortium.crypto.signing import Ed25519Signer
+from consortium.ledger.blocks import (
+    ACCESS_DENIED,
+    Block,
+    BlockHeader,
+    ClientOrgs,
+    EntryStatus,
+    EnvelopeStatus,
+    RecordState,
+    Screening,
+    build_block,
+    referenced_records,
+)
+from consortium.ledger.items import ItemView, is_record_id, record_id
+from consortium.ledger.records import (
+    RecordKind,
+    Submission,
+    public_part,
+    submission_from_segments,
+)
+from consortium.ledger.transactions import Access, Erase, Grant, Revoke, encode_tx
+from consortium.node.views import receipt_from_material, stored_block_to_proto
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.payload import (
+    encode_envelope,
+    envelope_digest_of,
+    item_digest,
+    split_envelope,
+    split_segments,
+)
 from consortium.pbft.replica import Recovered
-from consortium.pbft.state import batch_digest, next_state_digest
+from consortium.pbft.state import GENESIS_STATE_DIGEST, batch_root, next_state_digest
 from consortium.storage import (
     LATEST_VERSION,
     BlockRejected,
+    LedgerReader,
     LedgerStore,
+    StoreUnavailable,
     WrongDatabase,
     migrate,
 )
+from consortium.storage.reads import START, Cursor
+from consortium.storage.rows import StoredBlock
+from consortium.storage.schema import MIGRATIONS
+from consortium.verify import ChainVerifier, verify_receipt
 from tests.pbft import harness as h
+from tests.storage.conftest import ADMIN_DSN
 
 T = TypeVar("T")
 CHAIN = h.CHAIN_ID
 ORG_KEYS = {org: OrgKeyPair(hashlib.sha256(org.encode()).digest())
             for org in ("acme", "globex", "regulator")}
-ORGS = ClientOrgs({"alice": "acme", "bob": "globex", "carol": "acme"},
-                 {"acme", "globex", "regulator"})
+SIGNERS = {**h.CLIENT_SIGNERS, "dave": Ed25519Signer(hashlib.sha256(b"dave").digest())}
+ORGS = ClientOrgs({"alice": "acme", "bob": "globex", "carol": "acme", "dave": "regulator"},
+                  {"acme", "globex", "regulator"})
+AT_MS = 1_700_000_000_000
+"""Submission time of the records (the block times below are a minute later)."""
+BLOCK_MS = AT_MS + 60_000
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -52,76 +95,175 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-def with_store(dsn: str, body: Callable[[LedgerStore], Awaitable[T]], *,
+def with_store(dsn: str, body: Callable[[LedgerStore, LedgerReader], Awaitable[T]], *,
                chain_id: bytes = CHAIN, replica_id: int = 1) -> T:
     async def main() -> T:
         store = await LedgerStore.open(dsn, chain_id=chain_id, replica_id=replica_id)
         try:
-            return await body(store)
+            reader = await LedgerReader.open(dsn, size=2)
+            try:
+                return await body(store, reader)
+            finally:
+                await reader.close()
         finally:
             await store.close()
     return asyncio.run(main())
 
 
+async def fetch(store: LedgerStore, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of a query on the writer's connection (white-box checks of what is stored)."""
+    async with store._transaction() as cur:
+        await cur.execute(query.encode(), args)
+        return list(await cur.fetchall())
+
+
 # ------------------------------------------------------------------------------- builders
 
-def submission(org: str, subject: str, *, event: str = "shipped", at_ms: int = 1_700_000_000_000,
+def submission(org: str, subject: str, *, event: str = "shipped", at_ms: int = AT_MS,
                kind: RecordKind = RecordKind.PROVENANCE, readers: Sequence[str] = ("regulator",),
-               metadata: dict[str, str] | None = None, body: bytes = b"bill of lading"
-               ) -> Submission:
+               metadata: dict[str, str] | None = None, body: bytes = b"bill of lading",
+               also: tuple[str, ...] = ()) -> Submission:
     meta = tuple(sorted((metadata if metadata is not None else {"location": "Rotterdam"})
                         .items()))
-    ad = public_part(kind, subject, event, org, at_ms, meta)
+    ad = public_part(kind, subject, event, org, at_ms, meta, also)
     sealed = seal(body, ad, {o: ORG_KEYS[o].public_key for o in {org, *readers}})
     return Submission(kind, subject, event, org, at_ms, meta, sealed.ciphertext,
-                      tuple(sorted(sealed.wrapped_keys.items())))
+                      tuple(sorted(sealed.wrapped_keys.items())), also)
 
 
-def client_request(client: str, nonce: int, payload: bytes) -> m.Request:
-    signer = h.CLIENT_SIGNERS.get(client, h.OUTSIDER)
+def patient(org: str, subject: str, *, event: str = "lab-result", **kw: Any) -> Submission:
+    return submission(org, subject, kind=RecordKind.PATIENT, event=event, **kw)
+
+
+def envelope(client: str, nonce: int, items: Sequence[bytes | Submission]) -> m.Request:
+    """A client's signed request whose payload is an envelope of these items."""
+    return raw_request(client, nonce, encode_envelope(
+        [i.encode() if isinstance(i, Submission) else i for i in items]))
+
+
+def raw_request(client: str, nonce: int, payload: bytes) -> m.Request:
+    signer = SIGNERS.get(client, h.OUTSIDER)
     digest = m.request_digest(client, nonce, m.RequestKind.APPLICATION, payload)
     return m.Request(client, nonce, m.RequestKind.APPLICATION, payload,
                      signer.sign(m.request_signing_bytes(CHAIN, digest)))
 
 
-def execute(seq: int, requests: Sequence[m.Request], *, executed: Sequence[m.Request] | None = None,
-            view: int = 0, prev_state: bytes = bytes(32)) -> ev.Execute:
-    """A committed batch with real signatures: the primary's PRE-PREPARE and 2f+1 COMMITs."""
-    reqs = tuple(requests)
-    pp = h.pre_prepare(view, seq, reqs)
-    digest = batch_digest(reqs)
+@dataclass(frozen=True)
+class Replay:
+    """A request ordered again (a client's retry) that the replica does not execute."""
+
+    request: m.Request
+
+
+Batch = Sequence[m.Request | Replay]
+
+
+def execute(seq: int, batch: Batch, *, prev_state: bytes = GENESIS_STATE_DIGEST,
+            view: int = 0) -> ev.Execute:
+    """A committed batch with real signatures: the primary's proposal header (a minute after
+    the records were signed) and 2f+1 COMMITs."""
+    reqs = tuple(r.request if isinstance(r, Replay) else r for r in batch)
+    pp = h.pre_prepare(view, seq, reqs, timestamp_ms=BLOCK_MS + seq)
+    digest = h.digest_of(pp)
     cert = tuple(h.commit(s, view, seq, digest) for s in (0, 1, 2))
+    executed = tuple(r for r in batch if not isinstance(r, Replay))
     return ev.Execute(seq=seq, view=view, epoch=0, digest=digest, requests=reqs,
-                      executed=reqs if executed is None else tuple(executed), pre_prepare=pp,
-                      certificate=cert, state_digest=next_state_digest(prev_state, seq, digest))
+                      executed=executed, pre_prepare=pp, certificate=cert,
+                      state_digest=next_state_digest(prev_state, seq, digest))
 
 
-def chain(executes: Sequence[ev.Execute], prev: BlockHeader | None = None) -> list[Block]:
+def build(batches: Sequence[Batch], prev: BlockHeader | None = None,
+          state: dict[str, RecordState] | None = None) -> list[Block]:
+    """Blocks for consecutive batches on top of `prev` (no stored state: for blocks that act on
+    no earlier record, or that are refused before execution matters)."""
     out = []
-    for a in executes:
-        b = build_block(a, CHAIN, prev, ORGS)
-        out.append(b)
-        prev = b.header
+    for batch in batches:
+        seq = 1 if prev is None else prev.height + 1
+        block = build_block(execute(seq, batch, prev_state=GENESIS_STATE_DIGEST if prev is None
+                                    else prev.state_digest), CHAIN, prev, ORGS, state)
+        out.append(block)
+        prev = block.header
     return out
 
 
-def simple_blocks(count: int, per_block: int = 3, *, first_nonce: int = 1) -> list[Block]:
-    nonce = first_nonce
-    exs = []
+async def extend(store: LedgerStore, reader: LedgerReader, *batches: Batch) -> list[Block]:
+    """Execute and store batches one by one as the driver does: the record states a batch's
+    transactions act on are read from the database first."""
+    out = []
+    for batch in batches:
+        head = await store.head()
+        reqs = [r.request if isinstance(r, Replay) else r for r in batch]
+        state = dict(await reader.record_states(referenced_records(reqs)))
+        block = build([batch], head, state)[0]
+        await store.append_blocks([block])
+        out.append(block)
+    return out
+
+
+def simple_blocks(count: int, envelopes: int = 2, items: int = 2) -> list[Block]:
+    """`count` blocks of `envelopes` envelopes of `items` provenance records each."""
+    nonce = 0
+    batches = []
     for seq in range(1, count + 1):
-        reqs = []
-        for i in range(per_block):
-            client = ("alice", "bob")[i % 2]
-            sub = submission(ORGS.org_of(client) or "", f"lot-{seq}-{i}")
-            reqs.append(client_request(client, nonce, sub.encode()))
+        batch = []
+        for e in range(envelopes):
+            client = ("alice", "bob")[e % 2]
             nonce += 1
-        exs.append(execute(seq, reqs))
-    return chain(exs)
+            batch.append(envelope(client, nonce, [
+                submission(ORGS.org_of(client) or "", f"lot-{seq}-{e}-{i}")
+                for i in range(items)]))
+        batches.append(batch)
+    return build(batches)
+
+
+def split_items(r: m.Request) -> list[bytes]:
+    items = split_envelope(r.payload)
+    assert items is not None
+    return items
+
+
+def submission_of(item: bytes) -> Submission:
+    segs = split_segments(item)
+    assert segs is not None
+    return submission_from_segments(segs)
+
+
+def rid(r: m.Request, index: int = 0) -> str:
+    return record_id(r.digest, index)
+
+
+def verify_stored_chain(stored: Sequence[StoredBlock]) -> None:
+    """The stored blocks, served as a validator serves them, verify from genesis: the chain
+    links, every executed envelope's items match its signed digest, the proposal header and
+    the certificate are signed by the validators."""
+    checker = ChainVerifier(CHAIN, {0: h.GENESIS}, h.VERIFIER)
+    for s in stored:
+        checker.check(wire.block_from_proto(stored_block_to_proto(s), CHAIN))
+
+
+async def verify_receipt_of(reader: LedgerReader, record: str, client: str) -> wire.Receipt:
+    """Build an entry's receipt from what the reader returns and verify it, the client's
+    signature included; returns it."""
+    ref = await reader.find_entry(record)
+    assert ref is not None
+    mat = await reader.receipt_material(ref.height, ref.idx)
+    assert mat is not None
+    receipt = wire.receipt_from_proto(receipt_from_material(mat, CHAIN), CHAIN)
+    assert receipt.record_id == record
+    assert verify_receipt(receipt, h.GENESIS, h.VERIFIER,
+                          client_key=SIGNERS[client].public_key) is None
+    return receipt
 
 
 # ---------------------------------------------------------------------------------- schema
 
+FORMAT_2_TABLES = ["blocks", "envelopes", "entries", "record_subjects", "access_log",
+                   "verdicts", "review_votes", "proposals", "member_votes", "consensus_log",
+                   "checkpoint", "meta"]
+
+
 def test_migrations_apply_once_and_are_idempotent(fresh_dsn: str) -> None:
+    """Format 2 drops the format-1 tables that copied request bytes (records, wrapped_keys)."""
     async def body() -> None:
         async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
             assert await migrate(conn) == LATEST_VERSION
@@ -129,10 +271,11 @@ def test_migrations_apply_once_and_are_idempotent(fresh_dsn: str) -> None:
             cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
             assert [r[0] for r in await cur.fetchall()] == list(range(1, LATEST_VERSION + 1))
             cur = await conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
-                "AND table_name = ANY(%s)", (["blocks", "entries", "records", "wrapped_keys",
-                                              "consensus_log", "checkpoint", "meta"],))
-            assert await cur.fetchone() == (7,)
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                "ORDER BY table_name")
+            tables = {r[0] for r in await cur.fetchall()}
+            assert set(FORMAT_2_TABLES) <= tables
+            assert not {"records", "wrapped_keys"} & tables
         # Opening a store migrates too, and reopening changes nothing.
         for _ in range(2):
             store = await LedgerStore.open(fresh_dsn, chain_id=CHAIN, replica_id=0)
@@ -150,269 +293,400 @@ def test_concurrent_migrations_do_not_conflict(fresh_dsn: str) -> None:
     assert run(body()) == [LATEST_VERSION] * 4
 
 
+def _apply_format_1(dsn: str, *, with_block: bool) -> None:
+    """A database as the format-1 release left it: migrations 1 to 5, and a block if asked."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, statement in MIGRATIONS[:5]:
+            conn.execute(statement.encode())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        if with_block:
+            conn.execute(
+                "INSERT INTO blocks (height, hash, prev_hash, epoch, view, merkle_root, "
+                "state_digest, entry_count, timestamp_ms, header, pre_prepare, certificate) "
+                "VALUES (1, %s, %s, 0, 0, %s, %s, 0, 1, '\\x00', '\\x00', '{}')",
+                (b"\x01" * 32, bytes(32), bytes(32), bytes(32)))
+
+
+def test_a_format_1_ledger_is_refused_not_converted(fresh_dsn: str) -> None:
+    """Migration 6 replaces the format-1 tables; a database that holds a format-1 ledger is
+    refused with a message that says what to do, and left exactly as it was."""
+    _apply_format_1(fresh_dsn, with_block=True)
+
+    async def body() -> None:
+        with pytest.raises(WrongDatabase, match=r"earlier release \(format 1\).*consortium init"):
+            await LedgerStore.open(fresh_dsn, chain_id=CHAIN, replica_id=0)
+    run(body())
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (5,)
+        assert conn.execute("SELECT height FROM blocks").fetchall() == [(1,)]
+        assert conn.execute("SELECT to_regclass('wrapped_keys') IS NOT NULL").fetchone() == (
+            True,)
+
+
+def test_an_empty_format_1_database_is_upgraded(fresh_dsn: str) -> None:
+    """No ledger yet (created by the old release, never used): nothing is lost by migrating."""
+    _apply_format_1(fresh_dsn, with_block=False)
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(simple_blocks(1))
+        assert await reader.head_height() == 1
+    with_store(fresh_dsn, body)
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (
+            LATEST_VERSION,)
+
+
 # --------------------------------------------------------------------------------- ownership
 
 def test_a_database_of_another_chain_or_replica_is_refused(dsn: str) -> None:
-    async def body(store: LedgerStore) -> None:
-        await store.append_block(simple_blocks(1)[0])
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(simple_blocks(1))
     with_store(dsn, body, replica_id=1)
     with pytest.raises(WrongDatabase, match="chain_id"):
         with_store(dsn, body, chain_id=b"another-chain", replica_id=1)
     with pytest.raises(WrongDatabase, match="replica_id"):
         with_store(dsn, body, replica_id=2)
 
-    async def height(store: LedgerStore) -> int | None:
+    async def height(store: LedgerStore, reader: LedgerReader) -> int | None:
         head = await store.head()
         return None if head is None else head.height
     assert with_store(dsn, height, replica_id=1) == 1
 
 
+def test_a_second_process_for_the_same_validator_is_refused(dsn: str) -> None:
+    """Two processes with one validator's keys could equivocate: the second open fails while
+    the first holds the database, and succeeds once it closed."""
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        with pytest.raises(WrongDatabase, match="another process"):
+            await LedgerStore.open(dsn, chain_id=CHAIN, replica_id=1)
+        await store.close()
+        again = await LedgerStore.open(dsn, chain_id=CHAIN, replica_id=1)
+        await again.close()
+    with_store(dsn, body)
+
+
 # ------------------------------------------------------------------------------------ blocks
 
-def test_block_round_trip_is_byte_exact(dsn: str) -> None:
-    blocks = simple_blocks(3)
+def _mixed_batches() -> tuple[list[Batch], dict[str, m.Request]]:
+    """Two batches with every kind of envelope: executed (one and several items), one that
+    breaks a record rule (wrong organisation), one that is not an envelope, and a replay."""
+    r = {
+        "multi": envelope("alice", 1, [submission("acme", "lot-1", event="manufactured"),
+                                       submission("acme", "lot-1", also=("pallet-9",)),
+                                       submission("acme", "lot-2", readers=("globex",))]),
+        "single": envelope("bob", 1, [submission("globex", "lot-1", event="received")]),
+        "wrong_org": envelope("bob", 2, [submission("globex", "lot-3"),
+                                         submission("acme", "lot-3")]),
+        "garbage": raw_request("carol", 1, b"not an envelope"),
+    }
+    return [[r["multi"], r["single"]],
+            [r["wrong_org"], r["garbage"], Replay(r["multi"])]], r
 
-    async def body(store: LedgerStore) -> None:
+
+def test_block_round_trip_is_byte_exact_and_verifies(dsn: str) -> None:
+    batches, _r = _mixed_batches()
+    blocks = build(batches)
+    assert [e.status for e in blocks[1].envelopes] == [
+        EnvelopeStatus.INVALID, EnvelopeStatus.INVALID, EnvelopeStatus.DUPLICATE]
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
         assert await store.head() is None
-        assert await store.get_block(1) is None
+        assert await reader.get_block(1) is None
+        assert await reader.head_height() == 0
         for b in blocks:
-            await store.append_block(b)
+            await store.append_blocks([b])
         assert await store.head() == blocks[-1].header
+        assert await reader.head_height() == 2
         for b in blocks:
-            got = await store.get_block(b.header.height)
+            got = await reader.get_block(b.header.height)
             assert got is not None
-            assert got.height == b.header.height
-            assert got.hash == b.hash
+            assert (got.height, got.hash) == (b.header.height, b.hash)
             assert got.header == b.header.encode()
             assert BlockHeader.decode(got.header) == b.header
-            assert got.requests == tuple(codec.encode_request(e.request) for e in b.entries)
-            assert tuple(codec.decode_request(r) for r in got.requests) == tuple(
-                e.request for e in b.entries)
-            assert got.statuses == tuple(e.status for e in b.entries)
+            assert [(e.index, e.client_id, e.nonce, e.kind, e.signature, e.payload_digest,
+                     e.status, e.reason, e.first_entry, e.entry_count, e.raw)
+                    for e in got.envelopes] == [
+                (e.index, e.client_id, e.nonce, int(e.kind), e.signature, e.payload_digest,
+                 e.status, e.reason, e.first_entry, e.entry_count, e.raw) for e in b.envelopes]
+            assert [(i.data, i.redacted, i.status, i.reason) for i in got.items] == [
+                (e.item, False, e.status, e.reason) for e in b.entries]
             assert got.pre_prepare == b.pre_prepare.wire
-            assert got.certificate == tuple(c.wire for c in b.certificate)
             assert codec.decode_signed(got.pre_prepare, CHAIN) == b.pre_prepare
-        ranged = await store.get_blocks(2, 10, 100)
-        assert [s.height for s in ranged] == [2, 3]
-        assert [s.height for s in await store.get_blocks(1, 3, 2)] == [1, 2]
-        assert await store.get_blocks(3, 1, 10) == []
-        assert await store.get_blocks(1, 3, 0) == []
+            assert got.certificate == tuple(c.wire for c in b.certificate)
+            # What is stored is enough to recompute what the client signed and the block root.
+            for e in got.envelopes:
+                if e.status == EnvelopeStatus.EXECUTED:
+                    items = [i.data for i in got.items[e.first_entry:
+                                                       e.first_entry + e.entry_count]]
+                    assert envelope_digest_of(items) == e.payload_digest
+        b2 = await reader.get_block(2)
+        assert b2 is not None
+        assert b2.items == ()  # nothing of a refused envelope or a replay is kept but digests
+        assert b2.envelopes[1].raw == b"not an envelope"
+        assert b2.envelopes[0].reason == "item 1: client bob does not belong to acme"
+        verify_stored_chain(await reader.get_blocks(1, 2, 10))
+        assert [s.height for s in await reader.get_blocks(2, 10, 100)] == [2]
+        assert [s.height for s in await reader.get_blocks(1, 3, 1)] == [1]
+        assert await reader.get_blocks(3, 1, 10) == []
+        assert await reader.get_blocks(1, 3, 0) == []
+        assert await reader.get_block(2**64 - 1) is None  # u64 heights from a client are fine
+        assert [s.height for s in await reader.get_blocks(0, 2**64 - 1, 5)] == [1, 2]
+        assert await reader.stored_merkle_root(1) == blocks[0].header.merkle_root
+        assert await reader.stored_merkle_root(3) is None
     with_store(dsn, body)
 
 
 def test_an_empty_block_is_stored_like_any_other(dsn: str) -> None:
-    """A null batch (view change fills gaps with them) is a block with no entries."""
-    blocks = chain([execute(1, [])])
+    """A null batch (view change fills gaps with them) is a block with no envelopes."""
+    blocks = build([[]])
 
-    async def body(store: LedgerStore) -> None:
-        await store.append_block(blocks[0])
-        got = await store.get_block(1)
-        assert got is not None and got.requests == () and got.statuses == ()
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(blocks)
+        got = await reader.get_block(1)
+        assert got is not None and got.envelopes == () and got.items == ()
+        assert got.header == blocks[0].header.encode()
+        verify_stored_chain([got])
     with_store(dsn, body)
+
+
+async def _counts(store: LedgerStore) -> tuple[int, ...]:
+    out = []
+    for t in ("blocks", "envelopes", "entries", "record_subjects", "consensus_log"):
+        rows = await fetch(store, f"SELECT count(*) FROM {t}")
+        out.append(int(rows[0][0]))
+    return tuple(out)
 
 
 def test_blocks_that_do_not_extend_the_head_are_refused_and_leave_nothing(dsn: str) -> None:
     blocks = simple_blocks(3)
 
-    async def counts(store: LedgerStore) -> tuple[int, ...]:
-        conn = store._conn
-        out = []
-        for t in ("blocks", "entries", "records", "wrapped_keys", "consensus_log"):
-            cur = await conn.execute(f"SELECT count(*) FROM {t}".encode())
-            row = await cur.fetchone()
-            assert row is not None
-            out.append(int(row[0]))
-        return tuple(out)
-
-    async def body(store: LedgerStore) -> None:
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
         with pytest.raises(BlockRejected, match="height 2"):
-            await store.append_block(blocks[1])  # the first block must be height 1
-        await store.append_block(blocks[0])
-        before = await counts(store)
+            await store.append_blocks([blocks[1]])  # the first block must be height 1
+        await store.append_blocks([blocks[0]])
+        before = await _counts(store)
+        assert before[:3] == (1, 2, 4)
         extra = (h.prepare(1, 0, 9, bytes(32)),)
         with pytest.raises(BlockRejected, match="height"):
-            await store.append_block(blocks[2], also_persist=extra)  # a gap
+            await store.append_blocks([blocks[2]], also_persist=extra)  # a gap
         with pytest.raises(BlockRejected, match="height"):
-            await store.append_block(blocks[0], also_persist=extra)  # a repeat
-        forged = Block(replace(blocks[1].header, prev_hash=bytes(32)),
-                       blocks[1].entries, blocks[1].pre_prepare, blocks[1].certificate)
+            await store.append_blocks([blocks[0]], also_persist=extra)  # a repeat
+        b1 = blocks[1]
+        forged = Block(replace(b1.header, prev_hash=bytes(32)), b1.envelopes, b1.entries,
+                       b1.pre_prepare, b1.certificate)
         with pytest.raises(BlockRejected, match="prev_hash"):
-            await store.append_block(forged, also_persist=extra)
-        wrong_chain = Block(replace(blocks[1].header, chain_id=b"x"),
-                            blocks[1].entries, blocks[1].pre_prepare, blocks[1].certificate)
+            await store.append_blocks([forged], also_persist=extra)
+        wrong_chain = Block(replace(b1.header, chain_id=b"x"), b1.envelopes, b1.entries,
+                            b1.pre_prepare, b1.certificate)
         with pytest.raises(BlockRejected, match="chain"):
-            await store.append_block(wrong_chain)
-        unlinked = Block(replace(blocks[2].header, prev_hash=bytes(32)),
-                         blocks[2].entries, blocks[2].pre_prepare, blocks[2].certificate)
+            await store.append_blocks([wrong_chain])
+        short = Block(b1.header, b1.envelopes, b1.entries[:-1], b1.pre_prepare, b1.certificate)
+        with pytest.raises(BlockRejected, match="entries"):
+            await store.append_blocks([short])  # the header counts what the block carries
+        b2 = blocks[2]
+        unlinked = Block(replace(b2.header, prev_hash=bytes(32)), b2.envelopes, b2.entries,
+                         b2.pre_prepare, b2.certificate)
         with pytest.raises(BlockRejected, match="prev_hash"):
-            await store.install_blocks([blocks[1], unlinked])  # the second does not link
-        assert await counts(store) == before
+            await store.install_blocks([b1, unlinked])  # the second does not link
+        assert await _counts(store) == before
         assert await store.head() == blocks[0].header
         await store.install_blocks(blocks[1:])
         assert await store.head() == blocks[2].header
+        assert await reader.head_height() == 3
     with_store(dsn, body)
 
 
 def test_a_write_that_fails_inside_the_database_is_rolled_back_entirely(dsn: str) -> None:
     """Atomicity when PostgreSQL itself refuses a row half-way (here: a record id that is
-    already stored, which only a bug could produce): the block row and its entries go too."""
-    blocks = simple_blocks(1)
-    again = blocks[0].entries[0].request
-    bad = chain([execute(2, [client_request("carol", 50, submission("acme", "y").encode()),
-                             again])], blocks[0].header)[0]
-    assert bad.entries[1].status == EntryStatus.RECORDED  # executed again: a (simulated) bug
+    already stored, which only a bug could produce): the block row, its envelopes, entries,
+    further subjects and the consensus messages of the round go too."""
+    first = build([[envelope("alice", 1, [submission("acme", "x", also=("y",))])]])
+    fresh = envelope("carol", 50, [submission("acme", "z", also=("w",))])
+    good = build([[fresh, envelope("alice", 2, [submission("acme", "x", also=("y",))])]],
+                 first[0].header)[0]
 
-    async def body(store: LedgerStore) -> None:
-        await store.append_block(blocks[0])
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(first)
+        before = await _counts(store)
+        # Block 2 with its second record under block 1's record id (only a bug could execute
+        # a request twice): a unique violation half-way through the entries COPY.
+        bad = Block(good.header, good.envelopes, (good.entries[0], replace(
+            good.entries[1], record_id=first[0].entries[0].record_id)), good.pre_prepare,
+            good.certificate)
         with pytest.raises(psycopg.errors.UniqueViolation):
-            await store.append_block(bad, also_persist=(h.prepare(1, 0, 2, bytes(32)),))
-        assert await store.head() == blocks[0].header
-        assert await store.get_block(2) is None
-        assert await store.find_entry(bad.entries[0].record_id) is None
+            await store.append_blocks([bad], also_persist=(h.prepare(1, 0, 2, bytes(32)),))
+        assert await _counts(store) == before
+        assert await store.head() == first[0].header
+        assert await reader.get_block(2) is None
+        assert await reader.find_entry(good.entries[0].record_id) is None
         recovered, _ = await store.load_recovered()
         assert recovered.messages == ()
-        await store.append_block(_relink(blocks[0]))  # the chain goes on from the head
-        assert (await store.head()) is not None
+        await store.append_blocks([good])  # the chain goes on from the head
+        assert (await store.head()) == good.header
     with_store(dsn, body)
 
 
-def _relink(prev: Block) -> Block:
-    """A valid block 2 on top of `prev`."""
-    sub = submission("globex", "after-rollback")
-    return chain([execute(2, [client_request("bob", 77, sub.encode())])], prev.header)[0]
-
-
 def test_concurrent_tasks_share_the_store_safely(dsn: str) -> None:
-    """The driver appends while query handlers read, on the one connection."""
+    """The driver appends on the writer while query handlers read through the pool."""
     blocks = simple_blocks(6)
 
     async def writer(store: LedgerStore) -> None:
         for b in blocks:
-            await store.append_block(b)
+            await store.append_blocks([b])
             await asyncio.sleep(0)
 
-    async def reader(store: LedgerStore) -> int:
+    async def read(reader: LedgerReader) -> int:
         seen = 0
         for _ in range(30):
-            got = await store.get_blocks(1, 10, 10)
+            got = await reader.get_blocks(1, 10, 10)
             assert [s.height for s in got] == list(range(1, len(got) + 1))
-            await store.find_entry(blocks[0].entries[0].record_id)
+            assert all(len(s.items) == 4 for s in got)  # never a block half-written
+            await reader.find_entry(blocks[0].entries[0].record_id)
             seen = max(seen, len(got))
             await asyncio.sleep(0)
         return seen
 
-    async def body(store: LedgerStore) -> None:
-        await asyncio.gather(writer(store), reader(store), reader(store))
-        assert [s.height for s in await store.get_blocks(1, 10, 10)] == [1, 2, 3, 4, 5, 6]
-        assert await store.get_block(2**64 - 1) is None  # u64 heights from a client are fine
-        assert await store.get_blocks(0, 2**64 - 1, 2) != []
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await asyncio.gather(writer(store), read(reader), read(reader))
+        assert [s.height for s in await reader.get_blocks(1, 10, 10)] == [1, 2, 3, 4, 5, 6]
     with_store(dsn, body)
 
 
 # ----------------------------------------------------------------------------------- records
 
-def test_records_and_wrapped_keys_are_queryable(dsn: str) -> None:
-    s1 = submission("acme", "lot-42", event="manufactured", at_ms=1000,
-                    metadata={"location": "Lyon", "quantity": "100"})
-    s2 = submission("globex", "lot-42", event="shipped", at_ms=2000, readers=("acme",))
-    s3 = submission("acme", "patient-7", kind=RecordKind.PATIENT, event="lab-result",
-                    body=b"hb 13.2")
-    r1 = client_request("alice", 1, s1.encode())
-    r2 = client_request("bob", 1, s2.encode())
-    r3 = client_request("carol", 1, s3.encode())
-    wrong_org = client_request("bob", 2, submission("acme", "lot-42").encode())  # bob is globex
-    garbage = client_request("alice", 2, b"not a submission")
-    dup = r1
-    blocks = chain([execute(1, [r1, r3]),
-                    execute(2, [r2, wrong_org, garbage, dup],
-                            executed=[r2, wrong_org, garbage])])
+def test_records_are_queryable_and_readable_by_their_readers(dsn: str) -> None:
+    batches, r = _mixed_batches()
+    s_patient = patient("acme", "patient-7", body=b"hb 13.2")
+    r_patient = envelope("carol", 5, [s_patient])
+    batches[0] = [*batches[0], r_patient]
+    multi = split_items(r["multi"])
 
-    async def body(store: LedgerStore) -> None:
-        for b in blocks:
-            await store.append_block(b)
-        rec = await store.get_record(r1.digest.hex())
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await extend(store, reader, *batches)
+        rec = await reader.get_record(rid(r["multi"], 0))
         assert rec is not None
-        assert (rec.height, rec.idx, rec.status, rec.kind, rec.subject_id, rec.event_type,
-                rec.submitter_org, rec.submitted_at_ms) == (
-            1, 0, "recorded", "provenance", "lot-42", "manufactured", "acme", 1000)
-        assert rec.metadata == {"location": "Lyon", "quantity": "100"}
-        assert rec.ciphertext == s1.ciphertext
-        assert rec.content_hash == hashlib.sha256(s1.ciphertext).digest()
-        assert rec.wrapped_keys == dict(s1.wrapped_keys)
-        assert set(rec.wrapped_keys) == {"acme", "regulator"}
-        assert rec.request == codec.encode_request(r1)
-        # A reader org can open it with what the store returns.
-        assert open_sealed(rec.ciphertext, s1.associated_data(), rec.wrapped_keys["regulator"],
+        assert (rec.height, rec.idx, rec.envelope, rec.status, rec.kind, rec.subject_id,
+                rec.event_type, rec.submitter_org, rec.submitted_at_ms) == (
+            1, 0, 0, "recorded", "provenance", "lot-1", "manufactured", "acme", AT_MS)
+        assert rec.metadata == {"location": "Rotterdam"}
+        assert rec.item == multi[0] and not rec.redacted
+        assert rec.readers == ("acme", "regulator")
+        assert rec.erasure is None and rec.screening == Screening.ACCEPTED
+        # A reader org opens it with what the store returns; others get no key.
+        sub = submission_of(multi[0])
+        key = await reader.reader_key(rec, "regulator")
+        assert key is not None
+        assert open_sealed(sub.ciphertext, sub.associated_data(), key,
                            ORG_KEYS["regulator"]) == b"bill of lading"
+        assert await reader.reader_key(rec, "globex") is None
 
-        trail = await store.records_for_subject("provenance", "lot-42")
-        assert [(r.height, r.idx, r.event_type) for r in trail] == [
-            (1, 0, "manufactured"), (2, 0, "shipped")]
-        assert [r.record_id for r in await store.records_for_subject("patient", "patient-7")
-                ] == [r3.digest.hex()]
-        assert await store.records_for_subject("patient", "lot-42") == []
+        trail = await reader.records_for_subject("provenance", "lot-1")
+        assert [(x.height, x.idx, x.event_type) for x in trail] == [
+            (1, 0, "manufactured"), (1, 1, "shipped"), (1, 3, "received")]
+        # A further subject finds its records too.
+        assert [x.record_id for x in await reader.records_for_subject(
+            "provenance", "pallet-9")] == [rid(r["multi"], 1)]
+        assert [x.record_id for x in await reader.records_for_subject(
+            "patient", "patient-7")] == [rid(r_patient)]
+        assert await reader.records_for_subject("patient", "lot-1") == []
 
-        # Entries that are not records are findable, with their status and reason.
-        assert await store.find_entry(r1.digest.hex()) == (1, 0, "recorded", "")
-        found = await store.find_entry(wrong_org.digest.hex())
-        assert found is not None and found[:3] == (2, 1, "invalid")
-        assert "does not belong to acme" in found[3]
-        found = await store.find_entry(garbage.digest.hex())
-        assert found is not None and found[:3] == (2, 2, "invalid")
-        assert await store.get_record(wrong_org.digest.hex()) is None
-        stored = await store.get_block(2)
-        assert stored is not None
-        assert stored.statuses == ("recorded", "invalid", "invalid", "duplicate")
-        # A replayed request is found where it took effect, not where it was a duplicate.
-        assert await store.find_entry(dup.digest.hex()) == (1, 0, "recorded", "")
+        ref = await reader.find_entry(rid(r["multi"], 2))
+        assert ref is not None and (ref.height, ref.idx, ref.envelope, ref.status) == (
+            1, 2, 0, "recorded")
+        # Envelopes that did not execute have no entries, only their outcome.
+        assert await reader.find_entry(rid(r["wrong_org"], 0)) is None
+        assert await reader.find_envelope("bob", 2) == (2, 0, "invalid")
+        assert await reader.find_envelope("carol", 5) == (1, 2, "executed")
+        # A replay is found where it took effect, not where it was a duplicate.
+        assert await reader.find_envelope("alice", 1) == (1, 0, "executed")
+        assert await reader.find_envelope("alice", 99) is None
         # Malformed ids are simply unknown.
-        assert await store.find_entry("zz") is None
-        assert await store.get_record("\x00" * 64) is None
-        assert await store.get_record(r1.digest.hex().upper()) is None
+        assert await reader.find_entry("zz") is None
+        assert await reader.get_record("\x00" * 64) is None
+        assert await reader.get_record(rid(r["multi"]).upper()) is None
 
-        cur = await store._conn.execute(
-            "SELECT org, count(*) FROM wrapped_keys GROUP BY org ORDER BY org")
-        assert await cur.fetchall() == [("acme", 3), ("globex", 1), ("regulator", 2)]
-        cur = await store._conn.execute(
-            "SELECT metadata->>'quantity' FROM records WHERE submitter_org = 'acme' "
-            "AND subject_id = 'lot-42'")
-        assert await cur.fetchall() == [("100",)]
+        states = await reader.record_states([rid(r["multi"], 2), rid(r_patient), "zz"])
+        assert states == {
+            rid(r["multi"], 2): RecordState(RecordKind.PROVENANCE, "lot-2", "acme",
+                                            frozenset({"acme", "globex"})),
+            rid(r_patient): RecordState(RecordKind.PATIENT, "patient-7", "acme",
+                                        frozenset({"acme", "regulator"}))}
+        for n in range(3):
+            await verify_receipt_of(reader, rid(r["multi"], n), "alice")
+        await verify_receipt_of(reader, rid(r_patient), "carol")
+        columns = await reader.record_columns(1, 2)
+        assert [(c.height, c.idx, c.subject_id, c.readers) for c in columns] == [
+            (1, 0, "lot-1", ("acme", "regulator")), (1, 1, "lot-1", ("acme", "regulator")),
+            (1, 2, "lot-2", ("acme", "globex")), (1, 3, "lot-1", ("globex", "regulator")),
+            (1, 4, "patient-7", ("acme", "regulator"))]
     with_store(dsn, body)
 
 
 def test_hostile_text_and_huge_nonces_cannot_stall_the_store(dsn: str) -> None:
-    """A well-signed request whose record carries NUL or other control characters (which
-    PostgreSQL text cannot hold) becomes an INVALID entry on every validator alike, and the
-    block still stores (a failing append would halt the validator); a u64 nonce round-trips."""
+    """A well-signed envelope whose record carries NUL or other control characters (which
+    PostgreSQL text cannot hold) becomes an INVALID envelope on every validator alike, and the
+    block still stores (a failing append would halt the validator); a u64 nonce round-trips;
+    legitimate non-ASCII text (U+FFFD included) is stored as it is."""
     clean = submission("acme", "lotXA", metadata={"kX": "vX", "note": "caf\u00e9 \ufffd"})
     hostile = clean.encode().replace(b"lotXA", b"lot\x00A").replace(b"kX", b"k\x00")
-    r_nul = client_request("alice", 2**64 - 1, hostile)
-    r_plain = client_request("carol", 3, submission("acme", "lot\ufffdA").encode())
-    r_bad_client = client_request("mal\x00lory", 1, submission("acme", "lot-1").encode())
-    blocks = chain([execute(1, [r_nul, r_plain, r_bad_client])])
+    r_nul = envelope("alice", 2**64 - 1, [hostile])
+    plain_sub = submission("acme", "lot\ufffdA", metadata={"note": "caf\u00e9 \ufffd"})
+    r_plain = envelope("carol", 3, [plain_sub])
+    r_bad_client = envelope("mallory", 1, [submission("acme", "lot-1")])
+    blocks = build([[r_nul, r_plain, r_bad_client]])
 
-    async def body(store: LedgerStore) -> None:
-        await store.append_block(blocks[0])
-        found = await store.find_entry(r_nul.digest.hex())
-        assert found is not None and found[2] == "invalid" and "control character" in found[3]
-        assert await store.get_record(r_nul.digest.hex()) is None
-        assert [r.record_id for r in await store.records_for_subject("provenance", "lot\ufffdA")
-                ] == [r_plain.digest.hex()]
-        found = await store.find_entry(r_bad_client.digest.hex())
-        assert found is not None and found[2] == "invalid"
-        stored = await store.get_block(1)
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(blocks)
+        assert await reader.find_envelope("alice", 2**64 - 1) == (1, 0, "invalid")
+        assert await reader.find_entry(rid(r_nul)) is None
+        stored = await reader.get_block(1)
         assert stored is not None
-        assert stored.requests[0] == codec.encode_request(r_nul)
-        assert codec.decode_request(stored.requests[0]).nonce == 2**64 - 1
-        assert codec.decode_request(stored.requests[2]).client_id == "mal\x00lory"
+        assert "item 0" in stored.envelopes[0].reason
+        assert "control character" in stored.envelopes[0].reason
+        assert stored.envelopes[0].nonce == 2**64 - 1
+        assert stored.envelopes[2].status == "invalid"
+        trail = await reader.records_for_subject("provenance", "lot\ufffdA")
+        assert [x.record_id for x in trail] == [rid(r_plain)]
+        assert trail[0].metadata == {"note": "caf\u00e9 \ufffd"}
+        assert trail[0].item == plain_sub.encode()
+        recovered, _ = await store.load_recovered()
+        rebuilt = recovered.executed[0].requests
+        assert rebuilt[0].nonce == 2**64 - 1 and rebuilt[0].digest == r_nul.digest
+        assert [x.digest for x in rebuilt[:2]] == [r_nul.digest, r_plain.digest]
     with_store(dsn, body)
 
 
-# ------------------------------------------------------------------------------ crash recovery
+def test_a_client_id_with_a_control_character_is_refused() -> None:
+    """A client id is stored as PostgreSQL text (no NUL) and printed in logs and reports: one
+    with a control character cannot be a request at all, so it never reaches storage."""
+    for bad in ("mal\x00lory", "mal\nlory", "mal\x7flory"):
+        with pytest.raises(ValueError, match="control characters"):
+            envelope(bad, 1, [submission("acme", "lot-1")])
+
+
+# ------------------------------------------------------------------------ every byte once
+
+def _cluster_run(rounds: int, items: int = 2) -> h.Cluster:
+    """Four real replicas order `rounds` x 3 envelopes of `items` records (checkpoint every 4
+    blocks)."""
+    cluster = h.Cluster(h.params(batch_requests_max=2))
+    nonce = 0
+    for rnd in range(rounds):
+        for client in ("alice", "bob", "carol"):
+            nonce += 1
+            org = ORGS.org_of(client) or ""
+            cluster.submit(0, envelope(client, nonce, [
+                submission(org, f"lot-{rnd}-{i}", body=bytes([nonce]) * 2000)
+                for i in range(items)]))
+        cluster.run()
+    return cluster
+
 
 def _drive(store: LedgerStore, actions: Sequence[ev.Action], prev: BlockHeader | None,
            *, batch_persist_with_blocks: bool) -> Callable[[], Awaitable[BlockHeader | None]]:
-    """Carry out a replica's actions as the validator's driver would."""
+    """Carry out a replica's actions as the validator's driver does."""
     async def go() -> BlockHeader | None:
         head = prev
         pending: list[m.SignedMessage] = []
@@ -424,7 +698,7 @@ def _drive(store: LedgerStore, actions: Sequence[ev.Action], prev: BlockHeader |
                     await store.persist_messages(a.messages)
             elif isinstance(a, ev.Execute):
                 block = build_block(a, CHAIN, head, ORGS)
-                await store.append_block(block, also_persist=pending)
+                await store.append_blocks([block], also_persist=pending)
                 pending = []
                 head = block.header
             elif isinstance(a, ev.PersistSnapshot):
@@ -436,18 +710,52 @@ def _drive(store: LedgerStore, actions: Sequence[ev.Action], prev: BlockHeader |
     return go
 
 
-def _cluster_run(rounds: int) -> h.Cluster:
-    """Four real replicas order `rounds` x 3 record submissions (checkpoint every 4 blocks)."""
-    cluster = h.Cluster(h.params(batch_requests_max=2))
-    nonce = 0
-    for rnd in range(rounds):
-        for client in ("alice", "bob", "carol"):
-            nonce += 1
-            sub = submission(ORGS.org_of(client) or "", f"lot-{rnd}", at_ms=1000 + nonce)
-            cluster.submit(0, client_request(client, nonce, sub.encode()))
-        cluster.run()
-    return cluster
+async def _byte_columns(store: LedgerStore) -> list[tuple[str, str, bool]]:
+    """(table, column, is an array) of every bytea column of the schema."""
+    rows = await fetch(store, "SELECT table_name, column_name, data_type = 'ARRAY' "
+                       "FROM information_schema.columns WHERE table_schema = 'public' AND "
+                       "udt_name IN ('bytea', '_bytea') ORDER BY table_name, column_name")
+    return [(str(t), str(c), bool(a)) for t, c, a in rows]
 
+
+def test_each_request_byte_is_written_once(dsn: str) -> None:
+    """An item's bytes are stored in `entries.item` and nowhere else: the stored proposal is
+    the signed header, not the batch; the consensus log holds headers and votes; the
+    checkpoint and the envelope rows hold digests and signatures only."""
+    cluster = _cluster_run(rounds=3)
+    node = cluster.nodes[1]
+    assert node.snapshot is not None
+    items = [i for b in node.executed for r in b.requests for i in split_items(r)]
+    assert len(items) == 18
+    # Each item's ciphertext segment is unique (fresh keys and nonces): where it shows, a
+    # copy of the item (or of its confidential part) was stored.
+    needles = [submission_of(i).ciphertext for i in items]
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await _drive(store, node.log, None, batch_persist_with_blocks=True)()
+        found: dict[tuple[str, str], list[int]] = {}
+        for table, column, array in await _byte_columns(store):
+            values = [v for (v,) in await fetch(store, f"SELECT {column} FROM {table}")]
+            blobs = [bytes(x) for v in values if v is not None for x in (v if array else [v])]
+            found[(table, column)] = [sum(n in blob for blob in blobs) for n in needles]
+        assert ("blocks", "pre_prepare") in found and ("consensus_log", "data") in found
+        for where, counts in found.items():
+            assert counts == [1 if where == ("entries", "item") else 0] * len(items), where
+        assert found[("entries", "item")] == [1] * len(items)
+        # The stored proposal is the header the primary signed; the log holds no batch.
+        for height, pp in await fetch(store, "SELECT height, pre_prepare FROM blocks"):
+            msg = codec.decode_signed(bytes(pp), CHAIN)
+            assert isinstance(msg.body, m.PrePrepare) and msg.body.seq == height
+            assert msg.batch is None and len(bytes(pp)) < 400
+        kinds = {k for (k,) in await fetch(store, "SELECT DISTINCT kind FROM consensus_log")}
+        assert kinds and kinds <= {"PRE_PREPARE", "PREPARE", "COMMIT"}
+        for (data,) in await fetch(store, "SELECT data FROM consensus_log"):
+            assert codec.decode_signed(bytes(data), CHAIN).batch is None
+            assert len(bytes(data)) < 400
+    with_store(dsn, body)
+
+
+# ------------------------------------------------------------------------------ crash recovery
 
 def _expected_log(persisted: Sequence[m.SignedMessage], stable: int) -> list[m.SignedMessage]:
     """The pruning rule: votes above the stable checkpoint, view messages of the latest view."""
@@ -477,7 +785,8 @@ def test_load_recovered_returns_what_a_replica_persisted(dsn: str,
     last = node.replica.last_executed
     assert last > node.snapshot.seq
 
-    async def body(store: LedgerStore) -> tuple[Recovered, BlockHeader | None]:
+    async def body(store: LedgerStore,
+                   reader: LedgerReader) -> tuple[Recovered, BlockHeader | None]:
         head = await _drive(store, node.log, None,
                             batch_persist_with_blocks=batch_persist_with_blocks)()
         recovered, stored_head = await store.load_recovered()
@@ -492,6 +801,7 @@ def test_load_recovered_returns_what_a_replica_persisted(dsn: str,
     by_seq = {b.seq: b for b in node.executed}
     for b in recovered.executed:
         assert b == by_seq[b.seq]
+        assert [r.payload for r in b.requests] == [r.payload for r in by_seq[b.seq].requests]
     assert list(recovered.messages) == _expected_log(node.persisted, node.snapshot.seq)
     assert [msg.wire for msg in recovered.messages] == [
         msg.wire for msg in _expected_log(node.persisted, node.snapshot.seq)]
@@ -504,19 +814,73 @@ def test_load_recovered_returns_what_a_replica_persisted(dsn: str,
     assert rebuilt.replica.state_digest == node.replica.state_digest
 
 
+def test_load_recovered_rebuilds_requests_that_hash_to_the_stored_digests(dsn: str) -> None:
+    """Each executed batch comes back with requests whose digests are the batch's: full
+    requests where every item is kept (or the payload was not an envelope), stubs (digest
+    only) for replays, refused envelopes and envelopes with an erased item, since those bytes
+    are not stored. A replica rebuilt from them reaches the same state."""
+    batches, r = _mixed_batches()
+    rec = patient("acme", "patient-9")
+    r_patient = envelope("carol", 7, [rec, submission("acme", "lot-5")])
+    batches[0] = [*batches[0], r_patient]
+    r_erase = envelope("carol", 8, [encode_tx(Erase(rid(r_patient), "patient-9", "consent"))])
+    batches.append([r_erase])
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> Recovered:
+        blocks = await extend(store, reader, *batches)
+        assert blocks[2].entries[0].status == EntryStatus.RECORDED
+        recovered, head = await store.load_recovered()
+        assert head == blocks[-1].header
+        return recovered
+
+    recovered = with_store(dsn, body)
+    assert recovered.snapshot is None and recovered.messages == ()
+    assert [b.seq for b in recovered.executed] == [1, 2, 3]
+    originals = [[x.request if isinstance(x, Replay) else x for x in b] for b in batches]
+    for b, orig in zip(recovered.executed, originals, strict=True):
+        assert [x.digest for x in b.requests] == [x.digest for x in orig]
+        pp = b.pre_prepare.body
+        assert isinstance(pp, m.PrePrepare) and batch_root(b.requests) == pp.root
+    first, second, third = (b.requests for b in recovered.executed)
+    assert [x.is_stub for x in first] == [False, False, True]  # carol's record was erased
+    assert first[0] == r["multi"] and first[1] == r["single"]
+    assert first[2].signature == r_patient.signature and first[2].payload == b""
+    assert second[0].is_stub and second[2].is_stub  # a refused envelope, a replay
+    assert third[0] == r_erase
+    rebuilt = h.make_node(1, recovered=recovered)
+    assert rebuilt.replica.last_executed == 3
+
+
+def test_a_payload_that_is_not_an_envelope_is_kept_as_it_came(dsn: str) -> None:
+    """`Envelope.raw` keeps the payload of a request that is not an envelope, so a restart
+    rebuilds the request itself rather than a stub, whichever order the validator parsed
+    it in (the driver asks `referenced_records` before `build_block`)."""
+    batches, r = _mixed_batches()
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> Recovered:
+        await extend(store, reader, *batches)
+        stored = await reader.get_block(2)
+        assert stored is not None and stored.envelopes[1].raw == b"not an envelope"
+        recovered, _ = await store.load_recovered()
+        return recovered
+    recovered = with_store(dsn, body)
+    assert recovered.executed[1].requests[1] == r["garbage"]
+
+
 def test_an_empty_store_recovers_nothing(dsn: str) -> None:
-    async def body(store: LedgerStore) -> tuple[Recovered, BlockHeader | None]:
+    async def body(store: LedgerStore,
+                   reader: LedgerReader) -> tuple[Recovered, BlockHeader | None]:
         return await store.load_recovered()
     assert with_store(dsn, body) == (Recovered(), None)
 
 
 def test_snapshot_prunes_votes_and_keeps_only_the_latest_view_messages(dsn: str) -> None:
-    cluster = _cluster_run(rounds=3)
+    cluster = _cluster_run(rounds=3, items=1)
     node = cluster.nodes[2]
     snap, proof = node.snapshot, node.snapshot_proof
     assert snap is not None
     d = bytes(32)
-    votes = [h.pre_prepare(0, s, []) for s in (snap.seq - 1, snap.seq, snap.seq + 1)]
+    votes = [h.header_of(h.pre_prepare(0, s, [])) for s in (snap.seq - 1, snap.seq, snap.seq + 1)]
     votes += [h.prepare(2, 0, s, d) for s in (snap.seq, snap.seq + 1)]
     votes += [h.commit(2, 0, s, d) for s in (snap.seq, snap.seq + 2)]
     vc1 = h.view_change(2, 1)
@@ -524,7 +888,7 @@ def test_snapshot_prunes_votes_and_keeps_only_the_latest_view_messages(dsn: str)
     vc2 = h.view_change(2, 2)
     log = [*votes[:3], vc1, nv1, *votes[3:], vc2]
 
-    async def body(store: LedgerStore) -> Recovered:
+    async def body(store: LedgerStore, reader: LedgerReader) -> Recovered:
         await store.persist_messages(log[:4])
         await store.persist_messages(log[4:])
         recovered, _ = await store.load_recovered()
@@ -541,12 +905,12 @@ def test_snapshot_prunes_votes_and_keeps_only_the_latest_view_messages(dsn: str)
 
 
 def test_a_later_snapshot_replaces_the_earlier_one(dsn: str) -> None:
-    cluster = _cluster_run(rounds=5)
+    cluster = _cluster_run(rounds=5, items=1)
     node = cluster.nodes[1]
     snaps = [a for a in node.log if isinstance(a, ev.PersistSnapshot)]
     assert len(snaps) >= 2
 
-    async def body(store: LedgerStore) -> Recovered:
+    async def body(store: LedgerStore, reader: LedgerReader) -> Recovered:
         for a in snaps:
             await store.persist_snapshot(a.snapshot, a.proof)
         recovered, _ = await store.load_recovered()
@@ -559,45 +923,339 @@ def test_a_later_snapshot_replaces_the_earlier_one(dsn: str) -> None:
 def test_persisting_a_non_protocol_message_is_a_bug(dsn: str) -> None:
     status = h.sign(1, m.Status(0, 0, True, 0, 0))
 
-    async def body(store: LedgerStore) -> None:
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
         with pytest.raises(ValueError, match="Status"):
             await store.persist_messages([status])
     with_store(dsn, body)
 
 
+# ------------------------------------------------------------------------ readers and erasure
+
+def _regrant(sub: Submission, holder: str, to: str) -> bytes:
+    """The record key of `sub`, unwrapped by `holder` and wrapped for `to` (a grant's key)."""
+    key = ORG_KEYS[holder].unwrap(dict(sub.wrapped_keys)[holder])
+    return wrap_key(key, ORG_KEYS[to].public_key)
+
+
+def test_reader_keys_come_from_the_item_or_from_the_latest_grant(dsn: str) -> None:
+    sub = submission("acme", "lot-7", readers=("regulator",), body=b"certificate of origin")
+    r_rec = envelope("alice", 1, [sub])
+    record = rid(r_rec)
+    key1, key2 = _regrant(sub, "acme", "globex"), _regrant(sub, "regulator", "globex")
+    assert key1 != key2
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await extend(store, reader, [r_rec])
+
+        async def key_of(org: str) -> bytes | None:
+            rec = await reader.get_record(record)
+            assert rec is not None
+            return await reader.reader_key(rec, org)
+
+        assert await key_of("regulator") == dict(sub.wrapped_keys)["regulator"]
+        assert await key_of("globex") is None
+        await extend(store, reader, [envelope("alice", 2, [encode_tx(Grant(record, "globex",
+                                                                           key1))])])
+        assert await key_of("globex") == key1
+        assert open_sealed(sub.ciphertext, sub.associated_data(), key1,
+                           ORG_KEYS["globex"]) == b"certificate of origin"
+        revoke = envelope("carol", 1, [encode_tx(Revoke(record, "globex"))])
+        await extend(store, reader, [revoke])
+        assert await key_of("globex") is None
+        rec = await reader.get_record(record)
+        assert rec is not None and rec.readers == ("acme", "regulator")
+        # Granted again with another wrapping: the latest grant's key is the one served.
+        await extend(store, reader, [envelope("alice", 3, [encode_tx(Grant(record, "globex",
+                                                                           key2))])])
+        assert await key_of("globex") == key2
+        # A grant the ledger refused (already a reader) changes nothing.
+        blocks = await extend(store, reader, [envelope("alice", 4, [encode_tx(Grant(
+            record, "globex", key1))])])
+        assert blocks[0].entries[0].status == EntryStatus.INVALID
+        assert await key_of("globex") == key2
+        history = await reader.record_history([record])
+        assert [(x.height, x.target_record_id, x.status) for x in history] == [
+            (1, None, "recorded"), (2, record, "recorded"), (3, record, "recorded"),
+            (4, record, "recorded"), (5, record, "invalid")]
+    with_store(dsn, body)
+
+
+@pytest.mark.parametrize("deletes_ciphertext", [True, False])
+def test_erasure_turns_items_into_views_with_the_same_digests(dsn: str,
+                                                              deletes_ciphertext: bool) -> None:
+    """Right to be forgotten: the record's item and every grant of it become views whose
+    digests are the items' (receipts and the chain still verify), its readers are emptied,
+    no key is served any more, and by policy the ciphertext goes too."""
+    sub = patient("acme", "patient-3", readers=("regulator",), body=b"hb 9.1")
+    other = patient("acme", "patient-3", readers=("regulator",), metadata={"lab": "north"})
+    r_rec = envelope("carol", 1, [sub, other])
+    record = rid(r_rec)
+    granted_key = _regrant(sub, "acme", "globex")
+    r_grant = envelope("alice", 1, [encode_tx(Grant(record, "globex", granted_key))])
+    r_access = envelope("dave", 1, [encode_tx(Access(record, "treatment", AT_MS))])
+    r_erase = envelope("carol", 2, [encode_tx(Erase(record, "patient-3", "patient request"))])
+    r_late = envelope("alice", 2, [encode_tx(Grant(record, "regulator",
+                                                   _regrant(sub, "acme", "regulator")))])
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        store.erasure_deletes_ciphertext = deletes_ciphertext
+        blocks = await extend(store, reader, [r_rec, r_grant], [r_access], [r_erase],
+                              [r_late])
+        erase_block = blocks[2].header
+        rec = await reader.get_record(record)
+        assert rec is not None and rec.redacted and rec.readers == ()
+        assert rec.erasure is not None
+        assert (rec.erasure.height, rec.erasure.by_org, rec.erasure.at_ms,
+                rec.erasure.reason) == (3, "acme", erase_block.timestamp_ms, "patient request")
+        view = ItemView.decode(rec.item)
+        assert view.digest == item_digest(sub.encode())
+        shown = view.present()
+        assert shown[0] == sub.associated_data()
+        assert shown[1] == (None if deletes_ciphertext else sub.ciphertext)
+        assert shown[2:] == [None, None]  # every wrapped key is gone
+        for org in ("acme", "regulator", "globex"):
+            assert await reader.reader_key(rec, org) is None
+        # The grant's key went too; its view keeps the grant's digest.
+        stored = await reader.get_block(1)
+        assert stored is not None
+        grant_item = stored.items[2]
+        assert grant_item.redacted
+        grant_view = ItemView.decode(grant_item.data)
+        assert grant_view.digest == item_digest(split_items(r_grant)[0])
+        assert grant_view.present()[1] is None
+        # The envelope's other record is untouched; the patient's history lists the erasure.
+        kept = await reader.get_record(rid(r_rec, 1))
+        assert kept is not None and not kept.redacted and kept.item == other.encode()
+        assert [x.record_id for x in await reader.records_for_subject(
+            "patient", "patient-3")] == [record, rid(r_rec, 1)]
+        history = await reader.subject_history("patient", "patient-3")
+        assert [(x.height, x.idx) for x in history] == [(1, 0), (1, 1), (1, 2), (2, 0),
+                                                        (3, 0), (4, 0)]
+        assert history[-1].status == "invalid"  # a grant after the erasure is refused
+        # Receipts of the erased record and of the grant still verify, and so does the chain.
+        receipt = await verify_receipt_of(reader, record, "carol")
+        assert isinstance(receipt.item, ItemView) and receipt.item.digest == view.digest
+        await verify_receipt_of(reader, rid(r_grant), "alice")
+        verify_stored_chain(await reader.get_blocks(1, 4, 10))
+        # Nothing of the erased keys is left anywhere in the database.
+        for table, column, array in await _byte_columns(store):
+            for (v,) in await fetch(store, f"SELECT {column} FROM {table}"):
+                for blob in (v if array else [v]) if v is not None else []:
+                    for key in [k for _o, k in sub.wrapped_keys] + [granted_key]:
+                        assert key not in bytes(blob), (table, column)
+        access = await reader.access_log(record)
+        assert [(a.org, a.granted) for a in access] == [("regulator", True)]
+    with_store(dsn, body)
+
+
+# -------------------------------------------------------------------------------- pagination
+
+def _pages(fetch_page: Callable[[Cursor, int], Awaitable[Sequence[Any]]], limit: int,
+           bound: int, full: int = 3) -> Callable[[], Awaitable[list[list[Any]]]]:
+    """Every page of a paginated query, following the cursor (height, idx of the last row)
+    until a page shorter than `limit` (or `full`, the page size, for limit 0); each page must
+    respect `bound`."""
+    async def go() -> list[list[Any]]:
+        out: list[list[Any]] = []
+        after = START
+        while True:
+            page = list(await fetch_page(after, limit))
+            assert len(page) <= bound
+            out.append(page)
+            if len(page) < (limit or full):
+                return out
+            after = (page[-1].height, page[-1].idx)
+            assert len(out) < 100, "pagination does not end"
+    return go
+
+
+def _positions(rows: Sequence[Any]) -> list[tuple[int, int]]:
+    return [(x.height, x.idx) for x in rows]
+
+
+def test_paginated_queries_list_everything_once_in_bounded_pages(dsn: str) -> None:
+    """records_for_subject, subject_history, access_log and records_by_screening: pages hold
+    at most the reader's page size whatever limit is asked, follow the (height, idx) cursor
+    strictly after it, and list every row exactly once in ledger order, even when blocks are
+    appended between two pages."""
+    subject = "patient-7"
+    recs = [patient("acme", subject, metadata={"n": str(i)}) for i in range(7)]
+    others = [patient("acme", f"patient-{k}", also=(subject,)) for k in (8, 9)]
+    r1 = envelope("carol", 1, recs[:3])
+    r2 = envelope("carol", 2, [others[0], recs[3]])
+    r3 = envelope("alice", 1, [*recs[4:], others[1]])
+    unrelated = envelope("alice", 2, [patient("acme", "patient-1")])
+    target = rid(r1, 0)
+    accesses = [envelope("carol", 10 + i, [encode_tx(Access(target, f"visit {i}", AT_MS))])
+                for i in range(5)]
+    denied = envelope("bob", 1, [encode_tx(Access(target, "curiosity", AT_MS))])
+    grant = envelope("carol", 20, [encode_tx(Grant(target, "globex",
+                                                   _regrant(recs[0], "acme", "globex")))])
+    late = envelope("carol", 30, [patient("acme", subject, event="prescription"),
+                                  encode_tx(Access(target, "follow-up", AT_MS))])
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        store.initial_screening = Screening.PENDING
+        await extend(store, reader, [r1, unrelated], [r2, accesses[0]], [r3, *accesses[1:3]],
+                     [denied, grant, *accesses[3:]])
+        reader.page_size_max = 3
+        subject_records = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2),
+                           (3, 3)]
+        history = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2),
+                   (3, 3), (3, 4), (3, 5), (4, 0), (4, 1), (4, 2), (4, 3)]
+        access = [(2, 2), (3, 4), (3, 5), (4, 0), (4, 2), (4, 3)]
+
+        queries: dict[str, tuple[Callable[[Cursor, int], Awaitable[Sequence[Any]]], int,
+                                 list[tuple[int, int]]]] = {
+            "records_for_subject": (lambda a, n: reader.records_for_subject(
+                "patient", subject, after=a, limit=n), 3, subject_records),
+            "subject_history": (lambda a, n: reader.subject_history(
+                "patient", subject, after=a, limit=n), 4, history),
+            "access_log": (lambda a, n: reader.access_log(target, after=a, limit=n), 3,
+                           access),
+            "records_by_screening": (lambda a, n: reader.records_by_screening(
+                Screening.PENDING, after=a, limit=n), 3,
+                [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2),
+                 (3, 3)]),
+        }
+        for name, (query, bound, expected) in queries.items():
+            # limit 0 means a full page; a larger limit is capped at the bound.
+            assert len(await query(START, 10_000)) == bound, name
+            assert _positions(await query(START, 0)) == expected[:3], name
+            assert _positions(await query(START, 2)) == expected[:2], name
+            assert _positions(await query(expected[3], 2)) == expected[4:6], name
+            assert await query(expected[-1], 0) == [], name
+            for limit in (0, 1, 2):
+                pages = await _pages(query, limit, bound)()
+                listed = [p for page in pages for p in _positions(page)]
+                assert listed == expected, (name, limit)
+                assert all(len(p) == (limit or 3) for p in pages[:-1]), (name, limit)
+        denied_rows = [x for x in await reader.access_log(target, after=(3, 5), limit=1)]
+        assert [(x.client_id, x.org, x.granted) for x in denied_rows] == [
+            ("bob", "globex", False)]
+
+        # Blocks appended between two pages: the cursor resumes after the last row seen.
+        first = await reader.records_for_subject("patient", subject, limit=3)
+        blocks = await extend(store, reader, [late])
+        assert blocks[0].entries[1].reason == ""
+        rest = await _pages(lambda a, n: reader.records_for_subject(
+            "patient", subject, after=a if a != START else (first[-1].height, first[-1].idx),
+            limit=n), 0, 3)()
+        listed = _positions(first) + [p for page in rest for p in _positions(page)]
+        assert listed == [*subject_records, (5, 0)]
+        log_after = await _pages(lambda a, n: reader.access_log(target, after=a, limit=n),
+                                 0, 3)()
+        assert [p for page in log_after for p in _positions(page)] == [*access, (5, 1)]
+    with_store(dsn, body)
+
+
+# ------------------------------------------------------------------------------------ outages
+
+def _set_connections(dsn: str, allowed: bool) -> None:
+    """Allow or refuse new connections to the test's database, and when refusing, end the
+    ones it has (pg_terminate_backend): the database is gone until allowed again."""
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(str(name)), sql.SQL("true" if allowed else "false")))
+        if not allowed:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def test_a_lost_database_raises_store_unavailable_and_the_store_recovers(fresh_dsn: str) -> None:
+    """The database goes away mid-run: every write and read says StoreUnavailable (the
+    validator stops serving on it), nothing is half-written, and once the database is back
+    the writer reconnects by itself (re-taking its lock) and the read pool serves again."""
+    blocks = simple_blocks(3)
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks(blocks[:1])
+        assert await reader.head_height() == 1
+        _set_connections(fresh_dsn, False)
+        try:
+            with pytest.raises(StoreUnavailable, match="PostgreSQL"):
+                await store.append_blocks(blocks[1:2], also_persist=(h.prepare(1, 0, 2,
+                                                                               bytes(32)),))
+            with pytest.raises(StoreUnavailable):  # reconnecting fails while it is gone
+                await store.ping()
+            with pytest.raises(StoreUnavailable):
+                await store.persist_messages([h.prepare(1, 0, 2, bytes(32))])
+            with pytest.raises(StoreUnavailable):
+                await reader.get_block(1)
+        finally:
+            _set_connections(fresh_dsn, True)
+        await store.ping()
+        assert await store.head() == blocks[0].header  # nothing of the failed round
+        recovered, _ = await store.load_recovered()
+        assert recovered.messages == ()
+        await store.append_blocks(blocks[1:2])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = await reader.get_blocks(1, 5, 5)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the read pool did not recover"
+                await asyncio.sleep(0.2)
+        assert [s.height for s in got] == [1, 2]
+        # The writer holds the one-process lock again after reconnecting.
+        with pytest.raises(WrongDatabase, match="another process"):
+            await LedgerStore.open(fresh_dsn, chain_id=CHAIN, replica_id=1)
+    with_store(fresh_dsn, body)
+
+
 # ------------------------------------------------------------------------------- throughput
 
 def test_bulk_append_smoke_50_blocks_of_200_records(dsn: str) -> None:
-    """Smoke check of the hot path (no timing assertion): 10,000 records in 50 blocks."""
-    per_block, count = 200, 50
-    payloads = [submission(("acme", "globex")[i % 2], f"lot-{i % 37}",
-                           metadata={"location": f"dock {i}"}).encode()
-                for i in range(per_block)]
-    clients = ("alice", "bob")
-    exs, state, nonce = [], bytes(32), 0
-    for seq in range(1, count + 1):
-        reqs = []
-        for i in range(per_block):
+    """Smoke check of the hot path (no timing assertion): 10,000 records in 50 blocks of 20
+    envelopes of 10 items, appended one round of 5 blocks at a time."""
+    envelopes, items, count = 20, 10, 50
+    subs = [submission(("acme", "globex")[i // items], f"lot-{i % 37}",
+                       metadata={"location": f"dock {i}"}) for i in range(2 * items)]
+    batches, nonce = [], 0
+    for _seq in range(count):
+        batch = []
+        for e in range(envelopes):
             nonce += 1
-            reqs.append(client_request(clients[i % 2], nonce, payloads[i]))
-        a = execute(seq, reqs, prev_state=state)
-        state = a.state_digest
-        exs.append(a)
-    blocks = chain(exs)
+            client = ("alice", "bob")[e % 2]
+            batch.append(envelope(client, nonce, subs[(e % 2) * items:(e % 2 + 1) * items]))
+        batches.append(batch)
+    blocks = build(batches)
 
-    async def body(store: LedgerStore) -> float:
+    async def body(store: LedgerStore, reader: LedgerReader) -> float:
         t0 = time.perf_counter()
-        for b in blocks:
-            await store.append_block(b)
+        for i in range(0, count, 5):
+            await store.append_blocks(blocks[i:i + 5])
         elapsed = time.perf_counter() - t0
-        cur = await store._conn.execute(
-            "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM entries), "
-            "(SELECT count(*) FROM records), (SELECT count(*) FROM wrapped_keys)")
-        assert await cur.fetchone() == (count, count * per_block, count * per_block,
-                                        count * per_block * 2)
-        assert len(await store.records_for_subject("provenance", "lot-0")) > 0
+        rows = await fetch(store, "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM "
+                           "envelopes), (SELECT count(*) FROM entries WHERE kind IS NOT NULL)")
+        assert rows == [(count, count * envelopes, count * envelopes * items)]
+        assert store.rows_written == count * (1 + envelopes + envelopes * items)
+        assert store.bytes_written == sum(len(e.item) for b in blocks for e in b.entries
+                                          if isinstance(e.item, bytes))
+        page = await reader.records_for_subject("provenance", "lot-0")
+        assert page and all(is_record_id(x.record_id) for x in page)
         return elapsed
 
     elapsed = with_store(dsn, body)
-    print(f"\nappend_block: {count * per_block / elapsed:,.0f} records/s "
-          f"({count / elapsed:,.1f} blocks/s of {per_block})")
+    print(f"\nappend_blocks: {count * envelopes * items / elapsed:,.0f} records/s "
+          f"({count / elapsed:,.1f} blocks/s of {envelopes * items})")
+
+
+def test_access_denied_is_logged_not_granted(dsn: str) -> None:
+    """An Access by an org that may not read the record is recorded (the attempt is on the
+    ledger) and logged as not granted; its reason says why."""
+    rec = patient("acme", "patient-5")
+    r_rec = envelope("carol", 1, [rec])
+    r_denied = envelope("bob", 1, [encode_tx(Access(rid(r_rec), "curiosity", AT_MS + 5))])
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        blocks = await extend(store, reader, [r_rec], [r_denied])
+        entry = blocks[1].entries[0]
+        assert (entry.status, entry.reason) == (EntryStatus.RECORDED, ACCESS_DENIED)
+        row = await reader.access_at(2, 0)
+        assert row is not None
+        assert (row.record_id, row.client_id, row.org, row.purpose, row.granted,
+                row.at_ms) == (rid(r_rec), "bob", "globex", "curiosity", False, AT_MS + 5)
+    with_store(dsn, body)

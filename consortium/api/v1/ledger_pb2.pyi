@@ -97,16 +97,18 @@ class EpochsReply(_message.Message):
     def __init__(self, epochs: _Optional[bytes] = ...) -> None: ...
 
 class ListScreeningRequest(_message.Message):
-    __slots__ = ("screening", "after_height", "limit", "auth")
+    __slots__ = ("screening", "after_height", "limit", "auth", "after_index")
     SCREENING_FIELD_NUMBER: _ClassVar[int]
     AFTER_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
     screening: str
     after_height: int
     limit: int
     auth: ReadAuth
-    def __init__(self, screening: _Optional[str] = ..., after_height: _Optional[int] = ..., limit: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+    after_index: int
+    def __init__(self, screening: _Optional[str] = ..., after_height: _Optional[int] = ..., limit: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., after_index: _Optional[int] = ...) -> None: ...
 
 class ReviewVoteInfo(_message.Message):
     __slots__ = ("replica_id", "accept")
@@ -149,12 +151,18 @@ class ScreeningEntry(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., screening: _Optional[str] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[ReviewVoteInfo, _Mapping]]] = ...) -> None: ...
 
 class ScreeningReply(_message.Message):
-    __slots__ = ("records", "quorum")
+    __slots__ = ("records", "quorum", "more", "next_height", "next_index")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[ScreeningEntry]
     quorum: int
-    def __init__(self, records: _Optional[_Iterable[_Union[ScreeningEntry, _Mapping]]] = ..., quorum: _Optional[int] = ...) -> None: ...
+    more: bool
+    next_height: int
+    next_index: int
+    def __init__(self, records: _Optional[_Iterable[_Union[ScreeningEntry, _Mapping]]] = ..., quorum: _Optional[int] = ..., more: _Optional[bool] = ..., next_height: _Optional[int] = ..., next_index: _Optional[int] = ...) -> None: ...
 
 class ReadAuth(_message.Message):
     __slots__ = ("client_id", "timestamp_ms", "signature")
@@ -167,24 +175,72 @@ class ReadAuth(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitRecordRequest(_message.Message):
-    __slots__ = ("request", "wait_ms")
+    __slots__ = ("request", "wait_ms", "retry")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     request: bytes
     wait_ms: int
-    def __init__(self, request: _Optional[bytes] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    retry: bool
+    def __init__(self, request: _Optional[bytes] = ..., wait_ms: _Optional[int] = ..., retry: _Optional[bool] = ...) -> None: ...
+
+class EnvelopeResult(_message.Message):
+    __slots__ = ("client_id", "nonce", "request_index", "request_path", "status", "reason", "item_statuses", "item_reasons")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PATH_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ITEM_STATUSES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_REASONS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    nonce: int
+    request_index: int
+    request_path: _containers.RepeatedScalarFieldContainer[bytes]
+    status: str
+    reason: str
+    item_statuses: _containers.RepeatedScalarFieldContainer[str]
+    item_reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client_id: _Optional[str] = ..., nonce: _Optional[int] = ..., request_index: _Optional[int] = ..., request_path: _Optional[_Iterable[bytes]] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., item_statuses: _Optional[_Iterable[str]] = ..., item_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlockReceipts(_message.Message):
+    __slots__ = ("height", "block_header", "certificate", "envelopes")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HEADER_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    block_header: bytes
+    certificate: _containers.RepeatedScalarFieldContainer[bytes]
+    envelopes: _containers.RepeatedCompositeFieldContainer[EnvelopeResult]
+    def __init__(self, height: _Optional[int] = ..., block_header: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., envelopes: _Optional[_Iterable[_Union[EnvelopeResult, _Mapping]]] = ...) -> None: ...
+
+class SubmitError(_message.Message):
+    __slots__ = ("client_id", "nonce", "code", "message", "original", "redirect", "primary")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    nonce: int
+    code: int
+    message: str
+    original: BlockReceipts
+    redirect: bool
+    primary: int
+    def __init__(self, client_id: _Optional[str] = ..., nonce: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., original: _Optional[_Union[BlockReceipts, _Mapping]] = ..., redirect: _Optional[bool] = ..., primary: _Optional[int] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("record_id", "receipt", "code", "error")
-    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
-    RECEIPT_FIELD_NUMBER: _ClassVar[int]
-    CODE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("receipts", "error")
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    record_id: str
-    receipt: Receipt
-    code: int
-    error: str
-    def __init__(self, record_id: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    receipts: BlockReceipts
+    error: SubmitError
+    def __init__(self, receipts: _Optional[_Union[BlockReceipts, _Mapping]] = ..., error: _Optional[_Union[SubmitError, _Mapping]] = ...) -> None: ...
 
 class GetRecordRequest(_message.Message):
     __slots__ = ("record_id", "auth", "access_id", "min_height")
@@ -199,14 +255,20 @@ class GetRecordRequest(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., access_id: _Optional[str] = ..., min_height: _Optional[int] = ...) -> None: ...
 
 class ListSubjectRequest(_message.Message):
-    __slots__ = ("kind", "subject_id", "auth")
+    __slots__ = ("kind", "subject_id", "auth", "after_height", "after_index", "limit")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     kind: str
     subject_id: str
     auth: ReadAuth
-    def __init__(self, kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ...) -> None: ...
+    after_height: int
+    after_index: int
+    limit: int
+    def __init__(self, kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., after_height: _Optional[int] = ..., after_index: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class SubjectEntry(_message.Message):
     __slots__ = ("receipt", "target_record_id")
@@ -217,10 +279,16 @@ class SubjectEntry(_message.Message):
     def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., target_record_id: _Optional[str] = ...) -> None: ...
 
 class SubjectReply(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "more", "next_height", "next_index")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[SubjectEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[SubjectEntry, _Mapping]]] = ...) -> None: ...
+    more: bool
+    next_height: int
+    next_index: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[SubjectEntry, _Mapping]]] = ..., more: _Optional[bool] = ..., next_height: _Optional[int] = ..., next_index: _Optional[int] = ...) -> None: ...
 
 class InclusionProof(_message.Message):
     __slots__ = ("index", "size", "path")
@@ -233,26 +301,36 @@ class InclusionProof(_message.Message):
     def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("record_id", "height", "block_header", "certificate", "proof", "request", "status", "reason", "request_view")
+    __slots__ = ("record_id", "height", "block_header", "certificate", "request_proof", "client_id", "nonce", "kind", "signature", "item_proof", "item", "item_view", "status", "reason")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HEADER_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
-    PROOF_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PROOF_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_PROOF_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ITEM_VIEW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_VIEW_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     height: int
     block_header: bytes
     certificate: _containers.RepeatedScalarFieldContainer[bytes]
-    proof: InclusionProof
-    request: bytes
+    request_proof: InclusionProof
+    client_id: str
+    nonce: int
+    kind: int
+    signature: bytes
+    item_proof: InclusionProof
+    item: bytes
+    item_view: bytes
     status: str
     reason: str
-    request_view: bytes
-    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., block_header: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., proof: _Optional[_Union[InclusionProof, _Mapping]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., request_view: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., block_header: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., request_proof: _Optional[_Union[InclusionProof, _Mapping]] = ..., client_id: _Optional[str] = ..., nonce: _Optional[int] = ..., kind: _Optional[int] = ..., signature: _Optional[bytes] = ..., item_proof: _Optional[_Union[InclusionProof, _Mapping]] = ..., item: _Optional[bytes] = ..., item_view: _Optional[bytes] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class WrappedKey(_message.Message):
     __slots__ = ("org", "wrapped_key")
@@ -263,7 +341,7 @@ class WrappedKey(_message.Message):
     def __init__(self, org: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
 
 class RecordReply(_message.Message):
-    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "request", "status", "request_view", "erasure", "receipt", "key_withheld", "screening")
+    __slots__ = ("record_id", "height", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext", "wrapped_keys", "status", "item_view", "erasure", "receipt", "key_withheld", "screening", "also", "document")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -281,13 +359,14 @@ class RecordReply(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEYS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_VIEW_FIELD_NUMBER: _ClassVar[int]
+    ITEM_VIEW_FIELD_NUMBER: _ClassVar[int]
     ERASURE_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     KEY_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     SCREENING_FIELD_NUMBER: _ClassVar[int]
+    ALSO_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     height: int
     kind: str
@@ -298,14 +377,15 @@ class RecordReply(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     ciphertext: bytes
     wrapped_keys: _containers.RepeatedCompositeFieldContainer[WrappedKey]
-    request: bytes
     status: str
-    request_view: bytes
+    item_view: bytes
     erasure: Erasure
     receipt: Receipt
     key_withheld: str
     screening: str
-    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., request: _Optional[bytes] = ..., status: _Optional[str] = ..., request_view: _Optional[bytes] = ..., erasure: _Optional[_Union[Erasure, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., key_withheld: _Optional[str] = ..., screening: _Optional[str] = ...) -> None: ...
+    also: _containers.RepeatedScalarFieldContainer[str]
+    document: bytes
+    def __init__(self, record_id: _Optional[str] = ..., height: _Optional[int] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[WrappedKey, _Mapping]]] = ..., status: _Optional[str] = ..., item_view: _Optional[bytes] = ..., erasure: _Optional[_Union[Erasure, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., key_withheld: _Optional[str] = ..., screening: _Optional[str] = ..., also: _Optional[_Iterable[str]] = ..., document: _Optional[bytes] = ...) -> None: ...
 
 class Erasure(_message.Message):
     __slots__ = ("height", "by_org", "at_ms", "reason")
@@ -341,30 +421,54 @@ class StreamBlocksRequest(_message.Message):
     to_height: int
     def __init__(self, from_height: _Optional[int] = ..., auth: _Optional[_Union[ReadAuth, _Mapping]] = ..., audit: _Optional[bool] = ..., to_height: _Optional[int] = ...) -> None: ...
 
+class Envelope(_message.Message):
+    __slots__ = ("client_id", "nonce", "kind", "signature", "payload_digest", "status", "reason", "entry_count", "raw")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    nonce: int
+    kind: int
+    signature: bytes
+    payload_digest: bytes
+    status: str
+    reason: str
+    entry_count: int
+    raw: bytes
+    def __init__(self, client_id: _Optional[str] = ..., nonce: _Optional[int] = ..., kind: _Optional[int] = ..., signature: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., entry_count: _Optional[int] = ..., raw: _Optional[bytes] = ...) -> None: ...
+
 class Block(_message.Message):
-    __slots__ = ("header", "requests", "statuses", "pre_prepare", "certificate", "views", "reasons", "stored_hash", "records")
+    __slots__ = ("header", "envelopes", "items", "views", "statuses", "reasons", "pre_prepare", "certificate", "stored_hash", "records")
     HEADER_FIELD_NUMBER: _ClassVar[int]
-    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     PRE_PREPARE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
-    VIEWS_FIELD_NUMBER: _ClassVar[int]
-    REASONS_FIELD_NUMBER: _ClassVar[int]
     STORED_HASH_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     header: bytes
-    requests: _containers.RepeatedScalarFieldContainer[bytes]
+    envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    items: _containers.RepeatedScalarFieldContainer[bytes]
+    views: _containers.RepeatedScalarFieldContainer[int]
     statuses: _containers.RepeatedScalarFieldContainer[str]
+    reasons: _containers.RepeatedScalarFieldContainer[str]
     pre_prepare: bytes
     certificate: _containers.RepeatedScalarFieldContainer[bytes]
-    views: _containers.RepeatedScalarFieldContainer[int]
-    reasons: _containers.RepeatedScalarFieldContainer[str]
     stored_hash: bytes
     records: _containers.RepeatedCompositeFieldContainer[RecordColumns]
-    def __init__(self, header: _Optional[bytes] = ..., requests: _Optional[_Iterable[bytes]] = ..., statuses: _Optional[_Iterable[str]] = ..., pre_prepare: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., views: _Optional[_Iterable[int]] = ..., reasons: _Optional[_Iterable[str]] = ..., stored_hash: _Optional[bytes] = ..., records: _Optional[_Iterable[_Union[RecordColumns, _Mapping]]] = ...) -> None: ...
+    def __init__(self, header: _Optional[bytes] = ..., envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., items: _Optional[_Iterable[bytes]] = ..., views: _Optional[_Iterable[int]] = ..., statuses: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ..., pre_prepare: _Optional[bytes] = ..., certificate: _Optional[_Iterable[bytes]] = ..., stored_hash: _Optional[bytes] = ..., records: _Optional[_Iterable[_Union[RecordColumns, _Mapping]]] = ...) -> None: ...
 
 class RecordColumns(_message.Message):
-    __slots__ = ("index", "record_id", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "ciphertext_segment_hash", "key_segment_hashes", "erased_height")
+    __slots__ = ("index", "record_id", "kind", "subject_id", "event_type", "submitter_org", "submitted_at_ms", "metadata", "readers", "erased_height")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -372,13 +476,6 @@ class RecordColumns(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    class KeySegmentHashesEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: bytes
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -387,8 +484,7 @@ class RecordColumns(_message.Message):
     SUBMITTER_ORG_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
-    CIPHERTEXT_SEGMENT_HASH_FIELD_NUMBER: _ClassVar[int]
-    KEY_SEGMENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
     ERASED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     index: int
     record_id: str
@@ -398,17 +494,16 @@ class RecordColumns(_message.Message):
     submitter_org: str
     submitted_at_ms: int
     metadata: _containers.ScalarMap[str, str]
-    ciphertext_segment_hash: bytes
-    key_segment_hashes: _containers.ScalarMap[str, bytes]
+    readers: _containers.RepeatedScalarFieldContainer[str]
     erased_height: int
-    def __init__(self, index: _Optional[int] = ..., record_id: _Optional[str] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ciphertext_segment_hash: _Optional[bytes] = ..., key_segment_hashes: _Optional[_Mapping[str, bytes]] = ..., erased_height: _Optional[int] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., record_id: _Optional[str] = ..., kind: _Optional[str] = ..., subject_id: _Optional[str] = ..., event_type: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., readers: _Optional[_Iterable[str]] = ..., erased_height: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("replica_id", "org", "height", "view", "epoch", "view_active", "last_block_hash", "stable_checkpoint", "primary")
+    __slots__ = ("replica_id", "org", "height", "view", "epoch", "view_active", "last_block_hash", "stable_checkpoint", "primary", "primary_client_address", "serving", "problem")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +513,9 @@ class StatusReply(_message.Message):
     LAST_BLOCK_HASH_FIELD_NUMBER: _ClassVar[int]
     STABLE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     org: str
     height: int
@@ -427,7 +525,10 @@ class StatusReply(_message.Message):
     last_block_hash: bytes
     stable_checkpoint: int
     primary: int
-    def __init__(self, replica_id: _Optional[int] = ..., org: _Optional[str] = ..., height: _Optional[int] = ..., view: _Optional[int] = ..., epoch: _Optional[int] = ..., view_active: _Optional[bool] = ..., last_block_hash: _Optional[bytes] = ..., stable_checkpoint: _Optional[int] = ..., primary: _Optional[int] = ...) -> None: ...
+    primary_client_address: str
+    serving: bool
+    problem: str
+    def __init__(self, replica_id: _Optional[int] = ..., org: _Optional[str] = ..., height: _Optional[int] = ..., view: _Optional[int] = ..., epoch: _Optional[int] = ..., view_active: _Optional[bool] = ..., last_block_hash: _Optional[bytes] = ..., stable_checkpoint: _Optional[int] = ..., primary: _Optional[int] = ..., primary_client_address: _Optional[str] = ..., serving: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
     __slots__ = ("data", "batch")

@@ -28,9 +28,12 @@ if _version_not_supported:
 class LedgerStub:
     """------------------------------------------------------------------------------ client service
 
-    The client-facing service of every validator. Any validator accepts submissions and relays
-    them to the primary; reads answer from the validator's own copy of the ledger (clients verify
-    what they get against the genesis file, trusting no single validator).
+    The client-facing service of every validator. Submissions go to the primary: a backup
+    answers a first submission with FAILED_PRECONDITION and the primary's replica id in the
+    `consortium-primary` trailer (SubmitStream: SubmitError.primary); a retry (`retry` set: the
+    client suspects the primary) is taken in by any validator, relayed and timed. Reads answer
+    from the validator's own copy of the ledger (clients verify what they get against the genesis
+    file, trusting no single validator).
 
     Reads require a member: every read request carries a ReadAuth signed with a client key from
     genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
@@ -48,7 +51,7 @@ class LedgerStub:
         self.SubmitRecord = channel.unary_unary(
                 '/consortium.v1.Ledger/SubmitRecord',
                 request_serializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
-                response_deserializer=consortium_dot_v1_dot_ledger__pb2.Receipt.FromString,
+                response_deserializer=consortium_dot_v1_dot_ledger__pb2.BlockReceipts.FromString,
                 _registered_method=True)
         self.SubmitStream = channel.stream_stream(
                 '/consortium.v1.Ledger/SubmitStream',
@@ -105,9 +108,12 @@ class LedgerStub:
 class LedgerServicer:
     """------------------------------------------------------------------------------ client service
 
-    The client-facing service of every validator. Any validator accepts submissions and relays
-    them to the primary; reads answer from the validator's own copy of the ledger (clients verify
-    what they get against the genesis file, trusting no single validator).
+    The client-facing service of every validator. Submissions go to the primary: a backup
+    answers a first submission with FAILED_PRECONDITION and the primary's replica id in the
+    `consortium-primary` trailer (SubmitStream: SubmitError.primary); a retry (`retry` set: the
+    client suspects the primary) is taken in by any validator, relayed and timed. Reads answer
+    from the validator's own copy of the ledger (clients verify what they get against the genesis
+    file, trusting no single validator).
 
     Reads require a member: every read request carries a ReadAuth signed with a client key from
     genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
@@ -117,22 +123,24 @@ class LedgerServicer:
     """
 
     def SubmitRecord(self, request, context):
-        """Submit a signed record request. Returns once the record is committed, with a receipt that
-        the client verifies offline (certificate + inclusion proof). Errors: INVALID_ARGUMENT
-        (malformed request or record), RESOURCE_EXHAUSTED (over size limits or queue full),
-        UNAUTHENTICATED (bad signature or unknown client), ALREADY_EXISTS (replayed nonce; the
-        original receipt is in the error details), DEADLINE_EXCEEDED (not committed in time; safe
-        to retry with the same request at any validator).
+        """Submit a signed request: an envelope of records and transactions under one signature.
+        Returns once it is committed, with the block's header and certificate and the request's
+        inclusion proof (the client checks them offline, and proves each of its items from them).
+        Errors: INVALID_ARGUMENT (malformed request or an item that breaks the rules, named by its
+        index), RESOURCE_EXHAUSTED (over size limits, or this client's or the validator's bytes in
+        flight are full), UNAUTHENTICATED (bad signature or unknown client), PERMISSION_DENIED,
+        ALREADY_EXISTS (a replayed request; the original receipts are in the `receipts-bin`
+        trailer), FAILED_PRECONDITION (a stale nonce, or not the primary: see above),
+        DEADLINE_EXCEEDED (not committed in time; retrying the same request is always safe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitStream(self, request_iterator, context):
-        """Many submissions on one stream, each answered when it commits (any order; each reply names
-        its record): a busy submitter's way to keep hundreds in flight at the cost of one stream
-        message each instead of one call each. Errors come per record in the reply (code = the
-        gRPC status code SubmitRecord would have returned).
+        """Many requests on one stream. Replies come per block: one BlockReceipts for all of this
+        stream's requests that block committed (header and certificate once, a proof each), and a
+        SubmitError for each request refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +184,7 @@ class LedgerServicer:
     def ListSubject(self, request, context):
         """Every entry of a subject's records (a product's chain of custody, a patient's records)
         and of the transactions that acted on them (grants, revocations, erasures, accesses),
-        each with its receipt.
+        each with its receipt, one page at a time (ask again from `next_*` while `more`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,7 +222,7 @@ def add_LedgerServicer_to_server(servicer, server):
             'SubmitRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitRecord,
                     request_deserializer=consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.FromString,
-                    response_serializer=consortium_dot_v1_dot_ledger__pb2.Receipt.SerializeToString,
+                    response_serializer=consortium_dot_v1_dot_ledger__pb2.BlockReceipts.SerializeToString,
             ),
             'SubmitStream': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitStream,
@@ -277,9 +285,12 @@ def add_LedgerServicer_to_server(servicer, server):
 class Ledger:
     """------------------------------------------------------------------------------ client service
 
-    The client-facing service of every validator. Any validator accepts submissions and relays
-    them to the primary; reads answer from the validator's own copy of the ledger (clients verify
-    what they get against the genesis file, trusting no single validator).
+    The client-facing service of every validator. Submissions go to the primary: a backup
+    answers a first submission with FAILED_PRECONDITION and the primary's replica id in the
+    `consortium-primary` trailer (SubmitStream: SubmitError.primary); a retry (`retry` set: the
+    client suspects the primary) is taken in by any validator, relayed and timed. Reads answer
+    from the validator's own copy of the ledger (clients verify what they get against the genesis
+    file, trusting no single validator).
 
     Reads require a member: every read request carries a ReadAuth signed with a client key from
     genesis (UNAUTHENTICATED otherwise). Requests are served as request views (docs/audit.md):
@@ -304,7 +315,7 @@ class Ledger:
             target,
             '/consortium.v1.Ledger/SubmitRecord',
             consortium_dot_v1_dot_ledger__pb2.SubmitRecordRequest.SerializeToString,
-            consortium_dot_v1_dot_ledger__pb2.Receipt.FromString,
+            consortium_dot_v1_dot_ledger__pb2.BlockReceipts.FromString,
             options,
             channel_credentials,
             insecure,

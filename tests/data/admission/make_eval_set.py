@@ -1,5 +1,14 @@
 """Writes the admission evaluation set (context.json, joins.jsonl, records.jsonl) beside it.
 
+Records are in the ledger's formats: a provenance record is a GS1 EPCIS 2.0 ObjectEvent (its
+canonical JSON, as a record's public part holds it), a patient record's payload is a HL7 FHIR
+R4 resource or Bundle. The items are first written in a compact legacy shape (lot, event
+type, custodians, quantity, notes; age, vitals, labs, medications...) and converted at the end
+(`epcis_record`, `fhir_payload`), so that the labels and reasons stay those of the original
+set. context.json holds the GS1 identities the admission service knows (company prefix, PGLN,
+site SGLN), the members' and the three partners' (a contract carrier, a pharmacy and a
+hospital outside the consortium), and the operator's registry of known partners.
+
 Deterministic (fixed seed): `python tests/data/admission/make_eval_set.py` rewrites the same
 bytes, and a test checks that the committed files match. Every item says why it is labelled
 bad. Bad items are of three kinds: ones the deterministic rules can catch, ones only judgement
@@ -758,14 +767,322 @@ def patients(start: int) -> list[dict[str, Any]]:
     return out
 
 
+# --- conversion to EPCIS 2.0 and FHIR R4 -------------------------------------------------------
+
+PREFIXES = {
+    "Northwind Pharma": "4012345", "Helix Biologics": "8712345",
+    "Meridian Distribution": "8712346", "BlueRiver Logistics": "5412345",
+    "St. Agnes Hospital": "5012345", "Lakeside Clinic": "5391234",
+    "CityCare Pharmacy": "5012346", "Apex Diagnostics": "3012345",
+    "National Medicines Agency": "8712347", "Harbor Wholesale": "4012346",
+    "Greenfield Pharmacy": "5391235", "Eastgate Hospital": "5012347",
+    "Polar Cold Chain": "8712348", "QuickShip Traders": "0614141",
+}
+"""GS1 company prefixes (fictitious) of members, partners and one unknown trader."""
+UNKNOWN_SITE_PREFIX = "0614141"
+
+
+def _pgln(org: str) -> str:
+    cp = PREFIXES[org]
+    return f"urn:epc:id:pgln:{cp}.{'0' * (12 - len(cp))}"
+
+
+def _sgln(site: str) -> str:
+    owner = next((o for o, s in SITES.items() if s == site), None)
+    cp = PREFIXES[owner] if owner else UNKNOWN_SITE_PREFIX
+    ref = ("1".zfill(12 - len(cp))) if owner else ("7".zfill(12 - len(cp)))
+    return f"urn:epc:id:sgln:{cp}.{ref}.0"
+
+
+def _lgtin(lot: str, maker: str, product: int) -> str:
+    cp = PREFIXES[maker]
+    return f"urn:epc:class:lgtin:{cp}.0{str(product + 1).zfill(12 - len(cp))}.{lot}"
+
+
+def gs1_context() -> dict[str, Any]:
+    from consortium.formats.directory import MemberGs1
+
+    partners = sorted(PARTNERS)
+    known = [MemberGs1(org, (PREFIXES[org],), (_pgln(org),),
+                       (_sgln(SITES[org]),) if org in SITES else ()).to_dict()
+             for org in sorted([*MEMBERS, *partners])]
+    return {"directory": known,
+            "registry": {"known_orgs": sorted([*partners, *(_pgln(o) for o in partners)]),
+                         "known_locations": sorted(_sgln(SITES[o]) for o in partners)}}
+
+
+_DOC_TYPES = (("coa", "cert"), ("gmp", "cert"), ("dn-", "desadv"), ("cmr", "bol"),
+              ("return-auth", "rma"), ("destruction-cert", "cert"), ("recall-notice", None))
+
+
+def _gln(org: str) -> str:
+    from consortium.formats import gs1
+
+    return gs1.parse_urn(_pgln(org)).key
+
+
+def epcis_record(ev: dict[str, Any], lots: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """A legacy event -> {record_id, submitter_org, submitted_at_ms, event: EPCIS JSON}."""
+    from consortium.formats import epcis
+
+    m, org, etype = ev["metadata"], ev["submitter_org"], ev["event_type"]
+    step, disposition, action = epcis.LEGACY_EVENTS[etype]
+    maker, product = lots[ev["subject_id"]]
+    raw: dict[str, Any] = {
+        "@context": [epcis.GS1_CONTEXT_URL, {"consortium": epcis.CONSORTIUM_NAMESPACE}],
+        "type": "ObjectEvent", "action": action, "bizStep": step,
+        "eventTime": epcis.format_time_ms(ev["submitted_at_ms"]),
+        "eventTimeZoneOffset": "+01:00"}
+    if disposition:
+        raw["disposition"] = disposition
+    element: dict[str, Any] = {"epcClass": _lgtin(ev["subject_id"], maker, product)}
+    if "quantity" in m:
+        q = m["quantity"]
+        element["quantity"] = int(q) if q.isdigit() else q
+    raw["quantityList"] = [element]
+    raw["bizLocation"] = {"id": _sgln(m.get("location") or SITES[org])}
+    src, dst = m.get("custodian_from"), m.get("custodian_to")
+    if etype == "shipped":
+        raw["sourceList"] = [{"type": "owning_party", "source": _pgln(src or org)}]
+        raw["destinationList"] = [{"type": "owning_party", "destination": _pgln(dst)}]
+    elif etype == "received":
+        if src:
+            raw["sourceList"] = [{"type": "owning_party", "source": _pgln(src)}]
+        raw["destinationList"] = [{"type": "owning_party", "destination": _pgln(dst or org)}]
+    docs = [d for d in m.get("documents", "").split(",") if d]
+    if docs:
+        raw["bizTransactionList"] = []
+        for d in docs:
+            btype = next((t for p, t in _DOC_TYPES if d.startswith(p)), None)
+            bt: dict[str, Any] = {"bizTransaction": f"urn:epcglobal:cbv:bt:{_gln(org)}:{d}"}
+            if btype:
+                bt["type"] = btype
+            raw["bizTransactionList"].append(bt)
+    if m.get("notes"):
+        raw["consortium:note"] = m["notes"]
+    if m.get("product"):
+        raw["consortium:product"] = m["product"]
+    try:
+        event: Any = epcis.parse_event(raw).to_json()
+    except epcis.EpcisError:
+        event = raw  # deliberately invalid (the rules flag record.malformed)
+    return {"record_id": ev["record_id"], "submitter_org": org,
+            "submitted_at_ms": ev["submitted_at_ms"], "event": event}
+
+
+def convert_provenance(item: dict[str, Any], lots: dict[str, tuple[str, int]]) -> None:
+    item["record"] = epcis_record(item["record"], lots)
+    item["history"] = [epcis_record(h, lots) for h in item["history"]]
+
+
+UCUM = "http://unitsofmeasure.org"
+LOINC_LABS = {
+    ("glucose", "mmol/L"): ("15074-8", "mmol/L"), ("glucose", "mg/dL"): ("2345-7", "mg/dL"),
+    ("HbA1c", "%"): ("4548-4", "%"), ("potassium", "mmol/L"): ("2823-3", "mmol/L"),
+    ("sodium", "mmol/L"): ("2951-2", "mmol/L"), ("creatinine", "umol/L"): ("14682-9", "umol/L"),
+    ("hemoglobin", "g/dL"): ("718-7", "g/dL"), ("WBC", "10^9/L"): ("6690-2", "10*9/L"),
+    ("platelets", "10^9/L"): ("777-3", "10*9/L"), ("TSH", "mIU/L"): ("3016-3", "m[IU]/L"),
+    ("INR", "ratio"): ("6301-6", "{INR}"),
+    ("beta-hCG pregnancy test", "IU/L"): ("19080-1", "[IU]/L"),
+}
+VITALS = {"heart_rate_bpm": ("8867-4", "/min"), "temperature_c": ("8310-5", "Cel"),
+          "spo2_pct": ("59408-5", "%"), "respiratory_rate": ("9279-1", "/min"),
+          "weight_kg": ("29463-7", "kg")}
+ATC = {"metformin": "A10BA02", "amlodipine": "C08CA01", "atorvastatin": "C10AA05",
+       "amoxicillin": "J01CA04", "paracetamol": "N02BE01", "sertraline": "N06AB06",
+       "levothyroxine": "H03AA01", "ibuprofen": "M01AE01", "omeprazole": "A02BC01",
+       "lisinopril": "C09AA03", "warfarin": "B01AA03", "alendronate": "M05BA04",
+       "oxycodone": "N02AA05"}
+MODALITIES = {"xray": "DX", "ct": "CT", "mri": "MR", "ultrasound": "US", "pet": "PT"}
+BODY_SITES = {"chest": "51185008", "head": "69536005", "abdomen": "113345001",
+              "lumbar spine": "122496007", "uterus": "35039007"}
+
+
+def _quantity(value: Any, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def _birth_date(p: dict[str, Any], when: str) -> str:
+    import datetime as dt
+
+    age = p.get("age_years")
+    if not isinstance(age, int):
+        return str(age)
+    try:
+        observed = dt.date.fromisoformat(when)
+    except ValueError:
+        observed = dt.date(2026, 3, 1)
+    return f"{observed.year - age:04d}-01-01"
+
+
+def _observation(code: str, subject: str, when: str, **value: Any) -> dict[str, Any]:
+    obs = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+           "subject": {"reference": f"Patient/{subject}"}, "effectiveDateTime": when}
+    obs.update(value)
+    return obs
+
+
+def fhir_payload(etype: str, p: dict[str, Any], subject: str) -> dict[str, Any]:
+    """A legacy payload -> the FHIR R4 resource or Bundle a member would submit."""
+    when = str(p.get("observed_at"))
+    patient = {"resourceType": "Patient", "id": subject, "birthDate": _birth_date(p, when)}
+    if p.get("sex"):
+        patient["gender"] = p["sex"]
+    ref = {"reference": f"Patient/{subject}"}
+    notes = p.get("notes")
+    reasons = [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": c}]}
+               for c in p.get("diagnosis_codes", [])]
+    resources: list[dict[str, Any]] = []
+    if etype == "lab-result":
+        for lab in p.get("labs", []):
+            code, unit = LOINC_LABS[(lab["test"], lab["unit"])]
+            resources.append(_observation(code, subject, when,
+                                          valueQuantity=_quantity(lab["value"], unit)))
+        if notes and resources:
+            resources[0]["note"] = [{"text": notes}]
+        if len(resources) == 1:
+            single = resources[0]
+            single["contained"] = [dict(patient, id="demographics")]
+            return single
+    elif etype == "encounter":
+        encounter = {"resourceType": "Encounter", "status": "finished",
+                     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "AMB"},
+                     "subject": ref, "period": {"start": when}}
+        if reasons:
+            encounter["reasonCode"] = reasons
+        resources.append(encounter)
+        vitals = p.get("vitals", {})
+        bp = [(k, c) for k, c in (("systolic_mmhg", "8480-6"), ("diastolic_mmhg", "8462-4"))
+              if k in vitals]
+        if len(bp) == 2:
+            resources.append(_observation("85354-9", subject, when, component=[
+                {"code": {"coding": [{"system": "http://loinc.org", "code": c}]},
+                 "valueQuantity": _quantity(vitals[k], "mm[Hg]")} for k, c in bp]))
+        else:
+            resources += [_observation(c, subject, when,
+                                       valueQuantity=_quantity(vitals[k], "mm[Hg]"))
+                          for k, c in bp]
+        for key, (code, unit) in VITALS.items():
+            if key in vitals:
+                resources.append(_observation(code, subject, when,
+                                              valueQuantity=_quantity(vitals[key], unit)))
+        if notes:
+            if len(resources) > 1:
+                resources[1]["note"] = [{"text": notes}]
+            else:
+                encounter["text"] = {"status": "generated",
+                                     "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{notes}'
+                                            "</div>"}
+    elif etype == "prescription":
+        for med in p.get("medications", []):
+            request = {"resourceType": "MedicationRequest", "status": "active",
+                       "intent": "order", "subject": ref, "authoredOn": when,
+                       "medicationCodeableConcept": {"coding": [{
+                           "system": "http://www.whocc.no/atc", "code": ATC[med["name"]],
+                           "display": med["name"]}]},
+                       "dosageInstruction": [{
+                           "timing": {"repeat": {"frequency": med["frequency_per_day"],
+                                                 "period": 1, "periodUnit": "d"}},
+                           "doseAndRate": [{"doseQuantity": _quantity(med["dose_mg"], "mg")}]}]}
+            if reasons:
+                request["reasonCode"] = reasons
+            resources.append(request)
+        if notes and resources:
+            resources[0]["note"] = [{"text": notes}]
+    else:
+        img = p["imaging"]
+        series: dict[str, Any] = {"uid": f"1.2.826.0.1.3680043.8.498.{len(subject)}{rng_uid()}",
+                                  "modality": {"system": "http://dicom.nema.org/resources/"
+                                                         "ontology/DCM",
+                                               "code": MODALITIES.get(img["modality"],
+                                                                      img["modality"])}}
+        if img.get("body_part") in BODY_SITES:
+            series["bodySite"] = {"system": "http://snomed.info/sct",
+                                  "code": BODY_SITES[img["body_part"]],
+                                  "display": img["body_part"]}
+        resources.append({"resourceType": "ImagingStudy", "status": "available",
+                          "subject": ref, "started": when, "series": [series]})
+        conclusion = "; ".join(x for x in (img.get("finding"), notes) if x)
+        report = {"resourceType": "DiagnosticReport", "status": "final",
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4"}]},
+                  "subject": ref, "effectiveDateTime": when}
+        if conclusion:
+            report["conclusion"] = conclusion
+        resources.append(report)
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": r} for r in [patient, *resources]]}
+
+
+_uid_counter = 0
+
+
+def rng_uid() -> int:
+    global _uid_counter
+    _uid_counter += 1
+    return _uid_counter
+
+
+RESOURCE_OF = {"lab-result": "Observation", "encounter": "Bundle", "prescription": "Bundle",
+               "imaging": "Bundle"}
+
+
+def fhir_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A legacy patient record -> the same record with a FHIR payload and the public metadata
+    a FHIR record carries (resource type, code systems)."""
+    out = dict(rec)
+    payload = rec["payload"]
+    if payload is None:
+        out["event_type"] = RESOURCE_OF[rec["event_type"]]
+        out["metadata"] = {"fhir_resource_type": out["event_type"]}
+        return out
+    fhir = fhir_payload(rec["event_type"], payload, rec["subject_id"])
+    out["payload"] = fhir
+    out["event_type"] = fhir["resourceType"]
+    systems = sorted({c["system"] for c in _codings(fhir)})
+    out["metadata"] = {"fhir_resource_type": fhir["resourceType"],
+                       "fhir_code_systems": ",".join(systems)}
+    return out
+
+
+def _codings(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node] if "system" in node and "code" in node and "value" not in node else []
+        return own + [c for v in node.values() for c in _codings(v)]
+    if isinstance(node, list):
+        return [c for v in node for c in _codings(v)]
+    return []
+
+
+def convert(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    lots: dict[str, tuple[str, int]] = {}
+    for item in records:
+        if item["kind"] != "provenance":
+            continue
+        for ev in [*item["history"], item["record"]]:
+            if ev["event_type"] == "manufactured" and ev["subject_id"] not in lots:
+                product = ev["metadata"].get("product")
+                lots[ev["subject_id"]] = (ev["submitter_org"],
+                                          PRODUCTS.index(product) if product else 0)
+    for item in records:
+        if item["kind"] == "provenance":
+            convert_provenance(item, lots)
+        else:
+            item["record"] = fhir_record(item["record"])
+            item["recent"] = [fhir_record(r) for r in item["recent"]]
+    return records
+
+
 def build() -> dict[str, str]:
     """File name -> content, for writing or for comparing with the committed files."""
-    global rng
+    global rng, _uid_counter
     rng = random.Random(20260301)
-    ctx = json.dumps(context(), indent=2, sort_keys=True) + "\n"
+    _uid_counter = 0
+    ctx = json.dumps({**context(), **gs1_context()}, indent=2, sort_keys=True) + "\n"
     j = joins()
     prov, n = provenance(0)
-    records = prov + patients(n)
+    records = convert(prov + patients(n))
 
     def lines(items: list[dict[str, Any]]) -> str:
         return "".join(json.dumps(i, sort_keys=True, ensure_ascii=False) + "\n" for i in items)
