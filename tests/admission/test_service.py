@@ -41,23 +41,12 @@ from consortium.config import Genesis
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.transactions import Access, Erase, Grant, Revoke
 from consortium.pbft.membership import EpochConfig, Member
+from tests.formats.fhir_samples import impossible_patient
 
 PATIENT = "a1" * 32
 LOT = "b2" * 32
-PAYLOAD = {"resourceType": "Bundle", "type": "collection", "entry": [
-    {"resource": {"resourceType": "Patient", "id": "P-9", "gender": "female",
-                  "birthDate": "1894-11-02"}},
-    {"resource": {
-        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc",
-                                                  "code": "N02AA05", "display": "oxycodone"}]},
-        "subject": {"reference": "Patient/P-9"}, "authoredOn": "2026-01-05",
-        "dosageInstruction": [{"timing": {"repeat": {"frequency": 4, "period": 1,
-                                                     "periodUnit": "d"}},
-                               "doseAndRate": [{"doseQuantity": {
-                                   "value": 80, "unit": "mg",
-                                   "system": "http://unitsofmeasure.org", "code": "mg"}}]}]}}]}
-"""A FHIR Bundle of a patient 131 years old at the prescription, on 320 mg oxycodone a day."""
+PAYLOAD = impossible_patient("P-9")
+
 TTL_MS = 300_000
 
 
