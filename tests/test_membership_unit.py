@@ -1007,3 +1007,27 @@ def test_a_duplicate_vote_request_takes_no_effect() -> None:
         EnvelopeStatus.DUPLICATE]
     assert [(e.status, e.reason) for e in block.entries] == [
         (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, "")]
+
+
+def test_a_batch_committed_in_different_views_makes_the_same_block() -> None:
+    """A replica may assemble the commit certificate of a batch in view 0 while the others
+    commit the same digest again in view 1 after a view change, each with the proposal header
+    it holds. The block, and so every later prev_hash, must be the same at all of them: the
+    view belongs to each replica's proof, not to the block (the chaos campaign found validators
+    forked by exactly this when the view was in the header)."""
+    reqs = (vote_request(1, MemberVote("0" * 64, False, 0, b"")),)
+    first = m.PrePrepare(0, 0, 1, batch_root(reqs), 1, 1_700_000_000_000)
+    again = dataclasses.replace(first, view=1)
+    blocks = []
+    for view, header, signer in ((0, first, 0), (1, again, 1)):
+        commits = tuple(codec.sign_message(VALIDATORS[i], CHAIN, i,
+                                           m.Commit(0, view, 1, first.digest))
+                        for i in (0, 1, 2))
+        a = ev.Execute(seq=1, view=view, epoch=0, digest=first.digest, requests=reqs,
+                       executed=reqs,
+                       pre_prepare=codec.sign_message(VALIDATORS[signer], CHAIN, signer,
+                                                      header),
+                       certificate=commits, state_digest=bytes(32))
+        blocks.append(build_block(a, CHAIN, None, ORGS, gov=GOV))
+    assert blocks[0].header == blocks[1].header
+    assert blocks[0].header.hash() == blocks[1].header.hash()

@@ -63,10 +63,16 @@ GENESIS_PREV_HASH = bytes(DIGEST_BYTES)
 
 @dataclass(frozen=True, slots=True)
 class BlockHeader:
+    """What every correct validator computes alike for a height: its hash chains the ledger.
+
+    No view: replicas may assemble the commit certificate of one batch in different views (a
+    replica commits in view v while the others commit the same digest again in view v + 1 after
+    a view change), so the view is a property of each replica's proof, carried by the
+    certificate's COMMITs and the proposal header, never of the block."""
+
     chain_id: bytes
     height: int
     epoch: int
-    view: int
     prev_hash: bytes
     merkle_root: bytes
     request_count: int
@@ -85,7 +91,6 @@ class BlockHeader:
         w.blob(self.chain_id)
         w.u64(self.height)
         w.u32(self.epoch)
-        w.u64(self.view)
         w.fixed(self.prev_hash)
         w.fixed(self.merkle_root)
         w.u32(self.request_count)
@@ -98,9 +103,8 @@ class BlockHeader:
     @classmethod
     def decode(cls, data: bytes) -> BlockHeader:
         rd = Reader(data)
-        h = cls(rd.blob(), rd.u64(), rd.u32(), rd.u64(), rd.fixed(DIGEST_BYTES),
-                rd.fixed(DIGEST_BYTES), rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES),
-                rd.u32())
+        h = cls(rd.blob(), rd.u64(), rd.u32(), rd.fixed(DIGEST_BYTES), rd.fixed(DIGEST_BYTES),
+                rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES), rd.u32())
         rd.end()
         return h
 
@@ -437,7 +441,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         envelopes.append(replace(base, entry_count=len(parsed)))
     previous_ms = 0 if prev is None else prev.timestamp_ms
     header = BlockHeader(
-        chain_id=chain_id, height=a.seq, epoch=a.epoch, view=a.view,
+        chain_id=chain_id, height=a.seq, epoch=a.epoch,
         prev_hash=GENESIS_PREV_HASH if prev is None else prev.hash(),
         merkle_root=pp.root, request_count=pp.count, proposed_ms=pp.timestamp_ms,
         timestamp_ms=max(previous_ms, pp.timestamp_ms), state_digest=a.state_digest,
