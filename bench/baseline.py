@@ -54,7 +54,8 @@ ZERO_SIGNATURE = bytes(64)
 
 def _admissible(r: m.Request, keys: dict[str, bytes], orgs: ClientOrgs, genesis: Genesis,
                 verifier: CachingVerifier, now_ms: int) -> bool:
-    """What a validator checks before ordering a submission (`check_submission`)."""
+    """What a validator checks before ordering a submission (`check_signature`,
+    `check_content`; the records benchmarked carry no join request)."""
     key = keys.get(r.client_id)
     if key is None or r.kind is not m.RequestKind.APPLICATION:
         return False

@@ -31,7 +31,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("build block / execute", ("build_block", "Validator._append")),
     ("PBFT replica logic (Replica.step)", ("Replica.step",)),
     ("SubmitRecord handler (decode, checks, waiting)", ("LedgerService.SubmitRecord",
-                                                        "check_submission")),
+                                                        "check_signature", "check_content")),
     ("peer stream receive (Connect)", ("ReplicaService.Connect",)),
     ("peer stream send (PeerLink)", ("PeerLink", "_consume_request_iterator")),
     ("gRPC (aio calls, servers, channels)", ("/grpc/", "grpc._cython", "cygrpc", "_call.py",

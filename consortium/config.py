@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consortium.ledger.blocks import Rules
+from consortium.ledger.membership import JOIN_PENDING_TTL_MS
 from consortium.ledger.membership import validator_client_id as validator_client_id
 from consortium.pbft.membership import EpochConfig, Member
 from consortium.pbft.messages import CONTROL_CHARACTERS
@@ -77,6 +78,9 @@ class DataPolicy:
     submission time may be: a client's clock cannot stamp records in the future."""
     submission_age_ms_max: int = 7 * 24 * 3600 * 1000
     """How far before it (records prepared offline and sent later)."""
+    join_pending_ttl_ms: int = JOIN_PENDING_TTL_MS
+    """How long, in block time, a join request waits for the members' decision before it
+    expires and frees its slot, organisation id, validator id and keys."""
 
     def __post_init__(self) -> None:
         if self.access_ttl_ms < 1_000 or self.read_clock_skew_ms < 1_000:
@@ -84,6 +88,9 @@ class DataPolicy:
         if self.submission_future_ms_max < 1_000 or self.submission_age_ms_max < 60_000:
             raise ValueError("submission_future_ms_max is at least 1000 and "
                              "submission_age_ms_max at least 60000")
+        if self.join_pending_ttl_ms < 60_000:
+            raise ValueError("join_pending_ttl_ms is at least 60000 (members need time to "
+                             "vote)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +111,8 @@ class Genesis:
 
     def rules(self) -> Rules:
         """The ledger rules execution applies (from the data policy)."""
-        return Rules(self.policy.submission_future_ms_max, self.policy.submission_age_ms_max)
+        return Rules(self.policy.submission_future_ms_max, self.policy.submission_age_ms_max,
+                     self.policy.join_pending_ttl_ms)
 
     def epoch0(self) -> EpochConfig:
         return EpochConfig(0, 0, tuple(Member(v.replica_id, v.public_key)

@@ -191,29 +191,39 @@ class Applicant:
     encryption: OrgKeyPair
 
 
+def applicant_key_files(directory: Path, org: str, replica_id: int,
+                        key_dir: Path | None = None) -> tuple[Path, Path, Path]:
+    """Where `init_applicant` keeps an applicant's validator signing key, its organisation's
+    client key and its encryption key."""
+    vdir = key_dir or directory / "validators" / str(replica_id)
+    odir = directory / "orgs" / org
+    return vdir / "signing.key", odir / "client.key", odir / "encryption.key"
+
+
 def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str,
                    client_address: str, metrics_address: str,
                    key_dir: Path | None = None) -> Applicant:
     """Create an applicant's keys: its validator (DIR/validators/<id>: signing key, TLS
     identity from the local consortium CA, config.json, so that `consortium up` starts it) and
     its organisation's client and encryption keys (DIR/orgs/<org>). Existing keys are kept, so
-    applying again after a refusal reuses them. In a real consortium the applicant generates
-    these itself and gets its TLS certificate from the consortium CA out of band."""
-    vdir = key_dir or directory / "validators" / str(replica_id)
-    odir = directory / "orgs" / org
+    applying again (once sponsored, or after a refusal) reuses them. In a real consortium the
+    applicant generates these itself and gets its TLS certificate from the consortium CA out of
+    band."""
+    signing_path, client_path, enc_path = applicant_key_files(directory, org, replica_id,
+                                                              key_dir)
+    vdir = signing_path.parent
     if (vdir / "config.json").exists():
         existing = json.loads((vdir / "config.json").read_text())
         if existing.get("org") != org or int(existing.get("replica_id", -1)) != replica_id:
             raise FileExistsError(f"{vdir} already holds validator {existing.get('replica_id')}"
                                   f" of {existing.get('org')!r}")
     seeds = {}
-    for path in (vdir / "signing.key", odir / "client.key"):
+    for path in (signing_path, client_path):
         if path.exists():
             seeds[path] = read_seed(path)
         else:
             seeds[path] = Ed25519Signer.generate().seed
             _write_secret(path, seeds[path].hex().encode())
-    enc_path = odir / "encryption.key"
     if enc_path.exists():
         enc = OrgKeyPair(read_seed(enc_path))
     else:
@@ -243,8 +253,8 @@ def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str
     }
     if not (vdir / "config.json").exists():
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return Applicant(org, replica_id, vdir, Ed25519Signer(seeds[vdir / "signing.key"]),
-                     Ed25519Signer(seeds[odir / "client.key"]), enc)
+    return Applicant(org, replica_id, vdir, Ed25519Signer(seeds[signing_path]),
+                     Ed25519Signer(seeds[client_path]), enc)
 
 
 def default_admission_backend() -> str:

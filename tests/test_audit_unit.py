@@ -509,14 +509,13 @@ def _edit_header(msg: pb.Block, **changes: Any) -> None:
     ({"state_digest": bytes(32)}, {(4, "state-digest"), (5, "hash-link")}),
     ({"timestamp_ms": 1}, {(4, "time"), (5, "hash-link")}),
     ({"epoch": 1}, {(4, "proposal"), (5, "hash-link")}),
-    ({"view": 1}, {(4, "certificate"), (5, "hash-link")}),
     ({"proposed_ms": T0}, {(4, "proposal"), (5, "hash-link")}),
     ({"height": 9}, {(4, "missing-block"), (10, "height")}),
     ({"merkle_root": bytes(32)}, {(4, "merkle-root"), (5, "hash-link")}),
     ({"request_count": 3}, {(4, "malformed"), (5, "hash-link")}),
     ({"entry_count": 4}, {(4, "malformed"), (5, "hash-link")}),
     ({"chain_id": b"other"}, {(4, "malformed"), (5, "hash-link")}),
-], ids=["prev_hash", "state_digest", "timestamp", "epoch", "view", "proposed_ms", "height",
+], ids=["prev_hash", "state_digest", "timestamp", "epoch", "proposed_ms", "height",
         "merkle_root", "request_count", "entry_count", "chain_id"])
 def test_an_edited_header_is_found_at_its_height(changes: dict[str, Any],
                                                  expected: set[tuple[int, str]]) -> None:

@@ -1,7 +1,9 @@
 """Membership governance without processes: the join / vote / removal transactions and their
-encodings, the pure judging rules of consortium/ledger/membership.py, how build_block dispatches
-governance transactions, and the hand-over to the consensus layer (a quorum of committed
-approvals assembles a `Reconfiguration` that `pbft.state.approved_reconfiguration` accepts).
+encodings, the pure judging rules of consortium/ledger/membership.py (sponsorship, the pending
+caps, expiry by block time), how build_block dispatches governance transactions, that a
+validator judges a join request on arrival as execution does (node/submissions.check_content),
+and the hand-over to the consensus layer (a quorum of committed approvals assembles a
+`Reconfiguration` that `pbft.state.approved_reconfiguration` accepts).
 
 Everything is signed with real Ed25519 keys and verified with `Ed25519Verifier`; requests and
 blocks are built exactly as a validator builds them (tests/test_audit_unit.py style).
@@ -15,10 +17,19 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consortium.config import (
+    ClientInfo,
+    ConfigError,
+    DataPolicy,
+    Genesis,
+    OrgInfo,
+    ValidatorInfo,
+)
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
@@ -27,6 +38,7 @@ from consortium.ledger.blocks import (
     EntryStatus,
     EnvelopeStatus,
     Governance,
+    Rules,
     build_block,
     changes_membership,
 )
@@ -45,12 +57,16 @@ from consortium.ledger.transactions import (
     decode_tx,
     encode_governance_tx,
     encode_tx,
+    sponsor_join,
+    sponsorship_signing_bytes,
     target_of,
 )
+from consortium.node.submissions import SubmissionRules, check_content
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
+from consortium.pbft.params import ProtocolParams
 from consortium.pbft.payload import encode_envelope, encode_segments, split_segments
 from consortium.pbft.state import approved_reconfiguration, batch_root
 
@@ -76,7 +92,15 @@ CLIENT_ORGS = {
 CLIENT_KEYS = {c: Ed25519Signer(_seed("client", c)) for c in CLIENT_ORGS
                if not c.startswith("validator-")}
 KNOWN_CLIENTS = frozenset(CLIENT_ORGS)
-ORGS = ClientOrgs(dict(CLIENT_ORGS), set(GENESIS_ORGS))
+SPONSORS = {org: CLIENT_KEYS[c] for c, org in CLIENT_ORGS.items() if c in CLIENT_KEYS}
+"""Each genesis organisation's one client key, which signs its sponsorships."""
+ORGS = ClientOrgs(dict(CLIENT_ORGS), set(GENESIS_ORGS), keys={
+    **{c: s.public_key for c, s in CLIENT_KEYS.items()},
+    **{ms.validator_client_id(i): s.public_key for i, s in VALIDATORS.items()}},
+    keys_in_use=frozenset(s.public_key for s in (*CLIENT_KEYS.values(), *VALIDATORS.values())))
+T0 = 1_700_000_000_000
+"""The block time the tests judge at (and the time of the blocks `execute` builds)."""
+TTL = ms.JOIN_PENDING_TTL_MS
 
 _nonces = itertools.count(1)
 
@@ -91,8 +115,12 @@ def voters_of(config: EpochConfig) -> dict[str, int]:
 
 
 def context(config: EpochConfig = CONFIG0, *, known_clients: frozenset[str] = KNOWN_CLIENTS,
-            known_orgs: frozenset[str] = GENESIS_ORGS) -> ms.Context:
-    return ms.Context(CHAIN, config, voters_of(config), known_orgs, VERIFIER, known_clients)
+            known_orgs: frozenset[str] = GENESIS_ORGS, block_ms: int = T0,
+            sponsors: dict[str, Ed25519Signer] | None = None) -> ms.Context:
+    sponsor_keys = {org: frozenset({s.public_key})
+                    for org, s in (SPONSORS if sponsors is None else sponsors).items()}
+    return ms.Context(CHAIN, config, voters_of(config), known_orgs, VERIFIER, known_clients,
+                      block_ms, TTL, sponsor_keys, ORGS.keys_in_use)
 
 
 @dataclass(frozen=True)
@@ -103,18 +131,24 @@ class Applicant:
     replica_id: int
     validator: Ed25519Signer = field(default_factory=Ed25519Signer.generate)
     client: Ed25519Signer = field(default_factory=Ed25519Signer.generate)
+    sponsor: str | None = "acme"
+    """The member that sponsors its requests (None: unsponsored)."""
 
     @property
     def client_id(self) -> str:
         return applicant_client_id(self.validator.public_key)
 
     def request(self, **changes: Any) -> JoinRequest:
-        tx = JoinRequest(self.org, f"{self.org.title()} B.V.", self.replica_id,
-                         self.validator.public_key, self.client.public_key,
-                         hashlib.sha256(self.org.encode()).digest(),
-                         f"{self.org}.example:7100", f"{self.org}.example:7200",
-                         "We ship vaccines.\nPlease let us in.\t(thanks)")
-        return replace(tx, **changes)
+        """Its join request with `changes`, sponsored (signed after the changes) by
+        `sponsor`."""
+        tx = replace(JoinRequest(self.org, f"{self.org.title()} B.V.", self.replica_id,
+                                 self.validator.public_key, self.client.public_key,
+                                 hashlib.sha256(self.org.encode()).digest(),
+                                 f"{self.org}.example:7100", f"{self.org}.example:7200",
+                                 "We ship vaccines.\nPlease let us in.\t(thanks)"), **changes)
+        if self.sponsor is None:
+            return tx
+        return sponsor_join(tx, self.sponsor, SPONSORS[self.sponsor], CHAIN)
 
 
 def join(state: dict[str, ms.Proposal], a: Applicant, proposal_id: str,
@@ -183,6 +217,24 @@ def test_join_request_with_the_longest_org_and_statement_round_trips() -> None:
     tx = Applicant("a" * 32, 65535).request(statement="é" * (STATEMENT_BYTES_MAX // 2))
     assert len(tx.statement.encode()) == STATEMENT_BYTES_MAX
     assert decode_governance_tx(_segments(tx)) == tx
+
+
+def test_an_unsponsored_join_request_round_trips() -> None:
+    """No sponsorship encodes as an empty sponsor and a zero signature, and decodes back to
+    none (which execution then refuses, with the reason)."""
+    tx = Applicant("newco", 4, sponsor=None).request()
+    assert (tx.sponsor, tx.sponsorship) == ("", b"")
+    segs = _segments(tx)
+    assert segs[0] is not None and segs[0].endswith(b"\x00\x00" + bytes(64))
+    assert decode_governance_tx(segs) == tx
+    named = replace(tx, sponsor="acme")
+    assert decode_governance_tx(_segments(named)) == named
+
+
+def _sponsor_header(**changes: Any) -> bytes:
+    segs = _segments(replace(Applicant("newco", 4).request(), **changes))
+    assert segs[0] is not None
+    return segs[0]
 
 
 def test_a_withheld_statement_decodes_as_empty() -> None:
@@ -290,6 +342,10 @@ MALFORMED: dict[str, tuple[list[bytes | None], str]] = {
     "statement DEL": ([_join_header(), b"del \x7f"],
                       "the statement contains a control character"),
     "statement not UTF-8": ([_join_header(), b"\xff\xfe"], "the statement is not UTF-8"),
+    "sponsorship without sponsor": ([_sponsor_header(sponsor=""), _GOOD_STATEMENT],
+                                    "a sponsorship without a sponsor"),
+    "control char in sponsor": ([_sponsor_header(sponsor="ac\nme"), _GOOD_STATEMENT],
+                                "sponsor contains a control character"),
     "join one segment": ([_join_header()], "a join request has 2 segments"),
     "join three segments": ([_join_header(), _GOOD_STATEMENT, b"more"],
                             "a join request has 2 segments"),
@@ -491,39 +547,222 @@ def test_join_refused_when_the_orgs_client_id_is_taken() -> None:
     assert _refused(a.request(), a.client_id, {}, ctx) == "client id newco-client is taken"
 
 
+REUSED_MEMBER_KEY = ("the join request reuses a key a member already holds; generate new keys "
+                     "(consortium members apply)")
+
+
 def test_join_refused_for_a_validator_key_already_in_use() -> None:
     member = Applicant("newco", 4, validator=VALIDATORS[0])
-    assert _refused(member.request(), member.client_id, {}) == \
-        "that validator key is already in use"
+    assert _refused(member.request(), member.client_id, {}) == REUSED_MEMBER_KEY
     state: dict[str, ms.Proposal] = {}
     first = join(state, Applicant("firstco", 4), pid("first"))
     copycat = Applicant("copyco", 5)
     tx = copycat.request(validator_key=first.validator_key)
     assert _refused(tx, applicant_client_id(first.validator_key), state) == \
-        "that validator key is already in use"
+        "the join request reuses a key of another open join request"
+
+
+@pytest.mark.parametrize("key", ["client_key", "encryption_key"])
+def test_join_refused_for_a_members_or_an_open_requests_key(key: str) -> None:
+    """Issue 12: a request naming org0's client or encryption key would, once approved, let
+    org0 act as the new member or read what is shared with it; execution refuses it too (the
+    rule is execution's; admission asks it)."""
+    a = Applicant("newco", 4)
+    assert _refused(a.request(**{key: SPONSORS["globex"].public_key}), a.client_id, {}) == \
+        REUSED_MEMBER_KEY
+    state: dict[str, ms.Proposal] = {}
+    first = join(state, Applicant("firstco", 5), pid("first"))
+    assert _refused(a.request(**{key: getattr(first, key)}), a.client_id, state) == \
+        "the join request reuses a key of another open join request"
+    approve_all(state, first, (0, 1, 2))
+    assert _refused(a.request(**{key: getattr(first, key)}), a.client_id, state) == \
+        REUSED_MEMBER_KEY
+
+
+def _fill(state: dict[str, ms.Proposal], count: int = ms.JOINS_PENDING_MAX,
+          sponsors: tuple[str, ...] = ("acme", "globex", "regulator", "hospital"),
+          at_ms: int = T0) -> list[ms.Proposal]:
+    """`count` pending join requests, sponsored in turn by `sponsors`, recorded at `at_ms`."""
+    return [join(state, Applicant(f"org{i}", 10 + i, sponsor=sponsors[i % len(sponsors)]),
+                 pid(f"join{i}"), context(block_ms=at_ms)) for i in range(count)]
+
+
+TOTAL_CAP = (f"{ms.SLOTS_TAKEN}{ms.JOINS_PENDING_MAX} join requests are already waiting for "
+             "votes; try later")
 
 
 def test_join_refused_when_joins_pending_max_are_waiting() -> None:
+    """8 pending requests by 4 sponsors: a 5th member's sponsorship finds no slot."""
+    assert ms.JOINS_PENDING_MAX == 8 and ms.JOINS_PENDING_PER_SPONSOR == 2
     state: dict[str, ms.Proposal] = {}
-    for i in range(ms.JOINS_PENDING_MAX):
-        join(state, Applicant(f"org{i}", 10 + i), pid(f"join{i}"))
-    late = Applicant("lateco", 99)
-    assert _refused(late.request(), late.client_id, state) == \
-        f"{ms.JOINS_PENDING_MAX} join requests are already waiting for votes; try later"
+    _fill(state)
+    fifth = {**SPONSORS, "okco": Ed25519Signer(_seed("okco client"))}
+    late = Applicant("lateco", 99, sponsor=None)
+    tx = sponsor_join(late.request(), "okco", fifth["okco"], CHAIN)
+    assert _refused(tx, late.client_id, state, context(sponsors=fifth)) == TOTAL_CAP
     # one decided (rejected) frees a slot
     first = state[pid("join0")]
     assert vote(reject(first), 0, state) == ""
     assert vote(reject(first), 1, state) == "membership: rejected"
-    assert ms.judge_join(late.request(), late.client_id, pid("late"), state, context()) == ""
+    assert ms.judge_join(tx, late.client_id, pid("late"), state, context(sponsors=fifth)) == ""
+
+
+def test_one_member_sponsors_at_most_two_pending_requests() -> None:
+    state: dict[str, ms.Proposal] = {}
+    _fill(state, 2, ("acme",))
+    third = Applicant("thirdco", 20)
+    assert _refused(third.request(), third.client_id, state) == (
+        f"{ms.SLOTS_TAKEN}'acme' already sponsors {ms.JOINS_PENDING_PER_SPONSOR} join requests "
+        "waiting for votes; try later or ask another member")
+    other = Applicant("otherco", 21, sponsor="globex")
+    assert ms.judge_join(other.request(), other.client_id, pid("other"), state, context()) == ""
+    assert state[pid("other")].sponsor == "globex"
+    # a decided request no longer counts against its sponsor
+    approve_all(state, state[pid("join0")], (0, 1, 2))
+    assert ms.judge_join(third.request(), third.client_id, pid("third"), state,
+                         context()) == ""
 
 
 def test_approved_joins_do_not_count_as_pending() -> None:
     state: dict[str, ms.Proposal] = {}
-    for i in range(ms.JOINS_PENDING_MAX):
-        join(state, Applicant(f"org{i}", 10 + i), pid(f"join{i}"))
+    _fill(state)
     assert approve_all(state, state[pid("join0")], (0, 1, 2))[-1] == "membership: approved"
-    late = Applicant("lateco", 99)
+    late = Applicant("lateco", 99)  # acme's second request was join0: approved
     assert ms.judge_join(late.request(), late.client_id, pid("late"), state, context()) == ""
+
+
+# ------------------------------------------------------------------------------ sponsorship
+
+MISSING = ("a join request needs a member's sponsorship (a member signs the application with "
+           "`consortium members sponsor`)")
+NOT_SIGNED = ("the sponsorship is not a signature of 'acme''s client key over this application "
+              "(organisation, name, validator id and keys, on this chain)")
+
+
+@pytest.mark.parametrize("missing", ["no sponsor", "no signature", "neither"])
+def test_join_refused_without_a_sponsorship(missing: str) -> None:
+    a = Applicant("newco", 4)
+    tx = a.request()
+    tx = {"no sponsor": replace(tx, sponsor=""), "no signature": replace(tx, sponsorship=b""),
+          "neither": replace(tx, sponsor="", sponsorship=b"")}[missing]
+    assert _refused(tx, a.client_id, {}) == MISSING
+
+
+def _signed_by(tx: JoinRequest, signer: Ed25519Signer, chain: bytes = CHAIN) -> JoinRequest:
+    return replace(tx, sponsorship=signer.sign(sponsorship_signing_bytes(chain, tx)))
+
+
+@pytest.mark.parametrize("forgery", [
+    "another member's key", "acme's validator key", "the applicant's own key", "another chain",
+    "another replica id", "another org", "another name", "another client key",
+    "another encryption key", "another validator key", "zeros", "garbage"])
+def test_join_refused_with_an_invalid_sponsorship(forgery: str) -> None:
+    """The signature must be the named sponsor's client key over exactly this application:
+    a sponsorship copied onto another request, or signed by any other key, is refused."""
+    a = Applicant("newco", 4)
+    tx = a.request()
+    other_key = Ed25519Signer.generate().public_key
+    bad = {
+        "another member's key": _signed_by(tx, SPONSORS["globex"]),
+        "acme's validator key": _signed_by(tx, VALIDATORS[0]),
+        "the applicant's own key": _signed_by(tx, a.validator),
+        "another chain": _signed_by(tx, SPONSORS["acme"], b"another-chain"),
+        "another replica id": replace(tx, replica_id=5),
+        "another org": replace(tx, org="otherco"),
+        "another name": replace(tx, name="Acme Official"),
+        "another client key": replace(tx, client_key=other_key),
+        "another encryption key": replace(tx, encryption_key=other_key),
+        "another validator key": replace(tx, validator_key=other_key),
+        "zeros": replace(tx, sponsorship=bytes(64)),
+        "garbage": replace(tx, sponsorship=b"\x01" * 64),
+    }[forgery]
+    signer_id = applicant_client_id(bad.validator_key)
+    assert _refused(bad, signer_id, {}) == NOT_SIGNED
+    # the endpoints and the statement are not signed: the applicant may change them
+    assert ms.judge_join(replace(tx, peer_address="moved:1", statement="new words"),
+                         a.client_id, pid("ok"), {}, context()) == ""
+
+
+@pytest.mark.parametrize("sponsor", ["outsider", "removed", "admission"])
+def test_join_refused_when_the_sponsor_is_no_current_member(sponsor: str) -> None:
+    """Only a current member vouches: not an unknown organisation, not one removed since
+    (`ClientOrgs` leaves removed organisations out), not the admission service."""
+    a = Applicant("newco", 4, sponsor=None)
+    signer = {"outsider": OUTSIDER, "removed": SPONSORS["hospital"],
+              "admission": Ed25519Signer(_seed("admission"))}[sponsor]
+    name = {"outsider": "outsiderco", "removed": "hospital", "admission": "screening"}[sponsor]
+    tx = sponsor_join(a.request(), name, signer, CHAIN)
+    orgs = ClientOrgs({**{c: o for c, o in CLIENT_ORGS.items() if o != "hospital"},
+                       "screening-client": "screening"},
+                      set(GENESIS_ORGS - {"hospital"}) | {"screening"},
+                      keys={"alice": SPONSORS["acme"].public_key,
+                            "screening-client": Ed25519Signer(_seed("admission")).public_key})
+    sponsor_keys = orgs.sponsor_keys("screening-client")
+    assert sponsor_keys == {"acme": frozenset({SPONSORS["acme"].public_key})}
+    ctx = replace(context(), sponsor_keys=sponsor_keys)
+    assert _refused(tx, a.client_id, {}, ctx) == \
+        f"sponsor {name!r} is not a current member organisation"
+
+
+def test_validator_keys_do_not_sponsor() -> None:
+    assert set(ORGS.sponsor_keys(None)) == set(GENESIS_ORGS)
+    assert all(len(keys) == 1 and keys <= {s.public_key for s in SPONSORS.values()}
+               for keys in ORGS.sponsor_keys(None).values())
+
+
+# ------------------------------------------------------------------------------ expiry
+
+def test_a_join_request_expires_after_the_ttl_of_block_time() -> None:
+    """It counts while block_ms - recorded_ms <= TTL; one millisecond later it holds nothing:
+    not its slot, organisation id, validator id or keys (its applicant may apply again with
+    the same keys), nor its sponsor's quota."""
+    state: dict[str, ms.Proposal] = {}
+    proposals = _fill(state)
+    assert {p.recorded_ms for p in proposals} == {T0}
+    fifth = {**SPONSORS, "okco": Ed25519Signer(_seed("okco client"))}
+    late = Applicant("lateco", 99, sponsor=None)
+    tx = sponsor_join(late.request(), "okco", fifth["okco"], CHAIN)
+    assert _refused(tx, late.client_id, state,
+                    context(block_ms=T0 + TTL, sponsors=fifth)) == TOTAL_CAP
+    assert not state[pid("join0")].expired(T0 + TTL, TTL)
+    after = context(block_ms=T0 + TTL + 1, sponsors=fifth)
+    assert state[pid("join0")].expired(T0 + TTL + 1, TTL)
+    assert ms.judge_join(tx, late.client_id, pid("late"), state, after) == ""
+    assert state[pid("late")].recorded_ms == T0 + TTL + 1
+    # the expired request's org, replica id and keys are free: its applicant applies again
+    # (a new client key this time), sponsored by the same member
+    first = proposals[0]
+    new_client = Ed25519Signer(_seed("org0 new client"))
+    again = sponsor_join(replace(Applicant(first.org, first.replica_id).request(),
+                                 validator_key=first.validator_key,
+                                 client_key=new_client.public_key,
+                                 encryption_key=first.encryption_key),
+                         first.sponsor, SPONSORS[first.sponsor], CHAIN)
+    assert ms.judge_join(again, applicant_client_id(first.validator_key), pid("again"), state,
+                         after) == ""
+    # the newest request of an organisation is the one whose keys sign for it
+    assert ms.MembershipState(state).client_keys()["org0-client"] == new_client.public_key
+
+
+def test_votes_on_an_expired_join_request_are_refused() -> None:
+    state, p, _ = _pending_join()
+    assert vote(approve(0, p), 0, state, context(block_ms=T0 + TTL)) == ""
+    expired = context(block_ms=T0 + TTL + 1)
+    for tx, voter in ((approve(1, state[p.proposal_id]), 1), (reject(p), 2)):
+        assert _unchanged(tx, ms.validator_client_id(voter), state, expired) == (
+            f"the join request expired: it waited {TTL // 1000} s of block time for a decision "
+            f"(until {T0 + TTL} ms); the applicant may apply again")
+    assert len(state[p.proposal_id].votes) == 1
+
+
+def test_an_approved_join_and_a_removal_never_expire() -> None:
+    state, p, _ = _pending_join()
+    approve_all(state, p, (0, 1, 2))
+    assert not state[p.proposal_id].expired(T0 + 10 * TTL, TTL)
+    assert ms.judge_remove(RemoveRequest(3, "x"), "validator-0", pid("rm"), state, {},
+                           context()) == ""
+    assert not state[pid("rm")].expired(T0 + 10 * TTL, TTL)
+    assert vote(reject(state[pid("rm")]), 0, state, context(block_ms=T0 + 10 * TTL)) == ""
 
 
 def test_a_rejected_proposals_org_may_apply_again() -> None:
@@ -563,7 +802,8 @@ def test_judge_remove() -> None:
     assert state == {}
     assert ms.judge_remove(RemoveRequest(3, "x"), "validator-0", pid("r1"), state, org_of,
                            ctx) == ""
-    assert state[pid("r1")] == ms.Proposal(pid("r1"), "remove", 3, "hospital")
+    assert state[pid("r1")] == ms.Proposal(pid("r1"), "remove", 3, "hospital",
+                                           recorded_ms=T0)
     assert ms.judge_remove(RemoveRequest(3, "y"), "validator-1", pid("r2"), state, org_of,
                            ctx) == "a removal of validator 3 is already open"
     solo = EpochConfig(0, 0, (Member(0, VALIDATORS[0].public_key),))
@@ -805,7 +1045,7 @@ def test_one_change_per_epoch_a_second_approval_waits_for_the_next_epoch() -> No
 def test_client_keys_and_orgs_follow_the_proposals_status() -> None:
     state: dict[str, ms.Proposal] = {}
     pending_a, approved_a, rejected_a = (Applicant("pendco", 6), Applicant("okco", 5),
-                                         Applicant("noco", 4))
+                                         Applicant("noco", 4, sponsor="globex"))
     join(state, pending_a, pid("pending"))
     approved = join(state, approved_a, pid("approved"))
     rejected = join(state, rejected_a, pid("rejected"))
@@ -861,7 +1101,7 @@ def execute(*requests: m.Request, seq: int = 1, gov: Governance = GOV,
             members: ms.MembershipState = ms.EMPTY,
             executed: tuple[m.Request, ...] | None = None) -> Block:
     reqs = tuple(requests)
-    header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), 1_700_000_000_000)
+    header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), T0)
     a = ev.Execute(seq=seq, view=0, epoch=0, digest=header.digest, requests=reqs,
                    executed=reqs if executed is None else executed,
                    pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0, header),
@@ -879,7 +1119,7 @@ def _join_proposal(a: Applicant, request: m.Request, item: int = 0) -> ms.Propos
     tx = a.request()
     return ms.Proposal(proposal_id(request, item), "join", tx.replica_id, tx.org, tx.name,
                        tx.validator_key, tx.client_key, tx.encryption_key, tx.peer_address,
-                       tx.client_address)
+                       tx.client_address, sponsor=tx.sponsor, recorded_ms=T0)
 
 
 def test_build_block_approves_a_join_in_one_batch() -> None:
@@ -1007,3 +1247,114 @@ def test_a_duplicate_vote_request_takes_no_effect() -> None:
         EnvelopeStatus.DUPLICATE]
     assert [(e.status, e.reason) for e in block.entries] == [
         (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, ""), (EntryStatus.RECORDED, "")]
+
+
+def test_build_block_records_the_sponsor_and_the_block_time() -> None:
+    a = Applicant("newco", 4, sponsor="regulator")
+    jr = join_request(a)
+    block = execute(jr)
+    assert [(e.status, e.reason) for e in block.entries] == [(EntryStatus.RECORDED, "")]
+    assert block.header.timestamp_ms == T0
+    assert block.entries[0].action == a.request()
+    members = ms.MembershipState({proposal_id(jr): _join_proposal(a, jr)})
+    assert members.proposals[proposal_id(jr)].sponsor == "regulator"
+    # the same request from an applicant nobody sponsored is an entry refused with the reason
+    bare = execute(join_request(replace(a, sponsor=None)), seq=2)
+    assert [(e.status, e.reason) for e in bare.entries] == [(EntryStatus.INVALID, MISSING)]
+    assert not changes_membership(bare)
+
+
+# ------------------------------------------------------- the same judgement at admission
+
+def _pending(count: int, at_ms: int, sponsors: tuple[str, ...] = (
+        "acme", "globex", "regulator", "hospital")) -> ms.MembershipState:
+    state: dict[str, ms.Proposal] = {}
+    _fill(state, count, sponsors, at_ms)
+    return ms.MembershipState(state)
+
+
+ADMISSION_CASES: dict[str, tuple[ms.MembershipState, dict[str, Any], str]] = {
+    "sponsored": (ms.EMPTY, {}, ""),
+    "unsponsored": (ms.EMPTY, {"sponsor": None}, MISSING),
+    "forged sponsorship": (ms.EMPTY, {"forge": True}, NOT_SIGNED),
+    "sponsor's quota used": (_pending(2, T0, ("acme",)), {},
+                             f"{ms.SLOTS_TAKEN}'acme' already sponsors 2 join requests waiting "
+                             "for votes; try later or ask another member"),
+    "no free slot": (_pending(8, T0), {}, TOTAL_CAP),
+    "slots freed by expiry": (_pending(8, T0 - TTL - 1), {}, ""),
+    "slots held until the ttl": (_pending(8, T0 - TTL), {}, TOTAL_CAP),
+    "a member's org": (ms.EMPTY, {"org": "globex"},
+                       "organisation 'globex' is a member or has a join request open"),
+    "a member's key": (ms.EMPTY, {"client": CLIENT_KEYS["bob"]}, REUSED_MEMBER_KEY),
+}
+
+
+@pytest.mark.parametrize("case", list(ADMISSION_CASES))
+def test_admission_and_execution_judge_a_join_request_alike(case: str) -> None:
+    """A validator judges a join request on arrival with execution's own rule, as of its head
+    block's time (here the time of the block that then executes it): what it refuses there
+    (INVALID_ARGUMENT, or FAILED_PRECONDITION for want of a slot) the block refuses with the
+    same reason, and what it takes in the block records."""
+    members, changes, reason = ADMISSION_CASES[case]
+    forge = changes.pop("forge", False)
+    a = Applicant(changes.pop("org", "newco"), 40, sponsor=changes.pop("sponsor", "acme"),
+                  **changes)
+    tx = a.request()
+    if forge:
+        tx = _signed_by(tx, SPONSORS["globex"])
+    jr = signed(a.client_id, a.validator, encode_governance_tx(tx))
+    rules = SubmissionRules(CHAIN, VERIFIER, ORGS, GOV, Rules(), membership=members,
+                            block_ms=T0)
+    refused = check_content(jr, rules)
+    (entry,) = execute(jr, members=members).entries
+    assert entry.reason == reason
+    if not reason:
+        assert refused is None and entry.status == EntryStatus.RECORDED
+        return
+    assert entry.status == EntryStatus.INVALID
+    assert refused is not None and refused.message == f"item 0: {reason}"
+    assert refused.code == (grpc.StatusCode.FAILED_PRECONDITION if ms.SLOTS_TAKEN in reason
+                            else grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_the_join_ttl_is_a_genesis_policy_with_a_floor() -> None:
+    """Execution reads the TTL from the genesis policy (`Genesis.rules`), so every validator
+    expires the same requests; a TTL too short for members to vote is refused on load."""
+    assert DataPolicy().join_pending_ttl_ms == ms.JOIN_PENDING_TTL_MS == 14 * 24 * 3600 * 1000
+    genesis = Genesis(
+        "ttl-chain", ProtocolParams(),
+        tuple(ValidatorInfo(i, org, VALIDATORS[i].public_key, f"p{i}:1", f"c{i}:1")
+              for i, org in VALIDATOR_ORGS.items()),
+        tuple(OrgInfo(org, org, hashlib.sha256(org.encode()).digest())
+              for org in sorted(GENESIS_ORGS)),
+        tuple(ClientInfo(c, CLIENT_ORGS[c], k.public_key) for c, k in CLIENT_KEYS.items()),
+        DataPolicy(join_pending_ttl_ms=3_600_000))
+    assert Genesis.from_json(genesis.to_json()).rules().join_pending_ttl_ms == 3_600_000
+    data = genesis.to_json()
+    data["policy"]["join_pending_ttl_ms"] = 59_999
+    with pytest.raises(ConfigError, match="join_pending_ttl_ms is at least 60000"):
+        Genesis.from_json(data)
+
+
+def test_a_batch_committed_in_different_views_makes_the_same_block() -> None:
+    """A replica may assemble the commit certificate of a batch in view 0 while the others
+    commit the same digest again in view 1 after a view change, each with the proposal header
+    it holds. The block, and so every later prev_hash, must be the same at all of them: the
+    view belongs to each replica's proof, not to the block (the chaos campaign found validators
+    forked by exactly this when the view was in the header)."""
+    reqs = (vote_request(1, MemberVote("0" * 64, False, 0, b"")),)
+    first = m.PrePrepare(0, 0, 1, batch_root(reqs), 1, 1_700_000_000_000)
+    again = dataclasses.replace(first, view=1)
+    blocks = []
+    for view, header, signer in ((0, first, 0), (1, again, 1)):
+        commits = tuple(codec.sign_message(VALIDATORS[i], CHAIN, i,
+                                           m.Commit(0, view, 1, first.digest))
+                        for i in (0, 1, 2))
+        a = ev.Execute(seq=1, view=view, epoch=0, digest=first.digest, requests=reqs,
+                       executed=reqs,
+                       pre_prepare=codec.sign_message(VALIDATORS[signer], CHAIN, signer,
+                                                      header),
+                       certificate=commits, state_digest=bytes(32))
+        blocks.append(build_block(a, CHAIN, None, ORGS, gov=GOV))
+    assert blocks[0].header == blocks[1].header
+    assert blocks[0].header.hash() == blocks[1].header.hash()

@@ -320,11 +320,11 @@ def test_block_rejects_every_truncation_and_flip(big_block: Block) -> None:
     # Any change to an item breaks its envelope's digest.
     check("item", good.items[1], lambda msg, b: msg.items.__setitem__(1, b),
           lambda got: False)
-    # Only what is not cross-checked here may change: sender and signature (verified by the
-    # chain verifier against the primary of the view).
+    # Only what is not cross-checked here may change: view, sender and signature (verified by
+    # the chain verifier against the primary of the header's view).
     check("pre_prepare", good.pre_prepare, lambda msg, b: setattr(msg, "pre_prepare", b),
-          lambda got: isinstance(got.pre_prepare, m.SignedMessage)
-          and got.pre_prepare.body == pp_body)
+          lambda got: isinstance(got.pre_prepare.body, m.PrePrepare)
+          and dataclasses.replace(got.pre_prepare.body, view=pp_body.view) == pp_body)
     # A certificate entry that still decodes is a COMMIT; verify_certificate judges it.
     check("certificate", good.certificate[0], lambda msg, b: msg.certificate.__setitem__(0, b),
           lambda got: isinstance(got.certificate[0].body, m.Commit))
@@ -417,23 +417,25 @@ def test_block_rejects_a_proposal_that_disagrees_with_the_header(big_block: Bloc
     for body in (dataclasses.replace(pp, root=bytes(32)),
                  dataclasses.replace(pp, count=pp.count - 1),
                  dataclasses.replace(pp, seq=pp.seq + 1),
-                 dataclasses.replace(pp, timestamp_ms=pp.timestamp_ms + 1),
-                 dataclasses.replace(pp, view=pp.view + 1)):
+                 dataclasses.replace(pp, timestamp_ms=pp.timestamp_ms + 1)):
         msg = _copy(good)
         msg.pre_prepare = signed(body)
         assert "proposal header" in str(_rejects(lambda msg=msg: wire.block_from_proto(msg,
                                                                                        CHAIN)))
 
 
-def test_block_accepts_an_earlier_views_proposal_for_the_same_digest(big_block: Block) -> None:
-    """A replica that fetched a batch after missing a NEW-VIEW holds the first primary's header
-    for the same digest; it proves the same contents and time, so the block (certified in the
-    later view) is well formed. A header of a later view than the certificate's is not."""
-    later = dataclasses.replace(big_block.header, view=big_block.header.view + 1)
+def test_block_accepts_another_views_proposal_for_the_same_digest(big_block: Block) -> None:
+    """A replica that fetched a batch after missing a NEW-VIEW holds another view's header for
+    the same digest; it proves the same contents and time, so the block is well formed, and its
+    hash (which holds no view) is every replica's."""
+    pp = big_block.pre_prepare.body
+    assert isinstance(pp, m.PrePrepare)
+    later = dataclasses.replace(pp, view=pp.view + 1)
     msg = _copy(wire.block_to_proto(big_block))
-    msg.header = later.encode()
+    msg.pre_prepare = codec.sign_message(SIGNERS[1], CHAIN, 1, later).wire
     got = wire.block_from_proto(msg, CHAIN)
-    assert got.header.view == later.view and got.pre_prepare.wire == big_block.pre_prepare.wire
+    assert got.pre_prepare.body == later
+    assert got.header.hash() == big_block.header.hash()
 
 
 # ----------------------------------------------------------------------------------- receipts
@@ -520,7 +522,8 @@ def test_receipt_with_a_forged_certificate_is_refused(big_block: Block,
     h = big_block.header
     good = big_block.certificate
     assert len(good) >= GENESIS.quorum
-    commit = m.Commit(h.epoch, h.view, h.height, h.digest)
+    view = good[0].body.view  # type: ignore[union-attr]
+    commit = m.Commit(h.epoch, view, h.height, h.digest)
     assert "certificate" in _reason(dataclasses.replace(r, certificate=good[:GENESIS.quorum - 1]))
     assert "certificate" in _reason(dataclasses.replace(r, certificate=(good[0],) * 4))
     forged = tuple(codec.sign_message(OUTSIDER, CHAIN, i, commit) for i in range(4))
@@ -590,8 +593,8 @@ def test_receipt_mutations_never_verify_or_crash(big_block: Block) -> None:
                     got.height) == (digest_of(r.item), r.record_id, r.item_proof,
                                     r.request_proof, r.height), bad
             h, g = r.header, got.header
-            assert (g.chain_id, g.height, g.epoch, g.view, g.digest) == (
-                h.chain_id, h.height, h.epoch, h.view, h.digest), bad
+            assert (g.chain_id, g.height, g.epoch, g.digest) == (
+                h.chain_id, h.height, h.epoch, h.digest), bad
 
 
 # ----------------------------------------------------------------------- per-block answers

@@ -104,19 +104,26 @@ class JoinRequest:
     sponsors: tuple[str, ...] = ()
     """Existing members the applicant says vouch for it."""
     submitted_at_ms: int = 0
+    verified_sponsor: str = ""
+    """The member whose signed sponsorship the validators checked (a request on the ledger);
+    "" for one reviewed off the ledger (`ReviewJoin`). Unlike `sponsors`, not the applicant's
+    claim."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "org_name": self.org_name,
-                "endpoint": self.endpoint, "sector": self.sector, "country": self.country,
-                "contact_email": self.contact_email, "statement": self.statement,
-                "sponsors": list(self.sponsors), "submitted_at_ms": self.submitted_at_ms}
+        out = {"request_id": self.request_id, "org_name": self.org_name,
+               "endpoint": self.endpoint, "sector": self.sector, "country": self.country,
+               "contact_email": self.contact_email, "statement": self.statement,
+               "sponsors": list(self.sponsors), "submitted_at_ms": self.submitted_at_ms}
+        if self.verified_sponsor:  # absent off the ledger: the prompts stay as they were
+            out["verified_sponsor"] = self.verified_sponsor
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JoinRequest:
         return cls(str(d["request_id"]), str(d["org_name"]), str(d["endpoint"]),
                    str(d["sector"]), str(d["country"]), str(d["contact_email"]),
                    str(d["statement"]), tuple(str(s) for s in d.get("sponsors", ())),
-                   int(d.get("submitted_at_ms", 0)))
+                   int(d.get("submitted_at_ms", 0)), str(d.get("verified_sponsor", "")))
 
 
 @dataclass(frozen=True, slots=True)

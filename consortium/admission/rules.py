@@ -131,7 +131,7 @@ def check_join(req: JoinRequest, ctx: JoinContext) -> list[Finding]:
     if unknown:
         f.append(Finding("join.sponsor-unknown", SUSPECT,
                          f"named sponsor(s) {', '.join(sorted(unknown))} are not members"))
-    if not req.sponsors:
+    if not req.sponsors and not req.verified_sponsor:
         f.append(Finding("join.no-sponsor", INFO, "no member vouches for the applicant"))
     email = req.contact_email.strip().lower()
     if not _EMAIL.match(email):

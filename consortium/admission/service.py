@@ -445,7 +445,9 @@ class Screener:
     def judge_join(self, p: pb.ProposalInfo) -> Verdict:
         """The applicant's statement is its own words: free text, or a JSON application
         ({"statement", "sector", "country", "contact_email", "sponsors"}); either way data for
-        the reviewer, never instructions."""
+        the reviewer, never instructions. The sponsor the validators verified (a member's
+        signature over the application) is not the applicant's word: the reviewer gets it
+        apart from the sponsors the statement names."""
         fields: dict[str, Any] = {}
         with contextlib.suppress(ValueError):
             parsed = json.loads(p.statement)
@@ -456,7 +458,8 @@ class Screener:
             p.proposal_id, p.name or p.org, p.peer_address, str(fields.get("sector", "")),
             str(fields.get("country", "")), str(fields.get("contact_email", "")),
             str(fields.get("statement", p.statement)),
-            tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now)
+            tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now,
+            p.sponsor)
         return self.reviewer.review_join(request, self.join_context(now))
 
     def judge(self, record_id: str, kind: str, *, purpose: str = "screening",

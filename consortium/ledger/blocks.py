@@ -63,10 +63,16 @@ GENESIS_PREV_HASH = bytes(DIGEST_BYTES)
 
 @dataclass(frozen=True, slots=True)
 class BlockHeader:
+    """What every correct validator computes alike for a height: its hash chains the ledger.
+
+    No view: replicas may assemble the commit certificate of one batch in different views (a
+    replica commits in view v while the others commit the same digest again in view v + 1 after
+    a view change), so the view is a property of each replica's proof, carried by the
+    certificate's COMMITs and the proposal header, never of the block."""
+
     chain_id: bytes
     height: int
     epoch: int
-    view: int
     prev_hash: bytes
     merkle_root: bytes
     request_count: int
@@ -85,7 +91,6 @@ class BlockHeader:
         w.blob(self.chain_id)
         w.u64(self.height)
         w.u32(self.epoch)
-        w.u64(self.view)
         w.fixed(self.prev_hash)
         w.fixed(self.merkle_root)
         w.u32(self.request_count)
@@ -98,9 +103,8 @@ class BlockHeader:
     @classmethod
     def decode(cls, data: bytes) -> BlockHeader:
         rd = Reader(data)
-        h = cls(rd.blob(), rd.u64(), rd.u32(), rd.u64(), rd.fixed(DIGEST_BYTES),
-                rd.fixed(DIGEST_BYTES), rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES),
-                rd.u32())
+        h = cls(rd.blob(), rd.u64(), rd.u32(), rd.fixed(DIGEST_BYTES), rd.fixed(DIGEST_BYTES),
+                rd.u32(), rd.u64(), rd.u64(), rd.fixed(DIGEST_BYTES), rd.u32())
         rd.end()
         return h
 
@@ -228,11 +232,20 @@ class Block:
 
 class ClientOrgs:
     """Which organisation each client identity belongs to, and which organisations exist
-    (from genesis)."""
+    (from genesis and the ledger's approved joins, removed ones excluded); with their keys
+    where membership governance needs them (who may sponsor a join request, which keys a new
+    member may not reuse)."""
 
-    def __init__(self, orgs: dict[str, str], known_orgs: set[str] | None = None) -> None:
+    def __init__(self, orgs: dict[str, str], known_orgs: set[str] | None = None, *,
+                 keys: Mapping[str, bytes] | None = None,
+                 keys_in_use: frozenset[bytes] = frozenset()) -> None:
         self._orgs = orgs
         self.known = frozenset(known_orgs if known_orgs is not None else orgs.values())
+        self._keys = dict(keys or {})
+        """Client id -> its request-signing public key (for the clients in `orgs`)."""
+        self.keys_in_use = keys_in_use
+        """Every key a member holds or held: signing keys of its clients and validators, its
+        encryption key."""
 
     def org_of(self, client_id: str) -> str | None:
         return self._orgs.get(client_id)
@@ -240,6 +253,18 @@ class ClientOrgs:
     @property
     def clients(self) -> frozenset[str]:
         return frozenset(self._orgs)
+
+    def sponsor_keys(self, admission_client: str | None) -> dict[str, frozenset[bytes]]:
+        """Member organisation -> the client keys that may sponsor a join request for it: its
+        clients', not its validators' (a validator key signs consensus and votes) nor the
+        admission service's (it advises on join requests; it does not vouch for them)."""
+        out: dict[str, set[bytes]] = {}
+        for client_id, org in self._orgs.items():
+            key = self._keys.get(client_id)
+            if key is not None and client_id != admission_client \
+                    and not client_id.startswith(ms.VALIDATOR_PREFIX):
+                out.setdefault(org, set()).add(key)
+        return {org: frozenset(keys) for org, keys in out.items()}
 
 
 class Screening:
@@ -287,6 +312,14 @@ class Governance:
     def initial_screening(self) -> str:
         return Screening.ACCEPTED if self.admission_client is None else Screening.PENDING
 
+    @classmethod
+    def of(cls, admission_client: str | None, config: EpochConfig,
+           verifier: Verifier) -> Governance:
+        """The governance of an epoch: its validators vote (as `validator-<id>`)."""
+        return cls(admission_client,
+                   {ms.validator_client_id(r): r for r in config.replica_ids}, config.quorum,
+                   config, verifier)
+
 
 @dataclass(frozen=True, slots=True)
 class Rules:
@@ -297,6 +330,8 @@ class Rules:
     time (the primary's clock, which backups check against theirs)."""
     age_ms_max: int = 7 * 24 * 3600 * 1000
     """... and at most this far before it (a record prepared offline and sent later)."""
+    join_pending_ttl_ms: int = ms.JOIN_PENDING_TTL_MS
+    """How long, in block time, a join request waits for a decision before it expires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +442,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         raise AssertionError(f"batch and proposal header differ at seq {a.seq}: a bug, not a "
                              "peer fault")
     executed = {id(r) for r in a.executed}
+    block_ms = max(0 if prev is None else prev.timestamp_ms, pp.timestamp_ms)
     records: dict[str, RecordState] = dict(state or {})
     proposals: dict[str, ms.Proposal] = dict(members.proposals)
     envelopes: list[Envelope] = []
@@ -431,23 +467,22 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         for k, p in enumerate(parsed):
             rid = record_id(digest, k)
             status, reason = _judge(rid, p, r.client_id, sender, records, proposals, orgs, gov,
-                                    chain_id)
+                                    rules, chain_id, block_ms)
             entries.append(Entry(len(entries), i, k, rid, p.item, status, p.submission, reason,
                                  p.tx, sender, r.client_id))
         envelopes.append(replace(base, entry_count=len(parsed)))
-    previous_ms = 0 if prev is None else prev.timestamp_ms
     header = BlockHeader(
-        chain_id=chain_id, height=a.seq, epoch=a.epoch, view=a.view,
+        chain_id=chain_id, height=a.seq, epoch=a.epoch,
         prev_hash=GENESIS_PREV_HASH if prev is None else prev.hash(),
         merkle_root=pp.root, request_count=pp.count, proposed_ms=pp.timestamp_ms,
-        timestamp_ms=max(previous_ms, pp.timestamp_ms), state_digest=a.state_digest,
-        entry_count=len(entries))
+        timestamp_ms=block_ms, state_digest=a.state_digest, entry_count=len(entries))
     return Block(header, tuple(envelopes), tuple(entries), a.pre_prepare, a.certificate)
 
 
 def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
            records: dict[str, RecordState], proposals: dict[str, ms.Proposal],
-           orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> tuple[str, str]:
+           orgs: ClientOrgs, gov: Governance, rules: Rules, chain_id: bytes,
+           block_ms: int) -> tuple[str, str]:
     """(status, reason) of one well-formed item against the ledger's state (updating
     `records`/`proposals`)."""
     sub = p.submission
@@ -460,7 +495,8 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
     assert tx is not None
     if isinstance(tx, JoinRequest | RemoveRequest | MemberVote) or (
             isinstance(tx, Verdict) and tx.record_id in proposals):
-        problem = _judge_governance(tx, client_id, record_id_, proposals, orgs, gov, chain_id)
+        problem = judge_governance(tx, client_id, record_id_, proposals, orgs, gov, rules,
+                                   chain_id, block_ms)
         outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
         return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
                 problem)
@@ -484,16 +520,19 @@ def envelope_payload_digest(items: Sequence[Item]) -> bytes:
     return envelope_digest(len(items), merkle_root([digest_of(i) for i in items]))
 
 
-def _judge_governance(tx: Tx, client_id: str, proposal_id: str,
-                      proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
-                      chain_id: bytes) -> str:
-    """Judge a join request, removal proposal, member vote or a verdict on a join request:
-    "" when it took effect, MEMBERSHIP_OUTCOME... when a vote decided its proposal, else why
-    not."""
+def judge_governance(tx: Tx, client_id: str, proposal_id: str,
+                     proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
+                     rules: Rules, chain_id: bytes, block_ms: int) -> str:
+    """Judge a join request, removal proposal, member vote or a verdict on a join request as
+    of a block at `block_ms`: "" when it took effect (updating `proposals`), MEMBERSHIP_OUTCOME...
+    when a vote decided its proposal, else why not. Execution calls it for every governance
+    entry, and a validator for every join request it is sent (`node.submissions`), so both
+    judge alike."""
     if gov.config is None or gov.verifier is None:
         return "membership changes are not enabled on this ledger"
     ctx = ms.Context(chain_id, gov.config, gov.voters, orgs.known, gov.verifier,
-                     orgs.clients)
+                     orgs.clients, block_ms, rules.join_pending_ttl_ms,
+                     orgs.sponsor_keys(gov.admission_client), orgs.keys_in_use)
     if isinstance(tx, Verdict):
         if client_id != gov.admission_client:
             return "verdicts come only from the admission service named in genesis"

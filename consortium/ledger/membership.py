@@ -10,12 +10,18 @@ executes; it takes effect at the next checkpoint (docs/admission.md, "Membership
 An approved join makes the organisation a member at once (its clients may submit, records may
 name it as a reader); its validator takes part in consensus from the epoch that opens at the
 checkpoint after the reconfiguration executes.
+
+A pending join request holds one of JOINS_PENDING_MAX slots, so it has a cost: a member sponsors
+it (signs it with one of its client keys, at most JOINS_PENDING_PER_SPONSOR at a time) and it
+expires after the genesis policy's join_pending_ttl_ms of block time without a decision. Block
+time is certified (`blocks.BlockHeader.timestamp_ms`), so every validator, at admission and at
+execution, counts the same requests as pending; no validator's clock is ever consulted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from consortium.crypto.signing import Verifier
 from consortium.ledger.transactions import (
@@ -23,22 +29,49 @@ from consortium.ledger.transactions import (
     MemberVote,
     RemoveRequest,
     applicant_client_id,
+    sponsorship_signing_bytes,
 )
 from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
 
 JOINS_PENDING_MAX = 8
-"""At most this many join requests wait for votes at once (flood protection: an applicant needs
-no prior standing to file one)."""
+"""At most this many join requests wait for votes at once (what the members can review; a
+pending request also reserves its organisation id, validator id and keys)."""
+JOINS_PENDING_PER_SPONSOR = 2
+"""... and at most this many of them sponsored by one member, so that no single member (or one
+member's leaked client key) fills every slot."""
+JOIN_PENDING_TTL_MS = 14 * 24 * 3600 * 1000
+"""Default of the genesis policy's join_pending_ttl_ms: how long, in block time, a join request
+waits for a decision before it expires and frees its slot (two weeks: a vote needs 2f+1
+members' attention, not their immediate one)."""
 MEMBERSHIP_OUTCOME = "membership: "
 """The reason of a vote that decided its proposal ("membership: approved" / "...rejected")."""
+SLOTS_TAKEN = "no free join slot: "
+"""The start of a refusal for want of a free pending slot (the request itself is fine: it may
+succeed later), so that admission answers it FAILED_PRECONDITION rather than INVALID_ARGUMENT."""
+VALIDATOR_PREFIX = "validator-"
 
 
 class ProposalStatus:
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
+    EXPIRED = "expired"
+    """Never stored: how a pending join request past its expiry is shown (`ListMembers`)."""
+
+
+def join_expires_ms(recorded_ms: int, ttl_ms: int) -> int:
+    """The block time after which a join request recorded at `recorded_ms` no longer counts."""
+    return recorded_ms + ttl_ms
+
+
+def expired(kind: str, status: str, recorded_ms: int, block_ms: int, ttl_ms: int) -> bool:
+    """Whether a proposal has expired as of a block at `block_ms`: a join request still
+    pending after `ttl_ms` of block time (removals are proposed by validators and hold no
+    slot: they do not expire)."""
+    return kind == "join" and status == ProposalStatus.PENDING and \
+        block_ms > join_expires_ms(recorded_ms, ttl_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +108,13 @@ class Proposal:
     client_address: str = ""
     status: str = ProposalStatus.PENDING
     votes: tuple[Vote, ...] = ()
+    sponsor: str = ""
+    """The member organisation that sponsored a join request."""
+    recorded_ms: int = 0
+    """The time of the block that recorded it (its expiry counts from there)."""
+
+    def expired(self, block_ms: int, ttl_ms: int) -> bool:
+        return expired(self.kind, self.status, self.recorded_ms, block_ms, ttl_ms)
 
     def new_members(self, config: EpochConfig) -> tuple[Member, ...]:
         """The validator set this proposal turns `config` into."""
@@ -92,7 +132,7 @@ class Proposal:
 
 def validator_client_id(replica_id: int) -> str:
     """A validator's own client identity (its validator key signs its governance votes)."""
-    return f"validator-{replica_id}"
+    return f"{VALIDATOR_PREFIX}{replica_id}"
 
 
 RECONFIG_PREFIX = "reconfig-"
@@ -123,7 +163,9 @@ class MembershipState:
         """Request signers of every join request on the ledger (pending ones too: a key is
         only ever usable by its holder, and knowing it early lets every validator check the
         first requests of a newly approved member, whatever block it has executed); whether
-        they may act is decided at execution (`client_orgs`, the epoch's voters)."""
+        they may act is decided at execution (`client_orgs`, the epoch's voters). `proposals`
+        is in ledger order, so when an organisation applied again (after its earlier request
+        expired or was rejected, or after its removal) its latest request's keys win."""
         out: dict[str, bytes] = {}
         for p in self.proposals.values():
             if p.kind == "join" and p.status != ProposalStatus.REJECTED:
@@ -161,7 +203,8 @@ def reconfiguration_payload(p: Proposal, config: EpochConfig) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What judging a governance transaction needs, as of the batch being executed."""
+    """What judging a governance transaction needs, as of the batch being executed (or, at
+    admission, as of the validator's head block)."""
 
     chain_id: bytes
     config: EpochConfig
@@ -170,32 +213,75 @@ class Context:
     verifier: Verifier
     known_clients: frozenset[str] = frozenset()
     """Client ids already taken (genesis clients and validators, admitted members')."""
+    block_ms: int = 0
+    """The block time judged at: the executing block's, or at admission the head's."""
+    pending_ttl_ms: int = JOIN_PENDING_TTL_MS
+    sponsor_keys: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    """Member organisation -> the client keys that may sponsor for it (removed organisations,
+    validator keys and the admission service are not in it)."""
+    keys_in_use: frozenset[bytes] = frozenset()
+    """Every key a member holds or held (clients', validators', encryption keys): a join
+    request that names one could act as, or read for, that member once approved."""
+
+
+def sponsorship_problem(tx: JoinRequest, ctx: Context) -> str:
+    """Why `tx`'s sponsorship does not stand ("" when it does): the sponsor must be a current
+    member and have signed this application with one of its client keys."""
+    if not tx.sponsor or not tx.sponsorship:
+        return ("a join request needs a member's sponsorship (a member signs the application "
+                "with `consortium members sponsor`)")
+    keys = ctx.sponsor_keys.get(tx.sponsor)
+    if not keys:
+        return f"sponsor {tx.sponsor!r} is not a current member organisation"
+    signed = sponsorship_signing_bytes(ctx.chain_id, tx)
+    if not any(ctx.verifier.verify(key, signed, tx.sponsorship) for key in keys):
+        return (f"the sponsorship is not a signature of {tx.sponsor!r}'s client key over this "
+                "application (organisation, name, validator id and keys, on this chain)")
+    return ""
 
 
 def judge_join(tx: JoinRequest, client_id: str, proposal_id: str, state: dict[str, Proposal],
                ctx: Context) -> str:
-    """"" and the proposal added to `state`, or why the request is refused."""
+    """"" and the proposal added to `state`, or why the request is refused. Join requests
+    that expired (`Proposal.expired`) stand in nobody's way: their organisation id, validator
+    id, keys and slot are free again."""
     if client_id != applicant_client_id(tx.validator_key):
         return "a join request is signed by the applicant's validator key " \
                "(client applicant-<key hex>)"
-    live = [p for p in state.values() if p.status != ProposalStatus.REJECTED]
-    if tx.org in ctx.known_orgs or any(p.org == tx.org and p.kind == "join" for p in live):
+    problem = sponsorship_problem(tx, ctx)
+    if problem:
+        return problem
+    live = [p for p in state.values() if p.status != ProposalStatus.REJECTED
+            and not p.expired(ctx.block_ms, ctx.pending_ttl_ms)]
+    joins = [p for p in live if p.kind == "join"]
+    if tx.org in ctx.known_orgs or any(p.org == tx.org for p in joins):
         return f"organisation {tx.org!r} is a member or has a join request open"
-    if ctx.config.is_member(tx.replica_id) or any(p.replica_id == tx.replica_id and
-                                                  p.kind == "join" for p in live) \
+    if ctx.config.is_member(tx.replica_id) or any(p.replica_id == tx.replica_id
+                                                  for p in joins) \
             or validator_client_id(tx.replica_id) in ctx.known_clients:
         return f"replica id {tx.replica_id} is taken"
     if org_client_id(tx.org) in ctx.known_clients:
         return f"client id {org_client_id(tx.org)} is taken"
-    keys = {mem.public_key for mem in ctx.config.members} | {p.validator_key for p in live}
-    if tx.validator_key in keys:
-        return "that validator key is already in use"
-    if sum(1 for p in live if p.kind == "join" and p.status == ProposalStatus.PENDING) \
-            >= JOINS_PENDING_MAX:
-        return f"{JOINS_PENDING_MAX} join requests are already waiting for votes; try later"
+    pending = [p for p in joins if p.status == ProposalStatus.PENDING]
+    mine = {tx.validator_key, tx.client_key, tx.encryption_key}
+    held = ctx.keys_in_use | {mem.public_key for mem in ctx.config.members} | {
+        k for p in joins if p.status == ProposalStatus.APPROVED
+        for k in (p.validator_key, p.client_key, p.encryption_key)}
+    if mine & held:
+        return ("the join request reuses a key a member already holds; generate new keys "
+                "(consortium members apply)")
+    if any(mine & {p.validator_key, p.client_key, p.encryption_key} for p in pending):
+        return "the join request reuses a key of another open join request"
+    if len(pending) >= JOINS_PENDING_MAX:
+        return (f"{SLOTS_TAKEN}{JOINS_PENDING_MAX} join requests are already waiting for "
+                "votes; try later")
+    if sum(1 for p in pending if p.sponsor == tx.sponsor) >= JOINS_PENDING_PER_SPONSOR:
+        return (f"{SLOTS_TAKEN}{tx.sponsor!r} already sponsors {JOINS_PENDING_PER_SPONSOR} "
+                "join requests waiting for votes; try later or ask another member")
     state[proposal_id] = Proposal(proposal_id, "join", tx.replica_id, tx.org, tx.name,
                                   tx.validator_key, tx.client_key, tx.encryption_key,
-                                  tx.peer_address, tx.client_address)
+                                  tx.peer_address, tx.client_address, sponsor=tx.sponsor,
+                                  recorded_ms=ctx.block_ms)
     return ""
 
 
@@ -211,7 +297,8 @@ def judge_remove(tx: RemoveRequest, client_id: str, proposal_id: str,
            and p.status == ProposalStatus.PENDING for p in state.values()):
         return f"a removal of validator {tx.replica_id} is already open"
     state[proposal_id] = Proposal(proposal_id, "remove", tx.replica_id,
-                                  org_of.get(validator_client_id(tx.replica_id), ""))
+                                  org_of.get(validator_client_id(tx.replica_id), ""),
+                                  recorded_ms=ctx.block_ms)
     return ""
 
 
@@ -227,6 +314,10 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
         return f"no membership proposal {tx.proposal_id}"
     if p.status != ProposalStatus.PENDING:
         return f"the proposal is already {p.status}"
+    if p.expired(ctx.block_ms, ctx.pending_ttl_ms):
+        return (f"the join request expired: it waited {ctx.pending_ttl_ms // 1000} s of block "
+                f"time for a decision (until {join_expires_ms(p.recorded_ms, ctx.pending_ttl_ms)}"
+                " ms); the applicant may apply again")
     config = ctx.config
     if tx.from_epoch != config.epoch:
         return (f"the vote is for epoch {tx.from_epoch}; the validator set is epoch "

@@ -15,6 +15,7 @@ for each reader, or the key a grant wraps for a new reader.
     review  seg0 = 7 | record_id:32 | accept:u8
     join    seg0 = 8 | org:text | name:text | replica_id:u32 | validator_key:32 | client_key:32
                    | encryption_key:32 | peer_address:text | client_address:text
+                   | sponsor:text | sponsorship:64 (zeros: none)
             seg1 = statement (UTF-8)
     vote    seg0 = 9 | proposal_id:32 | approve:u8 | from_epoch:u32 | approval:64
     remove  seg0 = 10 | replica_id:u32 | reason:text
@@ -29,10 +30,10 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from consortium.crypto.hashing import DIGEST_BYTES
-from consortium.crypto.signing import SIGNATURE_BYTES
+from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
+from consortium.crypto.signing import SIGNATURE_BYTES, Signer
 from consortium.pbft import messages as m
 from consortium.pbft.codec import DecodeError, Reader, Writer
 from consortium.pbft.payload import (
@@ -317,7 +318,12 @@ class JoinRequest:
     """An organisation asks to join and run validator `replica_id`. Signed by the applicant's
     own validator key (client id `applicant_client_id(validator_key)`), which proves it holds
     the key it asks the consortium to trust. The statement is the applicant's own words: data
-    for the reviewers, never instructions."""
+    for the reviewers, never instructions.
+
+    A pending request holds one of the few slots the ledger keeps for votes, so it costs a
+    member's word: `sponsorship` is the signature of one of `sponsor`'s client keys over
+    `sponsorship_signing_bytes` (what identifies the application). It is in the public segment
+    because every validator checks it, at admission and at execution."""
 
     org: str
     name: str
@@ -328,6 +334,10 @@ class JoinRequest:
     peer_address: str
     client_address: str
     statement: str
+    sponsor: str = ""
+    """The member organisation that vouches for the applicant ("" : none, refused)."""
+    sponsorship: bytes = b""
+    """The sponsor's client-key signature (64 bytes; empty: none)."""
 
     def segments(self) -> list[bytes]:
         w = Writer()
@@ -340,7 +350,25 @@ class JoinRequest:
         w.fixed(self.encryption_key)
         w.text(self.peer_address)
         w.text(self.client_address)
+        w.text(self.sponsor)
+        w.fixed(self.sponsorship or bytes(SIGNATURE_BYTES))
         return [w.getvalue(), self.statement.encode()]
+
+
+def sponsorship_signing_bytes(chain_id: bytes, tx: JoinRequest) -> bytes:
+    """What a sponsor signs: who applies (org id and the name members see), for which
+    validator id, with which keys, sponsored by whom, on which chain. Not the endpoints (an
+    applicant may move its servers without asking again) nor the statement (the applicant's
+    own words, which a block view may withhold)."""
+    return tagged_hash(b"consortium/join-sponsorship", chain_id, tx.sponsor.encode(),
+                       tx.org.encode(), tx.name.encode(), tx.replica_id.to_bytes(4, "big"),
+                       tx.validator_key, tx.client_key, tx.encryption_key)
+
+
+def sponsor_join(tx: JoinRequest, sponsor: str, signer: Signer, chain_id: bytes) -> JoinRequest:
+    """`tx` sponsored by `sponsor`, signed with `signer` (one of the sponsor's client keys)."""
+    named = replace(tx, sponsor=sponsor, sponsorship=b"")
+    return replace(named, sponsorship=signer.sign(sponsorship_signing_bytes(chain_id, named)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +461,7 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
             org, name, replica_id = rd.text(), rd.text(), rd.u32()
             keys = [rd.fixed(32) for _ in range(3)]
             peer, client = rd.text(), rd.text()
+            sponsor, sponsorship = rd.text(), rd.fixed(SIGNATURE_BYTES)
             rd.end()
             if len(segments) != 2:
                 raise InvalidTransaction("a join request has 2 segments")
@@ -442,12 +471,16 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
             check_text("name", name)
             check_text("peer_address", peer)
             check_text("client_address", client)
+            check_text("sponsor", sponsor, allow_empty=True)
+            if not sponsor and sponsorship != bytes(SIGNATURE_BYTES):
+                raise InvalidTransaction("a sponsorship without a sponsor")
             if not 0 <= replica_id < 1 << 16:
                 raise InvalidTransaction("replica id out of range")
             raw = segments[1]
             statement = "" if raw is None else _check_statement(raw)
             return JoinRequest(org, name, replica_id, keys[0], keys[1], keys[2], peer, client,
-                               statement)
+                               statement, sponsor,
+                               b"" if sponsorship == bytes(SIGNATURE_BYTES) else sponsorship)
         if kind is TxType.MEMBER_VOTE:
             proposal_id = rd.fixed(DIGEST_BYTES).hex()
             approve, from_epoch, approval = rd.u8(), rd.u32(), rd.fixed(APPROVAL_BYTES)

@@ -205,8 +205,6 @@ class Driver:
     async def _build(self, a: ev.Execute, prev: BlockHeader | None, refs: set[str]) -> Block:
         state = await self.storage.record_states(refs) if refs else {}
         members = self.replica.epoch_configs().get(a.epoch, self.replica.config)
-        gov = Governance(self.ledger.admission_client,
-                         {ms.validator_client_id(r): r for r in members.replica_ids},
-                         members.quorum, members, self.ledger.verifier)
+        gov = Governance.of(self.ledger.admission_client, members, self.ledger.verifier)
         return build_block(a, self.ledger.chain_id, prev, self.ledger.orgs, state, gov,
                            self.ledger.membership, self.ledger.rules)

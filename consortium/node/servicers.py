@@ -23,7 +23,8 @@ from consortium.node.submissions import (
     StreamSink,
     SubmitFailed,
     UnarySink,
-    check_submission,
+    check_content,
+    check_signature,
     error_to_proto,
 )
 from consortium.node.transport import COALESCE_MESSAGES_MAX
@@ -138,15 +139,22 @@ class LedgerService(pb_grpc.LedgerServicer):
             raise SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         except WireError as exc:
             raise SubmitFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        problem = check_submission(req, v.clients.client_key(req.client_id), v.submit_rules)
+        problem = check_signature(req, v.clients.client_key(req.client_id), v.submit_rules)
         if problem is not None:
             raise problem
+        # A signed request seen before is answered as such before its content is judged
+        # against today's ledger, which it is already part of (a join request's own proposal
+        # holds its keys and organisation id): a client that lost the first answer gets its
+        # receipts, not a refusal.
         status = v.nonce_status(req.client_id, req.nonce)
         if status is NonceStatus.STALE:
             raise SubmitFailed(grpc.StatusCode.FAILED_PRECONDITION,
                                f"nonce {req.nonce} is below {req.client_id}'s replay window")
         if status is NonceStatus.EXECUTED:
             raise Replayed(req)
+        problem = check_content(req, v.submit_rules)
+        if problem is not None:
+            raise problem
         if v.inbound_full(req.size_bytes):
             raise SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                "validator is overloaded; retry later or elsewhere")
@@ -490,6 +498,9 @@ class LedgerService(pb_grpc.LedgerServicer):
             org = await self._authorize(auth, "ListMembers", "", context)
         config = v.replica.config
         proposals = await v.reads.proposals()
+        ttl_ms = v.genesis.policy.join_pending_ttl_ms
+        head = v.driver.ledger.head if v.driver is not None else None
+        block_ms = 0 if head is None else head.timestamp_ms
         reply = pb.MembersReply(epoch=config.epoch, quorum=config.quorum)
         addresses = {x.replica_id: (x.org, x.peer_address, x.client_address)
                      for x in v.genesis.validators}
@@ -502,9 +513,12 @@ class LedgerService(pb_grpc.LedgerServicer):
                 org=p.org or addresses.get(p.replica_id, ("",))[0],
                 name=p.name, peer_address=p.peer_address, client_address=p.client_address,
                 statement=p.statement if org is not None else "", reason=p.reason,
-                status=p.status, height=p.height, decided_height=p.decided_height or 0,
+                status=ms.ProposalStatus.EXPIRED if ms.expired(
+                    p.kind, p.status, p.recorded_ms, block_ms, ttl_ms) else p.status,
+                height=p.height, decided_height=p.decided_height or 0,
                 validator_key=p.validator_key, client_key=p.client_key,
-                encryption_key=p.encryption_key,
+                encryption_key=p.encryption_key, sponsor=p.sponsor,
+                expires_ms=ms.join_expires_ms(p.recorded_ms, ttl_ms) if p.kind == "join" else 0,
                 verdicts=[pb.VerdictInfo(decision=d, risk_milli=r) for d, r in p.verdicts],
                 votes=[pb.MemberVoteInfo(epoch=x.epoch, replica_id=x.replica_id,
                                          approve=x.approve) for x in p.votes]))

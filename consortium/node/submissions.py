@@ -1,7 +1,8 @@
 """Client submissions at a validator: checks on arrival, and answers per block.
 
 A submission is checked before it is ordered, with the rules execution applies
-(`ledger.blocks.envelope_problem`), so the client gets a precise error naming the item; its
+(`ledger.blocks.envelope_problem`; for a join request also `ledger.blocks.judge_governance`, as
+of this validator's head block), so the client gets a precise error naming the item; its
 decoded items are kept on the request (`Request.memo`) and not decoded again at execution.
 
 Waiting callers are registered by (client, nonce) with a *sink*. When a round's blocks are
@@ -21,14 +22,18 @@ from typing import Protocol
 import grpc
 
 from consortium.crypto.signing import Verifier
+from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
     ClientOrgs,
     Governance,
+    Parsed,
     Rules,
     envelope_problem,
+    judge_governance,
     parse_request,
 )
+from consortium.ledger.items import record_id
 from consortium.ledger.transactions import JoinRequest, applicant_key
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
@@ -191,16 +196,21 @@ class SubmissionRules:
     verifier: Verifier
     orgs: ClientOrgs
     gov: Governance
+    """The current epoch's (its validator set judges join requests)."""
     rules: Rules
     applicants: RateLimit = field(default_factory=lambda: RateLimit(
         APPLICANT_REQUESTS_PER_MINUTE, 60.0))
-    keys_in_use: frozenset[bytes] = frozenset()
-    """Client, validator and encryption keys of members: a join request may not reuse one."""
+    membership: ms.MembershipState = ms.EMPTY
+    """The membership proposals as of this validator's head block."""
+    block_ms: int = 0
+    """The head block's time: join requests are judged as of it (a pending one expires by
+    certified block time, never by this validator's clock)."""
 
 
-def check_submission(req: m.Request, key: bytes | None,
-                     rules: SubmissionRules) -> SubmitFailed | None:
-    """Why a submission must be refused now (with the status to answer), or None."""
+def check_signature(req: m.Request, key: bytes | None,
+                    rules: SubmissionRules) -> SubmitFailed | None:
+    """Why a submission is not a request this validator takes from anyone (with the status
+    to answer), or None: what is checked before asking whether it was executed already."""
     if req.kind is not m.RequestKind.APPLICATION:
         return SubmitFailed(grpc.StatusCode.PERMISSION_DENIED,
                             "clients submit application requests only")
@@ -210,6 +220,12 @@ def check_submission(req: m.Request, key: bytes | None,
                                  req.signature):
         return SubmitFailed(grpc.StatusCode.UNAUTHENTICATED,
                             "bad request signature (or another chain)")
+    return None
+
+
+def check_content(req: m.Request, rules: SubmissionRules) -> SubmitFailed | None:
+    """Why a new, correctly signed submission must be refused now (with the status to
+    answer), or None."""
     parsed = parse_request(req)
     problem = envelope_problem(req, parsed, rules.orgs, rules.gov, rules.rules,
                                int(time.time() * 1000))
@@ -218,18 +234,37 @@ def check_submission(req: m.Request, key: bytes | None,
             "applicants submit" in problem or "does not belong" in problem
             or "advises or votes" in problem) else grpc.StatusCode.INVALID_ARGUMENT
         return SubmitFailed(code, problem)
-    if applicant_key(req.client_id) is not None:
-        for p in parsed or ():
-            if isinstance(p.tx, JoinRequest) and {p.tx.client_key, p.tx.encryption_key,
-                                                  p.tx.validator_key} & rules.keys_in_use:
-                return SubmitFailed(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "the join request reuses a key a member already holds; "
-                                    "generate new keys (consortium members apply)")
-        if not rules.applicants.take(req.digest, time.monotonic()):
-            return SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"this validator takes at most {APPLICANT_REQUESTS_PER_MINUTE} "
-                                "distinct join requests a minute; retry later")
+    problem = _join_problem(req, parsed or [], rules)
+    if problem:
+        code = grpc.StatusCode.FAILED_PRECONDITION if ms.SLOTS_TAKEN in problem \
+            else grpc.StatusCode.INVALID_ARGUMENT
+        return SubmitFailed(code, problem)
+    if applicant_key(req.client_id) is not None and \
+            not rules.applicants.take(req.digest, time.monotonic()):
+        return SubmitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"this validator takes at most {APPLICANT_REQUESTS_PER_MINUTE} "
+                            "distinct join requests a minute; retry later")
     return None
+
+
+def _join_problem(req: m.Request, parsed: list[Parsed], rules: SubmissionRules) -> str:
+    """Why one of the request's join requests would be refused if it executed on top of this
+    validator's head ("" when none would): execution's own judgement (sponsorship, free slots,
+    expiry, taken ids and keys), on a copy of the proposals, as of the head's block time. The
+    block that executes it is no earlier, so a request refused here for want of a slot may
+    pass later, and one taken in here may still be refused at execution if the ledger moved."""
+    proposals: dict[str, ms.Proposal] | None = None
+    for k, p in enumerate(parsed):
+        if not isinstance(p.tx, JoinRequest):
+            continue
+        if proposals is None:
+            proposals = dict(rules.membership.proposals)
+        problem = judge_governance(p.tx, req.client_id, record_id(req.digest, k), proposals,
+                                   rules.orgs, rules.gov, rules.rules, rules.chain_id,
+                                   rules.block_ms)
+        if problem:
+            return f"item {k}: {problem}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------- sinks

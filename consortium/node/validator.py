@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from consortium.config import Genesis, ValidatorConfig, ValidatorInfo, validator_client_id
+from consortium.config import Genesis, ValidatorConfig, ValidatorInfo
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
@@ -102,9 +102,6 @@ class ClientKeys:
         if key is None:
             key = self._ledger.get(client_id)
         return key if key is not None else applicant_key(client_id)
-
-    def all_keys(self) -> frozenset[bytes]:
-        return frozenset((*self._genesis.values(), *self._ledger.values()))
 
 
 class Validator:
@@ -236,6 +233,7 @@ class Validator:
         self.recent_entries = 0
         log.info("recovered", height=self.height, replica_executed=replica.last_executed,
                  view=replica.view)
+        self.submit_rules.block_ms = 0 if head is None else head.timestamp_ms
         ledger.membership = self.membership = await self.reads.membership()
         ledger.orgs = await self.membership_changed(self.membership)
         if self.height < replica.last_executed:
@@ -266,14 +264,20 @@ class Validator:
         gone = membership.removed()
         removed = {validator_orgs[r] for r in gone if r in validator_orgs} - {
             org for r, org in validator_orgs.items() if r not in gone}  # unless it rejoined
-        client_orgs = {**self.genesis.client_orgs(), **membership.client_orgs()}
-        orgs = ClientOrgs({c: o for c, o in client_orgs.items() if o not in removed},
-                          ({o.org_id for o in self.genesis.orgs}
-                           | {p.org for p in membership.joined()}) - removed)
+        client_orgs = {c: o for c, o in {**self.genesis.client_orgs(),
+                                         **membership.client_orgs()}.items()
+                       if o not in removed}
+        joined = membership.joined()
+        orgs = ClientOrgs(
+            client_orgs, ({o.org_id for o in self.genesis.orgs} | {p.org for p in joined})
+            - removed,
+            keys={c: k for c in client_orgs if (k := self.clients.client_key(c)) is not None},
+            keys_in_use=frozenset(self.genesis.client_keys().values())
+            | frozenset(o.encryption_key for o in self.genesis.orgs)
+            | frozenset(k for p in joined
+                        for k in (p.validator_key, p.client_key, p.encryption_key)))
         self.submit_rules.orgs = orgs
-        self.submit_rules.keys_in_use = self.clients.all_keys() | frozenset(
-            o.encryption_key for o in self.genesis.orgs) | frozenset(
-            p.encryption_key for p in membership.joined())
+        self.submit_rules.membership = membership
         addresses = {v.replica_id: v.peer_address for v in self.genesis.validators}
         addresses.update({p.replica_id: p.peer_address for p in membership.joined()})
         self.peer_addresses = {r: a for r, a in addresses.items() if r != self.me.replica_id}
@@ -285,12 +289,15 @@ class Validator:
             link = PeerLink(rid, address, creds, metrics.peer_state)
             self.links[rid] = link
             link.start()
-        if self.driver is not None:
-            config = self.replica.epoch_configs().get(self.replica.config.epoch)
-            self.submit_rules.gov = Governance(
-                self.genesis.admission_client,
-                {validator_client_id(r): r for r in (config or self.replica.config).replica_ids})
+        self._submission_governance()
         return orgs
+
+    def _submission_governance(self) -> None:
+        """Submissions are judged with the current epoch's governance (its validators vote,
+        its set judges join requests): after a membership change and in each new epoch."""
+        if self.driver is not None:
+            self.submit_rules.gov = Governance.of(self.genesis.admission_client,
+                                                  self.replica.config, self.verifier)
 
     def submit_change(self, block: Block) -> None:
         """A vote in this block approved a membership proposal: submit the validator-set change
@@ -511,7 +518,9 @@ class Validator:
             self.new_blocks.notify_all()
 
     def _remember(self, block: Block) -> None:
-        """A block is durable: keep it in memory for receipts of just-committed requests."""
+        """A block is durable: keep it in memory for receipts of just-committed requests, and
+        judge submissions as of its time from now on."""
+        self.submit_rules.block_ms = block.header.timestamp_ms
         if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
                for e in block.entries):
             self.recent.clear()  # cached blocks may hold the erased item in full
@@ -547,6 +556,7 @@ class Validator:
             metrics.view_changes.inc()
             log.info("view entered", view=a.view, primary=a.primary)
         elif isinstance(a, ev.EpochEntered):
+            self._submission_governance()
             metrics.epoch.set(a.config.epoch)
             log.info("epoch entered", epoch=a.config.epoch, members=a.config.replica_ids,
                      member=a.config.is_member(self.me.replica_id))

@@ -451,7 +451,8 @@ class LedgerReader:
         async with self._cursor() as cur:
             await cur.execute(
                 "SELECT proposal_id, kind, replica_id, org, name, validator_key, client_key, "
-                "encryption_key, peer_address, client_address, status FROM proposals")
+                "encryption_key, peer_address, client_address, status, sponsor, recorded_ms "
+                "FROM proposals ORDER BY height, idx")  # ledger order: see client_keys
             rows = await cur.fetchall()
             await cur.execute("SELECT proposal_id, epoch, replica_id, approve, approval "
                               "FROM member_votes ORDER BY height, idx")
@@ -462,8 +463,9 @@ class LedgerReader:
         return MembershipState({
             str(pid): Proposal(str(pid), str(kind), int(rid), str(org), str(name), bytes(vk),
                                bytes(ck), bytes(ek), str(peer), str(client), str(status),
-                               tuple(votes.get(str(pid), ())))
-            for pid, kind, rid, org, name, vk, ck, ek, peer, client, status in rows})
+                               tuple(votes.get(str(pid), ())), str(sponsor), int(recorded_ms))
+            for (pid, kind, rid, org, name, vk, ck, ek, peer, client, status, sponsor,
+                 recorded_ms) in rows})
 
     async def proposals(self) -> list[StoredProposal]:
         """Membership proposals for display (newest first), with verdicts and votes."""
@@ -473,17 +475,17 @@ class LedgerReader:
                 "p.client_address, p.statement, p.reason, p.status, p.height, "
                 "p.decided_height, p.validator_key, p.client_key, p.encryption_key, "
                 "coalesce((SELECT array_agg(v.decision || ':' || v.risk_milli ORDER BY "
-                "v.height, v.idx) FROM verdicts v WHERE v.record_id = p.proposal_id), '{}') "
-                "FROM proposals p ORDER BY p.height DESC, p.idx DESC")
+                "v.height, v.idx) FROM verdicts v WHERE v.record_id = p.proposal_id), '{}'), "
+                "p.sponsor, p.recorded_ms FROM proposals p ORDER BY p.height DESC, p.idx DESC")
             rows = await cur.fetchall()
         state = await self.membership()
         out = []
         for (pid, kind, rid, org, name, peer, client, statement, reason, status, height,
-             decided, vk, ck, ek, verdicts) in rows:
+             decided, vk, ck, ek, verdicts, sponsor, recorded_ms) in rows:
             out.append(StoredProposal(
                 str(pid), str(kind), int(rid), str(org), str(name), str(peer), str(client),
                 str(statement), str(reason), str(status), int(height),
                 None if decided is None else int(decided), bytes(vk), bytes(ck), bytes(ek),
                 [(str(v).rsplit(":", 1)[0], int(str(v).rsplit(":", 1)[1])) for v in verdicts],
-                list(state.proposals[str(pid)].votes)))
+                list(state.proposals[str(pid)].votes), str(sponsor), int(recorded_ms)))
         return out

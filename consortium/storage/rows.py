@@ -190,3 +190,7 @@ class StoredProposal:
     verdicts: list[tuple[str, int]]
     """(decision, risk in thousandths) of the admission service's verdicts, oldest first."""
     votes: list[Vote]
+    sponsor: str
+    """The member that sponsored a join request ("" for a removal)."""
+    recorded_ms: int
+    """The time of the block that recorded it (a pending join request expires from there)."""

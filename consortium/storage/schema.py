@@ -379,6 +379,24 @@ CREATE TABLE checkpoint (
     proof      bytea[] NOT NULL
 );
 """),
+    # Sponsored, expiring join requests (docs/admission.md, "Membership"): a join request names
+    # the member that sponsors it and expires after the genesis policy's join_pending_ttl_ms of
+    # block time, counted from the block that recorded it. Join requests stored before carry
+    # no sponsorship and are in an encoding this release no longer reads: such a database is
+    # refused, never converted silently. A removal's recording time is its block's.
+    (7, """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM proposals WHERE kind = 'join') THEN
+        RAISE EXCEPTION 'this database holds join requests of an earlier development release '
+            '(unsponsored): create a new consortium (consortium init)';
+    END IF;
+END $$;
+ALTER TABLE proposals ADD COLUMN sponsor text NOT NULL DEFAULT '';
+ALTER TABLE proposals ADD COLUMN recorded_ms bigint NOT NULL DEFAULT 0
+    CHECK (recorded_ms >= 0);
+UPDATE proposals p SET recorded_ms = b.timestamp_ms FROM blocks b WHERE b.height = p.height;
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -505,19 +505,20 @@ class LedgerStore:
             row: tuple[Any, ...] = (
                 e.record_id, "join", a.replica_id, a.org, a.name, a.validator_key,
                 a.client_key, a.encryption_key, a.peer_address, a.client_address,
-                a.statement, "")
+                a.statement, "", a.sponsor)
         else:
             await cur.execute("SELECT org FROM proposals WHERE kind = 'join' AND replica_id = %s "
                               "AND status = 'approved'", (a.replica_id,))
             found = await cur.fetchone()
             org = str(found[0]) if found else ""
             row = (e.record_id, "remove", a.replica_id, org, "", b"", b"", b"", "", "", "",
-                   a.reason)
+                   a.reason, "")
         await cur.execute(
             "INSERT INTO proposals (proposal_id, kind, replica_id, org, name, validator_key, "
             "client_key, encryption_key, peer_address, client_address, statement, reason, "
-            "height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING", (*row, header.height, e.index))
+            "sponsor, recorded_ms, height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (*row, header.timestamp_ms, header.height, e.index))
 
     async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
                      by_org: str, reason: str) -> None:

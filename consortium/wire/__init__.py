@@ -214,12 +214,11 @@ def block_from_proto(msg: pb.Block, chain_id: bytes) -> WireBlock:
     pre_prepare = signed(f"block {h} pre_prepare", msg.pre_prepare, chain_id, m.PrePrepare)
     pp = pre_prepare.body
     assert isinstance(pp, m.PrePrepare)
-    # The header may be of an earlier view than the certificate: a replica that fetched the
-    # batch after missing a NEW-VIEW holds the first primary's header for the same digest, which
-    # proves the same contents and time (the digest binds root, count and time).
+    # The proposal header may be of any view (a replica that fetched the batch after missing a
+    # NEW-VIEW holds the first primary's header for the same digest): it proves the same
+    # contents and time, the digest binding root, count and time.
     if (pp.epoch, pp.seq, pp.root, pp.count, pp.timestamp_ms) != (
-            header.epoch, h, header.merkle_root, header.request_count, header.proposed_ms
-    ) or pp.view > header.view:
+            header.epoch, h, header.merkle_root, header.request_count, header.proposed_ms):
         raise WireError(f"block {h}: the proposal header differs from the block header")
     certificate = commits(f"block {h} certificate", msg.certificate, chain_id)
     if msg.stored_hash and len(msg.stored_hash) != DIGEST_BYTES:

@@ -548,6 +548,12 @@ def test_join_findings(over: dict[str, object], rule: str, severity: Severity) -
     assert jrules(**over).get(rule) is severity
 
 
+def test_a_verified_sponsor_vouches_without_a_claimed_one() -> None:
+    """A request on the ledger carries the sponsor the validators verified: it is vouched for
+    even when its statement names no sponsor."""
+    assert jrules(sponsors=(), verified_sponsor="org1") == {}
+
+
 def test_rules_outcome() -> None:
     from consortium.admission.model import Finding, Task
 

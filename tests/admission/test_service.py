@@ -41,23 +41,12 @@ from consortium.config import Genesis
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.transactions import Access, Erase, Grant, Revoke
 from consortium.pbft.membership import EpochConfig, Member
+from tests.formats.fhir_samples import impossible_patient
 
 PATIENT = "a1" * 32
 LOT = "b2" * 32
-PAYLOAD = {"resourceType": "Bundle", "type": "collection", "entry": [
-    {"resource": {"resourceType": "Patient", "id": "P-9", "gender": "female",
-                  "birthDate": "1894-11-02"}},
-    {"resource": {
-        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc",
-                                                  "code": "N02AA05", "display": "oxycodone"}]},
-        "subject": {"reference": "Patient/P-9"}, "authoredOn": "2026-01-05",
-        "dosageInstruction": [{"timing": {"repeat": {"frequency": 4, "period": 1,
-                                                     "periodUnit": "d"}},
-                               "doseAndRate": [{"doseQuantity": {
-                                   "value": 80, "unit": "mg",
-                                   "system": "http://unitsofmeasure.org", "code": "mg"}}]}]}}]}
-"""A FHIR Bundle of a patient 131 years old at the prescription, on 320 mg oxycodone a day."""
+PAYLOAD = impossible_patient("P-9")
+
 TTL_MS = 300_000
 
 
@@ -476,6 +465,32 @@ def test_review_join_answers_members_only_and_learns_admitted_ones(svc: Service)
         client_key=signer.public_key)]))
     with pytest.raises(Aborted):
         svc.servicer.ReviewJoin(request, Context())
+
+
+def test_a_join_requests_verified_sponsor_reaches_the_reviewer(
+        svc: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sponsor the validators verified is context for the reviewer, apart from the
+    sponsors the applicant's statement claims (here none): a sponsored request does not read
+    as one nobody vouches for."""
+    statement = json.dumps({"statement": "We distribute vaccines to hospitals in Hesse.",
+                            "sector": "distributor", "country": "DE",
+                            "contact_email": "it@newco.example", "sponsors": []})
+    proposal = pb.ProposalInfo(proposal_id="ab" * 32, kind="join", status="pending",
+                               org="newco", name="NewCo", peer_address="newco.example:7100",
+                               statement=statement)
+    seen: list[Any] = []
+    review = svc.screener.reviewer.review_join
+    monkeypatch.setattr(svc.screener.reviewer, "review_join",
+                        lambda request, context: seen.append(request) or review(request,
+                                                                               context))
+    unsponsored = svc.screener.judge_join(proposal)
+    assert "join.no-sponsor" in {f.rule for f in unsponsored.findings}
+    proposal.sponsor = "org1"
+    verdict = svc.screener.judge_join(proposal)
+    assert "join.no-sponsor" not in {f.rule for f in verdict.findings}
+    assert [(r.verified_sponsor, r.sponsors) for r in seen] == [("", ()), ("org1", ())]
+    assert seen[1].to_dict()["verified_sponsor"] == "org1"
+    assert "verified_sponsor" not in seen[0].to_dict()
 
 
 def test_get_backlog_says_the_kind_of_the_last_error_never_its_text(svc: Service) -> None:

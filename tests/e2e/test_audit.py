@@ -259,12 +259,13 @@ def validator_key(cluster: Cluster, replica_id: int) -> Ed25519Signer:
 
 
 def commit(cluster: Cluster, signer_id: int, header: BlockHeader, *,
-           key: Ed25519Signer | None = None) -> bytes:
+           key: Ed25519Signer | None = None, view: int = 0) -> bytes:
     """COMMIT(epoch, view, height, proposal digest) of `header` signed as validator
-    `signer_id` (with its key from the consortium directory, or `key`)."""
+    `signer_id` (with its key from the consortium directory, or `key`); a certificate is
+    2f+1 of one view, whichever view it is."""
     msg = codec.sign_message(key or validator_key(cluster, signer_id),
                              cluster.genesis.chain_id_bytes, signer_id,
-                             m.Commit(header.epoch, header.view, header.height, header.digest))
+                             m.Commit(header.epoch, view, header.height, header.digest))
     return msg.wire
 
 

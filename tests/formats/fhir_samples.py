@@ -81,3 +81,20 @@ def report() -> dict[str, Any]:
 def collection(*resources: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "collection",
             "entry": [{"resource": r} for r in resources]}
+
+
+def impossible_patient(patient: str = PATIENT) -> dict[str, Any]:
+    """A Bundle the screening rules must flag: the patient is 131 years old at the prescription,
+    and on 320 mg of oxycodone a day (the maximum is 160)."""
+    return collection(
+        {"resourceType": "Patient", "id": patient, "gender": "female",
+         "birthDate": "1894-11-02"},
+        {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+         "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc",
+                                                   "code": "N02AA05", "display": "oxycodone"}]},
+         "subject": {"reference": f"Patient/{patient}"}, "authoredOn": "2026-01-05",
+         "dosageInstruction": [{"timing": {"repeat": {"frequency": 4, "period": 1,
+                                                      "periodUnit": "d"}},
+                                "doseAndRate": [{"doseQuantity": {
+                                    "value": 80, "unit": "mg",
+                                    "system": "http://unitsofmeasure.org", "code": "mg"}}]}]})

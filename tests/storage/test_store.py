@@ -35,6 +35,7 @@ from consortium.ledger.blocks import (
     ClientOrgs,
     EntryStatus,
     EnvelopeStatus,
+    Governance,
     RecordState,
     Screening,
     build_block,
@@ -47,7 +48,17 @@ from consortium.ledger.records import (
     public_part,
     submission_from_segments,
 )
-from consortium.ledger.transactions import Access, Erase, Grant, Revoke, encode_tx
+from consortium.ledger.transactions import (
+    Access,
+    Erase,
+    Grant,
+    JoinRequest,
+    Revoke,
+    applicant_client_id,
+    encode_governance_tx,
+    encode_tx,
+    sponsor_join,
+)
 from consortium.node.views import receipt_from_material, stored_block_to_proto
 from consortium.pbft import codec
 from consortium.pbft import events as ev
@@ -82,8 +93,8 @@ CHAIN = h.CHAIN_ID
 ORG_KEYS = {org: OrgKeyPair(hashlib.sha256(org.encode()).digest())
             for org in ("acme", "globex", "regulator")}
 SIGNERS = {**h.CLIENT_SIGNERS, "dave": Ed25519Signer(hashlib.sha256(b"dave").digest())}
-ORGS = ClientOrgs({"alice": "acme", "bob": "globex", "carol": "acme", "dave": "regulator"},
-                  {"acme", "globex", "regulator"})
+ORGS_MAP = {"alice": "acme", "bob": "globex", "carol": "acme", "dave": "regulator"}
+ORGS = ClientOrgs(dict(ORGS_MAP), {"acme", "globex", "regulator"})
 AT_MS = 1_700_000_000_000
 """Submission time of the records (the block times below are a minute later)."""
 BLOCK_MS = AT_MS + 60_000
@@ -336,6 +347,69 @@ def test_an_empty_format_1_database_is_upgraded(fresh_dsn: str) -> None:
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (
             LATEST_VERSION,)
+
+
+def test_a_database_with_unsponsored_join_requests_is_refused(fresh_dsn: str) -> None:
+    """Migration 7 (sponsored, expiring join requests): join requests stored before it are in
+    an encoding this release no longer reads, so such a database is refused and left as it
+    was; a database with removals only is upgraded, each removal timed by its block."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, statement in MIGRATIONS[:6]:
+            conn.execute(statement.encode())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO blocks (height, hash, epoch, timestamp_ms, header, "
+                     "pre_prepare, certificate) VALUES (1, %s, 0, 1234, '\\x00', '\\x00', "
+                     "'{}')", (b"\x01" * 32,))
+        conn.execute("INSERT INTO proposals (proposal_id, kind, replica_id, org, height, idx) "
+                     "VALUES ('rm', 'remove', 3, 'org3', 1, 0), ('j', 'join', 4, 'acme', 1, 1)")
+
+    async def body() -> None:
+        with pytest.raises(WrongDatabase, match=r"join requests of an earlier development "
+                                                r"release \(unsponsored\).*consortium init"):
+            await LedgerStore.open(fresh_dsn, chain_id=CHAIN, replica_id=0)
+    run(body())
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (6,)
+        conn.execute("DELETE FROM proposals WHERE kind = 'join'")
+
+    async def upgrade() -> None:
+        async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+            assert await migrate(conn) == LATEST_VERSION
+    run(upgrade())
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT proposal_id, sponsor, recorded_ms FROM proposals"
+                            ).fetchall() == [("rm", "", 1234)]
+
+
+def test_a_join_requests_sponsor_and_block_time_are_stored(dsn: str) -> None:
+    """The store keeps what judging later join requests and votes needs: the sponsor (its
+    quota) and the recording block's time (the expiry)."""
+    applicant = Ed25519Signer(hashlib.sha256(b"applicant").digest())
+    orgs = ClientOrgs(dict(ORGS_MAP), {"acme", "globex", "regulator"},
+                      keys={c: SIGNERS[c].public_key for c in ORGS_MAP})
+    tx = sponsor_join(JoinRequest("newco0", "NewCo", 10, applicant.public_key,
+                                  Ed25519Signer.generate().public_key,
+                                  Ed25519Signer.generate().public_key, "p:1", "c:1",
+                                  "We make vaccines."), "acme", SIGNERS["alice"], CHAIN)
+    payload = encode_envelope([encode_governance_tx(tx)])
+    client = applicant_client_id(applicant.public_key)
+    digest = m.request_digest(client, 1, m.RequestKind.APPLICATION, payload)
+    first = m.Request(client, 1, m.RequestKind.APPLICATION, payload,
+                      applicant.sign(m.request_signing_bytes(CHAIN, digest)))
+    gov = Governance.of(None, h.GENESIS, h.VERIFIER)
+    block = build_block(execute(1, [first]), CHAIN, None, orgs, gov=gov)
+    assert [(e.status, e.reason) for e in block.entries] == [("recorded", "")]
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.append_blocks([block])
+        members = await reader.membership()
+        (p,) = members.proposals.values()
+        assert (p.org, p.sponsor, p.recorded_ms) == ("newco0", "acme", block.header.timestamp_ms)
+        (shown,) = await reader.proposals()
+        assert (shown.sponsor, shown.recorded_ms) == ("acme", block.header.timestamp_ms)
+    with_store(dsn, body)
 
 
 # --------------------------------------------------------------------------------- ownership

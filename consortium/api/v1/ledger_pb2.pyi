@@ -23,7 +23,7 @@ class MemberVoteInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., replica_id: _Optional[int] = ..., approve: _Optional[bool] = ...) -> None: ...
 
 class ProposalInfo(_message.Message):
-    __slots__ = ("proposal_id", "kind", "replica_id", "org", "name", "peer_address", "client_address", "statement", "reason", "status", "height", "decided_height", "validator_key", "client_key", "encryption_key", "verdicts", "votes")
+    __slots__ = ("proposal_id", "kind", "replica_id", "org", "name", "peer_address", "client_address", "statement", "reason", "status", "height", "decided_height", "validator_key", "client_key", "encryption_key", "verdicts", "votes", "sponsor", "expires_ms")
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class ProposalInfo(_message.Message):
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
+    SPONSOR_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
     proposal_id: str
     kind: str
     replica_id: int
@@ -58,7 +60,9 @@ class ProposalInfo(_message.Message):
     encryption_key: bytes
     verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
     votes: _containers.RepeatedCompositeFieldContainer[MemberVoteInfo]
-    def __init__(self, proposal_id: _Optional[str] = ..., kind: _Optional[str] = ..., replica_id: _Optional[int] = ..., org: _Optional[str] = ..., name: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., statement: _Optional[str] = ..., reason: _Optional[str] = ..., status: _Optional[str] = ..., height: _Optional[int] = ..., decided_height: _Optional[int] = ..., validator_key: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[MemberVoteInfo, _Mapping]]] = ...) -> None: ...
+    sponsor: str
+    expires_ms: int
+    def __init__(self, proposal_id: _Optional[str] = ..., kind: _Optional[str] = ..., replica_id: _Optional[int] = ..., org: _Optional[str] = ..., name: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., statement: _Optional[str] = ..., reason: _Optional[str] = ..., status: _Optional[str] = ..., height: _Optional[int] = ..., decided_height: _Optional[int] = ..., validator_key: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[MemberVoteInfo, _Mapping]]] = ..., sponsor: _Optional[str] = ..., expires_ms: _Optional[int] = ...) -> None: ...
 
 class MemberInfo(_message.Message):
     __slots__ = ("replica_id", "org", "public_key", "peer_address", "client_address")
