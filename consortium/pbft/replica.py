@@ -192,6 +192,9 @@ class Replica:
         self._lags: dict[int, list[int]] = {}
         """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
         slow-primary monitor."""
+        self._heard_ms: dict[int, int] = {}
+        """When each peer's last STATUS arrived (our clock): a primary that stops sending them
+        (stopped, cut off) is slow by the length of its silence."""
         self._slow_ticks = 0
         self._peer_executed: dict[int, int] = {}
         """Each peer's last_executed in its previous STATUS: a peer that advanced since is
@@ -1062,6 +1065,9 @@ class Replica:
 
     def _after_leader_change(self) -> None:
         """New primary (view or epoch change): hand it every pending request."""
+        self._slow_ticks = 0
+        if self._clock is not None:  # its silence counts from now
+            self._heard_ms[self.primary] = self._clock.now_ms()
         self.pool.queue.clear()
         if self.is_primary:
             self.pool.requeue_all()
@@ -1407,28 +1413,36 @@ class Replica:
     def _watch_primary(self) -> None:
         """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms).
 
-        A member's delay is how much later than its fastest STATUS of the last
-        `LAG_SAMPLES` its recent STATUS messages arrive: measured against its own best, a
-        constant clock offset between it and us cancels out (clocks may differ by up to
-        `clock_skew_ms_max`; an offset must not make an honest primary look slow)."""
+        A member's delay is how much later than its fastest STATUS of the last `LAG_SAMPLES`
+        its recent STATUS messages arrive: measured against its own best, a constant clock
+        offset between it and us cancels out (clocks may differ by up to `clock_skew_ms_max`;
+        an offset must not make an honest primary look slow). A primary that falls silent (it
+        sends a STATUS every tick, busy or idle) is as late as its silence is long, so a stopped
+        or cut-off primary is replaced in a few ticks, without waiting for a client's request to
+        time out."""
         limit = self.params.slow_primary_lag_ms
         if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
                 or not self.is_member):
             self._slow_ticks = 0
             return
-        def delay(lags: list[int]) -> int | None:
+        now = self._clock.now_ms()
+
+        def delay(peer: int) -> int | None:
+            lags = self._lags.get(peer, [])
+            heard = self._heard_ms.get(peer)
+            silence = 0 if heard is None else now - heard - self.params.status_interval_ms
             if len(lags) < 3:
-                return None
+                return silence if silence > 0 else None
             recent = sorted(lags[-LAG_RECENT:])
-            return recent[len(recent) // 2] - min(lags)
-        lag = delay(self._lags.get(self.primary, []))
-        others = [d for p, v in self._lags.items()
-                  if p != self.primary and p != self.id and (d := delay(v)) is not None]
+            return max(recent[len(recent) // 2] - min(lags), silence)
+        lag = delay(self.primary)
+        others = [d for p in self.config.replica_ids
+                  if p not in (self.primary, self.id) and (d := delay(p)) is not None]
         if lag is None or not others:
             self._slow_ticks = 0
             return
         usual = sorted(others)[len(others) // 2]
-        if lag >= limit and lag >= 4 * usual + 100:
+        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
             self._slow_ticks += 1
         else:
             self._slow_ticks = 0
@@ -1441,6 +1455,8 @@ class Replica:
 
     def _on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
+        if self._clock is not None:
+            self._heard_ms[sender] = self._clock.now_ms()
         if b.sent_ms and self._clock is not None:
             lags = self._lags.setdefault(sender, [])
             lags.append(self._clock.now_ms() - b.sent_ms)

@@ -126,12 +126,6 @@ def crash_text(h: Harness, replica_id: int) -> str:
            f"{[e.returncode for e in exits]})"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when its PostgreSQL stops the validator's consensus loop dies (\"AdminShutdown("
-    "'terminating connection due to administrator command')\") and it exits with code 1; "
-    "each restart then exits with code 2 (\"connection is bad: connection to server on "
-    "socket ... failed: No such file or directory\") until the database is back: a crash "
-    "loop instead of NOT_SERVING"))
 def test_postgres_outage_makes_it_not_serving_and_it_recovers_by_itself(chaos: Harness) -> None:
     h = chaos
     victim = a_backup(h)
@@ -177,9 +171,6 @@ def test_stopped_primary_is_replaced_within_bound(chaos: Harness) -> None:
     assert_nothing_lost(h)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no throughput/latency monitor: a primary whose links are 500 ms slow each way keeps "
-    "every request inside the request timeout, so it is never replaced"))
 def test_slow_but_alive_primary_is_replaced(chaos: Harness) -> None:
     h = chaos
     primary = h.primary()
