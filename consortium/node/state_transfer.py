@@ -24,7 +24,7 @@ from consortium.ledger.items import record_id, segments_of
 from consortium.ledger.records import InvalidRecord, decode_submission
 from consortium.ledger.transactions import InvalidTransaction, TxType, decode_tx
 from consortium.pbft.membership import EpochConfig
-from consortium.storage.rows import StoreError
+from consortium.storage.rows import StoreError, StoreUnavailable
 from consortium.verify import ChainBroken, ChainVerifier
 from consortium.wire import WireBlock, WireError, block_from_proto, pb, pb_grpc
 
@@ -97,6 +97,8 @@ class StateTransfer:
                     progressed |= await asyncio.wait_for(
                         self._fetch_from(address, target, head, configs, install, org_of),
                         CALL_TIMEOUT_S)
+                except StoreUnavailable:
+                    raise  # our database, not the peer: the validator stops serving
                 except (grpc.aio.AioRpcError, WireError, ChainBroken, TimeoutError, StoreError,
                         psycopg.Error) as exc:
                     log.warning("state transfer from peer failed", peer=peer_id,

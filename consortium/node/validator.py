@@ -446,6 +446,7 @@ class Validator:
             await asyncio.sleep(delay)
             try:
                 await self.store.ping()
+                await self.store.check_writable()
                 await self._boot()
                 log.info("database back; serving again")
                 return

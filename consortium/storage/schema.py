@@ -397,6 +397,13 @@ ALTER TABLE proposals ADD COLUMN recorded_ms bigint NOT NULL DEFAULT 0
     CHECK (recorded_ms >= 0);
 UPDATE proposals p SET recorded_ms = b.timestamp_ms FROM blocks b WHERE b.height = p.height;
 """),
+    # 8: a table that is only ever written in a transaction that rolls back: a validator
+    # recovering from an outage proves the database takes writes again (a full disk answers
+    # reads) before it says SERVING. No compression, so the probe's bytes reach the disk.
+    (8, """
+CREATE TABLE write_probe (data text NOT NULL);
+ALTER TABLE write_probe ALTER COLUMN data SET STORAGE EXTERNAL;
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

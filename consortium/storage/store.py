@@ -69,6 +69,8 @@ from consortium.storage.schema import migrate
 _VOTE_KINDS = ("PRE_PREPARE", "PREPARE", "COMMIT")
 _VIEW_KINDS = ("VIEW_CHANGE", "NEW_VIEW")
 _REPLACEMENT = "\ufffd"
+WRITE_PROBE_BYTES = 1 << 20
+"""What `check_writable` writes (and rolls back): more than a page, so a full disk shows."""
 
 ENTRY_COLUMNS = ("height", "idx", "envelope", "item_index", "record_id", "status", "reason",
                  "tx_type", "target_record_id", "item", "redacted", "kind", "subject_id",
@@ -224,6 +226,22 @@ class LedgerStore:
         """Raise StoreUnavailable unless the database answers (health checks)."""
         async with self._transaction() as cur:
             await cur.execute("SELECT 1")
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable unless the database takes `WRITE_PROBE_BYTES` of new data
+        (table pages and WAL), then roll it back: a database with a full disk still answers
+        reads, and a validator that said SERVING on a ping would fail its next block."""
+        async with self._lock:
+            if self._conn.closed or self._conn.broken:
+                await self._reconnect()
+            try:
+                async with self._conn.transaction(force_rollback=True), \
+                        self._conn.cursor() as cur:
+                    await cur.execute(
+                        "INSERT INTO write_probe SELECT string_agg(md5(g::text), '') "
+                        "FROM generate_series(1, %s) g", (WRITE_PROBE_BYTES // 32,))
+            except psycopg.Error as exc:
+                raise _unavailable(exc) from exc
 
     async def __aenter__(self) -> LedgerStore:
         return self

@@ -189,11 +189,6 @@ def test_slow_but_alive_primary_is_replaced(chaos: Harness) -> None:
     assert_nothing_lost(h)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on a full disk the validator's consensus loop dies (\"DiskFull('could not extend file "
-    "... No space left on device')\") and it exits with code 1; restarted, it reports SERVING "
-    "while every state transfer fails with the same error, so it neither stops accepting "
-    "nor says why through its health"))
 def test_full_disk_stops_one_validator_clearly_and_it_recovers(chaos: Harness) -> None:
     h = chaos
     victim = a_backup(h)

@@ -1254,12 +1254,15 @@ def test_a_lost_database_raises_store_unavailable_and_the_store_recovers(fresh_d
             with pytest.raises(StoreUnavailable):  # reconnecting fails while it is gone
                 await store.ping()
             with pytest.raises(StoreUnavailable):
+                await store.check_writable()
+            with pytest.raises(StoreUnavailable):
                 await store.persist_messages([h.prepare(1, 0, 2, bytes(32))])
             with pytest.raises(StoreUnavailable):
                 await reader.get_block(1)
         finally:
             _set_connections(fresh_dsn, True)
         await store.ping()
+        await store.check_writable()  # and what it wrote is gone
         assert await store.head() == blocks[0].header  # nothing of the failed round
         recovered, _ = await store.load_recovered()
         assert recovered.messages == ()
