@@ -5,8 +5,7 @@ Each test starts a fresh 4-validator consortium, keeps clients submitting throug
 the client host, injects one fault into one validator, and then holds the cluster to: the
 others kept committing, the faulty one behaved as the issue says while the fault lasted, it
 came back by itself, and afterwards no acknowledged record is missing anywhere and all chains
-are identical. The behaviours today's validator does not have yet are strict xfails naming the
-failure (see docs/reliability.md): when one passes, the marker goes.
+are identical (see docs/reliability.md).
 """
 
 from __future__ import annotations
