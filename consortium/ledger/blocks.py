@@ -29,7 +29,7 @@ from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, MerkleTree, merkle_root
 from consortium.crypto.signing import Verifier
 from consortium.ledger import membership as ms
-from consortium.ledger.items import Item, digest_of, record_id
+from consortium.ledger.items import Item, ItemView, digest_of, record_id
 from consortium.ledger.records import RecordKind, Submission, submission_from_segments
 from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
@@ -55,7 +55,12 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.codec import Reader, Writer
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.payload import envelope_digest, split_envelope, split_segments
+from consortium.pbft.payload import (
+    encode_envelope,
+    envelope_digest,
+    split_envelope,
+    split_segments,
+)
 from consortium.pbft.state import batch_root
 
 GENESIS_PREV_HASH = bytes(DIGEST_BYTES)
@@ -412,6 +417,27 @@ def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed
             return (f"submitted_at_ms is {-ahead // 1000} s before the block time (limit "
                     f"{rules.age_ms_max // 1000} s)")
     return ""
+
+
+def stored_request(env: Envelope, items: Sequence[Item]) -> m.Request:
+    """The request an envelope of a block was, rebuilt from what a validator keeps of it (its
+    envelope fields and its entries' items, `items`): in full when its raw payload or every
+    item is kept, else a stub carrying its digest (a replay, an invalid envelope, an erased
+    item), which recovery needs only to know what executed. Raises ValueError when what was
+    kept does not rebuild to the envelope's digest (a damaged store)."""
+    if env.raw is not None:
+        r = m.Request(env.client_id, env.nonce, env.kind, env.raw, env.signature)
+    elif env.status == EnvelopeStatus.EXECUTED and items and not any(
+            isinstance(i, ItemView) for i in items):
+        r = m.Request(env.client_id, env.nonce, env.kind,
+                      encode_envelope([i for i in items if isinstance(i, bytes)]),
+                      env.signature)
+    else:
+        r = m.Request.stub(env.client_id, env.nonce, env.kind, env.payload_digest,
+                           env.signature)
+    if r.payload_digest != env.payload_digest:
+        raise ValueError(f"request {env.index}: its kept items do not match its digest")
+    return r
 
 
 def referenced_records(requests: Iterable[m.Request]) -> set[str]:

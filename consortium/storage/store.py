@@ -33,8 +33,9 @@ from consortium.ledger.blocks import (
     BlockHeader,
     Entry,
     EntryStatus,
-    EnvelopeStatus,
+    Envelope,
     Screening,
+    stored_request,
 )
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import MEMBERSHIP_OUTCOME
@@ -56,7 +57,6 @@ from consortium.ledger.transactions import (
 )
 from consortium.pbft import messages as m
 from consortium.pbft.codec import DecodeError, decode_signed, decode_snapshot, encode_snapshot
-from consortium.pbft.payload import encode_envelope
 from consortium.pbft.replica import ExecutedBatch, Recovered
 from consortium.storage.rows import (
     BlockRejected,
@@ -337,25 +337,17 @@ class LedgerStore:
         for (h, client_id, nonce, kind, sig, pd, status, first, count, raw) in \
                 await cur.fetchall():
             height = int(h)
-            kind_ = m.RequestKind(int(kind))
             try:
-                if raw is not None:
-                    r = m.Request(str(client_id), int(nonce), kind_, bytes(raw), bytes(sig))
-                else:
-                    kept = [items[(height, int(first) + k)] for k in range(int(count))]
-                    if status == EnvelopeStatus.EXECUTED and kept and not any(
-                            red for _d, red in kept):
-                        r = m.Request(str(client_id), int(nonce), kind_,
-                                      encode_envelope([d for d, _red in kept]), bytes(sig))
-                    else:
-                        r = m.Request.stub(str(client_id), int(nonce), kind_, bytes(pd),
-                                           bytes(sig))
-            except (KeyError, ValueError) as exc:
+                env = Envelope(len(out.get(height, ())), str(client_id), int(nonce),
+                               m.RequestKind(int(kind)), bytes(sig), bytes(pd), str(status),
+                               first_entry=int(first), entry_count=int(count),
+                               raw=None if raw is None else bytes(raw))
+                kept = [items[(height, int(first) + k)] for k in range(int(count))]
+                r = stored_request(env, [ItemView.decode(d) if red else d
+                                         for d, red in kept])
+            except (KeyError, ValueError, DecodeError) as exc:
                 raise StoreCorrupted(f"block {height}: a stored request does not rebuild: "
                                      f"{exc}") from exc
-            if r.payload_digest != bytes(pd):
-                raise StoreCorrupted(f"block {height}: a stored request's items do not match "
-                                     "its digest")
             out.setdefault(height, []).append(r)
         return out
 
