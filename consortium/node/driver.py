@@ -120,6 +120,16 @@ class Driver:
         self.storage = storage
         self.host = host
 
+    async def boot(self) -> None:
+        """Start from what is durable: the membership the ledger holds, then the blocks the
+        replica executed but the ledger lacks (a crash after a state transfer's checkpoint was
+        stored, before its blocks were), then the replica's timers."""
+        self.ledger.membership = await self.storage.membership()
+        self.ledger.orgs = await self.host.membership_changed(self.ledger.membership)
+        if self.ledger.height < self.replica.last_executed:
+            await self.host.fetch_blocks(self.replica.last_executed)
+        await self.start()
+
     async def start(self) -> None:
         """Arm the replica's timers (after recovery) and carry out what that asks."""
         await self.carry_out(self.replica.start())

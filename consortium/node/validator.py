@@ -234,11 +234,7 @@ class Validator:
         log.info("recovered", height=self.height, replica_executed=replica.last_executed,
                  view=replica.view)
         self.submit_rules.block_ms = 0 if head is None else head.timestamp_ms
-        ledger.membership = self.membership = await self.reads.membership()
-        ledger.orgs = await self.membership_changed(self.membership)
-        if self.height < replica.last_executed:
-            await self.fetch_blocks(replica.last_executed)
-        await self.driver.start()
+        await self.driver.boot()
         self._resubmit_pending_change()
         metrics.height.set(self.height)
         metrics.view.set(replica.view)

@@ -105,6 +105,12 @@ class Recovered:
     messages: tuple[m.SignedMessage, ...] = ()
 
 
+def _durable_proposal(msg: m.SignedMessage,
+                      batch: tuple[m.Request, ...] | None) -> m.SignedMessage:
+    """A proposal header to persist, with its batch attached when it has requests."""
+    return dataclasses.replace(msg, batch=batch) if batch else msg
+
+
 def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
                                  ) -> Iterable[m.SignedMessage]:
     """Persisted messages, with the PRE-PREPAREs a NEW-VIEW carries listed after it: for a new
@@ -501,7 +507,7 @@ class Replica:
         slot.pre_prepare = msg
         slot.remember_header(msg, adopt=True)
         slot.remember_batch(body.root, batch, adopt=True)
-        self._out.append(ev.Persist((msg,)))
+        self._out.append(ev.Persist((_durable_proposal(msg, batch),)))
         self._send_with_batch(self._peers(), msg, batch)
         self._check_prepared(slot)
 
@@ -716,7 +722,8 @@ class Replica:
                                         f"prepared at view {b.view} seq {b.seq}")
                 return
             slot.prepares[(b.view, self.id, b.digest)] = prepare
-            self._out.append(ev.Persist((prepare,)))
+            self._out.append(ev.Persist((_durable_proposal(msg, slot.batches.get(b.root)),
+                                         prepare)))
             self._broadcast(prepare)
         self._arm_request_timer()
         self._check_prepared(slot)
@@ -1557,9 +1564,10 @@ class Replica:
 
     def _recover(self, rec: Recovered) -> None:
         """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
-        and every message this replica signed (so it never signs a conflicting one). Batches
-        of proposals above the executed ones are not persisted (headers are): they are fetched
-        from peers."""
+        every message this replica signed (so it never signs a conflicting one), and the
+        batch of every proposal it accepted (persisted with the proposal before its PREPARE
+        left: a prepared batch must survive even if every replica that holds it restarts,
+        or a view change that re-proposes it could never execute)."""
         if rec.snapshot is not None:
             configs = verify_epoch_history(self.genesis, rec.snapshot.epochs, self.chain_id,
                                            self._verifier)
@@ -1615,8 +1623,10 @@ class Replica:
                 slot = self._slot(b.seq)
                 if isinstance(b, m.PrePrepare):
                     slot.remember_header(msg)
+                    if msg.batch is not None and batch_root(msg.batch) == b.root:
+                        slot.remember_batch(b.root, msg.batch)
                     if b.view >= slot.view:
-                        slot.pre_prepare = msg
+                        slot.pre_prepare = dataclasses.replace(msg, batch=None)
                 elif isinstance(b, m.Prepare):
                     slot.prepares.setdefault((b.view, msg.sender, b.digest), msg)
                 else:

@@ -1,20 +1,31 @@
 """A deterministic cluster simulation: simulated clock, seeded network, crash-restart, clients.
 
 Everything random comes from one `random.Random(seed)`, keys are derived from the seed, and
-Ed25519 signatures are deterministic, so a seed replays the same run bit for bit. Replicas are the
-production `Replica` class; the simulation only plays the driver's part (network, timers, storage).
+Ed25519 signatures are deterministic, so a seed replays the same run bit for bit. Honest
+validators run the production loop: `Replica` driven by `consortium.node.driver.Driver`, which
+executes committed batches into ledger blocks, persists before it speaks and recovers from what
+it persisted; the simulation supplies its storage (which can crash before or after any durable
+write), network, timers, clients and state transfer (`sim/host.py`). Byzantine validators run
+the replica with their behaviour applied to its actions and a minimal store of their own.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier, Verifier
+from consortium.ledger import membership as ms
+from consortium.ledger.blocks import Block, ClientOrgs, Rules, Screening
+from consortium.ledger.items import record_id
+from consortium.ledger.records import RecordKind, Submission
+from consortium.ledger.transactions import WRAPPED_KEY_BYTES, Grant, encode_tx
+from consortium.node.driver import Driver, LedgerContext
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
@@ -24,8 +35,11 @@ from consortium.pbft.payload import encode_envelope
 from consortium.pbft.replica import ExecutedBatch, Recovered, Replica
 from consortium.pbft.viewchange import new_view_bytes_max, view_change_bytes_max
 from consortium.sim.checkers import SafetyChecker
+from consortium.sim.host import SimCrash, SimHost, SimStorage, run_sync
 
 CHAIN_ID = b"sim-chain"
+SIM_ORGS = ("org-a", "org-b", "org-c")
+"""The simulated clients' organisations (client k belongs to SIM_ORGS[k % 3])."""
 
 
 def derive_seed(*parts: object) -> bytes:
@@ -53,7 +67,7 @@ class NetworkFaults:
 
 @dataclass
 class DurableStore:
-    """What survives a crash: what the driver persisted, as a validator's PostgreSQL would."""
+    """What survives a Byzantine validator's crash (honest ones have a `SimStorage`)."""
 
     snapshot: m.Snapshot | None = None
     snapshot_proof: tuple[m.SignedMessage, ...] = ()
@@ -95,6 +109,11 @@ class SimNode:
     installed_snapshots: int = 0
     replica_class: type[Replica] | None = None
     """A Byzantine replica may run modified protocol code instead of the honest class."""
+    storage: SimStorage | None = None
+    """An honest validator's durable state (created at its first boot, kept across crashes)."""
+    driver: Driver | None = None
+    executing: dict[int, ev.Execute] = field(default_factory=dict)
+    """The batches the round being carried out executes, by seq, until they are durable."""
 
 
 @dataclass
@@ -106,6 +125,8 @@ class SimClient:
     """Where it sends first submissions (as the SDK does): learnt from NOT_PRIMARY redirects."""
     outstanding: dict[int, tuple[m.Request, int, set[int]]] = field(default_factory=dict)
     """nonce -> (request, retry deadline, replicas that replied)."""
+    records: list[str] = field(default_factory=list)
+    """Ids of the records it submitted (its grants name them)."""
 
 
 @dataclass
@@ -132,6 +153,12 @@ class SimConfig:
     """Nodes outside genesis (joiners for reconfiguration scenarios)."""
     notes: dict[str, int] = field(default_factory=dict)
     """Scenario-specific choices made with the config and used when the scenario builds."""
+    crash_point_rate: float = 0.0
+    """Chance that an honest validator dies just before or just after each durable write
+    while faults are active (it restarts a little later from what it had written)."""
+    grant_rate: float = 0.2
+    """Share of client items that are grants on one of the client's earlier records (so
+    execution reads record states back from storage) rather than new records."""
 
 
 class StaticClients:
@@ -157,7 +184,8 @@ class SimClock:
 
 class Simulation:
     def __init__(self, seed: int, config: SimConfig, *, trace: bool = False,
-                 replica_factory: type[Replica] = Replica) -> None:
+                 replica_factory: type[Replica] = Replica,
+                 driver_factory: type[Driver] = Driver) -> None:
         self.seed = seed
         self.cfg = config
         self.rng = random.Random(seed)
@@ -167,6 +195,8 @@ class Simulation:
         self.trace_enabled = trace
         self.trace: list[str] = []
         self.replica_factory = replica_factory
+        self.driver_factory = driver_factory
+        """The honest validators' loop: the production driver, or a planted bug's."""
         # One cache for the whole cluster: a broadcast is verified once, not once per receiver.
         # Verification is a pure function and only successes are cached, so no replica can
         # accept anything it would have rejected on its own.
@@ -182,6 +212,12 @@ class Simulation:
         keys = {c.client_id: c.signer.public_key for c in self.clients}
         keys["governor"] = self.governor.public_key
         self.client_registry = StaticClients(keys)
+        self.chain_id = CHAIN_ID
+        orgs = {c.client_id: SIM_ORGS[k % len(SIM_ORGS)] for k, c in enumerate(self.clients)}
+        self.client_orgs = ClientOrgs(orgs, set(SIM_ORGS))
+        self.ledger_at: dict[int, tuple[bytes, tuple[tuple[str, str], ...], int]] = {}
+        """height -> (block hash, entry statuses and reasons, first honest validator): what
+        every honest validator's ledger must hold at that height."""
         self.nodes = {i: SimNode(i, self.signers[i], None) for i in range(total)}
         self.epoch_configs = {0: self.genesis}
         self.liveness_condition: Callable[[Simulation], bool] | None = None
@@ -189,7 +225,8 @@ class Simulation:
         self.submitted: dict[tuple[str, int], bytes] = {}
         self.stats = {"delivered": 0, "dropped": 0, "duplicated": 0, "faults": 0,
                       "view_changes": 0, "state_transfers": 0, "batch_requests": 0,
-                      "view_change_bytes_max": 0}
+                      "view_change_bytes_max": 0, "crash_points": 0, "blocks_fetched": 0,
+                      "entries_recorded": 0, "entries_invalid": 0}
         self.hooks: list[tuple[int, Callable[[Simulation], None]]] = []
 
     def boot_all(self) -> None:
@@ -221,9 +258,27 @@ class Simulation:
 
     def _boot(self, i: int) -> None:
         node = self.nodes[i]
-        node.replica = self._make_replica(i, node.store.recovered() if node.incarnation else None)
+        if node.byzantine:
+            node.replica = self._make_replica(
+                i, node.store.recovered() if node.incarnation else None)
+            node.timers.clear()
+            self._apply(node, node.replica.start())
+            return
+        if node.storage is None:
+            node.storage = SimStorage(Screening.ACCEPTED)
+            node.storage.on_durable = functools.partial(self._durable, node)
+        storage = node.storage
+        storage.crash = functools.partial(self._crash_point, node)
+        node.replica = self._make_replica(i, storage.recovered() if node.incarnation else None)
         node.timers.clear()
-        self._apply(node, node.replica.start())
+        node.executing.clear()
+        ledger = LedgerContext(CHAIN_ID, None, Rules(), self.client_orgs, ms.EMPTY,
+                               storage.head, self.verifier)
+        node.driver = self.driver_factory(node.replica, ledger, storage, SimHost(self, node))
+        try:
+            run_sync(node.driver.boot())
+        except SimCrash as crash:
+            self._crashed(node, str(crash))
 
     def crash(self, i: int) -> None:
         node = self.nodes[i]
@@ -231,8 +286,23 @@ class Simulation:
             return
         self.log(f"CRASH replica {i}")
         node.replica = None
+        node.driver = None
         node.timers.clear()
+        node.executing.clear()
         node.incarnation += 1
+
+    def _crash_point(self, node: SimNode, point: str) -> None:
+        """Called by an honest validator's storage around every durable write."""
+        if self._faulty_now() and self.rng.random() < self.cfg.crash_point_rate:
+            raise SimCrash(point)
+
+    def _crashed(self, node: SimNode, point: str) -> None:
+        """An honest validator died inside a round: it restarts a little later."""
+        self.stats["crash_points"] += 1
+        self.log(f"CRASH-POINT r{node.replica_id} {point}")
+        self.crash(node.replica_id)
+        self.at(self.now_ms + self.rng.randint(50, 500),
+                functools.partial(Simulation.restart, i=node.replica_id))
 
     def restart(self, i: int) -> None:
         node = self.nodes[i]
@@ -247,14 +317,88 @@ class Simulation:
     # ------------------------------------------------------------------------------ actions
 
     def _apply(self, node: SimNode, actions: list[ev.Action]) -> None:
+        if node.byzantine:
+            self._apply_byzantine(node, actions)
+            return
+        assert node.driver is not None
+        for a in actions:
+            if isinstance(a, ev.Execute):
+                node.executing[a.seq] = a
+        try:
+            run_sync(node.driver.carry_out(actions))
+        except SimCrash as crash:
+            self._crashed(node, str(crash))
+        node.executing.clear()
+
+    def _durable(self, node: SimNode, blocks: Sequence[Block]) -> None:
+        """Blocks an honest validator has just made durable (executed, or fetched by state
+        transfer): the safety checker sees each batch it executed, and its ledger must hold
+        exactly what every other honest ledger holds at each height (hash, and each entry's
+        status and reason, which the hash does not cover)."""
+        for b in blocks:
+            h = b.header.height
+            a = node.executing.pop(h, None)
+            if a is not None:
+                self.safety.on_execute(node.replica_id, a, self.submitted,
+                                       self.epoch_configs[a.epoch])
+                self.log(f"EXECUTE r{node.replica_id} seq={a.seq} view={a.view} "
+                         f"digest={a.digest.hex()[:8]} reqs={[r.key for r in a.executed]}")
+            outcome = tuple((e.status, e.reason) for e in b.entries)
+            first = self.ledger_at.setdefault(h, (b.header.hash(), outcome, node.replica_id))
+            if first[:2] != (b.header.hash(), outcome):
+                what = "block hash" if first[0] != b.header.hash() else "entry outcomes"
+                self.safety.violations.append(
+                    f"ledger: replica {node.replica_id}'s block {h} differs from replica "
+                    f"{first[2]}'s ({what})")
+            elif first[2] == node.replica_id:
+                for status, _reason in outcome:
+                    self.stats[f"entries_{status}"] += 1
+
+    def sent_by_honest(self, node: SimNode, to: int, data: bytes) -> None:
+        """A message an honest validator's driver sends (after what it commits to is
+        durable): watched for equivocation and size, then put on the network."""
+        if data is not node.state.get("last_checked"):
+            node.state["last_checked"] = data
+            sent = codec.decode_signed(data, CHAIN_ID)
+            self.safety.on_send(node.replica_id, sent)
+            self._check_sizes(node, sent, len(data))
+        self.send(node.replica_id, to, data)
+
+    def redirect(self, r: m.Request, primary: int) -> None:
+        delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
+        self.schedule(self.now_ms + delay, "redirect", r, primary)
+
+    def observe(self, node: SimNode, a: ev.Action) -> None:
+        if isinstance(a, ev.PeerFault):
+            node.faults_seen += 1
+            self.stats["faults"] += 1
+            self.log(f"FAULT seen by r{node.replica_id}: {a.reason}")
+        elif isinstance(a, ev.ViewEntered):
+            self.stats["view_changes"] += 1
+            self.log(f"VIEW r{node.replica_id} entered view {a.view} (primary {a.primary})")
+        elif isinstance(a, ev.EpochEntered):
+            self.epoch_configs.setdefault(a.config.epoch, a.config)
+            self.log(f"EPOCH r{node.replica_id} entered epoch {a.config.epoch} "
+                     f"members {a.config.replica_ids}")
+
+    def block_source(self, me: int, target: int) -> list[Block]:
+        """The blocks of an honest validator that stored at least `target` of them."""
+        for i in self.honest_ids():
+            storage = self.nodes[i].storage
+            if i != me and storage is not None and storage.height >= target:
+                self.stats["state_transfers"] += 1
+                self.log(f"STATE-TRANSFER r{me} to seq {target} from r{i}'s blocks")
+                return storage.blocks
+        raise AssertionError(f"replica {me} installed a checkpoint at {target} that no honest "
+                             "validator stored blocks for")
+
+    def _apply_byzantine(self, node: SimNode, actions: list[ev.Action]) -> None:
+        """A Byzantine validator: its behaviour rewrites the replica's actions; it keeps just
+        enough to restart (no ledger)."""
         if node.behaviour is not None:
             actions = node.behaviour(node, actions)
         for a in actions:
             if isinstance(a, ev.Send):
-                if not node.byzantine:
-                    sent = codec.decode_signed(a.data, CHAIN_ID)
-                    self.safety.on_send(node.replica_id, sent)
-                    self._check_sizes(node, sent, len(a.data))
                 for to in a.to:
                     self.send(node.replica_id, to, a.data)
             elif isinstance(a, ev.Persist):
@@ -266,41 +410,17 @@ class Simulation:
             elif isinstance(a, ev.Execute):
                 node.store.executed.append(ExecutedBatch(a.seq, a.pre_prepare, a.certificate,
                                                          a.requests))
-                if not node.byzantine:
-                    self.safety.on_execute(node.replica_id, a, self.submitted,
-                                           self.epoch_configs[a.epoch])
-                self.log(f"EXECUTE r{node.replica_id} seq={a.seq} view={a.view} "
-                         f"digest={a.digest.hex()[:8]} reqs={[r.key for r in a.executed]}")
-                for r in a.executed:
-                    self._reply(node.replica_id, r)
-            elif isinstance(a, ev.AlreadyExecuted):
-                self._reply(node.replica_id, a.request)
-            elif isinstance(a, ev.RejectRequest) and a.primary is not None:
-                delay = self.rng.randint(self.cfg.faults.delay_ms_min,
-                                         self.cfg.faults.delay_ms_max)
-                self.schedule(self.now_ms + delay, "redirect", a.request, a.primary)
             elif isinstance(a, ev.InstallSnapshot):
                 node.installed_snapshots += 1
-                self.stats["state_transfers"] += 1
                 node.store.executed = []
-                self.log(f"STATE-TRANSFER r{node.replica_id} to seq {a.snapshot.seq}")
             elif isinstance(a, ev.SetTimer):
                 node.timers[a.kind] = a.token
                 self.schedule(self.now_ms + a.delay_ms, "timer", node.replica_id,
                               node.incarnation, a.kind, a.token)
             elif isinstance(a, ev.CancelTimer):
                 node.timers.pop(a.kind, None)
-            elif isinstance(a, ev.PeerFault):
-                node.faults_seen += 1
-                self.stats["faults"] += 1
-                self.log(f"FAULT seen by r{node.replica_id}: {a.reason}")
-            elif isinstance(a, ev.ViewEntered):
-                self.stats["view_changes"] += 1
-                self.log(f"VIEW r{node.replica_id} entered view {a.view} (primary {a.primary})")
-            elif isinstance(a, ev.EpochEntered):
-                self.epoch_configs.setdefault(a.config.epoch, a.config)
-                self.log(f"EPOCH r{node.replica_id} entered epoch {a.config.epoch} "
-                         f"members {a.config.replica_ids}")
+            elif isinstance(a, ev.ViewEntered | ev.EpochEntered | ev.PeerFault):
+                self.observe(node, a)
 
     def _check_sizes(self, node: SimNode, msg: m.SignedMessage, size: int) -> None:
         """View changes carry headers only: an honest VIEW-CHANGE or NEW-VIEW stays under its
@@ -318,9 +438,9 @@ class Simulation:
                     f"size: replica {node.replica_id} sent a {type(msg.body).__name__} of "
                     f"{size} bytes, over its bound {bound}")
 
-    def _reply(self, replica_id: int, r: m.Request) -> None:
+    def reply(self, replica_id: int, client_id: str, nonce: int) -> None:
         delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
-        self.schedule(self.now_ms + delay, "reply", r.client_id, r.nonce, replica_id)
+        self.schedule(self.now_ms + delay, "reply", client_id, nonce, replica_id)
 
     # ------------------------------------------------------------------------------ network
 
@@ -372,14 +492,31 @@ class Simulation:
 
     def submit(self, client: SimClient) -> None:
         """A client signs an envelope of 1-4 items (as the SDK does) and sends it to the
-        replica it believes is the primary."""
+        replica it believes is the primary. Items are ledger transactions: patient records
+        (ciphertext the validators cannot read, wrapped keys for their readers) and grants on
+        the client's earlier records (executed against the record's stored state; refused
+        while that record is not yet on the ledger)."""
         nonce = client.next_nonce
         client.next_nonce += 1
-        lo, hi = self.cfg.item_bytes
-        payload = encode_envelope([self.rng.randbytes(self.rng.randint(lo, hi))
-                                   for _ in range(self.rng.randint(*self.cfg.items_per_envelope))])
+        org = self.client_orgs.org_of(client.client_id) or ""
+        at_ms = SimClock.EPOCH_MS + self.now_ms
+        items: list[bytes] = []
+        records: list[int] = []
+        for k in range(self.rng.randint(*self.cfg.items_per_envelope)):
+            if client.records and self.rng.random() < self.cfg.grant_rate:
+                to = self.rng.choice([o for o in SIM_ORGS if o != org])
+                items.append(encode_tx(Grant(self.rng.choice(client.records), to,
+                                             self.rng.randbytes(WRAPPED_KEY_BYTES))))
+                continue
+            size = self.rng.randint(*self.cfg.item_bytes)
+            items.append(Submission(
+                RecordKind.PATIENT, f"P-{client.client_id}-{nonce}-{k}", "lab-result", org,
+                at_ms, (), self.rng.randbytes(size),
+                ((org, self.rng.randbytes(WRAPPED_KEY_BYTES)),)).encode())
+            records.append(k)
         r = sign_request(client.signer, client.client_id, nonce, m.RequestKind.APPLICATION,
-                         payload)
+                         encode_envelope(items))
+        client.records += [record_id(r.digest, k) for k in records]
         self.submitted[r.key] = r.digest
         client.outstanding[nonce] = (r, self.now_ms + self.cfg.client_retry_ms, set())
         self._send_request(r, [client.primary % self.cfg.validators], retry=False)

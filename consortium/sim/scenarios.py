@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from consortium.crypto.signing import Ed25519Signer
+from consortium.node.driver import Driver
 from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.membership import Member
@@ -91,6 +92,14 @@ def _crash_schedule(sim: Simulation, rng: random.Random, victims: list[int]) -> 
 def _crash_restart(sim: Simulation, rng: random.Random, b: int) -> None:
     n = sim.cfg.validators
     _crash_schedule(sim, rng, _pick(rng, n, rng.randint(1, faults_tolerated(n))))
+
+
+def _crash_points(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """Any validator may die just before or just after any durable write of its driver (a
+    block, the consensus log, a checkpoint, fetched blocks) and restart from what it wrote:
+    the crash points between persisting and sending that durability-before-speech is for."""
+    return replace(cfg, crash_point_rate=rng.uniform(0.01, 0.04),
+                   faults=NetworkFaults(delay_ms_max=20, reorder_rate=0.1))
 
 
 def _commit_loss(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
@@ -343,6 +352,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _crash_restart),
     Scenario("primary-crash", "the primary crashes: view change, then it rejoins", False,
              _primary_crash),
+    Scenario("crash-points", "validators die just before or after any durable write and "
+             "restart from what they wrote", False, _no_build, _crash_points),
     Scenario("slow-primary", "the primary's links are 600-900 ms slow: it is replaced",
              False, _no_build, _slow_primary),
     Scenario("commit-loss", "COMMITs reach one backup only; it crashes; the rest change view",
@@ -375,7 +386,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
 
 
 def build(name: str, seed: int, validators: int, byzantine: int, *, trace: bool = False,
-          replica_factory: type[Replica] = Replica) -> Simulation:
+          replica_factory: type[Replica] = Replica,
+          driver_factory: type[Driver] = Driver) -> Simulation:
     scenario = SCENARIOS[name]
     if byzantine > faults_tolerated(validators):
         raise ValueError(f"{byzantine} Byzantine replicas exceed f = "
@@ -383,7 +395,8 @@ def build(name: str, seed: int, validators: int, byzantine: int, *, trace: bool 
     rng = random.Random(int.from_bytes(derive_seed("scenario", name, seed)[:8], "big"))
     b = byzantine if scenario.byzantine else 0
     cfg = scenario.config(SimConfig(validators=validators), rng, b)
-    sim = Simulation(seed, cfg, trace=trace, replica_factory=replica_factory)
+    sim = Simulation(seed, cfg, trace=trace, replica_factory=replica_factory,
+                     driver_factory=driver_factory)
     scenario.build(sim, rng, b)
     sim.boot_all()
     return sim

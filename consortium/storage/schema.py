@@ -404,6 +404,13 @@ UPDATE proposals p SET recorded_ms = b.timestamp_ms FROM blocks b WHERE b.height
 CREATE TABLE write_probe (data text NOT NULL);
 ALTER TABLE write_probe ALTER COLUMN data SET STORAGE EXTERNAL;
 """),
+    # 9: a proposal is persisted with its batch before the replica's PREPARE leaves (a prepared
+    # batch must survive a restart of every replica that holds it); the batch is dropped from
+    # the log once its block is stored, where its bytes live from then on.
+    (9, """
+ALTER TABLE consensus_log ADD COLUMN batch bytea;
+ALTER TABLE consensus_log ALTER COLUMN batch SET STORAGE EXTERNAL;
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

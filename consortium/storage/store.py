@@ -56,7 +56,13 @@ from consortium.ledger.transactions import (
     target_of,
 )
 from consortium.pbft import messages as m
-from consortium.pbft.codec import DecodeError, decode_signed, decode_snapshot, encode_snapshot
+from consortium.pbft.codec import (
+    DecodeError,
+    decode_signed,
+    decode_snapshot,
+    encode_batch,
+    encode_snapshot,
+)
 from consortium.pbft.replica import ExecutedBatch, Recovered
 from consortium.storage.rows import (
     BlockRejected,
@@ -93,19 +99,21 @@ def pg_text(s: str) -> str:
     return s.replace("\x00", _REPLACEMENT) if "\x00" in s else s
 
 
-def _message_row(msg: m.SignedMessage) -> tuple[int, int | None, int | None, str, bytes]:
-    """(epoch, view, seq, kind, wire) of a message the driver persists."""
+def _message_row(msg: m.SignedMessage
+                 ) -> tuple[int, int | None, int | None, str, bytes, bytes | None]:
+    """(epoch, view, seq, kind, wire, attached batch) of a message the driver persists."""
     b = msg.body
     if isinstance(b, m.PrePrepare):
-        return (b.epoch, b.view, b.seq, "PRE_PREPARE", msg.wire)
+        batch = None if msg.batch is None else encode_batch(msg.batch)
+        return (b.epoch, b.view, b.seq, "PRE_PREPARE", msg.wire, batch)
     if isinstance(b, m.Prepare):
-        return (b.epoch, b.view, b.seq, "PREPARE", msg.wire)
+        return (b.epoch, b.view, b.seq, "PREPARE", msg.wire, None)
     if isinstance(b, m.Commit):
-        return (b.epoch, b.view, b.seq, "COMMIT", msg.wire)
+        return (b.epoch, b.view, b.seq, "COMMIT", msg.wire, None)
     if isinstance(b, m.ViewChange):
-        return (b.epoch, b.new_view, None, "VIEW_CHANGE", msg.wire)
+        return (b.epoch, b.new_view, None, "VIEW_CHANGE", msg.wire, None)
     if isinstance(b, m.NewView):
-        return (b.epoch, b.new_view, None, "NEW_VIEW", msg.wire)
+        return (b.epoch, b.new_view, None, "NEW_VIEW", msg.wire, None)
     raise ValueError(f"{type(b).__name__} is not a message the consensus log persists")
 
 
@@ -260,11 +268,11 @@ class LedgerStore:
             await self._insert_messages(cur, rows)
 
     @staticmethod
-    async def _insert_messages(cur: AsyncCursor[Any],
-                               rows: list[tuple[int, int | None, int | None, str, bytes]]
-                               ) -> None:
-        await copy_rows(cur, "consensus_log", ("epoch", "view", "seq", "kind", "data"),
-                        ("int8", "int8", "int8", "text", "bytea"), rows)
+    async def _insert_messages(
+            cur: AsyncCursor[Any],
+            rows: list[tuple[int, int | None, int | None, str, bytes, bytes | None]]) -> None:
+        await copy_rows(cur, "consensus_log", ("epoch", "view", "seq", "kind", "data", "batch"),
+                        ("int8", "int8", "int8", "text", "bytea", "bytea"), rows)
 
     async def persist_snapshot(self, snapshot: m.Snapshot,
                                proof: Sequence[m.SignedMessage]) -> None:
@@ -313,9 +321,10 @@ class LedgerStore:
                 int(h), self._decode_signed(bytes(pp), f"block {h} pre-prepare"),
                 tuple(self._decode_signed(bytes(c), f"block {h} certificate") for c in cert),
                 tuple(requests.get(int(h), ()))) for h, pp, cert in blocks)
-            await cur.execute("SELECT id, data FROM consensus_log ORDER BY id")
-            messages = tuple(self._decode_signed(bytes(d), f"consensus log row {i}")
-                             for i, d in await cur.fetchall())
+            await cur.execute("SELECT id, data, batch FROM consensus_log ORDER BY id")
+            messages = tuple(self._decode_signed(bytes(d) + (b"" if b is None else bytes(b)),
+                                                 f"consensus log row {i}")
+                             for i, d, b in await cur.fetchall())
             head = await self._head(cur)
         return Recovered(snapshot, proof, executed, messages), head
 
@@ -364,7 +373,10 @@ class LedgerStore:
         """Consecutive executed blocks and consensus messages in one transaction (a consensus
         round's worth: one commit, one fsync). Raises `BlockRejected` unless the blocks extend
         the stored head (height and hash link); then nothing is written."""
-        rows = [_message_row(msg) for msg in also_persist]
+        stored = blocks[-1].header.height if blocks else 0
+        # A proposal whose block is in this transaction needs no batch of its own in the log.
+        rows = [r if r[2] is None or r[2] > stored else (*r[:5], None)
+                for r in (_message_row(msg) for msg in also_persist)]
         async with self._transaction() as cur:
             if blocks:
                 prev = await self._head(cur)
@@ -372,6 +384,8 @@ class LedgerStore:
                     self._check_extends(prev, b)
                     prev = b.header
                 await self._insert_blocks(cur, blocks)
+                await cur.execute("UPDATE consensus_log SET batch = NULL WHERE batch IS NOT NULL "
+                                  "AND seq <= %s", (stored,))
             await self._insert_messages(cur, rows)
 
     async def install_blocks(self, blocks: Sequence[Block]) -> None:

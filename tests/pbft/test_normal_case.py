@@ -205,13 +205,16 @@ def test_partial_batches_wait_for_an_execution_when_enough_are_in_flight() -> No
 
 def test_backup_accepts_pre_prepare_and_multicasts_prepare_after_persisting_it() -> None:
     """4.2: a backup accepts PRE-PREPARE(v, n, d) from the primary of its view and multicasts
-    PREPARE(v, n, d, i) to all replicas; the vote is persisted before it is sent."""
+    PREPARE(v, n, d, i) to all replicas; the vote, and the proposal with its batch, are
+    persisted before it is sent."""
     node = make_node(2)
     r = request()
     pp = pre_prepare(0, 1, [r])
     actions = node.deliver(pp)
     own = prepare(2, 0, 1, digest_of(pp))
-    assert actions[:2] == [ev.Persist((own,)), ev.Send((0, 1, 3), own.wire)]
+    assert actions[:2] == [ev.Persist((header_of(pp), own)), ev.Send((0, 1, 3), own.wire)]
+    persist = actions[0]
+    assert isinstance(persist, ev.Persist) and persist.messages[0].batch == (r,)
     # The request is now known: the backup times it (4.4).
     assert [(a.kind, a.delay_ms) for a in actions[2:] if isinstance(a, ev.SetTimer)] == [
         (ev.TimerKind.REQUEST, 1000)]
@@ -225,7 +228,7 @@ def test_backup_accepts_a_pre_prepare_with_an_empty_batch() -> None:
     pp = pre_prepare(0, 1, [])
     actions = node.deliver(pp)
     own = prepare(3, 0, 1, digest_of(pp))
-    assert actions == [ev.Persist((own,)), ev.Send((0, 1, 2), own.wire)]
+    assert actions == [ev.Persist((header_of(pp), own)), ev.Send((0, 1, 2), own.wire)]
 
 
 def test_backup_rejects_pre_prepare_from_a_non_primary() -> None:

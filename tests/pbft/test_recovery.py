@@ -8,6 +8,8 @@ must come back in the view it was in, and must not execute anything twice.
 
 from __future__ import annotations
 
+import dataclasses
+
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.state import next_state_digest, snapshot_digest
@@ -50,17 +52,24 @@ def test_restarted_backup_never_prepares_a_different_batch_for_the_same_view_and
     assert [f.sender for f in of_type(actions, ev.PeerFault)] == [0]
 
 
-def test_restarted_backup_repeats_the_identical_prepare() -> None:
-    """4.2: re-delivered the PRE-PREPARE it had prepared, the restarted replica answers with the
-    very same PREPARE (same digest, same signature bytes) it sent before the crash."""
+def test_restarted_backup_keeps_its_prepare_and_the_batch() -> None:
+    """4.2: the restarted replica holds the very PREPARE (same digest, same signature bytes)
+    it sent before the crash, and the batch it prepared (persisted with the proposal before the
+    PREPARE left), so it can execute it even if every other holder of the batch restarted too;
+    re-delivered the PRE-PREPARE, it sends nothing that differs."""
     node = make_node(2)
-    pp_a = pre_prepare(0, 1, [request("alice", 1)])
+    batch = (request("alice", 1),)
+    pp_a = pre_prepare(0, 1, batch)
     before = node.deliver(pp_a)
-    node = restart(node)
-    after = node.deliver(pp_a)
     own = prepare(2, 0, 1, digest_of(pp_a))
     assert ev.Send((0, 1, 3), own.wire) in before
-    assert sent(after) == [((0, 1, 3), own)]
+    persisted = [x for x in node.persisted if isinstance(x.body, m.PrePrepare)]
+    assert [x.batch for x in persisted] == [batch]
+    node = restart(node)
+    slot = node.replica._slots[1]
+    assert slot.prepares[(0, 2, digest_of(pp_a))].wire == own.wire
+    assert slot.contents(digest_of(pp_a)) == batch
+    assert all(msg == own for _to, msg in sent(node.deliver(pp_a)) if msg.sender == 2)
 
 
 def test_restarted_primary_never_proposes_a_different_batch_for_a_used_seq() -> None:
@@ -195,36 +204,43 @@ def test_restart_from_a_stable_snapshot_plus_later_batches() -> None:
     assert sent_bodies(node.deliver(pp6), m.Prepare) == [m.Prepare(0, 0, 6, digest_of(pp6))]
 
 
-def test_restarted_backup_fetches_the_batch_of_its_persisted_prepared_header() -> None:
-    """4.2 + v2 headers: the log keeps proposal headers, not batches. Replica 2 prepared (and
-    committed to) seq 1 and crashed; rebuilt, it holds the header and its votes but not the
-    requests, so it asks the primary for the batch (BATCH-REQUEST), and executes once the
-    answer and 2f+1 COMMITs are in, without signing anything new for seq 1."""
+def test_restarted_backup_executes_the_batch_it_persisted_with_its_prepare() -> None:
+    """4.2 + v2 headers: the proposal is persisted with its batch before the PREPARE leaves, so
+    a prepared batch survives even if every replica holding it restarts. Replica 2 prepared
+    seq 1 and crashed; rebuilt, it asks no one for the batch and executes once 2f+1 COMMITs
+    are in, without signing anything new for seq 1."""
     node = make_node(2)
     r = request("alice", 1)
     pp = pre_prepare(0, 1, [r])
     d = digest_of(pp)
     node.deliver(pp, prepare(3, 0, 1, d))
-    assert all(msg.batch is None or msg.wire == header_of(pp).wire for msg in node.persisted)
     node = restart(node)
-    asked = [(to, msg.body) for to, msg in sent(node.start_actions)
-             if isinstance(msg.body, m.BatchRequest)]
-    assert asked == [((0,), m.BatchRequest(0, 1, d))]
-    assert of_type(node.deliver(commit(0, 0, 1, d), commit(3, 0, 1, d)), ev.Execute) == []
-    actions = node.deliver(pp)  # the primary's answer: the header with its batch
+    assert sent_bodies(node.start_actions, m.BatchRequest) == []
+    actions = node.deliver(commit(0, 0, 1, d), commit(3, 0, 1, d))
     (e,) = of_type(actions, ev.Execute)
     assert (e.seq, e.digest, e.requests, e.executed) == (1, d, (r,), (r,))
     assert [c.sender for c in e.certificate] == [0, 2, 3]
     assert sent_bodies(actions, m.Prepare) == [] and sent_bodies(actions, m.Commit) == []
 
 
-def test_restarted_backup_refuses_a_wrong_batch_for_its_persisted_header() -> None:
+def test_a_persisted_batch_that_does_not_match_its_header_is_fetched_again() -> None:
+    """A damaged log: the batch stored with a proposal does not hash to its root. The rebuilt
+    replica does not trust it: it asks the primary (BATCH-REQUEST), refuses a wrong answer as
+    a fault, and executes with the right one."""
     node = make_node(2)
-    pp = pre_prepare(0, 1, [request("alice", 1)])
+    r = request("alice", 1)
+    pp = pre_prepare(0, 1, [r])
     d = digest_of(pp)
     node.deliver(pp, prepare(3, 0, 1, d))
+    node.persisted = [dataclasses.replace(x, batch=(request("bob", 1),))
+                      if isinstance(x.body, m.PrePrepare) else x for x in node.persisted]
     node = restart(node)
+    asked = [(to, msg.body) for to, msg in sent(node.start_actions)
+             if isinstance(msg.body, m.BatchRequest)]
+    assert asked == [((0,), m.BatchRequest(0, 1, d))]
     node.deliver(commit(0, 0, 1, d), commit(3, 0, 1, d))
     actions = node.deliver(with_batch(header_of(pp), [request("bob", 1)]))
     assert of_type(actions, ev.Execute) == [] and node.replica.last_executed == 0
     assert [f.sender for f in of_type(actions, ev.PeerFault)] == [0]
+    (e,) = of_type(node.deliver(pp), ev.Execute)
+    assert e.requests == (r,)

@@ -219,7 +219,8 @@ def test_backup_accepts_valid_new_view_and_prepares_its_pre_prepares() -> None:
     assert actions[0] == ev.Persist((nv,))
     assert ev.CancelTimer(ev.TimerKind.VIEW_CHANGE) in actions
     assert ev.ViewEntered(1, 1) in actions
-    i_persist = actions.index(ev.Persist((own,)))
+    i_persist = next(i for i, a in enumerate(actions)
+                     if isinstance(a, ev.Persist) and own in a.messages)
     i_send = actions.index(ev.Send((0, 1, 2), own.wire))
     assert i_persist < i_send
     assert node.replica.view == 1 and node.replica.view_active

@@ -10,6 +10,8 @@ import pytest
 
 import consortium.pbft.replica as replica_module
 import consortium.pbft.viewchange as viewchange_module
+from consortium.node.driver import Driver
+from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
 from consortium.pbft.replica import Replica
@@ -55,9 +57,11 @@ class TrustingCatchUp(CatchUp):
         return super().target(last_executed)
 
 
-def _first_violation(scenario: str, factory: type[Replica], seeds: range) -> tuple[int, str]:
+def _first_violation(scenario: str, factory: type[Replica], seeds: range, *,
+                     driver: type[Driver] = Driver) -> tuple[int, str]:
     for seed in seeds:
-        result = build(scenario, seed, 4, 1, replica_factory=factory).run()
+        result = build(scenario, seed, 4, 1, replica_factory=factory,
+                       driver_factory=driver).run()
         if result.safety_violations:
             return seed, result.safety_violations[0]
     raise AssertionError(f"no seed in {seeds} exposed the planted bug in {scenario}")
@@ -96,3 +100,28 @@ def test_honest_replicas_pass_the_same_seeds() -> None:
         for seed in range(1, 6):
             result = build(scenario, seed, 4, 1).run()
             assert result.ok, (scenario, seed, result.safety_violations, result.liveness_failure)
+
+
+class SpeaksBeforePersisting(Driver):
+    """Planted bug in the production driver: sends leave before what they commit to is
+    durable (the order the driver exists to keep). A validator that crashes between the two
+    forgets a PRE-PREPARE or a vote it already sent, and signs another after its restart."""
+
+    async def carry_out(self, actions: list[ev.Action]) -> None:
+        for a in actions:
+            if isinstance(a, ev.Send):
+                for to in a.to:
+                    self.host.send(to, a.data)
+        await super().carry_out([a for a in actions if not isinstance(a, ev.Send)])
+
+
+def test_checker_catches_a_driver_that_sends_before_it_persists() -> None:
+    """The simulator runs the production driver, with crash points around every durable
+    write: a driver that speaks before persisting is caught by a seeded run, and the failing
+    seed reproduces alone (the same violation again)."""
+    seed, violation = _first_violation("crash-points", Replica, range(1, 40),
+                                       driver=SpeaksBeforePersisting)
+    assert "equivocation" in violation, violation
+    again = build("crash-points", seed, 4, 1, driver_factory=SpeaksBeforePersisting).run()
+    assert again.safety_violations[0] == violation
+    assert build("crash-points", seed, 4, 1).run().ok  # the production driver holds

@@ -794,10 +794,12 @@ async def _byte_columns(store: LedgerStore) -> list[tuple[str, str, bool]]:
     return [(str(t), str(c), bool(a)) for t, c, a in rows]
 
 
-def test_each_request_byte_is_written_once(dsn: str) -> None:
+@pytest.mark.parametrize("together", [True, False], ids=["log-with-blocks", "log-first"])
+def test_each_request_byte_is_stored_once(dsn: str, together: bool) -> None:
     """An item's bytes are stored in `entries.item` and nowhere else: the stored proposal is
-    the signed header, not the batch; the consensus log holds headers and votes; the
-    checkpoint and the envelope rows hold digests and signatures only."""
+    the signed header, not the batch; the consensus log holds headers and votes (a proposal's
+    batch, persisted with it until its block is stored, is dropped then); the checkpoint and
+    the envelope rows hold digests and signatures only."""
     cluster = _cluster_run(rounds=3)
     node = cluster.nodes[1]
     assert node.snapshot is not None
@@ -808,7 +810,7 @@ def test_each_request_byte_is_written_once(dsn: str) -> None:
     needles = [submission_of(i).ciphertext for i in items]
 
     async def body(store: LedgerStore, reader: LedgerReader) -> None:
-        await _drive(store, node.log, None, batch_persist_with_blocks=True)()
+        await _drive(store, node.log, None, batch_persist_with_blocks=together)()
         found: dict[tuple[str, str], list[int]] = {}
         for table, column, array in await _byte_columns(store):
             values = [v for (v,) in await fetch(store, f"SELECT {column} FROM {table}")]
@@ -1406,4 +1408,24 @@ def test_postgresql_applies_block_effects_as_the_pure_model_does(dsn: str, seed:
             assert dict(await reader.record_states(ids)) == model.record_states(ids)
         statuses = [i.status for b in await reader.get_blocks(1, 100, 100) for i in b.items]
         assert "invalid" in statuses and "recorded" in statuses  # both paths were taken
+    with_store(dsn, body)
+
+
+def test_a_proposals_batch_is_kept_until_its_block_is_stored(dsn: str) -> None:
+    """A replica persists a proposal with its batch before it prepares it: a restart (of
+    every replica holding that batch) gets it back; once the block is stored, the log keeps
+    the header only (the block holds the bytes)."""
+    r = envelope("alice", 1, [submission("acme", "lot-kept")])
+    a = execute(1, [r])
+    with_batch = replace(a.pre_prepare, batch=(r,))
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        await store.persist_messages([with_batch, h.prepare(2, 0, 1, a.digest)])
+        recovered, _ = await store.load_recovered()
+        assert [x.batch for x in recovered.messages] == [(r,), None]
+        assert recovered.messages[0].batch[0].digest == r.digest  # type: ignore[index]
+        await store.append_blocks(build([[r]]))
+        recovered, _ = await store.load_recovered()
+        assert [x.batch for x in recovered.messages] == [None, None]
+        assert recovered.messages[0].wire == a.pre_prepare.wire
     with_store(dsn, body)
