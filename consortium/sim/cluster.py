@@ -39,6 +39,8 @@ from consortium.sim.host import SimCrash, SimHost, SimStorage, run_sync
 
 CHAIN_ID = b"sim-chain"
 SIM_ORGS = ("org-a", "org-b", "org-c")
+TWIN_KEY_OFFSET = 1000
+"""A twin of validator i is node `TWIN_KEY_OFFSET + i`."""
 """The simulated clients' organisations (client k belongs to SIM_ORGS[k % 3])."""
 
 
@@ -98,6 +100,9 @@ class SimNode:
     replica_id: int
     signer: Ed25519Signer
     replica: Replica | None
+    key: int = -1
+    """Its place in `Simulation.nodes`: the replica id, except for a twin (a second running
+    copy of a validator's identity, `add_twin`)."""
     store: DurableStore = field(default_factory=DurableStore)
     timers: dict[ev.TimerKind, int] = field(default_factory=dict)
     incarnation: int = 0
@@ -218,7 +223,9 @@ class Simulation:
         self.ledger_at: dict[int, tuple[bytes, tuple[tuple[str, str], ...], int]] = {}
         """height -> (block hash, entry statuses and reasons, first honest validator): what
         every honest validator's ledger must hold at that height."""
-        self.nodes = {i: SimNode(i, self.signers[i], None) for i in range(total)}
+        self.nodes = {i: SimNode(i, self.signers[i], None, key=i) for i in range(total)}
+        self.copies: dict[int, list[int]] = {i: [i] for i in range(total)}
+        """Replica id -> the node keys that run it (two for a validator with a twin)."""
         self.epoch_configs = {0: self.genesis}
         self.liveness_condition: Callable[[Simulation], bool] | None = None
         self.safety = SafetyChecker(CHAIN_ID, self.verifier)
@@ -250,9 +257,11 @@ class Simulation:
     # ------------------------------------------------------------------------------- nodes
 
     def _make_replica(self, i: int, recovered: Recovered | None) -> Replica:
-        cls = self.nodes[i].replica_class or self.replica_factory
+        node = self.nodes[i]
+        cls = node.replica_class or self.replica_factory
         return cls(
-            replica_id=i, signer=self.signers[i], chain_id=CHAIN_ID, genesis=self.genesis,
+            replica_id=node.replica_id, signer=node.signer, chain_id=CHAIN_ID,
+            genesis=self.genesis,
             params=self.cfg.params, verifier=self.verifier,
             clients=self.client_registry, recovered=recovered, clock=SimClock(self))
 
@@ -314,6 +323,18 @@ class Simulation:
     def honest_ids(self) -> list[int]:
         return [i for i, n in self.nodes.items() if not n.byzantine]
 
+    def add_twin(self, replica_id: int) -> int:
+        """Twins (Bano et al.): a second running copy of validator `replica_id`, same key,
+        honest code, its own storage. Together the two can equivocate without either running
+        Byzantine code, which is what the twins scenario partitions them to do; the identity
+        counts as the one Byzantine validator. Returns the twin's node key."""
+        key = TWIN_KEY_OFFSET + replica_id
+        self.nodes[replica_id].byzantine = True
+        self.nodes[key] = SimNode(replica_id, self.signers[replica_id], None, key=key,
+                                  byzantine=True)
+        self.copies[replica_id].append(key)
+        return key
+
     # ------------------------------------------------------------------------------ actions
 
     def _apply(self, node: SimNode, actions: list[ev.Action]) -> None:
@@ -362,7 +383,7 @@ class Simulation:
             sent = codec.decode_signed(data, CHAIN_ID)
             self.safety.on_send(node.replica_id, sent)
             self._check_sizes(node, sent, len(data))
-        self.send(node.replica_id, to, data)
+        self.send(node.key, to, data)
 
     def redirect(self, r: m.Request, primary: int) -> None:
         delay = self.rng.randint(self.cfg.faults.delay_ms_min, self.cfg.faults.delay_ms_max)
@@ -400,7 +421,7 @@ class Simulation:
         for a in actions:
             if isinstance(a, ev.Send):
                 for to in a.to:
-                    self.send(node.replica_id, to, a.data)
+                    self.send(node.key, to, a.data)
             elif isinstance(a, ev.Persist):
                 node.store.messages.extend(a.messages)
             elif isinstance(a, ev.PersistSnapshot):
@@ -415,7 +436,7 @@ class Simulation:
                 node.store.executed = []
             elif isinstance(a, ev.SetTimer):
                 node.timers[a.kind] = a.token
-                self.schedule(self.now_ms + a.delay_ms, "timer", node.replica_id,
+                self.schedule(self.now_ms + a.delay_ms, "timer", node.key,
                               node.incarnation, a.kind, a.token)
             elif isinstance(a, ev.CancelTimer):
                 node.timers.pop(a.kind, None)
@@ -457,8 +478,13 @@ class Simulation:
         return False
 
     def send(self, src: int, dst: int, data: bytes) -> None:
+        """From node `src` to every running copy of replica `dst`, through the faults."""
+        for key in self.copies.get(dst, ()):
+            self._send_to(src, key, data)
+
+    def _send_to(self, src: int, dst: int, data: bytes) -> None:
         f = self.cfg.faults
-        if dst not in self.nodes or src == dst:
+        if self.nodes[src].replica_id == self.nodes[dst].replica_id:
             return
         if self._partitioned(src, dst) or (self._faulty_now() and self.rng.random() < f.drop_rate) \
                 or (f.drop_filter is not None and f.drop_filter(src, dst, data, self.now_ms)):

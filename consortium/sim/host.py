@@ -173,7 +173,7 @@ class SimHost:
 
     def set_timer(self, kind: ev.TimerKind, token: int, delay_ms: int) -> None:
         self.node.timers[kind] = token
-        self.sim.schedule(self.sim.now_ms + delay_ms, "timer", self.node.replica_id,
+        self.sim.schedule(self.sim.now_ms + delay_ms, "timer", self.node.key,
                           self.node.incarnation, kind, token)
 
     def cancel_timer(self, kind: ev.TimerKind) -> None:

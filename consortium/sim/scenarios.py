@@ -22,6 +22,7 @@ from consortium.pbft.state import batch_root
 from consortium.sim import byzantine as byz
 from consortium.sim.cluster import (
     CHAIN_ID,
+    TWIN_KEY_OFFSET,
     Behaviour,
     NetworkFaults,
     SimConfig,
@@ -100,6 +101,33 @@ def _crash_points(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
     the crash points between persisting and sending that durability-before-speech is for."""
     return replace(cfg, crash_point_rate=rng.uniform(0.01, 0.04),
                    faults=NetworkFaults(delay_ms_max=20, reorder_rate=0.1))
+
+
+def _twins(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    """Twins (Bano et al., "Twins: BFT systems made robust"): validator v runs twice, the
+    original and a twin with the same key, both honest code, in different partitions that
+    change every few hundred milliseconds: each copy forms quorums with some honest validators
+    and may propose or vote for what the other copy contradicts. Safety rests on quorum
+    intersection in honest validators alone. After the faults the twin stops."""
+    n = cfg.validators
+    v = rng.randrange(n)
+    twin = TWIN_KEY_OFFSET + v
+    others = [i for i in range(n) if i != v]
+    parts = []
+    t = rng.randint(0, 200)
+    while t < cfg.faults_end_ms - 100:
+        end = min(t + rng.randint(200, 600), cfg.faults_end_ms)
+        rng.shuffle(others)
+        cut = rng.randint(1, len(others) - 1)
+        parts.append((t, end, [{v, *others[:cut]}, {twin, *others[cut:]}]))
+        t = end
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=15, partitions=parts),
+                   notes={"twin_of": v})
+
+
+def _twins_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    twin = sim.add_twin(sim.cfg.notes["twin_of"])
+    sim.hooks.append((sim.cfg.faults_end_ms, functools.partial(Simulation.crash, i=twin)))
 
 
 def _commit_loss(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
@@ -363,6 +391,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              False, _reconfig_build, _reconfig_config),
     Scenario("big-batches", "batches at the size limits and a primary cut off: bounded view "
              "change, batches fetched", False, _big_batches_build, _big_batches),
+    Scenario("twins", "one validator runs twice (same key, honest code) in shifting "
+             "partitions", True, _twins_build, _twins),
     Scenario("equivocating-primary", "primary sends different batches for one sequence", True,
              _equivocating),
     Scenario("forging-primary", "primary alters or splits client envelopes in signed "
