@@ -791,7 +791,10 @@ class Replica:
         if commit is None:  # pragma: no cover - guarded by the membership test above
             raise ReplicaBug("commit already signed for another digest")
         slot.commits[(slot.view, self.id, digest)] = commit
-        self._out.append(ev.Persist((slot.pre_prepare, *prepares, commit)))
+        # The proposal again, as the proof the commit rests on (its batch went with the
+        # PREPARE, or is the primary's own).
+        self._out.append(ev.Persist((dataclasses.replace(slot.pre_prepare, batch=None),
+                                     *prepares, commit)))
         self._broadcast(commit)
         self._try_execute()
 
