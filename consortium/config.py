@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.ledger.blocks import Rules
+from consortium.ledger.blocks import AGE_MS_MAX_DEFAULT, FUTURE_MS_MAX_DEFAULT, Rules
 from consortium.ledger.membership import JOIN_PENDING_TTL_MS
 from consortium.ledger.membership import validator_client_id as validator_client_id
 from consortium.pbft.membership import EpochConfig, Member
@@ -73,10 +73,10 @@ class DataPolicy:
     """How long a committed Access lets its org fetch a patient record's key."""
     read_clock_skew_ms: int = 300_000
     """How far a signed read request's timestamp may be from the validator's clock."""
-    submission_future_ms_max: int = 60_000
+    submission_future_ms_max: int = FUTURE_MS_MAX_DEFAULT
     """How far after a block's proposal time (the primary's clock) a record's signed
     submission time may be: a client's clock cannot stamp records in the future."""
-    submission_age_ms_max: int = 7 * 24 * 3600 * 1000
+    submission_age_ms_max: int = AGE_MS_MAX_DEFAULT
     """How far before it (records prepared offline and sent later)."""
     join_pending_ttl_ms: int = JOIN_PENDING_TTL_MS
     """How long, in block time, a join request waits for the members' decision before it

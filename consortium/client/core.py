@@ -250,7 +250,7 @@ class ClientCore:
                                            for v in genesis.validators}
         """Client addresses of the validators this client knows (genesis, then admitted)."""
         self.primary = min(self.validators) if self.validators else 0
-        """Where first submissions go: learnt from redirects and status."""
+        """Where first submissions go: learnt from NOT_PRIMARY redirects."""
         self.ca_cert = ca_cert
         self.org_keys: dict[str, bytes] = {o.org_id: o.encryption_key for o in genesis.orgs}
         if identity.org_keys is not None:  # an organisation admitted after genesis

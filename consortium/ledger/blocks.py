@@ -1,6 +1,6 @@
 """Blocks: one per executed sequence number, hash-chained, carrying their commit certificate.
 
-    header = chain_id | height:u64 | epoch:u32 | view:u64 | prev_hash:32 | merkle_root:32
+    header = chain_id | height:u64 | epoch:u32 | prev_hash:32 | merkle_root:32
              | request_count:u32 | proposed_ms:u64 | timestamp_ms:u64 | state_digest:32
              | entry_count:u32
     block hash = tagged SHA-256 over the header encoding
@@ -326,14 +326,19 @@ class Governance:
                    config, verifier)
 
 
+FUTURE_MS_MAX_DEFAULT = 60_000
+AGE_MS_MAX_DEFAULT = 7 * 24 * 3600 * 1000
+"""The defaults of `Rules` and of the genesis policy (`config.DataPolicy`) that sets them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """Ledger rules from genesis that execution applies alike on every validator."""
 
-    future_ms_max: int = 30_000
+    future_ms_max: int = FUTURE_MS_MAX_DEFAULT
     """An item's signed submission time may be at most this far after the block's proposal
     time (the primary's clock, which backups check against theirs)."""
-    age_ms_max: int = 7 * 24 * 3600 * 1000
+    age_ms_max: int = AGE_MS_MAX_DEFAULT
     """... and at most this far before it (a record prepared offline and sent later)."""
     join_pending_ttl_ms: int = ms.JOIN_PENDING_TTL_MS
     """How long, in block time, a join request waits for a decision before it expires."""

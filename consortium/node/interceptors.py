@@ -1,10 +1,14 @@
-"""Malformed protobuf gets INVALID_ARGUMENT, not UNKNOWN, on every RPC.
+"""Every RPC answers with a status a client can act on, never UNKNOWN.
 
-gRPC deserialises a request before the servicer sees it; bytes that are not the message
-(a truncated varint, a message nested beyond protobuf's recursion limit) would surface as
-UNKNOWN ("Unexpected <class 'google.protobuf.message.DecodeError'>"). This interceptor wraps
-every method's deserializer so such bytes become a marker, and answers the marker with
-INVALID_ARGUMENT and one line, for unary and streaming requests alike.
+- Malformed protobuf gets INVALID_ARGUMENT: gRPC deserialises a request before the servicer
+  sees it, and bytes that are not the message (a truncated varint, a message nested beyond
+  protobuf's recursion limit) would surface as UNKNOWN ("Unexpected <class
+  'google.protobuf.message.DecodeError'>"). Every method's deserializer is wrapped so such
+  bytes become a marker, answered with INVALID_ARGUMENT and one line.
+- A validator that cannot answer for now (its database is down or refuses writes, or it is
+  still starting) answers UNAVAILABLE with the reason, which clients retry elsewhere; another
+  storage error (a damaged database) is INTERNAL with one line.
+For unary and streaming requests alike.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from consortium.storage.rows import StoreError, StoreUnavailable
+
+
+class NotReady(Exception):
+    """The validator has not finished starting (no replica yet)."""
 
 
 class Malformed:
@@ -40,6 +50,19 @@ async def _refuse(context: grpc.aio.ServicerContext, bad: Malformed) -> None:
                         f"the request is not a well-formed protobuf message: {bad.reason}")
 
 
+async def _unavailable(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, NotReady):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, StoreUnavailable):
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"this validator cannot read its database now ({exc}): ask another "
+                            "validator or retry")
+    await context.abort(grpc.StatusCode.INTERNAL, f"storage error: {str(exc)[:300]}")
+
+
+_CANNOT_ANSWER = (NotReady, StoreError)
+
+
 async def _checked(requests: AsyncIterator[Any],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
     async for r in requests:
@@ -63,7 +86,10 @@ class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if isinstance(request, Malformed):
                     await _refuse(context, request)
-                return await inner_uu(request, context)
+                try:
+                    return await inner_uu(request, context)
+                except _CANNOT_ANSWER as exc:
+                    await _unavailable(context, exc)
             fields["unary_unary"] = unary_unary
         elif handler.unary_stream is not None:
             inner_us = handler.unary_stream
@@ -72,22 +98,31 @@ class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 if isinstance(request, Malformed):
                     await _refuse(context, request)
-                async for reply in inner_us(request, context):
-                    yield reply
+                try:
+                    async for reply in inner_us(request, context):
+                        yield reply
+                except _CANNOT_ANSWER as exc:
+                    await _unavailable(context, exc)
             fields["unary_stream"] = unary_stream
         elif handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[Any],
                                    context: grpc.aio.ServicerContext) -> Any:
-                return await inner_su(_checked(requests, context), context)
+                try:
+                    return await inner_su(_checked(requests, context), context)
+                except _CANNOT_ANSWER as exc:
+                    await _unavailable(context, exc)
             fields["stream_unary"] = stream_unary
         elif handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for reply in inner_ss(_checked(requests, context), context):
-                    yield reply
+                try:
+                    async for reply in inner_ss(_checked(requests, context), context):
+                        yield reply
+                except _CANNOT_ANSWER as exc:
+                    await _unavailable(context, exc)
             fields["stream_stream"] = stream_stream
         return handler._replace(**fields)

@@ -80,7 +80,7 @@ class ReplicaService(pb_grpc.ReplicaServicer):
         limit = self.v.genesis.protocol.message_bytes_max
         async for msg in request_iterator:
             received += 1
-            while self.v.events.qsize() >= 50_000:
+            while self.v.inbound_full(len(msg.data) + sum(len(d) for d in msg.batch)):
                 await asyncio.sleep(0.005)  # back-pressure: gRPC flow control slows the peer
             if not self.v.serving:
                 continue  # no database: what it sends is retransmitted once we are back

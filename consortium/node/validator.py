@@ -17,7 +17,6 @@ import contextlib
 import datetime
 import signal
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,16 +33,15 @@ from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
     ClientOrgs,
-    EntryStatus,
     Governance,
     Screening,
     changes_membership,
 )
-from consortium.ledger.transactions import Erase, MemberVote, applicant_key
+from consortium.ledger.transactions import MemberVote, applicant_key
 from consortium.localnet import read_seed
 from consortium.node import metrics
 from consortium.node.driver import Driver, LedgerContext
-from consortium.node.interceptors import MalformedRequests
+from consortium.node.interceptors import MalformedRequests, NotReady
 from consortium.node.state_transfer import StateTransfer
 from consortium.node.submissions import SubmissionRules, Submissions
 from consortium.node.transport import (
@@ -70,10 +68,6 @@ EVENTS_QUEUED_BYTES_MAX = 128 << 20
 """Request bytes waiting for the consensus loop (clients are refused beyond it)."""
 EVENTS_PER_ROUND_MAX = 512
 """Events stepped before the resulting writes are flushed together (group commit)."""
-RECENT_BLOCKS_MAX = 64
-"""Blocks kept in memory after they commit (receipts of just-committed requests)."""
-RECENT_BLOCK_ENTRIES_MAX = 200_000
-"""... and at most this many entries in them."""
 OUTAGE_RETRY_S_MAX = 5.0
 CERT_EXPIRY_WARNING_DAYS = 30
 
@@ -142,8 +136,6 @@ class Validator:
         self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.events_bytes = 0
         self.submissions = Submissions()
-        self.recent: OrderedDict[int, Block] = OrderedDict()
-        self.recent_entries = 0
         self.driver: Driver | None = None
         self.links: dict[int, PeerLink] = {}
         self.peer_addresses: dict[int, str] = {}
@@ -168,7 +160,8 @@ class Validator:
 
     @property
     def replica(self) -> Replica:
-        assert self.driver is not None, "the validator has not started"
+        if self.driver is None:
+            raise NotReady("the validator is starting: ask another validator or retry")
         return self.driver.replica
 
     @property
@@ -211,7 +204,11 @@ class Validator:
 
     async def start(self) -> None:
         await self._start_servers()
-        await self._boot()
+        try:
+            await self.store.check_writable()  # a full disk still answers reads
+            await self._boot()
+        except StoreUnavailable as exc:  # NOT_SERVING, with why, until it takes writes
+            await self._outage(str(exc))
         self._loop_task = asyncio.create_task(self._run(), name="consensus-loop")
         self._loop_task.add_done_callback(self._loop_ended)
         if self.genesis.admission_client is not None:
@@ -229,8 +226,6 @@ class Validator:
                                self.genesis.rules(), self.submit_rules.orgs, ms.EMPTY, head,
                                self.verifier)
         self.driver = Driver(replica, ledger, _Storage(self.store, self.reads), _Host(self))
-        self.recent.clear()
-        self.recent_entries = 0
         log.info("recovered", height=self.height, replica_executed=replica.last_executed,
                  view=replica.view)
         self.submit_rules.block_ms = 0 if head is None else head.timestamp_ms
@@ -397,12 +392,13 @@ class Validator:
     # ------------------------------------------------------------------------- consensus loop
 
     def submit_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.ClientRequest):
-            self.events_bytes += event.request.size_bytes
+        self.events_bytes += _event_bytes(event)
         self.events.put_nowait(event)
 
     def inbound_full(self, size: int) -> bool:
-        """Whether the consensus loop's queue is too full to take `size` more request bytes."""
+        """Whether the consensus loop's queue is too full to take `size` more bytes (of client
+        requests and peer messages alike: peers are slowed by gRPC flow control, clients
+        refused)."""
         return self.events.qsize() >= EVENTS_QUEUED_MAX or \
             self.events_bytes + size > EVENTS_QUEUED_BYTES_MAX
 
@@ -416,8 +412,7 @@ class Validator:
             while len(batch) < EVENTS_PER_ROUND_MAX and not self.events.empty():
                 batch.append(self.events.get_nowait())
             for e in batch:
-                if isinstance(e, ev.ClientRequest):
-                    self.events_bytes -= e.request.size_bytes
+                self.events_bytes -= _event_bytes(e)
             assert self.driver is not None
             try:
                 await self.driver.round(batch)
@@ -515,19 +510,8 @@ class Validator:
             self.new_blocks.notify_all()
 
     def _remember(self, block: Block) -> None:
-        """A block is durable: keep it in memory for receipts of just-committed requests, and
-        judge submissions as of its time from now on."""
+        """A block is durable: judge submissions as of its time from now on; metrics."""
         self.submit_rules.block_ms = block.header.timestamp_ms
-        if any(isinstance(e.action, Erase) and e.status == EntryStatus.RECORDED
-               for e in block.entries):
-            self.recent.clear()  # cached blocks may hold the erased item in full
-            self.recent_entries = 0
-        self.recent[block.header.height] = block
-        self.recent_entries += len(block.entries)
-        while len(self.recent) > RECENT_BLOCKS_MAX or (
-                self.recent_entries > RECENT_BLOCK_ENTRIES_MAX and len(self.recent) > 1):
-            _, old = self.recent.popitem(last=False)
-            self.recent_entries -= len(old.entries)
         metrics.height.set(block.header.height)
         metrics.blocks_committed.inc()
         metrics.records_committed.inc(sum(1 for e in block.entries if e.status == "recorded"))
@@ -648,3 +632,12 @@ class _Host:
 
     def submit_change(self, block: Block) -> None:
         self._v.submit_change(block)
+
+
+def _event_bytes(event: ev.Event) -> int:
+    """What an event queued for the consensus loop holds in memory, for its byte bound."""
+    if isinstance(event, ev.ClientRequest):
+        return event.request.size_bytes
+    if isinstance(event, ev.PeerMessage):
+        return len(event.data)
+    return 0

@@ -124,7 +124,9 @@ class LedgerReader:
             raise StoreUnavailable("PostgreSQL: no read connection available") from exc
 
     def _limit(self, limit: int) -> int:
-        return max(1, min(limit or self.page_size_max, self.page_size_max))
+        """A page's row count: at most `page_size_max`, plus the one row a caller may ask for
+        beyond it to tell whether another page follows."""
+        return max(1, min(limit or self.page_size_max, self.page_size_max + 1))
 
     # ---------------------------------------------------------------------------- blocks
 

@@ -1153,7 +1153,8 @@ def _positions(rows: Sequence[Any]) -> list[tuple[int, int]]:
 
 def test_paginated_queries_list_everything_once_in_bounded_pages(dsn: str) -> None:
     """records_for_subject, subject_history, access_log and records_by_screening: pages hold
-    at most the reader's page size whatever limit is asked, follow the (height, idx) cursor
+    at most the reader's page size plus the one row that tells whether another page follows,
+    whatever limit is asked, follow the (height, idx) cursor
     strictly after it, and list every row exactly once in ledger order, even when blocks are
     appended between two pages."""
     subject = "patient-7"
@@ -1186,13 +1187,13 @@ def test_paginated_queries_list_everything_once_in_bounded_pages(dsn: str) -> No
         queries: dict[str, tuple[Callable[[Cursor, int], Awaitable[Sequence[Any]]], int,
                                  list[tuple[int, int]]]] = {
             "records_for_subject": (lambda a, n: reader.records_for_subject(
-                "patient", subject, after=a, limit=n), 3, subject_records),
+                "patient", subject, after=a, limit=n), 4, subject_records),
             "subject_history": (lambda a, n: reader.subject_history(
                 "patient", subject, after=a, limit=n), 4, history),
-            "access_log": (lambda a, n: reader.access_log(target, after=a, limit=n), 3,
+            "access_log": (lambda a, n: reader.access_log(target, after=a, limit=n), 4,
                            access),
             "records_by_screening": (lambda a, n: reader.records_by_screening(
-                Screening.PENDING, after=a, limit=n), 3,
+                Screening.PENDING, after=a, limit=n), 4,
                 [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2),
                  (3, 3)]),
         }
