@@ -106,7 +106,7 @@ def test_genesis_identity_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="company prefix 4012345 of org1 overlaps one of org0"):
         Genesis.from_json(data)
     data["organisations"][1]["gs1"] = {"company_prefixes": ["12"]}
-    with pytest.raises(ConfigError, match="organisation org1: gs1: .*6 to 12 digits"):
+    with pytest.raises(ConfigError, match=r"organisation org1: gs1: .*6 to 12 digits"):
         Genesis.from_json(data)
 
 

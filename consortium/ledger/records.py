@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from consortium.formats import cbv
 from consortium.ledger.transactions import (
     CONTROL_CHARACTER,
     WRAPPED_KEY_BYTES,
@@ -55,6 +56,11 @@ class RecordKind(enum.StrEnum):
 
 PROVENANCE_EVENTS = frozenset({"manufactured", "shipped", "received", "inspected", "recalled",
                                "destroyed"})
+"""Event types of a legacy provenance record (free-form metadata, no public document)."""
+EPCIS_EVENT_TYPES = cbv.BIZ_STEPS
+"""Event types of a provenance record whose public document is an EPCIS event: its CBV bizStep
+(blocks.py checks at consensus time that the document says the same)."""
+_PROVENANCE_TYPES = PROVENANCE_EVENTS | EPCIS_EVENT_TYPES
 PATIENT_RECORD_TYPES = frozenset({"lab-result", "prescription", "encounter", "imaging"})
 
 
@@ -87,7 +93,8 @@ class Submission:
     """A public document (canonical JSON), empty when none."""
 
     def __post_init__(self) -> None:
-        allowed = PROVENANCE_EVENTS if self.kind is RecordKind.PROVENANCE else PATIENT_RECORD_TYPES
+        allowed = _PROVENANCE_TYPES if self.kind is RecordKind.PROVENANCE \
+            else PATIENT_RECORD_TYPES
         if self.event_type not in allowed:
             raise InvalidRecord(f"{self.kind.value} records take event types "
                                 f"{', '.join(sorted(allowed))}; got {self.event_type!r}")
