@@ -510,29 +510,38 @@ class Screener:
         return verdict
 
     def _provenance(self, record_id: str) -> tuple[ProvenanceEvent, list[ProvenanceEvent]]:
-        """The record and the earlier events of its lot (ListSubject, every page): the lot's
-        recorded records before this one, decoded from the item views their receipts
-        carry."""
+        """The record and the earlier events of what it concerns (ListSubject, every page, for
+        each of its subjects: an EPCIS event's lots, items, parent and children): the recorded
+        records before this one in ledger order, decoded from the item views their receipts
+        carry. An EPCIS record is read from its public event, a legacy one from its
+        metadata."""
         rec = self.client.get(record_id)
-        entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, rec.subject_id)
-        history: list[ProvenanceEvent] = []
-        for e in entries:
-            if e.target_record_id:
-                continue  # a transaction on a record, not a record
-            r = receipt_from_proto(e.receipt, self.client.core.chain_id)
-            if r.record_id == record_id:
-                break
-            seg0 = _shown(r)[0] if r.status == "recorded" else None
-            if seg0 is None:
-                continue
-            p = decode_public(seg0)
-            history.append(ProvenanceEvent.from_metadata(
-                r.record_id, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
-                dict(p.metadata), self.directory))
-        event = ProvenanceEvent.from_metadata(record_id, rec.subject_id, rec.event_type,
-                                              rec.submitter_org, rec.submitted_at_ms,
-                                              rec.metadata, self.directory)
-        return event, history
+        found: dict[str, tuple[tuple[int, int, int], ProvenanceEvent]] = {}
+        for subject in (rec.subject_id, *rec.also):
+            entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, subject)
+            for e in entries:
+                if e.target_record_id:
+                    continue  # a transaction on a record, not a record
+                r = receipt_from_proto(e.receipt, self.client.core.chain_id)
+                if r.record_id == record_id:
+                    break
+                seg0 = _shown(r)[0] if r.status == "recorded" else None
+                if seg0 is None or r.record_id in found:
+                    continue
+                p = decode_public(seg0)
+                found[r.record_id] = ((r.height, r.request_proof.index, r.item_proof.index),
+                                      self._event(r.record_id, p))
+        history = [ev for _, ev in sorted(found.values(), key=lambda x: x[0])]
+        return self._event(record_id, rec), history
+
+    def _event(self, record_id: str, p: Any) -> ProvenanceEvent:
+        """A provenance record's public part (PublicRecord or RecordView) as an event."""
+        if p.document:
+            return ProvenanceEvent.from_public_json(record_id, p.submitter_org,
+                                                    p.submitted_at_ms, p.document)
+        return ProvenanceEvent.from_metadata(record_id, p.subject_id, p.event_type,
+                                             p.submitter_org, p.submitted_at_ms,
+                                             dict(p.metadata), self.directory)
 
     def _patient(self, record_id: str, purpose: str) -> PatientRecordInput:
         """The record's public part; its payload too when the submitter wrapped the key for
