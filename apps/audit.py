@@ -189,7 +189,9 @@ def trace(directory: Path | None, product: str, fmt: str, as_json: bool, org: st
     if fmt == "epcis":
         doc = epcis.export_document(result.epcis_events,
                                     creation_time_ms=int(time.time() * 1000))
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        # key order as exported, not sorted: GS1's reference event hash reads a business
+        # transaction's type and id in the order written
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     elif fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif fmt == "csv":
