@@ -41,7 +41,6 @@ def postgres() -> None:
 
 
 def test_bench_smoke(postgres: None, tmp_path: Path) -> None:
-    before = _databases()
     out = tmp_path / "out"
     result = CliRunner().invoke(bench, [
         "--validators", "4", "--records", str(RECORDS), "--clients", "8",
@@ -73,6 +72,6 @@ def test_bench_smoke(postgres: None, tmp_path: Path) -> None:
     else:
         assert (out / "chart.png").stat().st_size > 0
 
-    leftover = _databases() - before
-    assert not leftover, f"databases left behind: {sorted(leftover)}"
-    assert not set(data["databases"]) & _databases()
+    # Only the bench's own databases: tests on other workers create and drop theirs meanwhile.
+    assert len(data["databases"]) == 4, data["databases"]
+    assert not set(data["databases"]) & _databases(), "the bench left its databases behind"
