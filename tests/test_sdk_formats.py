@@ -145,3 +145,14 @@ def test_fhir_refused_before_sealing(client: AsyncConsortiumClient, payload: Any
                                      message: str) -> None:
     with pytest.raises(FhirError, match=message):
         client.fhir_item(fhir_samples.PATIENT, payload)
+
+
+def test_an_event_the_ledger_cannot_index_is_a_bad_event(client: AsyncConsortiumClient) -> None:
+    """Valid EPCIS, but more objects than a record indexes: refused by index before sealing."""
+    many = event(epcList=[f"urn:epc:id:sgtin:4012345.011111.{i}" for i in range(70)],
+                 quantityList=[])
+    with pytest.raises(epcis.EpcisDocumentError) as info:
+        client.epcis_items(document([event(), many]))
+    assert "1 of 2 events are invalid" in str(info.value)
+    assert info.value.errors[0].index == 1
+    assert "concerns 70 objects; a record indexes at most 65" in info.value.errors[0].message

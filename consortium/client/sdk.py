@@ -207,7 +207,7 @@ class AsyncConsortiumClient:
             items.append((index, item))
         bad.sort(key=lambda e: e.index)
         if bad and not skip_invalid:
-            raise epcis.EpcisDocumentError(bad, len(good) + len(bad) - len(items))
+            raise epcis.EpcisDocumentError(bad, len(items) + len(bad))
         return items, bad
 
     def fhir_item(self, patient: str, data: bytes | str | Mapping[str, Any], *,
