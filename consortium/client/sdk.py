@@ -55,7 +55,7 @@ from consortium.config import Genesis
 from consortium.crypto import envelope
 from consortium.formats import epcis
 from consortium.formats.directory import Gs1Directory
-from consortium.formats.errors import EpcisError, FormatError
+from consortium.formats.errors import EpcisError, FhirError, FormatError
 from consortium.ledger.membership import changed_members
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
@@ -227,8 +227,18 @@ class AsyncConsortiumClient:
 
     def patient_item(self, patient: str, record_type: str, payload: bytes, *,
                      readers: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
-        return self.core.record_item(RecordKind.PATIENT, patient, record_type, metadata or {},
-                                     payload, readers)
+        """`fhir_item` with the record type stated (it must be what the FHIR payload is) and
+        extra public metadata (never clinical values: it is not encrypted). Raises FhirError
+        for a payload that is not valid FHIR for the patient."""
+        rec = fhir_record(payload, patient)
+        if rec.record_type != record_type:
+            raise FhirError(f"record type {record_type!r}, but the payload is a "
+                            f"{rec.record_type} record ({rec.summary.resource_type})")
+        clash = sorted(set(metadata or {}) & set(rec.metadata))
+        if clash:
+            raise FhirError(f"metadata {clash} is set from the FHIR payload")
+        return self.core.record_item(RecordKind.PATIENT, patient, record_type,
+                                     {**(metadata or {}), **rec.metadata}, rec.payload, readers)
 
     async def sign(self, items: Sequence[bytes]) -> Signed:
         """One envelope request (nonces are reserved from a file: do it off the loop)."""

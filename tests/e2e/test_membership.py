@@ -51,6 +51,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.e2e.test_cli import cli
+from tests.formats import fhir_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -259,13 +260,13 @@ def test_the_new_member_submits_and_reads(net: Cluster) -> None:
         own = acme.submit_provenance("acme-lot-1", "manufactured", location="Hamburg",
                                      quantity=3)
         assert own.status == "recorded"
-    shared = net.client("org1").submit_patient("patient-7", "lab-result",
-                                               json.dumps({"hb": 13.2}).encode(),
+    lab = fhir_samples.about("patient-7", fhir_samples.glucose(13.2))
+    shared = net.client("org1").submit_patient("patient-7", "lab-result", lab,
                                                readers=["acme"])
     assert shared.status == "recorded"
     with ConsortiumClient.from_dir(net.directory, "acme") as acme:
         view = acme.get(shared.record_id, decrypt=True, purpose="care")
-    assert view.payload == {"hb": 13.2}
+    assert view.payload == json.loads(lab)
 
 
 def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:
