@@ -321,6 +321,7 @@ def submit_provenance(directory: Path | None, org: str, product: str, event: str
     with _client(directory, org) as client:
         try:
             client.ensure_readers(reader_list)
+            client.refresh_directory()  # members admitted since genesis: their PGLNs
             item = client.aio.shorthand_item(
                 product, event, location=location, custodian_from=custodian_from,
                 custodian_to=custodian_to, quantity=quantity, documents=documents,

@@ -60,6 +60,7 @@ def submit_epcis(directory: Path | None, org: str, readers: str, skip_invalid: b
     with _client(directory, org) as client:
         try:
             client.ensure_readers(_readers(readers))
+            client.refresh_directory()
             items, bad = client.aio.epcis_items(data, readers=_readers(readers),
                                                 skip_invalid=skip_invalid)
         except epcis.EpcisDocumentError as exc:

@@ -267,6 +267,14 @@ def test_the_new_member_submits_and_reads(net: Cluster) -> None:
     with ConsortiumClient.from_dir(net.directory, "acme") as acme:
         view = acme.get(shared.record_id, decrypt=True, purpose="care")
     assert view.payload == json.loads(lab)
+    # the shorthand names the admitted member by the PGLN its join request registered
+    out = cli("submit", "provenance", "--dir", str(net.directory), "--as", "org0", "--product",
+              "lot-for-acme", "--event", "shipped", "--location", "Basel", "--to", "acme",
+              "--quantity", "5", "--json")
+    assert out.returncode == 0, out.stderr
+    event = net.client("org0").get(json.loads(out.stdout)["record_id"]).document
+    assert json.loads(event)["destinationList"] == [
+        {"destination": "urn:epc:id:pgln:5412345.00001", "type": "owning_party"}]
 
 
 def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:
