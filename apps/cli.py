@@ -321,17 +321,26 @@ def submit_provenance(directory: Path | None, org: str, product: str, event: str
     with _client(directory, org) as client:
         try:
             client.ensure_readers(reader_list)
+            client.refresh_directory()  # members admitted since genesis: their PGLNs
             item = client.aio.shorthand_item(
                 product, event, location=location, custodian_from=custodian_from,
                 custodian_to=custodian_to, quantity=quantity, documents=documents,
                 disposition=disposition, readers=reader_list)
         except (FormatError, SubmitError) as exc:
             fail(str(exc), 2)
-        try:
-            r = client.submit_item(item)
-        except SubmitError as exc:
-            fail(str(exc))
+        submit_one(client, item, as_json)
+
+
+def submit_one(client: Any, item: bytes, as_json: bool) -> None:
+    """Submit one sealed record, print its verified receipt, exit 1 unless it was recorded."""
+    from consortium.client import SubmitError
+
+    try:
+        r = client.submit_item(item)
+    except SubmitError as exc:
+        fail(str(exc))
     emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
+    sys.exit(0 if r.status == "recorded" else 1)
 
 
 @submit.command("patient")

@@ -52,6 +52,7 @@ def _proposal_json(p: Any) -> dict[str, Any]:
             "reason": p.reason, "status": p.status, "height": p.height,
             "decided_height": p.decided_height or None, "sponsor": p.sponsor or None,
             "expires_ms": p.expires_ms or None,
+            "gs1": json.loads(p.gs1) if p.gs1 else None,
             "verdicts": [{"decision": v.decision, "risk": v.risk_milli / 1000}
                          for v in p.verdicts],
             "votes": {"approve": sorted(v.replica_id for v in p.votes if v.approve),

@@ -16,7 +16,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from apps.cli import DIR_OPTION, JSON_OPTION, _client, emit, fail, submit
+from apps.cli import DIR_OPTION, JSON_OPTION, _client, emit, fail, submit, submit_one
 
 BAD_EVENTS_SHOWN = 5
 
@@ -60,6 +60,7 @@ def submit_epcis(directory: Path | None, org: str, readers: str, skip_invalid: b
     with _client(directory, org) as client:
         try:
             client.ensure_readers(_readers(readers))
+            client.refresh_directory()
             items, bad = client.aio.epcis_items(data, readers=_readers(readers),
                                                 skip_invalid=skip_invalid)
         except epcis.EpcisDocumentError as exc:
@@ -135,9 +136,4 @@ def submit_fhir_file(directory: Path | None, org: str, patient: str, readers: li
             fail(f"{payload}: {exc}", 2)
         except SubmitError as exc:
             fail(str(exc), 2)
-        try:
-            r = client.submit_item(item)
-        except SubmitError as exc:
-            fail(str(exc))
-    emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
-    sys.exit(0 if r.status == "recorded" else 1)
+        submit_one(client, item, as_json)

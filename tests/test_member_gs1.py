@@ -15,7 +15,7 @@ from consortium.admission.service import Screener
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.config import ConfigError, Genesis
 from consortium.crypto.signing import Ed25519Signer
-from consortium.formats.directory import MemberGs1
+from consortium.formats.directory import Gs1Directory, MemberGs1
 from consortium.formats.errors import FormatError
 from consortium.ledger.transactions import (
     InvalidTransaction,
@@ -122,3 +122,14 @@ def test_admission_directory_from_membership(tmp_path: Path) -> None:
     assert screener.directory.org_of("urn:epc:id:sgln:5412345.00002.0") == "acme"
     assert screener.directory.org_of("urn:epc:id:pgln:4012345.00000") == "org0"
     assert screener.directory.member("thief") is None
+
+
+def test_first_claim_keeps_an_identifier() -> None:
+    genesis = Gs1Directory([MemberGs1("org0", ("4012345",))])
+    first = MemberGs1("acme", ("5412345",)).canonical()
+    second = MemberGs1("copycat", ("54123456",)).canonical()
+    grown, left_out = genesis.admitting([("acme", first), ("copycat", second),
+                                         ("org0", first), ("plain", b"")])
+    assert [m.org for m in grown.members] == ["org0", "acme"]
+    assert left_out == ["copycat: company prefix 54123456 of copycat overlaps one of acme"]
+    assert genesis.admitting([])[0] is genesis

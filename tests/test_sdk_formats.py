@@ -145,3 +145,26 @@ def test_fhir_refused_before_sealing(client: AsyncConsortiumClient, payload: Any
                                      message: str) -> None:
     with pytest.raises(FhirError, match=message):
         client.fhir_item(fhir_samples.PATIENT, payload)
+
+
+def test_an_event_the_ledger_cannot_index_is_a_bad_event(client: AsyncConsortiumClient) -> None:
+    """Valid EPCIS, but more objects than a record indexes: refused by index before sealing."""
+    many = event(epcList=[f"urn:epc:id:sgtin:4012345.011111.{i}" for i in range(70)],
+                 quantityList=[])
+    with pytest.raises(epcis.EpcisDocumentError) as info:
+        client.epcis_items(document([event(), many]))
+    assert "1 of 2 events are invalid" in str(info.value)
+    assert info.value.errors[0].index == 1
+    assert "concerns 70 objects; a record indexes at most 65" in info.value.errors[0].message
+
+
+def test_patient_item_takes_fhir_only(client: AsyncConsortiumClient) -> None:
+    """The SDK's typed patient path validates too (validators only see ciphertext)."""
+    lab = fhir_samples.glucose()
+    sub = decode_submission(client.patient_item(fhir_samples.PATIENT, "lab-result",
+                                                json.dumps(lab).encode()))
+    assert dict(sub.metadata)["fhir_resource_type"] == "Observation"
+    with pytest.raises(FhirError, match="not FHIR"):
+        client.patient_item(fhir_samples.PATIENT, "lab-result", b'{"hb": 13.2}')
+    with pytest.raises(FhirError, match="record type 'imaging', but the payload is a lab-result"):
+        client.patient_item(fhir_samples.PATIENT, "imaging", json.dumps(lab).encode())

@@ -59,8 +59,7 @@ from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, Verif
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
-from consortium.formats.directory import Gs1Directory, MemberGs1
-from consortium.formats.errors import FormatError
+from consortium.formats.directory import Gs1Directory
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
@@ -407,24 +406,14 @@ class Screener:
         self._learn_gs1(admitted)
 
     def _learn_gs1(self, admitted: list[pb.ProposalInfo]) -> None:
-        """Add the GS1 identities admitted members registered with their join requests. One
-        that claims a prefix or GLN a member registered first is left out (logged): the
-        directory answers one member per identifier."""
-        known = {m.org for m in self.directory.members}
-        members = list(self.directory.members)
-        for p in reversed(admitted):  # oldest first: the first claim keeps an identifier
-            if not p.gs1 or p.org in known:
-                continue
-            try:
-                candidate = MemberGs1.from_canonical(p.org, p.gs1.encode())
-                directory = Gs1Directory([*members, candidate])
-            except FormatError as exc:
-                log.warning("an admitted member's GS1 identity is left out", org=p.org,
-                            error=str(exc)[:300])
-                continue
-            members.append(candidate)
-            known.add(p.org)
-            self.directory = directory
+        """Add the GS1 identities admitted members registered with their join requests
+        (`admitted` newest first, as ListMembers lists them). One that claims a prefix or GLN
+        a member registered first is left out (logged): the directory answers one member per
+        identifier."""
+        self.directory, left_out = self.directory.admitting(
+            (p.org, p.gs1.encode()) for p in reversed(admitted))
+        for why in left_out:
+            log.warning("an admitted member's GS1 identity is left out", error=why[:300])
 
     def review_joins(self) -> int:
         """Review the join requests on the ledger that have no verdict yet; post the advice

@@ -55,7 +55,7 @@ from consortium.config import Genesis
 from consortium.crypto import envelope
 from consortium.formats import epcis
 from consortium.formats.directory import Gs1Directory
-from consortium.formats.errors import EpcisError, FormatError
+from consortium.formats.errors import EpcisError, FhirError, FormatError
 from consortium.ledger.membership import changed_members
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
@@ -115,6 +115,7 @@ class AsyncConsortiumClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._coalescer = _Coalescer(self, envelope_items_max)
         self._nonce_lock = asyncio.Lock()
+        self._directory: Gs1Directory | None = None
 
     @classmethod
     def from_dir(cls, directory: Path, org: str, **kw: Any) -> AsyncConsortiumClient:
@@ -207,7 +208,7 @@ class AsyncConsortiumClient:
             items.append((index, item))
         bad.sort(key=lambda e: e.index)
         if bad and not skip_invalid:
-            raise epcis.EpcisDocumentError(bad, len(good) + len(bad) - len(items))
+            raise epcis.EpcisDocumentError(bad, len(items) + len(bad))
         return items, bad
 
     def fhir_item(self, patient: str, data: bytes | str | Mapping[str, Any], *,
@@ -219,16 +220,39 @@ class AsyncConsortiumClient:
         return self.core.record_item(RecordKind.PATIENT, patient, rec.record_type, rec.metadata,
                                      rec.payload, readers)
 
-    @functools.cached_property
+    @property
     def directory(self) -> Gs1Directory:
-        """The genesis members' GS1 identities: where a Digital Link's company prefix ends,
-        and how the shorthand names a member (its PGLN)."""
-        return self.core.genesis.gs1_directory()
+        """The members' GS1 identities: where a Digital Link's company prefix ends, and how
+        the shorthand names a member (its PGLN). Genesis' until `refresh_directory` adds
+        those of the organisations admitted since."""
+        if self._directory is None:
+            self._directory = self.core.genesis.gs1_directory()
+        return self._directory
+
+    async def refresh_directory(self) -> Gs1Directory:
+        """Learn the GS1 identities of organisations admitted after genesis (their approved
+        join requests, from ListMembers), so their Digital Links split at the prefix they
+        registered rather than at GS1's table's guess."""
+        reply = await self.list_members()
+        admitted = [(p.org, p.gs1.encode()) for p in reversed(reply.proposals)
+                    if p.kind == "join" and p.status == "approved" and p.gs1]
+        self._directory, _ = self.directory.admitting(admitted)
+        return self._directory
 
     def patient_item(self, patient: str, record_type: str, payload: bytes, *,
                      readers: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
-        return self.core.record_item(RecordKind.PATIENT, patient, record_type, metadata or {},
-                                     payload, readers)
+        """`fhir_item` with the record type stated (it must be what the FHIR payload is) and
+        extra public metadata (never clinical values: it is not encrypted). Raises FhirError
+        for a payload that is not valid FHIR for the patient."""
+        rec = fhir_record(payload, patient)
+        if rec.record_type != record_type:
+            raise FhirError(f"record type {record_type!r}, but the payload is a "
+                            f"{rec.record_type} record ({rec.summary.resource_type})")
+        clash = sorted(set(metadata or {}) & set(rec.metadata))
+        if clash:
+            raise FhirError(f"metadata {clash} is set from the FHIR payload")
+        return self.core.record_item(RecordKind.PATIENT, patient, record_type,
+                                     {**(metadata or {}), **rec.metadata}, rec.payload, readers)
 
     async def sign(self, items: Sequence[bytes]) -> Signed:
         """One envelope request (nonces are reserved from a file: do it off the loop)."""
@@ -255,6 +279,7 @@ class AsyncConsortiumClient:
         """Validate an EPCIS document, then submit its events in envelopes (streamed); see
         `epcis_items` for what happens to bad events."""
         await self.ensure_readers(readers)
+        await self.refresh_directory()
         items, bad = self.epcis_items(data, readers=readers, skip_invalid=skip_invalid)
         results = await self.submit_many([i for _, i in items], on_progress=on_progress) \
             if items else []
@@ -908,6 +933,9 @@ class ConsortiumClient:
 
     def list_members(self, **kw: Any) -> pb.MembersReply:
         return self._run(self.aio.list_members(**kw))
+
+    def refresh_directory(self) -> Gs1Directory:
+        return self._run(self.aio.refresh_directory())
 
     def list_screening(self, screening: str, **kw: Any) -> pb.ScreeningReply:
         return self._run(self.aio.list_screening(screening, **kw))

@@ -187,7 +187,7 @@ def trace(client: ConsortiumClient, product: str) -> Trace:
                "to": meta.get("custodian_to", ""), "quantity": meta.get("quantity", ""),
                "proof": e.proof, "flags": [f"{f.rule}: {f.message}" for f in findings]}
         if p.document and ev is not None:
-            row.update(_epcis_columns(ev))
+            row.update(_epcis_columns(ev, directory))
         rows.append(row)
         if ev is not None:
             exported.append((ev, {"consortium:height": e.height, "consortium:proof": e.proof,
@@ -195,18 +195,20 @@ def trace(client: ConsortiumClient, product: str) -> Trace:
     return Trace(product, rows, malformed, exported)
 
 
-def _epcis_columns(ev: Event) -> dict[str, Any]:
-    """The trace table's columns of an EPCIS event: time, bizStep, where, who, how much."""
+def _epcis_columns(ev: Event, directory: Gs1Directory) -> dict[str, Any]:
+    """The trace table's columns of an EPCIS event: time, bizStep, where, who (a member by
+    its org id, as legacy records name it; anyone else by the event's URI), how much."""
+    def who(side: str) -> str:
+        uri = ev.party(side, "owning_party") or ev.party(side, "possessing_party") or ""
+        return directory.org_of(uri) or uri if uri else ""
+
     quantities = [q.quantity for q in (*ev.quantity_list, *ev.child_quantity_list,
                                        *ev.output_quantity_list) if q.quantity is not None]
     count = len(ev.epc_list) + len(ev.child_epcs) + len(ev.output_epc_list)
     total = sum(quantities) + count if quantities or count else ""
     return {"time": iso(ev.event_time_ms), "event": ev.biz_step or ev.type.value,
             "location": ev.biz_location or ev.read_point or "",
-            "from": ev.party("source", "owning_party") or
-            ev.party("source", "possessing_party") or "",
-            "to": ev.party("destination", "owning_party") or
-            ev.party("destination", "possessing_party") or "",
+            "from": who("source"), "to": who("destination"),
             "quantity": str(total), "disposition": ev.disposition or ""}
 
 

@@ -135,6 +135,28 @@ class Gs1Directory:
     def member(self, org: str) -> MemberGs1 | None:
         return self._members.get(org)
 
+    def admitting(self, admitted: Iterable[tuple[str, bytes]]
+                  ) -> tuple[Gs1Directory, list[str]]:
+        """This directory plus the identities of organisations admitted since, in the order
+        they were admitted ((org, `MemberGs1.canonical()` bytes) of their join requests), and
+        why any was left out: an org already known, or an identity that claims a prefix or
+        GLN a member registered first (the first claim keeps it), is not added."""
+        members = list(self._members.values())
+        left_out: list[str] = []
+        for org, data in admitted:
+            if not data or org in {m.org for m in members}:
+                continue
+            try:
+                candidate = MemberGs1.from_canonical(org, data)
+                Gs1Directory([*members, candidate])
+            except FormatError as exc:
+                left_out.append(f"{org}: {exc}")
+                continue
+            members.append(candidate)
+        if len(members) == len(self._members):
+            return self, left_out
+        return Gs1Directory(members), left_out
+
     def prefix_length(self, digits: str) -> int | None:
         """The registered company prefix `digits` starts with (its length), if any."""
         return max((len(cp) for cp in self._prefixes if digits.startswith(cp)), default=None)

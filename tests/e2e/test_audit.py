@@ -64,6 +64,7 @@ from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.payload import split_segments
 from tests.e2e.conftest import ADMIN_DSN, Cluster, wait_for
+from tests.formats import fhir_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -344,7 +345,8 @@ def base(cluster: Cluster) -> Base:
                              readers=["org1"], details={"batch": "A-1"})
     b = c1.submit_provenance(unique("lot-b"), "shipped", location="Rotterdam",
                              custodian_from="org1", custodian_to="org2", readers=["org2"])
-    c = c2.submit_patient(unique("patient-base"), "lab-result", b'{"hb": 13}',
+    base = unique("patient-base")
+    c = c2.submit_patient(base, "lab-result", fhir_samples.about(base, fhir_samples.glucose()),
                           readers=["org3"])
     d = c3.submit_provenance(unique("lot-d"), "inspected", location="Lyon")
     e = c0.submit_provenance(unique("lot-e"), "received", location="Oslo")
@@ -552,8 +554,9 @@ def test_a_patient_record_key_is_released_only_against_the_callers_access(
     organisation's access, with an access to another record, or with an id that is no
     access; the key with org1's own committed Access, on every validator."""
     patient = unique("patient")
-    rec = cluster.client("org0").submit_patient(patient, "prescription",
-                                                b'{"drug": "metformin"}', readers=["org1"])
+    prescription = fhir_samples.about(patient, fhir_samples.prescription())
+    rec = cluster.client("org0").submit_patient(patient, "prescription", prescription,
+                                                readers=["org1"])
     rid = rec.record_id
     assert "committed Access" in get_record(cluster, rid, "org1").key_withheld
     assert not get_record(cluster, rid, "org1").wrapped_keys
@@ -574,7 +577,7 @@ def test_a_patient_record_key_is_released_only_against_the_callers_access(
         assert not reply.wrapped_keys, wrong
         assert reply.key_withheld == f"no committed access {wrong} to this record"
     view = cluster.client("org1").get(rid, decrypt=True, purpose="treatment")
-    assert view.payload == {"drug": "metformin"} and view.access_id
+    assert view.payload == json.loads(prescription) and view.access_id
 
 
 def test_the_access_log_lists_every_read_with_org_and_purpose(cluster: Cluster) -> None:
@@ -583,8 +586,9 @@ def test_the_access_log_lists_every_read_with_org_and_purpose(cluster: Cluster) 
     `audit patient --format json` lists each with org, purpose and whether it was granted,
     every entry proven."""
     patient = unique("patient-log")
-    rec = cluster.client("org3").submit_patient(patient, "encounter", b'{"note": "ok"}',
-                                                readers=["org1"])
+    rec = cluster.client("org3").submit_patient(
+        patient, "encounter", fhir_samples.about(patient, fhir_samples.encounter()),
+        readers=["org1"])
     rid = rec.record_id
     assert cluster.client("org1").get(rid, decrypt=True, purpose="treatment").payload
     assert cluster.client("org1").get(rid, decrypt=True, purpose="second opinion").payload
@@ -1220,14 +1224,14 @@ def test_erasure_leaves_no_key_and_no_ciphertext_on_any_validator(cluster: Clust
       reason); no organisation can decrypt; any later access is invalid."""
     d = str(cluster.directory)
     patient = unique("patient-erase")
-    rec = cluster.client("org0").submit_patient(patient, "imaging", b'{"scan": "CT-77"}',
-                                                readers=["org1"])
+    scan = fhir_samples.about(patient, fhir_samples.imaging())
+    rec = cluster.client("org0").submit_patient(patient, "imaging", scan, readers=["org1"])
     rid = rec.record_id
     assert cluster.client("org1").get(rid, decrypt=True, purpose="diagnosis").payload
     grant = cluster.client("org0").grant(rid, "org2")
     assert (grant.status, grant.reason) == ("recorded", "")
-    assert cluster.client("org2").get(rid, decrypt=True, purpose="consult").payload == {
-        "scan": "CT-77"}
+    assert cluster.client("org2").get(rid, decrypt=True, purpose="consult").payload == \
+        json.loads(scan)
     cluster.wait_converged(30.0, min_height=grant.height)
 
     secrets: set[bytes] = set()

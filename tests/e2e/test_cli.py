@@ -267,7 +267,10 @@ def test_submit_patient_and_get_as_reader_and_non_reader(net: Net, tmp_path: Pat
 
 def test_bad_inputs_give_one_line_errors(net: Net, tmp_path: Path) -> None:
     good = tmp_path / "ok.json"
-    good.write_text("{}")
+    good.write_text(json.dumps({"resourceType": "Encounter", "status": "finished",
+                                "class": {"code": "AMB"}, "subject": {"reference": "Patient/p"}}))
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
     missing = str(tmp_path / "no-such-consortium")
@@ -281,7 +284,10 @@ def test_bad_inputs_give_one_line_errors(net: Net, tmp_path: Path) -> None:
                               "--patient", "p", "--type", "encounter", "--file",
                               str(bad_json)), "not FHIR: the payload is not JSON")
     assert_one_line_error(cli("submit", "patient", "--dir", net.d, "--as", "org0",
-                              "--patient", "p", "--file", str(good)), "not FHIR")
+                              "--patient", "p", "--file", str(empty)), "not FHIR")
+    assert_one_line_error(cli("submit", "patient", "--dir", net.d, "--as", "org0",
+                              "--patient", "p", "--type", "imaging", "--file", str(good)),
+                          "--type imaging, but", "is a encounter record")
     assert_one_line_error(cli("submit", "provenance", "--dir", net.d, "--as", "org0",
                               "--product", "p", "--event", "manufactured"),
                           "--location is required")

@@ -118,6 +118,12 @@ def test_thousand_events_in_and_out_equal(net: Cluster, tmp_path: Path) -> None:
         back.extend(without_extensions(got)["epcisBody"]["eventList"])
     want = sorted(gs1_hashes(doc, tmp_path))
     assert sorted(gs1_hashes(document(back), tmp_path)) == want
+    # the trace table names members by org id (from their GS1 identities in genesis)
+    table = cli("audit", "trace", "--dir", str(net.directory), "--product", lot(0), "--json")
+    rows = json.loads(table.stdout)["events"]
+    shipped = next(r for r in rows if r["event"] == "shipping")
+    assert (shipped["from"], shipped["to"], shipped["quantity"]) == ("org0", "org1", "1000")
+    assert shipped["location"] == "urn:epc:id:sgln:4012345.00001.0"
 
 
 @needs_shared

@@ -51,6 +51,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.e2e.test_cli import cli
+from tests.formats import fhir_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -98,9 +99,10 @@ def vote(net: Cluster, proposal_id: str, org: str, approve: bool = True) -> dict
 
 
 def apply(net: Cluster, org: str, slot: int, statement: dict[str, Any] | str,
-          sponsor: str = "org0") -> dict[str, Any]:
-    """The CLI flow: the applicant prepares its application (keys, application file), a member
-    sponsors it, the applicant submits it with the sponsorship."""
+          sponsor: str = "org0", gs1: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The CLI flow: the applicant prepares its application (keys, application file, its GS1
+    identity: `gs1` options), a member sponsors it, the applicant submits it with the
+    sponsorship."""
     base = net.ports.base
     path = net.directory / f"{org}-statement.txt"
     path.write_text(statement if isinstance(statement, str) else json.dumps(statement))
@@ -108,7 +110,7 @@ def apply(net: Cluster, org: str, slot: int, statement: dict[str, Any] | str,
              "--endpoint", f"127.0.0.1:{base + slot}",
              "--client-endpoint", f"127.0.0.1:{base + 100 + slot}",
              "--metrics-endpoint", f"127.0.0.1:{base + 200 + slot}")
-    prepared = cli("members", "apply", *where, "--prepare", "--json")
+    prepared = cli("members", "apply", *where, *gs1, "--prepare", "--json")
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     application = json.loads(prepared.stdout)["application"]
     sponsorship = net.directory / f"{org}-sponsorship.json"
@@ -149,7 +151,9 @@ def epochs(net: Cluster) -> set[int]:
 
 
 def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
-    applied = apply(net, "acme", JOINER, STATEMENT)
+    applied = apply(net, "acme", JOINER, STATEMENT, gs1=(
+        "--gs1-prefix", "5412345", "--pgln", "https://id.gs1.org/417/5412345000013",
+        "--sgln", "urn:epc:id:sgln:5412345.00002.0"))
     assert applied["status"] == "recorded" and applied["replica_id"] == JOINER
     assert applied["sponsor"] == "org0"
     request_id = applied["request_id"]
@@ -162,6 +166,10 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
         (p for p in net.client("org0").list_members().proposals
          if p.proposal_id == request_id), None), 10)
     assert net.client("org0").core.join_request_key(receipt, "acme") == listed.encryption_key
+    # its GS1 identity (signed by the sponsor, checked by every validator) as URNs
+    assert json.loads(listed.gs1) == {"company_prefixes": ["5412345"],
+                                      "pglns": ["urn:epc:id:pgln:5412345.00001"],
+                                      "sglns": ["urn:epc:id:sgln:5412345.00002.0"]}
     # It holds a slot until block time passes the genesis policy's TTL from its block's time.
     assert listed.sponsor == "org0"
     assert listed.expires_ms == receipt.header.timestamp_ms + ms.JOIN_PENDING_TTL_MS
@@ -201,6 +209,7 @@ def test_a_join_request_is_reviewed_then_voted_in(net: Cluster) -> None:
     assert [v["replica_id"] for v in listed["validators"]] == [0, 1, 2, 3, JOINER]
     assert listed["quorum"] == 4
     assert proposal(net, request_id)["status"] == "approved"
+    assert proposal(net, request_id)["gs1"]["company_prefixes"] == ["5412345"]
 
 
 def test_the_new_validator_catches_up_and_takes_part_in_consensus(net: Cluster) -> None:
@@ -251,13 +260,21 @@ def test_the_new_member_submits_and_reads(net: Cluster) -> None:
         own = acme.submit_provenance("acme-lot-1", "manufactured", location="Hamburg",
                                      quantity=3)
         assert own.status == "recorded"
-    shared = net.client("org1").submit_patient("patient-7", "lab-result",
-                                               json.dumps({"hb": 13.2}).encode(),
+    lab = fhir_samples.about("patient-7", fhir_samples.glucose(13.2))
+    shared = net.client("org1").submit_patient("patient-7", "lab-result", lab,
                                                readers=["acme"])
     assert shared.status == "recorded"
     with ConsortiumClient.from_dir(net.directory, "acme") as acme:
         view = acme.get(shared.record_id, decrypt=True, purpose="care")
-    assert view.payload == {"hb": 13.2}
+    assert view.payload == json.loads(lab)
+    # the shorthand names the admitted member by the PGLN its join request registered
+    out = cli("submit", "provenance", "--dir", str(net.directory), "--as", "org0", "--product",
+              "lot-for-acme", "--event", "shipped", "--location", "Basel", "--to", "acme",
+              "--quantity", "5", "--json")
+    assert out.returncode == 0, out.stderr
+    event = net.client("org0").get(json.loads(out.stdout)["record_id"]).document
+    assert json.loads(event)["destinationList"] == [
+        {"destination": "urn:epc:id:pgln:5412345.00001", "type": "owning_party"}]
 
 
 def test_a_rejected_applicant_does_not_join(net: Cluster) -> None:

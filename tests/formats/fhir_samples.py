@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 PATIENT = "P-1001"
@@ -98,3 +99,9 @@ def impossible_patient(patient: str = PATIENT) -> dict[str, Any]:
                                 "doseAndRate": [{"doseQuantity": {
                                     "value": 80, "unit": "mg",
                                     "system": "http://unitsofmeasure.org", "code": "mg"}}]}]})
+
+
+def about(patient: str, resource: dict[str, Any]) -> bytes:
+    """A sample resource about another pseudonymous patient, as payload bytes."""
+    text = json.dumps(resource).replace(f"Patient/{PATIENT}", f"Patient/{patient}")
+    return text.encode()
