@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from consortium.crypto.signing import Signer, Verifier
@@ -34,7 +33,8 @@ from consortium.pbft.catchup import CatchUp
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.pool import RequestPool
-from consortium.pbft.slots import VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
+from consortium.pbft.recovery import ExecutedBatch, Recovered, recover
+from consortium.pbft.slots import VOTE_TYPE, VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
 from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
     ClientTable,
@@ -55,6 +55,8 @@ from consortium.pbft.viewchange import (
     verify_new_view,
     verify_view_change,
 )
+
+__all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "ReplicaBug"]
 
 FUTURE_BATCHES_BYTES = 8
 """The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
@@ -84,44 +86,10 @@ class ReplicaBug(AssertionError):
     """An invariant of our own code broke (never raised because of what a peer sent)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutedBatch:
-    """A batch the application durably applied, as the driver hands it back on recovery."""
-
-    seq: int
-    pre_prepare: m.SignedMessage
-    """Its proposal header."""
-    certificate: tuple[m.SignedMessage, ...]
-    requests: tuple[m.Request, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """Everything a driver persisted, handed back when a replica restarts."""
-
-    snapshot: m.Snapshot | None = None
-    snapshot_proof: tuple[m.SignedMessage, ...] = ()
-    executed: tuple[ExecutedBatch, ...] = ()
-    messages: tuple[m.SignedMessage, ...] = ()
-
-
 def _durable_proposal(msg: m.SignedMessage,
                       batch: tuple[m.Request, ...] | None) -> m.SignedMessage:
     """A proposal header to persist, with its batch attached when it has requests."""
     return dataclasses.replace(msg, batch=batch) if batch else msg
-
-
-def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
-                                 ) -> Iterable[m.SignedMessage]:
-    """Persisted messages, with the PRE-PREPAREs a NEW-VIEW carries listed after it: for a new
-    primary they are its own signatures, which a restart must honour like any other."""
-    for msg in messages:
-        yield msg
-        if isinstance(msg.body, m.NewView):
-            yield from msg.body.pre_prepares
-
-
-_VOTE_TYPE = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}
 
 
 class Replica:
@@ -208,7 +176,7 @@ class Replica:
 
         self._out: list[ev.Action] = []
         if recovered is not None:
-            self._recover(recovered)
+            recover(self, recovered)
 
     # ------------------------------------------------------------------------------ interface
 
@@ -319,7 +287,7 @@ class Replica:
     def _sign_vote(self, body: m.PrePrepare | m.Prepare | m.Commit) -> m.SignedMessage | None:
         """Sign a vote unless this replica already signed a different digest for the same
         (type, view, seq): the rule that makes equivocation impossible, across restarts too."""
-        key = (_VOTE_TYPE[type(body)], body.epoch, body.view, body.seq)
+        key = (VOTE_TYPE[type(body)], body.epoch, body.view, body.seq)
         previous = self._own.get(key)
         if previous is not None and previous != body.digest:
             return None
@@ -1562,89 +1530,3 @@ class Replica:
             return
         self._new_view_sent[peer] = self._tick
         self._send(peer, self._new_view_msg)
-
-    # ------------------------------------------------------------------------------ recovery
-
-    def _recover(self, rec: Recovered) -> None:
-        """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
-        every message this replica signed (so it never signs a conflicting one), and the
-        batch of every proposal it accepted (persisted with the proposal before its PREPARE
-        left: a prepared batch must survive even if every replica that holds it restarts,
-        or a view change that re-proposes it could never execute)."""
-        if rec.snapshot is not None:
-            configs = verify_epoch_history(self.genesis, rec.snapshot.epochs, self.chain_id,
-                                           self._verifier)
-            if configs is None:
-                raise ValueError("persisted snapshot has an unverifiable epoch history")
-            snap = rec.snapshot
-            self.last_executed = snap.seq
-            self.state_digest = snap.state_digest
-            self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
-                                                          snap.clients)
-            self.pending_reconfiguration = snap.pending
-            self.stable_seq = snap.seq
-            self._stable_proof = rec.snapshot_proof
-            self._stable_snapshot = snap
-            self._epoch_records = snap.epochs
-            self.config = configs[-1]
-            self._catchup = CatchUp(self.config.weak_quorum)
-            self._next_seq = snap.seq + 1
-        for batch in sorted(rec.executed, key=lambda e: e.seq):
-            if batch.seq <= self.last_executed:
-                continue
-            pp = batch.pre_prepare.body
-            if not isinstance(pp, m.PrePrepare):
-                raise ValueError("persisted executed batch lacks its pre-prepare")
-            self._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
-                          batch.certificate, replay=True)
-            # Keep what proves the batch until the next stable checkpoint: a lagging peer may
-            # need this certificate retransmitted, and a view change may need it as a proof.
-            slot = self._slot(batch.seq)
-            slot.remember_header(batch.pre_prepare)
-            if not any(r.is_stub for r in batch.requests):  # stubs are never sent on
-                slot.remember_batch(pp.root, batch.requests)
-            for c in batch.certificate:
-                if isinstance(c.body, m.Commit):
-                    slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)
-        self._out.clear()
-        self._next_seq = max(self._next_seq, self.last_executed + 1)
-        max_view, active = 0, True
-        for msg in _with_new_view_pre_prepares(rec.messages):
-            b = msg.body
-            if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
-                if b.epoch != self.config.epoch:
-                    continue
-                if msg.sender == self.id:
-                    self._own[(_VOTE_TYPE[type(b)], b.epoch, b.view, b.seq)] = b.digest
-                    if b.view > max_view or (b.view == max_view and not active):
-                        max_view, active = b.view, True
-                    if isinstance(b, m.PrePrepare):
-                        self._next_seq = max(self._next_seq, b.seq + 1)
-                        self._last_proposal_ms = max(self._last_proposal_ms, b.timestamp_ms)
-                if b.seq <= self.last_executed or not self._in_window(b.seq):
-                    continue
-                slot = self._slot(b.seq)
-                if isinstance(b, m.PrePrepare):
-                    slot.remember_header(msg)
-                    if msg.batch is not None and batch_root(msg.batch) == b.root:
-                        slot.remember_batch(b.root, msg.batch)
-                    if b.view >= slot.view:
-                        slot.pre_prepare = dataclasses.replace(msg, batch=None)
-                elif isinstance(b, m.Prepare):
-                    slot.prepares.setdefault((b.view, msg.sender, b.digest), msg)
-                else:
-                    slot.commits.setdefault((b.view, msg.sender, b.digest), msg)
-            elif isinstance(b, m.ViewChange) and b.epoch == self.config.epoch:
-                if msg.sender == self.id and b.new_view > max_view:
-                    max_view, active = b.new_view, False
-                    self._view_changes.setdefault(b.new_view, {})[self.id] = msg
-            elif (isinstance(b, m.NewView) and b.epoch == self.config.epoch
-                  and (b.new_view > max_view or (b.new_view == max_view and not active))):
-                max_view, active = b.new_view, True
-                self._new_view_msg = msg
-        self.view = max_view
-        self.view_active = active
-        nv = None if self._new_view_msg is None else self._new_view_msg.body
-        if isinstance(nv, m.NewView) and (not self.view_active or nv.new_view != self.view):
-            self._new_view_msg = None
-        self._out.clear()
