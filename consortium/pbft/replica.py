@@ -30,6 +30,7 @@ from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
+from consortium.pbft.fetch import BatchFetch
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.pool import RequestPool
@@ -157,11 +158,7 @@ class Replica:
         self._catchup = CatchUp(genesis.weak_quorum)
         self._new_view_sent: dict[int, int] = {}
         self._state_sent: dict[int, int] = {}
-        self._batches_sent: dict[tuple[int, int], int] = {}
-        """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
-        self._batch_bytes_sent: dict[int, tuple[int, int]] = {}
-        """peer -> (tick, bytes of batches sent to it in answer to BATCH-REQUESTs that tick):
-        bounded by `batch_answer_bytes_max` per peer per tick."""
+        self._fetch = BatchFetch(self)
         self._retransmitted: dict[int, tuple[int, bool]] = {}
         self._lags: dict[int, list[int]] = {}
         """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
@@ -561,7 +558,7 @@ class Replica:
         elif isinstance(b, m.StateRequest):
             self._on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
-            self._on_batch_request(msg.sender, b)
+            self._fetch.on_batch_request(msg.sender, b)
 
     def _in_window(self, seq: int) -> bool:
         return self.stable_seq < seq <= self._high_watermark()
@@ -671,7 +668,7 @@ class Replica:
                 self._try_execute()
             return
         if msg.batch is None and not (b.count == 0 or b.root in slot.batches):
-            self._ask_batch(slot, b.digest, (msg.sender,))
+            self._fetch.ask_batch(slot, b.digest, (msg.sender,))
             return
         if not self._accept_batch(msg, b, adopt=True):
             return
@@ -776,79 +773,6 @@ class Replica:
         if self._store_vote(slot, slot.commits, msg, b):
             self._try_execute()
 
-    # -------------------------------------------------------------------------- batch fetch
-
-    def _ask_batch(self, slot: Slot, digest: bytes, candidates: Iterable[int]) -> None:
-        """Ask one peer for the batch behind `digest`: the first candidate not asked yet in this
-        round (candidates first, then the other peers), so a silent peer is not asked again
-        before every other one was."""
-        preferred = [p for p in dict.fromkeys(candidates) if p != self.id and
-                     self.config.is_member(p)]
-        peers = preferred + [p for p in self._peers() if p not in preferred]
-        if not peers:
-            return
-        fresh = [p for p in peers if p not in slot.fetch_asked]
-        if not fresh:
-            slot.fetch_asked.clear()
-            fresh = peers
-        peer = fresh[0]
-        slot.fetch_asked.add(peer)
-        slot.fetch_attempts += 1
-        self._send(peer, self._sign(m.BatchRequest(self.config.epoch, slot.seq, digest)))
-
-    def _missing_batch(self, slot: Slot) -> tuple[bytes, list[int]] | None:
-        """The digest whose batch this slot needs to execute (a commit certificate's, else the
-        adopted proposal's) and who should hold it, if its contents are missing."""
-        counts: dict[tuple[int, bytes], list[int]] = {}
-        for (view, sender, digest) in slot.commits:
-            counts.setdefault((view, digest), []).append(sender)
-        for (_view, digest), senders in counts.items():
-            if len(senders) >= self.config.quorum and not slot.has_contents(digest):
-                return digest, senders
-        if slot.pre_prepare is not None:
-            digest = header(slot.pre_prepare).digest
-            if not slot.has_contents(digest):
-                voters = [s for (_v, s, d) in (*slot.prepares, *slot.commits) if d == digest]
-                return digest, [slot.pre_prepare.sender, *voters]
-        return None
-
-    def _fetch_missing_batches(self) -> None:
-        """Each STATUS tick: ask for the batches the next sequence numbers need."""
-        asked = 0
-        for seq in sorted(self._slots):
-            if asked >= self.params.batch_fetch_seqs_max:
-                return
-            if seq <= self.last_executed:
-                continue
-            slot = self._slots[seq]
-            missing = self._missing_batch(slot)
-            if missing is not None:
-                self._ask_batch(slot, missing[0], missing[1])
-                asked += 1
-
-    def _on_batch_request(self, sender: int, b: m.BatchRequest) -> None:
-        """Answer with a proposal header for that digest and its batch, at most once per peer
-        and sequence number per tick, and for at most `batch_answer_bytes_max` bytes per peer
-        per tick."""
-        slot = self._slots.get(b.seq)
-        if slot is None or self._batches_sent.get((sender, b.seq)) == self._tick:
-            return
-        requests = slot.contents(b.digest)
-        msg = slot.header_for(b.digest)
-        if requests is None or msg is None:
-            return
-        tick, used = self._batch_bytes_sent.get(sender, (self._tick, 0))
-        if tick != self._tick:
-            used = 0
-        if used >= self.params.batch_answer_bytes_max:
-            return  # a small request must not buy a window of full batches every tick
-        self._batches_sent[(sender, b.seq)] = self._tick
-        if len(self._batches_sent) > 4 * self.params.log_window * max(1, self.config.n):
-            self._batches_sent = {k: t for k, t in self._batches_sent.items()
-                                  if t >= self._tick - 1}
-        used += self._send_with_batch((sender,), msg, requests)
-        self._batch_bytes_sent[sender] = (self._tick, used)
-
     # ---------------------------------------------------------------------------- execution
 
     def _commit_certificate(self, slot: Slot) -> tuple[int, bytes, list[m.SignedMessage]] | None:
@@ -870,9 +794,9 @@ class Replica:
                 return
             cert = self._commit_certificate(slot)
             if cert is None:
-                missing = self._missing_batch(slot)
+                missing = self._fetch.missing_batch(slot)
                 if missing is not None and slot.fetch_attempts == 0:
-                    self._ask_batch(slot, missing[0], missing[1])  # then once per tick
+                    self._fetch.ask_batch(slot, missing[0], missing[1])  # then once per tick
                 return
             view, digest, commits = cert
             requests = slot.contents(digest)
@@ -1004,7 +928,7 @@ class Replica:
             del self._checkpoint_votes[s]
         self._own = {k: d for k, d in self._own.items()
                      if k[3] > snap.seq and k[1] >= self.config.epoch}
-        self._batches_sent = {k: t for k, t in self._batches_sent.items() if k[1] > snap.seq}
+        self._fetch.forget_through(snap.seq)
         self._out.append(ev.PersistSnapshot(snap, proof))
         if boundary:
             self._enter_epoch(snap)
@@ -1315,7 +1239,7 @@ class Replica:
             slot = self._slot(pp.seq)
             self._adopt_pre_prepare(slot, pp_msg, pp)
             if not slot.has_contents(pp.digest):
-                self._ask_batch(slot, pp.digest,
+                self._fetch.ask_batch(slot, pp.digest,
                                 [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
         self._after_leader_change()
         self._try_execute()
@@ -1383,7 +1307,7 @@ class Replica:
         self._watch_primary()
         if self.view_active:
             self._forward_pending(waited_only=True)
-        self._fetch_missing_batches()
+        self._fetch.fetch_missing_batches()
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
 
     # ------------------------------------------------------------------- status: retransmission
