@@ -52,65 +52,65 @@ def with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
             yield from msg.body.pre_prepares
 
 
-def recover(r: Replica, rec: Recovered) -> None:
+def recover(rep: Replica, rec: Recovered) -> None:
     """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
     every message this replica signed (so it never signs a conflicting one), and the
     batch of every proposal it accepted (persisted with the proposal before its PREPARE
     left: a prepared batch must survive even if every replica that holds it restarts,
     or a view change that re-proposes it could never execute)."""
     if rec.snapshot is not None:
-        configs = verify_epoch_history(r.genesis, rec.snapshot.epochs, r.chain_id,
-                                       r._verifier)
+        configs = verify_epoch_history(rep.genesis, rec.snapshot.epochs, rep.chain_id,
+                                       rep._verifier)
         if configs is None:
             raise ValueError("persisted snapshot has an unverifiable epoch history")
         snap = rec.snapshot
-        r.last_executed = snap.seq
-        r.state_digest = snap.state_digest
-        r._client_table = ClientTable.from_entries(r.params.client_nonce_window,
+        rep.last_executed = snap.seq
+        rep.state_digest = snap.state_digest
+        rep._client_table = ClientTable.from_entries(rep.params.client_nonce_window,
                                                       snap.clients)
-        r.pending_reconfiguration = snap.pending
-        r.stable_seq = snap.seq
-        r._stable_proof = rec.snapshot_proof
-        r._stable_snapshot = snap
-        r._epoch_records = snap.epochs
-        r.config = configs[-1]
-        r._catchup = type(r._catchup)(r.config.weak_quorum)  # the kind the replica uses
-        r._next_seq = snap.seq + 1
+        rep.pending_reconfiguration = snap.pending
+        rep.stable_seq = snap.seq
+        rep._stable_proof = rec.snapshot_proof
+        rep._stable_snapshot = snap
+        rep._epoch_records = snap.epochs
+        rep.config = configs[-1]
+        rep._catchup = type(rep._catchup)(rep.config.weak_quorum)  # the kind it uses
+        rep._next_seq = snap.seq + 1
     for batch in sorted(rec.executed, key=lambda e: e.seq):
-        if batch.seq <= r.last_executed:
+        if batch.seq <= rep.last_executed:
             continue
         pp = batch.pre_prepare.body
         if not isinstance(pp, m.PrePrepare):
             raise ValueError("persisted executed batch lacks its pre-prepare")
-        r._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
+        rep._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
                       batch.certificate, replay=True)
         # Keep what proves the batch until the next stable checkpoint: a lagging peer may
         # need this certificate retransmitted, and a view change may need it as a proof.
-        slot = r._slot(batch.seq)
+        slot = rep._slot(batch.seq)
         slot.remember_header(batch.pre_prepare)
         if not any(r.is_stub for r in batch.requests):  # stubs are never sent on
             slot.remember_batch(pp.root, batch.requests)
         for c in batch.certificate:
             if isinstance(c.body, m.Commit):
                 slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)
-    r._out.clear()
-    r._next_seq = max(r._next_seq, r.last_executed + 1)
+    rep._out.clear()
+    rep._next_seq = max(rep._next_seq, rep.last_executed + 1)
     max_view, active = 0, True
     for msg in with_new_view_pre_prepares(rec.messages):
         b = msg.body
         if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
-            if b.epoch != r.config.epoch:
+            if b.epoch != rep.config.epoch:
                 continue
-            if msg.sender == r.id:
-                r._own[(VOTE_TYPE[type(b)], b.epoch, b.view, b.seq)] = b.digest
+            if msg.sender == rep.id:
+                rep._own[(VOTE_TYPE[type(b)], b.epoch, b.view, b.seq)] = b.digest
                 if b.view > max_view or (b.view == max_view and not active):
                     max_view, active = b.view, True
                 if isinstance(b, m.PrePrepare):
-                    r._next_seq = max(r._next_seq, b.seq + 1)
-                    r._last_proposal_ms = max(r._last_proposal_ms, b.timestamp_ms)
-            if b.seq <= r.last_executed or not r._in_window(b.seq):
+                    rep._next_seq = max(rep._next_seq, b.seq + 1)
+                    rep._last_proposal_ms = max(rep._last_proposal_ms, b.timestamp_ms)
+            if b.seq <= rep.last_executed or not rep._in_window(b.seq):
                 continue
-            slot = r._slot(b.seq)
+            slot = rep._slot(b.seq)
             if isinstance(b, m.PrePrepare):
                 slot.remember_header(msg)
                 if msg.batch is not None and batch_root(msg.batch) == b.root:
@@ -121,17 +121,17 @@ def recover(r: Replica, rec: Recovered) -> None:
                 slot.prepares.setdefault((b.view, msg.sender, b.digest), msg)
             else:
                 slot.commits.setdefault((b.view, msg.sender, b.digest), msg)
-        elif isinstance(b, m.ViewChange) and b.epoch == r.config.epoch:
-            if msg.sender == r.id and b.new_view > max_view:
+        elif isinstance(b, m.ViewChange) and b.epoch == rep.config.epoch:
+            if msg.sender == rep.id and b.new_view > max_view:
                 max_view, active = b.new_view, False
-                r._view_changes.setdefault(b.new_view, {})[r.id] = msg
-        elif (isinstance(b, m.NewView) and b.epoch == r.config.epoch
+                rep._view_changes.setdefault(b.new_view, {})[rep.id] = msg
+        elif (isinstance(b, m.NewView) and b.epoch == rep.config.epoch
               and (b.new_view > max_view or (b.new_view == max_view and not active))):
             max_view, active = b.new_view, True
-            r._new_view_msg = msg
-    r.view = max_view
-    r.view_active = active
-    nv = None if r._new_view_msg is None else r._new_view_msg.body
-    if isinstance(nv, m.NewView) and (not r.view_active or nv.new_view != r.view):
-        r._new_view_msg = None
-    r._out.clear()
+            rep._new_view_msg = msg
+    rep.view = max_view
+    rep.view_active = active
+    nv = None if rep._new_view_msg is None else rep._new_view_msg.body
+    if isinstance(nv, m.NewView) and (not rep.view_active or nv.new_view != rep.view):
+        rep._new_view_msg = None
+    rep._out.clear()

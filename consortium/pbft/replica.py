@@ -31,6 +31,7 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
 from consortium.pbft.fetch import BatchFetch
+from consortium.pbft.intake import RequestIntake
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.pool import RequestPool
@@ -135,7 +136,6 @@ class Replica:
         self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
                                 params.client_pending_bytes_max)
         """Known requests not executed yet (read-only outside the replica)."""
-        self._verified_requests: dict[bytes, None] = {}
 
         self._view_changes: dict[int, dict[int, m.SignedMessage]] = {}
         self._new_view_msg: m.SignedMessage | None = None
@@ -145,12 +145,6 @@ class Replica:
 
         self._timer_tokens: dict[ev.TimerKind, int] = {}
         self._token_counter = 0
-        self._timed_request: tuple[str, int] | None = None
-        self._request_relayed = False
-        self._request_patience_used = 0
-        self._request_progress_mark = 0
-        """last_executed when the request timer was last armed: progress since then earns
-        patience (see ProtocolParams.request_patience)."""
         self._tick = 0
         self._state_requested_tick = -1
         self._future: list[m.SignedMessage] = []
@@ -159,6 +153,7 @@ class Replica:
         self._new_view_sent: dict[int, int] = {}
         self._state_sent: dict[int, int] = {}
         self._fetch = BatchFetch(self)
+        self._intake = RequestIntake(self)
         self._retransmitted: dict[int, tuple[int, bool]] = {}
         self._lags: dict[int, list[int]] = {}
         """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
@@ -215,12 +210,12 @@ class Replica:
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
         self._try_execute()
         self._arm_view_change_timer()
-        self._arm_request_timer()
+        self._intake.arm_request_timer()
         return self._flush()
 
     def step(self, event: ev.Event) -> list[ev.Action]:
         if isinstance(event, ev.ClientRequest):
-            self._on_client_request(event.request, forwarded=False, retry=event.retry)
+            self._intake.on_client_request(event.request, forwarded=False, retry=event.retry)
         elif isinstance(event, ev.PeerMessage):
             self._on_peer_bytes(event.data)
         elif isinstance(event, ev.TimerFired):
@@ -290,100 +285,6 @@ class Replica:
             return None
         self._own[key] = body.digest
         return self._sign(body)
-
-    # ------------------------------------------------------------------------ client requests
-
-    def _verify_request(self, r: m.Request) -> ev.RejectReason | None:
-        if r.size_bytes > self.params.request_bytes_max:
-            return ev.RejectReason.TOO_LARGE
-        cache_key = r.digest + r.signature
-        if cache_key in self._verified_requests:
-            return None
-        key = self._clients.client_key(r.client_id)
-        if key is None:
-            return ev.RejectReason.UNKNOWN_CLIENT
-        if not self._verifier.verify(key, m.request_signing_bytes(self.chain_id, r.digest),
-                                     r.signature):
-            return ev.RejectReason.BAD_SIGNATURE
-        self._verified_requests[cache_key] = None
-        if len(self._verified_requests) > 4 * self.params.pending_requests_max:
-            del self._verified_requests[next(iter(self._verified_requests))]
-        return None
-
-    def _on_client_request(self, r: m.Request, *, forwarded: bool, retry: bool = False) -> None:
-        if not self.is_member:
-            return
-        reason = self._verify_request(r)
-        if reason is not None:
-            if forwarded:
-                self._fault(None, f"forwarded request rejected: {reason.value}")
-            else:
-                self._out.append(ev.RejectRequest(r, reason))
-            return
-        status, seq = self._client_table.check(r.client_id, r.nonce)
-        if status is NonceStatus.EXECUTED:
-            if not forwarded:
-                self._out.append(ev.AlreadyExecuted(r, seq))
-            return
-        if status is NonceStatus.STALE:
-            if not forwarded:
-                self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
-            return
-        primary = self.is_primary and self.view_active
-        if not primary and not forwarded and not retry and self.view_active:
-            # Clients send to the primary (paper 4.1); a first submission here is redirected,
-            # not relayed: a backup signs no forward per request on the normal path.
-            self._out.append(ev.RejectRequest(r, ev.RejectReason.NOT_PRIMARY, self.primary))
-            return
-        known = r.key in self.pool
-        if not known and not self.pool.add(r, self._tick):
-            if not forwarded:
-                self._out.append(ev.RejectRequest(r, ev.RejectReason.OVERLOADED))
-            return
-        if primary:
-            if r.key not in self.pool.in_flight:
-                self.pool.queue.put(r)
-            self._maybe_propose()
-        elif not forwarded and self.view_active:
-            # A client retrying at a backup suspects the primary: relay the request to it, and
-            # on a second retry to everyone, so every backup starts timing it (paper 4.1).
-            body = m.RequestForward((r,))
-            if known:
-                self._broadcast(self._sign(body))
-            else:
-                self._send(self.primary, self._sign(body))
-        self._arm_request_timer()
-
-    def _arm_request_timer(self) -> None:
-        """Backups time the oldest pending request (paper 4.4): if it does not execute in time,
-        the primary is suspected, even if it keeps executing other clients' requests."""
-        if self.is_primary or not self.view_active or not self.is_member:
-            return
-        self._drop_stale_pending()
-        oldest = self.pool.oldest()
-        if oldest is None:
-            self._timed_request = None
-            self._cancel_timer(ev.TimerKind.REQUEST)
-            return
-        if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
-            if self._timed_request != oldest:
-                self._request_relayed = False
-                self._request_patience_used = 0
-            self._timed_request = oldest
-            self._request_progress_mark = self.last_executed
-            self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-
-    def _drop_stale_pending(self) -> None:
-        """Requests whose nonce fell out of their client's window (it executed newer ones)
-        can never execute: drop them from the front of the waiting list, telling their
-        client, instead of timing them and suspecting an honest primary."""
-        while True:
-            key = self.pool.oldest()
-            if key is None or self._client_table.check(*key)[0] is not NonceStatus.STALE:
-                return
-            r = self.pool.remove(key)
-            assert r is not None
-            self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
 
     # ------------------------------------------------------------------------ primary: batching
 
@@ -554,7 +455,7 @@ class Replica:
             self._on_status(msg.sender, b)
         elif isinstance(b, m.RequestForward):
             for r in b.requests[: self.params.batch_requests_max]:
-                self._on_client_request(r, forwarded=True)
+                self._intake.on_client_request(r, forwarded=True)
         elif isinstance(b, m.StateRequest):
             self._on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
@@ -615,7 +516,7 @@ class Replica:
                 self._fault(msg.sender, f"oversized batch at seq {b.seq}")
                 return False
             for r in requests:
-                if self._verify_request(r) is not None:
+                if self._intake.verify_request(r) is not None:
                     self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                     return False
         # A vouched batch always fits, like the adopted one: an equivocating primary may have
@@ -690,7 +591,7 @@ class Replica:
             self._out.append(ev.Persist((_durable_proposal(msg, slot.batches.get(b.root)),
                                          prepare)))
             self._broadcast(prepare)
-        self._arm_request_timer()
+        self._intake.arm_request_timer()
         self._check_prepared(slot)
 
     def _adopted_contents(self, slot: Slot) -> None:
@@ -834,9 +735,10 @@ class Replica:
                 and seq == self.pending_reconfiguration.effective_seq):
             self._take_checkpoint(seq, replay=replay)
         if not replay:
-            if self._timed_request is not None and self._timed_request not in self.pool:
+            timed = self._intake.timed_request
+            if timed is not None and timed not in self.pool:
                 self._cancel_timer(ev.TimerKind.REQUEST)
-            self._arm_request_timer()
+            self._intake.arm_request_timer()
             self._maybe_propose()
 
     def _apply_reconfiguration(self, r: m.Request, seq: int) -> bool:
@@ -974,32 +876,13 @@ class Replica:
         if self.is_primary:
             self.pool.requeue_all()
             self._cancel_timer(ev.TimerKind.REQUEST)
-            self._timed_request = None
+            self._intake.timed_request = None
             self._maybe_propose()
         else:
-            self._forward_pending(waited_only=False)
+            self._intake.forward_pending(waited_only=False)
             self._cancel_timer(ev.TimerKind.REQUEST)
-            self._arm_request_timer()
+            self._intake.arm_request_timer()
         self._replay_future()
-
-    def _forward_pending(self, *, waited_only: bool) -> None:
-        """Relay pending requests to the primary; with `waited_only`, only those that have
-        already waited a full status tick (their first forward may have been lost). One
-        forward carries at most a batch's worth (count and bytes)."""
-        if not self.is_member or self.is_primary:
-            return
-        batch: list[m.Request] = []
-        size = 0
-        for key, r, tick in self.pool.items():
-            if key in self.pool.in_flight or (waited_only and tick >= self._tick - 1):
-                continue
-            if len(batch) >= self.params.batch_requests_max or \
-                    size + r.size_bytes > self.params.batch_bytes_max:
-                break
-            batch.append(r)
-            size += r.size_bytes
-        if batch:
-            self._send(self.primary, self._sign(m.RequestForward(tuple(batch))))
 
     # ----------------------------------------------------------------------- state transfer
 
@@ -1075,7 +958,7 @@ class Replica:
             self._after_leader_change()
         else:
             self._try_execute()
-            self._arm_request_timer()
+            self._intake.arm_request_timer()
             self._maybe_propose()
             self._replay_future()
 
@@ -1114,7 +997,7 @@ class Replica:
         self._new_view_msg = None
         self._cancel_timer(ev.TimerKind.REQUEST)
         self._cancel_timer(ev.TimerKind.BATCH)
-        self._timed_request = None
+        self._intake.timed_request = None
         stable_proof = () if self.stable_seq == self.config.start_seq else self._stable_proof
         vc = self._sign(m.ViewChange(self.config.epoch, new_view, self.stable_seq, stable_proof,
                                      self._prepared_proofs()))
@@ -1253,46 +1136,13 @@ class Replica:
         if kind is ev.TimerKind.BATCH:
             self._maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
-            self._on_request_timer()
+            self._intake.on_request_timer()
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
                 self._view_change_attempts += 1
                 self._start_view_change(self.view + 1)
         elif kind is ev.TimerKind.STATUS:
             self._on_status_tick()
-
-    def _on_request_timer(self) -> None:
-        timed = self._timed_request
-        if timed is not None and self._client_table.check(*timed)[0] is NonceStatus.STALE:
-            self._arm_request_timer()  # it can never execute: time the next one
-        elif timed in self.pool and self.view_active:
-            if (self.last_executed > self._request_progress_mark
-                    and self._request_patience_used < self.params.request_patience):
-                # The primary is executing batches: a deep queue drains, give it time
-                # (and do not flood peers with relays of requests it is getting to).
-                self._request_patience_used += 1
-                self._request_progress_mark = self.last_executed
-                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-            elif not self._request_relayed:
-                # First expiry without progress: the other backups may never have seen
-                # these requests (a client reaches one validator). Relay them to everyone,
-                # as the paper's client retransmission does, so that all backups time
-                # them; vote for a view change only if they still wait one more period. A
-                # replica that is merely slow thus does not leave the group alone.
-                self._request_relayed = True
-                waiting: list[m.Request] = []
-                size = 0
-                for _key, r, _tick in self.pool.items():
-                    if len(waiting) >= self.params.batch_requests_max or \
-                            size + r.size_bytes > self.params.batch_bytes_max:
-                        break
-                    waiting.append(r)
-                    size += r.size_bytes
-                self._broadcast(self._sign(m.RequestForward(tuple(waiting))))
-                self._request_progress_mark = self.last_executed
-                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-            else:
-                self._start_view_change(self.view + 1)
 
     def _on_status_tick(self) -> None:
         self._tick += 1
@@ -1306,7 +1156,7 @@ class Replica:
             self._broadcast(status)
         self._watch_primary()
         if self.view_active:
-            self._forward_pending(waited_only=True)
+            self._intake.forward_pending(waited_only=True)
         self._fetch.fetch_missing_batches()
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
 
