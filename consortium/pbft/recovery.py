@@ -67,7 +67,7 @@ def recover(rep: Replica, rec: Recovered) -> None:
         rep.last_executed = snap.seq
         rep.state_digest = snap.state_digest
         rep._client_table = ClientTable.from_entries(rep.params.client_nonce_window,
-                                                      snap.clients)
+                                                     snap.clients)
         rep.pending_reconfiguration = snap.pending
         rep.stable_seq = snap.seq
         rep._stable_proof = rec.snapshot_proof
@@ -83,7 +83,7 @@ def recover(rep: Replica, rec: Recovered) -> None:
         if not isinstance(pp, m.PrePrepare):
             raise ValueError("persisted executed batch lacks its pre-prepare")
         rep._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
-                      batch.certificate, replay=True)
+                     batch.certificate, replay=True)
         # Keep what proves the batch until the next stable checkpoint: a lagging peer may
         # need this certificate retransmitted, and a view change may need it as a proof.
         slot = rep._slot(batch.seq)

@@ -22,7 +22,6 @@ state would hide, not remove, that coupling. The pure parts live elsewhere: `vie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Protocol
 
 from consortium.crypto.signing import Signer, Verifier
@@ -46,12 +45,10 @@ from consortium.pbft.state import (
     checkpoint_quorum,
     clients_digest,
     next_state_digest,
-    signing_config,
     snapshot_digest,
-    verify_checkpoint_proof,
-    verify_epoch_history,
     verify_signed,
 )
+from consortium.pbft.transfer import StateTransfer
 from consortium.pbft.viewchange import (
     new_view_proposals,
     verify_new_view,
@@ -146,14 +143,13 @@ class Replica:
         self._timer_tokens: dict[ev.TimerKind, int] = {}
         self._token_counter = 0
         self._tick = 0
-        self._state_requested_tick = -1
         self._future: list[m.SignedMessage] = []
         self._future_bytes = 0
         self._catchup = CatchUp(genesis.weak_quorum)
         self._new_view_sent: dict[int, int] = {}
-        self._state_sent: dict[int, int] = {}
         self._fetch = BatchFetch(self)
         self._intake = RequestIntake(self)
+        self._transfer = StateTransfer(self)
         self._retransmitted: dict[int, tuple[int, bool]] = {}
         self._lags: dict[int, list[int]] = {}
         """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
@@ -418,10 +414,10 @@ class Replica:
     def _on_signed(self, msg: m.SignedMessage) -> None:
         b = msg.body
         if isinstance(b, m.StateResponse):
-            self._on_state_response(msg.sender, b)  # self-certifying: checked against proofs
+            self._transfer.on_state_response(msg.sender, b)  # self-certifying: proofs checked
             return
         if isinstance(b, m.Status) and not self.config.is_member(msg.sender):
-            self._on_former_member_status(msg, b)
+            self._transfer.on_former_member_status(msg, b)
             return
         epoch = self._message_epoch(b)
         verified = verify_signed(msg, self.config, self.chain_id, self._verifier)
@@ -457,7 +453,7 @@ class Replica:
             for r in b.requests[: self.params.batch_requests_max]:
                 self._intake.on_client_request(r, forwarded=True)
         elif isinstance(b, m.StateRequest):
-            self._on_state_request(msg.sender, b)
+            self._transfer.on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
             self._fetch.on_batch_request(msg.sender, b)
 
@@ -884,84 +880,6 @@ class Replica:
             self._intake.arm_request_timer()
         self._replay_future()
 
-    # ----------------------------------------------------------------------- state transfer
-
-    def _request_state(self, holders: Iterable[int]) -> None:
-        """Ask holders for a stable checkpoint above our state (at most once per tick)."""
-        if self._state_requested_tick == self._tick:
-            return
-        targets = self._catchup.next_holders(tuple(h for h in holders if h != self.id))
-        if not targets:
-            return
-        self._state_requested_tick = self._tick
-        msg = self._sign(m.StateRequest(self.last_executed))
-        for holder in targets:
-            self._send(holder, msg)
-
-    def _on_state_request(self, sender: int, b: m.StateRequest) -> None:
-        snap = self._stable_snapshot
-        if snap is None or snap.seq <= b.after_seq or self._state_sent.get(sender) == self._tick:
-            return
-        self._state_sent[sender] = self._tick
-        self._send(sender, self._sign(m.StateResponse(snap, self._stable_proof)))
-
-    def _on_state_response(self, sender: int, b: m.StateResponse) -> None:
-        snap = b.snapshot
-        if snap.seq <= self.last_executed:
-            return
-        configs = verify_epoch_history(self.genesis, snap.epochs, self.chain_id, self._verifier)
-        if configs is None:
-            self._fault(sender, "state response with an unverifiable epoch history")
-            return
-        signer_config = signing_config(configs, snap.seq)
-        try:
-            digest = snapshot_digest(self.genesis, snap)
-        except ValueError as exc:  # e.g. a pending member list that is no valid validator set
-            self._fault(sender, f"state response with a malformed snapshot: {exc}")
-            return
-        if not verify_checkpoint_proof(b.proof, signer_config, snap.seq, digest, self.chain_id,
-                                       self._verifier):
-            self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
-            return
-        proof = checkpoint_quorum(b.proof, signer_config, snap.seq, digest, self.chain_id,
-                                  self._verifier)
-        self._install_snapshot(snap, proof, configs[-1])
-
-    def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
-                          config: EpochConfig) -> None:
-        epoch_changed = config.epoch != self.config.epoch
-        self.last_executed = snap.seq
-        self.state_digest = snap.state_digest
-        self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
-                                                      snap.clients)
-        self.pending_reconfiguration = snap.pending
-        self.stable_seq = snap.seq
-        self._stable_proof = proof
-        self._stable_snapshot = snap
-        self._epoch_records = snap.epochs
-        for s in [s for s in self._slots if s <= snap.seq]:
-            self._drop_slot(s)
-        self._snapshots = {s: v for s, v in self._snapshots.items() if s > snap.seq}
-        self._checkpoint_votes = {s: v for s, v in self._checkpoint_votes.items()
-                                  if s > snap.seq}
-        self._next_seq = max(self._next_seq, snap.seq + 1)
-        for key, _r, _t in list(self.pool.items()):
-            if self._client_table.check(*key)[0] is not NonceStatus.FRESH:
-                self.pool.remove(key)
-        self._out.append(ev.InstallSnapshot(snap, proof))
-        self._out.append(ev.PersistSnapshot(snap, proof))
-        if epoch_changed:
-            self.config = config
-            self._forget_epoch_state()
-            self._next_seq = snap.seq + 1
-            self._reset_view_for_epoch()
-            self._after_leader_change()
-        else:
-            self._try_execute()
-            self._intake.arm_request_timer()
-            self._maybe_propose()
-            self._replay_future()
-
     # ------------------------------------------------------------------------ view change (4.4)
 
     def _view_change_timeout_ms(self) -> int:
@@ -1106,7 +1024,7 @@ class Replica:
             elif min_s > self.last_executed:
                 holders = tuple(s.sender for s in proof) or (holder.sender,)
                 self._catchup.prove(min_s, holders)
-                self._request_state(holders)
+                self._transfer.request_state(holders)
         max_s = max((pp.body.seq for pp in nv.pre_prepares if isinstance(pp.body, m.PrePrepare)),
                     default=min_s)
         for s in [s for s in self._slots if s > max_s]:
@@ -1123,7 +1041,7 @@ class Replica:
             self._adopt_pre_prepare(slot, pp_msg, pp)
             if not slot.has_contents(pp.digest):
                 self._fetch.ask_batch(slot, pp.digest,
-                                [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
+                                      [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
         self._after_leader_change()
         self._try_execute()
 
@@ -1148,7 +1066,7 @@ class Replica:
         self._tick += 1
         target, holders = self._catchup.target(self.last_executed)
         if target > self.last_executed:
-            self._request_state(holders)
+            self._transfer.request_state(holders)
         if self.is_member or self.last_executed == 0:
             status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
                                          self.last_executed, self.stable_seq,
@@ -1278,24 +1196,6 @@ class Replica:
                 if own is not None:
                     self._send(sender, own)
             budget -= 1
-
-    def _on_former_member_status(self, msg: m.SignedMessage, b: m.Status) -> None:
-        """A replica removed in an epoch change it did not witness keeps gossiping to us. Answer
-        (once per tick) with our stable checkpoint: its epoch history proves the removal, so the
-        former member learns it is out instead of waiting forever."""
-        if b.epoch >= self.config.epoch or self._stable_snapshot is None:
-            return
-        former = [self.genesis] + [EpochConfig(r.epoch, r.start_seq, r.members)
-                                   for r in self._epoch_records]
-        config = next((c for c in former if c.epoch == b.epoch), None)
-        if config is None or not verify_signed(msg, config, self.chain_id, self._verifier):
-            self._fault(msg.sender, "STATUS from a non-member")
-            return
-        if self._state_sent.get(msg.sender) == self._tick:
-            return
-        self._state_sent[msg.sender] = self._tick
-        self._send(msg.sender, self._sign(m.StateResponse(self._stable_snapshot,
-                                                          self._stable_proof)))
 
     def _resend_new_view(self, peer: int) -> None:
         """At most once per peer per status tick, so replayed old messages cannot turn this
