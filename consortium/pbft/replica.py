@@ -32,9 +32,11 @@ from consortium.pbft.catchup import CatchUp
 from consortium.pbft.fetch import BatchFetch
 from consortium.pbft.intake import RequestIntake
 from consortium.pbft.membership import EpochConfig
+from consortium.pbft.monitor import SlowPrimaryMonitor
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.pool import RequestPool
 from consortium.pbft.recovery import ExecutedBatch, Recovered, recover
+from consortium.pbft.retransmit import Retransmission
 from consortium.pbft.slots import VOTE_TYPE, VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
 from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
@@ -60,11 +62,6 @@ __all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "
 FUTURE_BATCHES_BYTES = 8
 """The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
 batches are the big ones), besides its count limit `future_messages_max`."""
-LAG_SAMPLES = 64
-"""STATUS arrival lags remembered per member (about half a minute of ticks): the fastest is its
-baseline in the slow-primary monitor."""
-LAG_RECENT = 8
-"""The slow-primary monitor judges the median of a member's last this-many lags."""
 
 
 class ClientRegistry(Protocol):
@@ -146,21 +143,11 @@ class Replica:
         self._future: list[m.SignedMessage] = []
         self._future_bytes = 0
         self._catchup = CatchUp(genesis.weak_quorum)
-        self._new_view_sent: dict[int, int] = {}
         self._fetch = BatchFetch(self)
         self._intake = RequestIntake(self)
         self._transfer = StateTransfer(self)
-        self._retransmitted: dict[int, tuple[int, bool]] = {}
-        self._lags: dict[int, list[int]] = {}
-        """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
-        slow-primary monitor."""
-        self._heard_ms: dict[int, int] = {}
-        """When each peer's last STATUS arrived (our clock): a primary that stops sending them
-        (stopped, cut off) is slow by the length of its silence."""
-        self._slow_ticks = 0
-        self._peer_executed: dict[int, int] = {}
-        """Each peer's last_executed in its previous STATUS: a peer that advanced since is
-        catching up by itself and gets no retransmission of batches (they are large)."""
+        self._monitor = SlowPrimaryMonitor(self)
+        self._retransmit = Retransmission(self)
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -448,7 +435,8 @@ class Replica:
         elif isinstance(b, m.NewView):
             self._on_new_view(msg)
         elif isinstance(b, m.Status):
-            self._on_status(msg.sender, b)
+            self._monitor.heard(msg.sender, b)
+            self._retransmit.on_status(msg.sender, b)
         elif isinstance(b, m.RequestForward):
             for r in b.requests[: self.params.batch_requests_max]:
                 self._intake.on_client_request(r, forwarded=True)
@@ -865,9 +853,7 @@ class Replica:
 
     def _after_leader_change(self) -> None:
         """New primary (view or epoch change): hand it every pending request."""
-        self._slow_ticks = 0
-        if self._clock is not None:  # its silence counts from now
-            self._heard_ms[self.primary] = self._clock.now_ms()
+        self._monitor.leader_changed()
         self.pool.queue.clear()
         if self.is_primary:
             self.pool.requeue_all()
@@ -940,7 +926,7 @@ class Replica:
         if b.new_view < self.view or (b.new_view == self.view and self.view_active):
             # A peer is behind us: help it by resending our NEW-VIEW.
             if b.new_view <= self.view:
-                self._resend_new_view(msg.sender)
+                self._retransmit.resend_new_view(msg.sender)
             return
         if b.new_view > self.view + 64 * self.config.n:
             return  # absurdly far ahead: ignore rather than store
@@ -1072,135 +1058,8 @@ class Replica:
                                          self.last_executed, self.stable_seq,
                                          0 if self._clock is None else self._clock.now_ms()))
             self._broadcast(status)
-        self._watch_primary()
+        self._monitor.watch_primary()
         if self.view_active:
             self._intake.forward_pending(waited_only=True)
         self._fetch.fetch_missing_batches()
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
-
-    # ------------------------------------------------------------------- status: retransmission
-
-    def _watch_primary(self) -> None:
-        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms).
-
-        A member's delay is how much later than its fastest STATUS of the last `LAG_SAMPLES`
-        its recent STATUS messages arrive: measured against its own best, a constant clock
-        offset between it and us cancels out (clocks may differ by up to `clock_skew_ms_max`;
-        an offset must not make an honest primary look slow). A primary that falls silent (it
-        sends a STATUS every tick, busy or idle) is as late as its silence is long, so a stopped
-        or cut-off primary is replaced in a few ticks, without waiting for a client's request to
-        time out."""
-        limit = self.params.slow_primary_lag_ms
-        if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
-                or not self.is_member):
-            self._slow_ticks = 0
-            return
-        now = self._clock.now_ms()
-
-        def delay(peer: int) -> int | None:
-            lags = self._lags.get(peer, [])
-            heard = self._heard_ms.get(peer)
-            silence = 0 if heard is None else now - heard - self.params.status_interval_ms
-            if len(lags) < 3:
-                return silence if silence > 0 else None
-            recent = sorted(lags[-LAG_RECENT:])
-            return max(recent[len(recent) // 2] - min(lags), silence)
-        lag = delay(self.primary)
-        others = [d for p in self.config.replica_ids
-                  if p not in (self.primary, self.id) and (d := delay(p)) is not None]
-        if lag is None or not others:
-            self._slow_ticks = 0
-            return
-        usual = sorted(others)[len(others) // 2]
-        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
-            self._slow_ticks += 1
-        else:
-            self._slow_ticks = 0
-        if self._slow_ticks >= self.params.slow_primary_ticks:
-            self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
-                                      f"{lag} ms later than its best, the others' {usual} ms")
-            self._slow_ticks = 0
-            self._lags.pop(self.primary, None)
-            self._start_view_change(self.view + 1)
-
-    def _on_status(self, sender: int, b: m.Status) -> None:
-        """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
-        if self._clock is not None:
-            self._heard_ms[sender] = self._clock.now_ms()
-        if b.sent_ms and self._clock is not None:
-            lags = self._lags.setdefault(sender, [])
-            lags.append(self._clock.now_ms() - b.sent_ms)
-            del lags[:-LAG_SAMPLES]
-        if b.epoch >= self.config.epoch:
-            self._catchup.claim(sender, b.stable_seq)
-        if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
-            return  # it is ahead of us: our tick decides whether enough members say so
-        if b.epoch < self.config.epoch:
-            return
-        if b.last_executed < self.stable_seq:
-            return  # it will ask us for state after our own STATUS
-        previous = self._peer_executed.get(sender)
-        self._peer_executed[sender] = b.last_executed
-        stuck = previous is None or b.last_executed <= previous
-        if self._retransmitted.get(sender) == (self._tick, stuck):
-            return  # once per peer per tick: a replayed STATUS must not make us a flood source
-        self._retransmitted[sender] = (self._tick, stuck)
-        if b.stable_seq < self.stable_seq and self._stable_proof:
-            for vote in self._stable_proof:
-                self._send(sender, vote)
-        # Our own votes for checkpoints it has not seen become stable: checkpoint messages
-        # lost in a partition would otherwise stall everyone at the high watermark.
-        for seq in sorted(self._checkpoint_votes):
-            own = self._checkpoint_votes[seq].get(self.id)
-            if seq > max(b.stable_seq, self.stable_seq) and own is not None:
-                self._send(sender, own)
-        budget = self.params.retransmit_seqs_max
-        # Decided sequence numbers it lacks, only when it made no progress since its last
-        # STATUS (a replica merely behind under load catches up by itself): the proposal
-        # header and a commit certificate. Never the batch: the peer most likely has it
-        # already (it lost a vote, not the proposal), and if not it asks (BATCH-REQUEST), so
-        # retransmission costs a few hundred bytes per sequence number, whatever batches hold.
-        seq = b.last_executed + 1
-        while stuck and seq <= self.last_executed and budget > 0:
-            slot = self._slots.get(seq)
-            if slot is None:
-                break
-            cert = self._commit_certificate(slot)
-            if cert is not None:
-                view, digest, commits = cert
-                self._send(sender, slot.proposal(view, digest))
-                for c in commits:
-                    self._send(sender, c)
-            seq += 1
-            budget -= 1
-        if b.view < self.view or (b.view == self.view and not b.view_active):
-            if self.view_active:
-                self._resend_new_view(sender)
-            elif not self.view_active and self.id in self._view_changes.get(self.view, {}):
-                self._send(sender, self._view_changes[self.view][self.id])
-            return
-        if b.view != self.view or not self.view_active or not stuck:
-            return
-        # Same view, and it is stuck: resend our votes for in-progress sequences that have
-        # been stuck a tick (headers only, as above).
-        for seq in sorted(self._slots):
-            if budget <= 0:
-                break
-            slot = self._slots[seq]
-            if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
-                continue
-            if slot.pre_prepare is not None and slot.view == self.view:
-                self._send(sender, slot.pre_prepare)
-            for table in (slot.prepares, slot.commits):
-                own = Slot.own_vote(table, self.view, self.id)
-                if own is not None:
-                    self._send(sender, own)
-            budget -= 1
-
-    def _resend_new_view(self, peer: int) -> None:
-        """At most once per peer per status tick, so replayed old messages cannot turn this
-        replica into an amplifier."""
-        if self._new_view_msg is None or self._new_view_sent.get(peer) == self._tick:
-            return
-        self._new_view_sent[peer] = self._tick
-        self._send(peer, self._new_view_msg)
