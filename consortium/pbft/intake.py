@@ -187,4 +187,4 @@ class RequestIntake:
                 self._request_progress_mark = rep.last_executed
                 rep._set_timer(ev.TimerKind.REQUEST, rep.params.request_timeout_ms)
             else:
-                rep._start_view_change(rep.view + 1)
+                rep._views.start_view_change(rep.view + 1)

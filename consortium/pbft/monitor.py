@@ -3,7 +3,7 @@
 
 This part owns the arrival samples (`_lags`, `_heard_ms`) and the count of slow ticks. It reads
 the replica's clock, parameters, configuration and view; it emits a fault naming the primary and
-starts a view change through the core (`_start_view_change`). It never sends anything itself.
+starts a view change (`ViewChanger.start_view_change`). It never sends anything itself.
 """
 
 from __future__ import annotations
@@ -94,4 +94,4 @@ class SlowPrimaryMonitor:
                                     f"{lag} ms later than its best, the others' {usual} ms")
             self._slow_ticks = 0
             self._lags.pop(rep.primary, None)
-            rep._start_view_change(rep.view + 1)
+            rep._views.start_view_change(rep.view + 1)

@@ -29,6 +29,7 @@ from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
+from consortium.pbft.errors import ReplicaBug
 from consortium.pbft.fetch import BatchFetch
 from consortium.pbft.intake import RequestIntake
 from consortium.pbft.membership import EpochConfig
@@ -44,18 +45,13 @@ from consortium.pbft.state import (
     NonceStatus,
     approved_reconfiguration,
     batch_root,
-    checkpoint_quorum,
     clients_digest,
     next_state_digest,
     snapshot_digest,
     verify_signed,
 )
 from consortium.pbft.transfer import StateTransfer
-from consortium.pbft.viewchange import (
-    new_view_proposals,
-    verify_new_view,
-    verify_view_change,
-)
+from consortium.pbft.views import ViewChanger
 
 __all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "ReplicaBug"]
 
@@ -76,10 +72,6 @@ class Clock(Protocol):
     stamp, never to decide an order."""
 
     def now_ms(self) -> int: ...
-
-
-class ReplicaBug(AssertionError):
-    """An invariant of our own code broke (never raised because of what a peer sent)."""
 
 
 def _durable_proposal(msg: m.SignedMessage,
@@ -148,6 +140,7 @@ class Replica:
         self._transfer = StateTransfer(self)
         self._monitor = SlowPrimaryMonitor(self)
         self._retransmit = Retransmission(self)
+        self._views = ViewChanger(self)
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -192,7 +185,7 @@ class Replica:
         """Arm the initial timers. Call once, after construction or recovery."""
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
         self._try_execute()
-        self._arm_view_change_timer()
+        self._views.arm_view_change_timer()
         self._intake.arm_request_timer()
         return self._flush()
 
@@ -431,9 +424,9 @@ class Replica:
         elif isinstance(b, m.Checkpoint):
             self._on_checkpoint(msg, b)
         elif isinstance(b, m.ViewChange):
-            self._on_view_change(msg, b)
+            self._views.on_view_change(msg, b)
         elif isinstance(b, m.NewView):
-            self._on_new_view(msg)
+            self._views.on_new_view(msg)
         elif isinstance(b, m.Status):
             self._monitor.heard(msg.sender, b)
             self._retransmit.on_status(msg.sender, b)
@@ -866,171 +859,6 @@ class Replica:
             self._intake.arm_request_timer()
         self._replay_future()
 
-    # ------------------------------------------------------------------------ view change (4.4)
-
-    def _view_change_timeout_ms(self) -> int:
-        base = self.params.view_change_timeout_ms << min(self._view_change_attempts, 16)
-        return min(base, self.params.view_change_timeout_max_ms)
-
-    def _prepared_proofs(self) -> tuple[m.PreparedProof, ...]:
-        """For each sequence above the stable checkpoint, the proof of the highest view in which
-        this replica saw the batch prepared (or committed): headers and votes only."""
-        proofs = []
-        quorum = self.config.quorum
-        for seq in sorted(self._slots):
-            slot = self._slots[seq]
-            for view, digest in sorted(slot.proposals, reverse=True):
-                pp_msg = slot.proposals[(view, digest)]
-                primary = self.config.primary(view)
-                prepares = [p for p in slot.votes(slot.prepares, view, digest)
-                            if p.sender != primary]
-                commits = slot.votes(slot.commits, view, digest)
-                if len(prepares) >= quorum - 1:
-                    proofs.append(m.PreparedProof(pp_msg, tuple(prepares[: quorum - 1])))
-                    break
-                if len(commits) >= quorum:
-                    proofs.append(m.PreparedProof(pp_msg, tuple(commits[:quorum])))
-                    break
-        return tuple(proofs)
-
-    def _start_view_change(self, new_view: int) -> None:
-        if new_view <= self.view or not self.is_member:
-            return
-        self.view = new_view
-        self.view_active = False
-        self._new_view_msg = None
-        self._cancel_timer(ev.TimerKind.REQUEST)
-        self._cancel_timer(ev.TimerKind.BATCH)
-        self._intake.timed_request = None
-        stable_proof = () if self.stable_seq == self.config.start_seq else self._stable_proof
-        vc = self._sign(m.ViewChange(self.config.epoch, new_view, self.stable_seq, stable_proof,
-                                     self._prepared_proofs()))
-        self._view_changes.setdefault(new_view, {})[self.id] = vc
-        self._out.append(ev.Persist((vc,)))
-        self._broadcast(vc)
-        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
-        self._arm_view_change_timer()
-        self._maybe_send_new_view()
-        self._replay_future()
-
-    def _arm_view_change_timer(self) -> None:
-        """Paper 4.5.2: the timer for the new view starts once 2f+1 replicas (this one
-        included) want it, so that a replica alone in suspecting the primary does not climb
-        views by itself."""
-        if self.view_active or self._timer_armed(ev.TimerKind.VIEW_CHANGE):
-            return
-        if len(self._view_changes.get(self.view, {})) >= self.config.quorum:
-            self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
-
-    def _on_view_change(self, msg: m.SignedMessage, b: m.ViewChange) -> None:
-        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
-            # A peer is behind us: help it by resending our NEW-VIEW.
-            if b.new_view <= self.view:
-                self._retransmit.resend_new_view(msg.sender)
-            return
-        if b.new_view > self.view + 64 * self.config.n:
-            return  # absurdly far ahead: ignore rather than store
-        bucket = self._view_changes.setdefault(b.new_view, {})
-        if msg.sender in bucket:
-            return
-        if verify_view_change(msg, self.config, self.chain_id, self._verifier,
-                              self.params.log_window) is None:
-            self._fault(msg.sender, f"invalid VIEW-CHANGE for view {b.new_view}")
-            return
-        bucket[msg.sender] = msg
-        # Paper 4.5.2 liveness: join once f+1 replicas want a higher view.
-        higher = {s for v, vcs in self._view_changes.items() if v > self.view for s in vcs}
-        if len(higher) >= self.config.weak_quorum:
-            self._start_view_change(min(v for v, vcs in self._view_changes.items()
-                                        if v > self.view and vcs))
-        self._arm_view_change_timer()
-        self._maybe_send_new_view()
-
-    def _maybe_send_new_view(self) -> None:
-        if self.view_active or self.config.primary(self.view) != self.id:
-            return
-        vcs = self._view_changes.get(self.view, {})
-        if self.id not in vcs or len(vcs) < self.config.quorum:
-            return
-        chosen = [vcs[self.id]] + [vcs[s] for s in sorted(vcs) if s != self.id]
-        # Sorted by sender, as carried in the NEW-VIEW: backups recompute the proposals over
-        # exactly this order, so ties between equal (view, digest) entries resolve alike.
-        chosen = sorted(chosen[: self.config.quorum], key=lambda c: c.sender)
-        bodies = [vc.body for vc in chosen if isinstance(vc.body, m.ViewChange)]
-        if len(bodies) != len(chosen):
-            raise ReplicaBug("a stored VIEW-CHANGE has another body type")
-        _, proposals = new_view_proposals(bodies)
-        pre_prepares = []
-        for p in proposals:
-            pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.root,
-                                              p.count, p.timestamp_ms))
-            if pp is None:
-                raise ReplicaBug(f"already pre-prepared seq {p.seq} in view {self.view}")
-            pre_prepares.append(pp)
-        nv = self._sign(m.NewView(self.config.epoch, self.view, tuple(chosen),
-                                  tuple(pre_prepares)))
-        self._out.append(ev.Persist((nv,)))
-        self._broadcast(nv)
-        self._install_new_view(nv)
-
-    def _on_new_view(self, msg: m.SignedMessage) -> None:
-        b = msg.body
-        assert isinstance(b, m.NewView)
-        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
-            return
-        if verify_new_view(msg, self.config, self.chain_id, self._verifier,
-                           self.params.log_window) is None:
-            self._fault(msg.sender, f"invalid NEW-VIEW for view {b.new_view}")
-            return
-        self._out.append(ev.Persist((msg,)))
-        self._install_new_view(msg)
-
-    def _install_new_view(self, nv_msg: m.SignedMessage) -> None:
-        nv = nv_msg.body
-        assert isinstance(nv, m.NewView)
-        vcs = [vc.body for vc in nv.view_changes if isinstance(vc.body, m.ViewChange)]
-        min_s = max(vc.stable_seq for vc in vcs)
-        self.view = nv.new_view
-        self.view_active = True
-        self._new_view_msg = nv_msg
-        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
-        self._view_changes = {v: s for v, s in self._view_changes.items() if v > self.view}
-        if min_s > self.stable_seq:
-            holder = next(vc for vc in nv.view_changes
-                          if isinstance(vc.body, m.ViewChange) and vc.body.stable_seq == min_s)
-            body = holder.body
-            assert isinstance(body, m.ViewChange)
-            own = self._snapshots.get(min_s)
-            proof = body.stable_proof
-            if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
-                    snapshot_digest(self.genesis, own) == proof[0].body.digest:
-                self._make_stable(own, checkpoint_quorum(
-                    proof, self.config, min_s, proof[0].body.digest, self.chain_id,
-                    self._verifier))
-            elif min_s > self.last_executed:
-                holders = tuple(s.sender for s in proof) or (holder.sender,)
-                self._catchup.prove(min_s, holders)
-                self._transfer.request_state(holders)
-        max_s = max((pp.body.seq for pp in nv.pre_prepares if isinstance(pp.body, m.PrePrepare)),
-                    default=min_s)
-        for s in [s for s in self._slots if s > max_s]:
-            self._drop_slot(s)
-        self._next_seq = max(max_s, self.last_executed) + 1
-        self.pool.in_flight.clear()
-        self._out.append(ev.ViewEntered(self.view, self.primary))
-        for pp_msg in nv.pre_prepares:
-            pp = pp_msg.body
-            assert isinstance(pp, m.PrePrepare)
-            if pp.seq <= self.last_executed or not self._in_window(pp.seq):
-                continue
-            slot = self._slot(pp.seq)
-            self._adopt_pre_prepare(slot, pp_msg, pp)
-            if not slot.has_contents(pp.digest):
-                self._fetch.ask_batch(slot, pp.digest,
-                                      [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
-        self._after_leader_change()
-        self._try_execute()
-
     # ---------------------------------------------------------------------------- timers
 
     def _on_timer(self, kind: ev.TimerKind, token: int) -> None:
@@ -1044,7 +872,7 @@ class Replica:
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
                 self._view_change_attempts += 1
-                self._start_view_change(self.view + 1)
+                self._views.start_view_change(self.view + 1)
         elif kind is ev.TimerKind.STATUS:
             self._on_status_tick()
 

@@ -10,6 +10,7 @@ import pytest
 
 import consortium.pbft.replica as replica_module
 import consortium.pbft.viewchange as viewchange_module
+import consortium.pbft.views as views_module
 from consortium.node.driver import Driver
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
@@ -78,7 +79,7 @@ def test_checker_catches_view_change_that_forgets_prepared_requests(
     """A NEW-VIEW that drops prepared batches lets a null batch take the sequence number of one
     that a (since crashed) replica already executed: the agreement checker must fire. Both the
     new primary and the verifying backups run the forgetful computation, as a shared bug would."""
-    monkeypatch.setattr(replica_module, "new_view_proposals", forgetful_proposals)
+    monkeypatch.setattr(views_module, "new_view_proposals", forgetful_proposals)
     monkeypatch.setattr(viewchange_module, "new_view_proposals", forgetful_proposals)
     _seed, violation = _first_violation("commit-loss", Replica, range(1, 20))
     assert "agreement" in violation or "at-most-once" in violation, violation
