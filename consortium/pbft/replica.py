@@ -29,6 +29,7 @@ from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
+from consortium.pbft.checkpoints import Checkpoints
 from consortium.pbft.errors import ReplicaBug
 from consortium.pbft.fetch import BatchFetch
 from consortium.pbft.intake import RequestIntake
@@ -45,9 +46,7 @@ from consortium.pbft.state import (
     NonceStatus,
     approved_reconfiguration,
     batch_root,
-    clients_digest,
     next_state_digest,
-    snapshot_digest,
     verify_signed,
 )
 from consortium.pbft.transfer import StateTransfer
@@ -141,6 +140,7 @@ class Replica:
         self._monitor = SlowPrimaryMonitor(self)
         self._retransmit = Retransmission(self)
         self._views = ViewChanger(self)
+        self._checkpoints = Checkpoints(self)
 
         self._out: list[ev.Action] = []
         if recovered is not None:
@@ -422,7 +422,7 @@ class Replica:
         elif isinstance(b, m.Commit):
             self._on_commit(msg, b)
         elif isinstance(b, m.Checkpoint):
-            self._on_checkpoint(msg, b)
+            self._checkpoints.on_checkpoint(msg, b)
         elif isinstance(b, m.ViewChange):
             self._views.on_view_change(msg, b)
         elif isinstance(b, m.NewView):
@@ -710,7 +710,7 @@ class Replica:
         if seq % self.params.checkpoint_interval == 0 or (
                 self.pending_reconfiguration is not None
                 and seq == self.pending_reconfiguration.effective_seq):
-            self._take_checkpoint(seq, replay=replay)
+            self._checkpoints.take_checkpoint(seq, replay=replay)
         if not replay:
             timed = self._intake.timed_request
             if timed is not None and timed not in self.pool:
@@ -739,79 +739,7 @@ class Replica:
         for r in slot.all_requests():
             self.pool.release(r, requeue=self.is_primary)
 
-    # -------------------------------------------------------------------- checkpoints (4.3)
-
-    def _take_checkpoint(self, seq: int, *, replay: bool) -> None:
-        records = self._epoch_records
-        pending = self.pending_reconfiguration
-        if pending is not None and pending.effective_seq == seq:
-            entries = self._client_table.entries()
-            opened = m.EpochRecord(self.config.epoch + 1, seq, pending.members,
-                                   self.state_digest, clients_digest(entries), ())
-            records = (*records, opened)
-            pending = None
-        snap = m.Snapshot(seq, self.state_digest, records, self._client_table.entries(), pending)
-        self._snapshots[seq] = snap
-        digest = snapshot_digest(self.genesis, snap)
-        vote = self._sign(m.Checkpoint(self.config.epoch, seq, digest))
-        self._checkpoint_votes.setdefault(seq, {})[self.id] = vote
-        if not replay:
-            self._broadcast(vote)
-        self._check_stable(seq, digest)
-
-    def _on_checkpoint(self, msg: m.SignedMessage, b: m.Checkpoint) -> None:
-        if b.seq <= self.stable_seq or b.seq > self.stable_seq + 4 * self.params.log_window:
-            return
-        if b.seq not in self._checkpoint_votes and len(self._checkpoint_votes) > 4 * (
-                self.params.log_window // self.params.checkpoint_interval) + 4:
-            return  # bounded: far-future checkpoints wait for retransmission
-        votes = self._checkpoint_votes.setdefault(b.seq, {})
-        if msg.sender in votes:
-            return
-        votes[msg.sender] = msg
-        self._check_stable(b.seq, b.digest)
-
-    def _check_stable(self, seq: int, digest: bytes) -> None:
-        votes = [v for v in self._checkpoint_votes.get(seq, {}).values()
-                 if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
-        if len(votes) < self.config.quorum or seq <= self.stable_seq:
-            return
-        # A quorum exactly (more may have arrived before our own vote): what VIEW-CHANGEs and
-        # state responses carry stays within their size bounds.
-        proof = tuple(sorted(votes, key=lambda v: v.sender))[: self.config.quorum]
-        own = self._snapshots.get(seq)
-        if own is not None:
-            if snapshot_digest(self.genesis, own) != digest:
-                raise ReplicaBug(f"a quorum certified a different state at checkpoint {seq}")
-            self._make_stable(own, proof)
-        elif seq > self.last_executed:
-            self._catchup.prove(seq, tuple(v.sender for v in proof))
-
-    def _make_stable(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...]) -> None:
-        """The checkpoint is stable: garbage-collect the log below it (paper 4.3) and, at an
-        epoch boundary, switch to the new validator set."""
-        boundary = bool(snap.epochs) and snap.epochs[-1].start_seq == snap.seq and \
-            snap.epochs[-1].epoch == self.config.epoch + 1
-        if boundary:
-            last = snap.epochs[-1]
-            proven = dataclasses.replace(last, proof=proof)
-            snap = dataclasses.replace(snap, epochs=(*snap.epochs[:-1], proven))
-        self.stable_seq = snap.seq
-        self._stable_proof = proof
-        self._stable_snapshot = snap
-        for s in [s for s in self._slots if s <= snap.seq]:
-            del self._slots[s]
-        for s in [s for s in self._snapshots if s <= snap.seq]:
-            del self._snapshots[s]
-        for s in [s for s in self._checkpoint_votes if s <= snap.seq]:
-            del self._checkpoint_votes[s]
-        self._own = {k: d for k, d in self._own.items()
-                     if k[3] > snap.seq and k[1] >= self.config.epoch}
-        self._fetch.forget_through(snap.seq)
-        self._out.append(ev.PersistSnapshot(snap, proof))
-        if boundary:
-            self._enter_epoch(snap)
-        self._maybe_propose()
+    # ------------------------------------------------------------------------ epoch change
 
     def _enter_epoch(self, snap: m.Snapshot) -> None:
         last = snap.epochs[-1]

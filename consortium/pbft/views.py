@@ -181,7 +181,7 @@ class ViewChanger:
             proof = body.stable_proof
             if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
                     snapshot_digest(rep.genesis, own) == proof[0].body.digest:
-                rep._make_stable(own, checkpoint_quorum(
+                rep._checkpoints.make_stable(own, checkpoint_quorum(
                     proof, rep.config, min_s, proof[0].body.digest, rep.chain_id,
                     rep._verifier))
             elif min_s > rep.last_executed:
