@@ -11,12 +11,19 @@ are listed in docs/consensus.md; the main ones:
 - STATUS gossip drives retransmission, so lost messages are recovered without a view change;
 - validator-set changes open a new epoch at a stable checkpoint.
 
-This file is one state machine over one set of variables; it is longer than the project's
-~600-line guide because splitting the protocol's phases across classes that all mutate the same
-state would hide, not remove, that coupling. The pure parts live elsewhere: `viewchange.py`
-(VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests, client table, proofs),
-`slots.py` (per-sequence storage), `pool.py` (pending requests and their limits),
-`catchup.py` (who to ask for state).
+This file is the core: the normal case (4.2: batching at the primary, PRE-PREPARE, PREPARE,
+COMMIT, execution), the epoch switch, the timers and the dispatch of events, over the state every
+phase reads (configuration, view, slots, the executed prefix, the stable checkpoint). The other
+responsibilities are parts the replica composes, each a small class holding a reference to it
+and whatever state only it uses; each module's docstring says what of the replica it may touch:
+`intake.py` (client requests, the backup's request timer), `fetch.py` (missing batches),
+`checkpoints.py` (4.3), `views.py` (4.4), `transfer.py` (state transfer), `retransmit.py`
+(answers to STATUS), `monitor.py` (the slow-primary monitor), `future.py` (messages for a
+later view or epoch); `recovery.py` (restart from durable state) is a function the constructor
+runs once. The pure parts:
+`viewchange.py` (VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests, client
+table, proofs), `slots.py` (per-sequence storage), `pool.py` (pending requests and their
+limits), `catchup.py` (who to ask for state).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from consortium.pbft.catchup import CatchUp
 from consortium.pbft.checkpoints import Checkpoints
 from consortium.pbft.errors import ReplicaBug
 from consortium.pbft.fetch import BatchFetch
+from consortium.pbft.future import FutureBuffer
 from consortium.pbft.intake import RequestIntake
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.monitor import SlowPrimaryMonitor
@@ -53,10 +61,6 @@ from consortium.pbft.transfer import StateTransfer
 from consortium.pbft.views import ViewChanger
 
 __all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "ReplicaBug"]
-
-FUTURE_BATCHES_BYTES = 8
-"""The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
-batches are the big ones), besides its count limit `future_messages_max`."""
 
 
 class ClientRegistry(Protocol):
@@ -131,8 +135,7 @@ class Replica:
         self._timer_tokens: dict[ev.TimerKind, int] = {}
         self._token_counter = 0
         self._tick = 0
-        self._future: list[m.SignedMessage] = []
-        self._future_bytes = 0
+        self._future = FutureBuffer(params)
         self._catchup = CatchUp(genesis.weak_quorum)
         self._fetch = BatchFetch(self)
         self._intake = RequestIntake(self)
@@ -372,23 +375,8 @@ class Replica:
             return b.epoch
         return None
 
-    def _buffer_future(self, msg: m.SignedMessage) -> None:
-        """Bounded by count and by bytes (a buffered PRE-PREPARE may carry its batch)."""
-        size = len(msg.wire) + (0 if msg.batch is None else
-                                sum(r.size_bytes for r in msg.batch))
-        limit = FUTURE_BATCHES_BYTES * self.params.batch_bytes_max
-        self._future.append(msg)
-        self._future_bytes += size
-        while self._future and (len(self._future) > self.params.future_messages_max
-                                or self._future_bytes > limit):
-            old = self._future.pop(0)
-            self._future_bytes -= len(old.wire) + (0 if old.batch is None else
-                                                   sum(r.size_bytes for r in old.batch))
-
     def _replay_future(self) -> None:
-        future, self._future = self._future, []
-        self._future_bytes = 0
-        for msg in future:
+        for msg in self._future.take():
             self._on_signed(msg)
 
     def _on_signed(self, msg: m.SignedMessage) -> None:
@@ -405,7 +393,7 @@ class Replica:
             # Only a sender we can authenticate now may fill the buffer (a member that joins
             # with the new epoch is heard again through retransmission once we switch).
             if verified:
-                self._buffer_future(msg)
+                self._future.add(msg)
             return
         if not verified:
             self._fault(msg.sender, f"{type(b).__name__} with a bad signature or from a "
@@ -522,7 +510,7 @@ class Replica:
             self._fault(msg.sender, f"pre-prepare for view {b.view} from a non-primary")
             return
         if b.view > self.view or (b.view == self.view and not self.view_active):
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         slot = self._slot(b.seq)
         if b.view < self.view or (slot.pre_prepare is not None and slot.view == b.view):
@@ -610,7 +598,7 @@ class Replica:
             self._fault(msg.sender, "the primary sent a PREPARE")
             return
         if b.view > self.view or (b.view == self.view and not self.view_active):
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         if b.view < self.view:
             return
@@ -645,7 +633,7 @@ class Replica:
         if b.seq <= self.last_executed or not self._in_window(b.seq):
             return
         if b.view > self.view:
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         slot = self._slot(b.seq)
         if self._store_vote(slot, slot.commits, msg, b):
