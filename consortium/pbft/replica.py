@@ -137,6 +137,8 @@ class Replica:
         self._tick = 0
         self._future = FutureBuffer(params)
         self._catchup = CatchUp(genesis.weak_quorum)
+        # The parts this replica composes (module docstring): each holds the replica and the
+        # state only it uses.
         self._fetch = BatchFetch(self)
         self._intake = RequestIntake(self)
         self._transfer = StateTransfer(self)
