@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from consortium.pbft import messages as m
+from consortium.pbft.catchup import CatchUp
 from consortium.pbft.slots import VOTE_TYPE
 from consortium.pbft.state import ClientTable, batch_root, verify_epoch_history
 
@@ -74,7 +75,7 @@ def recover(rep: Replica, rec: Recovered) -> None:
         rep._stable_snapshot = snap
         rep._epoch_records = snap.epochs
         rep.config = configs[-1]
-        rep._catchup = type(rep._catchup)(rep.config.weak_quorum)  # the kind it uses
+        rep._catchup = CatchUp(rep.config.weak_quorum)
         rep._next_seq = snap.seq + 1
     for batch in sorted(rec.executed, key=lambda e: e.seq):
         if batch.seq <= rep.last_executed:

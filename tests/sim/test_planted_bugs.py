@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+import consortium.pbft.recovery as recovery_module
 import consortium.pbft.replica as replica_module
 import consortium.pbft.viewchange as viewchange_module
 import consortium.pbft.views as views_module
@@ -90,6 +91,7 @@ def test_liveness_check_catches_catch_up_steered_by_one_liar(
     """A replica that trusts one member's claimed checkpoint asks only the liar and never
     catches up; once the liar falls silent, the ledger stops (attack campaign, finding 2)."""
     monkeypatch.setattr(replica_module, "CatchUp", TrustingCatchUp)
+    monkeypatch.setattr(recovery_module, "CatchUp", TrustingCatchUp)
     failed = [seed for seed in range(1, 6)
               if build("lying-status", seed, 4, 1).run().liveness_failure is not None]
     assert failed, "the planted catch-up bug went unnoticed"
