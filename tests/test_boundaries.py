@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1] / "consortium"
 FORBIDDEN_IN_CORE = {"asyncio", "grpc", "psycopg", "time", "random", "os", "socket",
                      "threading", "subprocess", "datetime", "secrets", "uuid"}
 REPLICA_MODULES = tuple(f"consortium.pbft.{name}" for name in (
-    "replica", "intake", "fetch", "checkpoints", "views", "transfer", "retransmit", "monitor",
-    "future", "recovery"))
+    "replica", "intake", "batching", "fetch", "checkpoints", "views", "transfer", "retransmit",
+    "monitor", "future", "recovery"))
 """The replica and the parts it composes (pbft/replica.py's docstring lists them)."""
 
 

@@ -109,4 +109,4 @@ class Checkpoints:
         rep._out.append(ev.PersistSnapshot(snap, proof))
         if boundary:
             rep._enter_epoch(snap)
-        rep._maybe_propose()
+        rep._batcher.maybe_propose()

@@ -5,7 +5,7 @@ which request is timed (`timed_request`, which the core clears when the primary 
 relay and patience state of that timer. It reads the replica's configuration, view, client table
 and tick; it adds requests to and drops them from the replica's `pool`; and it emits rejections,
 REQUEST-FORWARDs, the REQUEST timer, and, when a request waited too long, the start of a view
-change. It never orders or executes anything: the primary proposes through `_maybe_propose`.
+change. It never orders or executes anything: the primary proposes through `Batcher.maybe_propose`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class RequestIntake:
         if primary:
             if r.key not in rep.pool.in_flight:
                 rep.pool.queue.put(r)
-            rep._maybe_propose()
+            rep._batcher.maybe_propose()
         elif not forwarded and rep.view_active:
             # A client retrying at a backup suspects the primary: relay the request to it, and
             # on a second retry to everyone, so every backup starts timing it (paper 4.1).

@@ -108,7 +108,8 @@ def recover(rep: Replica, rec: Recovered) -> None:
                     max_view, active = b.view, True
                 if isinstance(b, m.PrePrepare):
                     rep._next_seq = max(rep._next_seq, b.seq + 1)
-                    rep._last_proposal_ms = max(rep._last_proposal_ms, b.timestamp_ms)
+                    rep._batcher.last_proposal_ms = max(rep._batcher.last_proposal_ms,
+                                                        b.timestamp_ms)
             if b.seq <= rep.last_executed or not rep._in_window(b.seq):
                 continue
             slot = rep._slot(b.seq)

@@ -11,18 +11,17 @@ are listed in docs/consensus.md; the main ones:
 - STATUS gossip drives retransmission, so lost messages are recovered without a view change;
 - validator-set changes open a new epoch at a stable checkpoint.
 
-This file is the core: the normal case (4.2: batching at the primary, PRE-PREPARE, PREPARE,
-COMMIT, execution), the epoch switch, the timers and the dispatch of events, over the state every
-phase reads (configuration, view, slots, the executed prefix, the stable checkpoint). The other
-responsibilities are parts the replica composes, each a small class holding a reference to it
-and whatever state only it uses; each module's docstring says what of the replica it may touch:
-`intake.py` (client requests, the backup's request timer), `fetch.py` (missing batches),
-`checkpoints.py` (4.3), `views.py` (4.4), `transfer.py` (state transfer), `retransmit.py`
-(answers to STATUS), `monitor.py` (the slow-primary monitor), `future.py` (messages for a
-later view or epoch); `recovery.py` (restart from durable state) is a function the constructor
-runs once. The pure parts:
-`viewchange.py` (VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests, client
-table, proofs), `slots.py` (per-sequence storage), `pool.py` (pending requests and their
+This file is the core: the normal case (4.2: PRE-PREPARE, PREPARE, COMMIT, execution), the epoch
+switch, the timers and the dispatch of events, over the state every phase reads (configuration,
+view, slots, the executed prefix, the stable checkpoint). The other responsibilities are parts the
+replica composes, each a small class holding a reference to it and whatever state only it uses;
+each module's docstring says what of the replica it may touch: `intake.py` (client requests, the
+backup's request timer), `batching.py` (when the primary proposes, and what), `fetch.py` (missing
+batches), `checkpoints.py` (4.3), `views.py` (4.4), `transfer.py` (state transfer), `retransmit.py`
+(answers to STATUS), `monitor.py` (the slow-primary monitor), `future.py` (messages for a later
+view or epoch); `recovery.py` (restart from durable state) is a function the constructor runs once.
+The pure parts: `viewchange.py` (VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests,
+client table, proofs), `slots.py` (per-sequence storage), `pool.py` (pending requests and their
 limits), `catchup.py` (who to ask for state).
 """
 
@@ -35,6 +34,7 @@ from consortium.crypto.signing import Signer, Verifier
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.batching import Batcher
 from consortium.pbft.catchup import CatchUp
 from consortium.pbft.checkpoints import Checkpoints
 from consortium.pbft.errors import ReplicaBug
@@ -118,10 +118,6 @@ class Replica:
 
         self._slots: dict[int, Slot] = {}
         self._next_seq = 1
-        self._last_proposal_ms = 0
-        self._held_for_execution = False
-        """Primary: a partial batch was held because `partial_batches_in_flight_max` batches
-        were in flight; the next execution proposes it without a further batch delay."""
         self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
                                 params.client_pending_bytes_max)
         """Known requests not executed yet (read-only outside the replica)."""
@@ -139,6 +135,7 @@ class Replica:
         self._catchup = CatchUp(genesis.weak_quorum)
         # The parts this replica composes (module docstring): each holds the replica and the
         # state only it uses.
+        self._batcher = Batcher(self)
         self._fetch = BatchFetch(self)
         self._intake = RequestIntake(self)
         self._transfer = StateTransfer(self)
@@ -267,7 +264,7 @@ class Replica:
         self._own[key] = body.digest
         return self._sign(body)
 
-    # ------------------------------------------------------------------------ primary: batching
+    # -------------------------------------------------------------- watermarks, proposals
 
     def _epoch_limit(self) -> int:
         """Highest sequence number the current epoch may order."""
@@ -278,71 +275,12 @@ class Replica:
     def _high_watermark(self) -> int:
         return min(self.stable_seq + self.params.log_window, self._epoch_limit())
 
-    def _maybe_propose(self, *, force: bool = False) -> None:
-        """Paper 4.2: the primary assigns sequence numbers to batches, keeping at most
-        `pipeline_depth` batches in flight and never passing the high watermark.
-
-        Adaptive batching: with nothing in flight a request is proposed at once (a quiet
-        consortium answers fast); while batches are in flight a partial batch waits up to
-        `batch_delay_ms` to fill, and beyond `partial_batches_in_flight_max` it waits for an
-        execution (Nagle-style), so a busy consortium forms big batches; a full batch never
-        waits."""
-        p = self.params
-        queue = self.pool.queue
-        while (self.is_primary and self.view_active and queue
-               and self._next_seq <= self._high_watermark()
-               and self._next_seq - 1 - self.last_executed < p.pipeline_depth):
-            full = len(queue) >= p.batch_requests_max or queue.bytes > p.batch_bytes_max
-            in_flight = self._next_seq - 1 - self.last_executed
-            if not full:
-                if in_flight >= min(p.partial_batches_in_flight_max, p.pipeline_depth):
-                    # The next execution proposes what has accumulated by then.
-                    self._held_for_execution = True
-                    return
-                if in_flight > 0 and not force and not self._held_for_execution \
-                        and p.batch_delay_ms > 0:
-                    if not self._timer_armed(ev.TimerKind.BATCH):
-                        self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
-                    return
-            batch: list[m.Request] = []
-            size = 0
-            for r in queue.values():
-                if len(batch) >= p.batch_requests_max or size + r.size_bytes > p.batch_bytes_max:
-                    break
-                batch.append(r)
-                size += r.size_bytes
-            if not batch:  # one request larger than batch_bytes_max: refused at entry
-                raise ReplicaBug("queued request exceeds the batch size limit")
-            self._propose(tuple(batch))
-            force = False
-            self._held_for_execution = False
-        if not queue:
-            self._held_for_execution = False
-            self._cancel_timer(ev.TimerKind.BATCH)
-            self._fill_to_epoch_boundary()
-
-    def _fill_to_epoch_boundary(self) -> None:
-        """A validator-set change takes effect at a checkpoint: with no client traffic to fill
-        the sequence numbers up to it, the primary fills them with empty batches, so that the
-        change never waits for traffic."""
-        pending = self.pending_reconfiguration
-        while (pending is not None and self.is_primary and self.view_active
-               and not self.pool.queue
-               and self._next_seq <= min(pending.effective_seq, self._high_watermark())
-               and self._next_seq - 1 - self.last_executed < self.params.pipeline_depth):
-            self._propose(())
-
-    def _proposal_time(self) -> int:
-        """The primary's timestamp for its next proposal: its clock, never going backwards."""
-        if self._clock is None:
-            return 0
-        self._last_proposal_ms = max(self._last_proposal_ms, self._clock.now_ms())
-        return self._last_proposal_ms
-
     def _propose(self, batch: tuple[m.Request, ...]) -> None:
+        """Primary: sign, persist and send a PRE-PREPARE for `batch` at the next sequence
+        number (`Batcher` decides when, and what the batch holds)."""
         seq = self._next_seq
         body = m.PrePrepare(self.config.epoch, self.view, seq, batch_root(batch), len(batch),
-                            self._proposal_time())
+                            self._batcher.proposal_time())
         msg = self._sign_vote(body)
         if msg is None:
             raise ReplicaBug(f"primary already signed another batch for view {self.view} "
@@ -706,7 +644,7 @@ class Replica:
             if timed is not None and timed not in self.pool:
                 self._cancel_timer(ev.TimerKind.REQUEST)
             self._intake.arm_request_timer()
-            self._maybe_propose()
+            self._batcher.maybe_propose()
 
     def _apply_reconfiguration(self, r: m.Request, seq: int) -> bool:
         """A validator-set change takes effect at the first checkpoint at or after `seq`, for
@@ -770,7 +708,7 @@ class Replica:
             self.pool.requeue_all()
             self._cancel_timer(ev.TimerKind.REQUEST)
             self._intake.timed_request = None
-            self._maybe_propose()
+            self._batcher.maybe_propose()
         else:
             self._intake.forward_pending(waited_only=False)
             self._cancel_timer(ev.TimerKind.REQUEST)
@@ -784,7 +722,7 @@ class Replica:
             return  # stale: re-armed or cancelled since
         del self._timer_tokens[kind]
         if kind is ev.TimerKind.BATCH:
-            self._maybe_propose(force=True)
+            self._batcher.maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
             self._intake.on_request_timer()
         elif kind is ev.TimerKind.VIEW_CHANGE:

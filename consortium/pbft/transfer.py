@@ -121,7 +121,7 @@ class StateTransfer:
         else:
             rep._try_execute()
             rep._intake.arm_request_timer()
-            rep._maybe_propose()
+            rep._batcher.maybe_propose()
             rep._replay_future()
 
     def on_former_member_status(self, msg: m.SignedMessage, b: m.Status) -> None:
