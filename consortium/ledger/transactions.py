@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.signing import SIGNATURE_BYTES, Signer
+from consortium.formats.directory import MemberGs1
+from consortium.formats.errors import FormatError
 from consortium.pbft.codec import DecodeError, Reader, Writer
 from consortium.pbft.payload import (
     encode_segments,
@@ -331,6 +333,10 @@ class JoinRequest:
     """The member organisation that vouches for the applicant ("" : none, refused)."""
     sponsorship: bytes = b""
     """The sponsor's client-key signature (64 bytes; empty: none)."""
+    gs1: bytes = b""
+    """The applicant's GS1 identity (company prefixes, PGLNs, SGLNs of its sites) as
+    `formats.directory.MemberGs1.canonical()` bytes; empty: none registered. Public, so the
+    custody rules can tell which member an EPCIS party or location is once it is admitted."""
 
     def segments(self) -> list[bytes]:
         w = Writer()
@@ -345,6 +351,8 @@ class JoinRequest:
         w.text(self.client_address)
         w.text(self.sponsor)
         w.fixed(self.sponsorship or bytes(SIGNATURE_BYTES))
+        if self.gs1:  # a trailing optional field: requests without one encode as before
+            w.blob(self.gs1)
         return [w.getvalue(), self.statement.encode()]
 
 
@@ -353,9 +361,12 @@ def sponsorship_signing_bytes(chain_id: bytes, tx: JoinRequest) -> bytes:
     validator id, with which keys, sponsored by whom, on which chain. Not the endpoints (an
     applicant may move its servers without asking again) nor the statement (the applicant's
     own words, which a block view may withhold)."""
-    return tagged_hash(b"consortium/join-sponsorship", chain_id, tx.sponsor.encode(),
-                       tx.org.encode(), tx.name.encode(), tx.replica_id.to_bytes(4, "big"),
-                       tx.validator_key, tx.client_key, tx.encryption_key)
+    parts = [chain_id, tx.sponsor.encode(), tx.org.encode(), tx.name.encode(),
+             tx.replica_id.to_bytes(4, "big"), tx.validator_key, tx.client_key,
+             tx.encryption_key]
+    if tx.gs1:  # the sponsor vouches for the GS1 identity too
+        parts.append(tx.gs1)
+    return tagged_hash(b"consortium/join-sponsorship", *parts)
 
 
 def sponsor_join(tx: JoinRequest, sponsor: str, signer: Signer, chain_id: bytes) -> JoinRequest:
@@ -442,6 +453,18 @@ def _check_statement(raw: bytes) -> str:
     return text
 
 
+def _check_gs1(org: str, data: bytes, present: bool) -> None:
+    """A join request's GS1 identity: absent, or `MemberGs1.canonical()` bytes (never an
+    empty blob: one request, one encoding)."""
+    if present and not data:
+        raise InvalidTransaction("an empty GS1 identity is written by leaving it out")
+    if data:
+        try:
+            MemberGs1.from_canonical(org, data)
+        except FormatError as exc:
+            raise InvalidTransaction(f"GS1 identity: {exc}") from None
+
+
 def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
     """Parse a join request, member vote or removal proposal. Raises InvalidTransaction."""
     if not segments or segments[0] is None:
@@ -455,6 +478,8 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
             keys = [rd.fixed(32) for _ in range(3)]
             peer, client = rd.text(), rd.text()
             sponsor, sponsorship = rd.text(), rd.fixed(SIGNATURE_BYTES)
+            has_gs1 = not rd.at_end()
+            gs1 = rd.blob() if has_gs1 else b""
             rd.end()
             if len(segments) != 2:
                 raise InvalidTransaction("a join request has 2 segments")
@@ -471,9 +496,11 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("replica id out of range")
             raw = segments[1]
             statement = "" if raw is None else _check_statement(raw)
+            _check_gs1(org, gs1, present=has_gs1)
             return JoinRequest(org, name, replica_id, keys[0], keys[1], keys[2], peer, client,
                                statement, sponsor,
-                               b"" if sponsorship == bytes(SIGNATURE_BYTES) else sponsorship)
+                               b"" if sponsorship == bytes(SIGNATURE_BYTES) else sponsorship,
+                               gs1)
         if kind is TxType.MEMBER_VOTE:
             proposal_id = rd.fixed(DIGEST_BYTES).hex()
             approve, from_epoch, approval = rd.u8(), rd.u32(), rd.fixed(APPROVAL_BYTES)
