@@ -11,59 +11,56 @@ are listed in docs/consensus.md; the main ones:
 - STATUS gossip drives retransmission, so lost messages are recovered without a view change;
 - validator-set changes open a new epoch at a stable checkpoint.
 
-This file is one state machine over one set of variables; it is longer than the project's
-~600-line guide because splitting the protocol's phases across classes that all mutate the same
-state would hide, not remove, that coupling. The pure parts live elsewhere: `viewchange.py`
-(VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests, client table, proofs),
-`slots.py` (per-sequence storage), `pool.py` (pending requests and their limits),
-`catchup.py` (who to ask for state).
+This file is the core: the normal case (4.2: PRE-PREPARE, PREPARE, COMMIT, execution), the epoch
+switch, the timers and the dispatch of events, over the state every phase reads (configuration,
+view, slots, the executed prefix, the stable checkpoint). The other responsibilities are parts the
+replica composes, each a small class holding a reference to it and whatever state only it uses;
+each module's docstring says what of the replica it may touch: `intake.py` (client requests, the
+backup's request timer), `batching.py` (when the primary proposes, and what), `fetch.py` (missing
+batches), `checkpoints.py` (4.3), `views.py` (4.4), `transfer.py` (state transfer), `retransmit.py`
+(answers to STATUS), `monitor.py` (the slow-primary monitor), `future.py` (messages for a later
+view or epoch); `recovery.py` (restart from durable state) is a function the constructor runs once.
+The pure parts: `viewchange.py` (VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests,
+client table, proofs), `slots.py` (per-sequence storage), `pool.py` (pending requests and their
+limits), `catchup.py` (who to ask for state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from consortium.crypto.signing import Signer, Verifier
 from consortium.pbft import codec
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
+from consortium.pbft.batching import Batcher
 from consortium.pbft.catchup import CatchUp
+from consortium.pbft.checkpoints import Checkpoints
+from consortium.pbft.errors import ReplicaBug
+from consortium.pbft.fetch import BatchFetch
+from consortium.pbft.future import FutureBuffer
+from consortium.pbft.intake import RequestIntake
 from consortium.pbft.membership import EpochConfig
+from consortium.pbft.monitor import SlowPrimaryMonitor
 from consortium.pbft.params import ProtocolParams
 from consortium.pbft.pool import RequestPool
-from consortium.pbft.slots import VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
+from consortium.pbft.recovery import ExecutedBatch, Recovered, recover
+from consortium.pbft.retransmit import Retransmission
+from consortium.pbft.slots import VOTE_TYPE, VOTES_PER_SLOT_PER_MEMBER, Slot, VoteKey, header
 from consortium.pbft.state import (
     GENESIS_STATE_DIGEST,
     ClientTable,
     NonceStatus,
     approved_reconfiguration,
     batch_root,
-    checkpoint_quorum,
-    clients_digest,
     next_state_digest,
-    signing_config,
-    snapshot_digest,
-    verify_checkpoint_proof,
-    verify_epoch_history,
     verify_signed,
 )
-from consortium.pbft.viewchange import (
-    new_view_proposals,
-    verify_new_view,
-    verify_view_change,
-)
+from consortium.pbft.transfer import StateTransfer
+from consortium.pbft.views import ViewChanger
 
-FUTURE_BATCHES_BYTES = 8
-"""The future buffer holds at most this many `batch_bytes_max` of messages (PRE-PREPAREs with
-batches are the big ones), besides its count limit `future_messages_max`."""
-LAG_SAMPLES = 64
-"""STATUS arrival lags remembered per member (about half a minute of ticks): the fastest is its
-baseline in the slow-primary monitor."""
-LAG_RECENT = 8
-"""The slow-primary monitor judges the median of a member's last this-many lags."""
+__all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "ReplicaBug"]
 
 
 class ClientRegistry(Protocol):
@@ -80,48 +77,10 @@ class Clock(Protocol):
     def now_ms(self) -> int: ...
 
 
-class ReplicaBug(AssertionError):
-    """An invariant of our own code broke (never raised because of what a peer sent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutedBatch:
-    """A batch the application durably applied, as the driver hands it back on recovery."""
-
-    seq: int
-    pre_prepare: m.SignedMessage
-    """Its proposal header."""
-    certificate: tuple[m.SignedMessage, ...]
-    requests: tuple[m.Request, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """Everything a driver persisted, handed back when a replica restarts."""
-
-    snapshot: m.Snapshot | None = None
-    snapshot_proof: tuple[m.SignedMessage, ...] = ()
-    executed: tuple[ExecutedBatch, ...] = ()
-    messages: tuple[m.SignedMessage, ...] = ()
-
-
 def _durable_proposal(msg: m.SignedMessage,
                       batch: tuple[m.Request, ...] | None) -> m.SignedMessage:
     """A proposal header to persist, with its batch attached when it has requests."""
     return dataclasses.replace(msg, batch=batch) if batch else msg
-
-
-def _with_new_view_pre_prepares(messages: Iterable[m.SignedMessage]
-                                 ) -> Iterable[m.SignedMessage]:
-    """Persisted messages, with the PRE-PREPAREs a NEW-VIEW carries listed after it: for a new
-    primary they are its own signatures, which a restart must honour like any other."""
-    for msg in messages:
-        yield msg
-        if isinstance(msg.body, m.NewView):
-            yield from msg.body.pre_prepares
-
-
-_VOTE_TYPE = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}
 
 
 class Replica:
@@ -159,14 +118,9 @@ class Replica:
 
         self._slots: dict[int, Slot] = {}
         self._next_seq = 1
-        self._last_proposal_ms = 0
-        self._held_for_execution = False
-        """Primary: a partial batch was held because `partial_batches_in_flight_max` batches
-        were in flight; the next execution proposes it without a further batch delay."""
         self.pool = RequestPool(params.pending_requests_max, params.pending_bytes_max,
                                 params.client_pending_bytes_max)
         """Known requests not executed yet (read-only outside the replica)."""
-        self._verified_requests: dict[bytes, None] = {}
 
         self._view_changes: dict[int, dict[int, m.SignedMessage]] = {}
         self._new_view_msg: m.SignedMessage | None = None
@@ -176,39 +130,23 @@ class Replica:
 
         self._timer_tokens: dict[ev.TimerKind, int] = {}
         self._token_counter = 0
-        self._timed_request: tuple[str, int] | None = None
-        self._request_relayed = False
-        self._request_patience_used = 0
-        self._request_progress_mark = 0
-        """last_executed when the request timer was last armed: progress since then earns
-        patience (see ProtocolParams.request_patience)."""
         self._tick = 0
-        self._state_requested_tick = -1
-        self._future: list[m.SignedMessage] = []
-        self._future_bytes = 0
+        self._future = FutureBuffer(params)
         self._catchup = CatchUp(genesis.weak_quorum)
-        self._new_view_sent: dict[int, int] = {}
-        self._state_sent: dict[int, int] = {}
-        self._batches_sent: dict[tuple[int, int], int] = {}
-        """(peer, seq) -> tick of the last batch sent in answer to a BATCH-REQUEST."""
-        self._batch_bytes_sent: dict[int, tuple[int, int]] = {}
-        """peer -> (tick, bytes of batches sent to it in answer to BATCH-REQUESTs that tick):
-        bounded by `batch_answer_bytes_max` per peer per tick."""
-        self._retransmitted: dict[int, tuple[int, bool]] = {}
-        self._lags: dict[int, list[int]] = {}
-        """Each peer's last few STATUS arrival lags (our clock minus its stamp), for the
-        slow-primary monitor."""
-        self._heard_ms: dict[int, int] = {}
-        """When each peer's last STATUS arrived (our clock): a primary that stops sending them
-        (stopped, cut off) is slow by the length of its silence."""
-        self._slow_ticks = 0
-        self._peer_executed: dict[int, int] = {}
-        """Each peer's last_executed in its previous STATUS: a peer that advanced since is
-        catching up by itself and gets no retransmission of batches (they are large)."""
+        # The parts this replica composes (module docstring): each holds the replica and the
+        # state only it uses.
+        self._batcher = Batcher(self)
+        self._fetch = BatchFetch(self)
+        self._intake = RequestIntake(self)
+        self._transfer = StateTransfer(self)
+        self._monitor = SlowPrimaryMonitor(self)
+        self._retransmit = Retransmission(self)
+        self._views = ViewChanger(self)
+        self._checkpoints = Checkpoints(self)
 
         self._out: list[ev.Action] = []
         if recovered is not None:
-            self._recover(recovered)
+            recover(self, recovered)
 
     # ------------------------------------------------------------------------------ interface
 
@@ -249,13 +187,13 @@ class Replica:
         """Arm the initial timers. Call once, after construction or recovery."""
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
         self._try_execute()
-        self._arm_view_change_timer()
-        self._arm_request_timer()
+        self._views.arm_view_change_timer()
+        self._intake.arm_request_timer()
         return self._flush()
 
     def step(self, event: ev.Event) -> list[ev.Action]:
         if isinstance(event, ev.ClientRequest):
-            self._on_client_request(event.request, forwarded=False, retry=event.retry)
+            self._intake.on_client_request(event.request, forwarded=False, retry=event.retry)
         elif isinstance(event, ev.PeerMessage):
             self._on_peer_bytes(event.data)
         elif isinstance(event, ev.TimerFired):
@@ -319,108 +257,14 @@ class Replica:
     def _sign_vote(self, body: m.PrePrepare | m.Prepare | m.Commit) -> m.SignedMessage | None:
         """Sign a vote unless this replica already signed a different digest for the same
         (type, view, seq): the rule that makes equivocation impossible, across restarts too."""
-        key = (_VOTE_TYPE[type(body)], body.epoch, body.view, body.seq)
+        key = (VOTE_TYPE[type(body)], body.epoch, body.view, body.seq)
         previous = self._own.get(key)
         if previous is not None and previous != body.digest:
             return None
         self._own[key] = body.digest
         return self._sign(body)
 
-    # ------------------------------------------------------------------------ client requests
-
-    def _verify_request(self, r: m.Request) -> ev.RejectReason | None:
-        if r.size_bytes > self.params.request_bytes_max:
-            return ev.RejectReason.TOO_LARGE
-        cache_key = r.digest + r.signature
-        if cache_key in self._verified_requests:
-            return None
-        key = self._clients.client_key(r.client_id)
-        if key is None:
-            return ev.RejectReason.UNKNOWN_CLIENT
-        if not self._verifier.verify(key, m.request_signing_bytes(self.chain_id, r.digest),
-                                     r.signature):
-            return ev.RejectReason.BAD_SIGNATURE
-        self._verified_requests[cache_key] = None
-        if len(self._verified_requests) > 4 * self.params.pending_requests_max:
-            del self._verified_requests[next(iter(self._verified_requests))]
-        return None
-
-    def _on_client_request(self, r: m.Request, *, forwarded: bool, retry: bool = False) -> None:
-        if not self.is_member:
-            return
-        reason = self._verify_request(r)
-        if reason is not None:
-            if forwarded:
-                self._fault(None, f"forwarded request rejected: {reason.value}")
-            else:
-                self._out.append(ev.RejectRequest(r, reason))
-            return
-        status, seq = self._client_table.check(r.client_id, r.nonce)
-        if status is NonceStatus.EXECUTED:
-            if not forwarded:
-                self._out.append(ev.AlreadyExecuted(r, seq))
-            return
-        if status is NonceStatus.STALE:
-            if not forwarded:
-                self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
-            return
-        primary = self.is_primary and self.view_active
-        if not primary and not forwarded and not retry and self.view_active:
-            # Clients send to the primary (paper 4.1); a first submission here is redirected,
-            # not relayed: a backup signs no forward per request on the normal path.
-            self._out.append(ev.RejectRequest(r, ev.RejectReason.NOT_PRIMARY, self.primary))
-            return
-        known = r.key in self.pool
-        if not known and not self.pool.add(r, self._tick):
-            if not forwarded:
-                self._out.append(ev.RejectRequest(r, ev.RejectReason.OVERLOADED))
-            return
-        if primary:
-            if r.key not in self.pool.in_flight:
-                self.pool.queue.put(r)
-            self._maybe_propose()
-        elif not forwarded and self.view_active:
-            # A client retrying at a backup suspects the primary: relay the request to it, and
-            # on a second retry to everyone, so every backup starts timing it (paper 4.1).
-            body = m.RequestForward((r,))
-            if known:
-                self._broadcast(self._sign(body))
-            else:
-                self._send(self.primary, self._sign(body))
-        self._arm_request_timer()
-
-    def _arm_request_timer(self) -> None:
-        """Backups time the oldest pending request (paper 4.4): if it does not execute in time,
-        the primary is suspected, even if it keeps executing other clients' requests."""
-        if self.is_primary or not self.view_active or not self.is_member:
-            return
-        self._drop_stale_pending()
-        oldest = self.pool.oldest()
-        if oldest is None:
-            self._timed_request = None
-            self._cancel_timer(ev.TimerKind.REQUEST)
-            return
-        if self._timed_request != oldest or not self._timer_armed(ev.TimerKind.REQUEST):
-            if self._timed_request != oldest:
-                self._request_relayed = False
-                self._request_patience_used = 0
-            self._timed_request = oldest
-            self._request_progress_mark = self.last_executed
-            self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-
-    def _drop_stale_pending(self) -> None:
-        """Requests whose nonce fell out of their client's window (it executed newer ones)
-        can never execute: drop them from the front of the waiting list, telling their
-        client, instead of timing them and suspecting an honest primary."""
-        while True:
-            key = self.pool.oldest()
-            if key is None or self._client_table.check(*key)[0] is not NonceStatus.STALE:
-                return
-            r = self.pool.remove(key)
-            assert r is not None
-            self._out.append(ev.RejectRequest(r, ev.RejectReason.STALE))
-
-    # ------------------------------------------------------------------------ primary: batching
+    # -------------------------------------------------------------- watermarks, proposals
 
     def _epoch_limit(self) -> int:
         """Highest sequence number the current epoch may order."""
@@ -431,71 +275,12 @@ class Replica:
     def _high_watermark(self) -> int:
         return min(self.stable_seq + self.params.log_window, self._epoch_limit())
 
-    def _maybe_propose(self, *, force: bool = False) -> None:
-        """Paper 4.2: the primary assigns sequence numbers to batches, keeping at most
-        `pipeline_depth` batches in flight and never passing the high watermark.
-
-        Adaptive batching: with nothing in flight a request is proposed at once (a quiet
-        consortium answers fast); while batches are in flight a partial batch waits up to
-        `batch_delay_ms` to fill, and beyond `partial_batches_in_flight_max` it waits for an
-        execution (Nagle-style), so a busy consortium forms big batches; a full batch never
-        waits."""
-        p = self.params
-        queue = self.pool.queue
-        while (self.is_primary and self.view_active and queue
-               and self._next_seq <= self._high_watermark()
-               and self._next_seq - 1 - self.last_executed < p.pipeline_depth):
-            full = len(queue) >= p.batch_requests_max or queue.bytes > p.batch_bytes_max
-            in_flight = self._next_seq - 1 - self.last_executed
-            if not full:
-                if in_flight >= min(p.partial_batches_in_flight_max, p.pipeline_depth):
-                    # The next execution proposes what has accumulated by then.
-                    self._held_for_execution = True
-                    return
-                if in_flight > 0 and not force and not self._held_for_execution \
-                        and p.batch_delay_ms > 0:
-                    if not self._timer_armed(ev.TimerKind.BATCH):
-                        self._set_timer(ev.TimerKind.BATCH, p.batch_delay_ms)
-                    return
-            batch: list[m.Request] = []
-            size = 0
-            for r in queue.values():
-                if len(batch) >= p.batch_requests_max or size + r.size_bytes > p.batch_bytes_max:
-                    break
-                batch.append(r)
-                size += r.size_bytes
-            if not batch:  # one request larger than batch_bytes_max: refused at entry
-                raise ReplicaBug("queued request exceeds the batch size limit")
-            self._propose(tuple(batch))
-            force = False
-            self._held_for_execution = False
-        if not queue:
-            self._held_for_execution = False
-            self._cancel_timer(ev.TimerKind.BATCH)
-            self._fill_to_epoch_boundary()
-
-    def _fill_to_epoch_boundary(self) -> None:
-        """A validator-set change takes effect at a checkpoint: with no client traffic to fill
-        the sequence numbers up to it, the primary fills them with empty batches, so that the
-        change never waits for traffic."""
-        pending = self.pending_reconfiguration
-        while (pending is not None and self.is_primary and self.view_active
-               and not self.pool.queue
-               and self._next_seq <= min(pending.effective_seq, self._high_watermark())
-               and self._next_seq - 1 - self.last_executed < self.params.pipeline_depth):
-            self._propose(())
-
-    def _proposal_time(self) -> int:
-        """The primary's timestamp for its next proposal: its clock, never going backwards."""
-        if self._clock is None:
-            return 0
-        self._last_proposal_ms = max(self._last_proposal_ms, self._clock.now_ms())
-        return self._last_proposal_ms
-
     def _propose(self, batch: tuple[m.Request, ...]) -> None:
+        """Primary: sign, persist and send a PRE-PREPARE for `batch` at the next sequence
+        number (`Batcher` decides when, and what the batch holds)."""
         seq = self._next_seq
         body = m.PrePrepare(self.config.epoch, self.view, seq, batch_root(batch), len(batch),
-                            self._proposal_time())
+                            self._batcher.proposal_time())
         msg = self._sign_vote(body)
         if msg is None:
             raise ReplicaBug(f"primary already signed another batch for view {self.view} "
@@ -530,32 +315,17 @@ class Replica:
             return b.epoch
         return None
 
-    def _buffer_future(self, msg: m.SignedMessage) -> None:
-        """Bounded by count and by bytes (a buffered PRE-PREPARE may carry its batch)."""
-        size = len(msg.wire) + (0 if msg.batch is None else
-                                sum(r.size_bytes for r in msg.batch))
-        limit = FUTURE_BATCHES_BYTES * self.params.batch_bytes_max
-        self._future.append(msg)
-        self._future_bytes += size
-        while self._future and (len(self._future) > self.params.future_messages_max
-                                or self._future_bytes > limit):
-            old = self._future.pop(0)
-            self._future_bytes -= len(old.wire) + (0 if old.batch is None else
-                                                   sum(r.size_bytes for r in old.batch))
-
     def _replay_future(self) -> None:
-        future, self._future = self._future, []
-        self._future_bytes = 0
-        for msg in future:
+        for msg in self._future.take():
             self._on_signed(msg)
 
     def _on_signed(self, msg: m.SignedMessage) -> None:
         b = msg.body
         if isinstance(b, m.StateResponse):
-            self._on_state_response(msg.sender, b)  # self-certifying: checked against proofs
+            self._transfer.on_state_response(msg.sender, b)  # self-certifying: proofs checked
             return
         if isinstance(b, m.Status) and not self.config.is_member(msg.sender):
-            self._on_former_member_status(msg, b)
+            self._transfer.on_former_member_status(msg, b)
             return
         epoch = self._message_epoch(b)
         verified = verify_signed(msg, self.config, self.chain_id, self._verifier)
@@ -563,7 +333,7 @@ class Replica:
             # Only a sender we can authenticate now may fill the buffer (a member that joins
             # with the new epoch is heard again through retransmission once we switch).
             if verified:
-                self._buffer_future(msg)
+                self._future.add(msg)
             return
         if not verified:
             self._fault(msg.sender, f"{type(b).__name__} with a bad signature or from a "
@@ -580,20 +350,21 @@ class Replica:
         elif isinstance(b, m.Commit):
             self._on_commit(msg, b)
         elif isinstance(b, m.Checkpoint):
-            self._on_checkpoint(msg, b)
+            self._checkpoints.on_checkpoint(msg, b)
         elif isinstance(b, m.ViewChange):
-            self._on_view_change(msg, b)
+            self._views.on_view_change(msg, b)
         elif isinstance(b, m.NewView):
-            self._on_new_view(msg)
+            self._views.on_new_view(msg)
         elif isinstance(b, m.Status):
-            self._on_status(msg.sender, b)
+            self._monitor.heard(msg.sender, b)
+            self._retransmit.on_status(msg.sender, b)
         elif isinstance(b, m.RequestForward):
             for r in b.requests[: self.params.batch_requests_max]:
-                self._on_client_request(r, forwarded=True)
+                self._intake.on_client_request(r, forwarded=True)
         elif isinstance(b, m.StateRequest):
-            self._on_state_request(msg.sender, b)
+            self._transfer.on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
-            self._on_batch_request(msg.sender, b)
+            self._fetch.on_batch_request(msg.sender, b)
 
     def _in_window(self, seq: int) -> bool:
         return self.stable_seq < seq <= self._high_watermark()
@@ -650,7 +421,7 @@ class Replica:
                 self._fault(msg.sender, f"oversized batch at seq {b.seq}")
                 return False
             for r in requests:
-                if self._verify_request(r) is not None:
+                if self._intake.verify_request(r) is not None:
                     self._fault(msg.sender, f"batch at seq {b.seq} carries an invalid request")
                     return False
         # A vouched batch always fits, like the adopted one: an equivocating primary may have
@@ -679,7 +450,7 @@ class Replica:
             self._fault(msg.sender, f"pre-prepare for view {b.view} from a non-primary")
             return
         if b.view > self.view or (b.view == self.view and not self.view_active):
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         slot = self._slot(b.seq)
         if b.view < self.view or (slot.pre_prepare is not None and slot.view == b.view):
@@ -703,7 +474,7 @@ class Replica:
                 self._try_execute()
             return
         if msg.batch is None and not (b.count == 0 or b.root in slot.batches):
-            self._ask_batch(slot, b.digest, (msg.sender,))
+            self._fetch.ask_batch(slot, b.digest, (msg.sender,))
             return
         if not self._accept_batch(msg, b, adopt=True):
             return
@@ -725,7 +496,7 @@ class Replica:
             self._out.append(ev.Persist((_durable_proposal(msg, slot.batches.get(b.root)),
                                          prepare)))
             self._broadcast(prepare)
-        self._arm_request_timer()
+        self._intake.arm_request_timer()
         self._check_prepared(slot)
 
     def _adopted_contents(self, slot: Slot) -> None:
@@ -767,7 +538,7 @@ class Replica:
             self._fault(msg.sender, "the primary sent a PREPARE")
             return
         if b.view > self.view or (b.view == self.view and not self.view_active):
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         if b.view < self.view:
             return
@@ -802,84 +573,11 @@ class Replica:
         if b.seq <= self.last_executed or not self._in_window(b.seq):
             return
         if b.view > self.view:
-            self._buffer_future(msg)
+            self._future.add(msg)
             return
         slot = self._slot(b.seq)
         if self._store_vote(slot, slot.commits, msg, b):
             self._try_execute()
-
-    # -------------------------------------------------------------------------- batch fetch
-
-    def _ask_batch(self, slot: Slot, digest: bytes, candidates: Iterable[int]) -> None:
-        """Ask one peer for the batch behind `digest`: the first candidate not asked yet in this
-        round (candidates first, then the other peers), so a silent peer is not asked again
-        before every other one was."""
-        preferred = [p for p in dict.fromkeys(candidates) if p != self.id and
-                     self.config.is_member(p)]
-        peers = preferred + [p for p in self._peers() if p not in preferred]
-        if not peers:
-            return
-        fresh = [p for p in peers if p not in slot.fetch_asked]
-        if not fresh:
-            slot.fetch_asked.clear()
-            fresh = peers
-        peer = fresh[0]
-        slot.fetch_asked.add(peer)
-        slot.fetch_attempts += 1
-        self._send(peer, self._sign(m.BatchRequest(self.config.epoch, slot.seq, digest)))
-
-    def _missing_batch(self, slot: Slot) -> tuple[bytes, list[int]] | None:
-        """The digest whose batch this slot needs to execute (a commit certificate's, else the
-        adopted proposal's) and who should hold it, if its contents are missing."""
-        counts: dict[tuple[int, bytes], list[int]] = {}
-        for (view, sender, digest) in slot.commits:
-            counts.setdefault((view, digest), []).append(sender)
-        for (_view, digest), senders in counts.items():
-            if len(senders) >= self.config.quorum and not slot.has_contents(digest):
-                return digest, senders
-        if slot.pre_prepare is not None:
-            digest = header(slot.pre_prepare).digest
-            if not slot.has_contents(digest):
-                voters = [s for (_v, s, d) in (*slot.prepares, *slot.commits) if d == digest]
-                return digest, [slot.pre_prepare.sender, *voters]
-        return None
-
-    def _fetch_missing_batches(self) -> None:
-        """Each STATUS tick: ask for the batches the next sequence numbers need."""
-        asked = 0
-        for seq in sorted(self._slots):
-            if asked >= self.params.batch_fetch_seqs_max:
-                return
-            if seq <= self.last_executed:
-                continue
-            slot = self._slots[seq]
-            missing = self._missing_batch(slot)
-            if missing is not None:
-                self._ask_batch(slot, missing[0], missing[1])
-                asked += 1
-
-    def _on_batch_request(self, sender: int, b: m.BatchRequest) -> None:
-        """Answer with a proposal header for that digest and its batch, at most once per peer
-        and sequence number per tick, and for at most `batch_answer_bytes_max` bytes per peer
-        per tick."""
-        slot = self._slots.get(b.seq)
-        if slot is None or self._batches_sent.get((sender, b.seq)) == self._tick:
-            return
-        requests = slot.contents(b.digest)
-        msg = slot.header_for(b.digest)
-        if requests is None or msg is None:
-            return
-        tick, used = self._batch_bytes_sent.get(sender, (self._tick, 0))
-        if tick != self._tick:
-            used = 0
-        if used >= self.params.batch_answer_bytes_max:
-            return  # a small request must not buy a window of full batches every tick
-        self._batches_sent[(sender, b.seq)] = self._tick
-        if len(self._batches_sent) > 4 * self.params.log_window * max(1, self.config.n):
-            self._batches_sent = {k: t for k, t in self._batches_sent.items()
-                                  if t >= self._tick - 1}
-        used += self._send_with_batch((sender,), msg, requests)
-        self._batch_bytes_sent[sender] = (self._tick, used)
 
     # ---------------------------------------------------------------------------- execution
 
@@ -902,9 +600,9 @@ class Replica:
                 return
             cert = self._commit_certificate(slot)
             if cert is None:
-                missing = self._missing_batch(slot)
+                missing = self._fetch.missing_batch(slot)
                 if missing is not None and slot.fetch_attempts == 0:
-                    self._ask_batch(slot, missing[0], missing[1])  # then once per tick
+                    self._fetch.ask_batch(slot, missing[0], missing[1])  # then once per tick
                 return
             view, digest, commits = cert
             requests = slot.contents(digest)
@@ -940,12 +638,13 @@ class Replica:
         if seq % self.params.checkpoint_interval == 0 or (
                 self.pending_reconfiguration is not None
                 and seq == self.pending_reconfiguration.effective_seq):
-            self._take_checkpoint(seq, replay=replay)
+            self._checkpoints.take_checkpoint(seq, replay=replay)
         if not replay:
-            if self._timed_request is not None and self._timed_request not in self.pool:
+            timed = self._intake.timed_request
+            if timed is not None and timed not in self.pool:
                 self._cancel_timer(ev.TimerKind.REQUEST)
-            self._arm_request_timer()
-            self._maybe_propose()
+            self._intake.arm_request_timer()
+            self._batcher.maybe_propose()
 
     def _apply_reconfiguration(self, r: m.Request, seq: int) -> bool:
         """A validator-set change takes effect at the first checkpoint at or after `seq`, for
@@ -968,79 +667,7 @@ class Replica:
         for r in slot.all_requests():
             self.pool.release(r, requeue=self.is_primary)
 
-    # -------------------------------------------------------------------- checkpoints (4.3)
-
-    def _take_checkpoint(self, seq: int, *, replay: bool) -> None:
-        records = self._epoch_records
-        pending = self.pending_reconfiguration
-        if pending is not None and pending.effective_seq == seq:
-            entries = self._client_table.entries()
-            opened = m.EpochRecord(self.config.epoch + 1, seq, pending.members,
-                                   self.state_digest, clients_digest(entries), ())
-            records = (*records, opened)
-            pending = None
-        snap = m.Snapshot(seq, self.state_digest, records, self._client_table.entries(), pending)
-        self._snapshots[seq] = snap
-        digest = snapshot_digest(self.genesis, snap)
-        vote = self._sign(m.Checkpoint(self.config.epoch, seq, digest))
-        self._checkpoint_votes.setdefault(seq, {})[self.id] = vote
-        if not replay:
-            self._broadcast(vote)
-        self._check_stable(seq, digest)
-
-    def _on_checkpoint(self, msg: m.SignedMessage, b: m.Checkpoint) -> None:
-        if b.seq <= self.stable_seq or b.seq > self.stable_seq + 4 * self.params.log_window:
-            return
-        if b.seq not in self._checkpoint_votes and len(self._checkpoint_votes) > 4 * (
-                self.params.log_window // self.params.checkpoint_interval) + 4:
-            return  # bounded: far-future checkpoints wait for retransmission
-        votes = self._checkpoint_votes.setdefault(b.seq, {})
-        if msg.sender in votes:
-            return
-        votes[msg.sender] = msg
-        self._check_stable(b.seq, b.digest)
-
-    def _check_stable(self, seq: int, digest: bytes) -> None:
-        votes = [v for v in self._checkpoint_votes.get(seq, {}).values()
-                 if isinstance(v.body, m.Checkpoint) and v.body.digest == digest]
-        if len(votes) < self.config.quorum or seq <= self.stable_seq:
-            return
-        # A quorum exactly (more may have arrived before our own vote): what VIEW-CHANGEs and
-        # state responses carry stays within their size bounds.
-        proof = tuple(sorted(votes, key=lambda v: v.sender))[: self.config.quorum]
-        own = self._snapshots.get(seq)
-        if own is not None:
-            if snapshot_digest(self.genesis, own) != digest:
-                raise ReplicaBug(f"a quorum certified a different state at checkpoint {seq}")
-            self._make_stable(own, proof)
-        elif seq > self.last_executed:
-            self._catchup.prove(seq, tuple(v.sender for v in proof))
-
-    def _make_stable(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...]) -> None:
-        """The checkpoint is stable: garbage-collect the log below it (paper 4.3) and, at an
-        epoch boundary, switch to the new validator set."""
-        boundary = bool(snap.epochs) and snap.epochs[-1].start_seq == snap.seq and \
-            snap.epochs[-1].epoch == self.config.epoch + 1
-        if boundary:
-            last = snap.epochs[-1]
-            proven = dataclasses.replace(last, proof=proof)
-            snap = dataclasses.replace(snap, epochs=(*snap.epochs[:-1], proven))
-        self.stable_seq = snap.seq
-        self._stable_proof = proof
-        self._stable_snapshot = snap
-        for s in [s for s in self._slots if s <= snap.seq]:
-            del self._slots[s]
-        for s in [s for s in self._snapshots if s <= snap.seq]:
-            del self._snapshots[s]
-        for s in [s for s in self._checkpoint_votes if s <= snap.seq]:
-            del self._checkpoint_votes[s]
-        self._own = {k: d for k, d in self._own.items()
-                     if k[3] > snap.seq and k[1] >= self.config.epoch}
-        self._batches_sent = {k: t for k, t in self._batches_sent.items() if k[1] > snap.seq}
-        self._out.append(ev.PersistSnapshot(snap, proof))
-        if boundary:
-            self._enter_epoch(snap)
-        self._maybe_propose()
+    # ------------------------------------------------------------------------ epoch change
 
     def _enter_epoch(self, snap: m.Snapshot) -> None:
         last = snap.epochs[-1]
@@ -1075,282 +702,18 @@ class Replica:
 
     def _after_leader_change(self) -> None:
         """New primary (view or epoch change): hand it every pending request."""
-        self._slow_ticks = 0
-        if self._clock is not None:  # its silence counts from now
-            self._heard_ms[self.primary] = self._clock.now_ms()
+        self._monitor.leader_changed()
         self.pool.queue.clear()
         if self.is_primary:
             self.pool.requeue_all()
             self._cancel_timer(ev.TimerKind.REQUEST)
-            self._timed_request = None
-            self._maybe_propose()
+            self._intake.timed_request = None
+            self._batcher.maybe_propose()
         else:
-            self._forward_pending(waited_only=False)
+            self._intake.forward_pending(waited_only=False)
             self._cancel_timer(ev.TimerKind.REQUEST)
-            self._arm_request_timer()
+            self._intake.arm_request_timer()
         self._replay_future()
-
-    def _forward_pending(self, *, waited_only: bool) -> None:
-        """Relay pending requests to the primary; with `waited_only`, only those that have
-        already waited a full status tick (their first forward may have been lost). One
-        forward carries at most a batch's worth (count and bytes)."""
-        if not self.is_member or self.is_primary:
-            return
-        batch: list[m.Request] = []
-        size = 0
-        for key, r, tick in self.pool.items():
-            if key in self.pool.in_flight or (waited_only and tick >= self._tick - 1):
-                continue
-            if len(batch) >= self.params.batch_requests_max or \
-                    size + r.size_bytes > self.params.batch_bytes_max:
-                break
-            batch.append(r)
-            size += r.size_bytes
-        if batch:
-            self._send(self.primary, self._sign(m.RequestForward(tuple(batch))))
-
-    # ----------------------------------------------------------------------- state transfer
-
-    def _request_state(self, holders: Iterable[int]) -> None:
-        """Ask holders for a stable checkpoint above our state (at most once per tick)."""
-        if self._state_requested_tick == self._tick:
-            return
-        targets = self._catchup.next_holders(tuple(h for h in holders if h != self.id))
-        if not targets:
-            return
-        self._state_requested_tick = self._tick
-        msg = self._sign(m.StateRequest(self.last_executed))
-        for holder in targets:
-            self._send(holder, msg)
-
-    def _on_state_request(self, sender: int, b: m.StateRequest) -> None:
-        snap = self._stable_snapshot
-        if snap is None or snap.seq <= b.after_seq or self._state_sent.get(sender) == self._tick:
-            return
-        self._state_sent[sender] = self._tick
-        self._send(sender, self._sign(m.StateResponse(snap, self._stable_proof)))
-
-    def _on_state_response(self, sender: int, b: m.StateResponse) -> None:
-        snap = b.snapshot
-        if snap.seq <= self.last_executed:
-            return
-        configs = verify_epoch_history(self.genesis, snap.epochs, self.chain_id, self._verifier)
-        if configs is None:
-            self._fault(sender, "state response with an unverifiable epoch history")
-            return
-        signer_config = signing_config(configs, snap.seq)
-        try:
-            digest = snapshot_digest(self.genesis, snap)
-        except ValueError as exc:  # e.g. a pending member list that is no valid validator set
-            self._fault(sender, f"state response with a malformed snapshot: {exc}")
-            return
-        if not verify_checkpoint_proof(b.proof, signer_config, snap.seq, digest, self.chain_id,
-                                       self._verifier):
-            self._fault(sender, f"state response for seq {snap.seq} without a valid proof")
-            return
-        proof = checkpoint_quorum(b.proof, signer_config, snap.seq, digest, self.chain_id,
-                                  self._verifier)
-        self._install_snapshot(snap, proof, configs[-1])
-
-    def _install_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...],
-                          config: EpochConfig) -> None:
-        epoch_changed = config.epoch != self.config.epoch
-        self.last_executed = snap.seq
-        self.state_digest = snap.state_digest
-        self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
-                                                      snap.clients)
-        self.pending_reconfiguration = snap.pending
-        self.stable_seq = snap.seq
-        self._stable_proof = proof
-        self._stable_snapshot = snap
-        self._epoch_records = snap.epochs
-        for s in [s for s in self._slots if s <= snap.seq]:
-            self._drop_slot(s)
-        self._snapshots = {s: v for s, v in self._snapshots.items() if s > snap.seq}
-        self._checkpoint_votes = {s: v for s, v in self._checkpoint_votes.items()
-                                  if s > snap.seq}
-        self._next_seq = max(self._next_seq, snap.seq + 1)
-        for key, _r, _t in list(self.pool.items()):
-            if self._client_table.check(*key)[0] is not NonceStatus.FRESH:
-                self.pool.remove(key)
-        self._out.append(ev.InstallSnapshot(snap, proof))
-        self._out.append(ev.PersistSnapshot(snap, proof))
-        if epoch_changed:
-            self.config = config
-            self._forget_epoch_state()
-            self._next_seq = snap.seq + 1
-            self._reset_view_for_epoch()
-            self._after_leader_change()
-        else:
-            self._try_execute()
-            self._arm_request_timer()
-            self._maybe_propose()
-            self._replay_future()
-
-    # ------------------------------------------------------------------------ view change (4.4)
-
-    def _view_change_timeout_ms(self) -> int:
-        base = self.params.view_change_timeout_ms << min(self._view_change_attempts, 16)
-        return min(base, self.params.view_change_timeout_max_ms)
-
-    def _prepared_proofs(self) -> tuple[m.PreparedProof, ...]:
-        """For each sequence above the stable checkpoint, the proof of the highest view in which
-        this replica saw the batch prepared (or committed): headers and votes only."""
-        proofs = []
-        quorum = self.config.quorum
-        for seq in sorted(self._slots):
-            slot = self._slots[seq]
-            for view, digest in sorted(slot.proposals, reverse=True):
-                pp_msg = slot.proposals[(view, digest)]
-                primary = self.config.primary(view)
-                prepares = [p for p in slot.votes(slot.prepares, view, digest)
-                            if p.sender != primary]
-                commits = slot.votes(slot.commits, view, digest)
-                if len(prepares) >= quorum - 1:
-                    proofs.append(m.PreparedProof(pp_msg, tuple(prepares[: quorum - 1])))
-                    break
-                if len(commits) >= quorum:
-                    proofs.append(m.PreparedProof(pp_msg, tuple(commits[:quorum])))
-                    break
-        return tuple(proofs)
-
-    def _start_view_change(self, new_view: int) -> None:
-        if new_view <= self.view or not self.is_member:
-            return
-        self.view = new_view
-        self.view_active = False
-        self._new_view_msg = None
-        self._cancel_timer(ev.TimerKind.REQUEST)
-        self._cancel_timer(ev.TimerKind.BATCH)
-        self._timed_request = None
-        stable_proof = () if self.stable_seq == self.config.start_seq else self._stable_proof
-        vc = self._sign(m.ViewChange(self.config.epoch, new_view, self.stable_seq, stable_proof,
-                                     self._prepared_proofs()))
-        self._view_changes.setdefault(new_view, {})[self.id] = vc
-        self._out.append(ev.Persist((vc,)))
-        self._broadcast(vc)
-        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
-        self._arm_view_change_timer()
-        self._maybe_send_new_view()
-        self._replay_future()
-
-    def _arm_view_change_timer(self) -> None:
-        """Paper 4.5.2: the timer for the new view starts once 2f+1 replicas (this one
-        included) want it, so that a replica alone in suspecting the primary does not climb
-        views by itself."""
-        if self.view_active or self._timer_armed(ev.TimerKind.VIEW_CHANGE):
-            return
-        if len(self._view_changes.get(self.view, {})) >= self.config.quorum:
-            self._set_timer(ev.TimerKind.VIEW_CHANGE, self._view_change_timeout_ms())
-
-    def _on_view_change(self, msg: m.SignedMessage, b: m.ViewChange) -> None:
-        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
-            # A peer is behind us: help it by resending our NEW-VIEW.
-            if b.new_view <= self.view:
-                self._resend_new_view(msg.sender)
-            return
-        if b.new_view > self.view + 64 * self.config.n:
-            return  # absurdly far ahead: ignore rather than store
-        bucket = self._view_changes.setdefault(b.new_view, {})
-        if msg.sender in bucket:
-            return
-        if verify_view_change(msg, self.config, self.chain_id, self._verifier,
-                              self.params.log_window) is None:
-            self._fault(msg.sender, f"invalid VIEW-CHANGE for view {b.new_view}")
-            return
-        bucket[msg.sender] = msg
-        # Paper 4.5.2 liveness: join once f+1 replicas want a higher view.
-        higher = {s for v, vcs in self._view_changes.items() if v > self.view for s in vcs}
-        if len(higher) >= self.config.weak_quorum:
-            self._start_view_change(min(v for v, vcs in self._view_changes.items()
-                                        if v > self.view and vcs))
-        self._arm_view_change_timer()
-        self._maybe_send_new_view()
-
-    def _maybe_send_new_view(self) -> None:
-        if self.view_active or self.config.primary(self.view) != self.id:
-            return
-        vcs = self._view_changes.get(self.view, {})
-        if self.id not in vcs or len(vcs) < self.config.quorum:
-            return
-        chosen = [vcs[self.id]] + [vcs[s] for s in sorted(vcs) if s != self.id]
-        # Sorted by sender, as carried in the NEW-VIEW: backups recompute the proposals over
-        # exactly this order, so ties between equal (view, digest) entries resolve alike.
-        chosen = sorted(chosen[: self.config.quorum], key=lambda c: c.sender)
-        bodies = [vc.body for vc in chosen if isinstance(vc.body, m.ViewChange)]
-        if len(bodies) != len(chosen):
-            raise ReplicaBug("a stored VIEW-CHANGE has another body type")
-        _, proposals = new_view_proposals(bodies)
-        pre_prepares = []
-        for p in proposals:
-            pp = self._sign_vote(m.PrePrepare(self.config.epoch, self.view, p.seq, p.root,
-                                              p.count, p.timestamp_ms))
-            if pp is None:
-                raise ReplicaBug(f"already pre-prepared seq {p.seq} in view {self.view}")
-            pre_prepares.append(pp)
-        nv = self._sign(m.NewView(self.config.epoch, self.view, tuple(chosen),
-                                  tuple(pre_prepares)))
-        self._out.append(ev.Persist((nv,)))
-        self._broadcast(nv)
-        self._install_new_view(nv)
-
-    def _on_new_view(self, msg: m.SignedMessage) -> None:
-        b = msg.body
-        assert isinstance(b, m.NewView)
-        if b.new_view < self.view or (b.new_view == self.view and self.view_active):
-            return
-        if verify_new_view(msg, self.config, self.chain_id, self._verifier,
-                           self.params.log_window) is None:
-            self._fault(msg.sender, f"invalid NEW-VIEW for view {b.new_view}")
-            return
-        self._out.append(ev.Persist((msg,)))
-        self._install_new_view(msg)
-
-    def _install_new_view(self, nv_msg: m.SignedMessage) -> None:
-        nv = nv_msg.body
-        assert isinstance(nv, m.NewView)
-        vcs = [vc.body for vc in nv.view_changes if isinstance(vc.body, m.ViewChange)]
-        min_s = max(vc.stable_seq for vc in vcs)
-        self.view = nv.new_view
-        self.view_active = True
-        self._new_view_msg = nv_msg
-        self._cancel_timer(ev.TimerKind.VIEW_CHANGE)
-        self._view_changes = {v: s for v, s in self._view_changes.items() if v > self.view}
-        if min_s > self.stable_seq:
-            holder = next(vc for vc in nv.view_changes
-                          if isinstance(vc.body, m.ViewChange) and vc.body.stable_seq == min_s)
-            body = holder.body
-            assert isinstance(body, m.ViewChange)
-            own = self._snapshots.get(min_s)
-            proof = body.stable_proof
-            if own is not None and proof and isinstance(proof[0].body, m.Checkpoint) and \
-                    snapshot_digest(self.genesis, own) == proof[0].body.digest:
-                self._make_stable(own, checkpoint_quorum(
-                    proof, self.config, min_s, proof[0].body.digest, self.chain_id,
-                    self._verifier))
-            elif min_s > self.last_executed:
-                holders = tuple(s.sender for s in proof) or (holder.sender,)
-                self._catchup.prove(min_s, holders)
-                self._request_state(holders)
-        max_s = max((pp.body.seq for pp in nv.pre_prepares if isinstance(pp.body, m.PrePrepare)),
-                    default=min_s)
-        for s in [s for s in self._slots if s > max_s]:
-            self._drop_slot(s)
-        self._next_seq = max(max_s, self.last_executed) + 1
-        self.pool.in_flight.clear()
-        self._out.append(ev.ViewEntered(self.view, self.primary))
-        for pp_msg in nv.pre_prepares:
-            pp = pp_msg.body
-            assert isinstance(pp, m.PrePrepare)
-            if pp.seq <= self.last_executed or not self._in_window(pp.seq):
-                continue
-            slot = self._slot(pp.seq)
-            self._adopt_pre_prepare(slot, pp_msg, pp)
-            if not slot.has_contents(pp.digest):
-                self._ask_batch(slot, pp.digest,
-                                [vc.sender for vc in nv.view_changes] + [nv_msg.sender])
-        self._after_leader_change()
-        self._try_execute()
 
     # ---------------------------------------------------------------------------- timers
 
@@ -1359,292 +722,28 @@ class Replica:
             return  # stale: re-armed or cancelled since
         del self._timer_tokens[kind]
         if kind is ev.TimerKind.BATCH:
-            self._maybe_propose(force=True)
+            self._batcher.maybe_propose(force=True)
         elif kind is ev.TimerKind.REQUEST:
-            self._on_request_timer()
+            self._intake.on_request_timer()
         elif kind is ev.TimerKind.VIEW_CHANGE:
             if not self.view_active:
                 self._view_change_attempts += 1
-                self._start_view_change(self.view + 1)
+                self._views.start_view_change(self.view + 1)
         elif kind is ev.TimerKind.STATUS:
             self._on_status_tick()
-
-    def _on_request_timer(self) -> None:
-        timed = self._timed_request
-        if timed is not None and self._client_table.check(*timed)[0] is NonceStatus.STALE:
-            self._arm_request_timer()  # it can never execute: time the next one
-        elif timed in self.pool and self.view_active:
-            if (self.last_executed > self._request_progress_mark
-                    and self._request_patience_used < self.params.request_patience):
-                # The primary is executing batches: a deep queue drains, give it time
-                # (and do not flood peers with relays of requests it is getting to).
-                self._request_patience_used += 1
-                self._request_progress_mark = self.last_executed
-                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-            elif not self._request_relayed:
-                # First expiry without progress: the other backups may never have seen
-                # these requests (a client reaches one validator). Relay them to everyone,
-                # as the paper's client retransmission does, so that all backups time
-                # them; vote for a view change only if they still wait one more period. A
-                # replica that is merely slow thus does not leave the group alone.
-                self._request_relayed = True
-                waiting: list[m.Request] = []
-                size = 0
-                for _key, r, _tick in self.pool.items():
-                    if len(waiting) >= self.params.batch_requests_max or \
-                            size + r.size_bytes > self.params.batch_bytes_max:
-                        break
-                    waiting.append(r)
-                    size += r.size_bytes
-                self._broadcast(self._sign(m.RequestForward(tuple(waiting))))
-                self._request_progress_mark = self.last_executed
-                self._set_timer(ev.TimerKind.REQUEST, self.params.request_timeout_ms)
-            else:
-                self._start_view_change(self.view + 1)
 
     def _on_status_tick(self) -> None:
         self._tick += 1
         target, holders = self._catchup.target(self.last_executed)
         if target > self.last_executed:
-            self._request_state(holders)
+            self._transfer.request_state(holders)
         if self.is_member or self.last_executed == 0:
             status = self._sign(m.Status(self.config.epoch, self.view, self.view_active,
                                          self.last_executed, self.stable_seq,
                                          0 if self._clock is None else self._clock.now_ms()))
             self._broadcast(status)
-        self._watch_primary()
+        self._monitor.watch_primary()
         if self.view_active:
-            self._forward_pending(waited_only=True)
-        self._fetch_missing_batches()
+            self._intake.forward_pending(waited_only=True)
+        self._fetch.fetch_missing_batches()
         self._set_timer(ev.TimerKind.STATUS, self.params.status_interval_ms)
-
-    # ------------------------------------------------------------------- status: retransmission
-
-    def _watch_primary(self) -> None:
-        """The slow-primary monitor (see ProtocolParams.slow_primary_lag_ms).
-
-        A member's delay is how much later than its fastest STATUS of the last `LAG_SAMPLES`
-        its recent STATUS messages arrive: measured against its own best, a constant clock
-        offset between it and us cancels out (clocks may differ by up to `clock_skew_ms_max`;
-        an offset must not make an honest primary look slow). A primary that falls silent (it
-        sends a STATUS every tick, busy or idle) is as late as its silence is long, so a stopped
-        or cut-off primary is replaced in a few ticks, without waiting for a client's request to
-        time out."""
-        limit = self.params.slow_primary_lag_ms
-        if (limit == 0 or self._clock is None or self.is_primary or not self.view_active
-                or not self.is_member):
-            self._slow_ticks = 0
-            return
-        now = self._clock.now_ms()
-
-        def delay(peer: int) -> int | None:
-            lags = self._lags.get(peer, [])
-            heard = self._heard_ms.get(peer)
-            silence = 0 if heard is None else now - heard - self.params.status_interval_ms
-            if len(lags) < 3:
-                return silence if silence > 0 else None
-            recent = sorted(lags[-LAG_RECENT:])
-            return max(recent[len(recent) // 2] - min(lags), silence)
-        lag = delay(self.primary)
-        others = [d for p in self.config.replica_ids
-                  if p not in (self.primary, self.id) and (d := delay(p)) is not None]
-        if lag is None or not others:
-            self._slow_ticks = 0
-            return
-        usual = sorted(others)[len(others) // 2]
-        if lag >= limit and lag >= 4 * max(usual, 0) + 100:
-            self._slow_ticks += 1
-        else:
-            self._slow_ticks = 0
-        if self._slow_ticks >= self.params.slow_primary_ticks:
-            self._fault(self.primary, f"primary {self.primary} is slow: its STATUS arrives "
-                                      f"{lag} ms later than its best, the others' {usual} ms")
-            self._slow_ticks = 0
-            self._lags.pop(self.primary, None)
-            self._start_view_change(self.view + 1)
-
-    def _on_status(self, sender: int, b: m.Status) -> None:
-        """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
-        if self._clock is not None:
-            self._heard_ms[sender] = self._clock.now_ms()
-        if b.sent_ms and self._clock is not None:
-            lags = self._lags.setdefault(sender, [])
-            lags.append(self._clock.now_ms() - b.sent_ms)
-            del lags[:-LAG_SAMPLES]
-        if b.epoch >= self.config.epoch:
-            self._catchup.claim(sender, b.stable_seq)
-        if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
-            return  # it is ahead of us: our tick decides whether enough members say so
-        if b.epoch < self.config.epoch:
-            return
-        if b.last_executed < self.stable_seq:
-            return  # it will ask us for state after our own STATUS
-        previous = self._peer_executed.get(sender)
-        self._peer_executed[sender] = b.last_executed
-        stuck = previous is None or b.last_executed <= previous
-        if self._retransmitted.get(sender) == (self._tick, stuck):
-            return  # once per peer per tick: a replayed STATUS must not make us a flood source
-        self._retransmitted[sender] = (self._tick, stuck)
-        if b.stable_seq < self.stable_seq and self._stable_proof:
-            for vote in self._stable_proof:
-                self._send(sender, vote)
-        # Our own votes for checkpoints it has not seen become stable: checkpoint messages
-        # lost in a partition would otherwise stall everyone at the high watermark.
-        for seq in sorted(self._checkpoint_votes):
-            own = self._checkpoint_votes[seq].get(self.id)
-            if seq > max(b.stable_seq, self.stable_seq) and own is not None:
-                self._send(sender, own)
-        budget = self.params.retransmit_seqs_max
-        # Decided sequence numbers it lacks, only when it made no progress since its last
-        # STATUS (a replica merely behind under load catches up by itself): the proposal
-        # header and a commit certificate. Never the batch: the peer most likely has it
-        # already (it lost a vote, not the proposal), and if not it asks (BATCH-REQUEST), so
-        # retransmission costs a few hundred bytes per sequence number, whatever batches hold.
-        seq = b.last_executed + 1
-        while stuck and seq <= self.last_executed and budget > 0:
-            slot = self._slots.get(seq)
-            if slot is None:
-                break
-            cert = self._commit_certificate(slot)
-            if cert is not None:
-                view, digest, commits = cert
-                self._send(sender, slot.proposal(view, digest))
-                for c in commits:
-                    self._send(sender, c)
-            seq += 1
-            budget -= 1
-        if b.view < self.view or (b.view == self.view and not b.view_active):
-            if self.view_active:
-                self._resend_new_view(sender)
-            elif not self.view_active and self.id in self._view_changes.get(self.view, {}):
-                self._send(sender, self._view_changes[self.view][self.id])
-            return
-        if b.view != self.view or not self.view_active or not stuck:
-            return
-        # Same view, and it is stuck: resend our votes for in-progress sequences that have
-        # been stuck a tick (headers only, as above).
-        for seq in sorted(self._slots):
-            if budget <= 0:
-                break
-            slot = self._slots[seq]
-            if seq <= b.last_executed or slot.created_tick >= self._tick - 1:
-                continue
-            if slot.pre_prepare is not None and slot.view == self.view:
-                self._send(sender, slot.pre_prepare)
-            for table in (slot.prepares, slot.commits):
-                own = Slot.own_vote(table, self.view, self.id)
-                if own is not None:
-                    self._send(sender, own)
-            budget -= 1
-
-    def _on_former_member_status(self, msg: m.SignedMessage, b: m.Status) -> None:
-        """A replica removed in an epoch change it did not witness keeps gossiping to us. Answer
-        (once per tick) with our stable checkpoint: its epoch history proves the removal, so the
-        former member learns it is out instead of waiting forever."""
-        if b.epoch >= self.config.epoch or self._stable_snapshot is None:
-            return
-        former = [self.genesis] + [EpochConfig(r.epoch, r.start_seq, r.members)
-                                   for r in self._epoch_records]
-        config = next((c for c in former if c.epoch == b.epoch), None)
-        if config is None or not verify_signed(msg, config, self.chain_id, self._verifier):
-            self._fault(msg.sender, "STATUS from a non-member")
-            return
-        if self._state_sent.get(msg.sender) == self._tick:
-            return
-        self._state_sent[msg.sender] = self._tick
-        self._send(msg.sender, self._sign(m.StateResponse(self._stable_snapshot,
-                                                          self._stable_proof)))
-
-    def _resend_new_view(self, peer: int) -> None:
-        """At most once per peer per status tick, so replayed old messages cannot turn this
-        replica into an amplifier."""
-        if self._new_view_msg is None or self._new_view_sent.get(peer) == self._tick:
-            return
-        self._new_view_sent[peer] = self._tick
-        self._send(peer, self._new_view_msg)
-
-    # ------------------------------------------------------------------------------ recovery
-
-    def _recover(self, rec: Recovered) -> None:
-        """Rebuild from what the driver persisted: stable snapshot, executed batches after it,
-        every message this replica signed (so it never signs a conflicting one), and the
-        batch of every proposal it accepted (persisted with the proposal before its PREPARE
-        left: a prepared batch must survive even if every replica that holds it restarts,
-        or a view change that re-proposes it could never execute)."""
-        if rec.snapshot is not None:
-            configs = verify_epoch_history(self.genesis, rec.snapshot.epochs, self.chain_id,
-                                           self._verifier)
-            if configs is None:
-                raise ValueError("persisted snapshot has an unverifiable epoch history")
-            snap = rec.snapshot
-            self.last_executed = snap.seq
-            self.state_digest = snap.state_digest
-            self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
-                                                          snap.clients)
-            self.pending_reconfiguration = snap.pending
-            self.stable_seq = snap.seq
-            self._stable_proof = rec.snapshot_proof
-            self._stable_snapshot = snap
-            self._epoch_records = snap.epochs
-            self.config = configs[-1]
-            self._catchup = CatchUp(self.config.weak_quorum)
-            self._next_seq = snap.seq + 1
-        for batch in sorted(rec.executed, key=lambda e: e.seq):
-            if batch.seq <= self.last_executed:
-                continue
-            pp = batch.pre_prepare.body
-            if not isinstance(pp, m.PrePrepare):
-                raise ValueError("persisted executed batch lacks its pre-prepare")
-            self._execute(batch.seq, pp.view, pp.digest, batch.requests, batch.pre_prepare,
-                          batch.certificate, replay=True)
-            # Keep what proves the batch until the next stable checkpoint: a lagging peer may
-            # need this certificate retransmitted, and a view change may need it as a proof.
-            slot = self._slot(batch.seq)
-            slot.remember_header(batch.pre_prepare)
-            if not any(r.is_stub for r in batch.requests):  # stubs are never sent on
-                slot.remember_batch(pp.root, batch.requests)
-            for c in batch.certificate:
-                if isinstance(c.body, m.Commit):
-                    slot.commits.setdefault((c.body.view, c.sender, c.body.digest), c)
-        self._out.clear()
-        self._next_seq = max(self._next_seq, self.last_executed + 1)
-        max_view, active = 0, True
-        for msg in _with_new_view_pre_prepares(rec.messages):
-            b = msg.body
-            if isinstance(b, (m.PrePrepare, m.Prepare, m.Commit)):
-                if b.epoch != self.config.epoch:
-                    continue
-                if msg.sender == self.id:
-                    self._own[(_VOTE_TYPE[type(b)], b.epoch, b.view, b.seq)] = b.digest
-                    if b.view > max_view or (b.view == max_view and not active):
-                        max_view, active = b.view, True
-                    if isinstance(b, m.PrePrepare):
-                        self._next_seq = max(self._next_seq, b.seq + 1)
-                        self._last_proposal_ms = max(self._last_proposal_ms, b.timestamp_ms)
-                if b.seq <= self.last_executed or not self._in_window(b.seq):
-                    continue
-                slot = self._slot(b.seq)
-                if isinstance(b, m.PrePrepare):
-                    slot.remember_header(msg)
-                    if msg.batch is not None and batch_root(msg.batch) == b.root:
-                        slot.remember_batch(b.root, msg.batch)
-                    if b.view >= slot.view:
-                        slot.pre_prepare = dataclasses.replace(msg, batch=None)
-                elif isinstance(b, m.Prepare):
-                    slot.prepares.setdefault((b.view, msg.sender, b.digest), msg)
-                else:
-                    slot.commits.setdefault((b.view, msg.sender, b.digest), msg)
-            elif isinstance(b, m.ViewChange) and b.epoch == self.config.epoch:
-                if msg.sender == self.id and b.new_view > max_view:
-                    max_view, active = b.new_view, False
-                    self._view_changes.setdefault(b.new_view, {})[self.id] = msg
-            elif (isinstance(b, m.NewView) and b.epoch == self.config.epoch
-                  and (b.new_view > max_view or (b.new_view == max_view and not active))):
-                max_view, active = b.new_view, True
-                self._new_view_msg = msg
-        self.view = max_view
-        self.view_active = active
-        nv = None if self._new_view_msg is None else self._new_view_msg.body
-        if isinstance(nv, m.NewView) and (not self.view_active or nv.new_view != self.view):
-            self._new_view_msg = None
-        self._out.clear()

@@ -24,6 +24,8 @@ VOTES_PER_SLOT_PER_MEMBER = 8
 
 VoteKey = tuple[int, int, bytes]
 """(view, sender, digest)."""
+VOTE_TYPE = {m.PrePrepare: 1, m.Prepare: 2, m.Commit: 3}
+"""A vote's type in the key of what a replica signed: (type, epoch, view, seq) -> digest."""
 
 
 def header(msg: m.SignedMessage) -> m.PrePrepare:

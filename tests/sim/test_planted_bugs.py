@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+import consortium.pbft.recovery as recovery_module
 import consortium.pbft.replica as replica_module
 import consortium.pbft.viewchange as viewchange_module
+import consortium.pbft.views as views_module
 from consortium.node.driver import Driver
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
@@ -78,7 +80,7 @@ def test_checker_catches_view_change_that_forgets_prepared_requests(
     """A NEW-VIEW that drops prepared batches lets a null batch take the sequence number of one
     that a (since crashed) replica already executed: the agreement checker must fire. Both the
     new primary and the verifying backups run the forgetful computation, as a shared bug would."""
-    monkeypatch.setattr(replica_module, "new_view_proposals", forgetful_proposals)
+    monkeypatch.setattr(views_module, "new_view_proposals", forgetful_proposals)
     monkeypatch.setattr(viewchange_module, "new_view_proposals", forgetful_proposals)
     _seed, violation = _first_violation("commit-loss", Replica, range(1, 20))
     assert "agreement" in violation or "at-most-once" in violation, violation
@@ -89,6 +91,7 @@ def test_liveness_check_catches_catch_up_steered_by_one_liar(
     """A replica that trusts one member's claimed checkpoint asks only the liar and never
     catches up; once the liar falls silent, the ledger stops (attack campaign, finding 2)."""
     monkeypatch.setattr(replica_module, "CatchUp", TrustingCatchUp)
+    monkeypatch.setattr(recovery_module, "CatchUp", TrustingCatchUp)
     failed = [seed for seed in range(1, 6)
               if build("lying-status", seed, 4, 1).run().liveness_failure is not None]
     assert failed, "the planted catch-up bug went unnoticed"
