@@ -30,6 +30,7 @@ from consortium.ledger.records import (
     public_part,
 )
 from consortium.ledger.transactions import (
+    ClientKeyChange,
     GovernanceTx,
     InvalidTransaction,
     JoinRequest,
@@ -312,8 +313,8 @@ class ClientCore:
 
     @staticmethod
     def tx_item(tx: RecordTx | GovernanceTx) -> bytes:
-        return encode_tx(tx) if not isinstance(tx, JoinRequest | MemberVote | RemoveRequest) \
-            else encode_governance_tx(tx)
+        return encode_governance_tx(tx) if isinstance(
+            tx, JoinRequest | MemberVote | RemoveRequest | ClientKeyChange) else encode_tx(tx)
 
     def sign(self, items: Sequence[bytes]) -> Signed:
         """One request for these items: one nonce, one signature over their Merkle root."""

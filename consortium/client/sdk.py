@@ -44,7 +44,7 @@ from consortium.client.core import (
 )
 from consortium.config import Genesis
 from consortium.crypto import envelope
-from consortium.ledger.membership import changed_members
+from consortium.ledger.membership import CLIENT_KEY, changed_members, key_change_signing_bytes
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
     Access,
@@ -556,7 +556,10 @@ class AsyncConsortiumClient:
             raise SubmitError(f"no membership proposal {proposal_id}",
                               grpc.StatusCode.NOT_FOUND)
         approval = b""
-        if approve:
+        if approve and proposal.kind == CLIENT_KEY:
+            approval = self.core.identity.signer.sign(key_change_signing_bytes(
+                self.core.chain_id, members.epoch, proposal_id))
+        elif approve:
             current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
             new = changed_members(current, proposal.kind, proposal.replica_id,
                                   proposal.validator_key)

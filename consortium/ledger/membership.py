@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from consortium.crypto.hashing import tagged_hash
 from consortium.crypto.signing import Verifier
 from consortium.ledger.transactions import (
+    ClientKeyChange,
     JoinRequest,
     MemberVote,
     RemoveRequest,
@@ -51,6 +53,13 @@ SLOTS_TAKEN = "no free join slot: "
 """The start of a refusal for want of a free pending slot (the request itself is fine: it may
 succeed later), so that admission answers it FAILED_PRECONDITION rather than INVALID_ARGUMENT."""
 VALIDATOR_PREFIX = "validator-"
+CLIENT_KEY = "client-key"
+"""The kind of a client key revocation or rotation proposal."""
+RECONFIGURING = frozenset({"join", "remove"})
+"""Kinds of proposal whose approval changes the validator set (a consensus reconfiguration)."""
+KEY_CHANGED = "client key: "
+"""The reason of a client key change that took effect in the block that recorded it (signed by
+the client organisation's own validator): "client key: revoked" / "client key: replaced"."""
 
 
 class ProposalStatus:
@@ -112,12 +121,16 @@ class Proposal:
     """The member organisation that sponsored a join request."""
     recorded_ms: int = 0
     """The time of the block that recorded it (its expiry counts from there)."""
+    decided_height: int = 0
+    """The height of the block that approved or rejected it (0: pending)."""
 
     def expired(self, block_ms: int, ttl_ms: int) -> bool:
         return expired(self.kind, self.status, self.recorded_ms, block_ms, ttl_ms)
 
     def new_members(self, config: EpochConfig) -> tuple[Member, ...]:
-        """The validator set this proposal turns `config` into."""
+        """The validator set this proposal turns `config` into (unchanged: a client key)."""
+        if self.kind not in RECONFIGURING:
+            return config.members
         return changed_members(config.members, self.kind, self.replica_id, self.validator_key)
 
     @property
@@ -181,7 +194,10 @@ class MembershipState:
     def pending_change(self, epoch: int) -> Proposal | None:
         """The proposal approved in `epoch`, whose validator-set change opens the next one."""
         return next((p for p in self.proposals.values() if p.status == ProposalStatus.APPROVED
-                     and p.decided_epoch == epoch), None)
+                     and p.kind in RECONFIGURING and p.decided_epoch == epoch), None)
+
+    def key_states(self, base_keys: Mapping[str, bytes]) -> dict[str, KeyState]:
+        return key_states(base_keys, self.proposals)
 
     def client_orgs(self) -> dict[str, str]:
         """Client id -> organisation, for approved joins."""
@@ -193,6 +209,74 @@ class MembershipState:
 
 
 EMPTY = MembershipState({})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """A client whose request-signing key was revoked or replaced on the ledger."""
+
+    client_id: str
+    key: bytes
+    """Its current key (the revoked one, when `revoked_by` is set)."""
+    keys: tuple[bytes, ...]
+    """Every key it held, oldest first (requests signed before a change still verify)."""
+    revoked_by: Proposal | None = None
+    replaced_by: Proposal | None = None
+    """The change that installed `key` (None: `key` is the key from genesis or a join)."""
+
+    def refusal(self) -> str:
+        """Why a request signed with a key it no longer holds is refused."""
+        if self.revoked_by is not None:
+            p = self.revoked_by
+            return (f"{self.client_id}'s key {self.key.hex()[:16]}… was revoked at height "
+                    f"{p.decided_height} (revocation {p.proposal_id[:16]}): its organisation "
+                    "rotates in a new key with `consortium keys rotate --client`")
+        assert self.replaced_by is not None
+        return (f"signed with a former key of {self.client_id}: its key was replaced at height "
+                f"{self.replaced_by.decided_height} (rotation "
+                f"{self.replaced_by.proposal_id[:16]}); sign with the new key")
+
+
+def key_states(base_keys: Mapping[str, bytes],
+               proposals: Mapping[str, Proposal]) -> dict[str, KeyState]:
+    """The clients whose key changed, from their key at genesis or join (`base_keys`) and the
+    approved client key proposals. Every approved change named the key current when it was
+    approved and new keys are never reused, so a client's keys form one chain
+    (base -> replacement -> ...) whose end is its key; it is revoked when a revocation names
+    that end. Whatever order the approvals are folded in, the result is the same."""
+    changes: dict[str, list[Proposal]] = {}
+    for p in proposals.values():
+        if p.kind == CLIENT_KEY and p.status == ProposalStatus.APPROVED:
+            changes.setdefault(p.name, []).append(p)
+    out = {}
+    for client_id, ps in changes.items():
+        key = base_keys.get(client_id)
+        if key is None:
+            continue
+        rotations = {p.validator_key: p for p in ps if p.client_key}
+        revocations = {p.validator_key: p for p in ps if not p.client_key}
+        keys, installed = [key], None
+        while key in rotations and len(keys) <= len(rotations):
+            installed = rotations[key]
+            key = installed.client_key
+            keys.append(key)
+        out[client_id] = KeyState(client_id, key, tuple(keys), revocations.get(key), installed)
+    return out
+
+
+def key_change_signing_bytes(chain_id: bytes, epoch: int, proposal_id: str) -> bytes:
+    """What a validator's approval of a client key proposal signs (with its replica key): the
+    proposal, in the epoch the vote is cast (a client key change is no validator-set change,
+    so an approval of one can never be assembled into a reconfiguration)."""
+    return tagged_hash(b"consortium/client-key-approval", chain_id, epoch.to_bytes(4, "big"),
+                       bytes.fromhex(proposal_id))
+
+
+def approval_signing_bytes(chain_id: bytes, config: EpochConfig, p: Proposal) -> bytes:
+    """What an approval of proposal `p`, cast in epoch `config`, signs."""
+    if p.kind in RECONFIGURING:
+        return m.reconfiguration_signing_bytes(chain_id, config.epoch, p.new_members(config))
+    return key_change_signing_bytes(chain_id, config.epoch, p.proposal_id)
 
 
 def reconfiguration_payload(p: Proposal, config: EpochConfig) -> bytes:
@@ -222,6 +306,12 @@ class Context:
     keys_in_use: frozenset[bytes] = frozenset()
     """Every key a member holds or held (clients', validators', encryption keys): a join
     request that names one could act as, or read for, that member once approved."""
+    height: int = 0
+    """The height of the block being executed (at admission: the next one)."""
+    client_orgs: Mapping[str, str] = field(default_factory=dict)
+    """Client id -> organisation, for the member clients (removed organisations excluded)."""
+    base_keys: Mapping[str, bytes] = field(default_factory=dict)
+    """Client id -> its key from genesis or its organisation's join request."""
 
 
 def sponsorship_problem(tx: JoinRequest, ctx: Context) -> str:
@@ -266,7 +356,7 @@ def judge_join(tx: JoinRequest, client_id: str, proposal_id: str, state: dict[st
     mine = {tx.validator_key, tx.client_key, tx.encryption_key}
     held = ctx.keys_in_use | {mem.public_key for mem in ctx.config.members} | {
         k for p in joins if p.status == ProposalStatus.APPROVED
-        for k in (p.validator_key, p.client_key, p.encryption_key)}
+        for k in (p.validator_key, p.client_key, p.encryption_key)} | _changed_keys(state)
     if mine & held:
         return ("the join request reuses a key a member already holds; generate new keys "
                 "(consortium members apply)")
@@ -324,23 +414,85 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
                 f"{config.epoch} now: vote again")
     if any(v.replica_id == voter and v.epoch == config.epoch for v in p.votes):
         return f"validator {voter} already voted on this proposal"
+    if tx.approve and p.kind == CLIENT_KEY:
+        problem = _key_change_problem(p.name, p.validator_key, p.client_key, state, ctx)
+        if problem:
+            return f"{problem}: the proposal can no longer take effect"
     if tx.approve:
         waiting = MembershipState(state).pending_change(config.epoch)
-        if waiting is not None:
+        if waiting is not None and p.kind in RECONFIGURING:
             # The consensus layer carries out one validator-set change per epoch, and
             # approvals are bound to the set they were cast for.
             return (f"membership change {waiting.proposal_id[:16]} was approved in this epoch "
                     "and takes effect at the next checkpoint: vote again after it")
         key = config.key_of(voter)
-        signed = m.reconfiguration_signing_bytes(ctx.chain_id, config.epoch,
-                                                 p.new_members(config))
+        signed = approval_signing_bytes(ctx.chain_id, config, p)
         if key is None or not ctx.verifier.verify(key, signed, tx.approval):
-            return "the approval is not the voter's signature over this validator-set change"
+            return ("the approval is not the voter's signature over this validator-set change"
+                    if p.kind in RECONFIGURING else
+                    "the approval is not the voter's signature over this proposal")
     votes = (*p.votes, Vote(config.epoch, voter, tx.approve, tx.approval))
     current = [v for v in votes if v.epoch == config.epoch]
     approvals = sum(1 for v in current if v.approve)
     rejections = len(current) - approvals
     status = ProposalStatus.APPROVED if approvals >= config.quorum else \
         ProposalStatus.REJECTED if rejections > config.n - config.quorum else p.status
-    state[tx.proposal_id] = replace(p, votes=votes, status=status)
+    state[tx.proposal_id] = replace(p, votes=votes, status=status, decided_height=(
+        ctx.height if status != p.status else p.decided_height))
     return MEMBERSHIP_OUTCOME + status if status != p.status else ""
+
+
+def _changed_keys(state: Mapping[str, Proposal]) -> set[bytes]:
+    """Keys named by client key proposals (new or old: never to be used again)."""
+    return {k for p in state.values() if p.kind == CLIENT_KEY
+            for k in (p.validator_key, p.client_key) if k}
+
+
+def _key_change_problem(client_id: str, old_key: bytes, new_key: bytes,
+                        state: Mapping[str, Proposal], ctx: Context) -> str:
+    """Why a change of `client_id`'s key from `old_key` to `new_key` (b"": revocation) cannot
+    take effect now ("" when it can)."""
+    base = ctx.base_keys.get(client_id)
+    if base is None or client_id not in ctx.client_orgs:
+        return f"{client_id!r} is not a client of a member organisation"
+    current = key_states({client_id: base}, state).get(client_id)
+    key = base if current is None else current.key
+    if old_key != key:
+        return (f"{old_key.hex()[:16]}… is not {client_id}'s current key "
+                f"({key.hex()[:16]}…)")
+    if not new_key and current is not None and current.revoked_by is not None:
+        return f"{client_id}'s key is already revoked"
+    if new_key and (new_key in ctx.keys_in_use or new_key in _changed_keys(state)
+                    or any(mem.public_key == new_key for mem in ctx.config.members)
+                    or any(new_key in (p.validator_key, p.client_key, p.encryption_key)
+                           for p in state.values() if p.kind == "join")):
+        return "the new key is one a member holds or held; generate a new key"
+    return ""
+
+
+def judge_key_change(tx: ClientKeyChange, client_id: str, proposal_id: str,
+                     state: dict[str, Proposal], ctx: Context) -> str:
+    """KEY_CHANGED... with the change in force (the client's own organisation's validator
+    signed it), "" with a proposal to vote on (another organisation's validator), or why the
+    change is refused."""
+    voter = ctx.voters.get(client_id)
+    if voter is None:
+        return "client keys are revoked or rotated by current validators (validator-<id>)"
+    if tx.client_id.startswith(VALIDATOR_PREFIX):
+        return "a validator's key is rotated with a validator key change, not a client one"
+    if ctx.client_orgs.get(tx.client_id) != tx.org:
+        return f"{tx.client_id!r} is not a client of member organisation {tx.org!r}"
+    problem = _key_change_problem(tx.client_id, tx.old_key, tx.new_key, state, ctx)
+    if problem:
+        return problem
+    own = ctx.client_orgs.get(client_id) == tx.org
+    if not own and any(p.kind == CLIENT_KEY and p.name == tx.client_id
+                       and p.status == ProposalStatus.PENDING for p in state.values()):
+        return f"a key change of {tx.client_id} is already open"
+    state[proposal_id] = Proposal(
+        proposal_id, CLIENT_KEY, voter, tx.org, tx.client_id, tx.old_key, tx.new_key,
+        status=ProposalStatus.APPROVED if own else ProposalStatus.PENDING,
+        recorded_ms=ctx.block_ms, decided_height=ctx.height if own else 0)
+    if not own:
+        return ""
+    return KEY_CHANGED + ("revoked" if tx.revokes else "replaced")

@@ -19,6 +19,8 @@ for each reader, or the key a grant wraps for a new reader.
             seg1 = statement (UTF-8)
     vote    seg0 = 9 | proposal_id:32 | approve:u8 | from_epoch:u32 | approval:64
     remove  seg0 = 10 | replica_id:u32 | reason:text
+    client key  seg0 = 11 | org:text | client_id:text | old_key:32 | new_key:32 (zeros:
+                   revoke) | reason:text
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -63,6 +65,7 @@ class TxType(enum.IntEnum):
     JOIN = 8
     MEMBER_VOTE = 9
     REMOVE = 10
+    CLIENT_KEY = 11
 
 
 class InvalidTransaction(ValueError):
@@ -409,8 +412,41 @@ class RemoveRequest:
         return [w.getvalue()]
 
 
-GovernanceTx = JoinRequest | MemberVote | RemoveRequest
-GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE})
+@dataclass(frozen=True, slots=True)
+class ClientKeyChange:
+    """Revoke a client's request-signing key (`new_key` empty) or replace it with `new_key`.
+    Signed by a current validator (`validator-<id>`): for a client of the validator's own
+    organisation it takes effect in the block that records it (a leaked key must stop signing
+    at once, without waiting for anyone); for another organisation's client it is a proposal
+    the validators vote on (`MemberVote`), like a removal.
+
+    `old_key` names the key it acts on, so a revocation written before a rotation cannot
+    revoke the key that replaced it, and a key is revoked or replaced at most once."""
+
+    org: str
+    client_id: str
+    old_key: bytes
+    new_key: bytes
+    reason: str
+
+    @property
+    def revokes(self) -> bool:
+        return not self.new_key
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.CLIENT_KEY))
+        w.text(self.org)
+        w.text(self.client_id)
+        w.fixed(self.old_key)
+        w.fixed(self.new_key or bytes(32))
+        w.text(self.reason)
+        return [w.getvalue()]
+
+
+GovernanceTx = JoinRequest | MemberVote | RemoveRequest | ClientKeyChange
+GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE,
+                              TxType.CLIENT_KEY})
 APPLICANT_PREFIX = "applicant-"
 
 
@@ -450,7 +486,8 @@ def _check_statement(raw: bytes) -> str:
 
 
 def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
-    """Parse a join request, member vote or removal proposal. Raises InvalidTransaction."""
+    """Parse a join request, member vote, removal proposal or client key change. Raises
+    InvalidTransaction."""
     if not segments or segments[0] is None:
         raise InvalidTransaction("transaction header missing")
     kind = tx_type(segments[0])
@@ -500,6 +537,19 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("a removal proposal has 1 segment")
             check_text("reason", reason, allow_empty=True)
             return RemoveRequest(replica_id, reason)
+        if kind is TxType.CLIENT_KEY:
+            org, client_id = rd.text(), rd.text()
+            old_key, new_key, reason = rd.fixed(32), rd.fixed(32), rd.text()
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a client key change has 1 segment")
+            check_text("org", org)
+            check_text("client_id", client_id)
+            check_text("reason", reason, allow_empty=True)
+            if old_key == new_key:
+                raise InvalidTransaction("a client key change replaces a key with another one")
+            return ClientKeyChange(org, client_id, old_key,
+                                   b"" if new_key == bytes(32) else new_key, reason)
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
     raise InvalidTransaction(f"{kind.name.lower()} is not a governance transaction")
@@ -519,7 +569,7 @@ def target_of(tx: Tx) -> str | None:
     """The id of the record or proposal a transaction acts on (None: it creates one)."""
     if isinstance(tx, MemberVote):
         return tx.proposal_id
-    if isinstance(tx, JoinRequest | RemoveRequest):
+    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange):
         return None
     return tx.record_id
 

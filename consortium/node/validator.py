@@ -80,22 +80,41 @@ class WallClock:
 class ClientKeys:
     """Who may sign requests: the genesis clients and validators, the identities named by join
     requests on the ledger (`MembershipState.client_keys`), and applicants, whose client id
-    carries their key (what each identity may do is decided at execution)."""
+    carries their key (what each identity may do is decided at execution); with the key
+    revocations and rotations on the ledger (`MembershipState.key_states`)."""
 
     def __init__(self, keys: dict[str, bytes]) -> None:
         self._genesis = keys
         self._ledger: dict[str, bytes] = {}
+        self.changed: dict[str, ms.KeyState] = {}
 
-    def update(self, keys: dict[str, bytes]) -> None:
-        self._ledger = {k: v for k, v in keys.items() if k not in self._genesis}
+    def update(self, membership: ms.MembershipState) -> None:
+        self._ledger = {k: v for k, v in membership.client_keys().items()
+                        if k not in self._genesis}
+        self.changed = membership.key_states({**self._ledger, **self._genesis})
 
-    def client_key(self, client_id: str) -> bytes | None:
+    def base_key(self, client_id: str) -> bytes | None:
+        """The key from genesis or the join request (before any change on the ledger)."""
         if client_id.startswith(ms.RECONFIG_PREFIX):
             client_id = "validator-" + client_id.removeprefix(ms.RECONFIG_PREFIX)
         key = self._genesis.get(client_id)
         if key is None:
             key = self._ledger.get(client_id)
         return key if key is not None else applicant_key(client_id)
+
+    def client_key(self, client_id: str) -> bytes | None:
+        """The key that signs for `client_id` now (None: unknown, or its key is revoked)."""
+        state = self.changed.get(client_id)
+        if state is not None:
+            return None if state.revoked_by is not None else state.key
+        return self.base_key(client_id)
+
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]:
+        state = self.changed.get(client_id)
+        if state is not None:
+            return tuple(reversed(state.keys))
+        key = self.base_key(client_id)
+        return () if key is None else (key,)
 
 
 class Validator:
@@ -249,7 +268,7 @@ class Validator:
         """Membership from the ledger: who may sign, which organisations are members, and a
         peer link to every validator we know of (genesis and admitted ones)."""
         self.membership = membership
-        self.clients.update(membership.client_keys())
+        self.clients.update(membership)
         validator_orgs = {v.replica_id: v.org for v in self.genesis.validators}
         validator_orgs.update({p.replica_id: p.org for p in membership.joined()})
         gone = membership.removed()
@@ -262,11 +281,12 @@ class Validator:
         orgs = ClientOrgs(
             client_orgs, ({o.org_id for o in self.genesis.orgs} | {p.org for p in joined})
             - removed,
-            keys={c: k for c in client_orgs if (k := self.clients.client_key(c)) is not None},
+            keys={c: k for c in client_orgs if (k := self.clients.base_key(c)) is not None},
             keys_in_use=frozenset(self.genesis.client_keys().values())
             | frozenset(o.encryption_key for o in self.genesis.orgs)
             | frozenset(k for p in joined
-                        for k in (p.validator_key, p.client_key, p.encryption_key)))
+                        for k in (p.validator_key, p.client_key, p.encryption_key)),
+            key_states=self.clients.changed)
         self.submit_rules.orgs = orgs
         self.submit_rules.membership = membership
         addresses = {v.replica_id: v.peer_address for v in self.genesis.validators}

@@ -67,9 +67,11 @@ LAG_RECENT = 8
 
 
 class ClientRegistry(Protocol):
-    """Who may submit requests: maps a client id to its Ed25519 public key."""
+    """Who may submit requests: maps a client id to the Ed25519 public keys whose signatures
+    consensus orders for it (every key it held: which one may still sign is decided at
+    execution, so that replicas at different heights agree on every batch)."""
 
-    def client_key(self, client_id: str) -> bytes | None: ...
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]: ...
 
 
 class Clock(Protocol):
@@ -334,11 +336,11 @@ class Replica:
         cache_key = r.digest + r.signature
         if cache_key in self._verified_requests:
             return None
-        key = self._clients.client_key(r.client_id)
-        if key is None:
+        keys = self._clients.client_keys(r.client_id)
+        if not keys:
             return ev.RejectReason.UNKNOWN_CLIENT
-        if not self._verifier.verify(key, m.request_signing_bytes(self.chain_id, r.digest),
-                                     r.signature):
+        signed = m.request_signing_bytes(self.chain_id, r.digest)
+        if not any(self._verifier.verify(key, signed, r.signature) for key in keys):
             return ev.RejectReason.BAD_SIGNATURE
         self._verified_requests[cache_key] = None
         if len(self._verified_requests) > 4 * self.params.pending_requests_max:

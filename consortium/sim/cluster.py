@@ -170,8 +170,9 @@ class StaticClients:
     def __init__(self, keys: dict[str, bytes]) -> None:
         self._keys = keys
 
-    def client_key(self, client_id: str) -> bytes | None:
-        return self._keys.get(client_id)
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]:
+        key = self._keys.get(client_id)
+        return () if key is None else (key,)
 
 
 class SimClock:

@@ -38,10 +38,11 @@ from consortium.ledger.blocks import (
     stored_request,
 )
 from consortium.ledger.items import ItemView
-from consortium.ledger.membership import MEMBERSHIP_OUTCOME
+from consortium.ledger.membership import CLIENT_KEY, KEY_CHANGED, MEMBERSHIP_OUTCOME
 from consortium.ledger.records import PublicRecord, decode_public
 from consortium.ledger.transactions import (
     Access,
+    ClientKeyChange,
     Erase,
     Grant,
     InvalidTransaction,
@@ -504,7 +505,7 @@ class LedgerStore:
                 "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (a.record_id, voter, a.accept, header.height, e.index))
-        elif isinstance(a, JoinRequest | RemoveRequest):
+        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange):
             await self._insert_proposal(cur, header, e, a)
         elif isinstance(a, MemberVote):
             voter = int(e.client_id.removeprefix("validator-"))
@@ -524,9 +525,16 @@ class LedgerStore:
 
     @staticmethod
     async def _insert_proposal(cur: AsyncCursor[Any], header: BlockHeader, e: Entry,
-                               a: JoinRequest | RemoveRequest) -> None:
-        if isinstance(a, JoinRequest):
+                               a: JoinRequest | RemoveRequest | ClientKeyChange) -> None:
+        status, decided = "pending", None
+        if isinstance(a, ClientKeyChange):
             row: tuple[Any, ...] = (
+                e.record_id, CLIENT_KEY, int(e.client_id.removeprefix("validator-")), a.org,
+                a.client_id, a.old_key, a.new_key, b"", "", "", "", a.reason, "")
+            if e.reason.startswith(KEY_CHANGED):  # its own organisation's: in force at once
+                status, decided = "approved", header.height
+        elif isinstance(a, JoinRequest):
+            row = (
                 e.record_id, "join", a.replica_id, a.org, a.name, a.validator_key,
                 a.client_key, a.encryption_key, a.peer_address, a.client_address,
                 a.statement, "", a.sponsor)
@@ -540,9 +548,9 @@ class LedgerStore:
         await cur.execute(
             "INSERT INTO proposals (proposal_id, kind, replica_id, org, name, validator_key, "
             "client_key, encryption_key, peer_address, client_address, statement, reason, "
-            "sponsor, recorded_ms, height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (*row, header.timestamp_ms, header.height, e.index))
+            "sponsor, recorded_ms, height, idx, status, decided_height) VALUES (%s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (*row, header.timestamp_ms, header.height, e.index, status, decided))
 
     async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
                      by_org: str, reason: str) -> None:
@@ -594,7 +602,7 @@ def _tx_type(a: object) -> TxType:
     return {Grant: TxType.GRANT, Revoke: TxType.REVOKE, Erase: TxType.ERASE,
             Access: TxType.ACCESS, Verdict: TxType.VERDICT, ReviewVote: TxType.REVIEW_VOTE,
             JoinRequest: TxType.JOIN, MemberVote: TxType.MEMBER_VOTE,
-            RemoveRequest: TxType.REMOVE}[type(a)]
+            RemoveRequest: TxType.REMOVE, ClientKeyChange: TxType.CLIENT_KEY}[type(a)]
 
 
 def _public_of(e: Entry) -> PublicRecord | None:

@@ -1,0 +1,49 @@
+"""PostgreSQL keeps client key changes as the pure model does (`ledger.effects.LedgerState`):
+a revocation by the client's own organisation is stored approved at its height, one proposed
+by another organisation waits for votes and is approved at the height of the deciding vote,
+and the key states a validator derives from the stored proposals after a restart are the ones
+execution derived as it went."""
+
+from __future__ import annotations
+
+from consortium.ledger import membership as ms
+from consortium.storage.reads import LedgerReader
+from consortium.storage.store import LedgerStore
+from tests.ledger.test_client_keys import (
+    ALICE,
+    NEW,
+    ORGS,
+    Ledger,
+    by_validator,
+    change,
+    from_alice,
+    key_vote,
+)
+from tests.storage.test_store import with_store
+
+
+def test_key_changes_and_their_votes_are_stored_as_the_model_holds_them(dsn: str) -> None:
+    ledger = Ledger()
+    blocks = [ledger.execute(by_validator(0, change()))]
+    blocks.append(ledger.execute(by_validator(0, change(NEW.public_key))))
+    blocks.append(ledger.execute(by_validator(1, change(old_key=NEW.public_key))))
+    pid = blocks[-1].entries[0].record_id
+    blocks.append(ledger.execute(key_vote(1, pid), key_vote(2, pid), key_vote(3, pid),
+                                 from_alice(NEW)))
+    assert blocks[-1].envelopes[3].status == "invalid"
+    model = ledger.model.membership()
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        for block in blocks:
+            await store.append_blocks([block])
+        stored = await reader.membership()
+        assert stored == model
+        states = stored.key_states(ORGS.base_keys)
+        assert states == model.key_states(ORGS.base_keys)
+        alice = states["alice"]
+        assert alice.keys == (ALICE.public_key, NEW.public_key)
+        assert alice.revoked_by is not None and alice.revoked_by.proposal_id == pid
+        assert alice.revoked_by.decided_height == blocks[-1].header.height
+        kinds = {p.kind for p in await reader.proposals()}
+        assert kinds == {ms.CLIENT_KEY}
+    with_store(dsn, body, chain_id=blocks[0].header.chain_id)
