@@ -50,11 +50,7 @@ def current_client_key(genesis: Any, reply: Any, client_id: str) -> tuple[bytes,
     validators apply (`membership.key_states`)."""
     from consortium.ledger import membership as ms
 
-    state = ms.MembershipState({p.proposal_id: ms.Proposal(
-        p.proposal_id, p.kind, p.replica_id, p.org, p.name, bytes(p.validator_key),
-        bytes(p.client_key), bytes(p.encryption_key),
-        status=ms.ProposalStatus.PENDING if p.status == ms.ProposalStatus.EXPIRED else p.status,
-        decided_height=p.decided_height) for p in reversed(reply.proposals)})
+    state = ms.from_listing(reply.proposals)
     base = {**state.client_keys(), **genesis.client_keys()}
     if client_id not in base:
         _fail(f"{client_id!r} is not a client of a member organisation")

@@ -20,8 +20,9 @@ execution, counts the same requests as pending; no validator's clock is ever con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from consortium.crypto.hashing import tagged_hash
 from consortium.crypto.signing import Verifier
@@ -209,6 +210,32 @@ class MembershipState:
 
 
 EMPTY = MembershipState({})
+
+
+class Listed(Protocol):
+    """A proposal as a validator lists it (`pb.ProposalInfo`)."""
+
+    proposal_id: str
+    kind: str
+    replica_id: int
+    org: str
+    name: str
+    validator_key: bytes
+    client_key: bytes
+    encryption_key: bytes
+    status: str
+    decided_height: int
+
+
+def from_listing(listed: Iterable[Listed]) -> MembershipState:
+    """The proposals a validator lists (newest first), as the membership state key states and
+    admitted members are derived from (an expired join request counts as pending, as at
+    execution)."""
+    return MembershipState({p.proposal_id: Proposal(
+        p.proposal_id, p.kind, p.replica_id, p.org, p.name, bytes(p.validator_key),
+        bytes(p.client_key), bytes(p.encryption_key),
+        status=ProposalStatus.PENDING if p.status == ProposalStatus.EXPIRED else p.status,
+        decided_height=p.decided_height) for p in reversed(list(listed))})
 
 
 @dataclass(frozen=True, slots=True)

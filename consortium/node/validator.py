@@ -319,7 +319,7 @@ class Validator:
             if (config is not None and isinstance(e.action, MemberVote)
                     and e.reason == ms.MEMBERSHIP_OUTCOME + ms.ProposalStatus.APPROVED):
                 proposal = self.membership.proposals.get(e.action.proposal_id)
-                if proposal is not None:
+                if proposal is not None and proposal.kind in ms.RECONFIGURING:
                     self._submit_change(proposal, config)
 
     def _resubmit_pending_change(self) -> None:
