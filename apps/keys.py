@@ -5,7 +5,13 @@ has the organisation's own validator sign a revocation, in force in the block th
 (later requests signed with that key are refused, earlier records stay valid); signed by
 another organisation's validator it is a proposal the validators vote on (`members vote`).
 `keys rotate --client ORG` makes a new client key and has the organisation's validator install
-it in place of the current one (revoked or not). docs/deploy.md, "Rotation and revocation".
+it in place of the current one (revoked or not).
+
+`keys rotate --validator ID` makes a new signing key and TLS certificate for a validator: the
+certificate is served from the next handshake on (the CA vouches for it, no vote needed), the
+key is proposed to the validators (signed with the old key and the new one) and, once 2f+1
+approve (`members vote`), signs from the next epoch on. docs/deploy.md, "Rotation and
+revocation".
 """
 
 from __future__ import annotations
@@ -121,18 +127,31 @@ def revoke(directory: Path | None, org: str, as_org: str, reason: str, as_json: 
 
 @keys.command("rotate")
 @DIR_OPTION
-@click.option("--client", "org", required=True,
+@click.option("--client", "org", default=None,
               help="The organisation whose client key is replaced (its validator signs).")
-@click.option("--reason", default="", help="Why (recorded on the ledger).")
+@click.option("--validator", "replica_id", type=click.IntRange(0, 65535), default=None,
+              help="The validator whose signing key and TLS certificate are replaced.")
+@click.option("--reason", default="", help="Why (recorded on the ledger; client keys).")
 @JSON_OPTION
-def rotate(directory: Path | None, org: str, reason: str, as_json: bool) -> None:
-    """Make a new client key for an organisation and install it on the ledger in place of the
-    current one (revoked or not); the key file is replaced once the ledger holds the new key."""
+def rotate(directory: Path | None, org: str | None, replica_id: int | None, reason: str,
+           as_json: bool) -> None:
+    """Replace a client key (--client ORG: installed on the ledger at once, the key file
+    replaced then) or a validator's signing key and TLS certificate (--validator ID: the
+    certificate at once, the key by vote from the next epoch on; prints the proposal id)."""
+    if (org is None) == (replica_id is None):
+        _fail("name exactly one of --client ORG and --validator ID")
+    d = _directory(directory)
+    if replica_id is not None:
+        _rotate_validator(d, replica_id, as_json)
+    assert org is not None
+    _rotate_client(d, org, reason, as_json)
+
+
+def _rotate_client(d: Path, org: str, reason: str, as_json: bool) -> NoReturn:
     from consortium.crypto.signing import Ed25519Signer
     from consortium.ledger.membership import KEY_CHANGED, org_client_id
     from consortium.localnet import read_seed
 
-    d = _directory(directory)
     key_file = d / "orgs" / org / "client.key"
     if not key_file.is_file():
         _fail(f"no client key of organisation {org!r} in {d} ({key_file})")
@@ -160,6 +179,59 @@ def rotate(directory: Path | None, org: str, reason: str, as_json: bool) -> None
     data["old_key_file"] = str(old)
     _report(data, as_json, f"{org_client_id(org)} signs with its new key {new_key.hex()[:16]}… "
                            f"from height {data['height']} on (the old key file is {old})")
+
+
+def _rotate_validator(d: Path, replica_id: int, as_json: bool) -> NoReturn:
+    """New key (left as signing.key.next for the validator to load) and certificate (in
+    place, the validator reloads it), then the proposal signed by the old and the new key."""
+    from consortium.client import ConsortiumClient, Identity, SubmitError
+    from consortium.config import ConfigError, Genesis, ValidatorConfig
+    from consortium.crypto.signing import Ed25519Signer
+    from consortium.ledger.transactions import ValidatorKeyChange, validator_key_signing_bytes
+    from consortium.localnet import issue_validator_cert, read_seed
+
+    vdir = d / "validators" / str(replica_id)
+    try:
+        genesis = Genesis.load(d / "genesis.json")
+        config = ValidatorConfig.load(vdir / "config.json")
+        old = Ed25519Signer(read_seed(config.signing_key))
+    except (ConfigError, OSError, ValueError) as exc:
+        _fail(f"validator {replica_id}: {exc}")
+    pending = config.signing_key.with_name(config.signing_key.name + NEXT_SUFFIX)
+    try:  # a key an interrupted run left is proposed again rather than lost
+        seed = read_seed(pending) if pending.is_file() else os.urandom(32)
+        new = Ed25519Signer(seed)
+    except ValueError as exc:
+        _fail(f"{pending}: {exc}")
+    _write_secret(pending, seed.hex().encode())
+    try:
+        cert = issue_validator_cert(d, replica_id, config.tls.key, config.tls.cert)
+    except (OSError, ValueError) as exc:
+        _fail(f"a new TLS certificate for validator {replica_id}: {exc}")
+    org = next((v.org for v in genesis.validators if v.replica_id == replica_id),
+               config.org or "")
+    tx = ValidatorKeyChange(replica_id, old.public_key, new.public_key, new.sign(
+        validator_key_signing_bytes(genesis.chain_id_bytes, replica_id, old.public_key,
+                                    new.public_key)))
+    try:
+        with ConsortiumClient(genesis, Identity.validator(d, org),
+                              (d / "ca" / "ca.crt").read_bytes()) as client:
+            receipt = client.governance(tx)
+    except (SubmitError, ConfigError, OSError) as exc:
+        _fail(str(exc), EXIT_NOT_OK)
+    data = receipt.to_json()
+    data.update(proposal_id=data["record_id"], replica_id=replica_id,
+                signing_key=new.public_key.hex(), old_signing_key=old.public_key.hex(),
+                tls_cert=str(config.tls.cert),
+                tls_not_after=cert.not_valid_after_utc.isoformat())
+    if data["status"] != "recorded":
+        _report(data, as_json, f"key rotation refused at height {data['height']}: "
+                               f"{data['reason']}")
+    _report(data, as_json, f"validator {replica_id}: new TLS certificate in place (until "
+                           f"{data['tls_not_after']}); key rotation proposed: "
+                           f"{data['proposal_id']} - validators approve it with `consortium "
+                           "members vote PROPOSAL_ID --approve`; it takes effect at the next "
+                           "epoch")
 
 
 def _write_secret(path: Path, data: bytes) -> None:

@@ -39,7 +39,7 @@ from consortium.config import Genesis, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Verifier, Verifier
 from consortium.ledger.blocks import BlockHeader, EntryStatus
 from consortium.ledger.items import Item, ItemView, record_id
-from consortium.ledger.membership import org_client_id
+from consortium.ledger.membership import VALIDATOR_PREFIX, org_client_id
 from consortium.ledger.records import decode_public
 from consortium.ledger.transactions import (
     Erase,
@@ -266,7 +266,8 @@ class ChainAudit:
             self.reasons[(h, "request", env.index)] = env.reason
             if env.kind is not m.RequestKind.RECONFIGURATION:
                 problem = self.signers.problem(env.client_id, env.digest, env.signature,
-                                               env.status)
+                                               env.status,
+                                               self._epoch_keys(wb.header.epoch, env.client_id))
                 if problem:
                     self._problem(h, "request-signature", f"request {env.index}: {problem}")
             for k, item in enumerate(wb.items_of(env)):
@@ -276,6 +277,22 @@ class ChainAudit:
                 self.reasons[(h, "entry", n)] = reason
                 if status == EntryStatus.RECORDED:
                     self._follow(h, env.client_id, record_id(env.digest, k), item, reason)
+
+    def _epoch_keys(self, epoch: int, client_id: str) -> tuple[bytes, ...]:
+        """For validator client `client_id`: the key epoch `epoch` (its block's) names for it,
+        then every other key the verified epoch history gave it (none for other clients)."""
+        config = self.configs.get(epoch)
+        if not client_id.startswith(VALIDATOR_PREFIX) or config is None:
+            return ()
+        try:
+            rid = int(client_id.removeprefix(VALIDATOR_PREFIX))
+        except ValueError:
+            return ()
+        current = config.key_of(rid)
+        if current is None:
+            return ()
+        others = {k for c in self._in_force if (k := c.key_of(rid)) is not None} - {current}
+        return (current, *sorted(others))
 
     def _follow(self, h: int, client_id: str, rid: str, item: Item, reason: str) -> None:
         """A recorded entry: a record starts being tracked; a grant, revocation or erasure of a

@@ -47,6 +47,7 @@ from consortium.ledger.transactions import (
     Revoke,
     Tx,
     TxType,
+    ValidatorKeyChange,
     Verdict,
     applicant_key,
     decode_governance_tx,
@@ -458,6 +459,20 @@ def key_problem(r: m.Request, key_states: Mapping[str, ms.KeyState], chain_id: b
     return state.refusal()
 
 
+def voter_key_problem(r: m.Request, orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> str:
+    """Why a request of a validator's own client (`validator-<id>`) must not execute: after a
+    key rotation only the key of the batch's epoch signs for it ("" when it may)."""
+    replica_id = gov.voters.get(r.client_id)
+    if replica_id is None or gov.config is None or gov.verifier is None:
+        return ""
+    key = gov.config.key_of(replica_id)
+    if key is None or key == orgs.base_keys.get(r.client_id) or gov.verifier.verify(
+            key, m.request_signing_bytes(chain_id, r.digest), r.signature):
+        return ""
+    return (f"signed with a former key of validator {replica_id}: in epoch "
+            f"{gov.config.epoch} it signs with {key.hex()[:16]}…")
+
+
 def stored_request(env: Envelope, items: Sequence[Item]) -> m.Request:
     """The request an envelope of a block was, rebuilt from what a validator keeps of it (its
     envelope fields and its entries' items, `items`): in full when its raw payload or every
@@ -488,7 +503,8 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
             continue
         for p in parse_request(r) or ():
             if p.tx is not None and not isinstance(p.tx, JoinRequest | RemoveRequest
-                                                   | MemberVote | ClientKeyChange):
+                                                   | MemberVote | ClientKeyChange
+                                                   | ValidatorKeyChange):
                 out.add(p.tx.record_id)
     return out
 
@@ -525,6 +541,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         parsed = parse_request(r)
         problem = key_problem(r, key_states, chain_id, gov.verifier) \
             if key_states and gov.verifier is not None else ""
+        problem = problem or voter_key_problem(r, orgs, gov, chain_id)
         problem = problem or envelope_problem(r, parsed, orgs, gov, rules, pp.timestamp_ms)
         if problem or parsed is None:
             envelopes.append(replace(base, status=EnvelopeStatus.INVALID, reason=problem,
@@ -564,14 +581,16 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
         return EntryStatus.RECORDED, ""
     tx = p.tx
     assert tx is not None
-    if isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange) or (
+    if isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
+                  | ValidatorKeyChange) or (
             isinstance(tx, Verdict) and tx.record_id in proposals):
         problem = judge_governance(tx, client_id, record_id_, proposals, orgs, gov, rules,
                                    chain_id, block_ms, height=height)
         outcome = problem.startswith((ms.MEMBERSHIP_OUTCOME, ms.KEY_CHANGED))
         return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
                 problem)
-    assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange)
+    assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
+                          | ValidatorKeyChange)
     problem, _ = _apply(tx, client_id, sender, records, orgs, gov)
     status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
         not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
@@ -583,7 +602,7 @@ def changes_membership(block: Block) -> bool:
     removal proposal, a client key change or a vote took effect)."""
     return any(e.status == EntryStatus.RECORDED
                and isinstance(e.action, JoinRequest | RemoveRequest | MemberVote
-                              | ClientKeyChange)
+                              | ClientKeyChange | ValidatorKeyChange)
                for e in block.entries)
 
 
@@ -632,6 +651,8 @@ def judge_governance(tx: Tx, client_id: str, proposal_id: str,
                                _validator_orgs(orgs, gov), ctx)
     if isinstance(tx, ClientKeyChange):
         return ms.judge_key_change(tx, client_id, proposal_id, proposals, ctx)
+    if isinstance(tx, ValidatorKeyChange):
+        return ms.judge_validator_key(tx, client_id, proposal_id, proposals, ctx)
     assert isinstance(tx, MemberVote)
     return ms.judge_vote(tx, client_id, proposals, ctx)
 

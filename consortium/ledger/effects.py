@@ -31,6 +31,7 @@ from consortium.ledger.transactions import (
     RemoveRequest,
     ReviewVote,
     Revoke,
+    ValidatorKeyChange,
     Verdict,
 )
 
@@ -67,6 +68,11 @@ class LedgerState:
             a = e.action
             if isinstance(a, JoinRequest | RemoveRequest):
                 self._propose(e.record_id, a, block.header.timestamp_ms)
+            elif isinstance(a, ValidatorKeyChange):
+                if e.record_id not in self.proposals:
+                    self.proposals[e.record_id] = ms.Proposal(
+                        e.record_id, ms.VALIDATOR_KEY, a.replica_id, e.sender_org or "", "",
+                        a.new_key, a.old_key, recorded_ms=block.header.timestamp_ms)
             elif isinstance(a, ClientKeyChange):
                 self._key_change(e.record_id, a, e.client_id, e.reason, block.header)
             elif isinstance(a, MemberVote):

@@ -31,8 +31,10 @@ from consortium.ledger.transactions import (
     JoinRequest,
     MemberVote,
     RemoveRequest,
+    ValidatorKeyChange,
     applicant_client_id,
     sponsorship_signing_bytes,
+    validator_key_signing_bytes,
 )
 from consortium.pbft import codec
 from consortium.pbft import messages as m
@@ -56,7 +58,10 @@ succeed later), so that admission answers it FAILED_PRECONDITION rather than INV
 VALIDATOR_PREFIX = "validator-"
 CLIENT_KEY = "client-key"
 """The kind of a client key revocation or rotation proposal."""
-RECONFIGURING = frozenset({"join", "remove"})
+VALIDATOR_KEY = "validator-key"
+"""The kind of a validator key rotation proposal (validator_key: the new key, client_key: the
+old one)."""
+RECONFIGURING = frozenset({"join", "remove", VALIDATOR_KEY})
 """Kinds of proposal whose approval changes the validator set (a consensus reconfiguration)."""
 KEY_CHANGED = "client key: "
 """The reason of a client key change that took effect in the block that recorded it (signed by
@@ -94,7 +99,11 @@ class Vote:
 
 def changed_members(members: tuple[Member, ...], kind: str, replica_id: int,
                     validator_key: bytes) -> tuple[Member, ...]:
-    """The validator set after a join ("join": add the member, in id order) or a removal."""
+    """The validator set after a join ("join": add the member, in id order), a key rotation
+    (the member's key replaced by `validator_key`) or a removal."""
+    if kind == VALIDATOR_KEY:
+        return tuple(Member(mem.replica_id, validator_key) if mem.replica_id == replica_id
+                     else mem for mem in members)
     if kind == "join":
         return tuple(sorted((*members, Member(replica_id, validator_key)),
                             key=lambda mem: mem.replica_id))
@@ -185,6 +194,16 @@ class MembershipState:
             if p.kind == "join" and p.status != ProposalStatus.REJECTED:
                 out[org_client_id(p.org)] = p.client_key
                 out[validator_client_id(p.replica_id)] = p.validator_key
+        return out
+
+    def rotated_validator_keys(self) -> dict[str, tuple[bytes, ...]]:
+        """`validator-<id>` -> the keys approved rotations gave it, oldest first (which one
+        signs in a given epoch is that epoch's validator set's business)."""
+        out: dict[str, tuple[bytes, ...]] = {}
+        for p in self.proposals.values():
+            if p.kind == VALIDATOR_KEY and p.status == ProposalStatus.APPROVED:
+                cid = validator_client_id(p.replica_id)
+                out[cid] = (*out.get(cid, ()), p.validator_key)
         return out
 
     def removed(self) -> frozenset[int]:
@@ -467,6 +486,32 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
     state[tx.proposal_id] = replace(p, votes=votes, status=status, decided_height=(
         ctx.height if status != p.status else p.decided_height))
     return MEMBERSHIP_OUTCOME + status if status != p.status else ""
+
+
+def judge_validator_key(tx: ValidatorKeyChange, client_id: str, proposal_id: str,
+                        state: dict[str, Proposal], ctx: Context) -> str:
+    """"" with a rotation proposal to vote on, or why the request is refused: a current
+    validator asks for itself, signing with its current key, and its new key signs too."""
+    if ctx.voters.get(client_id) != tx.replica_id:
+        return ("a validator key change is signed by that validator itself "
+                f"({validator_client_id(tx.replica_id)}, with its current key)")
+    if ctx.config.key_of(tx.replica_id) != tx.old_key:
+        return f"{tx.old_key.hex()[:16]}… is not validator {tx.replica_id}'s current key"
+    if not ctx.verifier.verify(tx.new_key, validator_key_signing_bytes(
+            ctx.chain_id, tx.replica_id, tx.old_key, tx.new_key), tx.possession):
+        return "the new key did not sign the change (possession signature)"
+    if tx.new_key in ctx.keys_in_use or tx.new_key in _changed_keys(state) or any(
+            tx.new_key in (p.validator_key, p.client_key, p.encryption_key)
+            for p in state.values() if p.kind in ("join", VALIDATOR_KEY)) or any(
+            mem.public_key == tx.new_key for mem in ctx.config.members):
+        return "the new key is one a member holds or held; generate a new key"
+    if any(p.kind in RECONFIGURING and p.replica_id == tx.replica_id and p.kind != "join"
+           and p.status == ProposalStatus.PENDING for p in state.values()):
+        return f"a removal or key change of validator {tx.replica_id} is already open"
+    state[proposal_id] = Proposal(proposal_id, VALIDATOR_KEY, tx.replica_id,
+                                  ctx.client_orgs.get(client_id, ""), "", tx.new_key,
+                                  tx.old_key, recorded_ms=ctx.block_ms)
+    return ""
 
 
 def _changed_keys(state: Mapping[str, Proposal]) -> set[bytes]:

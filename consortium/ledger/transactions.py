@@ -21,6 +21,7 @@ for each reader, or the key a grant wraps for a new reader.
     remove  seg0 = 10 | replica_id:u32 | reason:text
     client key  seg0 = 11 | org:text | client_id:text | old_key:32 | new_key:32 (zeros:
                    revoke) | reason:text
+    validator key  seg0 = 12 | replica_id:u32 | old_key:32 | new_key:32 | possession:64
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -66,6 +67,7 @@ class TxType(enum.IntEnum):
     MEMBER_VOTE = 9
     REMOVE = 10
     CLIENT_KEY = 11
+    VALIDATOR_KEY = 12
 
 
 class InvalidTransaction(ValueError):
@@ -444,9 +446,40 @@ class ClientKeyChange:
         return [w.getvalue()]
 
 
-GovernanceTx = JoinRequest | MemberVote | RemoveRequest | ClientKeyChange
+@dataclass(frozen=True, slots=True)
+class ValidatorKeyChange:
+    """Validator `replica_id` asks to sign with `new_key` instead of `old_key` from the next
+    epoch on. Signed by the validator itself (`validator-<id>`, its current key) and carrying
+    `possession`, the new key's signature over `validator_key_signing_bytes`: both keys
+    vouch for the change. The validators vote on it like on a removal; once approved it is a
+    validator-set change (same members, one key replaced) that takes effect at the next
+    checkpoint, at the same height for every honest validator."""
+
+    replica_id: int
+    old_key: bytes
+    new_key: bytes
+    possession: bytes
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.VALIDATOR_KEY))
+        w.u32(self.replica_id)
+        w.fixed(self.old_key)
+        w.fixed(self.new_key)
+        w.fixed(self.possession)
+        return [w.getvalue()]
+
+
+def validator_key_signing_bytes(chain_id: bytes, replica_id: int, old_key: bytes,
+                                new_key: bytes) -> bytes:
+    """What a validator's new key signs to show its holder asks for the change."""
+    return tagged_hash(b"consortium/validator-key-possession", chain_id,
+                       replica_id.to_bytes(4, "big"), old_key, new_key)
+
+
+GovernanceTx = JoinRequest | MemberVote | RemoveRequest | ClientKeyChange | ValidatorKeyChange
 GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE,
-                              TxType.CLIENT_KEY})
+                              TxType.CLIENT_KEY, TxType.VALIDATOR_KEY})
 APPLICANT_PREFIX = "applicant-"
 
 
@@ -550,6 +583,16 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("a client key change replaces a key with another one")
             return ClientKeyChange(org, client_id, old_key,
                                    b"" if new_key == bytes(32) else new_key, reason)
+        if kind is TxType.VALIDATOR_KEY:
+            replica_id, old_key, new_key = rd.u32(), rd.fixed(32), rd.fixed(32)
+            possession = rd.fixed(SIGNATURE_BYTES)
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a validator key change has 1 segment")
+            if old_key == new_key:
+                raise InvalidTransaction("a validator key change replaces a key with another "
+                                         "one")
+            return ValidatorKeyChange(replica_id, old_key, new_key, possession)
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
     raise InvalidTransaction(f"{kind.name.lower()} is not a governance transaction")
@@ -569,7 +612,7 @@ def target_of(tx: Tx) -> str | None:
     """The id of the record or proposal a transaction acts on (None: it creates one)."""
     if isinstance(tx, MemberVote):
         return tx.proposal_id
-    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange):
+    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange):
         return None
     return tx.record_id
 

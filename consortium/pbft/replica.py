@@ -137,6 +137,9 @@ class Replica:
             raise ValueError("the genesis configuration is epoch 0 starting at sequence 0")
         self.id = replica_id
         self._signer = signer
+        self._signers: dict[bytes, Signer] = {signer.public_key: signer}
+        """Every key this replica holds, by public key: after a key rotation, the messages of
+        each epoch are signed with the key that epoch's validator set names for it."""
         self.chain_id = chain_id
         self.genesis = genesis
         self.params = params
@@ -277,8 +280,23 @@ class Replica:
         out, self._out = self._out, []
         return out
 
+    def add_signer(self, signer: Signer) -> None:
+        """Another key of this replica (a rotation approved or under way): it signs from the
+        epoch whose validator set names it for this replica on, and not before."""
+        self._signers[signer.public_key] = signer
+
+    @property
+    def signing_keys(self) -> frozenset[bytes]:
+        return frozenset(self._signers)
+
     def _sign(self, body: m.Body) -> m.SignedMessage:
-        return codec.sign_message(self._signer, self.chain_id, self.id, body)
+        signer = self._signer
+        if len(self._signers) > 1:
+            epoch = self._message_epoch(body)
+            config = self.config if epoch is None or epoch == self.config.epoch else \
+                self.epoch_configs().get(epoch, self.config)
+            signer = self._signers.get(config.key_of(self.id) or b"", signer)
+        return codec.sign_message(signer, self.chain_id, self.id, body)
 
     def _peers(self) -> tuple[int, ...]:
         return tuple(r for r in self.config.replica_ids if r != self.id)

@@ -38,7 +38,12 @@ from consortium.ledger.blocks import (
     stored_request,
 )
 from consortium.ledger.items import ItemView
-from consortium.ledger.membership import CLIENT_KEY, KEY_CHANGED, MEMBERSHIP_OUTCOME
+from consortium.ledger.membership import (
+    CLIENT_KEY,
+    KEY_CHANGED,
+    MEMBERSHIP_OUTCOME,
+    VALIDATOR_KEY,
+)
 from consortium.ledger.records import PublicRecord, decode_public
 from consortium.ledger.transactions import (
     Access,
@@ -52,6 +57,7 @@ from consortium.ledger.transactions import (
     ReviewVote,
     Revoke,
     TxType,
+    ValidatorKeyChange,
     Verdict,
     parse_key_segment,
     target_of,
@@ -505,7 +511,7 @@ class LedgerStore:
                 "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (a.record_id, voter, a.accept, header.height, e.index))
-        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange):
+        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange):
             await self._insert_proposal(cur, header, e, a)
         elif isinstance(a, MemberVote):
             voter = int(e.client_id.removeprefix("validator-"))
@@ -525,10 +531,15 @@ class LedgerStore:
 
     @staticmethod
     async def _insert_proposal(cur: AsyncCursor[Any], header: BlockHeader, e: Entry,
-                               a: JoinRequest | RemoveRequest | ClientKeyChange) -> None:
+                               a: JoinRequest | RemoveRequest | ClientKeyChange
+                               | ValidatorKeyChange) -> None:
         status, decided = "pending", None
-        if isinstance(a, ClientKeyChange):
+        if isinstance(a, ValidatorKeyChange):
             row: tuple[Any, ...] = (
+                e.record_id, VALIDATOR_KEY, a.replica_id, e.sender_org or "", "", a.new_key,
+                a.old_key, b"", "", "", "", "", "")
+        elif isinstance(a, ClientKeyChange):
+            row = (
                 e.record_id, CLIENT_KEY, int(e.client_id.removeprefix("validator-")), a.org,
                 a.client_id, a.old_key, a.new_key, b"", "", "", "", a.reason, "")
             if e.reason.startswith(KEY_CHANGED):  # its own organisation's: in force at once
@@ -602,7 +613,8 @@ def _tx_type(a: object) -> TxType:
     return {Grant: TxType.GRANT, Revoke: TxType.REVOKE, Erase: TxType.ERASE,
             Access: TxType.ACCESS, Verdict: TxType.VERDICT, ReviewVote: TxType.REVIEW_VOTE,
             JoinRequest: TxType.JOIN, MemberVote: TxType.MEMBER_VOTE,
-            RemoveRequest: TxType.REMOVE, ClientKeyChange: TxType.CLIENT_KEY}[type(a)]
+            RemoveRequest: TxType.REMOVE, ClientKeyChange: TxType.CLIENT_KEY,
+            ValidatorKeyChange: TxType.VALIDATOR_KEY}[type(a)]
 
 
 def _public_of(e: Entry) -> PublicRecord | None:

@@ -37,18 +37,25 @@ class ClientSigners:
     proposals: dict[str, ClientKeyChange] = field(default_factory=dict)
     """Client key changes waiting for votes, by proposal id."""
 
-    def problem(self, client_id: str, digest: bytes, signature: bytes, status: str) -> str:
-        """Why request `digest` of `client_id`, with `status`, breaks the rules ("" if not)."""
+    def problem(self, client_id: str, digest: bytes, signature: bytes, status: str,
+                epoch_keys: tuple[bytes, ...] = ()) -> str:
+        """Why request `digest` of `client_id`, with `status`, breaks the rules ("" if not).
+        `epoch_keys`, for a validator's own client: the key its block's epoch names for it,
+        then the others the epoch history gave it (after a rotation only the first signs;
+        the others still order)."""
         signed = m.request_signing_bytes(self.chain_id, digest)
         key = self.keys.get(client_id) or applicant_key(client_id)
+        former = list(self.former.get(client_id, ()))
+        if epoch_keys and epoch_keys[0] != key:
+            former += [k for k in (key, *epoch_keys[1:]) if k is not None and k != epoch_keys[0]]
+            key = epoch_keys[0]
         if key is not None and self.verifier.verify(key, signed, signature):
             revoked = self.revoked.get(client_id)
             if revoked is not None and status == EnvelopeStatus.EXECUTED:
                 return (f"signed with {client_id}'s key revoked at height {revoked[0]} "
                         f"(revocation {revoked[1][:16]}), yet executed")
             return ""
-        if any(self.verifier.verify(k, signed, signature)
-               for k in self.former.get(client_id, ())):
+        if any(self.verifier.verify(k, signed, signature) for k in former):
             if status == EnvelopeStatus.EXECUTED:
                 return f"signed with a former (replaced) key of {client_id}, yet executed"
             return ""

@@ -2,22 +2,33 @@
 PostgreSQL), driven through the `consortium keys` command as an operator runs it: an
 organisation revokes its leaked client key and the key's next request is refused with an error
 naming the revocation, while the records it signed before stay valid; it rotates in a new key
-and records flow again; another organisation's key is revoked by a vote of the validators; and
-`audit verify --all` passes across every change.
+and records flow again; another organisation's key is revoked by a vote of the validators; a
+validator rotates its signing key and TLS certificate under load (the certificate served at
+once, the key from the next epoch on, no restart, no view change, no acknowledged record
+lost); and `audit verify --all` passes across every change.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from consortium.client import ConsortiumClient, SubmitError
-from consortium.crypto.signing import Ed25519Signer
+from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.localnet import read_seed
-from tests.e2e.conftest import Cluster, running_consortium
+from consortium.pbft import messages as m
+from consortium.verify import ChainVerifier, commit_signers
+from consortium.wire import block_from_proto
+from tests.e2e.conftest import Cluster, running_consortium, wait_for
 from tests.e2e.test_audit import Ran, verify_all
 from tests.e2e.test_cli import cli, ok_json
 
@@ -117,3 +128,118 @@ def test_keys_commands_validate_their_input(cluster: Cluster) -> None:
     for command in ("revoke", "rotate"):
         res = cli("keys", command, "--help")
         assert res.returncode == 0 and "--json" in res.stdout and "--client" in res.stdout
+
+
+# ----------------------------------------------------------------- validator key and TLS
+
+class Load:
+    """Records submitted back to back from two organisations' clients while a test runs;
+    every acknowledged (verified) receipt is kept."""
+
+    def __init__(self, d: Path, orgs: tuple[str, ...]) -> None:
+        self.receipts: list[Any] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(d, org), daemon=True)
+                         for org in orgs]
+
+    def _run(self, d: Path, org: str) -> None:
+        with ConsortiumClient.from_dir(d, org) as client:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    self.receipts.append(client.submit_provenance(f"load-{org}-{n}", "shipped"))
+                except SubmitError as exc:
+                    self.errors.append(str(exc))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def server_certificate(address: str) -> bytes:
+    """The DER certificate a validator's client port presents to a new connection."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as sock, \
+            context.wrap_socket(sock, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_a_validator_rotates_its_key_and_certificate_under_load(cluster: Cluster) -> None:
+    d = cluster.directory
+    rotated = 2
+    vdir = cluster.vdir(rotated)
+    old_seed = read_seed(vdir / "signing.key")
+    old_cert = server_certificate(cluster.client_address(rotated))
+    epoch = cluster.status(0).epoch
+    with Load(d, ("org0", "org3")) as load:
+        wait_for("records under load", lambda: len(load.receipts) >= 5 or None, 60)
+        proposed = ok_json("keys", "rotate", "--dir", str(d), "--validator", str(rotated))
+        assert proposed["status"] == "recorded" and proposed["reason"] == "", proposed
+        new_key = bytes.fromhex(proposed["signing_key"])
+        assert (vdir / "signing.key.next").is_file()
+        # the certificate is served at once (the CA vouches for it), before any vote
+        new_cert = wait_for("the new certificate served", lambda: (
+            c if (c := server_certificate(cluster.client_address(rotated))) != old_cert
+            else None), 30)
+        assert new_cert == x509.load_pem_x509_certificate(
+            (vdir / "tls.crt").read_bytes()).public_bytes(serialization.Encoding.DER)
+        for voter in ("org0", "org1", "org3"):
+            vote = ok_json("members", "vote", "--dir", str(d), proposed["proposal_id"],
+                           "--approve", "--as", voter)
+            assert vote["status"] == "recorded", vote
+        wait_for("every validator in the next epoch", lambda: {
+            cluster.status(i).epoch for i in cluster.ids} == {epoch + 1} or None, 60)
+        acknowledged = len(load.receipts)
+        wait_for("records in the new epoch", lambda: len(load.receipts) >= acknowledged + 10
+                 or None, 60)
+    assert not load.errors, load.errors[:3]
+
+    # every validator switched at the same height, with validator 2 on its new key
+    members = ok_json("members", "list", "--dir", str(d))
+    assert members["epoch"] == epoch + 1
+    with ConsortiumClient.from_dir(d, "org0") as client:
+        client.refresh_epochs()
+        configs = dict(client.core.epochs)
+    assert configs[epoch + 1].key_of(rotated) == new_key
+    assert configs[epoch].key_of(rotated) == Ed25519Signer(old_seed).public_key
+    # the key file was promoted at the switch, without a restart
+    assert read_seed(vdir / "signing.key") != old_seed
+    assert Ed25519Signer(read_seed(vdir / "signing.key")).public_key == new_key
+    assert not (vdir / "signing.key.next").exists()
+    assert list(vdir.glob("signing.key.replaced-*"))
+
+    # no acknowledged record lost: every receipt's block is the one the ledger holds
+    upto = cluster.wait_converged(30)
+    hashes = cluster.chain(0, upto, verify=False)  # (certificates: below, by epoch)
+    for r in load.receipts:
+        assert hashes[r.height - 1].hex() == r.block_hash, f"record at {r.height} lost"
+    # no view change: every block of both epochs was proposed in view 0; each block's
+    # certificate holds for its epoch, and the new epoch's carry validator 2's commits under
+    # its new key
+    verifier = ChainVerifier(cluster.genesis.chain_id_bytes, configs, Ed25519Verifier())
+    signers: dict[int, set[int]] = {}
+    for blk in cluster.blocks(0, upto):
+        wb = block_from_proto(blk, cluster.genesis.chain_id_bytes)
+        verifier.check(wb)
+        assert isinstance(wb.pre_prepare.body, m.PrePrepare)
+        assert wb.pre_prepare.body.view == 0, f"block {wb.header.height} after a view change"
+        signers.setdefault(wb.header.epoch, set()).update(commit_signers(
+            wb.header, wb.certificate, configs[wb.header.epoch], Ed25519Verifier()))
+    assert rotated in signers[epoch] and rotated in signers[epoch + 1]
+
+    ran, report = verify_all(cluster)
+    assert ran.code == 0 and report["ok"], report

@@ -17,6 +17,7 @@ from consortium.crypto.signing import Ed25519Signer
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
+    BlockHeader,
     ClientOrgs,
     EntryStatus,
     EnvelopeStatus,
@@ -56,7 +57,6 @@ from tests.test_membership_unit import (
 ALICE = CLIENT_KEYS["alice"]
 """acme's client; acme runs validator 0, globex validator 1."""
 NEW = Ed25519Signer.generate()
-_seqs = itertools.count(1)
 
 
 def change(new_key: bytes = b"", old_key: bytes = ALICE.public_key, *, org: str = "acme",
@@ -81,7 +81,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.model = LedgerState()
-        self.prev = None
+        self.prev: BlockHeader | None = None
+        self._seqs = itertools.count(1)
 
     @property
     def orgs(self) -> ClientOrgs:
@@ -92,7 +93,7 @@ class Ledger:
 
     def execute(self, *requests: m.Request) -> Block:
         reqs = tuple(requests)
-        seq = next(_seqs)
+        seq = next(self._seqs)
         header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), T0)
         a = ev.Execute(seq=seq, view=0, epoch=0, digest=header.digest, requests=reqs,
                        executed=reqs, pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0,
