@@ -121,9 +121,16 @@ class ValidatorKeys:
         signer = self.signers.get(key)
         if signer is None or signer is self.current:
             return
-        if self._next is not None and self._next.public_key == key and self.next_path.exists():
-            old = self.path.with_name(f"{self.path.name}.replaced-{epoch}")
+        self.current = signer
+        if self._next is None or self._next.public_key != key or not self.next_path.exists():
+            return
+        old = self.path.with_name(f"{self.path.name}.replaced-{epoch}")
+        try:
             os.replace(self.path, old)
             os.replace(self.next_path, self.path)
-            log.info("signing key rotated", epoch=epoch, key=key.hex()[:16], old_file=str(old))
-        self.current = signer
+        except OSError as exc:  # read-only keys (a Kubernetes Secret): the operator moves them
+            log.warning("signing key rotated in memory; the key files are not writable: make "
+                        f"{self.path.name} the new key and drop {self.next_path.name}",
+                        epoch=epoch, key=key.hex()[:16], error=str(exc)[:200])
+            return
+        log.info("signing key rotated", epoch=epoch, key=key.hex()[:16], old_file=str(old))

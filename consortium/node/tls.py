@@ -11,6 +11,8 @@ one is, until both have arrived.
 from __future__ import annotations
 
 import datetime
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,3 +106,20 @@ class TlsReloader:
     def days_left(self, now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
             datetime.UTC)) -> int:
         return (self.refresh().not_after - now()).days
+
+
+def served_certificate(address: str, timeout_s: float = 2.0) -> x509.Certificate:
+    """The certificate a server presents to a new connection at `address` (HOST:PORT): what
+    clients see now, whatever its files say. Not verified here (the expiry is what is asked).
+    Raises OSError when nothing answers."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock, \
+            context.wrap_socket(sock, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise OSError(f"{address} presented no certificate")
+    return x509.load_der_x509_certificate(der)

@@ -579,6 +579,9 @@ class Replica:
             return
         epoch = self._message_epoch(b)
         verified = verify_signed(msg, self.config, self.chain_id, self._verifier)
+        if not verified and isinstance(b, m.Status | m.StateRequest) and (
+                epoch is None or epoch < self.config.epoch):
+            verified = self._signed_under_former_key(msg)
         if epoch is not None and epoch > self.config.epoch and not isinstance(b, m.Status):
             # Only a sender we can authenticate now may fill the buffer (a member that joins
             # with the new epoch is heard again through retransmission once we switch).
@@ -614,6 +617,21 @@ class Replica:
             self._on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
             self._on_batch_request(msg.sender, b)
+
+    def _signed_under_former_key(self, msg: m.SignedMessage) -> bool:
+        """A member that lags an epoch behind a change of its own key still signs with the key
+        of its epoch: its STATUS and STATE-REQUEST (how it asks to catch up) are taken under
+        that key, so that it can reach the epoch that names its new one. Nothing it could
+        vote is (those are old-epoch messages, ignored anyway)."""
+        current = self.config.key_of(msg.sender)
+        b = msg.body
+        epoch = b.epoch if isinstance(b, m.Status) else None
+        for config in sorted(self.epoch_configs().values(), key=lambda c: -c.epoch):
+            if (epoch is None or config.epoch == epoch) and config.epoch < self.config.epoch \
+                    and config.key_of(msg.sender) not in (None, current) \
+                    and verify_signed(msg, config, self.chain_id, self._verifier):
+                return True
+        return False
 
     def _in_window(self, seq: int) -> bool:
         return self.stable_seq < seq <= self._high_watermark()
@@ -1483,6 +1501,22 @@ class Replica:
             self._lags.pop(self.primary, None)
             self._start_view_change(self.view + 1)
 
+    def _status_under_former_key(self, sender: int, epoch: int) -> None:
+        """A member still in an earlier epoch cannot authenticate us if our key changed since
+        (it learns the new key only with the epoch it lags behind): tell it where we are under
+        the key its epoch knows, once per tick, so that it counts us towards catching up. Only
+        a claim: what it fetches then proves itself."""
+        theirs = self.epoch_configs().get(epoch)
+        key = None if theirs is None else theirs.key_of(self.id)
+        signer = None if key is None else self._signers.get(key)
+        if signer is None or key == self.config.key_of(self.id) or \
+                self._retransmitted.get(sender) == (self._tick, True):
+            return
+        self._retransmitted[sender] = (self._tick, True)
+        status = m.Status(self.config.epoch, self.view, self.view_active, self.last_executed,
+                          self.stable_seq, 0 if self._clock is None else self._clock.now_ms())
+        self._send(sender, codec.sign_message(signer, self.chain_id, self.id, status))
+
     def _on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
         if self._clock is not None:
@@ -1496,6 +1530,7 @@ class Replica:
         if b.epoch > self.config.epoch or b.stable_seq > self.last_executed:
             return  # it is ahead of us: our tick decides whether enough members say so
         if b.epoch < self.config.epoch:
+            self._status_under_former_key(sender, b.epoch)
             return
         if b.last_executed < self.stable_seq:
             return  # it will ask us for state after our own STATUS

@@ -10,9 +10,11 @@ lost); and `audit verify --all` passes across every change.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +242,21 @@ def test_a_validator_rotates_its_key_and_certificate_under_load(cluster: Cluster
         signers.setdefault(wb.header.epoch, set()).update(commit_signers(
             wb.header, wb.certificate, configs[wb.header.epoch], Ed25519Verifier()))
     assert rotated in signers[epoch] and rotated in signers[epoch + 1]
+
+    # what operators see: the key each validator signs with, the certificate it serves
+    rows = {r["id"]: r for r in ok_json("status", "--dir", str(d))["validators"]}
+    assert rows[rotated]["signing_key"] == new_key.hex() and not rows[rotated][
+        "signing_key_next"]
+    served = x509.load_der_x509_certificate(new_cert).not_valid_after_utc
+    assert rows[rotated]["tls_not_after"] == served.isoformat()
+    assert rows[rotated]["tls_days_left"] > 365
+    assert all(rows[i]["signing_key"] == configs[epoch + 1].key_of(i).hex()  # type: ignore[union-attr]
+               for i in cluster.ids)
+    config = json.loads((vdir / "config.json").read_text())
+    with urllib.request.urlopen(f"http://{config['listen_metrics']}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    (line,) = [x for x in metrics.splitlines() if x.startswith("consortium_tls_cert_expiry_days")]
+    assert float(line.split()[-1]) == rows[rotated]["tls_days_left"]
 
     ran, report = verify_all(cluster)
     assert ran.code == 0 and report["ok"], report

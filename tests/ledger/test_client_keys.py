@@ -21,6 +21,7 @@ from consortium.ledger.blocks import (
     ClientOrgs,
     EntryStatus,
     EnvelopeStatus,
+    Governance,
     build_block,
     changes_membership,
 )
@@ -79,7 +80,8 @@ class Ledger:
     """Blocks in a row, each judged against the state the previous ones left (as the driver
     does: the membership reloaded, the client organisations rebuilt with its key states)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gov: Governance = GOV) -> None:
+        self.gov = gov
         self.model = LedgerState()
         self.prev: BlockHeader | None = None
         self._seqs = itertools.count(1)
@@ -99,7 +101,7 @@ class Ledger:
                        executed=reqs, pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0,
                                                                      header),
                        certificate=(), state_digest=bytes(32))
-        block = build_block(a, CHAIN, self.prev, self.orgs, gov=GOV,
+        block = build_block(a, CHAIN, self.prev, self.orgs, gov=self.gov,
                             members=self.model.membership())
         self.model.apply(block)
         self.prev = block.header
