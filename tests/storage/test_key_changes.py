@@ -47,3 +47,29 @@ def test_key_changes_and_their_votes_are_stored_as_the_model_holds_them(dsn: str
         kinds = {p.kind for p in await reader.proposals()}
         assert kinds == {ms.CLIENT_KEY}
     with_store(dsn, body, chain_id=blocks[0].header.chain_id)
+
+
+def test_a_validator_key_rotation_and_its_votes_are_stored_as_the_model_holds_them(
+        dsn: str) -> None:
+    from consortium.ledger.transactions import MemberVote
+    from tests.ledger.test_validator_keys import NEW as NEW_VALIDATOR_KEY
+    from tests.ledger.test_validator_keys import by, rotation
+    from tests.test_membership_unit import VALIDATORS, approval
+
+    ledger = Ledger()
+    blocks = [ledger.execute(by(2, rotation()))]
+    pid = blocks[0].entries[0].record_id
+    p = ledger.model.proposals[pid]
+    blocks.append(ledger.execute(*[by(v, MemberVote(pid, True, 0, approval(VALIDATORS[v], p)))
+                                   for v in (0, 1, 3)]))
+    model = ledger.model.membership()
+    assert model.proposals[pid].status == ms.ProposalStatus.APPROVED
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        for block in blocks:
+            await store.append_blocks([block])
+        stored = await reader.membership()
+        assert stored == model
+        assert stored.rotated_validator_keys() == {"validator-2": (NEW_VALIDATOR_KEY.public_key,)}
+        assert stored.pending_change(0) == model.pending_change(0) is not None
+    with_store(dsn, body, chain_id=blocks[0].header.chain_id)
