@@ -397,6 +397,7 @@ from apps.bench import bench  # noqa: E402, I001
 main.add_command(bench)
 from apps.access import access  # noqa: E402
 from apps.audit import audit  # noqa: E402
+from apps.ca import ca  # noqa: E402
 from apps.keys import keys  # noqa: E402
 from apps.members import members  # noqa: E402
 from apps.review import review  # noqa: E402
@@ -406,6 +407,7 @@ main.add_command(access)
 main.add_command(review)
 main.add_command(members)
 main.add_command(keys)
+main.add_command(ca)
 from apps.admission import admission  # noqa: E402
 
 main.add_command(admission)

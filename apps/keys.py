@@ -131,18 +131,23 @@ def revoke(directory: Path | None, org: str, as_org: str, reason: str, as_json: 
               help="The organisation whose client key is replaced (its validator signs).")
 @click.option("--validator", "replica_id", type=click.IntRange(0, 65535), default=None,
               help="The validator whose signing key and TLS certificate are replaced.")
+@click.option("--tls-only", is_flag=True,
+              help="With --validator: a new TLS certificate only (an expiring certificate, a "
+                   "new CA), no key change and no vote.")
 @click.option("--reason", default="", help="Why (recorded on the ledger; client keys).")
 @JSON_OPTION
-def rotate(directory: Path | None, org: str | None, replica_id: int | None, reason: str,
-           as_json: bool) -> None:
+def rotate(directory: Path | None, org: str | None, replica_id: int | None, tls_only: bool,
+           reason: str, as_json: bool) -> None:
     """Replace a client key (--client ORG: installed on the ledger at once, the key file
     replaced then) or a validator's signing key and TLS certificate (--validator ID: the
     certificate at once, the key by vote from the next epoch on; prints the proposal id)."""
     if (org is None) == (replica_id is None):
         _fail("name exactly one of --client ORG and --validator ID")
+    if tls_only and replica_id is None:
+        _fail("--tls-only goes with --validator ID")
     d = _directory(directory)
     if replica_id is not None:
-        _rotate_validator(d, replica_id, as_json)
+        _rotate_validator(d, replica_id, tls_only, as_json)
     assert org is not None
     _rotate_client(d, org, reason, as_json)
 
@@ -181,7 +186,7 @@ def _rotate_client(d: Path, org: str, reason: str, as_json: bool) -> NoReturn:
                            f"from height {data['height']} on (the old key file is {old})")
 
 
-def _rotate_validator(d: Path, replica_id: int, as_json: bool) -> NoReturn:
+def _rotate_validator(d: Path, replica_id: int, tls_only: bool, as_json: bool) -> NoReturn:
     """New key (left as signing.key.next for the validator to load) and certificate (in
     place, the validator reloads it), then the proposal signed by the old and the new key."""
     from consortium.client import ConsortiumClient, Identity, SubmitError
@@ -197,6 +202,17 @@ def _rotate_validator(d: Path, replica_id: int, as_json: bool) -> NoReturn:
         old = Ed25519Signer(read_seed(config.signing_key))
     except (ConfigError, OSError, ValueError) as exc:
         _fail(f"validator {replica_id}: {exc}")
+    if tls_only:
+        try:
+            cert = issue_validator_cert(d, replica_id, config.tls.key, config.tls.cert)
+        except (OSError, ValueError) as exc:
+            _fail(f"a new TLS certificate for validator {replica_id}: {exc}")
+        _report({"status": "recorded", "replica_id": replica_id, "tls_cert": str(config.tls.cert),
+                 "tls_not_after": cert.not_valid_after_utc.isoformat(),
+                 "tls_issuer": cert.issuer.rfc4514_string()}, as_json,
+                f"validator {replica_id}: new TLS certificate in place (until "
+                f"{cert.not_valid_after_utc.isoformat()}); it serves it from the next "
+                "connection on")
     pending = config.signing_key.with_name(config.signing_key.name + NEXT_SUFFIX)
     try:  # a key an interrupted run left is proposed again rather than lost
         seed = read_seed(pending) if pending.is_file() else os.urandom(32)

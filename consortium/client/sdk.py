@@ -44,7 +44,11 @@ from consortium.client.core import (
 )
 from consortium.config import Genesis
 from consortium.crypto import envelope
-from consortium.ledger.membership import CLIENT_KEY, changed_members, key_change_signing_bytes
+from consortium.ledger.membership import (
+    RECONFIGURING,
+    changed_members,
+    key_change_signing_bytes,
+)
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
     Access,
@@ -556,7 +560,7 @@ class AsyncConsortiumClient:
             raise SubmitError(f"no membership proposal {proposal_id}",
                               grpc.StatusCode.NOT_FOUND)
         approval = b""
-        if approve and proposal.kind == CLIENT_KEY:
+        if approve and proposal.kind not in RECONFIGURING:
             approval = self.core.identity.signer.sign(key_change_signing_bytes(
                 self.core.chain_id, members.epoch, proposal_id))
         elif approve:

@@ -35,6 +35,7 @@ from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
     JOIN_DECISIONS,
     Access,
+    CaChange,
     ClientKeyChange,
     Erase,
     Grant,
@@ -504,7 +505,7 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
         for p in parse_request(r) or ():
             if p.tx is not None and not isinstance(p.tx, JoinRequest | RemoveRequest
                                                    | MemberVote | ClientKeyChange
-                                                   | ValidatorKeyChange):
+                                                   | ValidatorKeyChange | CaChange):
                 out.add(p.tx.record_id)
     return out
 
@@ -582,7 +583,7 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
     tx = p.tx
     assert tx is not None
     if isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
-                  | ValidatorKeyChange) or (
+                  | ValidatorKeyChange | CaChange) or (
             isinstance(tx, Verdict) and tx.record_id in proposals):
         problem = judge_governance(tx, client_id, record_id_, proposals, orgs, gov, rules,
                                    chain_id, block_ms, height=height)
@@ -590,7 +591,7 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
         return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
                 problem)
     assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
-                          | ValidatorKeyChange)
+                          | ValidatorKeyChange | CaChange)
     problem, _ = _apply(tx, client_id, sender, records, orgs, gov)
     status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
         not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
@@ -602,7 +603,7 @@ def changes_membership(block: Block) -> bool:
     removal proposal, a client key change or a vote took effect)."""
     return any(e.status == EntryStatus.RECORDED
                and isinstance(e.action, JoinRequest | RemoveRequest | MemberVote
-                              | ClientKeyChange | ValidatorKeyChange)
+                              | ClientKeyChange | ValidatorKeyChange | CaChange)
                for e in block.entries)
 
 
@@ -653,6 +654,8 @@ def judge_governance(tx: Tx, client_id: str, proposal_id: str,
         return ms.judge_key_change(tx, client_id, proposal_id, proposals, ctx)
     if isinstance(tx, ValidatorKeyChange):
         return ms.judge_validator_key(tx, client_id, proposal_id, proposals, ctx)
+    if isinstance(tx, CaChange):
+        return ms.judge_ca(tx, client_id, proposal_id, proposals, ctx)
     assert isinstance(tx, MemberVote)
     return ms.judge_vote(tx, client_id, proposals, ctx)
 

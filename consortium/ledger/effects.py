@@ -22,7 +22,9 @@ from consortium.ledger.blocks import (
     RecordState,
     Screening,
 )
+from consortium.ledger.ca import CA, fingerprint
 from consortium.ledger.transactions import (
+    CaChange,
     ClientKeyChange,
     Erase,
     Grant,
@@ -68,6 +70,13 @@ class LedgerState:
             a = e.action
             if isinstance(a, JoinRequest | RemoveRequest):
                 self._propose(e.record_id, a, block.header.timestamp_ms)
+            elif isinstance(a, CaChange):
+                if e.record_id not in self.proposals:
+                    self.proposals[e.record_id] = ms.Proposal(
+                        e.record_id, CA, int(e.client_id.removeprefix(ms.VALIDATOR_PREFIX)),
+                        e.sender_org or "", "add" if a.add else "retire",
+                        fingerprint(a.certificate), recorded_ms=block.header.timestamp_ms,
+                        certificate=a.certificate)
             elif isinstance(a, ValidatorKeyChange):
                 if e.record_id not in self.proposals:
                     self.proposals[e.record_id] = ms.Proposal(

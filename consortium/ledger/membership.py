@@ -26,7 +26,9 @@ from typing import Protocol
 
 from consortium.crypto.hashing import tagged_hash
 from consortium.crypto.signing import Verifier
+from consortium.ledger import ca as cas
 from consortium.ledger.transactions import (
+    CaChange,
     ClientKeyChange,
     JoinRequest,
     MemberVote,
@@ -133,6 +135,8 @@ class Proposal:
     """The time of the block that recorded it (its expiry counts from there)."""
     decided_height: int = 0
     """The height of the block that approved or rejected it (0: pending)."""
+    certificate: bytes = b""
+    """A CA proposal's certificate (PEM)."""
 
     def expired(self, block_ms: int, ttl_ms: int) -> bool:
         return expired(self.kind, self.status, self.recorded_ms, block_ms, ttl_ms)
@@ -205,6 +209,20 @@ class MembershipState:
                 cid = validator_client_id(p.replica_id)
                 out[cid] = (*out.get(cid, ()), p.validator_key)
         return out
+
+    def ca_trust(self) -> cas.CaTrust:
+        """The CAs approved CA proposals added and retired, in the order they were decided."""
+        added: dict[bytes, bytes] = {}
+        retired: set[bytes] = set()
+        for p in sorted((p for p in self.proposals.values()
+                         if p.kind == cas.CA and p.status == ProposalStatus.APPROVED),
+                        key=lambda p: p.decided_height):
+            if p.name == "add":
+                added[p.validator_key] = p.certificate
+            else:
+                retired.add(p.validator_key)
+                added.pop(p.validator_key, None)
+        return cas.CaTrust(added, frozenset(retired))
 
     def removed(self) -> frozenset[int]:
         """Validators removed by an approved removal."""
@@ -311,9 +329,9 @@ def key_states(base_keys: Mapping[str, bytes],
 
 
 def key_change_signing_bytes(chain_id: bytes, epoch: int, proposal_id: str) -> bytes:
-    """What a validator's approval of a client key proposal signs (with its replica key): the
-    proposal, in the epoch the vote is cast (a client key change is no validator-set change,
-    so an approval of one can never be assembled into a reconfiguration)."""
+    """What a validator's approval of a client key or CA proposal signs (with its replica key):
+    the proposal, in the epoch the vote is cast (neither is a validator-set change, so an
+    approval of one can never be assembled into a reconfiguration)."""
     return tagged_hash(b"consortium/client-key-approval", chain_id, epoch.to_bytes(4, "big"),
                        bytes.fromhex(proposal_id))
 
@@ -511,6 +529,39 @@ def judge_validator_key(tx: ValidatorKeyChange, client_id: str, proposal_id: str
     state[proposal_id] = Proposal(proposal_id, VALIDATOR_KEY, tx.replica_id,
                                   ctx.client_orgs.get(client_id, ""), "", tx.new_key,
                                   tx.old_key, recorded_ms=ctx.block_ms)
+    return ""
+
+
+def judge_ca(tx: CaChange, client_id: str, proposal_id: str, state: dict[str, Proposal],
+             ctx: Context) -> str:
+    """"" with a CA proposal to vote on, or why it is refused."""
+    voter = ctx.voters.get(client_id)
+    if voter is None:
+        return "CA changes are proposed by current validators (validator-<id>)"
+    problem = cas.ca_problem(tx.certificate, ctx.block_ms) if tx.add else ""
+    fp = b""
+    try:
+        fp = cas.fingerprint(tx.certificate)
+    except cas.NotACa as exc:
+        problem = problem or str(exc)
+    if problem:
+        return problem
+    trust = MembershipState(state).ca_trust()
+    if tx.add and fp in trust.added:
+        return "the CA is trusted already"
+    if tx.add and fp in trust.retired:
+        return "the CA was retired; a retired CA is never trusted again"
+    if not tx.add and fp in trust.retired:
+        return "the CA is retired already"
+    if not tx.add and not set(trust.added) - {fp}:
+        return ("a CA is retired only while another, added by vote, stays trusted: add the "
+                "new CA first")
+    if any(p.kind == cas.CA and p.validator_key == fp and p.status == ProposalStatus.PENDING
+           for p in state.values()):
+        return "a change of this CA is already open"
+    state[proposal_id] = Proposal(proposal_id, cas.CA, voter, ctx.client_orgs.get(client_id, ""),
+                                  "add" if tx.add else "retire", fp, recorded_ms=ctx.block_ms,
+                                  certificate=tx.certificate)
     return ""
 
 

@@ -22,6 +22,7 @@ for each reader, or the key a grant wraps for a new reader.
     client key  seg0 = 11 | org:text | client_id:text | old_key:32 | new_key:32 (zeros:
                    revoke) | reason:text
     validator key  seg0 = 12 | replica_id:u32 | old_key:32 | new_key:32 | possession:64
+    ca      seg0 = 13 | add:u8 | certificate:blob (PEM)
 
 A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
 the request's digest, so its client signature and Merkle inclusion verify exactly as the full
@@ -68,6 +69,7 @@ class TxType(enum.IntEnum):
     REMOVE = 10
     CLIENT_KEY = 11
     VALIDATOR_KEY = 12
+    CA = 13
 
 
 class InvalidTransaction(ValueError):
@@ -477,9 +479,31 @@ def validator_key_signing_bytes(chain_id: bytes, replica_id: int, old_key: bytes
                        replica_id.to_bytes(4, "big"), old_key, new_key)
 
 
-GovernanceTx = JoinRequest | MemberVote | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+CA_CERT_BYTES_MAX = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class CaChange:
+    """Trust another CA certificate for validators' TLS (`add`) or stop trusting one
+    (`add` false): a proposal a current validator makes and the validators vote on, so that a
+    CA is rolled over with both trusted for a while (docs/deploy.md, "Rotation and
+    revocation"). `certificate` is PEM; what it must be is judged at execution."""
+
+    add: bool
+    certificate: bytes
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.CA))
+        w.u8(1 if self.add else 0)
+        w.blob(self.certificate)
+        return [w.getvalue()]
+
+
+GovernanceTx = (JoinRequest | MemberVote | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                | CaChange)
 GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE,
-                              TxType.CLIENT_KEY, TxType.VALIDATOR_KEY})
+                              TxType.CLIENT_KEY, TxType.VALIDATOR_KEY, TxType.CA})
 APPLICANT_PREFIX = "applicant-"
 
 
@@ -593,6 +617,17 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("a validator key change replaces a key with another "
                                          "one")
             return ValidatorKeyChange(replica_id, old_key, new_key, possession)
+        if kind is TxType.CA:
+            add, certificate = rd.u8(), rd.blob()
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a CA change has 1 segment")
+            if add not in (0, 1):
+                raise InvalidTransaction("a CA change adds (1) or retires (0) a certificate")
+            if not 0 < len(certificate) <= CA_CERT_BYTES_MAX:
+                raise InvalidTransaction(f"a CA certificate is 1 to {CA_CERT_BYTES_MAX} bytes "
+                                         "of PEM")
+            return CaChange(add == 1, certificate)
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
     raise InvalidTransaction(f"{kind.name.lower()} is not a governance transaction")
@@ -612,7 +647,8 @@ def target_of(tx: Tx) -> str | None:
     """The id of the record or proposal a transaction acts on (None: it creates one)."""
     if isinstance(tx, MemberVote):
         return tx.proposal_id
-    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange):
+    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                  | CaChange):
         return None
     return tx.record_id
 

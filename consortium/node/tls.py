@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from consortium.config import TlsFiles
+from consortium.ledger.ca import NO_CHANGE, CaTrust
 
 log = structlog.get_logger("consortium.tls")
 
@@ -40,10 +41,12 @@ def _stamp(files: TlsFiles) -> tuple[int, ...]:
     return tuple(p.stat().st_mtime_ns for p in (files.key, files.cert, files.ca_cert))
 
 
-def load_material(files: TlsFiles, generation: int) -> TlsMaterial:
-    """The files' key, certificate and CA bundle. Raises ValueError when the key is not the
-    certificate's (a rotation half done) or a file does not parse, OSError when unreadable."""
-    key, cert, ca = files.key.read_bytes(), files.cert.read_bytes(), files.ca_cert.read_bytes()
+def load_material(files: TlsFiles, generation: int, trust: CaTrust = NO_CHANGE) -> TlsMaterial:
+    """The files' key and certificate, and the CAs to trust: the files' bundle as the ledger's
+    CA changes amend it. Raises ValueError when the key is not the certificate's (a rotation
+    half done) or a file does not parse, OSError when unreadable."""
+    key, cert = files.key.read_bytes(), files.cert.read_bytes()
+    ca = trust.bundle(files.ca_cert.read_bytes())
     parsed = x509.load_pem_x509_certificate(cert)
     private = serialization.load_pem_private_key(key, password=None)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -59,8 +62,17 @@ class TlsReloader:
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
         self._lock = threading.Lock()
-        self._stamp = _stamp(files)
+        self._stamp: tuple[int, ...] | None = _stamp(files)
+        self.trust = NO_CHANGE
         self.material = load_material(files, 0)
+
+    def set_trust(self, trust: CaTrust) -> None:
+        """The ledger's CA changes (`MembershipState.ca_trust`): taken up at the next
+        refresh."""
+        with self._lock:
+            if trust != self.trust:
+                self.trust = trust
+                self._stamp = None
 
     def refresh(self) -> TlsMaterial:
         """The material, reloaded first if a file changed and the new set is whole. Called
@@ -69,7 +81,8 @@ class TlsReloader:
             try:
                 stamp = _stamp(self.files)
                 if stamp != self._stamp:
-                    material = load_material(self.files, self.material.generation + 1)
+                    material = load_material(self.files, self.material.generation + 1,
+                                             self.trust)
                     self._stamp = stamp
                     self.material = material
                     log.info("TLS certificate reloaded", cert=str(self.files.cert),

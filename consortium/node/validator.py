@@ -242,6 +242,7 @@ class Validator:
         peer link to every validator we know of (genesis and admitted ones)."""
         self.membership = membership
         self.clients.update(membership)
+        self.tls.set_trust(membership.ca_trust())
         new_key = self.keys.load_next()
         if new_key is not None and self.driver is not None:
             log.info("next signing key loaded", key=new_key.public_key.hex()[:16])

@@ -454,7 +454,8 @@ class LedgerReader:
             await cur.execute(
                 "SELECT proposal_id, kind, replica_id, org, name, validator_key, client_key, "
                 "encryption_key, peer_address, client_address, status, sponsor, recorded_ms, "
-                "coalesce(decided_height, 0) FROM proposals "
+                "coalesce(decided_height, 0), CASE WHEN kind = 'ca' THEN statement ELSE '' END "
+                "FROM proposals "
                 "ORDER BY height, idx")  # ledger order: see client_keys
             rows = await cur.fetchall()
             await cur.execute("SELECT proposal_id, epoch, replica_id, approve, approval "
@@ -467,9 +468,9 @@ class LedgerReader:
             str(pid): Proposal(str(pid), str(kind), int(rid), str(org), str(name), bytes(vk),
                                bytes(ck), bytes(ek), str(peer), str(client), str(status),
                                tuple(votes.get(str(pid), ())), str(sponsor), int(recorded_ms),
-                               int(decided))
+                               int(decided), str(certificate).encode())
             for (pid, kind, rid, org, name, vk, ck, ek, peer, client, status, sponsor,
-                 recorded_ms, decided) in rows})
+                 recorded_ms, decided, certificate) in rows})
 
     async def proposals(self) -> list[StoredProposal]:
         """Membership proposals for display (newest first), with verdicts and votes."""

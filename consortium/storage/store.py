@@ -37,6 +37,7 @@ from consortium.ledger.blocks import (
     Screening,
     stored_request,
 )
+from consortium.ledger.ca import CA, fingerprint
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import (
     CLIENT_KEY,
@@ -47,6 +48,7 @@ from consortium.ledger.membership import (
 from consortium.ledger.records import PublicRecord, decode_public
 from consortium.ledger.transactions import (
     Access,
+    CaChange,
     ClientKeyChange,
     Erase,
     Grant,
@@ -511,7 +513,8 @@ class LedgerStore:
                 "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (a.record_id, voter, a.accept, header.height, e.index))
-        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange):
+        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                        | CaChange):
             await self._insert_proposal(cur, header, e, a)
         elif isinstance(a, MemberVote):
             voter = int(e.client_id.removeprefix("validator-"))
@@ -532,10 +535,15 @@ class LedgerStore:
     @staticmethod
     async def _insert_proposal(cur: AsyncCursor[Any], header: BlockHeader, e: Entry,
                                a: JoinRequest | RemoveRequest | ClientKeyChange
-                               | ValidatorKeyChange) -> None:
+                               | ValidatorKeyChange | CaChange) -> None:
         status, decided = "pending", None
-        if isinstance(a, ValidatorKeyChange):
+        if isinstance(a, CaChange):
             row: tuple[Any, ...] = (
+                e.record_id, CA, int(e.client_id.removeprefix("validator-")), e.sender_org or "",
+                "add" if a.add else "retire", fingerprint(a.certificate), b"", b"", "", "",
+                pg_text(a.certificate.decode("ascii", "replace")), "", "")
+        elif isinstance(a, ValidatorKeyChange):
+            row = (
                 e.record_id, VALIDATOR_KEY, a.replica_id, e.sender_org or "", "", a.new_key,
                 a.old_key, b"", "", "", "", "", "")
         elif isinstance(a, ClientKeyChange):
@@ -614,7 +622,7 @@ def _tx_type(a: object) -> TxType:
             Access: TxType.ACCESS, Verdict: TxType.VERDICT, ReviewVote: TxType.REVIEW_VOTE,
             JoinRequest: TxType.JOIN, MemberVote: TxType.MEMBER_VOTE,
             RemoveRequest: TxType.REMOVE, ClientKeyChange: TxType.CLIENT_KEY,
-            ValidatorKeyChange: TxType.VALIDATOR_KEY}[type(a)]
+            ValidatorKeyChange: TxType.VALIDATOR_KEY, CaChange: TxType.CA}[type(a)]
 
 
 def _public_of(e: Entry) -> PublicRecord | None:

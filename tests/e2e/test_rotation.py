@@ -23,10 +23,11 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from consortium.client import ConsortiumClient, SubmitError
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
-from consortium.localnet import read_seed
+from consortium.localnet import issue_cert, load_ca, read_seed
 from consortium.pbft import messages as m
 from consortium.verify import ChainVerifier, commit_signers
 from consortium.wire import block_from_proto
@@ -268,3 +269,72 @@ def test_a_validator_rotates_its_key_and_certificate_under_load(cluster: Cluster
     checked = ok_json("audit", "verify-bundle", str(bundle), "--genesis",
                       str(d / "genesis.json"))
     assert checked["ok"] and checked["to_height"] == upto, checked
+
+
+# ------------------------------------------------------------------------- CA rollover
+
+def peer_health(address: str, ca_bundle: bytes, key: bytes, cert: bytes) -> bool:
+    """Whether a validator's peer port (mutual TLS) takes a new connection presenting `cert`."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_bundle, private_key=key,
+                                         certificate_chain=cert)
+    with grpc.secure_channel(address, creds) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=3)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _pem(key: Any) -> bytes:
+    return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+
+
+def test_the_ca_rolls_over_by_vote_with_both_trusted_for_a_while(cluster: Cluster) -> None:
+    d = cluster.directory
+    ca_key, ca_cert = load_ca(d)
+    # a certificate of the old CA, kept aside to knock on the door after the retirement
+    old_key, old_cert = issue_cert(ca_key, ca_cert, "validator-3", ["localhost"])
+    old_pair = (_pem(old_key), old_cert.public_bytes(serialization.Encoding.PEM))
+    peer0 = cluster.peer_address(0)
+    bundle = (d / "ca" / "ca.crt").read_bytes()
+    assert peer_health(peer0, bundle, *old_pair)
+
+    added = ok_json("ca", "add", "--dir", str(d), "--as", "org0")
+    assert added["status"] == "recorded" and added["action"] == "add"
+    for voter in ("org0", "org1", "org3"):
+        assert ok_json("members", "vote", "--dir", str(d), added["proposal_id"], "--approve",
+                       "--as", voter)["status"] == "recorded"
+    activated = ok_json("ca", "activate", "--dir", str(d))
+    old_file = Path(activated["old_cert"])
+    bundle = (d / "ca" / "ca.crt").read_bytes()
+    assert len(x509.load_pem_x509_certificates(bundle)) == 2
+
+    # every validator now takes certificates of the new CA, and still those of the old one
+    for i in cluster.ids:
+        reissued = ok_json("keys", "rotate", "--dir", str(d), "--validator", str(i),
+                           "--tls-only")
+        assert reissued["status"] == "recorded"
+    new_pair = ((cluster.vdir(1) / "tls.key").read_bytes(),
+                (cluster.vdir(1) / "tls.crt").read_bytes())
+    for i in cluster.ids:
+        wait_for(f"validator {i} to take the new CA's certificates", lambda i=i: peer_health(
+            cluster.peer_address(i), bundle, *new_pair) or None, 30)
+        assert peer_health(cluster.peer_address(i), bundle, *old_pair)
+    submit(d, "org0", "lot-between-the-cas")
+
+    retired = ok_json("ca", "retire", "--dir", str(d), "--as", "org1", "--cert", str(old_file))
+    assert retired["action"] == "retire" and retired["status"] == "recorded"
+    for voter in ("org0", "org1", "org3"):
+        assert ok_json("members", "vote", "--dir", str(d), retired["proposal_id"],
+                       "--approve", "--as", voter)["status"] == "recorded"
+    for i in cluster.ids:
+        wait_for(f"validator {i} to refuse the old CA", lambda i=i: not peer_health(
+            cluster.peer_address(i), bundle, *old_pair) or None, 30)
+        assert peer_health(cluster.peer_address(i), bundle, *new_pair)
+    submit(d, "org0", "lot-after-the-old-ca")  # the validators' links run on the new CA
+    again = cli("ca", "add", "--dir", str(d), "--as", "org0", "--cert", str(old_file), "--json")
+    assert again.returncode == 1 and "retired CA is never trusted again" in again.stdout
+    ran, report = verify_all(cluster)
+    assert ran.code == 0 and report["ok"], report
