@@ -22,8 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from apps.audit import DIR_OPTION, JSON_OPTION, validator_client
-from consortium.localnet import default_dir
+from apps.audit import DIR_OPTION, JSON_OPTION, consortium_dir, validator_client
 
 EXIT_NOT_OK = 1
 EXIT_BAD_INPUT = 2
@@ -37,13 +36,6 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def ca() -> None:
     """Roll the consortium CA over by vote: add a CA, activate it, retire the old one."""
-
-
-def _directory(directory: Path | None) -> Path:
-    d = directory if directory is not None else default_dir()
-    if not (d / "genesis.json").is_file():
-        _fail(f"{d} holds no consortium (no genesis.json)")
-    return d
 
 
 def _propose(d: Path, as_org: str, add: bool, pem: bytes, as_json: bool) -> NoReturn:
@@ -86,7 +78,7 @@ def add(directory: Path | None, as_org: str, cert_file: Path | None, as_json: bo
     from consortium.config import ConfigError, Genesis
     from consortium.localnet import make_ca
 
-    d = _directory(directory)
+    d = consortium_dir(directory, _fail)
     if cert_file is not None:
         try:
             pem = cert_file.read_bytes()
@@ -123,7 +115,7 @@ def activate(directory: Path | None, as_json: bool) -> None:
     from consortium.ledger.ca import fingerprint
     from consortium.localnet import load_ca
 
-    d = _directory(directory)
+    d = consortium_dir(directory, _fail)
     nxt = d / "ca" / "next"
     if not (nxt / "ca.key").is_file() or not (nxt / "ca.crt").is_file():
         _fail(f"no new CA in {nxt} (make one with `consortium ca add`)")
@@ -161,7 +153,7 @@ def activate(directory: Path | None, as_json: bool) -> None:
 @JSON_OPTION
 def retire(directory: Path | None, as_org: str, cert_file: Path, as_json: bool) -> None:
     """Propose that no validator trusts a CA any more (once another added by vote is)."""
-    d = _directory(directory)
+    d = consortium_dir(directory, _fail)
     try:
         pem = cert_file.read_bytes()
     except OSError as exc:

@@ -24,8 +24,7 @@ from typing import Any, NoReturn
 
 import click
 
-from apps.audit import DIR_OPTION, JSON_OPTION, validator_client
-from consortium.localnet import default_dir
+from apps.audit import DIR_OPTION, JSON_OPTION, consortium_dir, validator_client
 
 EXIT_NOT_OK = 1
 EXIT_BAD_INPUT = 2
@@ -40,14 +39,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def keys() -> None:
-    """Revoke and rotate client keys."""
-
-
-def _directory(directory: Path | None) -> Path:
-    d = directory if directory is not None else default_dir()
-    if not (d / "genesis.json").is_file():
-        _fail(f"{d} holds no consortium (no genesis.json)")
-    return d
+    """Revoke and rotate client keys; rotate validators' signing keys and TLS certificates."""
 
 
 def current_client_key(genesis: Any, reply: Any, client_id: str) -> tuple[bytes, bool]:
@@ -108,7 +100,7 @@ def revoke(directory: Path | None, org: str, as_org: str, reason: str, as_json: 
     refused; records it signed before stay valid."""
     from consortium.ledger.membership import KEY_CHANGED, org_client_id
 
-    d = _directory(directory)
+    d = consortium_dir(directory, _fail)
     receipt = _change(d, as_org, org, b"", reason)
     data = receipt.to_json()
     in_force = data["reason"].startswith(KEY_CHANGED)
@@ -145,7 +137,7 @@ def rotate(directory: Path | None, org: str | None, replica_id: int | None, tls_
         _fail("name exactly one of --client ORG and --validator ID")
     if tls_only and replica_id is None:
         _fail("--tls-only goes with --validator ID")
-    d = _directory(directory)
+    d = consortium_dir(directory, _fail)
     if replica_id is not None:
         _rotate_validator(d, replica_id, tls_only, as_json)
     assert org is not None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, MerkleTree, merkle_root
 from consortium.crypto.signing import Verifier
+from consortium.ledger import keyrules as kr
 from consortium.ledger import membership as ms
 from consortium.ledger.items import Item, ItemView, digest_of, record_id
 from consortium.ledger.records import RecordKind, Submission, submission_from_segments
@@ -247,7 +248,7 @@ class ClientOrgs:
     def __init__(self, orgs: dict[str, str], known_orgs: set[str] | None = None, *,
                  keys: Mapping[str, bytes] | None = None,
                  keys_in_use: frozenset[bytes] = frozenset(),
-                 key_states: Mapping[str, ms.KeyState] | None = None) -> None:
+                 key_states: Mapping[str, kr.KeyState] | None = None) -> None:
         self._orgs = orgs
         self.known = frozenset(known_orgs if known_orgs is not None else orgs.values())
         self._keys = dict(keys or {})
@@ -257,7 +258,7 @@ class ClientOrgs:
         """Every key a member holds or held: signing keys of its clients and validators, its
         encryption key."""
         self.key_states = dict(key_states or {})
-        """Clients whose key was revoked or replaced on the ledger (`ms.key_states`)."""
+        """Clients whose key was revoked or replaced on the ledger (`keyrules.key_states`)."""
 
     @property
     def base_keys(self) -> Mapping[str, bytes]:
@@ -442,7 +443,7 @@ def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed
     return ""
 
 
-def key_problem(r: m.Request, key_states: Mapping[str, ms.KeyState], chain_id: bytes,
+def key_problem(r: m.Request, key_states: Mapping[str, kr.KeyState], chain_id: bytes,
                 verifier: Verifier) -> str:
     """Why a request must not execute because its client's key was revoked or replaced on the
     ledger ("" when it may): a revoked key signs nothing any more, and after a rotation only
@@ -558,7 +559,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
                                  p.tx, sender, r.client_id))
             if _changes_keys(entries[-1], proposals):
                 # in force from the next request on, in this block too
-                key_states = ms.key_states(orgs.base_keys, proposals)
+                key_states = kr.key_states(orgs.base_keys, proposals)
         envelopes.append(replace(base, entry_count=len(parsed)))
     header = BlockHeader(
         chain_id=chain_id, height=a.seq, epoch=a.epoch,
@@ -651,11 +652,11 @@ def judge_governance(tx: Tx, client_id: str, proposal_id: str,
         return ms.judge_remove(tx, client_id, proposal_id, proposals,
                                _validator_orgs(orgs, gov), ctx)
     if isinstance(tx, ClientKeyChange):
-        return ms.judge_key_change(tx, client_id, proposal_id, proposals, ctx)
+        return kr.judge_key_change(tx, client_id, proposal_id, proposals, ctx)
     if isinstance(tx, ValidatorKeyChange):
-        return ms.judge_validator_key(tx, client_id, proposal_id, proposals, ctx)
+        return kr.judge_validator_key(tx, client_id, proposal_id, proposals, ctx)
     if isinstance(tx, CaChange):
-        return ms.judge_ca(tx, client_id, proposal_id, proposals, ctx)
+        return kr.judge_ca(tx, client_id, proposal_id, proposals, ctx)
     assert isinstance(tx, MemberVote)
     return ms.judge_vote(tx, client_id, proposals, ctx)
 

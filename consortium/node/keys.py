@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from consortium.crypto.signing import Ed25519Signer
+from consortium.ledger import keyrules as kr
 from consortium.ledger import membership as ms
 from consortium.ledger.transactions import applicant_key
 from consortium.localnet import read_seed
@@ -37,7 +38,7 @@ class ClientKeys:
     def __init__(self, keys: dict[str, bytes]) -> None:
         self._genesis = keys
         self._ledger: dict[str, bytes] = {}
-        self.changed: dict[str, ms.KeyState] = {}
+        self.changed: dict[str, kr.KeyState] = {}
         self._rotated: dict[str, tuple[bytes, ...]] = {}
         self.epoch_key: Callable[[int], bytes | None] = lambda replica_id: None
         """The key the current epoch's validator set names for a validator (None: unknown)."""

@@ -14,6 +14,7 @@ import itertools
 import pytest
 
 from consortium.crypto.signing import Ed25519Signer
+from consortium.ledger import keyrules as kr
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
@@ -80,8 +81,9 @@ class Ledger:
     """Blocks in a row, each judged against the state the previous ones left (as the driver
     does: the membership reloaded, the client organisations rebuilt with its key states)."""
 
-    def __init__(self, gov: Governance = GOV) -> None:
+    def __init__(self, gov: Governance = GOV, block_ms: int = T0) -> None:
         self.gov = gov
+        self.block_ms = block_ms
         self.model = LedgerState()
         self.prev: BlockHeader | None = None
         self._seqs = itertools.count(1)
@@ -96,7 +98,7 @@ class Ledger:
     def execute(self, *requests: m.Request) -> Block:
         reqs = tuple(requests)
         seq = next(self._seqs)
-        header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), T0)
+        header = m.PrePrepare(0, 0, seq, batch_root(reqs), len(reqs), self.block_ms)
         a = ev.Execute(seq=seq, view=0, epoch=0, digest=header.digest, requests=reqs,
                        executed=reqs, pre_prepare=codec.sign_message(VALIDATORS[0], CHAIN, 0,
                                                                      header),
@@ -254,7 +256,7 @@ def test_key_states_do_not_depend_on_the_order_changes_are_folded_in() -> None:
     pending = ms.Proposal("d" * 64, ms.CLIENT_KEY, 1, "acme", "alice", second, b"")
     results = set()
     for order in itertools.permutations([rotate, rotate2, revoke, pending]):
-        state = ms.key_states(ORGS.base_keys, {p.proposal_id: p for p in order})["alice"]
+        state = kr.key_states(ORGS.base_keys, {p.proposal_id: p for p in order})["alice"]
         results.add((state.key, state.keys, state.revoked_by))
     assert results == {(second, (ALICE.public_key, NEW.public_key, second), revoke)}
 

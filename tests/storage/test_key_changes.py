@@ -73,3 +73,27 @@ def test_a_validator_key_rotation_and_its_votes_are_stored_as_the_model_holds_th
         assert stored.rotated_validator_keys() == {"validator-2": (NEW_VALIDATOR_KEY.public_key,)}
         assert stored.pending_change(0) == model.pending_change(0) is not None
     with_store(dsn, body, chain_id=blocks[0].header.chain_id)
+
+
+def test_ca_proposals_are_stored_as_the_model_holds_them(dsn: str) -> None:
+    from consortium.ledger.ca import CA
+    from consortium.ledger.transactions import CaChange, MemberVote
+    from tests.ledger.test_ca_changes import NEW_PEM, NOW_MS
+    from tests.ledger.test_ca_changes import by as ca_by
+    from tests.test_membership_unit import CHAIN, VALIDATORS
+
+    ledger = Ledger(block_ms=NOW_MS)
+    blocks = [ledger.execute(ca_by(1, CaChange(True, NEW_PEM)))]
+    pid = blocks[0].entries[0].record_id
+    blocks.append(ledger.execute(*[ca_by(v, MemberVote(pid, True, 0, VALIDATORS[v].sign(
+        ms.key_change_signing_bytes(CHAIN, 0, pid)))) for v in (0, 1, 2)]))
+    model = ledger.model.membership()
+    assert model.proposals[pid].kind == CA
+
+    async def body(store: LedgerStore, reader: LedgerReader) -> None:
+        for block in blocks:
+            await store.append_blocks([block])
+        stored = await reader.membership()
+        assert stored == model
+        assert stored.ca_trust() == model.ca_trust()
+    with_store(dsn, body, chain_id=blocks[0].header.chain_id)
