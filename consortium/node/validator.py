@@ -213,6 +213,7 @@ class Validator:
             raise ValueError(f"{self.config.signing_key} (and {self.keys.next_path.name}) do not "
                              f"hold validator {self.me.replica_id}'s key of epoch "
                              f"{replica.config.epoch}")
+        self._take_epoch_key(replica.config)  # a restart after the switch, before the rename
         ledger = LedgerContext(self.chain_id, self.genesis.admission_client,
                                self.genesis.rules(), self.submit_rules.orgs, ms.EMPTY, head,
                                self.verifier)
