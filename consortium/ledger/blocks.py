@@ -31,7 +31,12 @@ from consortium.crypto.signing import Verifier
 from consortium.ledger import keyrules as kr
 from consortium.ledger import membership as ms
 from consortium.ledger.items import Item, ItemView, digest_of, record_id
-from consortium.ledger.records import RecordKind, Submission, submission_from_segments
+from consortium.ledger.records import (
+    RecordKind,
+    Submission,
+    document_problem,
+    submission_from_segments,
+)
 from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
     JOIN_DECISIONS,
@@ -440,7 +445,7 @@ def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed
         if -ahead > rules.age_ms_max:
             return (f"submitted_at_ms is {-ahead // 1000} s before the block time (limit "
                     f"{rules.age_ms_max // 1000} s)")
-    return ""
+    return document_problem(sub, proposed_ms, rules.future_ms_max)
 
 
 def key_problem(r: m.Request, key_states: Mapping[str, kr.KeyState], chain_id: bytes,
