@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2_grpc
@@ -82,3 +83,35 @@ def test_a_rotated_certificate_is_served_to_the_next_connection(tmp_path: Path) 
     not_after = x509.load_pem_x509_certificate(files.cert.read_bytes()).not_valid_after_utc
     now = datetime.datetime.now(datetime.UTC)
     assert reloader.days_left(lambda: now) == (not_after - now).days
+
+
+def test_the_healthcheck_warns_30_days_before_the_certificate_expires(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from consortium.config import ValidatorConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "healthcheck", Path(__file__).resolve().parents[1] / "deploy" / "healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    healthcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthcheck)
+    files = _consortium_dir(tmp_path)
+    config = ValidatorConfig(0, tmp_path / "genesis.json", tmp_path / "signing.key", files,
+                             "127.0.0.1:1", "127.0.0.1:2", "", "")
+    healthcheck._warn_expiry(config)
+    assert capsys.readouterr().err == ""  # 825 days left
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    soon = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(x509.Name([]))
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=12, hours=1))
+            .sign(key, hashes.SHA256()))
+    files.cert.write_bytes(soon.public_bytes(serialization.Encoding.PEM))
+    healthcheck._warn_expiry(config)
+    err = capsys.readouterr().err
+    assert "expires in 12 days" in err and "--validator 0 --tls-only" in err
