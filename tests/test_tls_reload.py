@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import socket
-import ssl
 from pathlib import Path
 
 import grpc
@@ -20,7 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from consortium.config import TlsFiles
 from consortium.localnet import issue_validator_cert, make_ca
-from consortium.node.tls import TlsReloader
+from consortium.node.tls import TlsReloader, served_certificate
 
 
 def _consortium_dir(tmp_path: Path) -> TlsFiles:
@@ -36,15 +34,7 @@ def _consortium_dir(tmp_path: Path) -> TlsFiles:
 
 
 def _served(port: int) -> bytes:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
-            context.wrap_socket(sock, server_hostname="localhost") as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
+    return served_certificate(f"127.0.0.1:{port}").public_bytes(serialization.Encoding.DER)
 
 
 def _der(path: Path) -> bytes:

@@ -11,8 +11,6 @@ lost); and `audit verify --all` passes across every change.
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from consortium.client import ConsortiumClient, SubmitError
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.localnet import issue_cert, load_ca, read_seed
+from consortium.node.tls import served_certificate
 from consortium.pbft import messages as m
 from consortium.verify import ChainVerifier, commit_signers
 from consortium.wire import block_from_proto
@@ -169,16 +168,7 @@ class Load:
 
 def server_certificate(address: str) -> bytes:
     """The DER certificate a validator's client port presents to a new connection."""
-    host, port = address.rsplit(":", 1)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as sock, \
-            context.wrap_socket(sock, server_hostname=host) as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
+    return served_certificate(address).public_bytes(serialization.Encoding.DER)
 
 
 def test_a_validator_rotates_its_key_and_certificate_under_load(cluster: Cluster) -> None:
