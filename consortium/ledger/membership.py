@@ -430,6 +430,9 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
         problem = key_change_problem(p.name, p.validator_key, p.client_key, state, ctx)
         if problem:
             return f"{problem}: the proposal can no longer take effect"
+    if tx.approve and p.kind == VALIDATOR_KEY and ctx.config.key_of(p.replica_id) != p.client_key:
+        return (f"validator {p.replica_id} no longer holds the key this rotation replaces (it "
+                "left the set or its key changed): the proposal can no longer take effect")
     if tx.approve:
         waiting = MembershipState(state).pending_change(config.epoch)
         if waiting is not None and p.kind in RECONFIGURING:

@@ -112,3 +112,18 @@ def test_after_the_switch_only_the_new_key_signs_for_the_validators_client() -> 
     assert block.envelopes[0].status == EnvelopeStatus.INVALID
     assert "former key of validator 2" in block.envelopes[0].reason
     assert block.envelopes[1].status == EnvelopeStatus.EXECUTED
+
+
+def test_a_rotation_of_a_validator_that_left_the_set_takes_no_approval() -> None:
+    ledger = Ledger()
+    pid = ledger.execute(by(2, rotation())).entries[0].record_id
+    p = ledger.model.proposals[pid]
+    without_2 = EpochConfig(1, 8, tuple(Member(i, s.public_key) for i, s in VALIDATORS.items()
+                                        if i != 2))
+    later = Ledger(Governance(voters=voters_of(without_2), quorum=without_2.quorum,
+                              config=without_2, verifier=VERIFIER))
+    later.model = ledger.model
+    block = later.execute(by(0, MemberVote(pid, True, 1, approval(VALIDATORS[0], p,
+                                                                    without_2))))
+    assert block.entries[0].status == EntryStatus.INVALID
+    assert "no longer holds the key" in block.entries[0].reason
