@@ -53,6 +53,14 @@ def _client(directory: Path | None, org: str) -> Any:
         _fail(str(exc))
 
 
+def consortium_dir(directory: Path | None, fail: Callable[[str], NoReturn] = _fail) -> Path:
+    """`--dir` (or the default), refused in one line when it holds no consortium."""
+    d = directory if directory is not None else default_dir()
+    if not (d / "genesis.json").is_file():
+        fail(f"{d} holds no consortium (no genesis.json)")
+    return d
+
+
 def validator_client(directory: Path | None, org: str,
                      fail: Callable[[str], NoReturn] = _fail) -> Any:
     """A client signing as `org`'s validator (`validator-<id>`): governance votes."""

@@ -17,6 +17,10 @@ from apps import records_file
 from consortium.localnet import default_dir
 from consortium.pbft.payload import ENVELOPE_ITEMS_MAX
 
+TLS_WARNING_DAYS = 30
+"""`status` flags a TLS certificate this close to its expiry (as the validator's health log
+and its consortium_tls_cert_expiry_days gauge do)."""
+
 DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help="Consortium directory (default: $CONSORTIUM_HOME, else "
                                "./.consortium).")
@@ -139,7 +143,9 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
 def status(directory: Path | None, as_json: bool) -> None:
     """Per validator: id, org, pid, address, database, height, view, epoch, last block hash,
     health, whether it is serving (and why not: its database is down...) and the primary it
-    follows; and the primary, as the validators in the highest view name it."""
+    follows, its signing key (hex; the next one during a rotation) and the expiry of the TLS
+    certificate it serves (flagged 30 days before); and the primary, as the validators in the
+    highest view name it."""
     from consortium import process
 
     try:
@@ -157,6 +163,13 @@ def status(directory: Path | None, as_json: bool) -> None:
                      f"healthy={r['healthy']!s:<5} serving={serving:<3} {r['address']}  "
                      f"db={r['database']}" + (f"  problem: {r['problem']}" if r["problem"]
                                               else ""))
+        if r["signing_key"]:
+            lines.append(f"      key={r['signing_key'][:16]}…"
+                         + (f" next={r['signing_key_next'][:16]}…" if r["signing_key_next"]
+                            else "")
+                         + (f" tls-expires={r['tls_not_after']} ({r['tls_days_left']} days"
+                            + (", ROTATE IT" if r["tls_days_left"] < TLS_WARNING_DAYS else "")
+                            + ")" if r["tls_not_after"] else ""))
     emit({"validators": rows, "primary": primary}, as_json, "\n".join(lines))
 
 
@@ -413,6 +426,8 @@ from apps.bench import bench  # noqa: E402, I001
 main.add_command(bench)
 from apps.access import access  # noqa: E402
 from apps.audit import audit  # noqa: E402
+from apps.ca import ca  # noqa: E402
+from apps.keys import keys  # noqa: E402
 from apps.members import members  # noqa: E402
 from apps.review import review  # noqa: E402
 
@@ -420,6 +435,8 @@ main.add_command(audit)
 main.add_command(access)
 main.add_command(review)
 main.add_command(members)
+main.add_command(keys)
+main.add_command(ca)
 from apps.admission import admission  # noqa: E402
 
 main.add_command(admission)

@@ -97,9 +97,14 @@ def write_k8s_material(consortium_dir: Path, out_dir: Path, *,
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"validator {v.replica_id}: missing {', '.join(missing)}")
-        if Ed25519Signer(read_seed(files["signing.key"])).public_key != v.public_key:
-            raise ValueError(f"{files['signing.key']} does not hold validator {v.replica_id}'s "
+        key_file = files["signing.key"]
+        rotated = any(key_file.parent.glob(key_file.name + ".replaced-*"))
+        if Ed25519Signer(read_seed(key_file)).public_key != v.public_key and not rotated:
+            raise ValueError(f"{key_file} does not hold validator {v.replica_id}'s "
                              "key from the genesis file")
+        pending = key_file.with_name(key_file.name + ".next")
+        if pending.is_file():  # a rotation under way: the validator loads it (docs/deploy.md)
+            files["signing.key.next"] = pending
         name = f"validator-{v.replica_id}"
         vdir = out_dir / name
         labels = _labels(v)

@@ -241,18 +241,7 @@ def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str
         enc = OrgKeyPair.generate()
         _write_secret(enc_path, enc.private_key.hex().encode())
     if not (vdir / "tls.crt").exists():
-        ca_key_path = directory / "ca" / "ca.key"
-        if not ca_key_path.exists():
-            raise FileNotFoundError(f"{ca_key_path} is missing: get a TLS certificate for the "
-                                    f"validator from the consortium CA into {vdir}/tls.crt "
-                                    "and tls.key")
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        ca_cert = x509.load_pem_x509_certificate((directory / "ca" / "ca.crt").read_bytes())
-        tls_key, tls_cert = issue_cert(ca_key, ca_cert, f"validator-{replica_id}",
-                                       ["localhost", f"validator-{replica_id}"])
-        _write_secret(vdir / "tls.key", _pem_key(tls_key))
-        (vdir / "tls.crt").write_bytes(_pem_cert(tls_cert))
+        issue_validator_cert(directory, replica_id, vdir / "tls.key", vdir / "tls.crt")
     genesis_rel = os.path.relpath(directory / "genesis.json", vdir)
     ca_rel = os.path.relpath(directory / "ca" / "ca.crt", vdir)
     config = {
@@ -282,6 +271,42 @@ def default_admission_backend() -> str:
     except backends.ModelUnavailable:
         return "rules"
     return "embedded"
+
+
+def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The consortium CA's key and certificate (the issuing one: the last in ca.crt)."""
+    ca_key_path = directory / "ca" / "ca.key"
+    if not ca_key_path.exists():
+        raise FileNotFoundError(f"{ca_key_path} is missing: get the validator's TLS "
+                                "certificate from the consortium CA")
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key_path} is not an EC private key")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    for cert in x509.load_pem_x509_certificates((directory / "ca" / "ca.crt").read_bytes()):
+        if cert.public_key().public_bytes(*spki) == ca_key.public_key().public_bytes(*spki):
+            return ca_key, cert
+    raise ValueError(f"{ca_key_path} is the key of no certificate in {directory}/ca/ca.crt")
+
+
+def issue_validator_cert(directory: Path, replica_id: int, key_path: Path,
+                         cert_path: Path) -> x509.Certificate:
+    """A new TLS key and certificate for validator `replica_id` from the consortium CA, each
+    file replaced atomically, the key first: a reader that sees the new key with the old
+    certificate knows to wait (`node.tls`)."""
+    ca_key, ca_cert = load_ca(directory)
+    tls_key, tls_cert = issue_cert(ca_key, ca_cert, f"validator-{replica_id}",
+                                   ["localhost", f"validator-{replica_id}"])
+    for path, data, secret in ((key_path, _pem_key(tls_key), True),
+                               (cert_path, _pem_cert(tls_cert), False)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        if secret:
+            _write_secret(tmp, data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return tls_cert
 
 
 def read_seed(path: Path) -> bytes:

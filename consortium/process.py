@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -27,9 +28,12 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import grpc
 import psycopg
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from consortium.config import ConfigError, Genesis
+from consortium.crypto.signing import Ed25519Signer
+from consortium.localnet import read_seed
 from consortium.wire import pb, pb_grpc
 
 PORT_WAIT_S = 5.0
@@ -464,7 +468,8 @@ def status(directory: Path) -> list[dict[str, Any]]:
                                "database": redact(config.get("dsn") or ""), "height": None,
                                "view": None, "epoch": None, "primary": None,
                                "primary_address": None, "last_block_hash": None,
-                               "healthy": False, "serving": None, "problem": None}
+                               "healthy": False, "serving": None, "problem": None,
+                               **_keys_of(vdir, config, client_address)}
         if row["pid"] is not None:
             try:
                 with grpc.secure_channel(client_address, creds) as ch:
@@ -477,6 +482,34 @@ def status(directory: Path) -> list[dict[str, Any]]:
             except grpc.RpcError:
                 pass
         out.append(row)
+    return out
+
+
+def _keys_of(vdir: Path, config: dict[str, Any], client_address: str) -> dict[str, Any]:
+    """A validator's signing key (hex, from its key file: what it signs with now; the next one
+    while a rotation waits for its epoch) and the expiry of the TLS certificate it serves (its
+    file's when it does not answer)."""
+    from consortium.node.keys import NEXT_SUFFIX
+    from consortium.node.tls import served_certificate
+
+    out: dict[str, Any] = {"signing_key": None, "signing_key_next": None,
+                           "tls_not_after": None, "tls_days_left": None}
+    key_path = vdir / str(config.get("signing_key", "signing.key"))
+    for field, path in (("signing_key", key_path),
+                        ("signing_key_next", key_path.with_name(key_path.name + NEXT_SUFFIX))):
+        with contextlib.suppress(OSError, ValueError):
+            out[field] = Ed25519Signer(read_seed(path)).public_key.hex()
+    try:
+        cert = served_certificate(client_address)
+    except OSError:
+        cert_file = vdir / str(config.get("tls", {}).get("cert", "tls.crt"))
+        try:
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        except (OSError, ValueError):
+            return out
+    not_after = cert.not_valid_after_utc
+    out["tls_not_after"] = not_after.isoformat()
+    out["tls_days_left"] = (not_after - datetime.datetime.now(datetime.UTC)).days
     return out
 
 

@@ -7,16 +7,21 @@ HEALTHCHECK and the Kubernetes exec probes; the kubelet's native gRPC probe cann
 Reads the validator's own config.json (ValidatorConfig), dials 127.0.0.1 on the chosen port
 (the validators' certificates carry 127.0.0.1) with the consortium CA, presenting the
 validator's certificate (the peer port requires mutual TLS), and exits 0 only when SERVING.
+A serving validator whose TLS certificate expires within 30 days gets a warning on stderr (it
+still exits 0: a restart would not help; `consortium keys rotate --validator ID --tls-only`
+does).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from consortium.config import ConfigError, ValidatorConfig
@@ -51,7 +56,23 @@ def main() -> int:
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         print(f"consortium-healthcheck: {status}", file=sys.stderr)
         return 1
+    _warn_expiry(config)
     return 0
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def _warn_expiry(config: ValidatorConfig) -> None:
+    try:
+        cert = x509.load_pem_x509_certificate(config.tls.cert.read_bytes())
+    except (OSError, ValueError):
+        return
+    days = (cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).days
+    if days < EXPIRY_WARNING_DAYS:
+        print(f"consortium-healthcheck: warning: the TLS certificate expires in {days} days "
+              f"(consortium keys rotate --validator {config.replica_id} --tls-only)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -285,8 +285,8 @@ def test_decode_tx_dispatches_by_type_byte() -> None:
     assert decode_tx(list(record_segs)) == revoke_tx
     with pytest.raises(InvalidTransaction, match="revoke is not a governance transaction"):
         decode_governance_tx(list(record_segs))
-    with pytest.raises(InvalidTransaction, match="unknown transaction type 11"):
-        decode_tx([b"\x0b" + bytes(40)])
+    with pytest.raises(InvalidTransaction, match="unknown transaction type 99"):
+        decode_tx([b"\x63" + bytes(40)])
 
 
 def _join_header(org: str = "newco", replica_id: int = 4, *, name: str = "NewCo",

@@ -141,9 +141,9 @@ class ClusterRun:
 
 
 class _Clients:
-    def client_key(self, client_id: str) -> bytes | None:
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]:
         signer = CLIENT_KEYS.get(client_id)
-        return None if signer is None else signer.public_key
+        return () if signer is None else (signer.public_key,)
 
 
 def _submission(org: str, n: int) -> bytes:

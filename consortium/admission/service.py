@@ -60,6 +60,7 @@ from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.formats.directory import Gs1Directory
+from consortium.ledger import membership as ms
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
@@ -313,11 +314,13 @@ class Screener:
         self._behind_since: float | None = None
         keys, orgs = genesis.client_keys(), genesis.client_orgs()
         members = {o.org_id for o in genesis.member_orgs}
-        self.members: Mapping[str, tuple[str, bytes]] = {
+        self._founders: Mapping[str, tuple[str, bytes]] = {
             cid: (orgs[cid], key) for cid, key in keys.items() if orgs.get(cid) in members}
+        self.members = self._founders
         """client id -> (organisation, Ed25519 key) of every member's client: genesis', and
         those of the organisations admitted since (`review_joins` learns them from the
-        ledger), as the validators accept them. Not the service itself: it is no member."""
+        ledger), as the validators accept them, with the key in force (a revoked client is
+        left out). Not the service itself: it is no member."""
         self.validators: tuple[pb.MemberInfo, ...] = ()
         """The current validator set, as the last ListMembers gave it."""
 
@@ -397,10 +400,17 @@ class Screener:
         if not orgs <= self.registry.known_orgs:
             self.registry = dataclasses.replace(
                 self.registry, known_orgs=self.registry.known_orgs | orgs)
-        members = dict(self.members)
+        members = dict(self._founders)
         for p in admitted:
             members.setdefault(org_client_id(p.org), (p.org, bytes(p.client_key)))
             members.setdefault(validator_client_id(p.replica_id), (p.org, bytes(p.validator_key)))
+        changed = ms.from_listing(reply.proposals).key_states(
+            {cid: key for cid, (_, key) in members.items()})
+        for cid, state in changed.items():
+            if state.revoked_by is not None:
+                del members[cid]
+            else:
+                members[cid] = (members[cid][0], state.key)
         self.members = members  # one assignment: readers in other threads see old or new
         self.validators = tuple(reply.validators)
         self._learn_gs1(admitted)

@@ -39,7 +39,7 @@ from consortium.config import Genesis, validator_client_id
 from consortium.crypto.signing import CachingVerifier, Ed25519Verifier, Verifier
 from consortium.ledger.blocks import BlockHeader, EntryStatus
 from consortium.ledger.items import Item, ItemView, record_id
-from consortium.ledger.membership import org_client_id
+from consortium.ledger.membership import VALIDATOR_PREFIX, org_client_id
 from consortium.ledger.records import decode_public
 from consortium.ledger.transactions import (
     Erase,
@@ -49,7 +49,6 @@ from consortium.ledger.transactions import (
     Revoke,
     TxType,
     applicant_client_id,
-    applicant_key,
     decode_governance_tx,
     decode_record_tx,
 )
@@ -65,6 +64,7 @@ from consortium.verify import (
     epoch_configs,
     verify_receipt,
 )
+from consortium.verify.signers import ClientSigners
 from consortium.wire import (
     Receipt,
     WireBlock,
@@ -167,8 +167,8 @@ class ChainAudit:
         self._linked = from_height == 1
         """Whether `chain.prev` is the header before `next_height` (from genesis, or the block
         just fed): when not, a block is checked for what it proves alone."""
-        self.client_keys = genesis.client_keys()
-        self._genesis_clients = frozenset(self.client_keys)
+        self.signers = ClientSigners(self.chain_id, verifier, genesis.client_keys())
+        self._genesis_clients = frozenset(self.signers.keys)
         self.hashes: dict[int, bytes] = {}
         """Height -> hash of every block that verified."""
         self.statuses: dict[tuple[int, str, int], str] = {}
@@ -265,24 +265,40 @@ class ChainAudit:
             self.statuses[(h, "request", env.index)] = env.status
             self.reasons[(h, "request", env.index)] = env.reason
             if env.kind is not m.RequestKind.RECONFIGURATION:
-                key = self.client_keys.get(env.client_id) or applicant_key(env.client_id)
-                if key is None or not self.verifier.verify(
-                        key, m.request_signing_bytes(self.chain_id, env.digest), env.signature):
-                    self._problem(h, "request-signature",
-                                  f"request {env.index}: not signed by a known client "
-                                  f"{env.client_id!r} (genesis, or named by an earlier join "
-                                  "request)")
+                problem = self.signers.problem(env.client_id, env.digest, env.signature,
+                                               env.status,
+                                               self._epoch_keys(wb.header.epoch, env.client_id))
+                if problem:
+                    self._problem(h, "request-signature", f"request {env.index}: {problem}")
             for k, item in enumerate(wb.items_of(env)):
                 n = env.first_entry + k
                 status, reason = wb.statuses[n], wb.reasons[n]
                 self.statuses[(h, "entry", n)] = status
                 self.reasons[(h, "entry", n)] = reason
                 if status == EntryStatus.RECORDED:
-                    self._follow(h, env.client_id, record_id(env.digest, k), item)
+                    self._follow(h, env.client_id, record_id(env.digest, k), item, reason)
 
-    def _follow(self, h: int, client_id: str, rid: str, item: Item) -> None:
+    def _epoch_keys(self, epoch: int, client_id: str) -> tuple[bytes, ...]:
+        """For validator client `client_id`: the key epoch `epoch` (its block's) names for it,
+        then every other key the verified epoch history gave it (none for other clients)."""
+        config = self.configs.get(epoch)
+        if not client_id.startswith(VALIDATOR_PREFIX) or config is None:
+            return ()
+        try:
+            rid = int(client_id.removeprefix(VALIDATOR_PREFIX))
+        except ValueError:
+            return ()
+        current = config.key_of(rid)
+        if current is None:
+            return ()
+        others = {k for c in self._in_force if (k := c.key_of(rid)) is not None} - {current}
+        return (current, *sorted(others))
+
+    def _follow(self, h: int, client_id: str, rid: str, item: Item, reason: str) -> None:
         """A recorded entry: a record starts being tracked; a grant, revocation or erasure of a
-        tracked record is noted; a join request's keys become known signers (as validators
+        tracked record is noted; a client key change (or the vote approving one) changes who
+        signs for the client from the next request on; a join request's keys become known
+        signers (as validators
         accept them; what they may do is the ledger's judgement, replayed in statuses)."""
         view = view_of(item)
         if view.raw is not None:
@@ -302,7 +318,9 @@ class ChainAudit:
                     for cid, key in ((org_client_id(tx.org), tx.client_key),
                                      (validator_client_id(tx.replica_id), tx.validator_key)):
                         if cid not in self._genesis_clients:
-                            self.client_keys[cid] = key
+                            self.signers.learn(cid, key)
+            elif seg0[0] in (TxType.CLIENT_KEY, TxType.MEMBER_VOTE):
+                self.signers.follow(h, rid, decode_governance_tx(segments), reason)
             elif seg0[0] in (TxType.GRANT, TxType.REVOKE, TxType.ERASE):
                 action = decode_record_tx(segments)
                 track = self._records.get(action.record_id)

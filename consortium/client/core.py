@@ -33,17 +33,13 @@ from consortium.ledger.transactions import (
     GovernanceTx,
     InvalidTransaction,
     JoinRequest,
-    MemberVote,
     RecordTx,
-    RemoveRequest,
     decode_governance_tx,
-    encode_governance_tx,
-    encode_tx,
 )
 from consortium.localnet import read_seed
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
-from consortium.pbft.payload import encode_envelope
+from consortium.pbft.payload import encode_envelope, encode_segments
 from consortium.verify import (
     UnverifiableHistory,
     epoch_configs,
@@ -312,8 +308,7 @@ class ClientCore:
 
     @staticmethod
     def tx_item(tx: RecordTx | GovernanceTx) -> bytes:
-        return encode_tx(tx) if not isinstance(tx, JoinRequest | MemberVote | RemoveRequest) \
-            else encode_governance_tx(tx)
+        return encode_segments(tx.segments())
 
     def sign(self, items: Sequence[bytes]) -> Signed:
         """One request for these items: one nonce, one signature over their Merkle root."""

@@ -56,7 +56,11 @@ from consortium.crypto import envelope
 from consortium.formats import epcis
 from consortium.formats.directory import Gs1Directory
 from consortium.formats.errors import EpcisError, FhirError, FormatError
-from consortium.ledger.membership import changed_members
+from consortium.ledger.membership import (
+    RECONFIGURING,
+    changed_members,
+    key_change_signing_bytes,
+)
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
     Access,
@@ -687,7 +691,10 @@ class AsyncConsortiumClient:
             raise SubmitError(f"no membership proposal {proposal_id}",
                               grpc.StatusCode.NOT_FOUND)
         approval = b""
-        if approve:
+        if approve and proposal.kind not in RECONFIGURING:
+            approval = self.core.identity.signer.sign(key_change_signing_bytes(
+                self.core.chain_id, members.epoch, proposal_id))
+        elif approve:
             current = tuple(Member(v.replica_id, v.public_key) for v in members.validators)
             new = changed_members(current, proposal.kind, proposal.replica_id,
                                   proposal.validator_key)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.merkle import InclusionProof, MerkleTree, merkle_root
 from consortium.crypto.signing import Verifier
+from consortium.ledger import keyrules as kr
 from consortium.ledger import membership as ms
 from consortium.ledger.items import Item, ItemView, digest_of, record_id
 from consortium.ledger.records import (
@@ -40,6 +41,8 @@ from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
     JOIN_DECISIONS,
     Access,
+    CaChange,
+    ClientKeyChange,
     Erase,
     Grant,
     InvalidTransaction,
@@ -51,6 +54,7 @@ from consortium.ledger.transactions import (
     Revoke,
     Tx,
     TxType,
+    ValidatorKeyChange,
     Verdict,
     applicant_key,
     decode_governance_tx,
@@ -248,14 +252,26 @@ class ClientOrgs:
 
     def __init__(self, orgs: dict[str, str], known_orgs: set[str] | None = None, *,
                  keys: Mapping[str, bytes] | None = None,
-                 keys_in_use: frozenset[bytes] = frozenset()) -> None:
+                 keys_in_use: frozenset[bytes] = frozenset(),
+                 key_states: Mapping[str, kr.KeyState] | None = None) -> None:
         self._orgs = orgs
         self.known = frozenset(known_orgs if known_orgs is not None else orgs.values())
         self._keys = dict(keys or {})
-        """Client id -> its request-signing public key (for the clients in `orgs`)."""
+        """Client id -> its request-signing public key from genesis or its organisation's join
+        request (for the clients in `orgs`), before any change on the ledger."""
         self.keys_in_use = keys_in_use
         """Every key a member holds or held: signing keys of its clients and validators, its
         encryption key."""
+        self.key_states = dict(key_states or {})
+        """Clients whose key was revoked or replaced on the ledger (`keyrules.key_states`)."""
+
+    @property
+    def base_keys(self) -> Mapping[str, bytes]:
+        return self._keys
+
+    @property
+    def client_orgs(self) -> Mapping[str, str]:
+        return self._orgs
 
     def org_of(self, client_id: str) -> str | None:
         return self._orgs.get(client_id)
@@ -271,6 +287,9 @@ class ClientOrgs:
         out: dict[str, set[bytes]] = {}
         for client_id, org in self._orgs.items():
             key = self._keys.get(client_id)
+            changed = self.key_states.get(client_id)
+            if changed is not None:  # a revoked key vouches for nobody
+                key = None if changed.revoked_by is not None else changed.key
             if key is not None and client_id != admission_client \
                     and not client_id.startswith(ms.VALIDATOR_PREFIX):
                 out.setdefault(org, set()).add(key)
@@ -429,6 +448,38 @@ def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed
     return document_problem(sub, proposed_ms, rules.future_ms_max)
 
 
+def key_problem(r: m.Request, key_states: Mapping[str, kr.KeyState], chain_id: bytes,
+                verifier: Verifier) -> str:
+    """Why a request must not execute because its client's key was revoked or replaced on the
+    ledger ("" when it may): a revoked key signs nothing any more, and after a rotation only
+    the new key signs. Consensus orders requests signed by any key the client ever held (so
+    that validators at different heights agree on every batch); execution, the same on every
+    validator, decides here."""
+    state = key_states.get(r.client_id)
+    if state is None:
+        return ""
+    if state.revoked_by is None and verifier.verify(
+            state.key, m.request_signing_bytes(chain_id, r.digest), r.signature):
+        return ""
+    if state.revoked_by is None and state.replaced_by is None:
+        return ""
+    return state.refusal()
+
+
+def voter_key_problem(r: m.Request, orgs: ClientOrgs, gov: Governance, chain_id: bytes) -> str:
+    """Why a request of a validator's own client (`validator-<id>`) must not execute: after a
+    key rotation only the key of the batch's epoch signs for it ("" when it may)."""
+    replica_id = gov.voters.get(r.client_id)
+    if replica_id is None or gov.config is None or gov.verifier is None:
+        return ""
+    key = gov.config.key_of(replica_id)
+    if key is None or key == orgs.base_keys.get(r.client_id) or gov.verifier.verify(
+            key, m.request_signing_bytes(chain_id, r.digest), r.signature):
+        return ""
+    return (f"signed with a former key of validator {replica_id}: in epoch "
+            f"{gov.config.epoch} it signs with {key.hex()[:16]}…")
+
+
 def stored_request(env: Envelope, items: Sequence[Item]) -> m.Request:
     """The request an envelope of a block was, rebuilt from what a validator keeps of it (its
     envelope fields and its entries' items, `items`): in full when its raw payload or every
@@ -459,7 +510,8 @@ def referenced_records(requests: Iterable[m.Request]) -> set[str]:
             continue
         for p in parse_request(r) or ():
             if p.tx is not None and not isinstance(p.tx, JoinRequest | RemoveRequest
-                                                   | MemberVote):
+                                                   | MemberVote | ClientKeyChange
+                                                   | ValidatorKeyChange | CaChange):
                 out.add(p.tx.record_id)
     return out
 
@@ -481,6 +533,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
     block_ms = max(0 if prev is None else prev.timestamp_ms, pp.timestamp_ms)
     records: dict[str, RecordState] = dict(state or {})
     proposals: dict[str, ms.Proposal] = dict(members.proposals)
+    key_states = orgs.key_states
     envelopes: list[Envelope] = []
     entries: list[Entry] = []
     for i, r in enumerate(a.requests):
@@ -493,7 +546,10 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
             envelopes.append(replace(base, status=EnvelopeStatus.GOVERNANCE, raw=r.payload))
             continue
         parsed = parse_request(r)
-        problem = envelope_problem(r, parsed, orgs, gov, rules, pp.timestamp_ms)
+        problem = key_problem(r, key_states, chain_id, gov.verifier) \
+            if key_states and gov.verifier is not None else ""
+        problem = problem or voter_key_problem(r, orgs, gov, chain_id)
+        problem = problem or envelope_problem(r, parsed, orgs, gov, rules, pp.timestamp_ms)
         if problem or parsed is None:
             envelopes.append(replace(base, status=EnvelopeStatus.INVALID, reason=problem,
                                      raw=r.payload if parsed is None else None))
@@ -503,9 +559,12 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
         for k, p in enumerate(parsed):
             rid = record_id(digest, k)
             status, reason = _judge(rid, p, r.client_id, sender, records, proposals, orgs, gov,
-                                    rules, chain_id, block_ms)
+                                    rules, chain_id, block_ms, a.seq)
             entries.append(Entry(len(entries), i, k, rid, p.item, status, p.submission, reason,
                                  p.tx, sender, r.client_id))
+            if _changes_keys(entries[-1], proposals):
+                # in force from the next request on, in this block too
+                key_states = kr.key_states(orgs.base_keys, proposals)
         envelopes.append(replace(base, entry_count=len(parsed)))
     header = BlockHeader(
         chain_id=chain_id, height=a.seq, epoch=a.epoch,
@@ -518,7 +577,7 @@ def build_block(a: ev.Execute, chain_id: bytes, prev: BlockHeader | None, orgs: 
 def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
            records: dict[str, RecordState], proposals: dict[str, ms.Proposal],
            orgs: ClientOrgs, gov: Governance, rules: Rules, chain_id: bytes,
-           block_ms: int) -> tuple[str, str]:
+           block_ms: int, height: int) -> tuple[str, str]:
     """(status, reason) of one well-formed item against the ledger's state (updating
     `records`/`proposals`)."""
     sub = p.submission
@@ -529,14 +588,16 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
         return EntryStatus.RECORDED, ""
     tx = p.tx
     assert tx is not None
-    if isinstance(tx, JoinRequest | RemoveRequest | MemberVote) or (
+    if isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
+                  | ValidatorKeyChange | CaChange) or (
             isinstance(tx, Verdict) and tx.record_id in proposals):
         problem = judge_governance(tx, client_id, record_id_, proposals, orgs, gov, rules,
-                                   chain_id, block_ms)
-        outcome = problem.startswith(ms.MEMBERSHIP_OUTCOME)
+                                   chain_id, block_ms, height=height)
+        outcome = problem.startswith((ms.MEMBERSHIP_OUTCOME, ms.KEY_CHANGED))
         return (EntryStatus.RECORDED if outcome or not problem else EntryStatus.INVALID,
                 problem)
-    assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote)
+    assert not isinstance(tx, JoinRequest | RemoveRequest | MemberVote | ClientKeyChange
+                          | ValidatorKeyChange | CaChange)
     problem, _ = _apply(tx, client_id, sender, records, orgs, gov)
     status = EntryStatus.INVALID if problem and problem != ACCESS_DENIED and \
         not problem.startswith(SCREENING_OUTCOME) else EntryStatus.RECORDED
@@ -545,10 +606,24 @@ def _judge(record_id_: str, p: Parsed, client_id: str, sender: str | None,
 
 def changes_membership(block: Block) -> bool:
     """Whether executing this block changed the membership proposals (a join request, a
-    removal proposal or a vote took effect)."""
+    removal proposal, a client key change or a vote took effect)."""
     return any(e.status == EntryStatus.RECORDED
-               and isinstance(e.action, JoinRequest | RemoveRequest | MemberVote)
+               and isinstance(e.action, JoinRequest | RemoveRequest | MemberVote
+                              | ClientKeyChange | ValidatorKeyChange | CaChange)
                for e in block.entries)
+
+
+def _changes_keys(e: Entry, proposals: Mapping[str, ms.Proposal]) -> bool:
+    """Whether a judged entry changed a client's key (a change by the client's own
+    organisation, or the vote that approved another's)."""
+    if e.status != EntryStatus.RECORDED:
+        return False
+    if isinstance(e.action, ClientKeyChange):
+        return e.reason.startswith(ms.KEY_CHANGED)
+    if isinstance(e.action, MemberVote) and e.reason.startswith(ms.MEMBERSHIP_OUTCOME):
+        p = proposals.get(e.action.proposal_id)
+        return p is not None and p.kind == ms.CLIENT_KEY
+    return False
 
 
 def envelope_payload_digest(items: Sequence[Item]) -> bytes:
@@ -558,17 +633,18 @@ def envelope_payload_digest(items: Sequence[Item]) -> bytes:
 
 def judge_governance(tx: Tx, client_id: str, proposal_id: str,
                      proposals: dict[str, ms.Proposal], orgs: ClientOrgs, gov: Governance,
-                     rules: Rules, chain_id: bytes, block_ms: int) -> str:
-    """Judge a join request, removal proposal, member vote or a verdict on a join request as
-    of a block at `block_ms`: "" when it took effect (updating `proposals`), MEMBERSHIP_OUTCOME...
-    when a vote decided its proposal, else why not. Execution calls it for every governance
-    entry, and a validator for every join request it is sent (`node.submissions`), so both
-    judge alike."""
+                     rules: Rules, chain_id: bytes, block_ms: int, *, height: int = 0) -> str:
+    """Judge a join request, removal proposal, client key change, member vote or a verdict on
+    a join request as of a block at `block_ms` (at `height`): "" when it took effect (updating
+    `proposals`), MEMBERSHIP_OUTCOME... or KEY_CHANGED... when it decided something, else why
+    not. Execution calls it for every governance entry, and a validator for every join
+    request it is sent (`node.submissions`), so both judge alike."""
     if gov.config is None or gov.verifier is None:
         return "membership changes are not enabled on this ledger"
     ctx = ms.Context(chain_id, gov.config, gov.voters, orgs.known, gov.verifier,
                      orgs.clients, block_ms, rules.join_pending_ttl_ms,
-                     orgs.sponsor_keys(gov.admission_client), orgs.keys_in_use)
+                     orgs.sponsor_keys(gov.admission_client), orgs.keys_in_use, height,
+                     orgs.client_orgs, orgs.base_keys)
     if isinstance(tx, Verdict):
         if client_id != gov.admission_client:
             return "verdicts come only from the admission service named in genesis"
@@ -580,6 +656,12 @@ def judge_governance(tx: Tx, client_id: str, proposal_id: str,
     if isinstance(tx, RemoveRequest):
         return ms.judge_remove(tx, client_id, proposal_id, proposals,
                                _validator_orgs(orgs, gov), ctx)
+    if isinstance(tx, ClientKeyChange):
+        return kr.judge_key_change(tx, client_id, proposal_id, proposals, ctx)
+    if isinstance(tx, ValidatorKeyChange):
+        return kr.judge_validator_key(tx, client_id, proposal_id, proposals, ctx)
+    if isinstance(tx, CaChange):
+        return kr.judge_ca(tx, client_id, proposal_id, proposals, ctx)
     assert isinstance(tx, MemberVote)
     return ms.judge_vote(tx, client_id, proposals, ctx)
 

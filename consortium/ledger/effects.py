@@ -17,11 +17,15 @@ from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     SCREENING_OUTCOME,
     Block,
+    BlockHeader,
     EntryStatus,
     RecordState,
     Screening,
 )
+from consortium.ledger.ca import CA, fingerprint
 from consortium.ledger.transactions import (
+    CaChange,
+    ClientKeyChange,
     Erase,
     Grant,
     JoinRequest,
@@ -29,6 +33,7 @@ from consortium.ledger.transactions import (
     RemoveRequest,
     ReviewVote,
     Revoke,
+    ValidatorKeyChange,
     Verdict,
 )
 
@@ -65,8 +70,22 @@ class LedgerState:
             a = e.action
             if isinstance(a, JoinRequest | RemoveRequest):
                 self._propose(e.record_id, a, block.header.timestamp_ms)
+            elif isinstance(a, CaChange):
+                if e.record_id not in self.proposals:
+                    self.proposals[e.record_id] = ms.Proposal(
+                        e.record_id, CA, int(e.client_id.removeprefix(ms.VALIDATOR_PREFIX)),
+                        e.sender_org or "", "add" if a.add else "retire",
+                        fingerprint(a.certificate), recorded_ms=block.header.timestamp_ms,
+                        certificate=a.certificate)
+            elif isinstance(a, ValidatorKeyChange):
+                if e.record_id not in self.proposals:
+                    self.proposals[e.record_id] = ms.Proposal(
+                        e.record_id, ms.VALIDATOR_KEY, a.replica_id, e.sender_org or "", "",
+                        a.new_key, a.old_key, recorded_ms=block.header.timestamp_ms)
+            elif isinstance(a, ClientKeyChange):
+                self._key_change(e.record_id, a, e.client_id, e.reason, block.header)
             elif isinstance(a, MemberVote):
-                self._vote(a, e.client_id, e.reason)
+                self._vote(a, e.client_id, e.reason, block.header.height)
             elif isinstance(a, Grant | Revoke | Erase | Verdict | ReviewVote):
                 self._on_record(a, e.client_id, e.reason)
 
@@ -105,7 +124,20 @@ class LedgerState:
         self.proposals[proposal_id] = ms.Proposal(proposal_id, "remove", a.replica_id, org,
                                                   recorded_ms=recorded_ms)
 
-    def _vote(self, a: MemberVote, client_id: str, reason: str) -> None:
+    def _key_change(self, proposal_id: str, a: ClientKeyChange, client_id: str, reason: str,
+                    header: BlockHeader) -> None:
+        """A client key change: in force at once when its reason says so (its organisation's
+        own validator signed it), else a proposal to vote on."""
+        if proposal_id in self.proposals:
+            return
+        own = reason.startswith(ms.KEY_CHANGED)
+        self.proposals[proposal_id] = ms.Proposal(
+            proposal_id, ms.CLIENT_KEY, int(client_id.removeprefix(ms.VALIDATOR_PREFIX)),
+            a.org, a.client_id, a.old_key, a.new_key,
+            status=ms.ProposalStatus.APPROVED if own else ms.ProposalStatus.PENDING,
+            recorded_ms=header.timestamp_ms, decided_height=header.height if own else 0)
+
+    def _vote(self, a: MemberVote, client_id: str, reason: str, height: int) -> None:
         p = self.proposals.get(a.proposal_id)
         if p is None:
             return
@@ -114,5 +146,6 @@ class LedgerState:
             p = replace(p, votes=(*p.votes, ms.Vote(a.from_epoch, voter, a.approve,
                                                      a.approval)))
         if reason.startswith(ms.MEMBERSHIP_OUTCOME):
-            p = replace(p, status=reason.removeprefix(ms.MEMBERSHIP_OUTCOME))
+            p = replace(p, status=reason.removeprefix(ms.MEMBERSHIP_OUTCOME),
+                        decided_height=height)
         self.proposals[a.proposal_id] = p

@@ -20,10 +20,13 @@ execution, counts the same requests as pending; no validator's clock is ever con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
+from consortium.crypto.hashing import tagged_hash
 from consortium.crypto.signing import Verifier
+from consortium.ledger import ca as cas
 from consortium.ledger.transactions import (
     JoinRequest,
     MemberVote,
@@ -34,6 +37,9 @@ from consortium.ledger.transactions import (
 from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig, Member
+
+if TYPE_CHECKING:
+    from consortium.ledger.keyrules import KeyState
 
 JOINS_PENDING_MAX = 8
 """At most this many join requests wait for votes at once (what the members can review; a
@@ -51,6 +57,16 @@ SLOTS_TAKEN = "no free join slot: "
 """The start of a refusal for want of a free pending slot (the request itself is fine: it may
 succeed later), so that admission answers it FAILED_PRECONDITION rather than INVALID_ARGUMENT."""
 VALIDATOR_PREFIX = "validator-"
+CLIENT_KEY = "client-key"
+"""The kind of a client key revocation or rotation proposal."""
+VALIDATOR_KEY = "validator-key"
+"""The kind of a validator key rotation proposal (validator_key: the new key, client_key: the
+old one)."""
+RECONFIGURING = frozenset({"join", "remove", VALIDATOR_KEY})
+"""Kinds of proposal whose approval changes the validator set (a consensus reconfiguration)."""
+KEY_CHANGED = "client key: "
+"""The reason of a client key change that took effect in the block that recorded it (signed by
+the client organisation's own validator): "client key: revoked" / "client key: replaced"."""
 
 
 class ProposalStatus:
@@ -84,7 +100,11 @@ class Vote:
 
 def changed_members(members: tuple[Member, ...], kind: str, replica_id: int,
                     validator_key: bytes) -> tuple[Member, ...]:
-    """The validator set after a join ("join": add the member, in id order) or a removal."""
+    """The validator set after a join ("join": add the member, in id order), a key rotation
+    (the member's key replaced by `validator_key`) or a removal."""
+    if kind == VALIDATOR_KEY:
+        return tuple(Member(mem.replica_id, validator_key) if mem.replica_id == replica_id
+                     else mem for mem in members)
     if kind == "join":
         return tuple(sorted((*members, Member(replica_id, validator_key)),
                             key=lambda mem: mem.replica_id))
@@ -112,12 +132,18 @@ class Proposal:
     """The member organisation that sponsored a join request."""
     recorded_ms: int = 0
     """The time of the block that recorded it (its expiry counts from there)."""
+    decided_height: int = 0
+    """The height of the block that approved or rejected it (0: pending)."""
+    certificate: bytes = b""
+    """A CA proposal's certificate (PEM)."""
 
     def expired(self, block_ms: int, ttl_ms: int) -> bool:
         return expired(self.kind, self.status, self.recorded_ms, block_ms, ttl_ms)
 
     def new_members(self, config: EpochConfig) -> tuple[Member, ...]:
-        """The validator set this proposal turns `config` into."""
+        """The validator set this proposal turns `config` into (unchanged: a client key)."""
+        if self.kind not in RECONFIGURING:
+            return config.members
         return changed_members(config.members, self.kind, self.replica_id, self.validator_key)
 
     @property
@@ -173,6 +199,30 @@ class MembershipState:
                 out[validator_client_id(p.replica_id)] = p.validator_key
         return out
 
+    def rotated_validator_keys(self) -> dict[str, tuple[bytes, ...]]:
+        """`validator-<id>` -> the keys approved rotations gave it, oldest first (which one
+        signs in a given epoch is that epoch's validator set's business)."""
+        out: dict[str, tuple[bytes, ...]] = {}
+        for p in self.proposals.values():
+            if p.kind == VALIDATOR_KEY and p.status == ProposalStatus.APPROVED:
+                cid = validator_client_id(p.replica_id)
+                out[cid] = (*out.get(cid, ()), p.validator_key)
+        return out
+
+    def ca_trust(self) -> cas.CaTrust:
+        """The CAs approved CA proposals added and retired, in the order they were decided."""
+        added: dict[bytes, bytes] = {}
+        retired: set[bytes] = set()
+        for p in sorted((p for p in self.proposals.values()
+                         if p.kind == cas.CA and p.status == ProposalStatus.APPROVED),
+                        key=lambda p: p.decided_height):
+            if p.name == "add":
+                added[p.validator_key] = p.certificate
+            else:
+                retired.add(p.validator_key)
+                added.pop(p.validator_key, None)
+        return cas.CaTrust(added, frozenset(retired))
+
     def removed(self) -> frozenset[int]:
         """Validators removed by an approved removal."""
         return frozenset(p.replica_id for p in self.proposals.values()
@@ -181,7 +231,11 @@ class MembershipState:
     def pending_change(self, epoch: int) -> Proposal | None:
         """The proposal approved in `epoch`, whose validator-set change opens the next one."""
         return next((p for p in self.proposals.values() if p.status == ProposalStatus.APPROVED
-                     and p.decided_epoch == epoch), None)
+                     and p.kind in RECONFIGURING and p.decided_epoch == epoch), None)
+
+    def key_states(self, base_keys: Mapping[str, bytes]) -> dict[str, KeyState]:
+        from consortium.ledger.keyrules import key_states  # it builds on this module
+        return key_states(base_keys, self.proposals)
 
     def client_orgs(self) -> dict[str, str]:
         """Client id -> organisation, for approved joins."""
@@ -193,6 +247,47 @@ class MembershipState:
 
 
 EMPTY = MembershipState({})
+
+
+class Listed(Protocol):
+    """A proposal as a validator lists it (`pb.ProposalInfo`)."""
+
+    proposal_id: str
+    kind: str
+    replica_id: int
+    org: str
+    name: str
+    validator_key: bytes
+    client_key: bytes
+    encryption_key: bytes
+    status: str
+    decided_height: int
+
+
+def from_listing(listed: Iterable[Listed]) -> MembershipState:
+    """The proposals a validator lists (newest first), as the membership state key states and
+    admitted members are derived from (an expired join request counts as pending, as at
+    execution)."""
+    return MembershipState({p.proposal_id: Proposal(
+        p.proposal_id, p.kind, p.replica_id, p.org, p.name, bytes(p.validator_key),
+        bytes(p.client_key), bytes(p.encryption_key),
+        status=ProposalStatus.PENDING if p.status == ProposalStatus.EXPIRED else p.status,
+        decided_height=p.decided_height) for p in reversed(list(listed))})
+
+
+def key_change_signing_bytes(chain_id: bytes, epoch: int, proposal_id: str) -> bytes:
+    """What a validator's approval of a client key or CA proposal signs (with its replica key):
+    the proposal, in the epoch the vote is cast (neither is a validator-set change, so an
+    approval of one can never be assembled into a reconfiguration)."""
+    return tagged_hash(b"consortium/client-key-approval", chain_id, epoch.to_bytes(4, "big"),
+                       bytes.fromhex(proposal_id))
+
+
+def approval_signing_bytes(chain_id: bytes, config: EpochConfig, p: Proposal) -> bytes:
+    """What an approval of proposal `p`, cast in epoch `config`, signs."""
+    if p.kind in RECONFIGURING:
+        return m.reconfiguration_signing_bytes(chain_id, config.epoch, p.new_members(config))
+    return key_change_signing_bytes(chain_id, config.epoch, p.proposal_id)
 
 
 def reconfiguration_payload(p: Proposal, config: EpochConfig) -> bytes:
@@ -222,6 +317,12 @@ class Context:
     keys_in_use: frozenset[bytes] = frozenset()
     """Every key a member holds or held (clients', validators', encryption keys): a join
     request that names one could act as, or read for, that member once approved."""
+    height: int = 0
+    """The height of the block being executed (at admission: the next one)."""
+    client_orgs: Mapping[str, str] = field(default_factory=dict)
+    """Client id -> organisation, for the member clients (removed organisations excluded)."""
+    base_keys: Mapping[str, bytes] = field(default_factory=dict)
+    """Client id -> its key from genesis or its organisation's join request."""
 
 
 def sponsorship_problem(tx: JoinRequest, ctx: Context) -> str:
@@ -266,7 +367,7 @@ def judge_join(tx: JoinRequest, client_id: str, proposal_id: str, state: dict[st
     mine = {tx.validator_key, tx.client_key, tx.encryption_key}
     held = ctx.keys_in_use | {mem.public_key for mem in ctx.config.members} | {
         k for p in joins if p.status == ProposalStatus.APPROVED
-        for k in (p.validator_key, p.client_key, p.encryption_key)}
+        for k in (p.validator_key, p.client_key, p.encryption_key)} | changed_keys(state)
     if mine & held:
         return ("the join request reuses a key a member already holds; generate new keys "
                 "(consortium members apply)")
@@ -324,23 +425,39 @@ def judge_vote(tx: MemberVote, client_id: str, state: dict[str, Proposal],
                 f"{config.epoch} now: vote again")
     if any(v.replica_id == voter and v.epoch == config.epoch for v in p.votes):
         return f"validator {voter} already voted on this proposal"
+    if tx.approve and p.kind == CLIENT_KEY:
+        from consortium.ledger.keyrules import key_change_problem  # it builds on this module
+        problem = key_change_problem(p.name, p.validator_key, p.client_key, state, ctx)
+        if problem:
+            return f"{problem}: the proposal can no longer take effect"
+    if tx.approve and p.kind == VALIDATOR_KEY and ctx.config.key_of(p.replica_id) != p.client_key:
+        return (f"validator {p.replica_id} no longer holds the key this rotation replaces (it "
+                "left the set or its key changed): the proposal can no longer take effect")
     if tx.approve:
         waiting = MembershipState(state).pending_change(config.epoch)
-        if waiting is not None:
+        if waiting is not None and p.kind in RECONFIGURING:
             # The consensus layer carries out one validator-set change per epoch, and
             # approvals are bound to the set they were cast for.
             return (f"membership change {waiting.proposal_id[:16]} was approved in this epoch "
                     "and takes effect at the next checkpoint: vote again after it")
         key = config.key_of(voter)
-        signed = m.reconfiguration_signing_bytes(ctx.chain_id, config.epoch,
-                                                 p.new_members(config))
+        signed = approval_signing_bytes(ctx.chain_id, config, p)
         if key is None or not ctx.verifier.verify(key, signed, tx.approval):
-            return "the approval is not the voter's signature over this validator-set change"
+            return ("the approval is not the voter's signature over this validator-set change"
+                    if p.kind in RECONFIGURING else
+                    "the approval is not the voter's signature over this proposal")
     votes = (*p.votes, Vote(config.epoch, voter, tx.approve, tx.approval))
     current = [v for v in votes if v.epoch == config.epoch]
     approvals = sum(1 for v in current if v.approve)
     rejections = len(current) - approvals
     status = ProposalStatus.APPROVED if approvals >= config.quorum else \
         ProposalStatus.REJECTED if rejections > config.n - config.quorum else p.status
-    state[tx.proposal_id] = replace(p, votes=votes, status=status)
+    state[tx.proposal_id] = replace(p, votes=votes, status=status, decided_height=(
+        ctx.height if status != p.status else p.decided_height))
     return MEMBERSHIP_OUTCOME + status if status != p.status else ""
+
+
+def changed_keys(state: Mapping[str, Proposal]) -> set[bytes]:
+    """Keys named by client key proposals (new or old: never to be used again)."""
+    return {k for p in state.values() if p.kind == CLIENT_KEY
+            for k in (p.validator_key, p.client_key) if k}

@@ -19,6 +19,10 @@ for each reader, or the key a grant wraps for a new reader.
             seg1 = statement (UTF-8)
     vote    seg0 = 9 | proposal_id:32 | approve:u8 | from_epoch:u32 | approval:64
     remove  seg0 = 10 | replica_id:u32 | reason:text
+    client key  seg0 = 11 | org:text | client_id:text | old_key:32 | new_key:32 (zeros:
+                   revoke) | reason:text
+    validator key  seg0 = 12 | replica_id:u32 | old_key:32 | new_key:32 | possession:64
+    ca      seg0 = 13 | add:u8 | certificate:blob (PEM)
 
 Withheld segments (an erased payload shown by its hash) are handled item by item: see
 `ledger.items`.
@@ -58,6 +62,9 @@ class TxType(enum.IntEnum):
     JOIN = 8
     MEMBER_VOTE = 9
     REMOVE = 10
+    CLIENT_KEY = 11
+    VALIDATOR_KEY = 12
+    CA = 13
 
 
 class InvalidTransaction(ValueError):
@@ -413,8 +420,94 @@ class RemoveRequest:
         return [w.getvalue()]
 
 
-GovernanceTx = JoinRequest | MemberVote | RemoveRequest
-GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE})
+@dataclass(frozen=True, slots=True)
+class ClientKeyChange:
+    """Revoke a client's request-signing key (`new_key` empty) or replace it with `new_key`.
+    Signed by a current validator (`validator-<id>`): for a client of the validator's own
+    organisation it takes effect in the block that records it (a leaked key must stop signing
+    at once, without waiting for anyone); for another organisation's client it is a proposal
+    the validators vote on (`MemberVote`), like a removal.
+
+    `old_key` names the key it acts on, so a revocation written before a rotation cannot
+    revoke the key that replaced it, and a key is revoked or replaced at most once."""
+
+    org: str
+    client_id: str
+    old_key: bytes
+    new_key: bytes
+    reason: str
+
+    @property
+    def revokes(self) -> bool:
+        return not self.new_key
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.CLIENT_KEY))
+        w.text(self.org)
+        w.text(self.client_id)
+        w.fixed(self.old_key)
+        w.fixed(self.new_key or bytes(32))
+        w.text(self.reason)
+        return [w.getvalue()]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorKeyChange:
+    """Validator `replica_id` asks to sign with `new_key` instead of `old_key` from the next
+    epoch on. Signed by the validator itself (`validator-<id>`, its current key) and carrying
+    `possession`, the new key's signature over `validator_key_signing_bytes`: both keys
+    vouch for the change. The validators vote on it like on a removal; once approved it is a
+    validator-set change (same members, one key replaced) that takes effect at the next
+    checkpoint, at the same height for every honest validator."""
+
+    replica_id: int
+    old_key: bytes
+    new_key: bytes
+    possession: bytes
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.VALIDATOR_KEY))
+        w.u32(self.replica_id)
+        w.fixed(self.old_key)
+        w.fixed(self.new_key)
+        w.fixed(self.possession)
+        return [w.getvalue()]
+
+
+def validator_key_signing_bytes(chain_id: bytes, replica_id: int, old_key: bytes,
+                                new_key: bytes) -> bytes:
+    """What a validator's new key signs to show its holder asks for the change."""
+    return tagged_hash(b"consortium/validator-key-possession", chain_id,
+                       replica_id.to_bytes(4, "big"), old_key, new_key)
+
+
+CA_CERT_BYTES_MAX = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class CaChange:
+    """Trust another CA certificate for validators' TLS (`add`) or stop trusting one
+    (`add` false): a proposal a current validator makes and the validators vote on, so that a
+    CA is rolled over with both trusted for a while (docs/deploy.md, "Rotation and
+    revocation"). `certificate` is PEM; what it must be is judged at execution."""
+
+    add: bool
+    certificate: bytes
+
+    def segments(self) -> list[bytes]:
+        w = Writer()
+        w.u8(int(TxType.CA))
+        w.u8(1 if self.add else 0)
+        w.blob(self.certificate)
+        return [w.getvalue()]
+
+
+GovernanceTx = (JoinRequest | MemberVote | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                | CaChange)
+GOVERNANCE_TYPES = frozenset({TxType.JOIN, TxType.MEMBER_VOTE, TxType.REMOVE,
+                              TxType.CLIENT_KEY, TxType.VALIDATOR_KEY, TxType.CA})
 APPLICANT_PREFIX = "applicant-"
 
 
@@ -466,7 +559,8 @@ def _check_gs1(org: str, data: bytes, present: bool) -> None:
 
 
 def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
-    """Parse a join request, member vote or removal proposal. Raises InvalidTransaction."""
+    """Parse a join request, member vote, removal proposal or client key change. Raises
+    InvalidTransaction."""
     if not segments or segments[0] is None:
         raise InvalidTransaction("transaction header missing")
     kind = tx_type(segments[0])
@@ -520,6 +614,40 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("a removal proposal has 1 segment")
             check_text("reason", reason, allow_empty=True)
             return RemoveRequest(replica_id, reason)
+        if kind is TxType.CLIENT_KEY:
+            org, client_id = rd.text(), rd.text()
+            old_key, new_key, reason = rd.fixed(32), rd.fixed(32), rd.text()
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a client key change has 1 segment")
+            check_text("org", org)
+            check_text("client_id", client_id)
+            check_text("reason", reason, allow_empty=True)
+            if old_key == new_key:
+                raise InvalidTransaction("a client key change replaces a key with another one")
+            return ClientKeyChange(org, client_id, old_key,
+                                   b"" if new_key == bytes(32) else new_key, reason)
+        if kind is TxType.VALIDATOR_KEY:
+            replica_id, old_key, new_key = rd.u32(), rd.fixed(32), rd.fixed(32)
+            possession = rd.fixed(SIGNATURE_BYTES)
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a validator key change has 1 segment")
+            if old_key == new_key:
+                raise InvalidTransaction("a validator key change replaces a key with another "
+                                         "one")
+            return ValidatorKeyChange(replica_id, old_key, new_key, possession)
+        if kind is TxType.CA:
+            add, certificate = rd.u8(), rd.blob()
+            rd.end()
+            if len(segments) != 1:
+                raise InvalidTransaction("a CA change has 1 segment")
+            if add not in (0, 1):
+                raise InvalidTransaction("a CA change adds (1) or retires (0) a certificate")
+            if not 0 < len(certificate) <= CA_CERT_BYTES_MAX:
+                raise InvalidTransaction(f"a CA certificate is 1 to {CA_CERT_BYTES_MAX} bytes "
+                                         "of PEM")
+            return CaChange(add == 1, certificate)
     except DecodeError as exc:
         raise InvalidTransaction(f"malformed {kind.name.lower()} transaction: {exc}") from exc
     raise InvalidTransaction(f"{kind.name.lower()} is not a governance transaction")
@@ -539,6 +667,7 @@ def target_of(tx: Tx) -> str | None:
     """The id of the record or proposal a transaction acts on (None: it creates one)."""
     if isinstance(tx, MemberVote):
         return tx.proposal_id
-    if isinstance(tx, JoinRequest | RemoveRequest):
+    if isinstance(tx, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                  | CaChange):
         return None
     return tx.record_id

@@ -273,6 +273,9 @@ class LedgerService(pb_grpc.LedgerServicer):
         v = self.v
         key = v.clients.client_key(auth.client_id) if auth.client_id else None
         org = v.submit_rules.orgs.org_of(auth.client_id) if auth.client_id else None
+        changed = v.clients.changed.get(auth.client_id)
+        if changed is not None and changed.revoked_by is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, changed.refusal())
         if key is None or org is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "reads need a signed ReadAuth from a member's client key")

@@ -210,10 +210,19 @@ class SubmissionRules:
 def check_signature(req: m.Request, key: bytes | None,
                     rules: SubmissionRules) -> SubmitFailed | None:
     """Why a submission is not a request this validator takes from anyone (with the status
-    to answer), or None: what is checked before asking whether it was executed already."""
+    to answer), or None: what is checked before asking whether it was executed already. A
+    request signed with a revoked or replaced key is refused naming the change (as of this
+    validator's head; execution decides alike for one that gets through)."""
     if req.kind is not m.RequestKind.APPLICATION:
         return SubmitFailed(grpc.StatusCode.PERMISSION_DENIED,
                             "clients submit application requests only")
+    changed = rules.orgs.key_states.get(req.client_id)
+    if changed is not None:
+        signed = m.request_signing_bytes(rules.chain_id, req.digest)
+        if changed.revoked_by is not None or (
+                not rules.verifier.verify(changed.key, signed, req.signature)
+                and any(rules.verifier.verify(k, signed, req.signature) for k in changed.keys)):
+            return SubmitFailed(grpc.StatusCode.UNAUTHENTICATED, changed.refusal())
     if key is None:
         return SubmitFailed(grpc.StatusCode.UNAUTHENTICATED, f"unknown client {req.client_id!r}")
     if not rules.verifier.verify(key, m.request_signing_bytes(rules.chain_id, req.digest),

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
-from consortium.config import TlsFiles
 from consortium.wire import pb, pb_grpc
 
 log = structlog.get_logger("consortium.transport")
@@ -26,19 +25,6 @@ COALESCE_BYTES_MAX = 8 << 20
 """Most queued messages (and bytes, checked before adding one) sent in one stream message."""
 RECONNECT_DELAY_S_MIN = 0.05
 RECONNECT_DELAY_S_MAX = 2.0
-
-
-def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
-    """Client side of mutual TLS: trust only the consortium CA and present our certificate."""
-    return grpc.ssl_channel_credentials(root_certificates=tls.ca_cert.read_bytes(),
-                                        private_key=tls.key.read_bytes(),
-                                        certificate_chain=tls.cert.read_bytes())
-
-
-def server_credentials(tls: TlsFiles, *, require_client_auth: bool) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())],
-                                       root_certificates=tls.ca_cert.read_bytes(),
-                                       require_client_auth=require_client_auth)
 
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20),
@@ -56,6 +42,11 @@ class PeerLink:
         self._on_state = on_state
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+
+    def use_credentials(self, credentials: grpc.ChannelCredentials) -> None:
+        """Credentials for the next connection (a rotated certificate); the current one stays
+        up until it breaks."""
+        self._credentials = credentials
 
     def send(self, data: bytes) -> None:
         if self._queue.full():

@@ -18,17 +18,15 @@ import datetime
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import structlog
-from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from consortium.config import Genesis, ValidatorConfig, ValidatorInfo
-from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from consortium.crypto.signing import CachingVerifier, Ed25519Verifier
 from consortium.ledger import membership as ms
 from consortium.ledger.blocks import (
     Block,
@@ -37,18 +35,18 @@ from consortium.ledger.blocks import (
     Screening,
     changes_membership,
 )
-from consortium.ledger.transactions import MemberVote, applicant_key
-from consortium.localnet import read_seed
+from consortium.ledger.transactions import MemberVote
 from consortium.node import metrics
 from consortium.node.driver import Driver, LedgerContext
+from consortium.node.host import ValidatorHost, ValidatorStorage
 from consortium.node.interceptors import MalformedRequests, NotReady
+from consortium.node.keys import ClientKeys, ValidatorKeys
 from consortium.node.state_transfer import StateTransfer
 from consortium.node.submissions import SubmissionRules, Submissions
+from consortium.node.tls import TlsReloader
 from consortium.node.transport import (
     CHANNEL_OPTIONS,
     PeerLink,
-    channel_credentials,
-    server_credentials,
 )
 from consortium.pbft import events as ev
 from consortium.pbft import messages as m
@@ -70,32 +68,12 @@ EVENTS_PER_ROUND_MAX = 512
 """Events stepped before the resulting writes are flushed together (group commit)."""
 OUTAGE_RETRY_S_MAX = 5.0
 CERT_EXPIRY_WARNING_DAYS = 30
+TLS_WATCH_S = 5.0
 
 
 class WallClock:
     def now_ms(self) -> int:
         return int(time.time() * 1000)
-
-
-class ClientKeys:
-    """Who may sign requests: the genesis clients and validators, the identities named by join
-    requests on the ledger (`MembershipState.client_keys`), and applicants, whose client id
-    carries their key (what each identity may do is decided at execution)."""
-
-    def __init__(self, keys: dict[str, bytes]) -> None:
-        self._genesis = keys
-        self._ledger: dict[str, bytes] = {}
-
-    def update(self, keys: dict[str, bytes]) -> None:
-        self._ledger = {k: v for k, v in keys.items() if k not in self._genesis}
-
-    def client_key(self, client_id: str) -> bytes | None:
-        if client_id.startswith(ms.RECONFIG_PREFIX):
-            client_id = "validator-" + client_id.removeprefix(ms.RECONFIG_PREFIX)
-        key = self._genesis.get(client_id)
-        if key is None:
-            key = self._ledger.get(client_id)
-        return key if key is not None else applicant_key(client_id)
 
 
 class Validator:
@@ -108,7 +86,8 @@ class Validator:
         self.store = store
         self.reads = reads
         self.chain_id = genesis.chain_id_bytes
-        self.signer = Ed25519Signer(read_seed(config.signing_key))
+        self.keys = ValidatorKeys(config.signing_key)
+        self.signer = self.keys.current
         self.joining = config.replica_id not in {v.replica_id for v in genesis.validators}
         """Not in genesis: a validator admitted later (a join request approved by the
         members), which catches up by state transfer (docs/admission.md)."""
@@ -117,7 +96,8 @@ class Validator:
                                     config.listen_peer, config.listen_client)
         else:
             self.me = genesis.validator(config.replica_id)
-            if self.signer.public_key != self.me.public_key:
+            rotated = any(config.signing_key.parent.glob(config.signing_key.name + ".replaced-*"))
+            if self.me.public_key not in self.keys.signers and not rotated:
                 raise ValueError(f"{config.signing_key} does not hold validator "
                                  f"{config.replica_id}'s key from the genesis file")
         self._reconfig_nonce = 0
@@ -128,6 +108,9 @@ class Validator:
         store.initial_screening = Screening.ACCEPTED if genesis.admission_client is None \
             else Screening.PENDING
         self.clients = ClientKeys(genesis.client_keys())
+        self.clients.epoch_key = lambda replica_id: (
+            None if self.driver is None else self.replica.config.key_of(replica_id))
+        self.tls = TlsReloader(config.tls)
         self.membership = ms.EMPTY
         self.submit_rules = SubmissionRules(
             self.chain_id, self.verifier, ClientOrgs(genesis.client_orgs(),
@@ -143,11 +126,12 @@ class Validator:
         self.new_blocks = asyncio.Condition()
         self.health = health_aio.HealthServicer()
         self.state_transfer = StateTransfer(
-            self.chain_id, self.verifier, lambda: channel_credentials(config.tls),
+            self.chain_id, self.verifier, self.tls.channel_credentials,
             CHANNEL_OPTIONS)
         self._servers: list[grpc.aio.Server] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._accepting = True
         self.serving = False
@@ -213,7 +197,7 @@ class Validator:
         self._loop_task.add_done_callback(self._loop_ended)
         if self.genesis.admission_client is not None:
             self._gauge_task = asyncio.create_task(self._screening_gauges(), name="gauges")
-        self._cert_expiry_gauge()
+        self._tls_task = asyncio.create_task(self._watch_tls(), name="tls-watch")
 
     async def _boot(self) -> None:
         """Build the replica from what is durable (at start, and after a database outage)."""
@@ -222,10 +206,19 @@ class Validator:
                           chain_id=self.chain_id, genesis=self.genesis.epoch0(),
                           params=self.genesis.protocol, verifier=self.verifier,
                           clients=self.clients, recovered=recovered, clock=self.clock)
+        for signer in self.keys.signers.values():
+            replica.add_signer(signer)
+        if replica.is_member and replica.config.key_of(self.me.replica_id) \
+                not in replica.signing_keys:
+            raise ValueError(f"{self.config.signing_key} (and {self.keys.next_path.name}) do not "
+                             f"hold validator {self.me.replica_id}'s key of epoch "
+                             f"{replica.config.epoch}")
+        self._take_epoch_key(replica.config)  # a restart after the switch, before the rename
         ledger = LedgerContext(self.chain_id, self.genesis.admission_client,
                                self.genesis.rules(), self.submit_rules.orgs, ms.EMPTY, head,
                                self.verifier)
-        self.driver = Driver(replica, ledger, _Storage(self.store, self.reads), _Host(self))
+        self.driver = Driver(replica, ledger, ValidatorStorage(self.store, self.reads),
+                             ValidatorHost(self))
         log.info("recovered", height=self.height, replica_executed=replica.last_executed,
                  view=replica.view)
         self.submit_rules.block_ms = 0 if head is None else head.timestamp_ms
@@ -249,7 +242,12 @@ class Validator:
         """Membership from the ledger: who may sign, which organisations are members, and a
         peer link to every validator we know of (genesis and admitted ones)."""
         self.membership = membership
-        self.clients.update(membership.client_keys())
+        self.clients.update(membership)
+        self.tls.set_trust(membership.ca_trust())
+        new_key = self.keys.load_next()
+        if new_key is not None and self.driver is not None:
+            log.info("next signing key loaded", key=new_key.public_key.hex()[:16])
+            self.replica.add_signer(new_key)
         validator_orgs = {v.replica_id: v.org for v in self.genesis.validators}
         validator_orgs.update({p.replica_id: p.org for p in membership.joined()})
         gone = membership.removed()
@@ -262,11 +260,12 @@ class Validator:
         orgs = ClientOrgs(
             client_orgs, ({o.org_id for o in self.genesis.orgs} | {p.org for p in joined})
             - removed,
-            keys={c: k for c in client_orgs if (k := self.clients.client_key(c)) is not None},
+            keys={c: k for c in client_orgs if (k := self.clients.base_key(c)) is not None},
             keys_in_use=frozenset(self.genesis.client_keys().values())
             | frozenset(o.encryption_key for o in self.genesis.orgs)
             | frozenset(k for p in joined
-                        for k in (p.validator_key, p.client_key, p.encryption_key)))
+                        for k in (p.validator_key, p.client_key, p.encryption_key)),
+            key_states=self.clients.changed)
         self.submit_rules.orgs = orgs
         self.submit_rules.membership = membership
         addresses = {v.replica_id: v.peer_address for v in self.genesis.validators}
@@ -276,7 +275,7 @@ class Validator:
         for rid, address in sorted(self.peer_addresses.items()):
             if rid in self.links:
                 continue
-            creds = creds or channel_credentials(self.config.tls)
+            creds = creds or self.tls.channel_credentials()
             link = PeerLink(rid, address, creds, metrics.peer_state)
             self.links[rid] = link
             link.start()
@@ -299,7 +298,7 @@ class Validator:
             if (config is not None and isinstance(e.action, MemberVote)
                     and e.reason == ms.MEMBERSHIP_OUTCOME + ms.ProposalStatus.APPROVED):
                 proposal = self.membership.proposals.get(e.action.proposal_id)
-                if proposal is not None:
+                if proposal is not None and proposal.kind in ms.RECONFIGURING:
                     self._submit_change(proposal, config)
 
     def _resubmit_pending_change(self) -> None:
@@ -320,7 +319,8 @@ class Validator:
         nonce = self._reconfig_nonce = max(self._reconfig_nonce + 1, time.time_ns() // 1000)
         digest = m.request_digest(client_id, nonce, m.RequestKind.RECONFIGURATION, payload)
         request = m.Request(client_id, nonce, m.RequestKind.RECONFIGURATION, payload,
-                            self.signer.sign(m.request_signing_bytes(self.chain_id, digest)))
+                            self.keys.current.sign(m.request_signing_bytes(self.chain_id,
+                                                                           digest)))
         log.info("membership approved; submitting the validator-set change",
                  proposal=proposal.proposal_id, kind=proposal.kind,
                  replica=proposal.replica_id, from_epoch=config.epoch)
@@ -333,7 +333,7 @@ class Validator:
         pb_grpc.add_ReplicaServicer_to_server(ReplicaService(self), peer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, peer)
         peer.add_secure_port(self.config.listen_peer,
-                             server_credentials(self.config.tls, require_client_auth=True))
+                             self.tls.server_credentials(require_client_auth=True))
         client = grpc.aio.server(interceptors=[MalformedRequests()], options=[
             ("grpc.max_receive_message_length", self.genesis.protocol.request_bytes_max + 4096),
             ("grpc.max_send_message_length", 64 << 20)])
@@ -344,7 +344,7 @@ class Validator:
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), client)
         client.add_secure_port(self.config.listen_client,
-                               server_credentials(self.config.tls, require_client_auth=False))
+                               self.tls.server_credentials(require_client_auth=False))
         servers = [peer, client]
         if self.config.listen_health:
             probe = grpc.aio.server()
@@ -365,7 +365,7 @@ class Validator:
             await asyncio.sleep(0.05)
         for server in self._servers:
             await server.stop(grace=1.0)
-        for task in (self._gauge_task, self._loop_task):
+        for task in (self._gauge_task, self._loop_task, self._tls_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -458,18 +458,24 @@ class Validator:
                     metrics.screening.labels(status=status).set(counts.get(status, 0))
             await asyncio.sleep(5)
 
-    def _cert_expiry_gauge(self) -> None:
-        """Days until this validator's TLS certificate expires (a health warning 30 days
-        before)."""
-        try:
-            cert = x509.load_pem_x509_certificate(self.config.tls.cert.read_bytes())
-        except (OSError, ValueError):
-            return
-        days = (cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).days
-        metrics.tls_cert_expiry_days.set(days)
-        if days < CERT_EXPIRY_WARNING_DAYS:
-            log.warning("TLS certificate expires soon", days=days,
-                        cert=str(self.config.tls.cert))
+    async def _watch_tls(self) -> None:
+        """Days until this validator's TLS certificate expires (a gauge, and a health warning
+        30 days before); a certificate rotated in its files is taken up by the servers at the
+        next handshake and by the peer links at their next connection."""
+        generation = self.tls.material.generation
+        while True:
+            material = self.tls.refresh()
+            days = (material.not_after - datetime.datetime.now(datetime.UTC)).days
+            metrics.tls_cert_expiry_days.set(days)
+            if days < CERT_EXPIRY_WARNING_DAYS:
+                log.warning("TLS certificate expires soon", days=days,
+                            cert=str(self.config.tls.cert))
+            if material.generation != generation:
+                generation = material.generation
+                creds = self.tls.channel_credentials()
+                for link in self.links.values():
+                    link.use_credentials(creds)
+            await asyncio.sleep(TLS_WATCH_S)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """The consensus loop only ends by cancellation; anything else is our bug: stop
@@ -538,12 +544,27 @@ class Validator:
             log.info("view entered", view=a.view, primary=a.primary)
         elif isinstance(a, ev.EpochEntered):
             self._submission_governance()
+            self._take_epoch_key(a.config)
             metrics.epoch.set(a.config.epoch)
             log.info("epoch entered", epoch=a.config.epoch, members=a.config.replica_ids,
                      member=a.config.is_member(self.me.replica_id))
         elif isinstance(a, ev.PeerFault):
             metrics.peer_faults.inc()
             log.warning("peer fault", sender=a.sender, reason=a.reason)
+
+    def _take_epoch_key(self, config: EpochConfig) -> None:
+        """A new epoch: if it names a new key for this validator (an approved rotation), that
+        key signs from now on and becomes the key file's (the epoch is durable: the driver
+        stored its checkpoint before anything is observed)."""
+        key = config.key_of(self.me.replica_id)
+        if key is None or key == self.keys.current.public_key:
+            return
+        if key not in self.keys.signers:
+            log.error("this epoch names a signing key this validator does not hold: it cannot "
+                      "sign until the key is in place", epoch=config.epoch, key=key.hex()[:16],
+                      expected=str(self.keys.next_path))
+            return
+        self.keys.promote(key, config.epoch)
 
     async def fetch_blocks(self, target: int) -> None:
         assert self.driver is not None
@@ -563,77 +584,6 @@ class Validator:
         await self.state_transfer.fetch(
             target, lambda: ledger.head, lambda: sorted(self.peer_addresses.items()),
             self.replica.epoch_configs, install, ledger.orgs.org_of)
-
-
-class _Storage:
-    """The driver's storage: writes on the writer connection, reads (which see its commits)
-    on the read pool."""
-
-    def __init__(self, store: LedgerStore, reads: LedgerReader) -> None:
-        self._store = store
-        self._reads = reads
-
-    async def record_states(self, record_ids: Any) -> Any:
-        return await self._reads.record_states(record_ids)
-
-    async def membership(self) -> ms.MembershipState:
-        return await self._reads.membership()
-
-    async def append_blocks(self, blocks: Sequence[Block], *,
-                            also_persist: Sequence[m.SignedMessage] = (),
-                            wait_for_disk: bool = True) -> None:
-        await self._store.append_blocks(blocks, also_persist=also_persist,
-                                        wait_for_disk=wait_for_disk)
-
-    async def persist_messages(self, msgs: Sequence[m.SignedMessage]) -> None:
-        await self._store.persist_messages(msgs)
-
-    async def persist_snapshot(self, snapshot: m.Snapshot,
-                               proof: Sequence[m.SignedMessage]) -> None:
-        await self._store.persist_snapshot(snapshot, proof)
-
-    async def stored_merkle_root(self, height: int) -> bytes | None:
-        return await self._reads.stored_merkle_root(height)
-
-
-class _Host:
-    """The driver's host: the validator's links, timers and waiting clients."""
-
-    def __init__(self, v: Validator) -> None:
-        self._v = v
-
-    def send(self, to: int, data: bytes) -> None:
-        link = self._v.links.get(to)
-        if link is not None:
-            link.send(data)
-
-    def set_timer(self, kind: ev.TimerKind, token: int, delay_ms: int) -> None:
-        self._v.set_timer(kind, token, delay_ms)
-
-    def cancel_timer(self, kind: ev.TimerKind) -> None:
-        self._v.cancel_timer(kind)
-
-    async def fetch_blocks(self, target: int) -> None:
-        await self._v.fetch_blocks(target)
-
-    async def membership_changed(self, membership: ms.MembershipState) -> ClientOrgs:
-        return await self._v.membership_changed(membership)
-
-    def committed(self, blocks: Sequence[Block]) -> None:
-        self._v.committed(blocks)
-
-    def rejected(self, request: m.Request, reason: ev.RejectReason,
-                 primary: int | None) -> None:
-        self._v.submissions.rejected(request, reason, primary)
-
-    def already_executed(self, request: m.Request, seq: int) -> None:
-        self._v.submissions.already_executed(request)
-
-    def observed(self, action: ev.Action) -> None:
-        self._v.observed(action)
-
-    def submit_change(self, block: Block) -> None:
-        self._v.submit_change(block)
 
 
 def _event_bytes(event: ev.Event) -> int:

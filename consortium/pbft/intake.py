@@ -43,11 +43,11 @@ class RequestIntake:
         cache_key = r.digest + r.signature
         if cache_key in self._verified_requests:
             return None
-        key = rep._clients.client_key(r.client_id)
-        if key is None:
+        keys = rep._clients.client_keys(r.client_id)
+        if not keys:
             return ev.RejectReason.UNKNOWN_CLIENT
-        if not rep._verifier.verify(key, m.request_signing_bytes(rep.chain_id, r.digest),
-                                    r.signature):
+        signed = m.request_signing_bytes(rep.chain_id, r.digest)
+        if not any(rep._verifier.verify(key, signed, r.signature) for key in keys):
             return ev.RejectReason.BAD_SIGNATURE
         self._verified_requests[cache_key] = None
         if len(self._verified_requests) > 4 * rep.params.pending_requests_max:

@@ -64,9 +64,11 @@ __all__ = ["ClientRegistry", "Clock", "ExecutedBatch", "Recovered", "Replica", "
 
 
 class ClientRegistry(Protocol):
-    """Who may submit requests: maps a client id to its Ed25519 public key."""
+    """Who may submit requests: maps a client id to the Ed25519 public keys whose signatures
+    consensus orders for it (every key it held: which one may still sign is decided at
+    execution, so that replicas at different heights agree on every batch)."""
 
-    def client_key(self, client_id: str) -> bytes | None: ...
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]: ...
 
 
 class Clock(Protocol):
@@ -94,6 +96,9 @@ class Replica:
             raise ValueError("the genesis configuration is epoch 0 starting at sequence 0")
         self.id = replica_id
         self._signer = signer
+        self._signers: dict[bytes, Signer] = {signer.public_key: signer}
+        """Every key this replica holds, by public key: after a key rotation, the messages of
+        each epoch are signed with the key that epoch's validator set names for it."""
         self.chain_id = chain_id
         self.genesis = genesis
         self.params = params
@@ -213,8 +218,23 @@ class Replica:
         out, self._out = self._out, []
         return out
 
+    def add_signer(self, signer: Signer) -> None:
+        """Another key of this replica (a rotation approved or under way): it signs from the
+        epoch whose validator set names it for this replica on, and not before."""
+        self._signers[signer.public_key] = signer
+
+    @property
+    def signing_keys(self) -> frozenset[bytes]:
+        return frozenset(self._signers)
+
     def _sign(self, body: m.Body) -> m.SignedMessage:
-        return codec.sign_message(self._signer, self.chain_id, self.id, body)
+        signer = self._signer
+        if len(self._signers) > 1:
+            epoch = self._message_epoch(body)
+            config = self.config if epoch is None or epoch == self.config.epoch else \
+                self.epoch_configs().get(epoch, self.config)
+            signer = self._signers.get(config.key_of(self.id) or b"", signer)
+        return codec.sign_message(signer, self.chain_id, self.id, body)
 
     def _peers(self) -> tuple[int, ...]:
         return tuple(r for r in self.config.replica_ids if r != self.id)
@@ -329,6 +349,9 @@ class Replica:
             return
         epoch = self._message_epoch(b)
         verified = verify_signed(msg, self.config, self.chain_id, self._verifier)
+        if not verified and isinstance(b, m.Status | m.StateRequest) and (
+                epoch is None or epoch < self.config.epoch):
+            verified = self._signed_under_former_key(msg)
         if epoch is not None and epoch > self.config.epoch and not isinstance(b, m.Status):
             # Only a sender we can authenticate now may fill the buffer (a member that joins
             # with the new epoch is heard again through retransmission once we switch).
@@ -365,6 +388,21 @@ class Replica:
             self._transfer.on_state_request(msg.sender, b)
         elif isinstance(b, m.BatchRequest):
             self._fetch.on_batch_request(msg.sender, b)
+
+    def _signed_under_former_key(self, msg: m.SignedMessage) -> bool:
+        """A member that lags an epoch behind a change of its own key still signs with the key
+        of its epoch: its STATUS and STATE-REQUEST (how it asks to catch up) are taken under
+        that key, so that it can reach the epoch that names its new one. Nothing it could
+        vote is (those are old-epoch messages, ignored anyway)."""
+        current = self.config.key_of(msg.sender)
+        b = msg.body
+        epoch = b.epoch if isinstance(b, m.Status) else None
+        for config in sorted(self.epoch_configs().values(), key=lambda c: -c.epoch):
+            if (epoch is None or config.epoch == epoch) and config.epoch < self.config.epoch \
+                    and config.key_of(msg.sender) not in (None, current) \
+                    and verify_signed(msg, config, self.chain_id, self._verifier):
+                return True
+        return False
 
     def _in_window(self, seq: int) -> bool:
         return self.stable_seq < seq <= self._high_watermark()

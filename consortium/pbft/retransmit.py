@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from consortium.pbft import codec
 from consortium.pbft import messages as m
 from consortium.pbft.slots import Slot
 
@@ -32,6 +33,23 @@ class Retransmission:
         self._new_view_sent: dict[int, int] = {}
         """peer -> tick of the last NEW-VIEW resent to it."""
 
+    def _status_under_former_key(self, sender: int, epoch: int) -> None:
+        """A member still in an earlier epoch cannot authenticate us if our key changed since
+        (it learns the new key only with the epoch it lags behind): tell it where we are under
+        the key its epoch knows, once per tick, so that it counts us towards catching up. Only
+        a claim: what it fetches then proves itself."""
+        rep = self._rep
+        theirs = rep.epoch_configs().get(epoch)
+        key = None if theirs is None else theirs.key_of(rep.id)
+        signer = None if key is None else rep._signers.get(key)
+        if signer is None or key == rep.config.key_of(rep.id) or \
+                self._retransmitted.get(sender) == (rep._tick, True):
+            return
+        self._retransmitted[sender] = (rep._tick, True)
+        status = m.Status(rep.config.epoch, rep.view, rep.view_active, rep.last_executed,
+                          rep.stable_seq, 0 if rep._clock is None else rep._clock.now_ms())
+        rep._send(sender, codec.sign_message(signer, rep.chain_id, rep.id, status))
+
     def on_status(self, sender: int, b: m.Status) -> None:
         """Retransmit what the sender lacks (our stand-in for the paper's reliable channels)."""
         rep = self._rep
@@ -40,6 +58,7 @@ class Retransmission:
         if b.epoch > rep.config.epoch or b.stable_seq > rep.last_executed:
             return  # it is ahead of us: our tick decides whether enough members say so
         if b.epoch < rep.config.epoch:
+            self._status_under_former_key(sender, b.epoch)
             return
         if b.last_executed < rep.stable_seq:
             return  # it will ask us for state after our own STATUS

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,9 @@ class SimNode:
     storage: SimStorage | None = None
     """An honest validator's durable state (created at its first boot, kept across crashes)."""
     driver: Driver | None = None
+    next_signers: list[Ed25519Signer] = field(default_factory=list)
+    """Keys it holds for a later epoch (a rotation under way), as a validator loads
+    signing.key.next: every incarnation of its replica gets them."""
     executing: dict[int, ev.Execute] = field(default_factory=dict)
     """The batches the round being carried out executes, by seq, until they are durable."""
 
@@ -170,8 +174,9 @@ class StaticClients:
     def __init__(self, keys: dict[str, bytes]) -> None:
         self._keys = keys
 
-    def client_key(self, client_id: str) -> bytes | None:
-        return self._keys.get(client_id)
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]:
+        key = self._keys.get(client_id)
+        return () if key is None else (key,)
 
 
 class SimClock:
@@ -228,6 +233,8 @@ class Simulation:
         """Replica id -> the node keys that run it (two for a validator with a twin)."""
         self.epoch_configs = {0: self.genesis}
         self.liveness_condition: Callable[[Simulation], bool] | None = None
+        self.faults_by: Counter[tuple[int | None, int]] = Counter()
+        """(sender, epoch of the honest replica that saw it) -> peer faults it reported."""
         self.safety = SafetyChecker(CHAIN_ID, self.verifier)
         self.submitted: dict[tuple[str, int], bytes] = {}
         self.stats = {"delivered": 0, "dropped": 0, "duplicated": 0, "faults": 0,
@@ -259,11 +266,14 @@ class Simulation:
     def _make_replica(self, i: int, recovered: Recovered | None) -> Replica:
         node = self.nodes[i]
         cls = node.replica_class or self.replica_factory
-        return cls(
+        replica = cls(
             replica_id=node.replica_id, signer=node.signer, chain_id=CHAIN_ID,
             genesis=self.genesis,
             params=self.cfg.params, verifier=self.verifier,
             clients=self.client_registry, recovered=recovered, clock=SimClock(self))
+        for signer in node.next_signers:
+            replica.add_signer(signer)
+        return replica
 
     def _boot(self, i: int) -> None:
         node = self.nodes[i]
@@ -398,6 +408,8 @@ class Simulation:
         if isinstance(a, ev.PeerFault):
             node.faults_seen += 1
             self.stats["faults"] += 1
+            if node.replica is not None and not node.byzantine:
+                self.faults_by[(a.sender, node.replica.config.epoch)] += 1
             self.log(f"FAULT seen by r{node.replica_id}: {a.reason}")
         elif isinstance(a, ev.ViewEntered):
             self.stats["view_changes"] += 1

@@ -347,6 +347,46 @@ def _reconfig_build(sim: Simulation, rng: random.Random, b: int) -> None:
     sim.liveness_condition = joined_and_left
 
 
+# ------------------------------------------------------------------------------ key rotation
+
+def _key_rotation_config(cfg: SimConfig, rng: random.Random, b: int) -> SimConfig:
+    return replace(cfg, faults=NetworkFaults(delay_ms_max=20, drop_rate=0.02),
+                   requests_per_client=10, submit_window_ms=2500)
+
+
+def _key_rotation_build(sim: Simulation, rng: random.Random, b: int) -> None:
+    """Validators' keys change at an epoch boundary (same members, new keys, approved by all):
+    an honest one holds its new key ahead of the switch, as a validator loads
+    signing.key.next, and signs with it from the new epoch on; the Byzantine ones never hold
+    theirs and keep signing with the old key after the switch. Honest replicas must refuse
+    those messages (and stay live without them: with b = f the quorum needs every honest
+    replica, the rotated one under its new key)."""
+    n = sim.cfg.validators
+    bad = _pick(rng, n, b)
+    for i in bad:
+        sim.nodes[i].byzantine = True
+    honest = next(i for i in rng.sample(range(n), n) if i not in bad)
+    rotated = {i: Ed25519Signer(derive_seed("rotated", sim.seed, i)) for i in (*bad, honest)}
+    sim.nodes[honest].next_signers.append(rotated[honest])
+    members = tuple(Member(mem.replica_id, rotated[mem.replica_id].public_key)
+                    if mem.replica_id in rotated else mem for mem in sim.genesis.members)
+
+    def rotate(s: Simulation) -> None:
+        node = s.nodes[honest]
+        if node.replica is not None:
+            node.replica.add_signer(rotated[honest])
+        s.submit_request(reconfiguration_request(s, 0, members, list(range(n)), 1))
+
+    sim.hooks.append((rng.randint(100, 600), rotate))
+
+    def switched_and_refused(s: Simulation) -> bool:
+        reps = s.live_honest_members()
+        return bool(reps) and all(r.config.epoch >= 1 for r in reps) and all(
+            s.faults_by[(i, 1)] > 0 for i in bad)
+
+    sim.liveness_condition = switched_and_refused
+
+
 # ------------------------------------------------------------------------------------ swarm
 
 SWARM_BEHAVIOURS = (byz.equivocating_primary, byz.silent_primary, byz.conflicting_votes,
@@ -389,6 +429,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              _commit_loss_build, _commit_loss),
     Scenario("reconfiguration", "a replica joins (n -> n+1) by state transfer, then leaves",
              False, _reconfig_build, _reconfig_config),
+    Scenario("key-rotation", "validators' keys change at an epoch boundary; Byzantine ones "
+             "keep signing with their old keys after the switch and are refused", True,
+             _key_rotation_build, _key_rotation_config),
     Scenario("big-batches", "batches at the size limits and a primary cut off: bounded view "
              "change, batches fetched", False, _big_batches_build, _big_batches),
     Scenario("twins", "one validator runs twice (same key, honest code) in shifting "

@@ -467,8 +467,10 @@ class LedgerReader:
         async with self._cursor() as cur:
             await cur.execute(
                 "SELECT proposal_id, kind, replica_id, org, name, validator_key, client_key, "
-                "encryption_key, peer_address, client_address, status, sponsor, recorded_ms "
-                "FROM proposals ORDER BY height, idx")  # ledger order: see client_keys
+                "encryption_key, peer_address, client_address, status, sponsor, recorded_ms, "
+                "coalesce(decided_height, 0), CASE WHEN kind = 'ca' THEN statement ELSE '' END "
+                "FROM proposals "
+                "ORDER BY height, idx")  # ledger order: see client_keys
             rows = await cur.fetchall()
             await cur.execute("SELECT proposal_id, epoch, replica_id, approve, approval "
                               "FROM member_votes ORDER BY height, idx")
@@ -479,9 +481,10 @@ class LedgerReader:
         return MembershipState({
             str(pid): Proposal(str(pid), str(kind), int(rid), str(org), str(name), bytes(vk),
                                bytes(ck), bytes(ek), str(peer), str(client), str(status),
-                               tuple(votes.get(str(pid), ())), str(sponsor), int(recorded_ms))
+                               tuple(votes.get(str(pid), ())), str(sponsor), int(recorded_ms),
+                               int(decided), str(certificate).encode())
             for (pid, kind, rid, org, name, vk, ck, ek, peer, client, status, sponsor,
-                 recorded_ms) in rows})
+                 recorded_ms, decided, certificate) in rows})
 
     async def proposals(self) -> list[StoredProposal]:
         """Membership proposals for display (newest first), with verdicts and votes."""

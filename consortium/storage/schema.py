@@ -411,6 +411,17 @@ ALTER TABLE write_probe ALTER COLUMN data SET STORAGE EXTERNAL;
 ALTER TABLE consensus_log ADD COLUMN batch bytea;
 ALTER TABLE consensus_log ALTER COLUMN batch SET STORAGE EXTERNAL;
 """),
+    # 10: key revocations and rotations are proposals too. Kind 'client-key': name is the
+    # client id, validator_key the key it acts on, client_key the new key ('' revokes); one
+    # signed by the client's own organisation is stored approved at once. Kind
+    # 'validator-key': validator_key is the validator's new key, client_key its old one. Kind
+    # 'ca': name is 'add' or 'retire', validator_key the certificate's SHA-256 fingerprint,
+    # statement the certificate (PEM).
+    (10, """
+ALTER TABLE proposals DROP CONSTRAINT proposals_kind_check;
+ALTER TABLE proposals ADD CONSTRAINT proposals_kind_check
+    CHECK (kind IN ('join', 'remove', 'client-key', 'validator-key', 'ca'));
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

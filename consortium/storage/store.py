@@ -37,11 +37,19 @@ from consortium.ledger.blocks import (
     Screening,
     stored_request,
 )
+from consortium.ledger.ca import CA, fingerprint
 from consortium.ledger.items import ItemView
-from consortium.ledger.membership import MEMBERSHIP_OUTCOME
+from consortium.ledger.membership import (
+    CLIENT_KEY,
+    KEY_CHANGED,
+    MEMBERSHIP_OUTCOME,
+    VALIDATOR_KEY,
+)
 from consortium.ledger.records import PublicRecord, decode_public
 from consortium.ledger.transactions import (
     Access,
+    CaChange,
+    ClientKeyChange,
     Erase,
     Grant,
     InvalidTransaction,
@@ -51,6 +59,7 @@ from consortium.ledger.transactions import (
     ReviewVote,
     Revoke,
     TxType,
+    ValidatorKeyChange,
     Verdict,
     parse_key_segment,
     target_of,
@@ -513,7 +522,8 @@ class LedgerStore:
                 "INSERT INTO review_votes (record_id, replica_id, accept, height, idx) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (a.record_id, voter, a.accept, header.height, e.index))
-        elif isinstance(a, JoinRequest | RemoveRequest):
+        elif isinstance(a, JoinRequest | RemoveRequest | ClientKeyChange | ValidatorKeyChange
+                        | CaChange):
             await self._insert_proposal(cur, header, e, a)
         elif isinstance(a, MemberVote):
             voter = int(e.client_id.removeprefix("validator-"))
@@ -533,9 +543,26 @@ class LedgerStore:
 
     @staticmethod
     async def _insert_proposal(cur: AsyncCursor[Any], header: BlockHeader, e: Entry,
-                               a: JoinRequest | RemoveRequest) -> None:
-        if isinstance(a, JoinRequest):
+                               a: JoinRequest | RemoveRequest | ClientKeyChange
+                               | ValidatorKeyChange | CaChange) -> None:
+        status, decided = "pending", None
+        if isinstance(a, CaChange):
             row: tuple[Any, ...] = (
+                e.record_id, CA, int(e.client_id.removeprefix("validator-")), e.sender_org or "",
+                "add" if a.add else "retire", fingerprint(a.certificate), b"", b"", "", "",
+                pg_text(a.certificate.decode("ascii", "replace")), "", "")
+        elif isinstance(a, ValidatorKeyChange):
+            row = (
+                e.record_id, VALIDATOR_KEY, a.replica_id, e.sender_org or "", "", a.new_key,
+                a.old_key, b"", "", "", "", "", "")
+        elif isinstance(a, ClientKeyChange):
+            row = (
+                e.record_id, CLIENT_KEY, int(e.client_id.removeprefix("validator-")), a.org,
+                a.client_id, a.old_key, a.new_key, b"", "", "", "", a.reason, "")
+            if e.reason.startswith(KEY_CHANGED):  # its own organisation's: in force at once
+                status, decided = "approved", header.height
+        elif isinstance(a, JoinRequest):
+            row = (
                 e.record_id, "join", a.replica_id, a.org, a.name, a.validator_key,
                 a.client_key, a.encryption_key, a.peer_address, a.client_address,
                 a.statement, "", a.sponsor)
@@ -549,9 +576,9 @@ class LedgerStore:
         await cur.execute(
             "INSERT INTO proposals (proposal_id, kind, replica_id, org, name, validator_key, "
             "client_key, encryption_key, peer_address, client_address, statement, reason, "
-            "sponsor, recorded_ms, height, idx) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (*row, header.timestamp_ms, header.height, e.index))
+            "sponsor, recorded_ms, height, idx, status, decided_height) VALUES (%s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (*row, header.timestamp_ms, header.height, e.index, status, decided))
 
     async def _erase(self, cur: AsyncCursor[Any], record_id: str, header: BlockHeader,
                      by_org: str, reason: str) -> None:
@@ -603,7 +630,8 @@ def _tx_type(a: object) -> TxType:
     return {Grant: TxType.GRANT, Revoke: TxType.REVOKE, Erase: TxType.ERASE,
             Access: TxType.ACCESS, Verdict: TxType.VERDICT, ReviewVote: TxType.REVIEW_VOTE,
             JoinRequest: TxType.JOIN, MemberVote: TxType.MEMBER_VOTE,
-            RemoveRequest: TxType.REMOVE}[type(a)]
+            RemoveRequest: TxType.REMOVE, ClientKeyChange: TxType.CLIENT_KEY,
+            ValidatorKeyChange: TxType.VALIDATOR_KEY, CaChange: TxType.CA}[type(a)]
 
 
 def _public_of(e: Entry) -> PublicRecord | None:

@@ -465,6 +465,22 @@ def test_review_join_answers_members_only_and_learns_admitted_ones(svc: Service)
         client_key=signer.public_key)]))
     with pytest.raises(Aborted):
         svc.servicer.ReviewJoin(request, Context())
+    # A member's revoked client key calls no more; the key rotated in after it does.
+    joined = pb.ProposalInfo(proposal_id="a0" * 32, kind="join", status="approved", org="org9",
+                             replica_id=9, client_key=signer.public_key,
+                             validator_key=Ed25519Signer.generate().public_key)
+    revoked = pb.ProposalInfo(proposal_id="b0" * 32, kind="client-key", status="approved",
+                              org="org9", name="org9-client", validator_key=signer.public_key,
+                              decided_height=7)
+    svc.screener.learn_members(pb.MembersReply(proposals=[revoked, joined]))
+    with pytest.raises(Aborted):
+        svc.servicer.ReviewJoin(request, Context())
+    rotated = Ed25519Signer.generate()
+    svc.screener.learn_members(pb.MembersReply(proposals=[pb.ProposalInfo(
+        proposal_id="c0" * 32, kind="client-key", status="approved", org="org9",
+        name="org9-client", validator_key=signer.public_key, client_key=rotated.public_key,
+        decided_height=8), revoked, joined]))
+    assert svc.screener.members["org9-client"] == ("org9", rotated.public_key)
 
 
 def test_a_join_requests_verified_sponsor_reaches_the_reviewer(

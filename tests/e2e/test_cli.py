@@ -170,7 +170,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 @pytest.mark.parametrize("command", [
     [], ["init"], ["up"], ["status"], ["down"], ["submit"], ["submit", "provenance"],
     ["submit", "patient"], ["get"], ["validator"], ["members"], ["members", "apply"],
-    ["members", "sponsor"], ["access"], ["review"], ["admission"]])
+    ["members", "sponsor"], ["access"], ["review"], ["admission"], ["keys"],
+    ["keys", "revoke"], ["keys", "rotate"], ["ca"], ["ca", "add"], ["ca", "activate"],
+    ["ca", "retire"]])
 def test_help_exits_zero(command: list[str]) -> None:
     res = cli(*command, "--help", timeout_s=60)
     assert res.returncode == 0, res.stderr

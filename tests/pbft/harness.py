@@ -55,9 +55,9 @@ VERIFIER = Ed25519Verifier()
 class Clients:
     """The client registry: only the registered clients have keys."""
 
-    def client_key(self, client_id: str) -> bytes | None:
+    def client_keys(self, client_id: str) -> tuple[bytes, ...]:
         s = CLIENT_SIGNERS.get(client_id)
-        return None if s is None else s.public_key
+        return () if s is None else (s.public_key,)
 
 
 def params(**overrides: int) -> ProtocolParams:

@@ -162,3 +162,48 @@ def test_twins_catch_a_prepare_quorum_one_vote_short() -> None:
     written: Twins find equivocation bugs that scripted behaviours miss."""
     _seed, violation = _first_violation("twins", PreparesWithTooFewVotes, range(1, 60))
     assert "agreement" in violation, violation
+
+
+class SignsWithItsFirstKey(Replica):
+    """Planted bug: a replica that never uses a key it was given for a later epoch (signs
+    everything with the key it started with). After a rotation its messages are refused: with
+    b = f Byzantine validators the quorum needs it, so the ledger stops."""
+
+    def add_signer(self, signer: object) -> None:
+        return None
+
+
+class CountsFormerKeyMessages(Replica):
+    """Not a bug, an observer: counts the messages it receives in a later epoch that verify
+    only under the sender's epoch-0 key (what a validator still on its old key sends)."""
+
+    former_key_messages = 0
+
+    def _on_signed(self, msg: m.SignedMessage) -> None:
+        old = self.epoch_configs().get(0)
+        if self.config.epoch > 0 and old is not None and not replica_module.verify_signed(
+                msg, self.config, self.chain_id, self._verifier) and \
+                replica_module.verify_signed(msg, old, self.chain_id, self._verifier):
+            self.former_key_messages += 1
+        super()._on_signed(msg)
+
+
+def test_the_key_rotation_scenario_needs_the_new_key_to_sign() -> None:
+    """A replica that ignores its next key cannot sign in the new epoch: the key-rotation
+    scenario (Byzantine validators on their old keys) must end in a liveness failure."""
+    failed = [seed for seed in range(1, 6)
+              if build("key-rotation", seed, 4, 1,
+                       replica_factory=SignsWithItsFirstKey).run().liveness_failure is not None]
+    assert failed, "a replica that never switches keys went unnoticed"
+    assert all(build("key-rotation", seed, 4, 1).run().ok for seed in failed)  # control
+
+
+def test_the_key_rotation_scenario_sees_old_key_messages_after_the_switch() -> None:
+    """The Byzantine validators keep signing with their old keys after the switch: the honest
+    replicas receive such messages (and refuse them: the run passes only with their faults
+    reported in the new epoch)."""
+    sim = build("key-rotation", 3, 4, 1, replica_factory=CountsFormerKeyMessages)
+    assert sim.run().ok
+    honest = [n.replica for n in sim.nodes.values() if not n.byzantine]
+    assert any(isinstance(r, CountsFormerKeyMessages) and r.former_key_messages
+               for r in honest)
