@@ -55,7 +55,8 @@ from consortium.admission.model import (
 from consortium.admission.review import Reviewer
 from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
-from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, VerifiedReceipt
+from consortium.client.sdk import Identity, SubmitError, VerifiedReceipt
+from consortium.client.sync import ConsortiumClient
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier

@@ -2,12 +2,12 @@
 
 from consortium.client.sdk import (
     AsyncConsortiumClient,
-    ConsortiumClient,
     Identity,
     RecordView,
     SubmitError,
     VerifiedReceipt,
 )
+from consortium.client.sync import ConsortiumClient
 
 __all__ = ["AsyncConsortiumClient", "ConsortiumClient", "Identity", "RecordView", "SubmitError",
            "VerifiedReceipt"]

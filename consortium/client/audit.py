@@ -22,6 +22,9 @@ show:
 statuses and reasons (execution results no certificate covers), differ from the others'.
 `audit_validators` runs all of it against a consortium. Every finding is a `Problem`
 (validator, height, kind, detail); nothing is reported ok that was not verified.
+
+Size: the chain audit is one walk over the chain with the checks it makes on the way; the
+verification itself is `consortium.verify`, bundles and subjects are separate modules.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ from consortium.wire import (
 )
 
 if TYPE_CHECKING:
-    from consortium.client.sdk import ConsortiumClient
+    from consortium.client.sync import ConsortiumClient
 
 VERIFIER_CACHE = 1 << 16
 """Signatures remembered while verifying (validators' commits repeat across `--all`)."""

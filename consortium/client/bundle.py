@@ -48,7 +48,7 @@ from consortium.verify import UnverifiableHistory
 from consortium.wire import pb
 
 if TYPE_CHECKING:
-    from consortium.client.sdk import ConsortiumClient
+    from consortium.client.sync import ConsortiumClient
 
 FORMAT = "consortium-audit-bundle"
 VERSION = 2

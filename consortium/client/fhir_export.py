@@ -18,7 +18,7 @@ from consortium.formats.fhir import AccessLogEntry, bundle
 from consortium.formats.fhir_bundle import RECORD_IDENTIFIER_SYSTEM
 
 if TYPE_CHECKING:
-    from consortium.client.sdk import ConsortiumClient
+    from consortium.client.sync import ConsortiumClient
 
 RECORD_TYPE_SYSTEM = "urn:consortium:patient-record-type"
 METADATA_EXTENSION = "urn:consortium:fhir-metadata:"

@@ -1,8 +1,8 @@
 """Client SDK: build, seal and sign records, submit them in envelopes, verify every answer.
 
-`AsyncConsortiumClient` is the implementation (asyncio, grpc.aio); `ConsortiumClient` runs the
-same code on a private event loop in a background thread, so blocking callers (and many
-threads at once) share one channel per validator and one code path.
+`AsyncConsortiumClient` is the implementation (asyncio, grpc.aio); `ConsortiumClient`
+(`client/sync.py`) runs the same code on a private event loop in a background thread, so
+blocking callers (and many threads at once) share one channel per validator and one code path.
 
 Submissions go to the current primary (learnt from redirects). Records submitted one at a time
 by concurrent callers are coalesced into envelopes: while an envelope is in flight, new records
@@ -11,23 +11,24 @@ signature, one request, one answer per block. A submission is reported done only
 receipt verifies against the genesis file (`consortium.verify`): a commit certificate of 2f+1
 validators of the block's epoch, the request's inclusion in the block and the item's in the
 request. No single validator is trusted.
+
+Size: `AsyncConsortiumClient` is the SDK's surface, one method per Ledger RPC plus the
+submission loop, so it stays one class; the parts with a job of their own are beside it:
+`core` (sealing, signing, verifying), `formats` (EPCIS and FHIR records), `coalescer`,
+`sync`, `subjects`, `audit`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import random
-import threading
 import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from consortium.client.coalescer import Coalescer
 from consortium.client.core import (
     ENVELOPE_ITEMS_MAX,
     RETRYABLE,
@@ -80,7 +82,6 @@ from consortium.wire import Receipt, pb, pb_grpc
 
 __all__ = [
     "AsyncConsortiumClient",
-    "ConsortiumClient",
     "EpcisSubmission",
     "Identity",
     "Receipt",
@@ -117,7 +118,7 @@ class AsyncConsortiumClient:
         self._creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._coalescer = _Coalescer(self, envelope_items_max)
+        self._coalescer = Coalescer(self, envelope_items_max)
         self._nonce_lock = asyncio.Lock()
         self._directory: Gs1Directory | None = None
 
@@ -779,196 +780,3 @@ class AsyncConsortiumClient:
             if not reply.more:
                 return entries, addr
             request.after_height, request.after_index = reply.next_height, reply.next_index
-
-
-class _Coalescer:
-    """Concurrent `submit_item` calls share envelopes: the first goes at once; while envelopes
-    are in flight, later items wait for the next one (at most `items_max` per envelope)."""
-
-    IN_FLIGHT_MAX = 4
-
-    def __init__(self, client: AsyncConsortiumClient, items_max: int) -> None:
-        self._client = client
-        self._items_max = items_max
-        self._waiting: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]] = []
-        self._in_flight = 0
-
-    async def add(self, item: bytes) -> VerifiedReceipt:
-        fut: asyncio.Future[VerifiedReceipt] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, fut))
-        self._pump()
-        return await fut
-
-    def _pump(self) -> None:
-        # Nagle: send when nothing is in flight, or when a full envelope is waiting.
-        while self._waiting and self._in_flight < self.IN_FLIGHT_MAX and (
-                self._in_flight == 0 or len(self._waiting) >= self._items_max):
-            batch = self._waiting[: self._items_max]
-            del self._waiting[: len(batch)]
-            self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._send(batch))
-
-    async def _send(self, batch: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]]) -> None:
-        try:
-            receipts = await self._client.submit_items([item for item, _ in batch])
-            for (_, fut), receipt in zip(batch, receipts, strict=True):
-                if not fut.done():
-                    fut.set_result(receipt)
-        except BaseException as exc:  # every waiting caller hears of it
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else
-                                      SubmitError(repr(exc)))
-        finally:
-            self._in_flight -= 1
-            self._pump()
-
-
-class ConsortiumClient:
-    """The blocking client: the asyncio client's code, on a private event loop in a background
-    thread (so many threads share its channels and its envelopes)."""
-
-    def __init__(self, genesis: Genesis, identity: Identity, ca_cert: bytes, *,
-                 timeout_s: float = 30.0, envelope_items_max: int = ENVELOPE_ITEMS_MAX) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="consortium-client")
-        self._thread.start()
-
-        async def make() -> AsyncConsortiumClient:
-            return AsyncConsortiumClient(genesis, identity, ca_cert, timeout_s=timeout_s,
-                                         envelope_items_max=envelope_items_max)
-        self.aio = self._run(make())
-        self.core = self.aio.core
-
-    @classmethod
-    def from_dir(cls, directory: Path, org: str, **kw: Any) -> ConsortiumClient:
-        return cls(Genesis.load(directory / "genesis.json"), Identity.from_dir(directory, org),
-                   (directory / "ca" / "ca.crt").read_bytes(), **kw)
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            self._run(self.aio.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
-
-    def __enter__(self) -> ConsortiumClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def submit_provenance(self, product: str, event: str, **kw: Any) -> VerifiedReceipt:
-        return self._run(self.aio.submit_provenance(product, event, **kw))
-
-    def submit_patient(self, patient: str, record_type: str, payload: bytes, *,
-                       readers: Sequence[str] = (),
-                       metadata: dict[str, str] | None = None) -> VerifiedReceipt:
-        return self._run(self.aio.submit_patient(patient, record_type, payload, readers=readers,
-                                                 metadata=metadata))
-
-    def submit_item(self, item: bytes) -> VerifiedReceipt:
-        return self._run(self.aio.submit_item(item))
-
-    def submit_epcis(self, data: bytes | str | Mapping[str, Any], **kw: Any) -> EpcisSubmission:
-        return self._run(self.aio.submit_epcis(data, **kw))
-
-    def submit_fhir(self, patient: str, data: bytes | str | Mapping[str, Any], *,
-                    readers: Sequence[str] = ()) -> VerifiedReceipt:
-        return self._run(self.aio.submit_fhir(patient, data, readers=readers))
-
-    def submit_tx(self, tx: RecordTx | GovernanceTx) -> VerifiedReceipt:
-        return self._run(self.aio.submit_tx(tx))
-
-    def epoch_history(self, address: str) -> bytes:
-        return self._run(self.aio.epoch_history(address))
-
-    def submit_items(self, items: Sequence[bytes]) -> list[VerifiedReceipt]:
-        return self._run(self.aio.submit_items(items))
-
-    def submit_many(self, items: Sequence[bytes], **kw: Any) -> list[VerifiedReceipt | SubmitError]:
-        return self._run(self.aio.submit_many(items, **kw))
-
-    def submit_signed(self, signed: Signed, *, retry: bool = False) -> list[VerifiedReceipt]:
-        return self._run(self.aio.submit_signed(signed, retry=retry))
-
-    def ensure_readers(self, readers: Sequence[str]) -> None:
-        self._run(self.aio.ensure_readers(readers))
-
-    def get(self, record_id: str, **kw: Any) -> RecordView:
-        return self._run(self.aio.get(record_id, **kw))
-
-    def get_receipt(self, record_id: str, **kw: Any) -> tuple[Receipt, str]:
-        return self._run(self.aio.get_receipt(record_id, **kw))
-
-    def get_record_reply(self, record_id: str, **kw: Any) -> tuple[pb.RecordReply, str]:
-        return self._run(self.aio.get_record_reply(record_id, **kw))
-
-    def verify_receipt(self, reply: pb.Receipt, record_id: str, address: str) -> Receipt:
-        return self._run(self.aio.verify_receipt(reply, record_id, address))
-
-    def access(self, record_id: str, purpose: str = "read") -> VerifiedReceipt:
-        return self._run(self.aio.access(record_id, purpose))
-
-    def grant(self, record_id: str, org: str, **kw: Any) -> VerifiedReceipt:
-        return self._run(self.aio.grant(record_id, org, **kw))
-
-    def revoke(self, record_id: str, org: str) -> VerifiedReceipt:
-        return self._run(self.aio.revoke(record_id, org))
-
-    def erase(self, record_id: str, subject_id: str, reason: str = "") -> VerifiedReceipt:
-        return self._run(self.aio.erase(record_id, subject_id, reason))
-
-    def review_vote(self, record_id: str, accept: bool) -> VerifiedReceipt:
-        return self._run(self.aio.review_vote(record_id, accept))
-
-    def verdict(self, record_id: str, decision: str, risk: float,
-                verdict_json: str) -> VerifiedReceipt:
-        return self._run(self.aio.verdict(record_id, decision, risk, verdict_json))
-
-    def governance(self, tx: GovernanceTx) -> VerifiedReceipt:
-        return self._run(self.aio.governance(tx))
-
-    def member_vote(self, proposal_id: str, approve: bool) -> VerifiedReceipt:
-        return self._run(self.aio.member_vote(proposal_id, approve))
-
-    def list_members(self, **kw: Any) -> pb.MembersReply:
-        return self._run(self.aio.list_members(**kw))
-
-    def refresh_directory(self) -> Gs1Directory:
-        return self._run(self.aio.refresh_directory())
-
-    def list_screening(self, screening: str, **kw: Any) -> pb.ScreeningReply:
-        return self._run(self.aio.list_screening(screening, **kw))
-
-    def get_block(self, height: int, **kw: Any) -> pb.Block:
-        return self._run(self.aio.get_block(height, **kw))
-
-    def stream_blocks(self, from_height: int, to_height: int, *, audit: bool = False,
-                      address: str) -> Iterator[pb.Block]:
-        """Blocks from one validator, as they come (a blocking iterator)."""
-        agen = self.aio.stream_blocks(from_height, to_height, audit=audit, address=address)
-
-        async def next_block() -> pb.Block:
-            return await agen.__anext__()
-        while True:
-            try:
-                yield self._run(next_block())
-            except StopAsyncIteration:
-                return
-
-    def status(self, address: str) -> pb.StatusReply:
-        return self._run(self.aio.status(address))
-
-    def list_subject(self, kind: str, subject_id: str,
-                     **kw: Any) -> tuple[list[pb.SubjectEntry], str]:
-        return self._run(self.aio.list_subject(kind, subject_id, **kw))
-
-    def refresh_epochs(self, address: str | None = None) -> None:
-        self._run(self.aio.refresh_epochs(address))

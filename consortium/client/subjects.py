@@ -29,7 +29,7 @@ from consortium.verify import verify_receipt
 from consortium.wire import WireError, receipt_from_proto
 
 if TYPE_CHECKING:
-    from consortium.client.sdk import ConsortiumClient
+    from consortium.client.sync import ConsortiumClient
 
 VERIFIED = "verified"
 

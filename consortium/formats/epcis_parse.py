@@ -19,6 +19,9 @@ so that a record is refused at once instead of being quarantined later):
 Identifiers that are neither GS1 nor the consortium's private ones are accepted as opaque URIs
 (EPCIS allows any URI), but a URI that claims to be GS1 (`urn:epc:...`, a web URI with a GS1
 key AI in its path) must parse as GS1.
+
+Size: EPCIS 2.0 JSON-LD parsing and its validation are one pass over a document; the model,
+the export, CBV vocabularies and GS1 identifiers are separate modules.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ status. Execution is atomic per envelope for what can be judged from the envelop
 item that does not decode or breaks the record rules makes the whole envelope invalid, naming
 the item), and per entry for what depends on the ledger's state (a grant by a non-reader, a
 vote on a decided proposal).
+
+Size: one module on purpose. Building a block and judging its envelopes is the execution rule
+every validator must apply identically; keeping the rule in one file (its helpers already live
+in items, records, transactions, effects) means one place to review when it changes.
 """
 
 from __future__ import annotations

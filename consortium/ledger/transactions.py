@@ -26,6 +26,9 @@ for each reader, or the key a grant wraps for a new reader.
 
 Withheld segments (an erased payload shown by its hash) are handled item by item: see
 `ledger.items`.
+
+Size: every transaction's wire encoding and decoding sit side by side on purpose: this file is
+the signed format of the ledger's transactions, reviewed as one when a format changes.
 """
 
 from __future__ import annotations

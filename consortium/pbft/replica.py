@@ -23,6 +23,10 @@ view or epoch); `recovery.py` (restart from durable state) is a function the con
 The pure parts: `viewchange.py` (VIEW-CHANGE/NEW-VIEW checks and computation), `state.py` (digests,
 client table, proofs), `slots.py` (per-sequence storage), `pool.py` (pending requests and their
 limits), `catchup.py` (who to ask for state).
+
+Size: what stays here is the core state machine (the three phases on a slot, execution and the
+epoch switch), which shares the slots, watermarks and view state; every part with a job of its
+own is one of the modules named above.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ executes committed batches into ledger blocks, persists before it speaks and rec
 it persisted; the simulation supplies its storage (which can crash before or after any durable
 write), network, timers, clients and state transfer (`sim/host.py`). Byzantine validators run
 the replica with their behaviour applied to its actions and a minimal store of their own.
+
+Size: the simulation loop (event queue, network, crash and restart, Byzantine wrappers and
+the checkers' hooks) is one component whose parts share the event queue; the host, storage,
+scenarios and checkers are already separate modules.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ hands back, on restart, exactly what the driver persisted (`load_recovered`).
 Hot path (`append_blocks`): one transaction per consensus round; every table gets one binary
 COPY per round; each request's bytes are written once (items in `entries`, the rest of the
 request in `envelopes`, the proposal as its signed header in `blocks`).
+
+Size: one class owns the validator's write connection and its transactions (blocks, consensus
+log, snapshots, effects); reads are `storage.reads`, row conversion `storage.rows`, the schema
+`storage.schema`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ from consortium.admission.service import (
 )
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.client.core import ClientCore
-from consortium.client.sdk import ConsortiumClient, RecordView, SubmitError
+from consortium.client.sdk import RecordView, SubmitError
+from consortium.client.sync import ConsortiumClient
 from consortium.config import Genesis
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.transactions import Access, Erase, Grant, Revoke
