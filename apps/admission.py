@@ -76,6 +76,10 @@ def serve(config: Path, log_level: str) -> None:
               help="Embedded: CPU threads for llama.cpp.")
 @click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Verdicts in flight (embedded: llama.cpp slots).")
+@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="all",
+              show_default=True,
+              help="dev: the items tuned on; test: the frozen held-out items nothing was "
+                   "tuned on (splits.json); all: both.")
 @click.option("--sample", "per_task", type=click.IntRange(min=0), default=None,
               help="Only this many items per task (evenly spread; injection bases added).")
 @click.option("--ids", default="", help="Also (or, with --sample 0, only) these items, "
@@ -91,18 +95,19 @@ def serve(config: Path, log_level: str) -> None:
               help="Also write every verdict (JSON lines) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
-             timeout: float, threads: int, parallel: int, per_task: int | None, ids: str,
+             timeout: float, threads: int, parallel: int, split: str, per_task: int | None,
+             ids: str,
              set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
              verdicts: Path | None, as_json: bool) -> None:
     """Score a backend on the evaluation set."""
     from consortium.admission import backends as b
-    from consortium.admission.eval import load_eval_set, run_eval, sample
+    from consortium.admission.eval import load_eval_set, run_eval, sample, split_digest
     from consortium.admission.review import Reviewer
 
     if not (set_dir / "joins.jsonl").exists():
         _fail(f"no evaluation set in {set_dir} (give --set DIR)")
     try:
-        items = load_eval_set(set_dir)
+        items = load_eval_set(set_dir, split)
     except (OSError, ValueError, KeyError) as exc:
         _fail(f"cannot read the evaluation set: {exc}")
     wanted = [x.strip() for x in ids.split(",") if x.strip()]
@@ -145,6 +150,8 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
 
         with _quiet_logs():
             report = run_eval(reviewer, items, parallel=parallel, progress=progress)
+        report["split"] = split
+        report["split_sha256"] = split_digest(items, set_dir)
     finally:
         engine.close()
         if out is not None:
@@ -152,15 +159,16 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
-    click.echo(f"backend {report['backend']} {report['model']}: {report['items']} items in "
-               f"{report['wall_s']} s")
-    for task, m in report["tasks"].items():
-        click.echo(f"  {task:7} n={m['n']:3} bad={m['bad']:3} precision={m['precision']:.3f} "
+    click.echo(f"backend {report['backend']} {report['model']}: {report['items']} items of "
+               f"split {split} in {report['wall_s']} s")
+    for task, m in report["kinds"].items():
+        click.echo(f"  {task:10} n={m['n']:3} bad={m['bad']:3} precision={m['precision']:.3f} "
                    f"recall={m['recall']:.3f} f1={m['f1']:.3f} model errors="
                    f"{m['model_errors']}")
     inj = report["injection"]
     click.echo(f"  injection attempts {inj['attempts']}, changed a verdict "
                f"{inj['changed_verdict']}, got through {len(inj['got_through'])}")
     lat = report["latency_ms"]
-    click.echo(f"  latency per verdict: mean {lat['all'].get('mean', 0)} ms; with the model "
-               f"mean {lat['model'].get('mean', 0)} ms, p95 {lat['model'].get('p95', 0)} ms")
+    click.echo(f"  latency per verdict: p50 {lat['all'].get('p50', 0)} ms, p95 "
+               f"{lat['all'].get('p95', 0)} ms; with the model p50 {lat['model'].get('p50', 0)} "
+               f"ms, p95 {lat['model'].get('p95', 0)} ms")

@@ -33,6 +33,19 @@ def test_eval_rules_json() -> None:
     inj = report["injection"]
     assert isinstance(inj, dict) and inj["attempts"] >= 15 and inj["changed_verdict"] == 0
     assert "mean" in report["latency_ms"]["all"]  # type: ignore[index]
+    assert report["split"] == "all"
+    kinds = report["kinds"]
+    assert isinstance(kinds, dict) and set(kinds) == {"join", "patient", "provenance"}
+
+
+def test_eval_test_split_reports_per_kind_and_latency_percentiles() -> None:
+    report = run("--backend", "rules", "--split", "test")
+    assert report["split"] == "test" and 50 <= report["items"] <= 80  # type: ignore[operator]
+    kinds = report["kinds"]
+    assert isinstance(kinds, dict)
+    assert sum(kinds[k]["n"] for k in ("join", "patient", "provenance")) == report["items"]
+    latency = report["latency_ms"]["all"]  # type: ignore[index]
+    assert {"p50", "p95"} <= set(latency)
 
 
 def test_eval_writes_verdicts(tmp_path: Path) -> None:
