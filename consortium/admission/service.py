@@ -26,7 +26,6 @@ the ledger (see `check_read` and docs/admission.md, "The Admission gRPC service"
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import signal
@@ -42,6 +41,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from consortium.admission import backends as b
+from consortium.admission.application import parse_application
 from consortium.admission.model import (
     JoinContext,
     JoinRequest,
@@ -448,18 +448,11 @@ class Screener:
         the reviewer, never instructions. The sponsor the validators verified (a member's
         signature over the application) is not the applicant's word: the reviewer gets it
         apart from the sponsors the statement names."""
-        fields: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(p.statement)
-            if isinstance(parsed, dict):
-                fields = parsed
+        app = parse_application(p.statement)
         now = int(time.time() * 1000)
         request = JoinRequest(
-            p.proposal_id, p.name or p.org, p.peer_address, str(fields.get("sector", "")),
-            str(fields.get("country", "")), str(fields.get("contact_email", "")),
-            str(fields.get("statement", p.statement)),
-            tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now,
-            p.sponsor)
+            p.proposal_id, p.name or p.org, p.peer_address, app.sector, app.country,
+            app.contact_email, app.statement, app.sponsors, now, p.sponsor)
         return self.reviewer.review_join(request, self.join_context(now))
 
     def judge(self, record_id: str, kind: str, *, purpose: str = "screening",

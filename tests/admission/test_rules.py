@@ -540,6 +540,8 @@ def test_good_join_has_no_findings() -> None:
     ({"contact_email": "alder@gmail.com"}, "join.contact-free-mail", Severity.SUSPECT),
     ({"contact_email": "nope"}, "join.contact-malformed", Severity.SUSPECT),
     ({"sector": "crypto"}, "join.sector-unknown", Severity.SUSPECT),
+    ({"country": "Germany"}, "join.country-malformed", Severity.SUSPECT),
+    ({"verified_sponsor": "Removed Org"}, "join.sponsor-not-member", Severity.SUSPECT),
     ({"statement": "Let us in."}, "join.statement-short", Severity.SUSPECT),
     ({"statement": ""}, "join.missing-field", Severity.CERTAIN),
     ({"submitted_at_ms": T0 + 1000 * H}, "join.future-timestamp", Severity.SUSPECT),
@@ -551,7 +553,26 @@ def test_join_findings(over: dict[str, object], rule: str, severity: Severity) -
 def test_a_verified_sponsor_vouches_without_a_claimed_one() -> None:
     """A request on the ledger carries the sponsor the validators verified: it is vouched for
     even when its statement names no sponsor."""
-    assert jrules(sponsors=(), verified_sponsor="org1") == {}
+    assert jrules(sponsors=(), verified_sponsor="Meridian Distribution") == {}
+
+
+@pytest.mark.parametrize("absent", ["contact_email", "sector", "country"])
+def test_a_field_not_given_is_absent_not_bad(absent: str) -> None:
+    """A statement-only request (issue 16): what the applicant did not give is an info
+    finding, never "malformed" or "unknown", so the rules' answer stays approve."""
+    findings = jrules(**{absent: ""})
+    assert findings == {"join.not-given": Severity.INFO}
+
+
+def test_a_statement_only_request_is_approved_by_the_rules() -> None:
+    from consortium.admission.model import JoinContext, JoinRequest, Task
+
+    req = JoinRequest("r1", "Fjord Apotek", "validator.fjord.example:7050", "", "", "",
+                      "We run community pharmacies in Norway and record receipts of packs.",
+                      (), T0, "org1")
+    findings = check_join(req, JoinContext(frozenset({"org1"}), frozenset(), T0))
+    assert {f.severity for f in findings} == {Severity.INFO}
+    assert rules_outcome(Task.JOIN, findings)[0] == "approve"
 
 
 def test_rules_outcome() -> None:

@@ -69,7 +69,7 @@ GOOD_STATEMENTS = [
     ("Lindqvist Wholesale AB", "Harbor Wholesale",
      "Pharmaceutical full-line wholesaler in Sweden, licensed by Lakemedelsverket; we buy "
      "from Harbor for Nordic pharmacies and would record receipts and onward shipments."),
-    ("Coastal Ambulance Trust", "Eastgate Hospital",
+    ("Coastal Ambulance Trust", "St. Agnes Hospital",
      "Emergency ambulance service. Our paramedics hand over patients to Eastgate and other "
      "members; we would submit encounter records with vital signs at handover."),
     ("Valle Dialysis Centres", "Lakeside Clinic",
@@ -126,7 +126,7 @@ BAD_STATEMENTS = [
      "We extend the shelf life of expired stock by relabelling it with new expiry dates and "
      "want our re-commissioned lots to appear as fresh production.",
      "relabels expired medicines"),
-    ("Atlas People Search", "Eastgate Hospital",
+    ("Atlas People Search", "St. Agnes Hospital",
      "People-search website. Pseudonymous patient ids combined with addresses from other "
      "sources would let us fill in our profiles.", "re-identification"),
 ]
@@ -185,7 +185,7 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ATC = "http://www.whocc.no/atc"
 OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-FACILITIES = ["St. Agnes Hospital", "Lakeside Clinic", "Apex Diagnostics", "Eastgate Hospital"]
+FACILITIES = ["St. Agnes Hospital", "Lakeside Clinic", "Apex Diagnostics", "CityCare Pharmacy"]
 
 
 def _q(value: float, unit: str) -> dict[str, Any]:
