@@ -80,6 +80,12 @@ def serve(config: Path, log_level: str) -> None:
               show_default=True,
               help="dev: the items tuned on; test: the frozen held-out items nothing was "
                    "tuned on (splits.json); all: both.")
+@click.option("--sample-rate", type=click.FloatRange(0, 1), default=None,
+              help="Share of the records the rules settle that the model reviews anyway "
+                   "(default: the service's, 0.05).")
+@click.option("--screen-all", is_flag=True,
+              help="The model reviews every record the rules do not decide (as before issue "
+                   "16), not only uncertain ones, free text and the sample.")
 @click.option("--sample", "per_task", type=click.IntRange(min=0), default=None,
               help="Only this many items per task (evenly spread; injection bases added).")
 @click.option("--ids", default="", help="Also (or, with --sample 0, only) these items, "
@@ -95,7 +101,8 @@ def serve(config: Path, log_level: str) -> None:
               help="Also write every verdict (JSON lines) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
-             timeout: float, threads: int, parallel: int, split: str, per_task: int | None,
+             timeout: float, threads: int, parallel: int, split: str,
+             sample_rate: float | None, screen_all: bool, per_task: int | None,
              ids: str,
              set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
              verdicts: Path | None, as_json: bool) -> None:
@@ -103,6 +110,7 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
     from consortium.admission import backends as b
     from consortium.admission.eval import load_eval_set, run_eval, sample, split_digest
     from consortium.admission.review import Reviewer
+    from consortium.admission.triage import DEFAULT_SAMPLE_RATE
 
     if not (set_dir / "joins.jsonl").exists():
         _fail(f"no evaluation set in {set_dir} (give --set DIR)")
@@ -135,7 +143,9 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
     out = verdicts.open("w", encoding="utf-8") if verdicts is not None else None
     try:
         with _quiet_logs():
-            reviewer = Reviewer(engine, allow_remote_patient_data=allow_remote_patient_data)
+            reviewer = Reviewer(engine, allow_remote_patient_data=allow_remote_patient_data,
+                                screen_all=screen_all, sample_rate=DEFAULT_SAMPLE_RATE
+                                if sample_rate is None else sample_rate)
 
         lock = threading.Lock()  # verdicts arrive from --parallel threads
 
@@ -168,6 +178,7 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
     inj = report["injection"]
     click.echo(f"  injection attempts {inj['attempts']}, changed a verdict "
                f"{inj['changed_verdict']}, got through {len(inj['got_through'])}")
+    click.echo("  paths: " + ", ".join(f"{p} {n}" for p, n in report["paths"].items()))
     lat = report["latency_ms"]
     click.echo(f"  latency per verdict: p50 {lat['all'].get('p50', 0)} ms, p95 "
                f"{lat['all'].get('p95', 0)} ms; with the model p50 {lat['model'].get('p50', 0)} "

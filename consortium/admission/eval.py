@@ -225,6 +225,8 @@ def metrics(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> dict[str,
                        "model": _latency(v.latency_ms for v in verdicts if _asked(v))},
         "model_errors": sorted({(v.model_error or "")[:60] for v in verdicts
                                 if v.model_error}),
+        "paths": {p: sum(1 for v in verdicts if v.path == p)
+                  for p in sorted({v.path for v in verdicts})},
     }
 
 

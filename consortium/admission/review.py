@@ -10,7 +10,9 @@ How a verdict comes about:
 3. The model cannot clear what the rules flagged: certain findings decide before it is asked;
    suspect findings go to the model as evidence, and the final decision is the stricter of
    the model's and the rules' (suspect alone: review / flag). The model can only add.
-4. A patient payload goes to the model only when the backend is on loopback or the operator
+4. Records only: the model reviews what the rules leave uncertain, free text, and a sample
+   (triage.py); every verdict records the path it took (`Verdict.path`).
+5. A patient payload goes to the model only when the backend is on loopback or the operator
    allowed remote endpoints explicitly; otherwise the record is judged by the rules alone.
 """
 
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from consortium.admission import triage
 from consortium.admission.backends import Backend, BackendError
 from consortium.admission.model import (
     Finding,
@@ -57,10 +60,18 @@ class Reviewer:
     backends here are), so an embedded server with several slots can be fed in parallel."""
 
     def __init__(self, backend: Backend, *, allow_remote_patient_data: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sample_rate: float = triage.DEFAULT_SAMPLE_RATE,
+                 screen_all: bool = False) -> None:
+        """`sample_rate`: the share of records the rules settle that the model reviews all
+        the same; `screen_all`: the model reviews every record the rules do not decide (the
+        behaviour before issue 16; an evaluation option)."""
         self.backend = backend
         self.allow_remote_patient_data = allow_remote_patient_data
         self._clock = clock
+        self.sample_rate = sample_rate
+        self.screen_all = screen_all
+        self.stats = triage.ModelStats()
         if backend.uses_model and not backend.is_loopback() and not allow_remote_patient_data:
             log.warning("admission.remote_endpoint", backend=backend.name,
                         note="patient payloads will not be sent; those records get the "
@@ -72,11 +83,13 @@ class Reviewer:
         findings = check_join(request, context)
         input_doc = {"request": request.to_dict(), "context": context.to_dict()}
         prompt = join_prompt(request, context, findings)
-        return self._decide(Task.JOIN, request.request_id, findings, prompt, input_doc, start)
+        return self._decide(Task.JOIN, request.request_id, findings, prompt, input_doc, start,
+                            subject_input=request)
 
     def screen_record(self, record: ProvenanceEvent | PatientRecordInput,
-                      context: RecordContext) -> Verdict:
-        """Advice on a new record: ok / flag."""
+                      context: RecordContext, *, model_allowed: bool = True) -> Verdict:
+        """Advice on a new record: ok / flag. `model_allowed` False: the caller's model
+        budget is spent, so a record the model should read gets the busy path (triage.py)."""
         start = self._clock()
         if isinstance(record, ProvenanceEvent):
             findings = check_provenance(record, context)
@@ -99,27 +112,60 @@ class Reviewer:
                 prompt = None
         return self._decide(Task.RECORD, record.record_id, findings, prompt, input_doc, start,
                             kind="provenance" if isinstance(record, ProvenanceEvent)
-                            else "patient")
+                            else "patient", subject_input=record,
+                            model_allowed=model_allowed)
+
+    def wants_model(self, record: ProvenanceEvent | PatientRecordInput,
+                    context: RecordContext) -> bool:
+        """Whether screening `record` would ask the model (the rules run; no model call):
+        what the service counts against its per-poll model budget."""
+        if not self.backend.uses_model:
+            return False
+        findings = (check_provenance(record, context) if isinstance(record, ProvenanceEvent)
+                    else check_patient(record, context))
+        if any(f.severity is Severity.CERTAIN for f in findings):
+            return False
+        return self.screen_all or triage.model_reason(record, findings,
+                                                      self.sample_rate) is not None
 
     def _decide(self, task: Task, subject: str, findings: Sequence[Finding],
                 prompt: Prompt | None, input_doc: object, start: float,
-                kind: str = "join") -> Verdict:
+                kind: str = "join",
+                subject_input: JoinRequest | ProvenanceEvent | PatientRecordInput | None = None,
+                model_allowed: bool = True) -> Verdict:
         rule_decision, rule_risk = rules_outcome(task, findings)
         certain = [f for f in findings if f.severity is Severity.CERTAIN]
         answer: Answer | None = None
         error: str | None = None
         model_decision: str | None = None
+        reason = None
+        if subject_input is not None and not certain:
+            reason = triage.model_reason(subject_input, findings, self.sample_rate) or (
+                "all" if self.screen_all else None)
         if certain:
-            decision, risk = rule_decision, rule_risk
+            decision, risk, path = rule_decision, rule_risk, triage.RULES_CERTAIN
             reasons = [f.message for f in certain[:3]]
-        elif not self.backend.uses_model or prompt is None:
+        elif not self.backend.uses_model or prompt is None or reason is None \
+                or not model_allowed:
             decision, risk = rule_decision, rule_risk
             reasons = [f.message for f in findings if f.severity is Severity.SUSPECT][:3] or [
                 "no rule finding" if decision in ("approve", "ok")
                 else "rule findings need a human look"]
-            if prompt is None and self.backend.uses_model:
+            path = triage.RULES_CLEAR if reason is None else triage.RULES_NO_MODEL
+            if not self.backend.uses_model:
+                path = triage.RULES_NO_MODEL
+            elif prompt is None:
+                path = triage.RULES_POLICY
                 reasons = [*reasons[:2], "judged by the rules alone (patient data policy)"]
+            elif reason is not None and not model_allowed:
+                path = f"{triage.MODEL_BUSY}:{reason}"
+                if reason == triage.FREE_TEXT:  # unread text is never silently accepted
+                    decision, risk = strictest([FALLBACK[task], decision]), max(
+                        risk, FALLBACK_RISK)
+                    reasons = [*reasons[:2], "free text not read: the model's budget was "
+                                             "spent; needs a human look"]
         else:
+            path = f"model:{reason}"
             answer, error = self._ask(task, prompt)
             if answer is None:
                 decision = strictest([FALLBACK[task], rule_decision])
@@ -134,6 +180,7 @@ class Reviewer:
                     decision, risk = stricter, max(risk, rule_risk)
                     reasons = [*reasons[:2], "rule findings need a human look"]
         latency_ms = int((self._clock() - start) * 1000)
+        self.stats.record(path, latency_ms, path.startswith("model:"))
         verdict = Verdict(
             subject=subject, task=task, decision=decision,
             risk=round(min(max(risk, 0.0), 1.0), 4),
@@ -142,7 +189,7 @@ class Reviewer:
             model_sha256=self.backend.model_sha256,
             prompt_sha256=template_sha256(kind) if self.backend.uses_model else "",
             input_sha256=sha256_hex(canonical_json(input_doc)), latency_ms=latency_ms,
-            model_decision=model_decision, model_error=error)
+            model_decision=model_decision, model_error=error, path=path)
         log.info("admission.verdict", subject=subject, task=task.value, decision=decision,
                  model_decision=model_decision, model_error=error, latency_ms=latency_ms,
                  findings=[f.rule for f in findings])

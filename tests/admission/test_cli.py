@@ -69,10 +69,13 @@ def test_eval_errors_are_one_line() -> None:
 def test_eval_embedded_small_model_on_a_subset() -> None:
     """Proves the wiring end to end with the 135M model (its judgement is not scored)."""
     report = run("--backend", "embedded", "--model", "smollm2-135m", "--sample", "1",
-                 "--timeout", "120")
+                 "--timeout", "120", "--screen-all")
     assert report["backend"] == "embedded" and report["model"] == "smollm2-135m"
     tasks = report["tasks"]
     assert isinstance(tasks, dict)
     asked = sum(tasks[t]["model_asked"] for t in ("join", "record"))
     assert asked >= 2
     assert report["latency_ms"]["model"]["n"] == asked  # type: ignore[index]
+    paths = report["paths"]
+    assert isinstance(paths, dict) and sum(n for p, n in paths.items()
+                                           if p.startswith("model:")) == asked
