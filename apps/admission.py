@@ -61,6 +61,58 @@ def serve(config: Path, log_level: str) -> None:
     sys.exit(service_main(["--config", str(config), "--log-level", log_level]))
 
 
+@admission.command("advise-join")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Consortium directory (default: $CONSORTIUM_HOME or "
+                                 "./.consortium).")
+@click.option("--as", "org", required=True, help="The member asking (its client signs).")
+@click.option("--org", "applicant", required=True, help="The applicant's name.")
+@click.option("--endpoint", required=True, help="The applicant's validator HOST:PORT.")
+@click.option("--statement", required=True,
+              help="The applicant's statement (free text; data for the reviewer, never "
+                   "instructions).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=180.0, show_default=True,
+              help="Seconds to wait for the advice (a model on two threads takes a few).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def advise_join(directory: Path | None, org: str, applicant: str, endpoint: str,
+                statement: str, timeout: float, as_json: bool) -> None:
+    """Ask the running admission service for its advice on a join request, without
+    submitting it (ReviewJoin): decision, risk, reasons, the path it took and the model."""
+    import grpc
+
+    from consortium import process
+    from consortium.admission.model import Verdict
+    from consortium.client import ConsortiumClient, SubmitError
+    from consortium.config import ConfigError
+    from consortium.localnet import default_dir
+
+    if not applicant.strip() or not statement.strip() or len(statement) > 16_384:
+        _fail("--org and --statement are required; the statement is at most 16 KiB")
+    d = (directory if directory is not None else default_dir()).resolve()
+    if not (d / "admission" / "config.json").exists():
+        _fail(f"{d} has no admission service to ask")
+    try:
+        client = ConsortiumClient.from_dir(d, org)
+    except (OSError, ValueError, SubmitError, ConfigError) as exc:
+        _fail(str(exc))
+    try:
+        with client:
+            text = process.advise_join(d, client.core.read_auth, applicant, endpoint,
+                                       statement, timeout)
+    except grpc.RpcError as exc:
+        _fail(f"the admission service did not answer: {exc.code().name}: {exc.details()}")
+    verdict = Verdict.from_json(text)
+    if as_json:
+        click.echo(json.dumps(verdict.to_dict(), indent=2, sort_keys=True))
+        return
+    model = f"{verdict.model} (sha256 {verdict.model_sha256[:12]}…)" if verdict.model \
+        else "no model"
+    click.echo(f"{applicant}: {verdict.decision} (risk {verdict.risk:.2f}) by {verdict.backend}"
+               f" {model}, path {verdict.path}, {verdict.latency_ms} ms")
+    for reason in verdict.reasons:
+        click.echo(f"  - {reason}")
+
+
 @admission.command("eval")
 @click.option("--backend", type=click.Choice(["embedded", "openai", "rules"]),
               default="embedded", show_default=True, help="Who judges after the rules.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -529,6 +530,24 @@ def admission_status(directory: Path) -> dict[str, Any] | None:
                model_reviews=b.model_reviews, model_busy=b.model_busy, errors=b.errors,
                last_error=b.last_error or None)
     return row
+
+
+def advise_join(directory: Path, read_auth: Any, applicant: str, endpoint: str,
+                statement: str, timeout_s: float) -> str:
+    """The running admission service's verdict JSON on a join request it is shown, not
+    submitted (ReviewJoin; `read_auth(method, argument)` signs as a member). Raises
+    grpc.RpcError when the service refuses or does not answer."""
+    data = json.loads((directory / "admission" / "config.json").read_text())
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(directory / "ca" / "ca.crt").read_bytes())
+    request_id = "advice-" + hashlib.sha256(
+        f"{applicant}\n{endpoint}\n{statement}".encode()).hexdigest()[:16]
+    with grpc.secure_channel(str(data.get("listen", "127.0.0.1:7400")), creds, options=[
+            ("grpc.ssl_target_name_override", "localhost")]) as ch:
+        reply = pb_grpc.AdmissionStub(ch).ReviewJoin(pb.ReviewJoinRequest(
+            request_id=request_id, org=applicant, endpoint=endpoint, statement=statement,
+            auth=read_auth("ReviewJoin", request_id)), timeout=timeout_s)
+    return str(reply.verdict_json)
 
 
 def primary_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
