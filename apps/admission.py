@@ -135,6 +135,12 @@ def advise_join(directory: Path | None, org: str, applicant: str, endpoint: str,
 @click.option("--sample-rate", type=click.FloatRange(0, 1), default=None,
               help="Share of the records the rules settle that the model reviews anyway "
                    "(default: the service's, 0.05).")
+@click.option("--judge", type=click.Choice(["json", "questions"]), default="json",
+              show_default=True,
+              help="json: the model writes a JSON verdict; questions: focused yes/no "
+                   "questions scored from logprobs (one token each).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="--judge questions: the risk at which the answer is bad (default 0.5).")
 @click.option("--screen-all", is_flag=True,
               help="The model reviews every record the rules do not decide (as before issue "
                    "16), not only uncertain ones, free text and the sample.")
@@ -154,13 +160,15 @@ def advise_join(directory: Path | None, org: str, applicant: str, endpoint: str,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
              timeout: float, threads: int, parallel: int, split: str,
-             sample_rate: float | None, screen_all: bool, per_task: int | None,
+             judge: str, threshold: float | None, sample_rate: float | None,
+             screen_all: bool, per_task: int | None,
              ids: str,
              set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
              verdicts: Path | None, as_json: bool) -> None:
     """Score a backend on the evaluation set."""
     from consortium.admission import backends as b
     from consortium.admission.eval import load_eval_set, run_eval, sample, split_digest
+    from consortium.admission.questions import DEFAULT_THRESHOLD
     from consortium.admission.review import Reviewer
     from consortium.admission.triage import DEFAULT_SAMPLE_RATE
 
@@ -197,7 +205,9 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
         with _quiet_logs():
             reviewer = Reviewer(engine, allow_remote_patient_data=allow_remote_patient_data,
                                 screen_all=screen_all, sample_rate=DEFAULT_SAMPLE_RATE
-                                if sample_rate is None else sample_rate)
+                                if sample_rate is None else sample_rate, judge=judge,
+                                threshold=DEFAULT_THRESHOLD if threshold is None
+                                else threshold)
 
         lock = threading.Lock()  # verdicts arrive from --parallel threads
 
@@ -213,6 +223,7 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
         with _quiet_logs():
             report = run_eval(reviewer, items, parallel=parallel, progress=progress)
         report["split"] = split
+        report["judge"] = judge
         report["split_sha256"] = split_digest(items, set_dir)
     finally:
         engine.close()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from consortium.admission import triage
+from consortium.admission import questions, triage
 from consortium.admission.backends import Backend, BackendError
 from consortium.admission.model import (
     Finding,
@@ -52,6 +52,7 @@ from consortium.admission.schema import Answer, AnswerError, parse_answer
 log = structlog.get_logger("consortium.admission")
 
 FALLBACK = {Task.JOIN: "review", Task.RECORD: "flag"}
+JUDGES = ("json", "questions")
 FALLBACK_RISK = 0.5
 
 
@@ -62,15 +63,22 @@ class Reviewer:
     def __init__(self, backend: Backend, *, allow_remote_patient_data: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  sample_rate: float = triage.DEFAULT_SAMPLE_RATE,
-                 screen_all: bool = False) -> None:
+                 screen_all: bool = False, judge: str = "json",
+                 threshold: float = questions.DEFAULT_THRESHOLD) -> None:
         """`sample_rate`: the share of records the rules settle that the model reviews all
         the same; `screen_all`: the model reviews every record the rules do not decide (the
-        behaviour before issue 16; an evaluation option)."""
+        behaviour before issue 16; an evaluation option); `judge`: "json" (the model writes a
+        JSON verdict) or "questions" (focused yes/no questions scored from logprobs, combined
+        at `threshold`: questions.py)."""
         self.backend = backend
         self.allow_remote_patient_data = allow_remote_patient_data
         self._clock = clock
         self.sample_rate = sample_rate
         self.screen_all = screen_all
+        if judge not in JUDGES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGES)}, not {judge!r}")
+        self.judge = judge
+        self.threshold = threshold
         self.stats = triage.ModelStats()
         if backend.uses_model and not backend.is_loopback() and not allow_remote_patient_data:
             log.warning("admission.remote_endpoint", backend=backend.name,
@@ -187,7 +195,9 @@ class Reviewer:
             reasons=tuple(r[:200] for r in reasons[:3]), findings=tuple(findings),
             backend=self.backend.name, model=self.backend.model,
             model_sha256=self.backend.model_sha256,
-            prompt_sha256=template_sha256(kind) if self.backend.uses_model else "",
+            prompt_sha256=("" if not self.backend.uses_model else
+                           questions.template_sha256(kind) if self.judge == "questions"
+                           else template_sha256(kind)),
             input_sha256=sha256_hex(canonical_json(input_doc)), latency_ms=latency_ms,
             model_decision=model_decision, model_error=error, path=path)
         log.info("admission.verdict", subject=subject, task=task.value, decision=decision,
@@ -196,6 +206,8 @@ class Reviewer:
         return verdict
 
     def _ask(self, task: Task, prompt: Prompt) -> tuple[Answer | None, str | None]:
+        if self.judge == "questions":
+            return self._score(task, prompt)
         try:
             text = self.backend.complete(prompt)
         except BackendError as exc:
@@ -204,3 +216,18 @@ class Reviewer:
             return parse_answer(task, text), None
         except AnswerError as exc:
             return None, f"unusable answer: {exc}"[:200]
+
+    def _score(self, task: Task, prompt: Prompt) -> tuple[Answer | None, str | None]:
+        """The focused questions of the prompt's kind, each scored by P(yes), combined into an
+        answer (questions.py). Any unusable question makes the whole answer unusable: a
+        partial score would understate the risk."""
+        p_yes: dict[str, float] = {}
+        try:
+            for q in questions.QUESTIONS[prompt.kind]:
+                p_yes[q.id] = self.backend.yes_probability(
+                    questions.question_messages(prompt, q))
+        except BackendError as exc:
+            return None, str(exc)[:200]
+        scored = questions.combine(prompt.kind, p_yes, self.threshold)
+        bad, good = ("reject", "approve") if task is Task.JOIN else ("flag", "ok")
+        return Answer(bad if scored.bad else good, scored.risk, scored.reasons), None

@@ -119,6 +119,9 @@ class ServiceConfig:
     sample_rate: float = 0.05
     """Share of the records the rules settle that the model reviews anyway (triage.py)."""
     model_per_poll: int = MODEL_PER_POLL
+    judge: str = "json"
+    """json (a JSON verdict) or questions (focused yes/no questions scored: questions.py)."""
+    question_threshold: float = 0.5
 
     @classmethod
     def load(cls, path: Path) -> ServiceConfig:
@@ -138,7 +141,9 @@ class ServiceConfig:
                 known_locations=tuple(str(x) for x in data.get("known_locations", ())),
                 local_endpoints=bool(data.get("local_endpoints", False)),
                 sample_rate=float(data.get("sample_rate", 0.05)),
-                model_per_poll=int(data.get("model_per_poll", MODEL_PER_POLL)))
+                model_per_poll=int(data.get("model_per_poll", MODEL_PER_POLL)),
+                judge=str(data.get("judge", "json")),
+                question_threshold=float(data.get("question_threshold", 0.5)))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: no such file") from exc
         except (ValueError, TypeError, AttributeError) as exc:
@@ -779,7 +784,8 @@ def serve(config: ServiceConfig) -> int:
     ca = (config.directory / "ca" / "ca.crt").read_bytes()
     backend = config.make_backend()
     reviewer = Reviewer(backend, allow_remote_patient_data=config.allow_remote_patient_data,
-                        sample_rate=config.sample_rate)
+                        sample_rate=config.sample_rate, judge=config.judge,
+                        threshold=config.question_threshold)
     client = ConsortiumClient(genesis, identity, ca)
     screener = Screener(client, reviewer, genesis, config.known_locations,
                         config.local_endpoints, model_per_poll=config.model_per_poll)
