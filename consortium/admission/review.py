@@ -112,7 +112,9 @@ class Reviewer:
                          is not None, "recent": sorted(s.record_id for s in context.recent),
                          "now_ms": context.now_ms}
             prompt = patient_prompt(record, findings)
-            if record.payload is not None and self.backend.uses_model \
+            if record.payload is None:
+                prompt = None  # nothing for the model to read: metadata only, said as such
+            elif self.backend.uses_model \
                     and not self.backend.is_loopback() and not self.allow_remote_patient_data:
                 findings = [*findings, Finding(
                     "policy.remote-endpoint", Severity.INFO,
@@ -162,6 +164,10 @@ class Reviewer:
             path = triage.RULES_CLEAR if reason is None else triage.RULES_NO_MODEL
             if not self.backend.uses_model:
                 path = triage.RULES_NO_MODEL
+            elif isinstance(subject_input, PatientRecordInput) and subject_input.payload is None:
+                path = triage.METADATA_ONLY
+                reasons = [*reasons[:2], "screened on metadata only: the payload was not "
+                                         "shared with the reviewer"]
             elif prompt is None:
                 path = triage.RULES_POLICY
                 reasons = [*reasons[:2], "judged by the rules alone (patient data policy)"]

@@ -39,6 +39,9 @@ RULES_CERTAIN = "rules:certain"
 RULES_CLEAR = "rules:clear"
 RULES_NO_MODEL = "rules:no-model"
 RULES_POLICY = "rules:patient-data-policy"
+METADATA_ONLY = "rules:metadata-only"
+"""A patient record whose key the submitter did not wrap for the reviewer: the rules judge
+its metadata and the verdict says so, instead of a reflex flag for what nobody could read."""
 MODEL_BUSY = "rules:model-busy"
 UNCERTAIN, FREE_TEXT, SAMPLE, JOIN = "uncertain", "free-text", "sample", "join"
 

@@ -52,8 +52,8 @@ def test_every_verdict_records_its_path_and_the_model_sees_only_what_needs_it() 
         reviewer = Reviewer(OpenAIBackend(OpenAIConfig(server.url, "fake", api_key_env=None)))
         verdicts = [(_screen(reviewer, i), i) for i in records]
     paths = {v.path for v, _ in verdicts}
-    assert paths <= {"rules:certain", "rules:clear", "model:uncertain", "model:free-text",
-                     "model:sample"}
+    assert paths <= {"rules:certain", "rules:clear", "rules:metadata-only", "model:uncertain",
+                     "model:free-text", "model:sample"}
     asked = [v for v, _ in verdicts if v.path.startswith("model:")]
     assert len(server.requests) == len(asked) < len(records) // 2
     assert all(v.model_decision is None for v, _ in verdicts if v.path.startswith("rules:"))
@@ -92,3 +92,18 @@ def test_screen_all_asks_the_model_on_every_record_the_rules_do_not_decide() -> 
         verdicts = [_screen(reviewer, i) for i in records]
     assert all(v.path.startswith("model:") for v in verdicts if v.path != "rules:certain")
     assert len(server.requests) == sum(v.path.startswith("model:") for v in verdicts)
+
+
+def test_a_payload_not_shared_is_screened_on_metadata_only_not_reflex_flagged() -> None:
+    """Issue 16: the model used to flag every record it could not read (payload.unreadable,
+    risk 0.7). Now the verdict says what happened and the rules judge the metadata."""
+    unread = [i for i in _items().values() if isinstance(i.subject, PatientRecordInput)
+              and i.subject.payload is None and not i.bad]
+    assert unread
+    with fake_server(["ok"], OK) as server:
+        reviewer = Reviewer(OpenAIBackend(OpenAIConfig(server.url, "fake", api_key_env=None)),
+                            sample_rate=1.0)
+        verdicts = [_screen(reviewer, i) for i in unread]
+    assert not server.requests
+    assert all(v.path == "rules:metadata-only" and v.decision == "ok" for v in verdicts)
+    assert all("screened on metadata only" in " ".join(v.reasons) for v in verdicts)
