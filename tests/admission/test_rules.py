@@ -603,14 +603,9 @@ def test_eval_set_size_and_balance() -> None:
 
 
 def test_eval_set_files_match_their_generator() -> None:
-    import importlib.util
+    from tests.admission.test_eval_split import assert_generated
 
-    spec = importlib.util.spec_from_file_location("make_eval_set", SET / "make_eval_set.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name, text in module.build().items():
-        assert (SET / name).read_text(encoding="utf-8") == text, f"{name} is stale"
+    assert_generated("make_eval_set.py")
 
 
 def test_rules_backend_on_the_whole_set() -> None:
