@@ -141,6 +141,9 @@ def advise_join(directory: Path | None, org: str, applicant: str, endpoint: str,
                    "questions scored from logprobs (one token each).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="--judge questions: the risk at which the answer is bad (default 0.5).")
+@click.option("--precedents/--no-precedents", default=True, show_default=True,
+              help="Show the model the most similar decided join requests of the shipped "
+                   "seed (the dev split's; never a test item).")
 @click.option("--screen-all", is_flag=True,
               help="The model reviews every record the rules do not decide (as before issue "
                    "16), not only uncertain ones, free text and the sample.")
@@ -161,13 +164,14 @@ def advise_join(directory: Path | None, org: str, applicant: str, endpoint: str,
 def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
              timeout: float, threads: int, parallel: int, split: str,
              judge: str, threshold: float | None, sample_rate: float | None,
-             screen_all: bool, per_task: int | None,
+             precedents: bool, screen_all: bool, per_task: int | None,
              ids: str,
              set_dir: Path, cache_dir: Path | None, allow_remote_patient_data: bool,
              verdicts: Path | None, as_json: bool) -> None:
     """Score a backend on the evaluation set."""
     from consortium.admission import backends as b
     from consortium.admission.eval import load_eval_set, run_eval, sample, split_digest
+    from consortium.admission.precedents import seed_index
     from consortium.admission.questions import DEFAULT_THRESHOLD
     from consortium.admission.review import Reviewer
     from consortium.admission.triage import DEFAULT_SAMPLE_RATE
@@ -207,7 +211,8 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
                                 screen_all=screen_all, sample_rate=DEFAULT_SAMPLE_RATE
                                 if sample_rate is None else sample_rate, judge=judge,
                                 threshold=DEFAULT_THRESHOLD if threshold is None
-                                else threshold)
+                                else threshold,
+                                precedents=seed_index() if precedents else None)
 
         lock = threading.Lock()  # verdicts arrive from --parallel threads
 
@@ -224,6 +229,7 @@ def eval_cmd(backend: str, model: str | None, url: str | None, api_key_env: str,
             report = run_eval(reviewer, items, parallel=parallel, progress=progress)
         report["split"] = split
         report["judge"] = judge
+        report["precedents"] = precedents
         report["split_sha256"] = split_digest(items, set_dir)
     finally:
         engine.close()

@@ -39,6 +39,7 @@ from consortium.admission.model import (
     sha256_hex,
     strictest,
 )
+from consortium.admission.precedents import PrecedentIndex
 from consortium.admission.prompts import (
     Prompt,
     join_prompt,
@@ -64,7 +65,8 @@ class Reviewer:
                  clock: Callable[[], float] = time.monotonic,
                  sample_rate: float = triage.DEFAULT_SAMPLE_RATE,
                  screen_all: bool = False, judge: str = "json",
-                 threshold: float = questions.DEFAULT_THRESHOLD) -> None:
+                 threshold: float = questions.DEFAULT_THRESHOLD,
+                 precedents: PrecedentIndex | None = None) -> None:
         """`sample_rate`: the share of records the rules settle that the model reviews all
         the same; `screen_all`: the model reviews every record the rules do not decide (the
         behaviour before issue 16; an evaluation option); `judge`: "json" (the model writes a
@@ -79,6 +81,8 @@ class Reviewer:
             raise ValueError(f"judge must be one of {', '.join(JUDGES)}, not {judge!r}")
         self.judge = judge
         self.threshold = threshold
+        self.precedents = precedents
+        """Decided join requests shown to the model as worked examples (None: none)."""
         self.stats = triage.ModelStats()
         if backend.uses_model and not backend.is_loopback() and not allow_remote_patient_data:
             log.warning("admission.remote_endpoint", backend=backend.name,
@@ -90,9 +94,12 @@ class Reviewer:
         start = self._clock()
         findings = check_join(request, context)
         input_doc = {"request": request.to_dict(), "context": context.to_dict()}
-        prompt = join_prompt(request, context, findings)
+        shown = self.precedents.nearest(request.statement) \
+            if self.precedents is not None and self.backend.uses_model else []
+        prompt = join_prompt(request, context, findings,
+                             [(p.text, p.decision) for p, _ in shown])
         return self._decide(Task.JOIN, request.request_id, findings, prompt, input_doc, start,
-                            subject_input=request)
+                            subject_input=request, precedents=tuple(p.ref for p, _ in shown))
 
     def screen_record(self, record: ProvenanceEvent | PatientRecordInput,
                       context: RecordContext, *, model_allowed: bool = True) -> Verdict:
@@ -142,7 +149,7 @@ class Reviewer:
                 prompt: Prompt | None, input_doc: object, start: float,
                 kind: str = "join",
                 subject_input: JoinRequest | ProvenanceEvent | PatientRecordInput | None = None,
-                model_allowed: bool = True) -> Verdict:
+                model_allowed: bool = True, precedents: tuple[str, ...] = ()) -> Verdict:
         rule_decision, rule_risk = rules_outcome(task, findings)
         certain = [f for f in findings if f.severity is Severity.CERTAIN]
         answer: Answer | None = None
@@ -205,7 +212,8 @@ class Reviewer:
                            questions.template_sha256(kind) if self.judge == "questions"
                            else template_sha256(kind)),
             input_sha256=sha256_hex(canonical_json(input_doc)), latency_ms=latency_ms,
-            model_decision=model_decision, model_error=error, path=path)
+            model_decision=model_decision, model_error=error, path=path,
+            precedents=precedents if path.startswith("model:") else ())
         log.info("admission.verdict", subject=subject, task=task.value, decision=decision,
                  model_decision=model_decision, model_error=error, latency_ms=latency_ms,
                  findings=[f.rule for f in findings])

@@ -53,6 +53,7 @@ from consortium.admission.model import (
     Registry,
     Verdict,
 )
+from consortium.admission.precedents import Precedent, seed_index
 from consortium.admission.review import Reviewer
 from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
@@ -422,6 +423,13 @@ class Screener:
             members.setdefault(validator_client_id(p.replica_id), (p.org, bytes(p.validator_key)))
         self.members = members  # one assignment: readers in other threads see old or new
         self.validators = tuple(reply.validators)
+        if self.reviewer.precedents is not None:  # the members' decisions teach the reviewer
+            for p in reply.proposals:
+                if p.kind == "join" and p.status in ("approved", "rejected") and p.statement:
+                    self.reviewer.precedents.add(Precedent(
+                        f"ledger:{p.proposal_id[:16]}",
+                        "approve" if p.status == "approved" else "reject",
+                        parse_application(p.statement).statement))
 
     def review_joins(self) -> int:
         """Review the join requests on the ledger that have no verdict yet; post the advice
@@ -785,7 +793,8 @@ def serve(config: ServiceConfig) -> int:
     backend = config.make_backend()
     reviewer = Reviewer(backend, allow_remote_patient_data=config.allow_remote_patient_data,
                         sample_rate=config.sample_rate, judge=config.judge,
-                        threshold=config.question_threshold)
+                        threshold=config.question_threshold,
+                        precedents=seed_index())
     client = ConsortiumClient(genesis, identity, ca)
     screener = Screener(client, reviewer, genesis, config.known_locations,
                         config.local_endpoints, model_per_poll=config.model_per_poll)
