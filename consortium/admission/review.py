@@ -132,19 +132,6 @@ class Reviewer:
                             else "patient", subject_input=record,
                             model_allowed=model_allowed)
 
-    def wants_model(self, record: ProvenanceEvent | PatientRecordInput,
-                    context: RecordContext) -> bool:
-        """Whether screening `record` would ask the model (the rules run; no model call):
-        what the service counts against its per-poll model budget."""
-        if not self.backend.uses_model:
-            return False
-        findings = (check_provenance(record, context) if isinstance(record, ProvenanceEvent)
-                    else check_patient(record, context))
-        if any(f.severity is Severity.CERTAIN for f in findings):
-            return False
-        return self.screen_all or triage.model_reason(record, findings,
-                                                      self.sample_rate) is not None
-
     def _decide(self, task: Task, subject: str, findings: Sequence[Finding],
                 prompt: Prompt | None, input_doc: object, start: float,
                 kind: str = "join",

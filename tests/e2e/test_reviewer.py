@@ -69,4 +69,9 @@ def test_up_starts_the_embedded_model_and_status_shows_the_reviewer(net: Cluster
     after = process.admission_status(net.directory)
     assert after is not None and after["model_reviews"] >= 2
     assert after["latency_p50_ms"] > 0
+    shown = CliRunner().invoke(main, ["status", "--dir", str(net.directory)])
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("reviewer:"))
+    assert f"embedded {MODEL} (sha256 {MODELS[MODEL].sha256[:16]}" in line
+    assert "model verdict latency p50" in line and "backlog" in line
     process.admission_down(net.directory)
