@@ -154,17 +154,25 @@ TRACE_COLUMNS = ["height", "request", "item", "time", "event", "submitter", "loc
 
 @audit.command()
 @DIR_OPTION
-@click.option("--product", required=True, help="Product or lot id.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+@click.option("--product", required=True,
+              help="An EPC class or instance URI (urn:epc:class:lgtin:4012345.012345.LOT-A1), "
+                   "the same identifier as a GS1 Digital Link, or a lot name.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "epcis"]),
+              default="table", show_default=True,
+              help="epcis: an EPCIS 2.0 document GS1 tools read (each event with "
+                   "consortium:height and consortium:proof).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
 @AS_OPTION
 def trace(directory: Path | None, product: str, fmt: str, as_json: bool, org: str) -> None:
     """A product's chain of custody in ledger order, each event with its block and proof
     status, and the inconsistencies found (received before shipped, custody gaps, events
     after a recall or destruction, quantities that grow...)."""
+    import time
+
     from consortium.client import SubmitError
     from consortium.client.subjects import trace as trace_of
+    from consortium.formats import epcis
+    from consortium.formats.errors import FormatError
 
     fmt = "json" if as_json else fmt
     client = _client(directory, org)
@@ -172,11 +180,19 @@ def trace(directory: Path | None, product: str, fmt: str, as_json: bool, org: st
         result = trace_of(client, product)
     except SubmitError as exc:
         _fail(str(exc))
+    except FormatError as exc:
+        _fail(f"--product: {exc}")
     finally:
         client.close()
     if not result.events and not result.malformed:
         _fail(f"no provenance records for product {product!r}")
-    if fmt == "json":
+    if fmt == "epcis":
+        doc = epcis.export_document(result.epcis_events,
+                                    creation_time_ms=int(time.time() * 1000))
+        # key order as exported, not sorted: GS1's reference event hash reads a business
+        # transaction's type and id in the order written
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    elif fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif fmt == "csv":
         buf = io.StringIO()
@@ -268,25 +284,35 @@ def check_proof_cmd(proof_file: Path, genesis_path: Path, as_json: bool) -> None
 @DIR_OPTION
 @click.option("--patient", required=True, help="Pseudonymous patient id.")
 @AS_OPTION
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "fhir"]), default="table",
+              show_default=True,
+              help="fhir: a FHIR R4 Bundle: the records --as reads (each read is logged), "
+                   "public metadata only for the others, the access log as AuditEvents.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
 def patient(directory: Path | None, patient: str, org: str, fmt: str, as_json: bool) -> None:
     """A patient's records and everything that happened to them: who was granted or revoked
     access, who read the keys (the access log on the ledger), erasures (when, by whom)."""
+    import time
+
     from consortium.client import SubmitError
+    from consortium.client.fhir_export import patient_bundle
     from consortium.client.subjects import patient_history
+    from consortium.formats.errors import FhirError
 
     client = _client(directory, org)
     try:
         data = patient_history(client, patient)
-    except SubmitError as exc:
+        if not data["records"] and not data["malformed"]:
+            _fail(f"no records for patient {patient!r}")
+        if fmt == "fhir":
+            doc = patient_bundle(client, patient, data, int(time.time() * 1000))
+            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+            return
+    except (SubmitError, FhirError) as exc:
         _fail(str(exc))
     finally:
         client.close()
     records = data["records"]
-    if not records and not data["malformed"]:
-        _fail(f"no records for patient {patient!r}")
     if fmt == "json" or as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return

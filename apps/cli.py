@@ -329,29 +329,45 @@ def _client(directory: Path | None, org: str) -> Any:
 @submit.command("provenance")
 @DIR_OPTION
 @click.option("--as", "org", required=True, help="Submitting organisation (e.g. org0).")
-@click.option("--product", required=True, help="Product or lot id.")
+@click.option("--product", required=True,
+              help="A GS1 identifier in any form (SGTIN, LGTIN, SSCC; EPC URN, Digital Link "
+                   "or element string), another URI, or a plain lot name.")
 @click.option("--event", required=True, type=click.Choice(
     ["manufactured", "shipped", "received", "inspected", "recalled", "destroyed"]))
-@click.option("--location", default=None)
-@click.option("--from", "custodian_from", default=None, help="Custodian handing over.")
-@click.option("--to", "custodian_to", default=None, help="Custodian taking over.")
-@click.option("--quantity", type=click.IntRange(0), default=None)
+@click.option("--location", default=None,
+              help="Where it happened (required): an SGLN in any form, or a site name.")
+@click.option("--from", "custodian_from", default=None,
+              help="Source owning party: a member org, a PGLN, or a party name.")
+@click.option("--to", "custodian_to", default=None,
+              help="Destination owning party (required for shipped).")
+@click.option("--quantity", type=click.IntRange(1), default=None)
+@click.option("--disposition", default=None,
+              help="CBV disposition overriding the event's (e.g. conformant after inspected).")
 @click.option("--document", "documents", multiple=True, help="A document hash (repeatable).")
 @click.option("--readers", default="", help="Comma-separated orgs that may read the payload.")
 @JSON_OPTION
 def submit_provenance(directory: Path | None, org: str, product: str, event: str,
                       location: str | None, custodian_from: str | None,
-                      custodian_to: str | None, quantity: int | None, documents: tuple[str, ...],
-                      readers: str, as_json: bool) -> None:
-    """A supply-chain provenance event."""
+                      custodian_to: str | None, quantity: int | None, disposition: str | None,
+                      documents: tuple[str, ...], readers: str, as_json: bool) -> None:
+    """A supply-chain provenance event, as one EPCIS 2.0 ObjectEvent built from the flags
+    (event -> CBV bizStep and disposition, --from/--to -> owning parties, --location ->
+    bizLocation; see docs/records.md). Documents in EPCIS already: `submit epcis`."""
     from consortium.client import SubmitError
+    from consortium.formats.errors import FormatError
 
+    reader_list = [x for x in readers.split(",") if x]
     with _client(directory, org) as client:
         try:
-            r = client.submit_provenance(
+            client.ensure_readers(reader_list)
+            item = client.aio.shorthand_item(
                 product, event, location=location, custodian_from=custodian_from,
                 custodian_to=custodian_to, quantity=quantity, documents=documents,
-                readers=[x for x in readers.split(",") if x])
+                disposition=disposition, readers=reader_list)
+        except (FormatError, SubmitError) as exc:
+            fail(str(exc), 2)
+        try:
+            r = client.submit_item(item)
         except SubmitError as exc:
             fail(str(exc))
     emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
@@ -361,29 +377,33 @@ def submit_provenance(directory: Path | None, org: str, product: str, event: str
 @DIR_OPTION
 @click.option("--as", "org", required=True, help="Submitting organisation.")
 @click.option("--patient", required=True, help="Pseudonymous patient id.")
-@click.option("--type", "record_type", required=True,
-              type=click.Choice(["lab-result", "prescription", "encounter", "imaging"]))
-@click.option("--file", "payload_file", required=True, type=click.File("rb"),
-              help="Clinical payload (JSON), encrypted before it leaves this machine.")
+@click.option("--type", "record_type", default=None,
+              type=click.Choice(["lab-result", "prescription", "encounter", "imaging"]),
+              help="Checked against the FHIR resource when given (it follows from it).")
+@click.option("--file", "payload_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A FHIR R4 resource or Bundle (JSON), encrypted before it leaves this "
+                   "machine.")
 @click.option("--readers", default="", help="Comma-separated orgs that may read the payload.")
 @JSON_OPTION
-def submit_patient(directory: Path | None, org: str, patient: str, record_type: str,
-                   payload_file: Any, readers: str, as_json: bool) -> None:
-    """A patient record."""
-    from consortium.client import SubmitError
+def submit_patient(directory: Path | None, org: str, patient: str, record_type: str | None,
+                   payload_file: Path, readers: str, as_json: bool) -> None:
+    """A patient record: a FHIR R4 payload (the same as `submit fhir`)."""
+    from apps.submit_formats import submit_fhir_file
+    from consortium.client.formats import fhir_record
+    from consortium.formats.errors import FhirError
 
-    payload = payload_file.read()
-    try:
-        json.loads(payload)
-    except ValueError:
-        fail(f"{payload_file.name} is not valid JSON")
-    with _client(directory, org) as client:
+    if record_type is not None:
         try:
-            r = client.submit_patient(patient, record_type, payload,
-                                      readers=[x for x in readers.split(",") if x])
-        except SubmitError as exc:
-            fail(str(exc))
-    emit(r.to_json(), as_json, f"{r.record_id} committed at height {r.height} ({r.status})")
+            derived = fhir_record(payload_file.read_bytes(), patient).record_type
+        except OSError as exc:
+            fail(f"cannot read {payload_file}: {exc.strerror or exc}", 2)
+        except FhirError as exc:
+            fail(f"{payload_file}: {exc}", 2)
+        if derived != record_type:
+            fail(f"--type {record_type}, but {payload_file} is a {derived} record", 2)
+    submit_fhir_file(directory, org, patient, [x for x in readers.split(",") if x],
+                     payload_file, as_json)
 
 
 @main.command()
@@ -436,6 +456,7 @@ main.add_command(admission)
 from apps.chaos import chaos  # noqa: E402
 
 main.add_command(chaos)
+import apps.submit_formats  # noqa: E402, F401  (registers submit epcis, submit fhir)
 
 if __name__ == "__main__":
     main()

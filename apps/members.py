@@ -70,6 +70,8 @@ def _application_json(tx: Any, chain_id: str) -> dict[str, Any]:
         "validator_key": tx.validator_key.hex(), "client_key": tx.client_key.hex(),
         "encryption_key": tx.encryption_key.hex(), "peer_address": tx.peer_address,
         "client_address": tx.client_address}
+    if tx.gs1:
+        out["gs1"] = json.loads(tx.gs1)
     if tx.sponsor:
         out.update(sponsor=tx.sponsor, sponsorship=tx.sponsorship.hex())
     return out
@@ -104,10 +106,26 @@ def _read_application(path: Path) -> tuple[Any, str]:
                          str(data.get("peer_address", "")), str(data.get("client_address", "")),
                          "", str(data.get("sponsor", "")),
                          _key(data["sponsorship"], f"{path}: sponsorship", 64)
-                         if data.get("sponsorship") else b"")
+                         if data.get("sponsorship") else b"",
+                         _gs1_of(str(data["org"]), data.get("gs1"), str(path)))
     except (KeyError, TypeError, ValueError) as exc:
         _fail(f"{path}: missing or malformed field: {exc}")
     return tx, str(data.get("chain_id", ""))
+
+
+def _gs1_of(org: str, raw: Any, where: str) -> bytes:
+    """An application's GS1 identity ({company_prefixes, pglns, sglns}) as canonical bytes."""
+    from consortium.formats.directory import MemberGs1
+    from consortium.formats.errors import FormatError
+
+    if raw is None:
+        return b""
+    if not isinstance(raw, dict):
+        _fail(f"{where}: gs1 must be an object {{company_prefixes, pglns, sglns}}")
+    try:
+        return MemberGs1.from_dict({"org": org, **raw}).canonical()
+    except FormatError as exc:
+        _fail(f"{where}: gs1: {exc}")
 
 
 def _sponsorship(value: str, sponsor: str | None, replica_id: int | None,
@@ -172,12 +190,19 @@ def _sponsorship(value: str, sponsor: str | None, replica_id: int | None,
 @click.option("--replica-id", type=click.IntRange(0, 65535), default=None,
               help="The validator id to ask for (default: the sponsored application's, else "
                    "the next free one).")
+@click.option("--gs1-prefix", "gs1_prefixes", multiple=True,
+              help="A GS1 company prefix of the organisation (6 to 12 digits; repeatable).")
+@click.option("--pgln", "pglns", multiple=True,
+              help="Its party GLN (EPC URN, Digital Link or element string; repeatable).")
+@click.option("--sgln", "sglns", multiple=True,
+              help="The GLN of one of its sites (any GS1 form; repeatable).")
 @JSON_OPTION
 def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
           client_endpoint: str | None, metrics_endpoint: str | None,
           statement_file: Path | None, sector: str, country: str, contact_email: str,
           prepare: bool, sponsorship: str | None, sponsor: str | None, key_dir: Path | None,
-          replica_id: int | None, as_json: bool) -> None:
+          replica_id: int | None, gs1_prefixes: tuple[str, ...], pglns: tuple[str, ...],
+          sglns: tuple[str, ...], as_json: bool) -> None:
     """Ask to join: create the validator's keys and submit a signed, sponsored join request.
 
     \b
@@ -185,6 +210,9 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
     2. a member: consortium members sponsor --as MEMBER KEYDIR/application.json --out FILE
     3. consortium members apply --org ORG --endpoint HOST:PORT --statement FILE
            --sponsorship FILE
+
+    The GS1 identity (--gs1-prefix, --pgln, --sgln) is part of the application: once
+    admitted, EPCIS events naming those parties, sites and prefixes resolve to the member.
     """
     from consortium.admission.application import application_statement, normalise_fields
     from consortium.client import ConsortiumClient, Identity, SubmitError
@@ -236,9 +264,14 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
     if not prepare and not 1 <= len(statement.encode()) <= STATEMENT_BYTES_MAX:
         _fail(f"the statement is 1 to {STATEMENT_BYTES_MAX} bytes, not "
               f"{len(statement.encode())}")
+    gs1 = _gs1_of(org, {"company_prefixes": list(gs1_prefixes), "pglns": list(pglns),
+                        "sglns": list(sglns)}, "--gs1-prefix/--pgln/--sgln")
     sponsored, sponsor_org, signature = (None, "", b"") if sponsorship is None else \
         _sponsorship(sponsorship, sponsor, replica_id, genesis.chain_id)
     if sponsored is not None:
+        if (gs1_prefixes or pglns or sglns) and gs1 != sponsored.gs1:
+            _fail("the GS1 identity given differs from the sponsored application's")
+        gs1 = sponsored.gs1
         if sponsored.org != org:
             _fail(f"the sponsorship is for {sponsored.org!r}, not {org!r}")
         for what, given, signed in (("--replica-id", replica_id, sponsored.replica_id),
@@ -259,7 +292,7 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
         _fail(str(exc))
     request = JoinRequest(org, name or org, replica_id, applicant.signer.public_key,
                           applicant.client.public_key, applicant.encryption.public_key,
-                          endpoint, client_address, statement, sponsor_org, signature)
+                          endpoint, client_address, statement, sponsor_org, signature, gs1)
     if prepare:
         _prepared(d, request, genesis.chain_id, applicant.key_dir / APPLICATION_FILE, as_json)
         return

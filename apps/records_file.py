@@ -27,8 +27,9 @@ provenance record and a line with "patient" a patient record. Unknown fields are
 provenance fields:
   product     required
   event       required: {events}
-  location, from, to          strings
-  quantity    a whole number >= 0
+  location    required: where it happened (an SGLN in any form, or a site name)
+  from, to    owning parties (a member org, a PGLN, or a name); to: required for shipped
+  quantity    a whole number >= 1
   documents   list of document hashes
   details     object (encrypted; readable by the readers)
   readers     list of organisations
@@ -36,12 +37,13 @@ provenance fields:
 patient fields:
   patient     required: the pseudonymous patient id
   type        required: {types}
-  payload     required: any JSON value (encrypted)
+  payload     required: a FHIR R4 resource or Bundle about Patient/<patient> (encrypted)
   readers     list of organisations
 \b
 Example:
-  {{"kind": "provenance", "product": "lot-7", "event": "shipped", "quantity": 12}}
-  {{"patient": "P-1", "type": "lab-result", "payload": {{"hb": 13.2}}, "readers": ["org1"]}}
+  {{"product": "lot-7", "event": "shipped", "location": "Basel", "to": "org1", "quantity": 12}}
+  {{"patient": "P-1", "type": "encounter", "payload": {{"resourceType": "Encounter",
+    "status": "finished", "class": {{"code": "AMB"}}, "subject": {{"reference": "Patient/P-1"}}}}}}
 """.format(events=", ".join(sorted(PROVENANCE_EVENTS)),
            types=", ".join(sorted(PATIENT_RECORD_TYPES)))
 
@@ -119,8 +121,8 @@ def parse_line(number: int, text: str) -> RecordLine:
             raise BadLine(f"event {event!r} is not one of {', '.join(sorted(PROVENANCE_EVENTS))}")
         quantity = doc.get("quantity")
         if quantity is not None and (not isinstance(quantity, int) or isinstance(quantity, bool)
-                                     or quantity < 0):
-            raise BadLine("'quantity' must be a whole number >= 0")
+                                     or quantity < 1):
+            raise BadLine("'quantity' must be a whole number >= 1")
         details = doc.get("details", {})
         if not isinstance(details, dict):
             raise BadLine("'details' must be a JSON object")
@@ -169,6 +171,7 @@ def build_items(client: Any, records: Sequence[RecordLine]
     that cannot be (a reader that is no member, a field over the ledger's limits, an item
     over the request size) are bad lines too, found before anything is sent."""
     from consortium.client import SubmitError
+    from consortium.client.formats import fhir_record
 
     unknown: dict[str, str] = {}
     own = client.core.identity.org  # every record is sealed for its submitter too
@@ -190,10 +193,13 @@ def build_items(client: Any, records: Sequence[RecordLine]
             continue
         try:
             if r.kind == "provenance":
-                item = client.aio.provenance_item(r.subject, r.event, **r.args)
+                item = client.aio.shorthand_item(r.subject, r.event, **r.args)
             else:
-                item = client.aio.patient_item(r.subject, r.event, r.args["payload"],
-                                               readers=r.readers)
+                rec = fhir_record(r.args["payload"], r.subject)
+                if rec.record_type != r.event:
+                    raise BadLine(f"type {r.event!r}, but the payload is a {rec.record_type} "
+                                  "record")
+                item = client.aio.fhir_item(r.subject, r.args["payload"], readers=r.readers)
         except (SubmitError, ValueError) as exc:
             bad.append((r.line, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
             continue

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consortium.formats.directory import Gs1Directory, MemberGs1
+from consortium.formats.errors import FormatError
 from consortium.ledger.blocks import AGE_MS_MAX_DEFAULT, FUTURE_MS_MAX_DEFAULT, Rules
 from consortium.ledger.membership import JOIN_PENDING_TTL_MS
 from consortium.ledger.membership import validator_client_id as validator_client_id
@@ -22,6 +25,18 @@ from consortium.pbft.params import ProtocolParams
 LEDGER_FORMAT = 2
 """The ledger format this release writes and reads (2: envelopes of items, header-only
 proposals, certified block time); a genesis of another format is refused, never converted."""
+
+
+def _gs1(o: Mapping[str, Any], where: str) -> MemberGs1 | None:
+    raw = o.get("gs1")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: organisation {o.get('id')}: gs1 must be an object")
+    try:
+        return MemberGs1.from_dict({"org": str(o["id"]), **raw})
+    except FormatError as exc:
+        raise ConfigError(f"{where}: organisation {o.get('id')}: gs1: {exc}") from exc
 
 
 class ConfigError(ValueError):
@@ -53,6 +68,9 @@ class OrgInfo:
     name: str
     encryption_key: bytes
     """X25519 public key: record keys are wrapped for it."""
+    gs1: MemberGs1 | None = None
+    """The member's GS1 identity (company prefixes, PGLNs, SGLNs), so EPCIS parties and
+    locations resolve to members; None: it registered none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +181,10 @@ class Genesis:
                             "peer_address": v.peer_address,
                             "client_address": v.client_address} for v in self.validators],
             "organisations": [{"id": o.org_id, "name": o.name,
-                               "encryption_key": o.encryption_key.hex()} for o in self.orgs],
+                               "encryption_key": o.encryption_key.hex(),
+                               **({"gs1": {k: v for k, v in o.gs1.to_dict().items()
+                                           if k != "org"}} if o.gs1 else {})}
+                              for o in self.orgs],
             "clients": [{"id": c.client_id, "org": c.org, "public_key": c.public_key.hex()}
                         for c in self.clients],
             "policy": dataclasses.asdict(self.policy),
@@ -183,7 +204,8 @@ class Genesis:
                                              str(v["peer_address"]), str(v["client_address"]))
                                for v in data["validators"])
             orgs = tuple(OrgInfo(str(o["id"]), str(o.get("name", o["id"])),
-                                 _hex(o["encryption_key"], f"{where}: org key", 32))
+                                 _hex(o["encryption_key"], f"{where}: org key", 32),
+                                 _gs1(o, where))
                          for o in data["organisations"])
             clients = tuple(ClientInfo(str(c["id"]), str(c["org"]),
                                        _hex(c["public_key"], f"{where}: client key", 32))
@@ -219,9 +241,16 @@ class Genesis:
                               "a client")
         try:
             genesis.epoch0()
+            genesis.gs1_directory()
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         return genesis
+
+    def gs1_directory(self, admitted: Iterable[MemberGs1] = ()) -> Gs1Directory:
+        """The members' GS1 identities: genesis', and those of organisations admitted since
+        (`admitted`, from their join requests). Raises FormatError when two claim one
+        prefix or GLN."""
+        return Gs1Directory([*(o.gs1 for o in self.orgs if o.gs1 is not None), *admitted])
 
     @classmethod
     def load(cls, path: Path) -> Genesis:

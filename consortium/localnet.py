@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from consortium.config import ClientInfo, Genesis, OrgInfo, ValidatorInfo
 from consortium.crypto.envelope import OrgKeyPair
 from consortium.crypto.signing import Ed25519Signer
+from consortium.formats.directory import MemberGs1
 from consortium.pbft.params import ProtocolParams
 
 CERT_VALIDITY_DAYS = 825
@@ -110,6 +111,16 @@ def org_id(i: int) -> str:
     return f"org{i}"
 
 
+def local_gs1(org: str, i: int) -> MemberGs1:
+    """A realistic GS1 identity for local organisation `i`: a 7-digit company prefix
+    (4012345, 4013345, ...: the German range GS1's own examples use), its party GLN, and
+    two sites (plant or warehouse .00001, dock .00002). Distinct prefixes of one length, so
+    no member's prefix is the start of another's."""
+    cp = str(4012345 + 1000 * i)
+    return MemberGs1(org, (cp,), (f"urn:epc:id:pgln:{cp}.00000",),
+                     (f"urn:epc:id:sgln:{cp}.00001.0", f"urn:epc:id:sgln:{cp}.00002.0"))
+
+
 ADMISSION_ORG = "admission"
 ADMISSION_CLIENT = "admission-client"
 
@@ -143,7 +154,7 @@ def init(directory: Path, validators: int, *, ports: Ports = Ports(),
                                    f"127.0.0.1:{ports.client_base + i}"))
         enc = OrgKeyPair.generate()
         _write_secret(directory / "orgs" / org / "encryption.key", enc.private_key.hex().encode())
-        orgs.append(OrgInfo(org, f"Organisation {i}", enc.public_key))
+        orgs.append(OrgInfo(org, f"Organisation {i}", enc.public_key, local_gs1(org, i)))
         client = Ed25519Signer.generate()
         _write_secret(directory / "orgs" / org / "client.key", client.seed.hex().encode())
         clients.append(ClientInfo(f"{org}-client", org, client.public_key))

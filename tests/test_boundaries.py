@@ -51,11 +51,23 @@ def test_production_code_does_not_import_the_simulator() -> None:
 
 
 def test_ledger_does_no_network_or_database_io() -> None:
+    """The ledger's rules may use the record formats (the consensus-time EPCIS checks), which
+    are pure functions too (next test)."""
     for path in (ROOT / "ledger").rglob("*.py"):
         bad = {n for n in _imports(path)
                if n.split(".")[0] in {"grpc", "psycopg", "asyncio", "socket", "consortium"}
-               and not n.startswith(("consortium.ledger", "consortium.pbft", "consortium.crypto"))}
+               and not n.startswith(("consortium.ledger", "consortium.pbft", "consortium.crypto",
+                                     "consortium.formats"))}
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_formats_do_no_io_and_know_nothing_of_the_ledger() -> None:
+    for path in (ROOT / "formats").rglob("*.py"):
+        bad = {n for n in _imports(path)
+               if n.split(".")[0] in {"grpc", "psycopg", "asyncio", "socket", "requests",
+                                      "urllib3", "http"}
+               or (n.startswith("consortium") and not n.startswith("consortium.formats"))}
+        assert not bad, f"formats/{path.name} imports {bad}"
 
 
 def test_only_the_codec_imports_generated_code() -> None:

@@ -353,8 +353,12 @@ MALFORMED: dict[str, tuple[list[bytes | None], str]] = {
                        "malformed join transaction: message is truncated"),
     "join type byte only": ([bytes([TxType.JOIN]), _GOOD_STATEMENT],
                             "malformed join transaction: message is truncated"),
-    "join trailing bytes": ([_join_header() + b"\x00", _GOOD_STATEMENT],
-                            "malformed join transaction: trailing bytes"),
+    "join trailing byte (a truncated GS1 identity)": (
+        [_join_header() + b"\x00", _GOOD_STATEMENT],
+        "malformed join transaction: message is truncated"),
+    "join trailing bytes after the GS1 identity": (
+        [_join_header() + b"\x00\x00\x00\x01{\x00", _GOOD_STATEMENT],
+        "malformed join transaction: trailing bytes"),
     "vote approve byte 2": ([_vote_header(2)], "a member vote approves (1) or rejects (0)"),
     "vote approve byte 255": ([_vote_header(255)], "a member vote approves (1) or rejects (0)"),
     "rejection with approval bytes": ([_vote_header(0, b"\x01" * 64)],

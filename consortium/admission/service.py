@@ -61,7 +61,8 @@ from consortium.client.sdk import ConsortiumClient, Identity, SubmitError, Verif
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
-from consortium.formats.directory import EMPTY_DIRECTORY, Gs1Directory
+from consortium.formats.directory import Gs1Directory, MemberGs1
+from consortium.formats.errors import FormatError
 from consortium.ledger.blocks import ACCESS_DENIED
 from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
@@ -303,12 +304,13 @@ class Screener:
 
     def __init__(self, client: ConsortiumClient, reviewer: Reviewer, genesis: Genesis,
                  known_locations: tuple[str, ...] = (), loopback_ok: bool = False,
-                 directory: Gs1Directory = EMPTY_DIRECTORY,
+                 directory: Gs1Directory | None = None,
                  model_per_poll: int = MODEL_PER_POLL) -> None:
         self.client = client
         self.genesis = genesis
-        self.directory = directory
-        """The members' GS1 identities (which member an EPCIS party, site or prefix is)."""
+        self.directory = genesis.gs1_directory() if directory is None else directory
+        """The members' GS1 identities (which member an EPCIS party, site or prefix is):
+        genesis', then those of the join requests approved since (`learn_members`)."""
         self.loopback_ok = loopback_ok
         """A local consortium: validators on loopback addresses are reachable."""
         self.reviewer = reviewer
@@ -423,6 +425,7 @@ class Screener:
             members.setdefault(validator_client_id(p.replica_id), (p.org, bytes(p.validator_key)))
         self.members = members  # one assignment: readers in other threads see old or new
         self.validators = tuple(reply.validators)
+        self._learn_gs1(admitted)
         if self.reviewer.precedents is not None:  # the members' decisions teach the reviewer
             for p in reply.proposals:
                 if p.kind == "join" and p.status in ("approved", "rejected") and p.statement:
@@ -430,6 +433,26 @@ class Screener:
                         f"ledger:{p.proposal_id[:16]}",
                         "approve" if p.status == "approved" else "reject",
                         parse_application(p.statement).statement))
+
+    def _learn_gs1(self, admitted: list[pb.ProposalInfo]) -> None:
+        """Add the GS1 identities admitted members registered with their join requests. One
+        that claims a prefix or GLN a member registered first is left out (logged): the
+        directory answers one member per identifier."""
+        known = {m.org for m in self.directory.members}
+        members = list(self.directory.members)
+        for p in reversed(admitted):  # oldest first: the first claim keeps an identifier
+            if not p.gs1 or p.org in known:
+                continue
+            try:
+                candidate = MemberGs1.from_canonical(p.org, p.gs1.encode())
+                directory = Gs1Directory([*members, candidate])
+            except FormatError as exc:
+                log.warning("an admitted member's GS1 identity is left out", org=p.org,
+                            error=str(exc)[:300])
+                continue
+            members.append(candidate)
+            known.add(p.org)
+            self.directory = directory
 
     def review_joins(self) -> int:
         """Review the join requests on the ledger that have no verdict yet; post the advice
@@ -510,29 +533,38 @@ class Screener:
         return verdict
 
     def _provenance(self, record_id: str) -> tuple[ProvenanceEvent, list[ProvenanceEvent]]:
-        """The record and the earlier events of its lot (ListSubject, every page): the lot's
-        recorded records before this one, decoded from the item views their receipts
-        carry."""
+        """The record and the earlier events of what it concerns (ListSubject, every page, for
+        each of its subjects: an EPCIS event's lots, items, parent and children): the recorded
+        records before this one in ledger order, decoded from the item views their receipts
+        carry. An EPCIS record is read from its public event, a legacy one from its
+        metadata."""
         rec = self.client.get(record_id)
-        entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, rec.subject_id)
-        history: list[ProvenanceEvent] = []
-        for e in entries:
-            if e.target_record_id:
-                continue  # a transaction on a record, not a record
-            r = receipt_from_proto(e.receipt, self.client.core.chain_id)
-            if r.record_id == record_id:
-                break
-            seg0 = _shown(r)[0] if r.status == "recorded" else None
-            if seg0 is None:
-                continue
-            p = decode_public(seg0)
-            history.append(ProvenanceEvent.from_metadata(
-                r.record_id, p.subject_id, p.event_type, p.submitter_org, p.submitted_at_ms,
-                dict(p.metadata), self.directory))
-        event = ProvenanceEvent.from_metadata(record_id, rec.subject_id, rec.event_type,
-                                              rec.submitter_org, rec.submitted_at_ms,
-                                              rec.metadata, self.directory)
-        return event, history
+        found: dict[str, tuple[tuple[int, int, int], ProvenanceEvent]] = {}
+        for subject in (rec.subject_id, *rec.also):
+            entries, _ = self.client.list_subject(RecordKind.PROVENANCE.value, subject)
+            for e in entries:
+                if e.target_record_id:
+                    continue  # a transaction on a record, not a record
+                r = receipt_from_proto(e.receipt, self.client.core.chain_id)
+                if r.record_id == record_id:
+                    break
+                seg0 = _shown(r)[0] if r.status == "recorded" else None
+                if seg0 is None or r.record_id in found:
+                    continue
+                p = decode_public(seg0)
+                found[r.record_id] = ((r.height, r.request_proof.index, r.item_proof.index),
+                                      self._event(r.record_id, p))
+        history = [ev for _, ev in sorted(found.values(), key=lambda x: x[0])]
+        return self._event(record_id, rec), history
+
+    def _event(self, record_id: str, p: Any) -> ProvenanceEvent:
+        """A provenance record's public part (PublicRecord or RecordView) as an event."""
+        if p.document:
+            return ProvenanceEvent.from_public_json(record_id, p.submitter_org,
+                                                    p.submitted_at_ms, p.document)
+        return ProvenanceEvent.from_metadata(record_id, p.subject_id, p.event_type,
+                                             p.submitter_org, p.submitted_at_ms,
+                                             dict(p.metadata), self.directory)
 
     def _patient(self, record_id: str, purpose: str) -> PatientRecordInput:
         """The record's public part; its payload too when the submitter wrapped the key for

@@ -22,8 +22,16 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,8 +50,12 @@ from consortium.client.core import (
     provenance_fields,
     status_code,
 )
+from consortium.client.formats import epcis_record, fhir_record
 from consortium.config import Genesis
 from consortium.crypto import envelope
+from consortium.formats import epcis
+from consortium.formats.directory import Gs1Directory
+from consortium.formats.errors import EpcisError, FormatError
 from consortium.ledger.membership import changed_members
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
@@ -65,6 +77,7 @@ from consortium.wire import Receipt, pb, pb_grpc
 __all__ = [
     "AsyncConsortiumClient",
     "ConsortiumClient",
+    "EpcisSubmission",
     "Identity",
     "Receipt",
     "RecordView",
@@ -73,6 +86,16 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EpcisSubmission:
+    """What `submit_epcis` did: the document index of each submitted event with its result
+    (a verified receipt, or the error of its envelope), and the events left out."""
+
+    indexes: list[int]
+    results: list[VerifiedReceipt | SubmitError]
+    bad: list[epcis.EventError]
 
 ATTEMPT_WAIT_S = 10.0
 """How long one validator may take before the client also tries another (a view change after
@@ -136,6 +159,72 @@ class AsyncConsortiumClient:
         return self.core.record_item(RecordKind.PROVENANCE, product, event, meta, payload,
                                      readers, also=also, document=document)
 
+    def epcis_item(self, event: epcis.Event, *, readers: Sequence[str] = (),
+                   private: Mapping[str, Any] | None = None) -> bytes:
+        """One sealed provenance record of a validated EPCIS event: the public document is the
+        event (its private-namespace fields and `private` go into the encrypted payload; see
+        client/formats.py). Raises EpcisError or SubmitError (one line)."""
+        rec = epcis_record(event, private)
+        return self.core.record_item(RecordKind.PROVENANCE, rec.subject_id, rec.event_type, {},
+                                     rec.payload, readers, also=rec.also, document=rec.document)
+
+    def shorthand_item(self, product: str, event: str, *, location: str | None,
+                       custodian_from: str | None = None, custodian_to: str | None = None,
+                       quantity: int | None = None, documents: Sequence[str] = (),
+                       details: Mapping[str, Any] | None = None, disposition: str | None = None,
+                       readers: Sequence[str] = (), event_time_ms: int | None = None) -> bytes:
+        """`submit provenance`'s flags as one EPCIS ObjectEvent (formats/shorthand.py: event ->
+        bizStep and disposition, from/to -> owning parties, location -> bizLocation, which is
+        required). `details` is encrypted. Raises FormatError naming the flag."""
+        at_ms = int(time.time() * 1000) if event_time_ms is None else event_time_ms
+        ev = epcis.object_event_from_shorthand(
+            product, event, custodian_from, custodian_to, location, quantity,
+            submitter_org=self.core.identity.org, event_time_ms=at_ms,
+            directory=self.directory, disposition=disposition, documents=documents)
+        return self.epcis_item(ev, readers=readers, private=details)
+
+    def epcis_items(self, data: bytes | str | Mapping[str, Any], *,
+                    readers: Sequence[str] = (), skip_invalid: bool = False
+                    ) -> tuple[list[tuple[int, bytes]], list[epcis.EventError]]:
+        """Validate an EPCIS document and seal each good event: ((index, item) in document
+        order, the bad events by index with the reason). Without `skip_invalid`, any bad
+        event raises EpcisDocumentError before anything is sealed (nothing of a bad document
+        is half-submitted). Raises EpcisError when the document itself is unreadable."""
+        good, bad = epcis.validate_document(data, self.directory.prefix_length)
+        if bad and not skip_invalid:
+            raise epcis.EpcisDocumentError(bad, len(good) + len(bad))
+        items: list[tuple[int, bytes]] = []
+        limit = self.core.envelope_bytes_max
+        for index, event in good:
+            try:
+                item = self.epcis_item(event, readers=readers)
+                if len(item) > limit:
+                    raise EpcisError(f"the sealed record is {len(item)} bytes, over the "
+                                     f"request size limit ({limit} bytes)")
+            except (FormatError, SubmitError) as exc:
+                bad.append(epcis.EventError(index, f"event {index}: {exc}"))
+                continue
+            items.append((index, item))
+        bad.sort(key=lambda e: e.index)
+        if bad and not skip_invalid:
+            raise epcis.EpcisDocumentError(bad, len(good) + len(bad) - len(items))
+        return items, bad
+
+    def fhir_item(self, patient: str, data: bytes | str | Mapping[str, Any], *,
+                  readers: Sequence[str] = ()) -> bytes:
+        """One sealed patient record of a FHIR R4 resource or Bundle, validated before it is
+        encrypted (validators only see ciphertext); public metadata: resource types and code
+        systems. Raises FhirError (one line, naming the path) or SubmitError."""
+        rec = fhir_record(data, patient)
+        return self.core.record_item(RecordKind.PATIENT, patient, rec.record_type, rec.metadata,
+                                     rec.payload, readers)
+
+    @functools.cached_property
+    def directory(self) -> Gs1Directory:
+        """The genesis members' GS1 identities: where a Digital Link's company prefix ends,
+        and how the shorthand names a member (its PGLN)."""
+        return self.core.genesis.gs1_directory()
+
     def patient_item(self, patient: str, record_type: str, payload: bytes, *,
                      readers: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
         return self.core.record_item(RecordKind.PATIENT, patient, record_type, metadata or {},
@@ -158,6 +247,23 @@ class AsyncConsortiumClient:
         await self.ensure_readers(readers)
         return await self.submit_item(self.patient_item(patient, record_type, payload,
                                                         readers=readers, metadata=metadata))
+
+    async def submit_epcis(self, data: bytes | str | Mapping[str, Any], *,
+                           readers: Sequence[str] = (), skip_invalid: bool = False,
+                           on_progress: Callable[[int], None] | None = None
+                           ) -> EpcisSubmission:
+        """Validate an EPCIS document, then submit its events in envelopes (streamed); see
+        `epcis_items` for what happens to bad events."""
+        await self.ensure_readers(readers)
+        items, bad = self.epcis_items(data, readers=readers, skip_invalid=skip_invalid)
+        results = await self.submit_many([i for _, i in items], on_progress=on_progress) \
+            if items else []
+        return EpcisSubmission([i for i, _ in items], results, bad)
+
+    async def submit_fhir(self, patient: str, data: bytes | str | Mapping[str, Any], *,
+                          readers: Sequence[str] = ()) -> VerifiedReceipt:
+        await self.ensure_readers(readers)
+        return await self.submit_item(self.fhir_item(patient, data, readers=readers))
 
     async def submit_item(self, item: bytes) -> VerifiedReceipt:
         """Submit one item; concurrent calls share envelopes (see the module docstring)."""
@@ -737,6 +843,13 @@ class ConsortiumClient:
 
     def submit_item(self, item: bytes) -> VerifiedReceipt:
         return self._run(self.aio.submit_item(item))
+
+    def submit_epcis(self, data: bytes | str | Mapping[str, Any], **kw: Any) -> EpcisSubmission:
+        return self._run(self.aio.submit_epcis(data, **kw))
+
+    def submit_fhir(self, patient: str, data: bytes | str | Mapping[str, Any], *,
+                    readers: Sequence[str] = ()) -> VerifiedReceipt:
+        return self._run(self.aio.submit_fhir(patient, data, readers=readers))
 
     def submit_tx(self, tx: RecordTx | GovernanceTx) -> VerifiedReceipt:
         return self._run(self.aio.submit_tx(tx))

@@ -12,12 +12,16 @@ to None, and the event still stands.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from consortium.formats import gs1
 from consortium.formats.errors import FormatError
 from consortium.formats.private_ids import PRIVATE_PREFIX, PrivateRole, parse_private, private_uri
+
+IDENTITY_BYTES_MAX = 4096
+"""Largest GS1 identity a join request may carry (a few prefixes and a few dozen sites)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,39 @@ class MemberGs1:
 
         return cls(str(d.get("org", "")), strings("company_prefixes"), strings("pglns"),
                    strings("sglns"))
+
+    def canonical(self) -> bytes:
+        """The identity as a join request carries it: canonical JSON without the org (the
+        request names it), EPC URNs, empty when the member registers nothing."""
+        if not (self.company_prefixes or self.pglns or self.sglns):
+            return b""
+        body = {k: v for k, v in self.to_dict().items() if k != "org"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_canonical(cls, org: str, data: bytes) -> MemberGs1:
+        """What every validator reads from a join request: `canonical()` bytes and nothing
+        else (EPC URNs only, so no library or prefix table takes part; one identity, one
+        encoding). Raises FormatError with a one-line reason."""
+        if not data:
+            return cls(org)
+        if len(data) > IDENTITY_BYTES_MAX:
+            raise FormatError(f"a GS1 identity is at most {IDENTITY_BYTES_MAX} bytes")
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError):
+            raise FormatError("the GS1 identity is not JSON") from None
+        if not isinstance(raw, dict) or set(raw) != {"company_prefixes", "pglns", "sglns"}:
+            raise FormatError("the GS1 identity has exactly company_prefixes, pglns, sglns")
+        for key in ("pglns", "sglns"):
+            for v in raw[key] if isinstance(raw[key], list) else ():
+                if not isinstance(v, str) or not v.startswith("urn:epc:id:"):
+                    raise FormatError(f"{key}: {v!r} is not an EPC URN")
+        member = cls.from_dict({"org": org, **raw})
+        if member.canonical() != data:
+            raise FormatError("the GS1 identity is not in canonical form "
+                              "(MemberGs1.canonical(): sorted keys, no whitespace, EPC URNs)")
+        return member
 
 
 class Gs1Directory:

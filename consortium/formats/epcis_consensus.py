@@ -52,16 +52,18 @@ def event_from_public_json(data: bytes) -> Event:
 
 
 def check_event_at_consensus(event_public_json: bytes, block_time_ms: int,
-                             clock_skew_ms: int) -> None:
-    """Raise EpcisError (one line) when a validator must refuse the record; return None when
-    the public part is acceptable. Deterministic: same bytes and times, same outcome."""
+                             clock_skew_ms: int) -> Event:
+    """Raise EpcisError (one line) when a validator must refuse the record; return the event
+    when the public part is acceptable. Deterministic: same bytes and times, same outcome."""
     event = event_from_public_json(event_public_json)
     latest_ms = block_time_ms + clock_skew_ms
     if event.event_time_ms > latest_ms:
         raise EpcisError(f"eventTime {format_time_ms(event.event_time_ms)} is later than the "
                          f"block time plus the clock skew ({format_time_ms(latest_ms)})")
+    return event
     declared = event.error_declaration
     if declared is not None and declared.declaration_time_ms > latest_ms:
         raise EpcisError(f"errorDeclaration.declarationTime "
                          f"{format_time_ms(declared.declaration_time_ms)} is later than the "
                          f"block time plus the clock skew ({format_time_ms(latest_ms)})")
+    return event

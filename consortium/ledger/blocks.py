@@ -30,7 +30,12 @@ from consortium.crypto.merkle import InclusionProof, MerkleTree, merkle_root
 from consortium.crypto.signing import Verifier
 from consortium.ledger import membership as ms
 from consortium.ledger.items import Item, ItemView, digest_of, record_id
-from consortium.ledger.records import RecordKind, Submission, submission_from_segments
+from consortium.ledger.records import (
+    RecordKind,
+    Submission,
+    document_problem,
+    submission_from_segments,
+)
 from consortium.ledger.transactions import (
     GOVERNANCE_TYPES,
     JOIN_DECISIONS,
@@ -421,7 +426,7 @@ def _item_problem(client_id: str, sender: str | None, applicant: bool, p: Parsed
         if -ahead > rules.age_ms_max:
             return (f"submitted_at_ms is {-ahead // 1000} s before the block time (limit "
                     f"{rules.age_ms_max // 1000} s)")
-    return ""
+    return document_problem(sub, proposed_ms, rules.future_ms_max)
 
 
 def stored_request(env: Envelope, items: Sequence[Item]) -> m.Request:

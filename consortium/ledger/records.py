@@ -27,6 +27,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from consortium.formats import cbv
+from consortium.formats.epcis_consensus import check_event_at_consensus, event_from_public_json
+from consortium.formats.errors import FormatError
 from consortium.ledger.transactions import (
     CONTROL_CHARACTER,
     WRAPPED_KEY_BYTES,
@@ -55,6 +58,11 @@ class RecordKind(enum.StrEnum):
 
 PROVENANCE_EVENTS = frozenset({"manufactured", "shipped", "received", "inspected", "recalled",
                                "destroyed"})
+"""Event types of a legacy provenance record (free-form metadata, no public document)."""
+EPCIS_EVENT_TYPES = cbv.BIZ_STEPS
+"""Event types of a provenance record whose public document is an EPCIS event: its CBV bizStep
+(blocks.py checks at consensus time that the document says the same)."""
+_PROVENANCE_TYPES = PROVENANCE_EVENTS | EPCIS_EVENT_TYPES
 PATIENT_RECORD_TYPES = frozenset({"lab-result", "prescription", "encounter", "imaging"})
 
 
@@ -87,7 +95,8 @@ class Submission:
     """A public document (canonical JSON), empty when none."""
 
     def __post_init__(self) -> None:
-        allowed = PROVENANCE_EVENTS if self.kind is RecordKind.PROVENANCE else PATIENT_RECORD_TYPES
+        allowed = _PROVENANCE_TYPES if self.kind is RecordKind.PROVENANCE \
+            else PATIENT_RECORD_TYPES
         if self.event_type not in allowed:
             raise InvalidRecord(f"{self.kind.value} records take event types "
                                 f"{', '.join(sorted(allowed))}; got {self.event_type!r}")
@@ -144,6 +153,39 @@ class Submission:
     def encode(self) -> bytes:
         return encode_segments([self.associated_data(), self.ciphertext,
                                 *(key_segment(org, key) for org, key in self.wrapped_keys)])
+
+
+def document_problem(sub: Submission, block_ms: int, clock_skew_ms: int) -> str:
+    """Why a record's public EPCIS event must be refused, judged from the record alone and the
+    block's time (the same on every validator: formats/epcis_consensus.py reads EPC URNs only,
+    no library, no clock); "" when it may stand. Checked: a provenance record is either legacy
+    (a legacy event type, no document) or EPCIS (its event type is the document's bizStep, its
+    subjects are exactly the event's identifiers, so the ledger indexes what the event says);
+    the event is canonical and valid (GS1 identifiers, CBV bizStep and disposition and their
+    consistency, required fields); it is not later than the block time plus the clock skew
+    (`block_ms` 0: no block time to judge against, as the time rules above).
+    What needs history or judgement (custody, quantities, recalls) is the admission
+    service's."""
+    if not sub.document:
+        if sub.event_type in EPCIS_EVENT_TYPES:
+            return (f"event type {sub.event_type!r} is an EPCIS bizStep: the record needs its "
+                    "event as public document")
+        return ""
+    if sub.kind is not RecordKind.PROVENANCE:
+        return "only provenance records carry a public document (an EPCIS event)"
+    try:
+        event = check_event_at_consensus(sub.document, block_ms, clock_skew_ms) if block_ms \
+            else event_from_public_json(sub.document)
+    except FormatError as exc:
+        return f"EPCIS event: {str(exc).removeprefix('event 0: ')}"
+    if sub.event_type != event.biz_step:
+        return (f"event type {sub.event_type!r} differs from the event's bizStep "
+                f"{event.biz_step!r}")
+    ids = event.identifiers()
+    if sub.subjects != ids:
+        return ("the record's subjects are not the event's identifiers (main subject the "
+                "first, the others in `also`, sorted)")
+    return ""
 
 
 def check_subjects(subject_id: str, also: tuple[str, ...]) -> None:

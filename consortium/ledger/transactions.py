@@ -20,10 +20,8 @@ for each reader, or the key a grant wraps for a new reader.
     vote    seg0 = 9 | proposal_id:32 | approve:u8 | from_epoch:u32 | approval:64
     remove  seg0 = 10 | replica_id:u32 | reason:text
 
-A `RequestView` is a signed request with some segments replaced by their hashes. Its digest is
-the request's digest, so its client signature and Merkle inclusion verify exactly as the full
-request's do. Validators serve views to clients (blocks never expose key material, so reading
-a key always goes through the access rules) and keep views in place of erased requests.
+Withheld segments (an erased payload shown by its hash) are handled item by item: see
+`ledger.items`.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from dataclasses import dataclass, replace
 
 from consortium.crypto.hashing import DIGEST_BYTES, tagged_hash
 from consortium.crypto.signing import SIGNATURE_BYTES, Signer
-from consortium.pbft import messages as m
+from consortium.formats.directory import MemberGs1
+from consortium.formats.errors import FormatError
 from consortium.pbft.codec import DecodeError, Reader, Writer
 from consortium.pbft.payload import (
-    digest_of_segment_hashes,
     encode_segments,
-    segment_hash,
-    split_segments,
 )
 
 TEXT_BYTES_MAX = 256
@@ -49,7 +45,6 @@ CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 character (every text field of every record is checked on every validator)."""
 WRAPPED_KEY_BYTES = 80
 """A 32-byte record key in a libsodium sealed box (32-byte ephemeral key + 16-byte MAC)."""
-VIEW_VERSION = 1
 
 
 class TxType(enum.IntEnum):
@@ -338,6 +333,10 @@ class JoinRequest:
     """The member organisation that vouches for the applicant ("" : none, refused)."""
     sponsorship: bytes = b""
     """The sponsor's client-key signature (64 bytes; empty: none)."""
+    gs1: bytes = b""
+    """The applicant's GS1 identity (company prefixes, PGLNs, SGLNs of its sites) as
+    `formats.directory.MemberGs1.canonical()` bytes; empty: none registered. Public, so the
+    custody rules can tell which member an EPCIS party or location is once it is admitted."""
 
     def segments(self) -> list[bytes]:
         w = Writer()
@@ -352,6 +351,8 @@ class JoinRequest:
         w.text(self.client_address)
         w.text(self.sponsor)
         w.fixed(self.sponsorship or bytes(SIGNATURE_BYTES))
+        if self.gs1:  # a trailing optional field: requests without one encode as before
+            w.blob(self.gs1)
         return [w.getvalue(), self.statement.encode()]
 
 
@@ -360,9 +361,12 @@ def sponsorship_signing_bytes(chain_id: bytes, tx: JoinRequest) -> bytes:
     validator id, with which keys, sponsored by whom, on which chain. Not the endpoints (an
     applicant may move its servers without asking again) nor the statement (the applicant's
     own words, which a block view may withhold)."""
-    return tagged_hash(b"consortium/join-sponsorship", chain_id, tx.sponsor.encode(),
-                       tx.org.encode(), tx.name.encode(), tx.replica_id.to_bytes(4, "big"),
-                       tx.validator_key, tx.client_key, tx.encryption_key)
+    parts = [chain_id, tx.sponsor.encode(), tx.org.encode(), tx.name.encode(),
+             tx.replica_id.to_bytes(4, "big"), tx.validator_key, tx.client_key,
+             tx.encryption_key]
+    if tx.gs1:  # the sponsor vouches for the GS1 identity too
+        parts.append(tx.gs1)
+    return tagged_hash(b"consortium/join-sponsorship", *parts)
 
 
 def sponsor_join(tx: JoinRequest, sponsor: str, signer: Signer, chain_id: bytes) -> JoinRequest:
@@ -449,6 +453,18 @@ def _check_statement(raw: bytes) -> str:
     return text
 
 
+def _check_gs1(org: str, data: bytes, present: bool) -> None:
+    """A join request's GS1 identity: absent, or `MemberGs1.canonical()` bytes (never an
+    empty blob: one request, one encoding)."""
+    if present and not data:
+        raise InvalidTransaction("an empty GS1 identity is written by leaving it out")
+    if data:
+        try:
+            MemberGs1.from_canonical(org, data)
+        except FormatError as exc:
+            raise InvalidTransaction(f"GS1 identity: {exc}") from None
+
+
 def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
     """Parse a join request, member vote or removal proposal. Raises InvalidTransaction."""
     if not segments or segments[0] is None:
@@ -462,6 +478,8 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
             keys = [rd.fixed(32) for _ in range(3)]
             peer, client = rd.text(), rd.text()
             sponsor, sponsorship = rd.text(), rd.fixed(SIGNATURE_BYTES)
+            has_gs1 = not rd.at_end()
+            gs1 = rd.blob() if has_gs1 else b""
             rd.end()
             if len(segments) != 2:
                 raise InvalidTransaction("a join request has 2 segments")
@@ -478,9 +496,11 @@ def decode_governance_tx(segments: list[bytes | None]) -> GovernanceTx:
                 raise InvalidTransaction("replica id out of range")
             raw = segments[1]
             statement = "" if raw is None else _check_statement(raw)
+            _check_gs1(org, gs1, present=has_gs1)
             return JoinRequest(org, name, replica_id, keys[0], keys[1], keys[2], peer, client,
                                statement, sponsor,
-                               b"" if sponsorship == bytes(SIGNATURE_BYTES) else sponsorship)
+                               b"" if sponsorship == bytes(SIGNATURE_BYTES) else sponsorship,
+                               gs1)
         if kind is TxType.MEMBER_VOTE:
             proposal_id = rd.fixed(DIGEST_BYTES).hex()
             approve, from_epoch, approval = rd.u8(), rd.u32(), rd.fixed(APPROVAL_BYTES)
@@ -522,131 +542,3 @@ def target_of(tx: Tx) -> str | None:
     if isinstance(tx, JoinRequest | RemoveRequest):
         return None
     return tx.record_id
-
-
-# -------------------------------------------------------------------------------- views
-
-@dataclass(frozen=True, slots=True)
-class Withheld:
-    """A payload segment shown only by its hash."""
-
-    hash: bytes
-
-
-Segment = bytes | Withheld
-
-
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """A signed request with some payload segments withheld (see the module docstring).
-
-    `raw` holds a raw (unsegmented) payload, which is never withheld; otherwise `segments`."""
-
-    client_id: str
-    nonce: int
-    kind: m.RequestKind
-    signature: bytes
-    segments: tuple[Segment, ...]
-    raw: bytes | None = None
-
-    @classmethod
-    def of(cls, r: m.Request, keep: frozenset[int] | None = None) -> RequestView:
-        """The view of a full request showing segment 0 and the segments in `keep` (all of
-        them when keep is None)."""
-        segs = split_segments(r.payload)
-        if segs is None:
-            return cls(r.client_id, r.nonce, r.kind, r.signature, (), r.payload)
-        shown: list[Segment] = [
-            s if i == 0 or keep is None or i in keep else Withheld(segment_hash(s))
-            for i, s in enumerate(segs)]
-        return cls(r.client_id, r.nonce, r.kind, r.signature, tuple(shown))
-
-    def withhold(self, keep: frozenset[int]) -> RequestView:
-        """This view with every segment but 0 and `keep` withheld."""
-        if self.raw is not None:
-            return self
-        shown = tuple(s if i == 0 or i in keep or isinstance(s, Withheld)
-                      else Withheld(segment_hash(s)) for i, s in enumerate(self.segments))
-        return RequestView(self.client_id, self.nonce, self.kind, self.signature, shown)
-
-    @property
-    def digest(self) -> bytes:
-        if self.raw is not None:
-            return m.request_digest(self.client_id, self.nonce, self.kind, self.raw)
-        hashes = [s.hash if isinstance(s, Withheld) else segment_hash(s) for s in self.segments]
-        return m.request_digest_from(self.client_id, self.nonce, self.kind,
-                                     digest_of_segment_hashes(hashes))
-
-    @property
-    def record_id(self) -> str:
-        return self.digest.hex()
-
-    @property
-    def complete(self) -> bool:
-        return not any(isinstance(s, Withheld) for s in self.segments)
-
-    def present(self) -> list[bytes | None]:
-        """Segments with withheld ones as None."""
-        return [None if isinstance(s, Withheld) else s for s in self.segments]
-
-    def to_request(self) -> m.Request:
-        """The full request (only for a complete view)."""
-        if self.raw is not None:
-            return m.Request(self.client_id, self.nonce, self.kind, self.raw, self.signature)
-        if not self.complete:
-            raise ValueError("a view with withheld segments is not a full request")
-        return m.Request(self.client_id, self.nonce, self.kind,
-                         encode_segments([s for s in self.segments if isinstance(s, bytes)]),
-                         self.signature)
-
-    def encode(self) -> bytes:
-        w = Writer()
-        w.u8(VIEW_VERSION)
-        w.text(self.client_id)
-        w.u64(self.nonce)
-        w.u8(int(self.kind))
-        w.fixed(self.signature)
-        if self.raw is not None:
-            w.u8(0)
-            w.blob(self.raw)
-            return w.getvalue()
-        w.u8(1)
-        w.u32(len(self.segments))
-        for s in self.segments:
-            if isinstance(s, Withheld):
-                w.u8(0)
-                w.fixed(s.hash)
-            else:
-                w.u8(1)
-                w.blob(s)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes) -> RequestView:
-        """Raises DecodeError on malformed bytes."""
-        rd = Reader(data)
-        if rd.u8() != VIEW_VERSION:
-            raise DecodeError("unsupported request view version")
-        client_id, nonce, kind_raw = rd.text(), rd.u64(), rd.u8()
-        signature = rd.fixed(SIGNATURE_BYTES)
-        try:
-            kind = m.RequestKind(kind_raw)
-        except ValueError as exc:
-            raise DecodeError(f"bad request kind {kind_raw}") from exc
-        form = rd.u8()
-        if form == 0:
-            raw = rd.blob()
-            rd.end()
-            return cls(client_id, nonce, kind, signature, (), raw)
-        if form != 1:
-            raise DecodeError("bad request view form")
-        segs: list[Segment] = []
-        for _ in range(rd.count()):
-            shown = rd.u8()
-            if shown > 1:  # only 0 and 1 encode: one view, one encoding
-                raise DecodeError("bad request view segment flag")
-            segs.append(rd.blob() if shown else Withheld(rd.fixed(DIGEST_BYTES)))
-        rd.end()
-        if not segs or isinstance(segs[0], Withheld):
-            raise DecodeError("a request view always shows segment 0")
-        return cls(client_id, nonce, kind, signature, tuple(segs))

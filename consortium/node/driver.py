@@ -10,7 +10,9 @@ phases:
    persisted before each in the same transaction), stable checkpoints, state transfer;
 2. then everything that speaks: sends to peers, timers, answers to clients.
 So nothing leaves the process before what it commits to is on disk ("durability before
-speech"), and a crash at any point recovers from storage without equivocating.
+speech"), and a crash at any point recovers from storage without equivocating. A round that
+only executes does not wait for the disk to store its blocks: what they rest on (this replica's
+votes, the batches) is durable already, so blocks a crash loses are executed again.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ class DriverStorage(Protocol):
     async def membership(self) -> ms.MembershipState: ...
 
     async def append_blocks(self, blocks: Sequence[Block], *,
-                            also_persist: Sequence[m.SignedMessage] = ()) -> None: ...
+                            also_persist: Sequence[m.SignedMessage] = (),
+                            wait_for_disk: bool = True) -> None:
+        """Store executed blocks and persist messages, atomically. `wait_for_disk=False`
+        (never with messages) may return before the write is on disk: a crash may then lose
+        the last blocks so written, whole, and nothing written before them."""
 
     async def persist_messages(self, msgs: Sequence[m.SignedMessage]) -> None: ...
 
@@ -152,7 +158,11 @@ class Driver:
         async def flush() -> None:
             nonlocal pending, blocks
             if blocks:
-                await self.storage.append_blocks(blocks, also_persist=pending)
+                # Blocks alone need not wait for the disk: what they commit to (this replica's
+                # votes, the batch) is durable already, so a crash that loses them is made good
+                # by executing again. Messages always wait: they are about to be sent.
+                await self.storage.append_blocks(blocks, also_persist=pending,
+                                                 wait_for_disk=bool(pending))
                 self.ledger.head = blocks[-1].header
                 self.host.committed(blocks)
             elif pending:

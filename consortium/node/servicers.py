@@ -517,7 +517,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                     p.kind, p.status, p.recorded_ms, block_ms, ttl_ms) else p.status,
                 height=p.height, decided_height=p.decided_height or 0,
                 validator_key=p.validator_key, client_key=p.client_key,
-                encryption_key=p.encryption_key, sponsor=p.sponsor,
+                encryption_key=p.encryption_key, sponsor=p.sponsor, gs1=p.gs1.decode(),
                 expires_ms=ms.join_expires_ms(p.recorded_ms, ttl_ms) if p.kind == "join" else 0,
                 verdicts=[pb.VerdictInfo(decision=d, risk_milli=r) for d, r in p.verdicts],
                 votes=[pb.MemberVoteInfo(epoch=x.epoch, replica_id=x.replica_id,

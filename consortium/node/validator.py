@@ -580,8 +580,10 @@ class _Storage:
         return await self._reads.membership()
 
     async def append_blocks(self, blocks: Sequence[Block], *,
-                            also_persist: Sequence[m.SignedMessage] = ()) -> None:
-        await self._store.append_blocks(blocks, also_persist=also_persist)
+                            also_persist: Sequence[m.SignedMessage] = (),
+                            wait_for_disk: bool = True) -> None:
+        await self._store.append_blocks(blocks, also_persist=also_persist,
+                                        wait_for_disk=wait_for_disk)
 
     async def persist_messages(self, msgs: Sequence[m.SignedMessage]) -> None:
         await self._store.persist_messages(msgs)

@@ -115,6 +115,10 @@ class Reader:
     def items(self, read: Callable[[], T]) -> tuple[T, ...]:
         return tuple(read() for _ in range(self.count()))
 
+    def at_end(self) -> bool:
+        """Nothing left to read (a trailing optional field is absent)."""
+        return self._pos == len(self._buf)
+
     def end(self) -> None:
         if self._pos != len(self._buf):
             raise DecodeError("trailing bytes after message")

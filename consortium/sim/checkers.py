@@ -45,6 +45,11 @@ class SafetyChecker:
             self._violate(f"equivocation: replica {replica_id} signed two {key[1]}s for epoch "
                           f"{b.epoch} view {b.view} seq {b.seq}")
 
+    def forget(self, replica_id: int, keys: list[tuple[str, int]]) -> None:
+        """A replica lost executions that were not yet on disk (a crash): it will execute
+        those requests again, at the same sequence numbers (`executed_at` still holds them)."""
+        self.per_replica.get(replica_id, set()).difference_update(keys)
+
     def on_execute(self, replica_id: int, a: ev.Execute,
                    submitted: dict[tuple[str, int], bytes], config: EpochConfig) -> None:
         """`config` is the validator set of the epoch the batch executed in."""

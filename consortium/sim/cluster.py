@@ -21,7 +21,7 @@ from typing import Any
 
 from consortium.crypto.signing import CachingVerifier, Ed25519Signer, Ed25519Verifier, Verifier
 from consortium.ledger import membership as ms
-from consortium.ledger.blocks import Block, ClientOrgs, Rules, Screening
+from consortium.ledger.blocks import Block, ClientOrgs, EnvelopeStatus, Rules, Screening
 from consortium.ledger.items import record_id
 from consortium.ledger.records import RecordKind, Submission
 from consortium.ledger.transactions import WRAPPED_KEY_BYTES, Grant, encode_tx
@@ -294,6 +294,11 @@ class Simulation:
         if node.replica is None:
             return
         self.log(f"CRASH replica {i}")
+        if node.storage is not None:
+            for b in node.storage.lose_volatile():
+                self.log(f"LOST r{i}'s block {b.header.height} (not yet on disk)")
+                self.safety.forget(i, [env.key for env in b.envelopes
+                                       if env.status != EnvelopeStatus.DUPLICATE])
         node.replica = None
         node.driver = None
         node.timers.clear()

@@ -67,6 +67,8 @@ class SimStorage:
         self.messages: list[m.SignedMessage] = []
         self.snapshot: m.Snapshot | None = None
         self.snapshot_proof: tuple[m.SignedMessage, ...] = ()
+        self.volatile = 0
+        """How many of the last blocks were written without waiting for the disk."""
         self.crash: Callable[[str], None] = lambda point: None
         self.on_durable: Callable[[Sequence[Block]], None] = lambda blocks: None
         """Called with blocks once they are durable (the simulation's ledger checker)."""
@@ -88,25 +90,28 @@ class SimStorage:
         return self.state.membership()
 
     async def append_blocks(self, blocks: Sequence[Block], *,
-                            also_persist: Sequence[m.SignedMessage] = ()) -> None:
+                            also_persist: Sequence[m.SignedMessage] = (),
+                            wait_for_disk: bool = True) -> None:
         self.crash("before appending blocks")
         self.messages.extend(also_persist)
         self._add(blocks)
-        stored = self.height  # a stored block holds its batch: the log keeps the header
-        self.messages = [dataclasses.replace(x, batch=None)
-                         if x.batch is not None and isinstance(x.body, m.PrePrepare)
-                         and x.body.seq <= stored else x for x in self.messages]
+        if wait_for_disk or also_persist:
+            self._on_disk()
+        else:
+            self.volatile += len(blocks)  # a crash before the next waiting write loses them
         self.crash("after appending blocks")
 
     async def persist_messages(self, msgs: Sequence[m.SignedMessage]) -> None:
         self.crash("before persisting messages")
         self.messages.extend(msgs)
+        self._on_disk()
         self.crash("after persisting messages")
 
     async def persist_snapshot(self, snapshot: m.Snapshot,
                                proof: Sequence[m.SignedMessage]) -> None:
         self.crash("before persisting a checkpoint")
         self.snapshot, self.snapshot_proof = snapshot, tuple(proof)
+        self._on_disk()
 
         def keep(msg: m.SignedMessage) -> bool:
             b = msg.body
@@ -126,7 +131,33 @@ class SimStorage:
         """Blocks fetched from a peer and verified (the store's `install_blocks`)."""
         self.crash("before installing fetched blocks")
         self._add(blocks)
+        self._on_disk()
         self.crash("after installing fetched blocks")
+
+    def _on_disk(self) -> None:
+        """A write that waited for the disk: everything written before it is durable too (the
+        WAL is flushed in order). Stored blocks hold their batches: the log keeps headers."""
+        self.volatile = 0
+        stored = self.height
+        self.messages = [dataclasses.replace(x, batch=None)
+                         if x.batch is not None and isinstance(x.body, m.PrePrepare)
+                         and x.body.seq <= stored else x for x in self.messages]
+
+    def lose_volatile(self) -> list[Block]:
+        """The machine died: blocks written without waiting for the disk since the last
+        write that waited are gone (the ledger state is rebuilt from what remains). Returns
+        the lost blocks."""
+        if not self.volatile:
+            return []
+        kept = self.blocks[:len(self.blocks) - self.volatile]
+        lost = self.blocks[len(kept):]
+        self.volatile = 0
+        self.blocks = []
+        self.state = LedgerState(self.state.initial_screening)
+        for b in kept:
+            self.blocks.append(b)
+            self.state.apply(b)
+        return lost
 
     def _add(self, blocks: Sequence[Block]) -> None:
         for b in blocks:

@@ -24,7 +24,9 @@ from consortium.ledger.membership import MembershipState, Proposal, Vote
 from consortium.ledger.records import RecordKind
 from consortium.ledger.transactions import (
     InvalidTransaction,
+    JoinRequest,
     TxType,
+    decode_governance_tx,
     decode_record_tx,
     parse_key_segment,
 )
@@ -94,6 +96,18 @@ def item_segments(data: bytes, redacted: bool) -> list[bytes | None]:
     if segs is None:
         raise StoreCorrupted("a stored record item is not segmented")
     return list(segs)
+
+
+def _join_gs1(item: bytes | None, redacted: bool) -> bytes:
+    """The GS1 identity a stored join request carries (its public header, never withheld)."""
+    if item is None:
+        return b""
+    header = item_segments(bytes(item), redacted)[0]
+    try:
+        tx = decode_governance_tx([header, None])
+    except InvalidTransaction as exc:
+        raise StoreCorrupted(f"a stored join request does not decode: {exc}") from exc
+    return tx.gs1 if isinstance(tx, JoinRequest) else b""
 
 
 class LedgerReader:
@@ -478,16 +492,19 @@ class LedgerReader:
                 "p.decided_height, p.validator_key, p.client_key, p.encryption_key, "
                 "coalesce((SELECT array_agg(v.decision || ':' || v.risk_milli ORDER BY "
                 "v.height, v.idx) FROM verdicts v WHERE v.record_id = p.proposal_id), '{}'), "
-                "p.sponsor, p.recorded_ms FROM proposals p ORDER BY p.height DESC, p.idx DESC")
+                "p.sponsor, p.recorded_ms, e.item, e.redacted FROM proposals p "
+                "LEFT JOIN entries e ON e.record_id = p.proposal_id "
+                "ORDER BY p.height DESC, p.idx DESC")
             rows = await cur.fetchall()
         state = await self.membership()
         out = []
         for (pid, kind, rid, org, name, peer, client, statement, reason, status, height,
-             decided, vk, ck, ek, verdicts, sponsor, recorded_ms) in rows:
+             decided, vk, ck, ek, verdicts, sponsor, recorded_ms, item, redacted) in rows:
             out.append(StoredProposal(
                 str(pid), str(kind), int(rid), str(org), str(name), str(peer), str(client),
                 str(statement), str(reason), str(status), int(height),
                 None if decided is None else int(decided), bytes(vk), bytes(ck), bytes(ek),
                 [(str(v).rsplit(":", 1)[0], int(str(v).rsplit(":", 1)[1])) for v in verdicts],
-                list(state.proposals[str(pid)].votes), str(sponsor), int(recorded_ms)))
+                list(state.proposals[str(pid)].votes), str(sponsor), int(recorded_ms),
+                _join_gs1(item, bool(redacted)) if kind == "join" else b""))
         return out

@@ -194,3 +194,5 @@ class StoredProposal:
     """The member that sponsored a join request ("" for a removal)."""
     recorded_ms: int
     """The time of the block that recorded it (a pending join request expires from there)."""
+    gs1: bytes = b""
+    """A join request's GS1 identity (`MemberGs1.canonical()` bytes; empty: none)."""

@@ -369,15 +369,24 @@ class LedgerStore:
     # ----------------------------------------------------------------------------- blocks
 
     async def append_blocks(self, blocks: Sequence[Block], *,
-                            also_persist: Sequence[m.SignedMessage] = ()) -> None:
+                            also_persist: Sequence[m.SignedMessage] = (),
+                            wait_for_disk: bool = True) -> None:
         """Consecutive executed blocks and consensus messages in one transaction (a consensus
         round's worth: one commit, one fsync). Raises `BlockRejected` unless the blocks extend
-        the stored head (height and hash link); then nothing is written."""
+        the stored head (height and hash link); then nothing is written.
+
+        `wait_for_disk=False` (only without messages to persist) commits without waiting for
+        the WAL flush (PostgreSQL's per-transaction `synchronous_commit = off`): a crash may
+        lose the last such blocks, never a part of one, and never a transaction before a later
+        one that waited. The driver uses it for rounds that only execute: a committed batch is
+        re-executed identically from the consensus log and retransmitted certificates."""
         stored = blocks[-1].header.height if blocks else 0
         # A proposal whose block is in this transaction needs no batch of its own in the log.
         rows = [r if r[2] is None or r[2] > stored else (*r[:5], None)
                 for r in (_message_row(msg) for msg in also_persist)]
         async with self._transaction() as cur:
+            if not wait_for_disk and not rows:
+                await cur.execute("SET LOCAL synchronous_commit = off")
             if blocks:
                 prev = await self._head(cur)
                 for b in blocks:

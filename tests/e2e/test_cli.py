@@ -226,16 +226,26 @@ def test_submit_provenance_json(net: Net) -> None:
     assert len(r["certificate_signers"]) >= 3
     assert r["proof"]["request"]["size"] >= 1 and r["proof"]["item"]["size"] == 1
     view = ok_json("get", "--dir", net.d, r["record_id"], "--decrypt", "--as", "org1")
-    assert view["subject_id"] == "lot-42" and view["event_type"] == "shipped"
-    assert view["metadata"]["location"] == "Rotterdam"
-    assert view["metadata"]["quantity"] == "12"
+    # the shorthand is one EPCIS ObjectEvent: the public document is the event
+    assert view["subject_id"] == "urn:consortium:lot:lot-42"
+    assert view["event_type"] == "shipping"
+    event = view["document"]
+    assert event["bizLocation"] == {"id": "urn:consortium:site:Rotterdam"}
+    assert event["quantityList"] == [{"epcClass": "urn:consortium:lot:lot-42", "quantity": 12}]
+    assert event["destinationList"] == [{"type": "owning_party",
+                                         "destination": "urn:epc:id:pgln:4013345.00000"}]
+    assert event["consortium:documents"] == ["ab" * 32]
     assert view["payload"] == {}
     assert view["readers"] == ["org1"]  # a reader receives its own wrapped key only
     assert view["verified"] is True
 
 
 def test_submit_patient_and_get_as_reader_and_non_reader(net: Net, tmp_path: Path) -> None:
-    payload = {"test": "HbA1c", "value": 6.1, "unit": "%"}
+    payload = {"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+               "subject": {"reference": "Patient/patient-7"},
+               "valueQuantity": {"value": 6.1, "unit": "%",
+                                 "system": "http://unitsofmeasure.org", "code": "%"}}
     f = tmp_path / "lab.json"
     f.write_text(json.dumps(payload))
     r = ok_json("submit", "patient", "--dir", net.d, "--as", "org1", "--patient", "patient-7",
@@ -269,7 +279,12 @@ def test_bad_inputs_give_one_line_errors(net: Net, tmp_path: Path) -> None:
                               "--readers", "org9"), "org9")
     assert_one_line_error(cli("submit", "patient", "--dir", net.d, "--as", "org0",
                               "--patient", "p", "--type", "encounter", "--file",
-                              str(bad_json)), "not valid JSON")
+                              str(bad_json)), "not FHIR: the payload is not JSON")
+    assert_one_line_error(cli("submit", "patient", "--dir", net.d, "--as", "org0",
+                              "--patient", "p", "--file", str(good)), "not FHIR")
+    assert_one_line_error(cli("submit", "provenance", "--dir", net.d, "--as", "org0",
+                              "--product", "p", "--event", "manufactured"),
+                          "--location is required")
     assert_one_line_error(cli("get", "--dir", net.d, "00" * 32), "no record")
     assert_one_line_error(cli("get", "--dir", net.d, "00" * 32, "--decrypt"), "--as")
     for args in (["status"], ["down"], ["get", "00" * 32],
@@ -289,9 +304,16 @@ def height(net: Net) -> int:
 
 def test_submit_file_sends_envelopes_and_reports_every_record(net: Net, tmp_path: Path) -> None:
     docs: list[Any] = [{"kind": "provenance", "product": f"lot-file-{i}", "event": "manufactured",
-                        "location": "Basel", "quantity": i} for i in range(300)]
+                        "location": "Basel", "quantity": i + 1} for i in range(300)]
     docs.insert(150, "")  # a blank line is skipped, not an error
-    docs += [{"patient": "patient-file", "type": "lab-result", "payload": {"hb": 12.5 + k},
+
+    def hb(value: float) -> dict[str, Any]:
+        return {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": "Patient/patient-file"},
+                "valueQuantity": {"value": value, "unit": "g/dL",
+                                  "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+    docs += [{"patient": "patient-file", "type": "lab-result", "payload": hb(12.5 + k),
               "readers": ["org1"]} for k in range(2)]
     f = write_lines(tmp_path / "records.jsonl", docs)
     out = ok_json("submit", "--dir", net.d, "--as", "org2", "--file", str(f), "--envelope",
@@ -306,16 +328,16 @@ def test_submit_file_sends_envelopes_and_reports_every_record(net: Net, tmp_path
         first, _ = c.get_receipt(ids[0])
         hundredth, _ = c.get_receipt(ids[99])
         next_one, _ = c.get_receipt(ids[100])
-        assert c.get(ids[299]).subject_id == "lot-file-299"
+        assert c.get(ids[299]).subject_id == "urn:consortium:lot:lot-file-299"
     assert (first.client_id, first.nonce) == (hundredth.client_id, hundredth.nonce)
     assert first.nonce != next_one.nonce and first.item_proof.size == 100
     assert out["first_height"] <= first.height <= out["last_height"]
     view = ok_json("get", "--dir", net.d, ids[301], "--decrypt", "--as", "org1")
-    assert view["payload"] == {"hb": 13.5} and view["submitter_org"] == "org2"
+    assert view["payload"] == hb(13.5) and view["submitter_org"] == "org2"
 
 
 def test_submit_file_with_bad_lines_submits_nothing(net: Net, tmp_path: Path) -> None:
-    good = {"product": "lot-bad-file", "event": "manufactured"}
+    good = {"product": "lot-bad-file", "event": "manufactured", "location": "Basel"}
     f = write_lines(tmp_path / "mixed.jsonl", [
         good, "{oops", {"product": "lot-bad-file", "event": "shipped", "readers": ["org9"]},
         {**good, "event": "inspected"}, {"patient": "p", "type": "lab-result"}])
@@ -342,7 +364,7 @@ def test_submit_file_with_bad_lines_submits_nothing(net: Net, tmp_path: Path) ->
     ids = ids_file.read_text().split()
     assert len(ids) == 2
     assert [ok_json("get", "--dir", net.d, i)["event_type"] for i in ids] == \
-        ["manufactured", "inspected"]
+        ["commissioning", "inspecting"]
     assert "line 2 skipped: not JSON" in res.stderr
 
 
@@ -364,13 +386,16 @@ def test_access_grant_revoke_erase(net: Net, tmp_path: Path) -> None:
     submitter revokes it; a non-submitter's revocation is recorded invalid (exit 1); the
     submitter erases the patient record; bad input is one line (exit 2)."""
     f = tmp_path / "enc.json"
-    f.write_text(json.dumps({"visit": "annual"}))
+    visit = {"resourceType": "Encounter", "status": "finished",
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                       "code": "AMB"}, "subject": {"reference": "Patient/P-acc"}}
+    f.write_text(json.dumps(visit))
     rid = ok_json("submit", "patient", "--dir", net.d, "--as", "org1", "--patient", "P-acc",
                   "--type", "encounter", "--file", str(f), "--readers", "org2")["record_id"]
     granted = ok_json("access", "grant", "--dir", net.d, rid, "--to", "org3", "--as", "org2")
     assert granted["status"] == "recorded" and granted["reason"] == ""
     assert ok_json("get", "--dir", net.d, rid, "--decrypt", "--as", "org3")["payload"] == \
-        {"visit": "annual"}
+        visit
     not_submitter = cli("access", "revoke", "--dir", net.d, rid, "--org", "org3", "--as",
                         "org2", "--json")
     assert not_submitter.returncode == 1
@@ -436,7 +461,7 @@ def test_sdk_client_keeps_working_while_the_cli_submits_as_its_org(net: Net) -> 
         sdk.submit_provenance("lot-shared", "manufactured")
         for k in range(5):
             ok_json("submit", "provenance", "--dir", net.d, "--as", "org3", "--product",
-                    f"lot-shared-{k}", "--event", "inspected")
+                    f"lot-shared-{k}", "--event", "inspected", "--location", "Lyon lab")
         r = sdk.submit_provenance("lot-shared", "shipped")
         assert r.status == "recorded"
 

@@ -23,7 +23,7 @@ class MemberVoteInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., replica_id: _Optional[int] = ..., approve: _Optional[bool] = ...) -> None: ...
 
 class ProposalInfo(_message.Message):
-    __slots__ = ("proposal_id", "kind", "replica_id", "org", "name", "peer_address", "client_address", "statement", "reason", "status", "height", "decided_height", "validator_key", "client_key", "encryption_key", "verdicts", "votes", "sponsor", "expires_ms")
+    __slots__ = ("proposal_id", "kind", "replica_id", "org", "name", "peer_address", "client_address", "statement", "reason", "status", "height", "decided_height", "validator_key", "client_key", "encryption_key", "verdicts", "votes", "sponsor", "expires_ms", "gs1")
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class ProposalInfo(_message.Message):
     VOTES_FIELD_NUMBER: _ClassVar[int]
     SPONSOR_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    GS1_FIELD_NUMBER: _ClassVar[int]
     proposal_id: str
     kind: str
     replica_id: int
@@ -62,7 +63,8 @@ class ProposalInfo(_message.Message):
     votes: _containers.RepeatedCompositeFieldContainer[MemberVoteInfo]
     sponsor: str
     expires_ms: int
-    def __init__(self, proposal_id: _Optional[str] = ..., kind: _Optional[str] = ..., replica_id: _Optional[int] = ..., org: _Optional[str] = ..., name: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., statement: _Optional[str] = ..., reason: _Optional[str] = ..., status: _Optional[str] = ..., height: _Optional[int] = ..., decided_height: _Optional[int] = ..., validator_key: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[MemberVoteInfo, _Mapping]]] = ..., sponsor: _Optional[str] = ..., expires_ms: _Optional[int] = ...) -> None: ...
+    gs1: str
+    def __init__(self, proposal_id: _Optional[str] = ..., kind: _Optional[str] = ..., replica_id: _Optional[int] = ..., org: _Optional[str] = ..., name: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., statement: _Optional[str] = ..., reason: _Optional[str] = ..., status: _Optional[str] = ..., height: _Optional[int] = ..., decided_height: _Optional[int] = ..., validator_key: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[MemberVoteInfo, _Mapping]]] = ..., sponsor: _Optional[str] = ..., expires_ms: _Optional[int] = ..., gs1: _Optional[str] = ...) -> None: ...
 
 class MemberInfo(_message.Message):
     __slots__ = ("replica_id", "org", "public_key", "peer_address", "client_address")
