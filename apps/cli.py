@@ -160,7 +160,8 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
 def status(directory: Path | None, as_json: bool) -> None:
     """Per validator: id, org, pid, address, database, height, view, epoch, last block hash,
     health, whether it is serving (and why not: its database is down...) and the primary it
-    follows; and the primary, as the validators in the highest view name it."""
+    follows; the primary, as the validators in the highest view name it; and the admission
+    reviewer (backend, model and sha256, model verdict latency p50/p95, backlog)."""
     from consortium import process
 
     try:
