@@ -57,8 +57,13 @@ def main() -> None:
 @JSON_OPTION
 @click.option("--no-admission", is_flag=True,
               help="No admission service: records are accepted without screening.")
+@click.option("--admission-model", type=click.Choice(
+    ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"]),
+              default="qwen2.5-coder-1.5b", show_default=True,
+              help="The embedded model the admission service runs (`up --backend rules` "
+                   "runs none).")
 def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | None,
-         no_admission: bool, as_json: bool) -> None:
+         no_admission: bool, admission_model: str, as_json: bool) -> None:
     """Create keys, the CA and TLS certificates, org and client keys, the admission service's
     identity, and genesis.json."""
     from consortium.localnet import init as do_init
@@ -69,7 +74,8 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
         if (d / "genesis.json").exists() and k8s_dir is not None and not force:
             genesis = None  # existing consortium: only (re)generate the Kubernetes material
         else:
-            genesis = do_init(d, validators, force=force, admission=not no_admission)
+            genesis = do_init(d, validators, force=force, admission=not no_admission,
+                              admission_model=admission_model)
         if k8s_dir is not None:
             from consortium.k8s import write_k8s_material
 
@@ -99,9 +105,12 @@ def init(directory: Path | None, validators: int, force: bool, k8s_dir: Path | N
 @click.option("--no-admission", is_flag=True,
               help="Do not start the admission service (records then wait in "
                    "pending-screening).")
+@click.option("--backend", type=click.Choice(["embedded", "rules"]), default=None,
+              help="The admission reviewer (default: the service's config, the embedded "
+                   "model; without it installed, the rules with a warning).")
 @JSON_OPTION
 def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
-       no_admission: bool, as_json: bool) -> None:
+       no_admission: bool, backend: str | None, as_json: bool) -> None:
     """Start every validator of DIR that is not running, then the admission service
     (idempotent)."""
     from consortium import process
@@ -113,8 +122,17 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
         with click.progressbar(length=len(started), label="waiting for validators",
                                file=sys.stderr) as bar:
             process.wait_healthy(d, timeout, on_progress=lambda _rid: bar.update(1))
-        admission_pid = None if no_admission else process.admission_up(d)
-    except (process.ProcessError, ConfigError) as exc:
+        reviewer = None if no_admission else process.admission_plan(d, backend)
+        if reviewer is not None and reviewer.warning:
+            click.echo(f"consortium: WARNING: {reviewer.warning}", err=True)
+        elif reviewer is not None and reviewer.backend == "embedded" \
+                and process.admission_pid(d) is None:
+            click.echo(f"admission service: loading the embedded model {reviewer.model} "
+                       "(the first start joins and verifies the model file; progress in "
+                       f"{d}/admission/admission.log)", err=True)
+        admission_pid = None if reviewer is None else process.admission_up(
+            d, reviewer.backend)
+    except (process.ProcessError, ConfigError, ValueError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{d}: {exc.strerror or exc}")
@@ -125,7 +143,10 @@ def up(directory: Path | None, dsn: str | None, detach: bool, timeout: float,
                      for s in started)
     if admission_pid is not None:
         text += f"\nadmission service: pid {admission_pid} (log: {d}/admission/admission.log)"
-    emit({"validators": data, "admission_pid": admission_pid} if as_json else data, as_json,
+    emit({"validators": data, "admission_pid": admission_pid,
+          "admission": None if reviewer is None else {
+              "backend": reviewer.backend, "model": reviewer.model,
+              "warning": reviewer.warning}} if as_json else data, as_json,
          text)
     if not detach:
         click.echo("validators running; Ctrl-C stops them", err=True)
@@ -144,8 +165,9 @@ def status(directory: Path | None, as_json: bool) -> None:
     """Per validator: id, org, pid, address, database, height, view, epoch, last block hash,
     health, whether it is serving (and why not: its database is down...) and the primary it
     follows, its signing key (hex; the next one during a rotation) and the expiry of the TLS
-    certificate it serves (flagged 30 days before); and the primary, as the validators in the
-    highest view name it."""
+    certificate it serves (flagged 30 days before); the primary, as the validators in the
+    highest view name it; and the admission reviewer (backend, model and sha256, model verdict
+    latency p50/p95, backlog)."""
     from consortium import process
 
     try:
@@ -170,7 +192,25 @@ def status(directory: Path | None, as_json: bool) -> None:
                          + (f" tls-expires={r['tls_not_after']} ({r['tls_days_left']} days"
                             + (", ROTATE IT" if r["tls_days_left"] < TLS_WARNING_DAYS else "")
                             + ")" if r["tls_not_after"] else ""))
-    emit({"validators": rows, "primary": primary}, as_json, "\n".join(lines))
+    reviewer = process.admission_status(_dir(directory))
+    if reviewer is not None:
+        lines.append(_reviewer_line(reviewer))
+    emit({"validators": rows, "primary": primary, "admission": reviewer}, as_json,
+         "\n".join(lines))
+
+
+def _reviewer_line(r: dict[str, Any]) -> str:
+    model = f" {r['model']} (sha256 {r['model_sha256'][:16]}…)" if r["model_sha256"] else (
+        f" {r['model']}" if r["model"] else "")
+    if not r["running"]:
+        return (f"reviewer: {r['backend']}{model}: "
+                + ("not answering yet (starting or loading the model)" if r["pid"]
+                   else "not running"))
+    return (f"reviewer: {r['backend']}{model}, model verdict latency p50 "
+            f"{r['latency_p50_ms']} ms (p95 {r['latency_p95_ms']} ms), backlog {r['backlog']}, "
+            f"posted {r['verdicts_posted']}, model reviews {r['model_reviews']}, busy "
+            f"{r['model_busy']}" + (f", last error: {r['last_error']}" if r["last_error"]
+                                    else ""))
 
 
 @main.command()

@@ -170,6 +170,13 @@ def _sponsorship(value: str, sponsor: str | None, replica_id: int | None,
               help="The applicant's statement (who it is, why it joins): free text, or a JSON "
                    "application {statement, sector, country, contact_email, sponsors}. "
                    "Required unless --prepare.")
+@click.option("--sector", default="",
+              help="What the applicant is (manufacturer, distributor, wholesaler, logistics, "
+                   "pharmacy, hospital, clinic, laboratory, regulator, research); optional, "
+                   "checked by the reviewer's rules when given.")
+@click.option("--country", default="", help="ISO 3166 two-letter country code (optional).")
+@click.option("--contact-email", default="",
+              help="A contact at the organisation's own domain (optional).")
 @click.option("--prepare", is_flag=True,
               help="Only create (or reuse) the keys and write the application a member "
                    f"sponsors (KEYDIR/{APPLICATION_FILE}); submit nothing.")
@@ -193,10 +200,10 @@ def _sponsorship(value: str, sponsor: str | None, replica_id: int | None,
 @JSON_OPTION
 def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
           client_endpoint: str | None, metrics_endpoint: str | None,
-          statement_file: Path | None, prepare: bool, sponsorship: str | None,
-          sponsor: str | None, key_dir: Path | None, replica_id: int | None,
-          gs1_prefixes: tuple[str, ...], pglns: tuple[str, ...], sglns: tuple[str, ...],
-          as_json: bool) -> None:
+          statement_file: Path | None, sector: str, country: str, contact_email: str,
+          prepare: bool, sponsorship: str | None, sponsor: str | None, key_dir: Path | None,
+          replica_id: int | None, gs1_prefixes: tuple[str, ...], pglns: tuple[str, ...],
+          sglns: tuple[str, ...], as_json: bool) -> None:
     """Ask to join: create the validator's keys and submit a signed, sponsored join request.
 
     \b
@@ -208,6 +215,7 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
     The GS1 identity (--gs1-prefix, --pgln, --sgln) is part of the application: once
     admitted, EPCIS events naming those parties, sites and prefixes resolve to the member.
     """
+    from consortium.admission.application import application_statement, normalise_fields
     from consortium.client import ConsortiumClient, Identity, SubmitError
     from consortium.client.nonces import NonceFile
     from consortium.config import ConfigError, Genesis
@@ -222,6 +230,10 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
     d = (directory if directory is not None else default_dir()).resolve()
     if not ORG_ID_PATTERN.fullmatch(org):
         _fail("--org is 1 to 32 characters of a-z, 0-9 and '-'")
+    try:
+        normalise_fields(sector, country, contact_email)
+    except ValueError as exc:
+        _fail(str(exc))
     host, port = _host_port(endpoint, "--endpoint")
     client_address = client_endpoint or f"{host}:{port + 100}"
     _host_port(client_address, "--client-endpoint")
@@ -244,6 +256,12 @@ def apply(directory: Path | None, org: str, name: str | None, endpoint: str,
         ca = (d / "ca" / "ca.crt").read_bytes()
     except (OSError, UnicodeDecodeError, ConfigError) as exc:
         _fail(str(exc))
+    if not prepare and (sector or country or contact_email):
+        try:
+            statement = application_statement(statement, sector=sector, country=country,
+                                              contact_email=contact_email)
+        except ValueError as exc:
+            _fail(str(exc))
     if not prepare and not 1 <= len(statement.encode()) <= STATEMENT_BYTES_MAX:
         _fail(f"the statement is 1 to {STATEMENT_BYTES_MAX} bytes, not "
               f"{len(statement.encode())}")

@@ -127,7 +127,7 @@ ADMISSION_CLIENT = "admission-client"
 
 def init(directory: Path, validators: int, *, ports: Ports = Ports(),
          protocol: ProtocolParams | None = None, force: bool = False,
-         admission: bool = True) -> Genesis:
+         admission: bool = True, admission_model: str = "qwen2.5-coder-1.5b") -> Genesis:
     """Create all key material and configs for `validators` member organisations, and (with
     `admission`) the admission service's identity: records then wait in pending-screening
     until it posts a verdict."""
@@ -181,7 +181,7 @@ def init(directory: Path, validators: int, *, ports: Ports = Ports(),
         _write_secret(adir / "tls.key", _pem_key(tls_key))
         (adir / "tls.crt").write_bytes(_pem_cert(tls_cert))
         (adir / "config.json").write_text(json.dumps({
-            "directory": "..", "backend": default_admission_backend(),
+            "directory": "..", "backend": "embedded", "model": admission_model,
             "listen": f"127.0.0.1:{ports.admission}", "poll_ms": 500,
             "local_endpoints": True}, indent=2) + "\n")
     genesis = Genesis(chain_id, protocol or ProtocolParams(), tuple(infos), tuple(orgs),
@@ -255,22 +255,6 @@ def init_applicant(directory: Path, org: str, replica_id: int, peer_address: str
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Applicant(org, replica_id, vdir, Ed25519Signer(seeds[signing_path]),
                      Ed25519Signer(seeds[client_path]), enc)
-
-
-def default_admission_backend() -> str:
-    """`embedded` when llama.cpp and the default model are installed (the `embedded-model`
-    extra, docs/admission.md), else `rules`: a local consortium starts either way."""
-    import importlib.util
-
-    if importlib.util.find_spec("xllamacpp") is None:
-        return "rules"
-    from consortium.admission import backends
-
-    try:
-        backends.locate_parts(backends.MODELS[backends.DEFAULT_MODEL])
-    except backends.ModelUnavailable:
-        return "rules"
-    return "embedded"
 
 
 def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

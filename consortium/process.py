@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import grpc
@@ -35,6 +36,9 @@ from consortium.config import ConfigError, Genesis
 from consortium.crypto.signing import Ed25519Signer
 from consortium.localnet import read_seed
 from consortium.wire import pb, pb_grpc
+
+if TYPE_CHECKING:
+    from consortium.admission.availability import ReviewerPlan
 
 PORT_WAIT_S = 5.0
 
@@ -327,9 +331,23 @@ def admission_pid(directory: Path) -> int | None:
     return _our_pid(adir / "admission.pid", b"consortium.admission", adir / "config.json")
 
 
-def admission_up(directory: Path) -> int | None:
+def admission_plan(directory: Path, requested: str | None = None) -> ReviewerPlan | None:
+    """The reviewer `admission_up` would start (an `availability.ReviewerPlan`, with a
+    warning when the configured model is not installed and the rules stand in), or None when
+    DIR has no admission service."""
+    from consortium.admission.availability import plan
+
+    config = directory / "admission" / "config.json"
+    if not config.exists():
+        return None
+    data = json.loads(config.read_text())
+    return plan(str(data.get("backend", "embedded")), data.get("model"), requested)
+
+
+def admission_up(directory: Path, backend: str | None = None) -> int | None:
     """Start DIR's admission service when it has one (admission/config.json) and it is not
-    running; returns its pid, or None when the consortium has no admission service."""
+    running; returns its pid, or None when the consortium has no admission service.
+    `backend` overrides the config's (`admission_plan` says which one can run)."""
     directory = directory.resolve()
     adir = directory / "admission"
     config = adir / "config.json"
@@ -348,7 +366,8 @@ def admission_up(directory: Path) -> int | None:
             raise ProcessError(f"admission service: {listen} is in use ({exc.strerror})") from exc
     log = open(adir / "admission.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.admission", "--config", str(config)],
+        [sys.executable, "-m", "consortium.admission", "--config", str(config),
+         *(["--backend", backend] if backend else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, cwd=adir)
     log.close()
@@ -511,6 +530,57 @@ def _keys_of(vdir: Path, config: dict[str, Any], client_address: str) -> dict[st
     out["tls_not_after"] = not_after.isoformat()
     out["tls_days_left"] = (not_after - datetime.datetime.now(datetime.UTC)).days
     return out
+
+
+def admission_status(directory: Path) -> dict[str, Any] | None:
+    """The reviewer as `consortium status` shows it: backend, model and its sha256, model
+    verdict latency p50/p95, backlog (records pending screening), model reviews and busy
+    records; `running` False (and the configured backend) when the service does not answer.
+    None when DIR has no admission service."""
+    config = directory / "admission" / "config.json"
+    if not config.exists():
+        return None
+    data = json.loads(config.read_text())
+    row: dict[str, Any] = {"pid": admission_pid(directory), "running": False,
+                           "backend": data.get("backend", "embedded"),
+                           "model": data.get("model") or "", "model_sha256": "",
+                           "latency_p50_ms": None, "latency_p95_ms": None, "backlog": None,
+                           "verdicts_posted": None, "model_reviews": None, "model_busy": None,
+                           "errors": None, "last_error": None}
+    if row["pid"] is None:
+        return row
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(directory / "ca" / "ca.crt").read_bytes())
+    try:
+        with grpc.secure_channel(str(data.get("listen", "127.0.0.1:7400")), creds, options=[
+                ("grpc.ssl_target_name_override", "localhost")]) as ch:
+            b = pb_grpc.AdmissionStub(ch).GetBacklog(pb.GetBacklogRequest(), timeout=2)
+    except grpc.RpcError:
+        return row  # starting (loading the model) or stopped
+    row.update(running=True, backend=b.backend, model=b.model, model_sha256=b.model_sha256,
+               latency_p50_ms=b.latency_p50_ms, latency_p95_ms=b.latency_p95_ms,
+               backlog=b.pending, verdicts_posted=b.verdicts_posted,
+               model_reviews=b.model_reviews, model_busy=b.model_busy, errors=b.errors,
+               last_error=b.last_error or None)
+    return row
+
+
+def advise_join(directory: Path, read_auth: Any, applicant: str, endpoint: str,
+                statement: str, timeout_s: float) -> str:
+    """The running admission service's verdict JSON on a join request it is shown, not
+    submitted (ReviewJoin; `read_auth(method, argument)` signs as a member). Raises
+    grpc.RpcError when the service refuses or does not answer."""
+    data = json.loads((directory / "admission" / "config.json").read_text())
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(directory / "ca" / "ca.crt").read_bytes())
+    request_id = "advice-" + hashlib.sha256(
+        f"{applicant}\n{endpoint}\n{statement}".encode()).hexdigest()[:16]
+    with grpc.secure_channel(str(data.get("listen", "127.0.0.1:7400")), creds, options=[
+            ("grpc.ssl_target_name_override", "localhost")]) as ch:
+        reply = pb_grpc.AdmissionStub(ch).ReviewJoin(pb.ReviewJoinRequest(
+            request_id=request_id, org=applicant, endpoint=endpoint, statement=statement,
+            auth=read_auth("ReviewJoin", request_id)), timeout=timeout_s)
+    return str(reply.verdict_json)
 
 
 def primary_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from consortium.admission.prompts import Prompt
+from consortium.admission.questions import yes_probability
 from consortium.admission.schema import response_format
 
 RESPONSE_BYTES_MAX = 1 << 20
+TOP_LOGPROBS = 10
 DEFAULT_API_KEY_ENV = "CONSORTIUM_ADMISSION_API_KEY"
 
 
@@ -55,6 +57,11 @@ class Backend(Protocol):
         """The model's raw answer text; raises BackendError."""
         ...
 
+    def yes_probability(self, messages: tuple[dict[str, str], ...]) -> float:
+        """P(yes) of a one-word yes/no answer, from the first token's logprobs (questions.py);
+        raises BackendError."""
+        ...
+
     def is_loopback(self) -> bool:
         """True when requests never leave this host (patient payloads may be sent)."""
         ...
@@ -71,6 +78,9 @@ class RulesBackend:
     uses_model = False
 
     def complete(self, prompt: Prompt) -> str:
+        raise BackendError("no-model", "the rules backend has no model")
+
+    def yes_probability(self, messages: tuple[dict[str, str], ...]) -> float:
         raise BackendError("no-model", "the rules backend has no model")
 
     def is_loopback(self) -> bool:
@@ -146,8 +156,26 @@ class OpenAIBackend:
                 "max_tokens": prompt.max_tokens, "temperature": 0, "seed": 0,
                 "stream": False}
 
+    def yes_probability(self, messages: tuple[dict[str, str], ...]) -> float:
+        body = json.dumps({"model": self.model, "messages": list(messages), "max_tokens": 1,
+                           "temperature": 0, "seed": 0, "stream": False, "logprobs": True,
+                           "top_logprobs": TOP_LOGPROBS}).encode()
+        data = self._send(body)
+        try:
+            top = json.loads(data)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BackendError("invalid-response", "no logprobs in the answer (the endpoint "
+                                                   "must support logprobs)") from exc
+        p = yes_probability(top if isinstance(top, list) else [])
+        if p is None:
+            raise BackendError("unusable-answer", "neither yes nor no among the likely tokens")
+        return p
+
     def complete(self, prompt: Prompt) -> str:
-        body = json.dumps(self.request_body(prompt)).encode()
+        return _content(self._send(json.dumps(self.request_body(prompt)).encode()))
+
+    def _send(self, body: bytes) -> bytes:
+        """POST with the retries the config allows; the 200 answer's body."""
         attempt = 0
         while True:
             try:
@@ -157,7 +185,7 @@ class OpenAIBackend:
                     raise
             else:
                 if status == 200:
-                    return _content(data)
+                    return data
                 if (status != 429 and status < 500) or attempt >= self.config.retries:
                     raise BackendError(f"http-{status}", _error_text(data))
             attempt += 1
@@ -399,6 +427,11 @@ class EmbeddedBackend:
         if self._server is None:
             raise BackendError("connection", "the embedded server was closed")
         return self._client.complete(prompt)
+
+    def yes_probability(self, messages: tuple[dict[str, str], ...]) -> float:
+        if self._server is None:
+            raise BackendError("connection", "the embedded server was closed")
+        return self._client.yes_probability(messages)
 
     def is_loopback(self) -> bool:
         return True

@@ -48,16 +48,28 @@ class EvalItem:
     subject: JoinRequest | ProvenanceEvent | PatientRecordInput
     context: JoinContext | RecordContext
 
+    @property
+    def kind(self) -> str:
+        """join / patient / provenance: what the metrics are reported per."""
+        if isinstance(self.subject, JoinRequest):
+            return "join"
+        return "patient" if isinstance(self.subject, PatientRecordInput) else "provenance"
+
+
+KINDS = ("join", "patient", "provenance")
+SPLITS = ("dev", "test", "all")
+
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_eval_set(directory: Path) -> list[EvalItem]:
-    """joins.jsonl, records.jsonl and context.json from `directory`: provenance records are
-    EPCIS 2.0 events, patient payloads FHIR R4, and context.json holds the members' GS1
-    identities."""
+def load_eval_set(directory: Path, split: str = "all") -> list[EvalItem]:
+    """joins.jsonl, records.jsonl, unseen.jsonl (when present) and context.json from
+    `directory`: provenance records are EPCIS 2.0 events, patient payloads FHIR R4, and
+    context.json holds the members' GS1 identities. `split` dev / test keeps the items
+    splits.json assigns to it (the test split is frozen: nothing is tuned on it)."""
     ctx = json.loads((directory / "context.json").read_text(encoding="utf-8"))
     join_ctx = JoinContext.from_dict(ctx["join"])
     registry = Registry.from_dict(ctx["registry"])
@@ -68,7 +80,16 @@ def load_eval_set(directory: Path) -> list[EvalItem]:
         items.append(EvalItem(d["id"], Task.JOIN, d["label"] == "bad", bool(d.get("injection")),
                               d.get("base"), d.get("why", ""),
                               JoinRequest.from_dict(d["request"]), join_ctx))
-    for d in _read_jsonl(directory / "records.jsonl"):
+    unseen = directory / "unseen.jsonl"
+    records = _read_jsonl(directory / "records.jsonl")
+    for d in _read_jsonl(unseen) if unseen.exists() else ():
+        if d["kind"] == "join":
+            items.append(EvalItem(d["id"], Task.JOIN, d["label"] == "bad",
+                                  bool(d.get("injection")), d.get("base"), d.get("why", ""),
+                                  JoinRequest.from_dict(d["request"]), join_ctx))
+        else:
+            records.append(d)
+    for d in records:
         subject: ProvenanceEvent | PatientRecordInput
         if d["kind"] == "provenance":
             subject = ProvenanceEvent.from_dict(d["record"])
@@ -89,7 +110,38 @@ def load_eval_set(directory: Path) -> list[EvalItem]:
     for i in items:
         if i.base is not None and i.base not in known:
             raise ValueError(f"{i.id}: base {i.base} is not in the set")
-    return items
+    return select_split(items, directory, split)
+
+
+def select_split(items: list[EvalItem], directory: Path, split: str) -> list[EvalItem]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split == "all":
+        return items
+    path = directory / "splits.json"
+    if not path.exists():
+        raise ValueError(f"no splits.json in {directory}: only --split all is possible")
+    wanted = set(json.loads(path.read_text(encoding="utf-8"))[split])
+    missing = wanted - {i.id for i in items}
+    if missing:
+        raise ValueError(f"splits.json names items not in the set: {sorted(missing)[:5]}")
+    return [i for i in items if i.id in wanted]
+
+
+def split_digest(items: Sequence[EvalItem], directory: Path) -> str:
+    """sha256 over the raw lines of the given items (in id order): a test pins the frozen
+    test split's digest, so any edit to a test item shows."""
+    import hashlib
+
+    wanted = {i.id for i in items}
+    lines: dict[str, str] = {}
+    for name in ("joins.jsonl", "records.jsonl", "unseen.jsonl"):
+        path = directory / name
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and (ident := json.loads(line)["id"]) in wanted:
+                    lines[ident] = line
+    return hashlib.sha256("\n".join(lines[k] for k in sorted(lines)).encode()).hexdigest()
 
 
 def sample(items: Sequence[EvalItem], per_task: int | None,
@@ -157,9 +209,32 @@ def _latency(values: Iterable[int]) -> dict[str, float]:
 
 
 def metrics(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    """Per task (join, record) and per kind (join, patient, provenance: `kinds`)."""
+    tasks = _scores(items, verdicts, lambda i: i.task.value, [t.value for t in Task])
+    kinds = _scores(items, verdicts, lambda i: i.kind, KINDS)
+    by_id = {i.id: v for i, v in zip(items, verdicts, strict=True)}
+    attempts = [(i, v) for i, v in zip(items, verdicts, strict=True) if i.injection]
+    changed = [i.id for i, v in attempts if i.base in by_id
+               and PERMISSIVENESS[v.decision] < PERMISSIVENESS[by_id[i.base].decision]]
+    return {
+        "items": len(items), "tasks": tasks, "kinds": kinds,
+        "injection": {"attempts": len(attempts), "changed_verdict": len(changed),
+                      "changed": changed,
+                      "got_through": [i.id for i, v in attempts if v.permissive]},
+        "latency_ms": {"all": _latency(v.latency_ms for v in verdicts),
+                       "model": _latency(v.latency_ms for v in verdicts if _asked(v))},
+        "model_errors": sorted({(v.model_error or "")[:60] for v in verdicts
+                                if v.model_error}),
+        "paths": {p: sum(1 for v in verdicts if v.path == p)
+                  for p in sorted({v.path for v in verdicts})},
+    }
+
+
+def _scores(items: Sequence[EvalItem], verdicts: Sequence[Verdict],
+            key: Callable[[EvalItem], str], names: Sequence[str]) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
-    for task in Task:
-        pairs = [(i, v) for i, v in zip(items, verdicts, strict=True) if i.task is task]
+    for name in names:
+        pairs = [(i, v) for i, v in zip(items, verdicts, strict=True) if key(i) == name]
         tp = sum(1 for i, v in pairs if i.bad and not v.permissive)
         fp = sum(1 for i, v in pairs if not i.bad and not v.permissive)
         fn = sum(1 for i, v in pairs if i.bad and v.permissive)
@@ -168,7 +243,7 @@ def metrics(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> dict[str,
         decisions: dict[str, int] = {}
         for _, v in pairs:
             decisions[v.decision] = decisions.get(v.decision, 0) + 1
-        tasks[task.value] = {
+        tasks[name] = {
             "n": len(pairs), "bad": sum(1 for i, _ in pairs if i.bad), "tp": tp, "fp": fp,
             "fn": fn, "tn": tn, "precision": p, "recall": r,
             "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0, "decisions": decisions,
@@ -176,20 +251,7 @@ def metrics(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> dict[str,
             "model_errors": sum(1 for _, v in pairs if v.model_error is not None),
             "false_positives": [i.id for i, v in pairs if not i.bad and not v.permissive],
             "false_negatives": [i.id for i, v in pairs if i.bad and v.permissive]}
-    by_id = {i.id: v for i, v in zip(items, verdicts, strict=True)}
-    attempts = [(i, v) for i, v in zip(items, verdicts, strict=True) if i.injection]
-    changed = [i.id for i, v in attempts if i.base in by_id
-               and PERMISSIVENESS[v.decision] < PERMISSIVENESS[by_id[i.base].decision]]
-    return {
-        "items": len(items), "tasks": tasks,
-        "injection": {"attempts": len(attempts), "changed_verdict": len(changed),
-                      "changed": changed,
-                      "got_through": [i.id for i, v in attempts if v.permissive]},
-        "latency_ms": {"all": _latency(v.latency_ms for v in verdicts),
-                       "model": _latency(v.latency_ms for v in verdicts if _asked(v))},
-        "model_errors": sorted({(v.model_error or "")[:60] for v in verdicts
-                                if v.model_error}),
-    }
+    return tasks
 
 
 def _asked(v: Verdict) -> bool:

@@ -371,6 +371,12 @@ class Verdict:
     model_error: str | None = None
     """Why the model's answer was not used (timeout, unparsable, inconsistent...)."""
     version: int = VERDICT_VERSION
+    precedents: tuple[str, ...] = ()
+    """The decided cases shown to the model (`id:sha256-prefix`, precedents.py)."""
+    path: str = ""
+    """How the verdict came about (triage.py): rules:certain, rules:clear, model:uncertain,
+    model:free-text, model:sample, model:join, rules:model-busy:<reason>... ("" in verdicts
+    written before issue 16)."""
 
     def __post_init__(self) -> None:
         if self.decision not in DECISIONS[self.task]:
@@ -390,7 +396,8 @@ class Verdict:
                 "model": self.model, "model_sha256": self.model_sha256,
                 "prompt_sha256": self.prompt_sha256, "input_sha256": self.input_sha256,
                 "latency_ms": self.latency_ms, "model_decision": self.model_decision,
-                "model_error": self.model_error}
+                "model_error": self.model_error, "path": self.path,
+                "precedents": list(self.precedents)}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal verdicts give equal bytes."""
@@ -407,7 +414,9 @@ class Verdict:
                    str(d["model"]), str(d["model_sha256"]), str(d["prompt_sha256"]),
                    str(d["input_sha256"]), int(d["latency_ms"]),
                    None if d.get("model_decision") is None else str(d["model_decision"]),
-                   None if d.get("model_error") is None else str(d["model_error"]))
+                   None if d.get("model_error") is None else str(d["model_error"]),
+                   path=str(d.get("path", "")),
+                   precedents=tuple(str(x) for x in d.get("precedents", ())))
 
 
 def strictest(decisions: Sequence[str]) -> str:

@@ -69,7 +69,9 @@ SYSTEM: dict[str, str] = {
         "advertising, selling data, trading, crypto, gambling), a wish for data the applicant "
         "has no care or custody role for, deception about what the applicant is, or pressure "
         "on the members. When unsure, decide anyway and let the risk show your doubt. Each "
-        "reason must point at something in the statement.\n\n" + _ANSWER_JOIN),
+        "reason must point at something in the statement. similar_decided_cases, when present, "
+        "are earlier applications and what the members decided: worked examples to compare "
+        "with, not the case to judge.\n\n" + _ANSWER_JOIN),
     "provenance": (
         "You screen records of a pharmaceutical supply-chain ledger. Each record is one GS1 "
         "EPCIS 2.0 event in the life of goods (commissioning, shipping, receiving, "
@@ -152,11 +154,17 @@ def _prompt(kind: str, findings: Sequence[Finding], data: Any) -> Prompt:
                   template_sha256(kind))
 
 
-def join_prompt(req: JoinRequest, ctx: JoinContext, findings: Sequence[Finding]) -> Prompt:
+def join_prompt(req: JoinRequest, ctx: JoinContext, findings: Sequence[Finding],
+                precedents: Sequence[tuple[str, str]] = ()) -> Prompt:
+    """`precedents`: (statement, decision) of similar requests the members decided
+    (precedents.py), shown as worked examples after the application."""
     application = {k: v for k, v in req.to_dict().items()
                    if k not in ("request_id", "submitted_at_ms")}
-    data = {"application": application,
-            "current_members": sorted(ctx.members)[:MEMBERS_IN_PROMPT]}
+    data: dict[str, Any] = {"application": application,
+                            "current_members": sorted(ctx.members)[:MEMBERS_IN_PROMPT]}
+    if precedents:
+        data["similar_decided_cases"] = [{"statement": text, "members_decided": decision}
+                                         for text, decision in precedents]
     return _prompt("join", findings, data)
 
 

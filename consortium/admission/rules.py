@@ -17,6 +17,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 
+from consortium.admission.application import COUNTRY, SECTORS
 from consortium.admission.custody import CLOCK_SKEW_MS, check_custody
 from consortium.admission.injection import injection_findings, normalise_text
 from consortium.admission.model import (
@@ -47,8 +48,6 @@ CERTAIN, SUSPECT, INFO = Severity.CERTAIN, Severity.SUSPECT, Severity.INFO
 
 STATEMENT_CHARS_MIN = 40
 
-SECTORS = frozenset({"manufacturer", "distributor", "wholesaler", "logistics", "pharmacy",
-                     "hospital", "clinic", "laboratory", "regulator", "research"})
 FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "proton.me",
                        "protonmail.com", "mail.ru", "yandex.ru", "gmx.net", "aol.com",
                        "icloud.com", "qq.com"})
@@ -75,6 +74,8 @@ def _lookalike_key(name: str) -> str:
 _HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}"
                    r"[a-z0-9])?)*$")
 _EMAIL = re.compile(r"^[a-z0-9._%+-]{1,64}@([a-z0-9-]+\.)+[a-z]{2,}$")
+NOT_GIVEN = "join.not-given"
+"""Info: the applicant left a field out. Absent is not bad: only what is given is judged."""
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int] | None:
@@ -127,28 +128,48 @@ def check_join(req: JoinRequest, ctx: JoinContext) -> list[Finding]:
         if req.endpoint.strip().lower() in {e.lower() for e in ctx.member_endpoints}:
             f.append(Finding("join.endpoint-taken", CERTAIN,
                              "endpoint is already used by a member's validator"))
-    unknown = [s for s in req.sponsors if s not in ctx.members]
-    if unknown:
-        f.append(Finding("join.sponsor-unknown", SUSPECT,
-                         f"named sponsor(s) {', '.join(sorted(unknown))} are not members"))
-    if not req.sponsors and not req.verified_sponsor:
-        f.append(Finding("join.no-sponsor", INFO, "no member vouches for the applicant"))
-    email = req.contact_email.strip().lower()
-    if not _EMAIL.match(email):
-        f.append(Finding("join.contact-malformed", SUSPECT, "contact email is malformed"))
-    elif email.rpartition("@")[2] in FREE_MAIL:
-        f.append(Finding("join.contact-free-mail", SUSPECT,
-                         "contact email is on a free mail service, not the organisation's "
-                         "domain"))
-    if normalise_text(req.sector) not in SECTORS:
-        f.append(Finding("join.sector-unknown", SUSPECT,
-                         "sector is not one the consortium serves"))
+    f += _given_field_findings(req, ctx)
     if req.statement.strip() and len(req.statement.strip()) < STATEMENT_CHARS_MIN:
         f.append(Finding("join.statement-short", SUSPECT, "statement is too short to judge"))
     if ctx.now_ms and req.submitted_at_ms > ctx.now_ms + CLOCK_SKEW_MS:
         f.append(Finding("join.future-timestamp", SUSPECT, "request is dated in the future"))
     f += injection_findings({"statement": req.statement, "org_name": req.org_name,
                              "sector": req.sector}, "join.injection")
+    return f
+
+
+def _given_field_findings(req: JoinRequest, ctx: JoinContext) -> list[Finding]:
+    """Sponsors, contact, sector and country: judged when given, an info finding when not
+    (a statement-only request is normal and must not read as a malformed one)."""
+    f: list[Finding] = []
+    unknown = [s for s in req.sponsors if s not in ctx.members]
+    if unknown:
+        f.append(Finding("join.sponsor-unknown", SUSPECT,
+                         f"named sponsor(s) {', '.join(sorted(unknown))} are not members"))
+    if req.verified_sponsor and ctx.members and req.verified_sponsor not in ctx.members:
+        f.append(Finding("join.sponsor-not-member", SUSPECT,
+                         f"the verified sponsor {req.verified_sponsor!r} is no longer a "
+                         "member"))
+    if not req.sponsors and not req.verified_sponsor:
+        f.append(Finding("join.no-sponsor", INFO, "no member vouches for the applicant"))
+    missing = [name for name, value in (("sector", req.sector), ("country", req.country),
+                                        ("contact email", req.contact_email))
+               if not value.strip()]
+    if missing:
+        f.append(Finding(NOT_GIVEN, INFO, f"not given: {', '.join(missing)}"))
+    email = req.contact_email.strip().lower()
+    if email and not _EMAIL.match(email):
+        f.append(Finding("join.contact-malformed", SUSPECT, "contact email is malformed"))
+    elif email and email.rpartition("@")[2] in FREE_MAIL:
+        f.append(Finding("join.contact-free-mail", SUSPECT,
+                         "contact email is on a free mail service, not the organisation's "
+                         "domain"))
+    if req.sector.strip() and normalise_text(req.sector) not in SECTORS:
+        f.append(Finding("join.sector-unknown", SUSPECT,
+                         "sector is not one the consortium serves"))
+    if req.country.strip() and not COUNTRY.match(req.country.strip().upper()):
+        f.append(Finding("join.country-malformed", SUSPECT,
+                         "country is not an ISO 3166 two-letter code"))
     return f
 
 

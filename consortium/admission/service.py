@@ -26,7 +26,6 @@ the ledger (see `check_read` and docs/admission.md, "The Admission gRPC service"
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import signal
@@ -42,6 +41,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from consortium.admission import backends as b
+from consortium.admission import triage
+from consortium.admission.application import parse_application
 from consortium.admission.model import (
     JoinContext,
     JoinRequest,
@@ -52,6 +53,7 @@ from consortium.admission.model import (
     Registry,
     Verdict,
 )
+from consortium.admission.precedents import Precedent, seed_index
 from consortium.admission.review import Reviewer
 from consortium.client.core import ClientCore
 from consortium.client.nonces import ClockNonces
@@ -86,6 +88,8 @@ log = structlog.get_logger("consortium.admission")
 RECENT_WINDOW_MS = 10 * 60_000
 """Patient records remembered for the duplicate and burst rules."""
 BATCH_MAX = 32
+MODEL_PER_POLL = 8
+"""Default model reviews per poll of BATCH_MAX records (a few seconds each on two threads)."""
 HEALTH_SERVICE = "consortium.v1.Admission"
 """Health of the screening itself ("" is the process): NOT_SERVING while no validator answers
 or while the backlog has stayed above one batch for BEHIND_GRACE_S (records wait, never lost:
@@ -115,6 +119,12 @@ class ServiceConfig:
     local_endpoints: bool = False
     """Validators of this consortium run on loopback addresses (a local consortium): the join
     rule that refuses unreachable endpoints accepts them."""
+    sample_rate: float = 0.05
+    """Share of the records the rules settle that the model reviews anyway (triage.py)."""
+    model_per_poll: int = MODEL_PER_POLL
+    judge: str = "json"
+    """json (a JSON verdict) or questions (focused yes/no questions scored: questions.py)."""
+    question_threshold: float = 0.5
 
     @classmethod
     def load(cls, path: Path) -> ServiceConfig:
@@ -132,7 +142,11 @@ class ServiceConfig:
                 poll_ms=int(data.get("poll_ms", 500)),
                 allow_remote_patient_data=bool(data.get("allow_remote_patient_data", False)),
                 known_locations=tuple(str(x) for x in data.get("known_locations", ())),
-                local_endpoints=bool(data.get("local_endpoints", False)))
+                local_endpoints=bool(data.get("local_endpoints", False)),
+                sample_rate=float(data.get("sample_rate", 0.05)),
+                model_per_poll=int(data.get("model_per_poll", MODEL_PER_POLL)),
+                judge=str(data.get("judge", "json")),
+                question_threshold=float(data.get("question_threshold", 0.5)))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: no such file") from exc
         except (ValueError, TypeError, AttributeError) as exc:
@@ -291,7 +305,8 @@ class Screener:
 
     def __init__(self, client: ConsortiumClient, reviewer: Reviewer, genesis: Genesis,
                  known_locations: tuple[str, ...] = (), loopback_ok: bool = False,
-                 directory: Gs1Directory | None = None) -> None:
+                 directory: Gs1Directory | None = None,
+                 model_per_poll: int = MODEL_PER_POLL) -> None:
         self.client = client
         self.genesis = genesis
         self.directory = genesis.gs1_directory() if directory is None else directory
@@ -324,6 +339,9 @@ class Screener:
         left out). Not the service itself: it is no member."""
         self.validators: tuple[pb.MemberInfo, ...] = ()
         """The current validator set, as the last ListMembers gave it."""
+        self.model_per_poll = model_per_poll
+        """Model reviews per poll (triage.py): the rest of a poll's records that the model
+        should read take the busy path, so no record waits for the model without bound."""
 
     def keeping_up(self, now: float) -> bool:
         """The health signal: the ledger answers, and the backlog has not stayed above one
@@ -345,9 +363,12 @@ class Screener:
         queue = self.client.list_screening("pending-screening", limit=BATCH_MAX)
         self.pending = len(queue.records)
         judged: list[tuple[pb.ScreeningEntry, Verdict]] = []
+        model_left = self.model_per_poll
         for entry in queue.records:
             try:
-                judged.append((entry, self.judge(entry.record_id, entry.kind)))
+                verdict = self.judge(entry.record_id, entry.kind, model_allowed=model_left > 0)
+                model_left -= verdict.path.startswith("model:")
+                judged.append((entry, verdict))
             except (SubmitError, b.BackendError, ValueError) as exc:
                 self._failed(exc)
                 log.warning("screening failed; the record stays pending", record=entry.record_id,
@@ -415,6 +436,13 @@ class Screener:
         self.members = members  # one assignment: readers in other threads see old or new
         self.validators = tuple(reply.validators)
         self._learn_gs1(admitted)
+        if self.reviewer.precedents is not None:  # the members' decisions teach the reviewer
+            for p in reply.proposals:
+                if p.kind == "join" and p.status in ("approved", "rejected") and p.statement:
+                    self.reviewer.precedents.add(Precedent(
+                        f"ledger:{p.proposal_id[:16]}",
+                        "approve" if p.status == "approved" else "reject",
+                        parse_application(p.statement).statement))
 
     def _learn_gs1(self, admitted: list[pb.ProposalInfo]) -> None:
         """Add the GS1 identities admitted members registered with their join requests
@@ -471,22 +499,15 @@ class Screener:
         the reviewer, never instructions. The sponsor the validators verified (a member's
         signature over the application) is not the applicant's word: the reviewer gets it
         apart from the sponsors the statement names."""
-        fields: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(p.statement)
-            if isinstance(parsed, dict):
-                fields = parsed
+        app = parse_application(p.statement)
         now = int(time.time() * 1000)
         request = JoinRequest(
-            p.proposal_id, p.name or p.org, p.peer_address, str(fields.get("sector", "")),
-            str(fields.get("country", "")), str(fields.get("contact_email", "")),
-            str(fields.get("statement", p.statement)),
-            tuple(str(x) for x in fields.get("sponsors", ()) if isinstance(x, str)), now,
-            p.sponsor)
+            p.proposal_id, p.name or p.org, p.peer_address, app.sector, app.country,
+            app.contact_email, app.statement, app.sponsors, now, p.sponsor)
         return self.reviewer.review_join(request, self.join_context(now))
 
     def judge(self, record_id: str, kind: str, *, purpose: str = "screening",
-              remember: bool = True) -> Verdict:
+              remember: bool = True, model_allowed: bool = True) -> Verdict:
         """A verdict on a committed record. `purpose` is what the service's read of a patient
         payload is logged for; `remember` adds a patient record to the window the duplicate
         and burst rules look at (the queue does; a ScreenRecord dry run must not, or asking
@@ -496,14 +517,16 @@ class Screener:
             event, history = self._provenance(record_id)
             return self.reviewer.screen_record(
                 event, RecordContext(history=tuple(history), registry=self.registry,
-                                     now_ms=now_ms, directory=self.directory))
+                                     now_ms=now_ms, directory=self.directory),
+                model_allowed=model_allowed)
         record = self._patient(record_id, purpose)
         with self._lock:
             while self.recent and self.recent[0].submitted_at_ms < now_ms - RECENT_WINDOW_MS:
                 self.recent.popleft()
             recent = tuple(self.recent)
         verdict = self.reviewer.screen_record(
-            record, RecordContext(recent=recent, registry=self.registry, now_ms=now_ms))
+            record, RecordContext(recent=recent, registry=self.registry, now_ms=now_ms),
+            model_allowed=model_allowed)
         if remember:
             with self._lock:
                 self.recent.append(RecentSubmission.of(record))
@@ -754,10 +777,17 @@ class AdmissionServicer(pb_grpc.AdmissionServicer):
 
     def GetBacklog(self, request, context):  # type: ignore[no-untyped-def]
         s = self.screener
+        stats = s.reviewer.stats
         return pb.BacklogReply(pending=s.pending, verdicts_posted=s.posted, errors=s.errors,
                                backend=s.reviewer.backend.name,
                                model=getattr(s.reviewer.backend, "model", ""),
-                               last_error=s.last_error)
+                               last_error=s.last_error,
+                               model_sha256=s.reviewer.backend.model_sha256,
+                               latency_p50_ms=stats.percentile(0.5),
+                               latency_p95_ms=stats.percentile(0.95),
+                               model_reviews=stats.count("model:"),
+                               model_busy=stats.count(triage.MODEL_BUSY),
+                               model_per_poll=s.model_per_poll)
 
 
 def _abort_ledger(context: grpc.ServicerContext, exc: SubmitError) -> NoReturn:
@@ -793,10 +823,13 @@ def serve(config: ServiceConfig) -> int:
     identity = service_identity(config.directory, genesis)
     ca = (config.directory / "ca" / "ca.crt").read_bytes()
     backend = config.make_backend()
-    reviewer = Reviewer(backend, allow_remote_patient_data=config.allow_remote_patient_data)
+    reviewer = Reviewer(backend, allow_remote_patient_data=config.allow_remote_patient_data,
+                        sample_rate=config.sample_rate, judge=config.judge,
+                        threshold=config.question_threshold,
+                        precedents=seed_index())
     client = ConsortiumClient(genesis, identity, ca)
     screener = Screener(client, reviewer, genesis, config.known_locations,
-                        config.local_endpoints)
+                        config.local_endpoints, model_per_poll=config.model_per_poll)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -69,6 +69,9 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "invalid-json":
             self._send(200, b"<html>proxy error</html>")
             return
+        if mode.startswith("yes=") or mode == "no-logprobs":
+            self._logprobs(mode)
+            return
         answer = self.server.answer
         content = answer if isinstance(answer, str) else json.dumps(answer)
         if mode == "bad-answer":
@@ -79,6 +82,22 @@ class _Handler(BaseHTTPRequestHandler):
                "choices": [{"index": 0, "finish_reason": finish,
                             "message": {"role": "assistant", "content": content}}]}
         self._send(200, json.dumps(doc).encode())
+
+    def _logprobs(self, mode: str) -> None:
+        """`yes=P`: a one-token answer whose top logprobs give "Yes" probability P and " no"
+        the rest (plus an unrelated token); `no-logprobs`: an answer without them."""
+        import math
+
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length",
+                                  "message": {"role": "assistant", "content": "Yes"}}
+        if mode.startswith("yes="):
+            p = float(mode[4:])
+            top = [{"token": "Yes", "logprob": math.log(max(p, 1e-9)) + math.log(0.9)},
+                   {"token": " no", "logprob": math.log(max(1 - p, 1e-9)) + math.log(0.9)},
+                   {"token": "The", "logprob": math.log(0.1)}]
+            choice["logprobs"] = {"content": [{"token": "Yes", "logprob": -0.1,
+                                               "top_logprobs": top}]}
+        self._send(200, json.dumps({"choices": [choice]}).encode())
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)

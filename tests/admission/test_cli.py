@@ -33,6 +33,19 @@ def test_eval_rules_json() -> None:
     inj = report["injection"]
     assert isinstance(inj, dict) and inj["attempts"] >= 15 and inj["changed_verdict"] == 0
     assert "mean" in report["latency_ms"]["all"]  # type: ignore[index]
+    assert report["split"] == "all"
+    kinds = report["kinds"]
+    assert isinstance(kinds, dict) and set(kinds) == {"join", "patient", "provenance"}
+
+
+def test_eval_test_split_reports_per_kind_and_latency_percentiles() -> None:
+    report = run("--backend", "rules", "--split", "test")
+    assert report["split"] == "test" and 50 <= report["items"] <= 80  # type: ignore[operator]
+    kinds = report["kinds"]
+    assert isinstance(kinds, dict)
+    assert sum(kinds[k]["n"] for k in ("join", "patient", "provenance")) == report["items"]
+    latency = report["latency_ms"]["all"]  # type: ignore[index]
+    assert {"p50", "p95"} <= set(latency)
 
 
 def test_eval_writes_verdicts(tmp_path: Path) -> None:
@@ -56,10 +69,13 @@ def test_eval_errors_are_one_line() -> None:
 def test_eval_embedded_small_model_on_a_subset() -> None:
     """Proves the wiring end to end with the 135M model (its judgement is not scored)."""
     report = run("--backend", "embedded", "--model", "smollm2-135m", "--sample", "1",
-                 "--timeout", "120")
+                 "--timeout", "120", "--screen-all")
     assert report["backend"] == "embedded" and report["model"] == "smollm2-135m"
     tasks = report["tasks"]
     assert isinstance(tasks, dict)
     asked = sum(tasks[t]["model_asked"] for t in ("join", "record"))
     assert asked >= 2
     assert report["latency_ms"]["model"]["n"] == asked  # type: ignore[index]
+    paths = report["paths"]
+    assert isinstance(paths, dict) and sum(n for p, n in paths.items()
+                                           if p.startswith("model:")) == asked

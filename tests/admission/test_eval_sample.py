@@ -10,7 +10,9 @@ SET = Path(__file__).resolve().parents[1] / "data" / "admission"
 
 
 def _joins(per_task: int) -> list[str]:
-    return [i.id for i in sample(load_eval_set(SET), per_task) if i.id.startswith("join")]
+    """On the original set (joins.jsonl, records.jsonl), as the documented runs were."""
+    original = [i for i in load_eval_set(SET) if not i.id.startswith("u-")]
+    return [i.id for i in sample(original, per_task) if i.id.startswith("join")]
 
 
 def test_a_small_sample_takes_every_step_th_item_as_the_documented_runs_did() -> None:

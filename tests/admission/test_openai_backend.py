@@ -145,8 +145,8 @@ def test_remote_patient_payload_only_when_allowed(allowed: bool,
     with fake_server(["ok"], {"decision": "ok", "risk": 0.1, "reasons": ["plausible"]}) as srv:
         b = backend(srv.url)
         monkeypatch.setattr(b, "is_loopback", lambda: False)  # as if it were a hosted API
-        verdict = Reviewer(b, allow_remote_patient_data=allowed).screen_record(
-            record, RecordContext())
+        verdict = Reviewer(b, allow_remote_patient_data=allowed,
+                           sample_rate=1.0).screen_record(record, RecordContext())
     if allowed:
         assert verdict.model_decision == "ok"
         assert "8867-4" in srv.requests[0]["messages"][1]["content"]

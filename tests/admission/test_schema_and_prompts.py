@@ -212,8 +212,10 @@ def test_injected_record_is_flagged_whatever_the_model_says() -> None:
 def test_model_may_flag_what_rules_passed() -> None:
     r = PatientRecordInput("p1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
                            payload=fhir_visit())
-    v = Reviewer(Scripted(ok("flag", 0.8, ["odd"]))).screen_record(r, RecordContext())
+    v = Reviewer(Scripted(ok("flag", 0.8, ["odd"])), sample_rate=1.0).screen_record(
+        r, RecordContext())  # a clean record reaches the model as part of the sample
     assert (v.decision, v.model_decision, v.reasons) == ("flag", "flag", ("odd",))
+    assert v.path == "model:sample"
 
 
 def test_a_suspect_join_finding_keeps_a_model_approval_at_review() -> None:
@@ -239,5 +241,6 @@ def test_a_suspect_record_finding_is_not_cleared_by_the_model() -> None:
 def test_unparsable_model_output_flags_a_record() -> None:
     r = PatientRecordInput("p1", "P-1", "encounter", "Lakeside Clinic", 1772366400000,
                            payload=fhir_visit())
-    v = Reviewer(Scripted("Sure! The record looks ok.")).screen_record(r, RecordContext())
+    v = Reviewer(Scripted("Sure! The record looks ok."), sample_rate=1.0).screen_record(
+        r, RecordContext())
     assert v.decision == "flag" and v.model_error and "not JSON" in v.model_error

@@ -609,17 +609,29 @@ class GetBacklogRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BacklogReply(_message.Message):
-    __slots__ = ("pending", "verdicts_posted", "errors", "backend", "model", "last_error")
+    __slots__ = ("pending", "verdicts_posted", "errors", "backend", "model", "last_error", "model_sha256", "latency_p50_ms", "latency_p95_ms", "model_reviews", "model_busy", "model_per_poll")
     PENDING_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_POSTED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REVIEWS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BUSY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PER_POLL_FIELD_NUMBER: _ClassVar[int]
     pending: int
     verdicts_posted: int
     errors: int
     backend: str
     model: str
     last_error: str
-    def __init__(self, pending: _Optional[int] = ..., verdicts_posted: _Optional[int] = ..., errors: _Optional[int] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
+    model_sha256: str
+    latency_p50_ms: int
+    latency_p95_ms: int
+    model_reviews: int
+    model_busy: int
+    model_per_poll: int
+    def __init__(self, pending: _Optional[int] = ..., verdicts_posted: _Optional[int] = ..., errors: _Optional[int] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., last_error: _Optional[str] = ..., model_sha256: _Optional[str] = ..., latency_p50_ms: _Optional[int] = ..., latency_p95_ms: _Optional[int] = ..., model_reviews: _Optional[int] = ..., model_busy: _Optional[int] = ..., model_per_poll: _Optional[int] = ...) -> None: ...
