@@ -17,10 +17,11 @@ and nothing is silently accepted meanwhile.
 Patient payloads are read only when the submitter wrapped the record key for the service, and
 every such read is an Access transaction on the ledger first (the SDK's `get(decrypt=True)`).
 
-The gRPC API answers members only (a ReadAuth signed by a member's client key), and no more
-than the caller may read: a patient record's verdict is derived from its payload, so
-`ScreenRecord` answers only a reader of the record, against an Access of the caller's own on
-the ledger (see `check_read` and docs/admission.md, "The Admission gRPC service").
+The gRPC API (`admission.servicer`) answers members only (a ReadAuth signed by a member's client
+key), and no more than the caller may read: a patient record's verdict is derived from its
+payload, so `ScreenRecord` answers only a reader of the record, against an Access of the
+caller's own on the ledger (`admission.access.check_read`; docs/admission.md, "The Admission
+gRPC service").
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from consortium.admission import backends as b
-from consortium.admission import triage
+from consortium.admission.access import SubjectEvent, shown_segments
 from consortium.admission.application import parse_application
 from consortium.admission.model import (
     JoinContext,
@@ -55,33 +56,25 @@ from consortium.admission.model import (
 )
 from consortium.admission.precedents import Precedent, seed_index
 from consortium.admission.review import Reviewer
-from consortium.client.core import ClientCore
+from consortium.admission.servicer import AdmissionServicer
 from consortium.client.nonces import ClockNonces
 from consortium.client.sdk import Identity, SubmitError, VerifiedReceipt
 from consortium.client.sync import ConsortiumClient
 from consortium.config import ConfigError, Genesis
 from consortium.crypto import envelope
-from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
+from consortium.crypto.signing import Ed25519Signer
 from consortium.formats.directory import Gs1Directory
 from consortium.ledger import membership as ms
-from consortium.ledger.blocks import ACCESS_DENIED
-from consortium.ledger.items import ItemView
 from consortium.ledger.membership import org_client_id, validator_client_id
-from consortium.ledger.reads import read_signing_bytes
 from consortium.ledger.records import RecordKind, decode_public
 from consortium.ledger.transactions import (
-    TEXT_BYTES_MAX,
-    Access,
-    Erase,
     InvalidTransaction,
-    RecordTx,
-    Revoke,
     TxType,
     decode_record_tx,
 )
 from consortium.ledger.transactions import Verdict as VerdictTx
 from consortium.localnet import read_seed
-from consortium.wire import Receipt, WireError, pb, pb_grpc, receipt_from_proto
+from consortium.wire import WireError, pb, pb_grpc, receipt_from_proto
 
 log = structlog.get_logger("consortium.admission")
 
@@ -95,10 +88,6 @@ HEALTH_SERVICE = "consortium.v1.Admission"
 or while the backlog has stayed above one batch for BEHIND_GRACE_S (records wait, never lost:
 an alert, not a failure)."""
 BEHIND_GRACE_S = 120.0
-READ_CATCH_UP_S = 5.0
-"""How long ScreenRecord waits for more validators to show a caller's Access that one already
-shows (a validator a block or two behind the one the caller submitted to)."""
-READ_RETRY_S = 0.2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -180,112 +169,6 @@ def service_identity(directory: Path, genesis: Genesis) -> Identity:
                     Ed25519Signer(read_seed(adir / "client.key")),
                     envelope.OrgKeyPair(read_seed(adir / "encryption.key")),
                     ClockNonces())
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Caller:
-    """A member's client that signed a ReadAuth for the Admission service."""
-
-    client_id: str
-    org: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SubjectEvent:
-    """One recorded transaction on a record of a subject, as one validator lists it
-    (ListSubject): what `check_read` needs to know about reads, revocations and erasures."""
-
-    tx_id: str
-    height: int
-    client_id: str
-    action: RecordTx
-    reason: str
-    """The executing validator's reason ("" when it took effect; ACCESS_DENIED for a refused
-    read)."""
-    receipt: pb.Receipt
-    """Its receipt, to verify when this is the Access an answer is given against."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReadCheck:
-    """`check_read`'s outcome: the caller's Access an answer may be given against, or the
-    status and one-line reason of the refusal."""
-
-    access: SubjectEvent | None = None
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    problem: str = ""
-
-
-def answer_purpose(caller: Caller, access_id: str) -> str:
-    """The purpose of the service's own read of a payload for a ScreenRecord answer: it names
-    the caller's Access (so the access log links the two, and that Access is used up) and the
-    caller when that fits the ledger's purpose limit."""
-    long = f"screening for {caller.client_id} (access {access_id})"
-    return long if len(long.encode()) <= TEXT_BYTES_MAX else f"screening (access {access_id})"
-
-
-def check_read(events: Sequence[SubjectEvent], caller: Caller, record_id: str,
-               service_client: str, now_ms: int, ttl_ms: int) -> ReadCheck:
-    """Whether one validator's list of a subject's transactions lets the service answer
-    `caller` with what it derives from `record_id`'s payload: an Access by the caller's own
-    client to that record that the ledger granted (the caller's organisation was a reader when
-    it executed), made within `ttl_ms` of `now_ms` by its signed time, not followed by a
-    revocation of that organisation or the record's erasure, and not yet used by an answer
-    (the service's own read for an answer names the Access it answered against: one Access,
-    one answer). The same rules as a validator's release of a patient record's key
-    (`GetRecord` with `access_id`), so ScreenRecord reveals nothing the caller could not
-    decrypt itself, and every answer is a read of the caller's on the ledger."""
-    granted: list[SubjectEvent] = []
-    denied = False
-    answered: list[str] = []
-    for ev in events:
-        a = ev.action
-        if a.record_id != record_id:
-            continue
-        if isinstance(a, Erase) and ev.reason == "":
-            return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
-                             problem=f"record {record_id} was erased")
-        if isinstance(a, Revoke) and a.org == caller.org and ev.reason == "":
-            granted.clear()
-            denied = True
-        elif isinstance(a, Access) and ev.client_id == service_client:
-            answered.append(a.purpose)
-        elif isinstance(a, Access) and ev.client_id == caller.client_id:
-            if ev.reason == "":
-                granted.append(ev)
-                denied = False
-            elif ev.reason == ACCESS_DENIED:
-                denied = True
-    if denied:
-        return ReadCheck(code=grpc.StatusCode.PERMISSION_DENIED,
-                         problem=f"{caller.org} is not a reader of record {record_id}")
-    fresh = [ev for ev in granted if isinstance(ev.action, Access)
-             and abs(now_ms - ev.action.requested_at_ms) <= ttl_ms]
-    unused = [ev for ev in fresh if not any(ev.tx_id in p for p in answered)]
-    if unused:
-        return ReadCheck(access=unused[-1])
-    ttl_s = ttl_ms // 1000
-    if fresh:
-        return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
-                         problem=f"access {fresh[-1].tx_id} already answered a screening: "
-                                 "commit a new Access to ask again")
-    if granted:
-        return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
-                         problem=f"the Access of {caller.client_id} to record {record_id} is "
-                                 f"older than {ttl_s} s: commit a new one")
-    return ReadCheck(code=grpc.StatusCode.FAILED_PRECONDITION,
-                     problem=f"no Access of {caller.client_id} to record {record_id} on the "
-                             f"ledger: a patient record is screened for its readers only, "
-                             f"within {ttl_s} s of an Access of theirs (the SDK's access())")
-
-
-def read_quorum(core: ClientCore) -> tuple[list[str], int]:
-    """Who confirms a caller's read, and how many must: the validators of the latest epoch
-    this client verified from genesis (not every address it ever learnt: a removed validator
-    still answering is no longer counted), f+1 of them."""
-    config = core.epochs[max(core.epochs)]
-    addresses = [core.validators[r] for r in config.replica_ids if r in core.validators]
-    return addresses, config.f + 1
 
 
 def error_summary(exc: BaseException) -> str:
@@ -548,7 +431,7 @@ class Screener:
                 r = receipt_from_proto(e.receipt, self.client.core.chain_id)
                 if r.record_id == record_id:
                     break
-                seg0 = _shown(r)[0] if r.status == "recorded" else None
+                seg0 = shown_segments(r)[0] if r.status == "recorded" else None
                 if seg0 is None or r.record_id in found:
                     continue
                 p = decode_public(seg0)
@@ -596,7 +479,7 @@ class Screener:
                 continue  # a record, not a transaction on one
             try:
                 r = receipt_from_proto(e.receipt, self.client.core.chain_id)
-                shown = _shown(r)
+                shown = shown_segments(r)
                 if not shown or shown[0] is None or shown[0][:1] == bytes([TxType.RECORD]):
                     continue
                 action = decode_record_tx(shown)
@@ -606,215 +489,6 @@ class Screener:
                 out.append(SubjectEvent(r.record_id, r.height, r.client_id, action, r.reason,
                                         e.receipt))
         return out
-
-
-def _shown(r: Receipt) -> list[bytes | None]:
-    """The segments of a receipt's item (withheld ones as None)."""
-    view = r.item if isinstance(r.item, ItemView) else ItemView.of(r.item)
-    return view.present()
-
-
-class AdmissionServicer(pb_grpc.AdmissionServicer):
-    """The Admission gRPC API. Every answer goes to a member only, and only as far as the
-    caller may read what it is derived from: a join review judges the caller's own text
-    against the membership (members know it); a provenance record's verdict comes from
-    public metadata (every member reads it, as ListScreening shows); a patient record's
-    verdict comes from its payload, so only a reader gets it, each time against an Access of
-    its own on the ledger (`check_read`), confirmed by f+1 validators (one lying validator
-    cannot make the service decrypt for a non-reader). GetBacklog has no ReadAuth in its
-    request: it says counts, the backend, and the kind of the last error, never its text."""
-
-    def __init__(self, screener: Screener, genesis: Genesis,
-                 catch_up_s: float = READ_CATCH_UP_S) -> None:
-        self.screener = screener
-        self.genesis = genesis
-        self.catch_up_s = catch_up_s
-        self._answered: dict[str, float] = {}
-        """Access ids this process has answered against (monotonic time): two concurrent
-        calls cannot both use one Access before the first answer's read is on the ledger."""
-        self._answered_lock = threading.Lock()
-
-    def _member(self, auth: pb.ReadAuth, method: str, argument: str,
-                context: grpc.ServicerContext) -> Caller:
-        """The member whose client signed `auth` for (method, argument) within the read clock
-        skew, or abort with UNAUTHENTICATED."""
-        member = self.screener.members.get(auth.client_id)
-        now = int(time.time() * 1000)
-        signed = read_signing_bytes(self.genesis.chain_id_bytes, auth.client_id,
-                                         auth.timestamp_ms, method, argument)
-        if member is None or \
-                abs(now - auth.timestamp_ms) > self.genesis.policy.read_clock_skew_ms or \
-                not Ed25519Verifier().verify(member[1], signed, bytes(auth.signature)):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "the admission service answers members only (a ReadAuth signed by "
-                          "a member's client key)")
-        assert member is not None
-        return Caller(auth.client_id, member[0])
-
-    def ReviewJoin(self, request, context):  # type: ignore[no-untyped-def]
-        self._member(request.auth, "ReviewJoin", request.request_id, context)
-        if not request.request_id or not request.org or len(request.statement) > 16_384:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "request_id and org are required; statement at most 16 KiB")
-        now = int(time.time() * 1000)
-        verdict = self.screener.reviewer.review_join(
-            JoinRequest(request.request_id, request.org, request.endpoint, "", "", "",
-                        request.statement, (), now),
-            self.screener.join_context(now))
-        return pb.VerdictReply(verdict_json=verdict.to_json(), decision=verdict.decision,
-                               risk=verdict.risk)
-
-    def ScreenRecord(self, request, context):  # type: ignore[no-untyped-def]
-        caller = self._member(request.auth, "ScreenRecord", request.record_id, context)
-        record_id = request.record_id
-        if len(record_id) != 64 or not set(record_id) <= set("0123456789abcdef"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"a record id is 64 lowercase hex digits (got {len(record_id)} "
-                          "characters)")
-        s = self.screener
-        try:
-            public = s.client.get(record_id)
-        except SubmitError as exc:
-            _abort_ledger(context, exc)
-        if public.kind == RecordKind.PROVENANCE.value:
-            verdict = self._judge(context, record_id, public.kind)
-        else:
-            if public.erasure is not None:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"record {record_id} was erased")
-            access_id = self._confirmed_read(caller, record_id, public.subject_id, context)
-            if not self._claim(access_id):
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"access {access_id} already answered a screening: commit a "
-                              "new Access to ask again")
-            try:
-                verdict = self._judge(context, record_id, public.kind,
-                                      purpose=answer_purpose(caller, access_id))
-            except BaseException:
-                self._release(access_id)  # not answered: the Access is still the caller's
-                raise
-            log.info("screening answered", record=record_id[:16], caller=caller.client_id,
-                     access=access_id[:16])
-        return pb.VerdictReply(verdict_json=verdict.to_json(), decision=verdict.decision,
-                               risk=verdict.risk)
-
-    def _judge(self, context: grpc.ServicerContext, record_id: str, kind: str,
-               purpose: str = "screening") -> Verdict:
-        try:
-            return self.screener.judge(record_id, kind, purpose=purpose, remember=False)
-        except SubmitError as exc:
-            _abort_ledger(context, exc)
-        except b.BackendError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"the reviewer failed: {exc.kind}")
-            raise AssertionError("unreachable: abort raises") from exc
-
-    def _confirmed_read(self, caller: Caller, record_id: str, subject_id: str,
-                        context: grpc.ServicerContext) -> str:
-        """The id of the caller's Access that f+1 validators show answerable (`check_read`),
-        or abort. f+1 because the service decrypts for the caller on their word: one lying
-        validator must not be enough. Validators that do not show an Access one of them
-        shows are asked again for READ_CATCH_UP_S (they may be a block behind)."""
-        s = self.screener
-        addresses, need = read_quorum(s.client.core)
-        client_of_service = self.genesis.admission_client or ""
-        confirmed: dict[str, str] = {}
-        """validator -> the Access it shows answerable (its receipt verified)."""
-        refusals: dict[str, ReadCheck] = {}
-        pending = list(addresses)
-        deadline = time.monotonic() + self.catch_up_s
-        while True:
-            for addr in pending:
-                try:
-                    events = s.subject_events(subject_id, addr)
-                except SubmitError:
-                    continue
-                check = check_read(events, caller, record_id, client_of_service,
-                                   int(time.time() * 1000), self.genesis.policy.access_ttl_ms)
-                access = check.access
-                if access is None:
-                    refusals[addr] = check
-                    confirmed.pop(addr, None)
-                    continue
-                try:  # against its epoch's validator set (fetched from genesis when new)
-                    s.client.verify_receipt(access.receipt, access.tx_id, addr)
-                except SubmitError as exc:
-                    log.warning("a validator showed an access that does not verify",
-                                validator=addr, access=access.tx_id, error=str(exc)[:300])
-                    continue
-                refusals.pop(addr, None)
-                confirmed[addr] = access.tx_id
-                if sum(1 for x in confirmed.values() if x == access.tx_id) >= need:
-                    return access.tx_id
-            votes = collections.Counter(confirmed.values())
-            if not votes or time.monotonic() > deadline:
-                break
-            leader = votes.most_common(1)[0][0]
-            pending = [a for a in addresses if confirmed.get(a) != leader]
-            time.sleep(READ_RETRY_S)
-        if not refusals:
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          "not enough validators answered to confirm the caller's read; "
-                          "retry")
-        denied = [c for c in refusals.values() if c.code == grpc.StatusCode.PERMISSION_DENIED]
-        worst = denied[0] if denied else next(iter(refusals.values()))
-        context.abort(worst.code, worst.problem)
-        raise AssertionError("unreachable: abort raises")
-
-    def _claim(self, access_id: str) -> bool:
-        now = time.monotonic()
-        ttl_s = self.genesis.policy.access_ttl_ms / 1000
-        with self._answered_lock:
-            for old in [a for a, t in self._answered.items() if now - t > 2 * ttl_s]:
-                del self._answered[old]  # past its TTL the Access answers nothing anyway
-            if access_id in self._answered:
-                return False
-            self._answered[access_id] = now
-            return True
-
-    def _release(self, access_id: str) -> None:
-        with self._answered_lock:
-            self._answered.pop(access_id, None)
-
-    def GetBacklog(self, request, context):  # type: ignore[no-untyped-def]
-        s = self.screener
-        stats = s.reviewer.stats
-        return pb.BacklogReply(pending=s.pending, verdicts_posted=s.posted, errors=s.errors,
-                               backend=s.reviewer.backend.name,
-                               model=getattr(s.reviewer.backend, "model", ""),
-                               last_error=s.last_error,
-                               model_sha256=s.reviewer.backend.model_sha256,
-                               latency_p50_ms=stats.percentile(0.5),
-                               latency_p95_ms=stats.percentile(0.95),
-                               model_reviews=stats.count("model:"),
-                               model_busy=stats.count(triage.MODEL_BUSY),
-                               model_per_poll=s.model_per_poll)
-
-
-def _abort_ledger(context: grpc.ServicerContext, exc: SubmitError) -> NoReturn:
-    """Answer a failed ledger read: NOT_FOUND and INVALID_ARGUMENT are about the caller's
-    request; anything else (the service's own credentials, validators down) is the service
-    being unable to answer now."""
-    if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-        context.abort(exc.code, str(exc).splitlines()[0][:300] if str(exc) else exc.code.name)
-    context.abort(grpc.StatusCode.UNAVAILABLE, "the ledger did not answer the admission "
-                                               "service; retry")
-    raise AssertionError("unreachable: abort raises")
-
-
-def screen_record(client: ConsortiumClient, stub: pb_grpc.AdmissionStub, record_id: str, *,
-                  purpose: str = "screening", timeout_s: float = 120.0) -> pb.VerdictReply:
-    """The caller's side of ScreenRecord: for a patient record, commit this organisation's
-    Access first (the read the answer is logged under; logged as refused when the caller is
-    no reader, and the service then refuses too), then ask. Raises SubmitError when the
-    ledger refuses, grpc.RpcError when the service does."""
-    record = client.get(record_id)
-    if record.kind == RecordKind.PATIENT.value:
-        client.access(record_id, purpose)
-    reply: pb.VerdictReply = stub.ScreenRecord(
-        pb.ScreenRecordRequest(record_id=record_id,
-                               auth=client.core.read_auth("ScreenRecord", record_id)),
-        timeout=timeout_s)
-    return reply
 
 
 def serve(config: ServiceConfig) -> int:

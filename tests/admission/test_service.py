@@ -23,17 +23,11 @@ import pytest
 
 from consortium import localnet
 from consortium.admission import RulesBackend
+from consortium.admission.access import Caller, ReadCheck, SubjectEvent, answer_purpose, check_read
 from consortium.admission.model import ProvenanceEvent
 from consortium.admission.review import Reviewer
-from consortium.admission.service import (
-    AdmissionServicer,
-    Caller,
-    ReadCheck,
-    Screener,
-    SubjectEvent,
-    answer_purpose,
-    check_read,
-)
+from consortium.admission.service import Screener
+from consortium.admission.servicer import AdmissionServicer
 from consortium.api.v1 import ledger_pb2 as pb
 from consortium.client.core import ClientCore
 from consortium.client.sdk import RecordView, SubmitError

@@ -280,7 +280,7 @@ def test_screen_record_answers_readers_only_and_logs_the_callers_read(net: Clust
         assert "Access" in (info.value.details() or "")
         assert "age" not in (info.value.details() or "")
         # With one: the ledger logs the attempt as refused, and so does the service.
-        from consortium.admission.service import screen_record
+        from consortium.admission.servicer import screen_record
         with pytest.raises(grpc.RpcError) as info:
             screen_record(net.client("org3"), stub, rec.record_id)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
