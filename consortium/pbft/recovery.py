@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from consortium.pbft import messages as m
 from consortium.pbft.catchup import CatchUp
 from consortium.pbft.slots import VOTE_TYPE
-from consortium.pbft.state import ClientTable, batch_root, verify_epoch_history
+from consortium.pbft.state import batch_root, verify_epoch_history
 
 if TYPE_CHECKING:
     from consortium.pbft.replica import Replica
@@ -65,15 +65,7 @@ def recover(rep: Replica, rec: Recovered) -> None:
         if configs is None:
             raise ValueError("persisted snapshot has an unverifiable epoch history")
         snap = rec.snapshot
-        rep.last_executed = snap.seq
-        rep.state_digest = snap.state_digest
-        rep._client_table = ClientTable.from_entries(rep.params.client_nonce_window,
-                                                     snap.clients)
-        rep.pending_reconfiguration = snap.pending
-        rep.stable_seq = snap.seq
-        rep._stable_proof = rec.snapshot_proof
-        rep._stable_snapshot = snap
-        rep._epoch_records = snap.epochs
+        rep.adopt_snapshot(snap, rec.snapshot_proof)
         rep.config = configs[-1]
         rep._catchup = CatchUp(rep.config.weak_quorum)
         rep._next_seq = snap.seq + 1

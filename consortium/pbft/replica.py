@@ -222,6 +222,19 @@ class Replica:
         out, self._out = self._out, []
         return out
 
+    def adopt_snapshot(self, snap: m.Snapshot, proof: tuple[m.SignedMessage, ...]) -> None:
+        """Take a verified stable checkpoint's state as this replica's (recovery and state
+        transfer alike; what else each must reset is theirs)."""
+        self.last_executed = snap.seq
+        self.state_digest = snap.state_digest
+        self._client_table = ClientTable.from_entries(self.params.client_nonce_window,
+                                                      snap.clients)
+        self.pending_reconfiguration = snap.pending
+        self.stable_seq = snap.seq
+        self._stable_proof = proof
+        self._stable_snapshot = snap
+        self._epoch_records = snap.epochs
+
     def add_signer(self, signer: Signer) -> None:
         """Another key of this replica (a rotation approved or under way): it signs from the
         epoch whose validator set names it for this replica on, and not before."""

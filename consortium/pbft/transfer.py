@@ -18,7 +18,6 @@ from consortium.pbft import events as ev
 from consortium.pbft import messages as m
 from consortium.pbft.membership import EpochConfig
 from consortium.pbft.state import (
-    ClientTable,
     NonceStatus,
     checkpoint_quorum,
     signing_config,
@@ -92,15 +91,7 @@ class StateTransfer:
         """Jump to a verified stable checkpoint: the replica's state becomes the snapshot's."""
         rep = self._rep
         epoch_changed = config.epoch != rep.config.epoch
-        rep.last_executed = snap.seq
-        rep.state_digest = snap.state_digest
-        rep._client_table = ClientTable.from_entries(rep.params.client_nonce_window,
-                                                     snap.clients)
-        rep.pending_reconfiguration = snap.pending
-        rep.stable_seq = snap.seq
-        rep._stable_proof = proof
-        rep._stable_snapshot = snap
-        rep._epoch_records = snap.epochs
+        rep.adopt_snapshot(snap, proof)
         for s in [s for s in rep._slots if s <= snap.seq]:
             rep._drop_slot(s)
         rep._snapshots = {s: v for s, v in rep._snapshots.items() if s > snap.seq}
