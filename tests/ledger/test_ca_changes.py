@@ -19,7 +19,6 @@ from consortium.pbft import messages as m
 from tests.ledger.test_client_keys import ALICE, Ledger
 from tests.test_membership_unit import CHAIN, VALIDATORS, signed
 
-NOW_MS = int(time.time() * 1000)
 """Block time for these tests: the CAs are made now (the rules check their validity)."""
 OLD_KEY, OLD = make_ca("ca-test old")
 NEW_KEY, NEW = make_ca("ca-test new")
@@ -39,7 +38,7 @@ def approve(ledger: Ledger, pid: str) -> str:
 
 
 def test_a_ca_is_added_by_vote_and_retired_only_while_another_stays() -> None:
-    ledger = Ledger(block_ms=NOW_MS)
+    ledger = Ledger(block_ms=int(time.time() * 1000))
     early = ledger.execute(by(1, CaChange(False, OLD_PEM)))
     assert "add the new CA first" in early.entries[0].reason
     block = ledger.execute(by(1, CaChange(True, NEW_PEM)))
@@ -65,7 +64,7 @@ def test_a_ca_is_added_by_vote_and_retired_only_while_another_stays() -> None:
 def test_what_a_ca_change_must_be() -> None:
     leaf_key, leaf = issue_cert(OLD_KEY, OLD, "validator-1", ["localhost"])
     leaf_pem = leaf.public_bytes(serialization.Encoding.PEM)
-    ledger = Ledger(block_ms=NOW_MS)
+    ledger = Ledger(block_ms=int(time.time() * 1000))
     cases = [(by(0, CaChange(True, leaf_pem)), "not a CA"),
              (by(0, CaChange(True, b"-----BEGIN CERTIFICATE-----\nnope\n")), "not a PEM"),
              (by(0, CaChange(True, "é".encode() + NEW_PEM)), "not a PEM"),
