@@ -6,6 +6,8 @@ execution derived as it went."""
 
 from __future__ import annotations
 
+import time
+
 from consortium.ledger import membership as ms
 from consortium.storage.reads import LedgerReader
 from consortium.storage.store import LedgerStore
@@ -78,11 +80,11 @@ def test_a_validator_key_rotation_and_its_votes_are_stored_as_the_model_holds_th
 def test_ca_proposals_are_stored_as_the_model_holds_them(dsn: str) -> None:
     from consortium.ledger.ca import CA
     from consortium.ledger.transactions import CaChange, MemberVote
-    from tests.ledger.test_ca_changes import NEW_PEM, NOW_MS
+    from tests.ledger.test_ca_changes import NEW_PEM
     from tests.ledger.test_ca_changes import by as ca_by
     from tests.test_membership_unit import CHAIN, VALIDATORS
 
-    ledger = Ledger(block_ms=NOW_MS)
+    ledger = Ledger(block_ms=int(time.time() * 1000))
     blocks = [ledger.execute(ca_by(1, CaChange(True, NEW_PEM)))]
     pid = blocks[0].entries[0].record_id
     blocks.append(ledger.execute(*[ca_by(v, MemberVote(pid, True, 0, VALIDATORS[v].sign(
